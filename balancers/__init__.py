@@ -1,0 +1,45 @@
+"""balancers: load balancing and failure accrual as a pure library (no sockets, no asyncio).
+
+meshd builds a balancer from its config (`BALANCERS[kind](...).build(clock, rng, accrual)`),
+feeds it endpoint sets with `update()`, and for every attempt calls `pick()`, then
+`node.start()` and `node.finish(started, failure=...)`. See docs/load-balancing.md.
+"""
+
+from balancers.accrual import (
+    AccrualConfig,
+    AccrualPolicy,
+    ConsecutiveFailuresConfig,
+    NoAccrualConfig,
+    SuccessRateConfig,
+)
+from balancers.backoff import BackoffConfig, ConstantBackoffConfig, EqualJitteredBackoffConfig
+from balancers.base import Balancer, BalancerStatistics, Clock, Member, NodeState, NoNodesAvailable
+from balancers.node import Node
+from balancers.p2c import EwmaConfig, P2CConfig
+from balancers.registry import ACCRUALS, BACKOFFS, BALANCERS, BalancerConfig
+from balancers.round_robin import RoundRobinConfig
+
+__all__ = [
+    "ACCRUALS",
+    "BACKOFFS",
+    "BALANCERS",
+    "AccrualConfig",
+    "AccrualPolicy",
+    "BackoffConfig",
+    "Balancer",
+    "BalancerConfig",
+    "BalancerStatistics",
+    "Clock",
+    "ConsecutiveFailuresConfig",
+    "ConstantBackoffConfig",
+    "EqualJitteredBackoffConfig",
+    "EwmaConfig",
+    "Member",
+    "NoAccrualConfig",
+    "NoNodesAvailable",
+    "Node",
+    "NodeState",
+    "P2CConfig",
+    "RoundRobinConfig",
+    "SuccessRateConfig",
+]

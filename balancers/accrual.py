@@ -1,0 +1,213 @@
+"""Failure accrual policies: when a run of failures should eject an endpoint, and for how long.
+
+A policy is per node and only counts; the state machine that uses it lives in `node.py`:
+
+    live --policy says eject (delay d)--> ejected until now+d --clock passes it--> probing
+    probing --one request admitted--> (probe in flight) --success--> live (policy.revived())
+                                                        --failure--> ejected (next backoff)
+
+Policies, as Finagle 21.4.0 `liveness/FailureAccrualPolicy.scala` defines them:
+
+- `consecutiveFailures` (linkerd's default, 5 failures, jittered 5 s..300 s backoff,
+  `FailureAccrualConfig.defaultPolicy`): count failures, a success resets the count, eject
+  when the count reaches `failures`.
+- `successRate` (linkerd `io.l5d.successRate {successRate, requests}`): an `Ema` over the
+  request count (stamp = requests seen, window = `requests`) of 1 per success and 0 per
+  failure; a failure ejects once at least `requests` requests were seen and the average is
+  below `success_rate`.
+- `none`: never ejects.
+
+Every ejection streak takes its delays from a fresh backoff stream (see `backoff.py`):
+the first ejection uses the first delay, each failed probe the next, a revival resets it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+from balancers.backoff import Backoff, BackoffConfig, EqualJitteredBackoffConfig
+from balancers.ewma import Ema
+
+__all__ = [
+    "AccrualConfig",
+    "AccrualPolicy",
+    "AccrualPolicyFactory",
+    "ConsecutiveFailures",
+    "ConsecutiveFailuresConfig",
+    "NoAccrual",
+    "NoAccrualConfig",
+    "SuccessRate",
+    "SuccessRateConfig",
+]
+
+
+class AccrualPolicy(Protocol):
+    """Per-node failure bookkeeping. Durations are seconds."""
+
+    def record_success(self) -> None: ...
+
+    def record_failure(self) -> float | None:
+        """Count a failure of a live node; return how long to eject it for, or None to keep it."""
+        ...
+
+    def next_backoff(self) -> float:
+        """The ejection time after a failed probe: the next delay of the current streak."""
+        ...
+
+    def revived(self) -> None:
+        """A probe succeeded: forget the failure history and restart the backoff stream."""
+        ...
+
+
+AccrualPolicyFactory = Callable[[], AccrualPolicy]
+"""Makes a fresh policy for each new node."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsecutiveFailuresConfig:
+    KIND: ClassVar[str] = "consecutiveFailures"
+
+    failures: int = 5
+    backoff: BackoffConfig = field(default_factory=EqualJitteredBackoffConfig)
+
+    def __post_init__(self) -> None:
+        if self.failures < 1:
+            raise ValueError("failures must be at least 1")
+
+    def build(self, rng: random.Random) -> AccrualPolicyFactory:
+        backoff = self.backoff.build(rng)
+        failures = self.failures
+        return lambda: ConsecutiveFailures(failures, backoff)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SuccessRateConfig:
+    KIND: ClassVar[str] = "successRate"
+
+    success_rate: float = 0.8
+    requests: int = 100
+    backoff: BackoffConfig = field(default_factory=EqualJitteredBackoffConfig)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.success_rate <= 1.0:
+            raise ValueError("successRate must be between 0 and 1")
+        if self.requests < 1:
+            raise ValueError("requests must be at least 1")
+
+    def build(self, rng: random.Random) -> AccrualPolicyFactory:
+        backoff = self.backoff.build(rng)
+        success_rate, requests = self.success_rate, self.requests
+        return lambda: SuccessRate(success_rate, requests, backoff)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NoAccrualConfig:
+    KIND: ClassVar[str] = "none"
+
+    def build(self, rng: random.Random) -> AccrualPolicyFactory:
+        return NoAccrual
+
+
+AccrualConfig = ConsecutiveFailuresConfig | SuccessRateConfig | NoAccrualConfig
+
+
+class _Streak:
+    """The backoff stream of the current ejection streak."""
+
+    __slots__ = ("_backoff", "_delays")
+
+    def __init__(self, backoff: Backoff) -> None:
+        self._backoff = backoff
+        self._delays: Iterator[float] = backoff.delays()
+
+    def next(self) -> float:
+        return next(self._delays)
+
+    def reset(self) -> None:
+        self._delays = self._backoff.delays()
+
+
+class ConsecutiveFailures:
+    __slots__ = ("_failures", "_count", "_streak")
+
+    def __init__(self, failures: int, backoff: Backoff) -> None:
+        self._failures = failures
+        self._count = 0
+        self._streak = _Streak(backoff)
+
+    def record_success(self) -> None:
+        self._count = 0
+
+    def record_failure(self) -> float | None:
+        self._count += 1
+        if self._count >= self._failures:
+            return self._streak.next()
+        return None
+
+    def next_backoff(self) -> float:
+        return self._streak.next()
+
+    def revived(self) -> None:
+        self._count = 0
+        self._streak.reset()
+
+    def __repr__(self) -> str:
+        return f"ConsecutiveFailures({self._count}/{self._failures})"
+
+
+class SuccessRate:
+    __slots__ = ("_required", "_window", "_requests", "_ema", "_streak")
+
+    def __init__(self, success_rate: float, requests: int, backoff: Backoff) -> None:
+        self._required = success_rate
+        self._window = requests
+        self._requests = 0
+        self._ema = Ema(requests)
+        self._streak = _Streak(backoff)
+
+    @property
+    def success_rate(self) -> float:
+        return self._ema.value
+
+    def record_success(self) -> None:
+        self._requests += 1
+        self._ema.update(self._requests, 1.0)
+
+    def record_failure(self) -> float | None:
+        self._requests += 1
+        rate = self._ema.update(self._requests, 0.0)
+        if self._requests >= self._window and rate < self._required:
+            return self._streak.next()
+        return None
+
+    def next_backoff(self) -> float:
+        return self._streak.next()
+
+    def revived(self) -> None:
+        self._requests = 0
+        self._ema.reset()
+        self._streak.reset()
+
+    def __repr__(self) -> str:
+        return f"SuccessRate({self._ema.value:.3f} over {self._requests}, needs {self._required})"
+
+
+class NoAccrual:
+    """Never ejects: every node stays live whatever it answers."""
+
+    __slots__ = ()
+
+    def record_success(self) -> None:
+        pass
+
+    def record_failure(self) -> float | None:
+        return None
+
+    def next_backoff(self) -> float:
+        return 0.0
+
+    def revived(self) -> None:
+        pass

@@ -1,0 +1,94 @@
+"""The balancer interface meshd calls: members in, nodes out, statistics for metrics and admin.
+
+A *member* is meshd's endpoint object, opaque here except for `key` (identity across
+updates) and `weight`. The balancer wraps each member in a `Node` (see `node.py`) that
+carries its load and failure-accrual state; meshd calls `node.start()` when an attempt is
+sent and `node.finish(...)` exactly once when it ends. Time comes from an injected `Clock`
+(monotonic seconds) and randomness from an injected `random.Random`, so every decision can
+be replayed in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from balancers.node import Node
+
+Clock = Callable[[], float]
+"""Monotonic seconds. meshd passes `clock.now`; tests pass a fake."""
+
+NodeState = Literal["live", "ejected", "probing"]
+
+
+class Member(Protocol):
+    """What a balancer needs to know about an endpoint: who it is and how much traffic it wants."""
+
+    @property
+    def key(self) -> Hashable: ...
+
+    @property
+    def weight(self) -> float: ...
+
+
+M = TypeVar("M", bound=Member)
+
+
+class NoNodesAvailable(Exception):
+    """`pick()` on a balancer whose member set is empty (Finagle's NoBrokersAvailable)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BalancerStatistics:
+    """A snapshot of one balancer: node counts per state and cumulative counters.
+
+    `ejections` counts live -> ejected transitions (Finagle's `removals`); a failed probe that
+    ejects a node again counts in `probe_failures` instead, and a successful one in `revivals`.
+    `all_ejected_picks` counts picks made while no node was available, which then went to a
+    node as if none were ejected (linkerd behaviour). `max_effort_exhausted` counts P2C picks
+    whose random draws found no available node although one existed (it was then found
+    directly). Cumulative counters include nodes that have since been removed.
+    """
+
+    kind: str
+    nodes: int
+    live: int
+    ejected: int
+    probing: int
+    pending: int
+    picks: int
+    all_ejected_picks: int
+    max_effort_exhausted: int
+    ejections: int
+    revivals: int
+    probe_failures: int
+    updates: int
+    removed: int
+
+
+class Balancer(Protocol[M]):
+    """Chooses a node per attempt. Synchronous, never blocks; O(1) per pick, O(n) per update."""
+
+    @property
+    def kind(self) -> str: ...
+
+    def update(self, members: Sequence[M]) -> list[M]:
+        """Replace the member set; return the members that left (meshd drains their pools).
+
+        Members whose key stays keep all their state (pending, EWMA, accrual) and take the new
+        object and weight. A member that leaves and later returns starts fresh.
+        """
+        ...
+
+    def pick(self, avoid: Node[M] | None = None) -> Node[M]:
+        """Choose a node for one attempt; raise `NoNodesAvailable` if the member set is empty.
+
+        `avoid` (a retry's previous node) is passed over when another available node exists.
+        """
+        ...
+
+    def nodes(self) -> Sequence[Node[M]]: ...
+
+    def statistics(self) -> BalancerStatistics: ...

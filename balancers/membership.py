@@ -1,0 +1,201 @@
+"""Membership: the node set every balancer kind shares, with O(1) availability bookkeeping.
+
+How this works. `update()` maps members to nodes by key: a staying key keeps its node (and so
+its pending count, EWMA and accrual state), a new key gets a fresh node, a leaving key's node
+is detached and its member returned. Kinds rebuild their pick structures in `_rebuilt()`,
+O(n) per update.
+
+Picks must be O(1), so availability is kept incrementally rather than scanned:
+- `_available` lists the nodes a pick may choose without overriding accrual (live, or with an
+  open probe), each node knowing its slot, so adding and removing is O(1) (swap with last).
+- `_deadlines` is a heap of (ejected-until, seq, node). There are no timers: each pick pops
+  the deadlines that have passed and lets those nodes open their probe. Entries of nodes that
+  were removed or ejected again are recognised and dropped when they surface.
+Nodes report their own transitions through the `_node_*` methods.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable, Hashable, Sequence
+from typing import Generic
+
+from balancers.accrual import AccrualPolicyFactory
+from balancers.base import BalancerStatistics, Clock, M
+from balancers.node import EJECTED, LIVE, Node, _check_weight
+
+__all__ = ["Membership", "NodeFactory"]
+
+NodeFactory = Callable[[M, "Membership[M]", AccrualPolicyFactory], Node[M]]
+"""Makes the kind's node for a new member: (member, owner, policy factory) -> node."""
+
+
+class Membership(Generic[M]):
+    def __init__(
+        self,
+        *,
+        kind: str,
+        clock: Clock,
+        rng: random.Random,
+        accrual: AccrualPolicyFactory,
+        node_factory: NodeFactory[M],
+    ) -> None:
+        self._kind = kind
+        self._clock = clock
+        self._rng = rng
+        self._random = rng.random
+        self._accrual = accrual
+        self._node_factory = node_factory
+        self._nodes: list[Node[M]] = []
+        self._by_key: dict[Hashable, Node[M]] = {}
+        self._available: list[Node[M]] = []
+        self._deadlines: list[tuple[float, int, Node[M]]] = []
+        self._seq = 0
+        self._picks = 0
+        self._all_ejected_picks = 0
+        self._max_effort_exhausted = 0
+        self._ejections = 0
+        self._revivals = 0
+        self._probe_failures = 0
+        self._updates = 0
+        self._removed = 0
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    def update(self, members: Sequence[M]) -> list[M]:
+        """Replace the member set; stayers keep their state, leavers are returned.
+
+        If two members share a key, the last one's object and weight win. Weights are checked
+        before anything changes, so a bad update leaves the balancer as it was.
+        """
+        for member in members:
+            _check_weight(member.weight)
+        old = self._by_key
+        nodes: list[Node[M]] = []
+        by_key: dict[Hashable, Node[M]] = {}
+        for member in members:
+            key = member.key
+            node = by_key.get(key)
+            if node is not None:
+                node._replace_member(member)
+                continue
+            node = old.get(key)
+            if node is None:
+                node = self._node_factory(member, self, self._accrual)
+                self._node_available(node)
+            else:
+                node._replace_member(member)
+            by_key[key] = node
+            nodes.append(node)
+        removed = [node for key, node in old.items() if key not in by_key]
+        for node in removed:
+            self._node_unavailable(node)
+            node._detach()
+        self._nodes = nodes
+        self._by_key = by_key
+        self._updates += 1
+        self._removed += len(removed)
+        self._rebuilt()
+        return [node.member for node in removed]
+
+    def nodes(self) -> Sequence[Node[M]]:
+        return tuple(self._nodes)
+
+    def statistics(self) -> BalancerStatistics:
+        now = self._clock()
+        self._wake(now)
+        live = ejected = pending = 0
+        for node in self._nodes:
+            node._refresh(now)
+            pending += node._pending
+            if node._state == LIVE:
+                live += 1
+            elif node._state == EJECTED:
+                ejected += 1
+        return BalancerStatistics(
+            kind=self._kind,
+            nodes=len(self._nodes),
+            live=live,
+            ejected=ejected,
+            probing=len(self._nodes) - live - ejected,
+            pending=pending,
+            picks=self._picks,
+            all_ejected_picks=self._all_ejected_picks,
+            max_effort_exhausted=self._max_effort_exhausted,
+            ejections=self._ejections,
+            revivals=self._revivals,
+            probe_failures=self._probe_failures,
+            updates=self._updates,
+            removed=self._removed,
+        )
+
+    # -- for the kinds ----------------------------------------------------------------------
+
+    def _rebuilt(self) -> None:
+        """Called after every update, once `_nodes` holds the new set."""
+
+    def _wake(self, now: float) -> None:
+        """Open the probes of ejections that have run out. Cheap when none has."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            node = heapq.heappop(deadlines)[2]
+            if node._owner is self:
+                node._refresh(now)
+
+    def _pick_available(self, avoid: Node[M] | None) -> Node[M]:
+        """A uniformly random available node, not `avoid` unless it is the only one.
+
+        Callers make sure at least one node is available.
+        """
+        available = self._available
+        n = len(available)
+        if avoid is None or avoid._slot < 0:
+            i = int(self._random() * n)
+            return available[i if i < n else n - 1]
+        if n == 1:
+            return avoid
+        i = int(self._random() * (n - 1))
+        if i >= n - 1:
+            i = n - 2
+        if i >= avoid._slot:
+            i += 1
+        return available[i]
+
+    # -- told by nodes ----------------------------------------------------------------------
+
+    def _node_available(self, node: Node[M]) -> None:
+        if node._slot < 0:
+            node._slot = len(self._available)
+            self._available.append(node)
+
+    def _node_unavailable(self, node: Node[M]) -> None:
+        slot = node._slot
+        if slot < 0:
+            return
+        last = self._available.pop()
+        if last is not node:
+            self._available[slot] = last
+            last._slot = slot
+        node._slot = -1
+
+    def _node_ejected(self, node: Node[M], *, from_live: bool) -> None:
+        self._node_unavailable(node)
+        self._seq += 1
+        heapq.heappush(self._deadlines, (node._until, self._seq, node))
+        if from_live:
+            self._ejections += 1
+        else:
+            self._probe_failures += 1
+
+    def _node_revived(self, node: Node[M]) -> None:
+        self._node_available(node)
+        self._revivals += 1
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(kind={self._kind}, nodes={len(self._nodes)}, "
+            f"available={len(self._available)})"
+        )

@@ -1,0 +1,1 @@
+"""Runnable examples that show meshd carrying real traffic."""

@@ -1,0 +1,218 @@
+"""The demo's result as data (what `--json-out` writes and the system test reads) and as the printed tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from examples.bank.simulator import AuthResult, percentile
+from examples.bank.story.metrics import MeshCounters
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhaseReport:
+    name: str
+    seconds: float
+    requests: int
+    approved: int
+    declined: int
+    failed: int
+    p50_ms: float
+    p99_ms: float
+    retries: float
+    ejections: float
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "seconds": round(self.seconds, 3),
+            "requests": self.requests,
+            "approved": self.approved,
+            "declined": self.declined,
+            "failed": self.failed,
+            "p50_ms": _finite(self.p50_ms),
+            "p99_ms": _finite(self.p99_ms),
+            "retries": self.retries,
+            "ejections": self.ejections,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlowReplicaReport:
+    replica: str
+    added_latency_ms: float
+    warmup_secs: float
+    accounts_requests: int
+    slow_requests: int
+
+    @property
+    def share(self) -> float:
+        return self.slow_requests / self.accounts_requests if self.accounts_requests else math.nan
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "replica": self.replica,
+            "added_latency_ms": self.added_latency_ms,
+            "warmup_secs": round(self.warmup_secs, 3),
+            "accounts_requests": self.accounts_requests,
+            "slow_requests": self.slow_requests,
+            "share": _finite(self.share),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CanaryStepReport:
+    target_share: float
+    accounts_requests: int
+    v2_requests: int
+    tolerance: float
+    reload_confirmed: bool
+
+    @property
+    def measured_share(self) -> float:
+        return self.v2_requests / self.accounts_requests if self.accounts_requests else math.nan
+
+    @property
+    def within_tolerance(self) -> bool:
+        return abs(self.measured_share - self.target_share) <= self.tolerance
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "target_share": self.target_share,
+            "accounts_requests": self.accounts_requests,
+            "v2_requests": self.v2_requests,
+            "measured_share": _finite(self.measured_share),
+            "tolerance": _finite(self.tolerance),
+            "within_tolerance": self.within_tolerance,
+            "reload_confirmed": self.reload_confirmed,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IntegrityReport:
+    approved: int
+    declined: int
+    failed: int
+    ledger_transactions: int
+    outbox_pending: int
+    mismatches: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "approved": self.approved,
+            "declined": self.declined,
+            "failed": self.failed,
+            "ledger_transactions": self.ledger_transactions,
+            "outbox_pending": self.outbox_pending,
+            "mismatches": list(self.mismatches),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DemoResult:
+    workdir: str
+    duration_secs: float
+    rate: float
+    kills: int
+    phases: tuple[PhaseReport, ...]
+    slow_replica: SlowReplicaReport
+    canary: tuple[CanaryStepReport, ...]
+    integrity: IntegrityReport
+
+    @property
+    def ok(self) -> bool:
+        """The exit status: the integrity check decides; the other figures are for people (and the system test)."""
+        return self.integrity.ok
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "workdir": self.workdir,
+            "duration_secs": self.duration_secs,
+            "rate": self.rate,
+            "kills": self.kills,
+            "phases": [phase.to_json() for phase in self.phases],
+            "slow_replica": self.slow_replica.to_json(),
+            "canary": [step.to_json() for step in self.canary],
+            "integrity": self.integrity.to_json(),
+        }
+
+
+def summarise_phase(
+    name: str,
+    *,
+    start: float,
+    end: float,
+    results: Sequence[AuthResult],
+    counters: MeshCounters,
+    notes: Sequence[str] = (),
+) -> PhaseReport:
+    """The phase's row: the authorisations *intended* to be sent during it, and meshd's counter deltas."""
+    mine = [result for result in results if start <= result.intended_at < end]
+    latencies = [result.latency_ms for result in mine]
+    return PhaseReport(
+        name=name,
+        seconds=end - start,
+        requests=len(mine),
+        approved=sum(result.outcome == "approved" for result in mine),
+        declined=sum(result.outcome == "declined" for result in mine),
+        failed=sum(result.outcome == "failed" for result in mine),
+        p50_ms=percentile(latencies, 0.50),
+        p99_ms=percentile(latencies, 0.99),
+        retries=counters.retries,
+        ejections=counters.ejections,
+        notes=tuple(notes),
+    )
+
+
+def render(result: DemoResult) -> str:
+    lines = [
+        "",
+        f"{'phase':<8} {'secs':>5} {'requests':>8} {'approved':>8} {'declined':>8} {'failed':>6} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'retries':>7} {'ejections':>9}",
+    ]
+    for phase in result.phases:
+        lines.append(
+            f"{phase.name:<8} {phase.seconds:>5.1f} {phase.requests:>8} {phase.approved:>8} {phase.declined:>8} "
+            f"{phase.failed:>6} {phase.p50_ms:>7.1f} {phase.p99_ms:>7.1f} {phase.retries:>7.0f} {phase.ejections:>9.0f}"
+        )
+        lines += [f"{'':<8} - {note}" for note in phase.notes]
+    slow = result.slow_replica
+    lines += [
+        "",
+        f"slow replica: {slow.replica} (+{slow.added_latency_ms:.0f} ms) served {slow.slow_requests} of "
+        f"{slow.accounts_requests} accounts requests ({slow.share:.1%}) after a {slow.warmup_secs:.1f}s warm-up",
+        "",
+        f"{'canary':<8} {'v2 target':>9} {'requests':>8} {'to v2':>6} {'measured':>8} {'tolerance':>9}  within",
+    ]
+    for step in result.canary:
+        reload_note = "" if step.reload_confirmed else "  (reload not confirmed by meshd's metrics)"
+        lines.append(
+            f"{'':<8} {step.target_share:>9.0%} {step.accounts_requests:>8} {step.v2_requests:>6} "
+            f"{step.measured_share:>8.1%} {'±' + format(step.tolerance, '.1%'):>9}  "
+            f"{'yes' if step.within_tolerance else 'NO'}{reload_note}"
+        )
+    integrity = result.integrity
+    lines.append("")
+    if integrity.ok:
+        lines.append(
+            f"integrity: OK - {integrity.approved} approved authorisations each in the ledger exactly once, "
+            f"{integrity.declined} declined ones nowhere, balances add up, no after-response work pending"
+        )
+    else:
+        lines.append(f"integrity: {len(integrity.mismatches)} MISMATCHES")
+        lines += [f"  - {mismatch}" for mismatch in integrity.mismatches]
+    return "\n".join(lines) + "\n"
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN or infinity: an undefined figure is null."""
+    return value if math.isfinite(value) else None

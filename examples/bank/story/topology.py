@@ -1,0 +1,198 @@
+"""Where the demo's bank runs: which replicas, on which free loopback ports, and meshd's files describing them.
+
+Everything lives in one work directory: the meshd config, the fs namer's directory (one file per service name,
+one `host port` line per replica), the operators' routes.yaml, the services' SQLite files (one per service;
+the canary `accounts-v2` shares `accounts.db`) and a log file per process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import yaml
+
+from examples.bank.story.canary import routes_document
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """A service as meshd names it (`name`), the program that implements it and how many replicas run."""
+
+    name: str
+    module: str
+    replicas: int
+    database: str
+    version: str = "v1"
+
+
+BANK: Final[tuple[ServiceSpec, ...]] = (
+    ServiceSpec("accounts", "examples.bank.accounts", 3, "accounts"),
+    ServiceSpec("accounts-v2", "examples.bank.accounts", 1, "accounts", version="v2"),
+    ServiceSpec("ledger", "examples.bank.ledger", 3, "ledger"),
+    ServiceSpec("payments", "examples.bank.payments", 2, "payments"),
+    ServiceSpec("merchants", "examples.bank.merchants", 1, "merchants"),
+    ServiceSpec("feed", "examples.bank.feed", 1, "feed"),
+    ServiceSpec("notifications", "examples.bank.notifications", 1, "notifications"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    service: str
+    name: str
+    module: str
+    version: str
+    port: int
+    db: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self, meshd_url: str, *, python: str = sys.executable) -> list[str]:
+        return [
+            python,
+            "-m",
+            self.module,
+            "--port",
+            str(self.port),
+            "--db",
+            str(self.db),
+            "--replica",
+            self.name,
+            "--version",
+            self.version,
+            "--meshd",
+            meshd_url,
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    workdir: Path
+    replicas: tuple[Replica, ...]
+    router_port: int
+    admin_port: int
+
+    @property
+    def meshd_url(self) -> str:
+        return f"http://127.0.0.1:{self.router_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "meshd.yaml"
+
+    @property
+    def disco_dir(self) -> Path:
+        return self.workdir / "disco"
+
+    @property
+    def routes_path(self) -> Path:
+        return self.workdir / "routes.yaml"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.workdir / "logs"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.workdir / "pids"
+
+    def of(self, service: str) -> tuple[Replica, ...]:
+        return tuple(replica for replica in self.replicas if replica.service == service)
+
+    def replica(self, name: str) -> Replica:
+        for replica in self.replicas:
+            if replica.name == name:
+                return replica
+        raise KeyError(name)
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel says are free right now; all sockets are held open together so the ports differ.
+
+    There is a window between closing them and the services binding them; on a loopback-only demo machine
+    that is an acceptable race (a clash shows as a service failing to start, reported with its log).
+    """
+    sockets = []
+    try:
+        for _ in range(count):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            probe.bind(("127.0.0.1", 0))
+            sockets.append(probe)
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+def plan_layout(workdir: Path, specs: Iterable[ServiceSpec] = BANK) -> Layout:
+    specs = tuple(specs)
+    ports: Iterator[int] = iter(free_ports(2 + sum(spec.replicas for spec in specs)))
+    router_port, admin_port = next(ports), next(ports)
+    replicas = tuple(
+        Replica(
+            service=spec.name,
+            name=f"{spec.name}-{index}",
+            module=spec.module,
+            version=spec.version,
+            port=next(ports),
+            db=workdir / "data" / f"{spec.database}.db",
+        )
+        for spec in specs
+        for index in range(1, spec.replicas + 1)
+    )
+    return Layout(workdir.resolve(), replicas, router_port, admin_port)
+
+
+def meshd_config(layout: Layout) -> dict[str, object]:
+    """The config meshd runs with; paths are absolute so it does not matter where meshd resolves them from."""
+    return {
+        "admin": {"ip": "127.0.0.1", "port": layout.admin_port},
+        "namers": [{"kind": "fs", "rootDir": str(layout.disco_dir)}],
+        "routers": [
+            {
+                "label": "outgoing",
+                "servers": [{"ip": "127.0.0.1", "port": layout.router_port}],
+                "identifier": {"kind": "header", "header": "host"},
+                "dtab": "/svc => /#/fs;",
+                "routes": str(layout.routes_path),
+                "service": {
+                    "retries": {"budget": {"ttlSecs": 10, "minRetriesPerSec": 10, "percentCanRetry": 0.2}}
+                },
+                "client": {
+                    "loadBalancer": {"kind": "ewma"},
+                    "failureAccrual": {"kind": "consecutiveFailures", "failures": 5},
+                },
+            }
+        ],
+    }
+
+
+def write_mesh_files(layout: Layout) -> None:
+    """Write meshd.yaml, one fs-namer file per service and routes.yaml with 100% of accounts on v1."""
+    layout.disco_dir.mkdir(parents=True, exist_ok=True)
+    layout.logs_dir.mkdir(parents=True, exist_ok=True)
+    for service in sorted({replica.service for replica in layout.replicas}):
+        lines = "".join(f"127.0.0.1 {replica.port}\n" for replica in layout.of(service))
+        write_atomically(layout.disco_dir / service, lines)
+    write_atomically(layout.config_path, yaml.safe_dump(meshd_config(layout), sort_keys=False))
+    write_atomically(layout.routes_path, routes_document(0.0))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace the file in one step (write beside it, then rename), so a watcher never reads half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)

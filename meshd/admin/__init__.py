@@ -1,0 +1,1 @@
+"""The admin server: metrics, health, config, routing views and the dashboard."""

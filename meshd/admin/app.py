@@ -1,0 +1,158 @@
+"""Admin server (aiohttp): /metrics, /admin/ping, /admin/ready, /admin/config, /admin/routes,
+/admin/endpoints, /admin/delegator and the dashboard.
+
+The admin server shares the event loop with the proxy but none of its hot path: it only reads
+counters and statistics when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from meshd import __version__
+from meshd.admin.metrics import MeshdCollector
+from meshd.config.loader import to_yaml_dict
+from meshd.explain import explain
+
+if TYPE_CHECKING:
+    from meshd.daemon import Daemon
+
+DASHBOARD = pathlib.Path(__file__).parent / "dashboard"
+_DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+
+
+def build_app(daemon: Daemon) -> web.Application:
+    app = web.Application()
+    app[_DAEMON] = daemon
+    daemon.runtime.registry.register(MeshdCollector(daemon))
+    app.add_routes(
+        [
+            web.get("/metrics", metrics),
+            web.get("/admin/ping", ping),
+            web.get("/admin/ready", ready),
+            web.get("/admin/config", config),
+            web.get("/admin/routes", routes),
+            web.get("/admin/endpoints", endpoints),
+            web.get("/admin/delegator", delegator),
+            web.get("/admin/version", version),
+            web.get("/", dashboard),
+        ]
+    )
+    if DASHBOARD.is_dir():
+        app.router.add_static("/dashboard/", DASHBOARD)
+    return app
+
+
+async def start_admin(daemon: Daemon, ip: str, port: int) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(build_app(daemon), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, ip, port, reuse_address=True)
+    await site.start()
+    server = site._server  # aiohttp exposes the bound port only through the asyncio server
+    assert server is not None
+    bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    return runner, int(bound)
+
+
+async def start_admin_unix(daemon: Daemon, path: str) -> web.AppRunner:
+    """A worker's admin server, on a Unix socket the supervisor aggregates (see workers.py)."""
+    runner = web.AppRunner(build_app(daemon), access_log=None)
+    await runner.setup()
+    await web.UnixSite(runner, path).start()
+    return runner
+
+
+async def stop_admin(runner: object) -> None:
+    assert isinstance(runner, web.AppRunner)
+    await runner.cleanup()
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, indent=2, default=str) + "\n", status=status, content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    daemon = request.app[_DAEMON]
+    body = generate_latest(daemon.runtime.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def ping(request: web.Request) -> web.Response:
+    return web.Response(text="pong\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    if request.app[_DAEMON].ready:
+        return web.Response(text="ready\n")
+    return web.Response(text="not ready\n", status=503)
+
+
+async def version(request: web.Request) -> web.Response:
+    return _json({"version": __version__})
+
+
+async def config(request: web.Request) -> web.Response:
+    return _json(to_yaml_dict(request.app[_DAEMON].config))
+
+
+async def routes(request: web.Request) -> web.Response:
+    daemon = request.app[_DAEMON]
+    out = []
+    for router in daemon.routers:
+        watcher = daemon.routes_watchers.get(router.label)
+        out.append(
+            {
+                "router": router.label,
+                "dtab": router.own_dtab.show(),
+                "effectiveDtab": router.dtab.get().show(),
+                "routesFile": str(watcher.path) if watcher else None,
+                "routes": watcher.current.to_json() if watcher and watcher.current else None,
+                "reloads": {"success": watcher.successes, "error": watcher.errors} if watcher else None,
+                "lastError": watcher.last_error if watcher else None,
+            }
+        )
+    return _json(out)
+
+
+async def endpoints(request: web.Request) -> web.Response:
+    daemon = request.app[_DAEMON]
+    return _json(
+        [
+            {"router": router.label, "clients": [client.to_json() for client in list(router.clients.values())]}
+            for router in daemon.routers
+        ]
+    )
+
+
+async def delegator(request: web.Request) -> web.Response:
+    daemon = request.app[_DAEMON]
+    path = request.query.get("path")
+    if not path:
+        return _json({"error": "give the logical name to explain: ?path=/svc/accounts"}, status=400)
+    label = request.query.get("router")
+    try:
+        router = daemon.router(label) if label else daemon.routers[0]
+    except KeyError:
+        return _json({"error": f"no router {label!r}"}, status=404)
+    result = await explain(
+        path,
+        router.dtab.get(),
+        daemon.namers,
+        lambda id: router.addr_of(id).get(),
+        local_dtab=request.query.get("dtab", ""),
+        timeout_s=2.0,
+    )
+    result["router"] = router.label
+    return _json(result, status=400 if "error" in result and "trace" not in result else 200)
+
+
+async def dashboard(request: web.Request) -> web.StreamResponse:
+    index = DASHBOARD / "index.html"
+    if index.is_file():
+        return web.FileResponse(index)
+    return web.Response(text="meshd admin: /metrics /admin/endpoints /admin/routes /admin/delegator?path=\n")

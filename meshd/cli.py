@@ -1,0 +1,186 @@
+"""The `meshd` command: `run`, `check`, `dtab explain`, `--version`. Parsing only; no logic here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import pathlib
+import sys
+from collections.abc import Sequence
+
+from meshd import __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handler = {"run": _run, "check": _check, "dtab": _dtab}[args.command]
+    return handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshd", description="A service-mesh proxy in the spirit of linkerd 1.x.")
+    parser.add_argument("--version", action="version", version=f"meshd {__version__}")
+    commands = parser.add_subparsers(dest="command")
+
+    run = commands.add_parser("run", help="run the proxy")
+    run.add_argument("-c", "--config", required=True, help="the meshd YAML config file")
+    run.add_argument("--workers", type=int, default=1, help="worker processes sharing the listen ports (default 1)")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    check = commands.add_parser("check", help="validate a config file (exit 0 if valid)")
+    check.add_argument("-c", "--config", required=True)
+
+    dtab = commands.add_parser("dtab", help="dtab tools")
+    dtab_commands = dtab.add_subparsers(dest="dtab_command", required=True)
+    explain = dtab_commands.add_parser("explain", help="explain how a logical name is bound")
+    explain.add_argument("path", help="the logical name, e.g. /svc/accounts")
+    explain.add_argument("-c", "--config", required=True)
+    explain.add_argument("--router", help="router label (default: the first)")
+    explain.add_argument("--dtab", default="", help="extra dentries, as an l5d-dtab header would add")
+    explain.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+def _load(path: str) -> object:
+    from meshd.config.errors import ConfigError
+    from meshd.config.loader import load_config_file
+    from meshd.config.model import MeshdConfig
+
+    try:
+        return load_config_file(path, MeshdConfig)
+    except ConfigError as exc:
+        print(exc.format(), file=sys.stderr)
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from meshd.config.model import MeshdConfig
+    from routing.rules import RoutesError, load_routes
+
+    assert isinstance(config, MeshdConfig)
+    base = pathlib.Path(args.config).resolve().parent
+    problems = 0
+    for router in config.routers:
+        if router.routes:
+            routes_path = base / router.routes
+            try:
+                load_routes(routes_path.read_text(encoding="utf-8"), str(routes_path))
+            except (OSError, RoutesError) as exc:
+                print(f"routers[{router.label}].routes: {exc}", file=sys.stderr)
+                problems += 1
+    if problems:
+        return 1
+    print(f"{args.config}: ok")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from meshd.config.model import MeshdConfig
+
+    assert isinstance(config, MeshdConfig)
+    if args.workers < 1:
+        print("--workers must be at least 1", file=sys.stderr)
+        return 2
+    base = pathlib.Path(args.config).resolve().parent
+    if args.workers > 1:
+        from meshd.workers import run_workers
+
+        code: int = run_workers(config, base, args.workers)
+        return code
+    import uvloop
+
+    from meshd.daemon import Daemon
+    from meshd.runtime import Runtime
+
+    daemon = Daemon(config, Runtime(base_dir=base), tune_gc=True)
+    try:
+        uvloop.run(daemon.run_until_signalled())
+    except Exception as exc:  # start-up failures (port in use, bad routing file): one clear line
+        logging.getLogger("meshd").error("meshd failed: %s", exc)
+        return 1
+    return 0
+
+
+def _dtab(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from meshd.config.model import MeshdConfig
+
+    assert isinstance(config, MeshdConfig)
+    base = pathlib.Path(args.config).resolve().parent
+    result = asyncio.run(_explain(config, base, args.path, args.router, args.dtab))
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(_render(result))
+    return 1 if "error" in result else 0
+
+
+async def _explain(config: object, base: pathlib.Path, path: str, label: str | None, extra: str) -> dict[str, object]:
+    from meshd.config.model import MeshdConfig
+    from meshd.explain import explain
+    from meshd.router import Router
+    from meshd.runtime import Runtime
+    from routing.rules import load_routes
+
+    assert isinstance(config, MeshdConfig)
+    runtime = Runtime(base_dir=base)
+    namers = {}
+    for namer_config in config.namers:
+        namer = namer_config.build(runtime)
+        await namer.start()
+        namers[namer.prefix] = namer
+    try:
+        routers = [r for r in config.routers if label is None or r.label == label]
+        if not routers:
+            return {"path": path, "error": f"no router {label!r}"}
+        router = Router(routers[0], runtime, namers)
+        if routers[0].routes:
+            routes_path = runtime.resolve_path(routers[0].routes)
+            router.set_routes_dtab(load_routes(routes_path.read_text(encoding="utf-8"), str(routes_path)).dtab)
+        result = await explain(path, router.dtab.get(), namers, lambda id: router.addr_of(id).get(), local_dtab=extra)
+        result["router"] = router.label
+        return result
+    finally:
+        for namer in namers.values():
+            await namer.close()
+
+
+def _render(result: dict[str, object]) -> str:
+    lines = [f"router {result.get('router')}: {result.get('path')}"]
+    if "dtab" in result:
+        lines.append(f"dtab: {result['dtab']}")
+    if "explanation" in result:
+        lines.append(str(result["explanation"]))
+    if "error" in result:
+        lines.append(f"error: {result['error']}")
+    outcomes = result.get("outcomes") or []
+    assert isinstance(outcomes, list)
+    for outcome in outcomes:
+        assert isinstance(outcome, dict)
+        p = outcome["probability"]
+        if "client" in outcome:
+            addr = outcome["addr"]
+            assert isinstance(addr, dict)
+            eps = ", ".join(f"{e['address']} (w={e['weight']:g})" for e in addr.get("endpoints", []))
+            lines.append(f"  {float(p) * 100:6.2f}%  {outcome['client']}  [{addr['state']}] {eps}")
+        else:
+            lines.append(f"  {float(p) * 100:6.2f}%  {outcome['result']} (fails these requests)")
+    return "\n".join(lines)

@@ -1,0 +1,214 @@
+"""Client: everything meshd keeps for one bound name (a replica set): endpoints, pools, balancer.
+
+A client subscribes to its namer's address set. On every change it keeps the `Endpoint` (and so
+the pool and the balancer node with its EWMA, pending count and accrual state) of each replica
+that stays, creates endpoints for new replicas, and drains removed ones: their pools stop
+handing out connections, idle ones close now, busy ones close when their request finishes.
+`Pending` and `Failed` answers keep the last known set (never drop to empty because discovery
+hiccuped); `Neg` empties it.
+
+Calling the client sends one attempt: pick a node (O(1)), count it as started, dispatch on a
+pooled connection, and report the outcome to the balancer when the response ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from balancers.base import Balancer, NoNodesAvailable
+from balancers.node import Node
+from balancers.registry import BalancerConfig
+from meshd.discovery.addr import Addr, Address, Bound, Neg
+from meshd.errors import AttemptTimeout, MeshdError, NoEndpoints
+from meshd.http.messages import Request, Response
+from meshd.observable import Observable
+from meshd.pipeline.dispatch import dispatch
+from meshd.pool.dialer import Dialer
+from meshd.pool.pool import Pool, PoolLimits, PoolStatistics
+from meshd.runtime import Runtime
+from routing.path import Path
+
+
+class Endpoint:
+    """One replica as a client sees it: its address, its pool; `key`/`weight` for the balancer."""
+
+    __slots__ = ("address", "key", "weight", "pool", "label")
+
+    def __init__(self, address: Address, pool: Pool) -> None:
+        self.address = address
+        self.key = address.key
+        self.weight = address.weight
+        self.pool = pool
+        self.label = address.show()
+
+    def __repr__(self) -> str:
+        return f"<Endpoint {self.label} weight={self.weight}>"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    balancer: BalancerConfig
+    accrual: object
+    pool: PoolLimits
+    attempt_timeout_ms: int | None
+
+
+class Client:
+    def __init__(
+        self,
+        id: Path,
+        addr: Observable[Addr],
+        settings: ClientSettings,
+        runtime: Runtime,
+        dialer: Dialer,
+    ) -> None:
+        self.id = id
+        self.label = id.show()
+        self.label_bytes = self.label.encode("latin-1")
+        self._settings = settings
+        self._runtime = runtime
+        self._dialer = dialer
+        self.balancer: Balancer[Endpoint] = settings.balancer.build(
+            runtime.clock.now,
+            runtime.rng,
+            settings.accrual,  # type: ignore[arg-type]  # an accrual config from balancers.registry.ACCRUALS
+        )
+        self._endpoints: dict[tuple[str, int], Endpoint] = {}
+        self._addr = addr
+        self._attempt_timeout_s = settings.attempt_timeout_ms / 1000.0 if settings.attempt_timeout_ms else None
+        self.last_addr: Addr = addr.get()
+        self._unsubscribe = addr.subscribe(self._on_addr)
+
+    # -- discovery -------------------------------------------------------------------------
+    def _on_addr(self, addr: Addr) -> None:
+        self.last_addr = addr
+        if isinstance(addr, Bound):
+            addresses = addr.addresses
+        elif isinstance(addr, Neg):
+            addresses = frozenset()
+        else:
+            return  # Pending / Failed: keep serving the last known set
+        current = self._endpoints
+        fresh: dict[tuple[str, int], Endpoint] = {}
+        for address in addresses:
+            endpoint = current.get(address.key)
+            if endpoint is None:
+                pool = Pool(
+                    address.host,
+                    address.port,
+                    dialer=self._dialer,
+                    limits=self._settings.pool,
+                    clock=self._runtime.clock,
+                )
+                endpoint = Endpoint(address, pool)
+            else:
+                endpoint.address = address
+                endpoint.weight = address.weight
+            fresh[address.key] = endpoint
+        self._endpoints = fresh
+        for removed in self.balancer.update(list(fresh.values())):
+            removed.pool.close()
+
+    # -- one attempt ------------------------------------------------------------------------
+    async def __call__(self, request: Request) -> Response:
+        avoid = request.last_node
+        try:
+            node = self.balancer.pick(avoid if isinstance(avoid, Node) else None)
+        except NoNodesAvailable:
+            raise NoEndpoints(f"no endpoints available for {self.label}", written=False) from None
+        request.last_node = node
+        endpoint = node.member
+        started = node.start()
+        try:
+            if self._attempt_timeout_s is None:
+                response = await dispatch(endpoint, request, self.label_bytes)
+            else:
+                try:
+                    async with asyncio.timeout(self._attempt_timeout_s):
+                        response = await dispatch(endpoint, request, self.label_bytes)
+                except TimeoutError:
+                    raise AttemptTimeout(
+                        f"attempt to {endpoint.label} exceeded requestAttemptTimeoutMs "
+                        f"({self._settings.attempt_timeout_ms} ms)"
+                    ) from None
+        except MeshdError:
+            node.finish(started, failure=True)
+            raise
+        except BaseException:
+            node.finish(started, failure=False)
+            raise
+        classifier = request.classifier
+        if classifier is not None:
+            failure = classifier.classify_response(request.method, response.status, False).is_failure
+        else:
+            failure = response.status >= 500
+        body = response.body
+        if body.ended:
+            node.finish(started, failure=failure)
+        else:
+            body.add_done_callback(lambda error: node.finish(started, failure=failure or error is not None))
+        return response
+
+    # -- lifecycle and state ----------------------------------------------------------------
+    def sweep(self, now: float) -> None:
+        for endpoint in self._endpoints.values():
+            endpoint.pool.sweep(now)
+
+    def close(self) -> None:
+        self._unsubscribe()
+        for endpoint in self._endpoints.values():
+            endpoint.pool.close()
+
+    async def wait_drained(self) -> None:
+        await asyncio.gather(*(e.pool.wait_drained() for e in self._endpoints.values()))
+
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._endpoints.values())
+
+    def pool_statistics(self) -> PoolStatistics:
+        idle = busy = dialing = waiters = opened = closed = 0
+        for endpoint in self._endpoints.values():
+            s = endpoint.pool.statistics()
+            idle += s.idle
+            busy += s.busy
+            dialing += s.dialing
+            waiters += s.waiters
+            opened += s.opened
+            closed += s.closed
+        return PoolStatistics(idle, busy, dialing, waiters, opened, closed)
+
+    def to_json(self) -> dict[str, object]:
+        stats = self.balancer.statistics()
+        return {
+            "client": self.label,
+            "balancer": stats.kind,
+            "addr": type(self.last_addr).__name__.lower(),
+            "statistics": {
+                "live": stats.live,
+                "ejected": stats.ejected,
+                "probing": stats.probing,
+                "ejections": stats.ejections,
+                "allEjectedPicks": stats.all_ejected_picks,
+            },
+            "endpoints": [
+                {
+                    "address": node.member.label,
+                    "weight": node.weight,
+                    "pending": node.pending,
+                    "ewmaSeconds": node.ewma_seconds,
+                    "cost": node.cost,
+                    "state": node.state,
+                    "ejections": node.ejections,
+                    "pool": _pool_json(node.member.pool.statistics()),
+                }
+                for node in self.balancer.nodes()
+            ],
+        }
+
+    def __repr__(self) -> str:
+        return f"<Client {self.label} endpoints={len(self._endpoints)}>"
+
+
+def _pool_json(s: PoolStatistics) -> dict[str, int]:
+    return {"idle": s.idle, "busy": s.busy, "dialing": s.dialing, "waiters": s.waiters}

@@ -1,0 +1,169 @@
+"""The configuration tree: frozen dataclasses with linkerd 1's defaults (and meshd's three exceptions).
+
+YAML keys are the camelCase of the field names (the loader maps them by one rule). Every class
+checks its own invariants in `__post_init__`; a message that starts with a key name (`"port:
+..."`) is reported at that key's line. docs/configuration.md documents every field here, and a
+test checks that it does.
+
+meshd's deliberate differences from linkerd 1's defaults: the balancer is `ewma` (P2C + Peak
+EWMA; linkerd: `p2c`), the classifier is `retryableIdempotent5XX` (linkerd: `nonRetryable5XX`),
+and retries back off with jitter (linkerd: constant 0).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from balancers.accrual import ConsecutiveFailuresConfig, NoAccrualConfig, SuccessRateConfig
+from balancers.p2c import EwmaConfig
+from balancers.registry import ACCRUALS, BALANCERS, BalancerConfig
+from meshd.discovery.registry import NAMERS, NamerConfig
+from meshd.retry.backoff import BACKOFFS, BackoffConfig, JitteredBackoffConfig
+from meshd.retry.budget import RetryBudgetConfig
+from meshd.retry.classifiers import CLASSIFIERS, ResponseClassifierConfig, RetryableIdempotent5XXConfig
+from routing.identifiers.base import IdentifierConfig
+from routing.identifiers.header import HeaderIdentifierConfig
+from routing.identifiers.registry import IDENTIFIERS
+from routing.parser import DtabSyntaxError, parse_dtab
+
+AccrualConfig = ConsecutiveFailuresConfig | SuccessRateConfig | NoAccrualConfig
+
+_PORT = {"min": 0, "max": 65535}
+
+
+def _check_ip(key: str, value: str) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{key}: expected an IP address, got {value!r}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    """The admin HTTP server: metrics, readiness, config and routing views, dashboard."""
+
+    ip: str = "127.0.0.1"
+    port: int = field(default=9990, metadata=_PORT)
+
+    def __post_init__(self) -> None:
+        _check_ip("ip", self.ip)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """One listening socket of a router."""
+
+    ip: str = "127.0.0.1"
+    port: int = field(default=4140, metadata=_PORT)
+    max_header_bytes: int = field(default=64 * 1024, metadata={"min": 1024, "max": 16 * 1024 * 1024})
+    header_timeout_ms: int = field(default=10_000, metadata={"min": 1})
+    idle_timeout_ms: int = field(default=60_000, metadata={"min": 1})
+
+    def __post_init__(self) -> None:
+        _check_ip("ip", self.ip)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolConfig:
+    """Per-endpoint connection pool limits."""
+
+    max_connections: int = field(default=1000, metadata={"min": 1})
+    max_waiters: int = field(default=10_000, metadata={"min": 0})
+    idle_time_ms: int = field(default=10_000, metadata={"min": 0})
+    connect_timeout_ms: int = field(default=1000, metadata={"min": 1})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    """Client-level settings: one client per bound name (replica set)."""
+
+    load_balancer: BalancerConfig = field(default_factory=EwmaConfig, metadata={"registry": BALANCERS})
+    failure_accrual: AccrualConfig = field(default_factory=ConsecutiveFailuresConfig, metadata={"registry": ACCRUALS})
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    request_attempt_timeout_ms: int | None = field(default=None, metadata={"min": 1})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetriesConfig:
+    """Retries of failed requests, within a budget, with backoff."""
+
+    budget: RetryBudgetConfig = field(default_factory=RetryBudgetConfig)
+    backoff: BackoffConfig = field(default_factory=JitteredBackoffConfig, metadata={"registry": BACKOFFS})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceConfig:
+    """Service-level settings: one service per logical name."""
+
+    total_timeout_ms: int | None = field(default=None, metadata={"min": 1})
+    response_classifier: ResponseClassifierConfig = field(
+        default_factory=RetryableIdempotent5XXConfig, metadata={"registry": CLASSIFIERS}
+    )
+    retries: RetriesConfig = field(default_factory=RetriesConfig)
+    replay_buffer_bytes: int = field(default=64 * 1024, metadata={"min": 0})
+    add_success_class_header: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouterConfig:
+    """One router: listeners, how requests are named and bound, and the service and client stacks."""
+
+    label: str
+    protocol: str = "http"
+    servers: tuple[ServerConfig, ...] = (ServerConfig(),)
+    identifier: IdentifierConfig = field(default_factory=HeaderIdentifierConfig, metadata={"registry": IDENTIFIERS})
+    dtab: str = ""
+    routes: str | None = None
+    trusted_sources: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    binding_timeout_ms: int = field(default=10_000, metadata={"min": 1})
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+
+    def __post_init__(self) -> None:
+        if not self.label or not all(c.isalnum() or c in "-_." for c in self.label):
+            raise ValueError(f"label: must be letters, digits, '-', '_' or '.', got {self.label!r}")
+        if self.protocol != "http":
+            raise ValueError(f"protocol: only 'http' is supported, got {self.protocol!r}")
+        if not self.servers:
+            raise ValueError("servers: a router needs at least one server")
+        try:
+            parse_dtab(self.dtab)
+        except DtabSyntaxError as exc:
+            raise ValueError(f"dtab: {exc}") from None
+        for cidr in self.trusted_sources:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"trustedSources: {cidr!r} is not an IP network (e.g. 10.0.0.0/8)") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeshdConfig:
+    """The whole file."""
+
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    namers: tuple[NamerConfig, ...] = field(default=(), metadata={"registry": NAMERS})
+    routers: tuple[RouterConfig, ...]
+    drain_timeout_ms: int = field(default=30_000, metadata={"min": 0})
+
+    def __post_init__(self) -> None:
+        if not self.routers:
+            raise ValueError("routers: at least one router is required")
+        labels = [r.label for r in self.routers]
+        dupes = sorted({label for label in labels if labels.count(label) > 1})
+        if dupes:
+            raise ValueError(f"routers: router labels must be unique, repeated: {', '.join(dupes)}")
+        seen: dict[tuple[str, int], str] = {}
+        for router in self.routers:
+            for server in router.servers:
+                key = (server.ip, server.port)
+                if server.port and key in seen:
+                    raise ValueError(
+                        f"routers: {router.label} and {seen[key]} both listen on {server.ip}:{server.port}"
+                    )
+                seen[key] = router.label
+        prefixes = [n.prefix for n in self.namers]
+        dup_prefixes = sorted({p for p in prefixes if prefixes.count(p) > 1})
+        if dup_prefixes:
+            raise ValueError(f"namers: two namers share the prefix {dup_prefixes[0]}; give one a different prefix")

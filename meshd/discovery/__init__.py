@@ -1,0 +1,1 @@
+"""Service discovery: namers that turn concrete names into live address sets."""

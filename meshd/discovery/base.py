@@ -1,0 +1,46 @@
+"""Namer: the interface every discovery plug-in implements (fs, dns, k8s).
+
+A namer serves one prefix, `/#/<kind>` by default. Binding asks it synchronously about a
+path (the segments after its prefix) with `lookup()`; it answers at once with what it knows
+now: a name tree of `BoundName`s (usually one `Leaf`), `NEG` when the name does not exist,
+or `None` while it does not know yet (it starts whatever background work is needed to find
+out and bumps `version` when the answer may have changed). For every `BoundName.id` it
+returned, `addr(id)` gives the live address set as an `Observable[Addr]`; balancers subscribe
+to it. `release(id)` says a client no longer uses that id (watches may then be closed after an
+idle time).
+
+Namers never block the event loop and never raise out of `lookup()`/`addr()`: failures become
+`Failed(reason)` on the observable, and the last `Bound` set keeps serving meanwhile.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from meshd.discovery.addr import Addr
+from meshd.observable import Observable
+from routing.namer import BoundName
+from routing.nametree import NameTree
+from routing.path import Path
+
+
+class Namer(Protocol):
+    @property
+    def prefix(self) -> Path:
+        """The namer's prefix, e.g. Path.read('/#/fs')."""
+        ...
+
+    @property
+    def version(self) -> Observable[int]:
+        """Bumped whenever some `lookup()` answer may differ from before (binding caches watch it)."""
+        ...
+
+    def lookup(self, path: Path) -> NameTree[BoundName] | None: ...
+
+    def addr(self, id: Path) -> Observable[Addr]: ...
+
+    def release(self, id: Path) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...

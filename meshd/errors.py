@@ -1,0 +1,133 @@
+"""MeshdError: every failure meshd itself produces, with its HTTP status and `l5d-err` text.
+
+The error responder is the only code that turns these into responses (see docs/errors.md for the
+table). Low-level exceptions (OSError, TimeoutError, parser errors) are translated into these at
+the edge where they happen (dialer, codec, pool), with `raise ... from exc`.
+
+`written` says whether any byte of the request may have reached an upstream: an error with
+`written=False` (connect refused, pool closed before use) is safe to retry for any method.
+"""
+
+from __future__ import annotations
+
+
+class MeshdError(Exception):
+    status: int = 502
+    reason: str = "Bad Gateway"
+    #: short machine-friendly name, exported as the `kind` label on error metrics.
+    kind: str = "error"
+
+    def __init__(self, message: str, *, written: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.written = written
+
+    @property
+    def l5d_err(self) -> str:
+        return self.message
+
+
+class BadRequest(MeshdError):
+    """Malformed request line, headers, framing or body: 400, connection closed."""
+
+    status = 400
+    reason = "Bad Request"
+    kind = "bad_request"
+
+
+class HeadersTooLarge(BadRequest):
+    """The header section exceeded `maxHeaderBytes`: 431, connection closed."""
+
+    status = 431
+    reason = "Request Header Fields Too Large"
+    kind = "headers_too_large"
+
+
+class NotImplementedMethod(MeshdError):
+    """CONNECT and protocol upgrades are not proxied: 501."""
+
+    status = 501
+    reason = "Not Implemented"
+    kind = "not_implemented"
+
+
+class IdentificationFailed(BadRequest):
+    """The identifier could not name a service (e.g. no Host header): 400."""
+
+    kind = "unidentified"
+
+
+class NoSuchService(MeshdError):
+    """The dtab and namers bind the logical name to nothing (Neg, Fail or Empty): 502, as linkerd."""
+
+    status = 502
+    kind = "no_such_service"
+
+
+class NoEndpoints(MeshdError):
+    """The service exists but has no endpoints right now: 503."""
+
+    status = 503
+    reason = "Service Unavailable"
+    kind = "no_endpoints"
+
+
+class ConnectFailed(MeshdError):
+    """Could not connect to the endpoint (refused, unreachable, connect timeout): 502, never written."""
+
+    status = 502
+    kind = "connect_failed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, written=False)
+
+
+class UpstreamFailed(MeshdError):
+    """The upstream reset or closed the connection, or sent a malformed response: 502."""
+
+    status = 502
+    kind = "upstream_failed"
+
+
+class PoolExhausted(MeshdError):
+    """Every connection is busy and `maxWaiters` requests already wait: 503, never written."""
+
+    status = 503
+    reason = "Service Unavailable"
+    kind = "pool_exhausted"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, written=False)
+
+
+class RequestTimeout(MeshdError):
+    """A total, attempt or binding timeout, or an expired deadline: 504."""
+
+    status = 504
+    reason = "Gateway Timeout"
+    kind = "timeout"
+
+
+class ShuttingDown(MeshdError):
+    """meshd is draining and refuses new work: 503, never written."""
+
+    status = 503
+    reason = "Service Unavailable"
+    kind = "shutting_down"
+
+    def __init__(self, message: str = "meshd is shutting down") -> None:
+        super().__init__(message, written=False)
+
+
+class HeaderTimeout(BadRequest):
+    """The client did not finish sending its request head in time (slow-header defence): 408, closed."""
+
+    status = 408
+    reason = "Request Timeout"
+    kind = "header_timeout"
+
+
+class AttemptTimeout(RequestTimeout):
+    """One attempt exceeded `requestAttemptTimeoutMs`: 504 unless a retry succeeds."""
+
+    kind = "attempt_timeout"

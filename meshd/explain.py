@@ -1,0 +1,103 @@
+"""Explain a binding: every step of delegating a logical name, plus the endpoints it ends at.
+
+Used by `/admin/delegator` and `meshd dtab explain`. Pending namers are waited for (up to a
+timeout), so the explanation shows real answers, not "pending".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+
+from meshd.discovery.addr import Addr, Bound, Failed, Neg, Pending
+from meshd.discovery.base import Namer
+from routing.delegate import Binding, DelegationError, bind, compile_choice, parse_dtab_header
+from routing.dtab import Dtab
+from routing.namer import BoundName
+from routing.parser import DtabSyntaxError
+from routing.path import Path, PathError
+
+JsonDict = dict[str, object]
+
+
+async def explain(
+    path_text: str,
+    base: Dtab,
+    namers: Mapping[Path, Namer],
+    addr_of: Callable[[Path], Addr],
+    *,
+    local_dtab: str = "",
+    timeout_s: float = 5.0,
+) -> JsonDict:
+    """A JSON-ready explanation; problems (bad path, bad dtab, loop) are reported in `error`."""
+    try:
+        path = Path.read(path_text)
+    except PathError as exc:
+        return {"path": path_text, "error": f"bad path: {exc}"}
+    dtab = base
+    if local_dtab:
+        try:
+            dtab = base + parse_dtab_header(local_dtab)
+        except DtabSyntaxError as exc:
+            return {"path": path_text, "error": f"bad dtab: {exc}"}
+    try:
+        binding = await _bind_waiting(dtab, path, namers, timeout_s)
+    except DelegationError as exc:
+        return {"path": path.show(), "dtab": dtab.show(), "error": str(exc), "trace": exc.trace.to_json()}
+    result: JsonDict = {
+        "path": path.show(),
+        "dtab": dtab.show(),
+        "pending": binding.pending,
+        "trace": binding.trace.to_json(),
+        "explanation": binding.trace.render(),
+    }
+    outcomes: list[JsonDict] = []
+    for probability, choice in compile_choice(binding.tree).branches:
+        if isinstance(choice, BoundName):
+            addr = addr_of(choice.id)
+            outcomes.append(
+                {
+                    "probability": round(probability, 6),
+                    "client": choice.id.show(),
+                    "residual": choice.residual.show(),
+                    "addr": _addr_json(addr),
+                }
+            )
+        else:
+            outcomes.append({"probability": round(probability, 6), "result": type(choice).__name__.lower()})
+    result["outcomes"] = outcomes
+    return result
+
+
+async def _bind_waiting(dtab: Dtab, path: Path, namers: Mapping[Path, Namer], timeout_s: float) -> Binding:
+    binding = bind(dtab, path, namers)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while binding.pending:
+                waits = [asyncio.ensure_future(n.version.wait_changed()) for n in namers.values()]
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
+                binding = bind(dtab, path, namers)
+    except TimeoutError:
+        pass
+    return binding
+
+
+def _addr_json(addr: Addr) -> JsonDict:
+    if isinstance(addr, Bound):
+        return {
+            "state": "bound",
+            "endpoints": [
+                {"address": a.show(), "weight": a.weight, "node": a.node_name}
+                for a in sorted(addr.addresses, key=lambda a: (a.host, a.port))
+            ],
+        }
+    if isinstance(addr, Neg):
+        return {"state": "neg"}
+    if isinstance(addr, Failed):
+        return {"state": "failed", "reason": addr.reason}
+    assert isinstance(addr, Pending)
+    return {"state": "pending"}

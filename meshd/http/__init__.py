@@ -1,0 +1,1 @@
+"""HTTP/1.1 on the proxy path: parsing with httptools, framing rules, header hygiene, streaming bodies."""

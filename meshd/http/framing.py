@@ -1,0 +1,124 @@
+"""Pure framing rules: how a message's body is delimited on the wire (RFC 9112 §6), and serialising heads.
+
+Framing of a body we send is one of NONE (no body at all), LENGTH (Content-Length), CHUNKED, or
+CLOSE (read until the connection closes — only for responses to HTTP/1.0 clients that cannot
+take chunked encoding). The parser has already rejected smuggling shapes (both Content-Length and
+Transfer-Encoding, conflicting lengths, a Transfer-Encoding whose last coding is not chunked);
+these functions decide what to *write*.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Final
+
+from meshd.http.body import Body, Trailers
+from meshd.http.messages import Headers
+
+
+class Framing(enum.Enum):
+    NONE = 0
+    LENGTH = 1
+    CHUNKED = 2
+    CLOSE = 3
+
+
+_STATUS_NO_BODY: Final = frozenset({204, 304})
+_REASONS: Final[dict[int, bytes]] = {}
+
+
+def reason_phrase(status: int) -> bytes:
+    reason = _REASONS.get(status)
+    if reason is None:
+        from http import HTTPStatus
+
+        try:
+            reason = HTTPStatus(status).phrase.encode("ascii")
+        except ValueError:
+            reason = b"Unknown"
+        _REASONS[status] = reason
+    return reason
+
+
+def response_has_body(request_method: str, status: int) -> bool:
+    """RFC 9112 §6.3: HEAD responses, 1xx, 204 and 304 never carry a body."""
+    return not (request_method == "HEAD" or status < 200 or status in _STATUS_NO_BODY)
+
+
+def response_framing(request_method: str, request_version: str, status: int, body: Body) -> Framing:
+    if not response_has_body(request_method, status):
+        return Framing.NONE
+    if body.length is not None:
+        return Framing.LENGTH
+    if request_version == "1.1":
+        return Framing.CHUNKED
+    return Framing.CLOSE
+
+
+def request_framing(body: Body) -> Framing:
+    if body.length is not None:
+        return Framing.LENGTH
+    if body.chunked:
+        return Framing.CHUNKED
+    return Framing.NONE
+
+
+def serialize_request_head(
+    method: str,
+    target: str,
+    headers: Headers,
+    framing: Framing,
+    length: int | None,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> bytes:
+    parts = [method.encode("ascii"), b" ", target.encode("latin-1"), b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in extra:
+        parts += (name, b": ", value, b"\r\n")
+    if framing is Framing.LENGTH:
+        parts += (b"Content-Length: ", str(length).encode("ascii"), b"\r\n")
+    elif framing is Framing.CHUNKED:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def serialize_response_head(
+    status: int,
+    reason: bytes,
+    headers: Headers,
+    framing: Framing,
+    length: int | None,
+    *,
+    keep_alive: bool,
+    client_version: str,
+) -> bytes:
+    parts = [b"HTTP/1.1 ", str(status).encode("ascii"), b" ", reason or reason_phrase(status), b"\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    if length is not None and framing in (Framing.LENGTH, Framing.NONE):
+        parts += (b"Content-Length: ", str(length).encode("ascii"), b"\r\n")
+    elif framing is Framing.CHUNKED:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    elif client_version == "1.0":
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def encode_last_chunk(trailers: Trailers | None) -> bytes:
+    if not trailers:
+        return b"0\r\n\r\n"
+    parts = [b"0\r\n"]
+    for name, value in trailers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)

@@ -1,0 +1,131 @@
+"""Request and Response as they travel through the pipeline.
+
+Headers are lists of `(name, value)` byte pairs in arrival order with the original case of names.
+The parser removes hop-by-hop and framing headers (Content-Length, Transfer-Encoding) as it reads
+them and records framing on the `Body`; `l5d-*` headers are held apart in `l5d` (lower-case name ->
+value) so the hygiene stage decides which travel on. Per-request routing context (logical name,
+local dtab, deadline) lives on the request too, so every stage sees one object.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from meshd.http.body import Body
+
+if TYPE_CHECKING:
+    from meshd.retry.classifiers import ResponseClassifier
+    from routing.delegate import Chooser
+    from routing.path import Path
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class Request:
+    __slots__ = (
+        "method",
+        "target",
+        "version",
+        "headers",
+        "l5d",
+        "body",
+        "keep_alive",
+        "host",
+        "client_ip",
+        "expect_continue",
+        "logical_name",
+        "local_dtab",
+        "deadline",
+        "reqid",
+        "attempts",
+        "logical_path",
+        "chooser",
+        "dst_client",
+        "classifier",
+        "last_node",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        version: str,
+        headers: Headers,
+        body: Body,
+        *,
+        l5d: dict[str, bytes] | None = None,
+        keep_alive: bool = True,
+        host: str | None = None,
+        client_ip: str = "",
+        expect_continue: bool = False,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.l5d: dict[str, bytes] = l5d if l5d is not None else {}
+        self.body = body
+        self.keep_alive = keep_alive
+        self.host = host
+        self.client_ip = client_ip
+        self.expect_continue = expect_continue
+        #: set by the identifier
+        self.logical_name: str = ""
+        #: the local dtab text (l5d-ctx-dtab ++ l5d-dtab) when trusted, else ""
+        self.local_dtab: str = ""
+        #: absolute deadline on the clock of the pipeline, or None
+        self.deadline: float | None = None
+        self.reqid: str = ""
+        #: attempts made for this request (for the access log)
+        self.attempts: int = 0
+        #: the logical name as a Path (set by the identifier)
+        self.logical_path: Path | None = None
+        #: picks the bound destination of each attempt (set by the binder)
+        self.chooser: Chooser | None = None
+        #: the bound name of the current attempt, for `l5d-dst-client`
+        self.dst_client: str = ""
+        #: the service's response classifier (failure accrual and retries use it)
+        self.classifier: ResponseClassifier | None = None
+        #: the balancer node of the previous attempt (a retry prefers another)
+        self.last_node: object | None = None
+
+    def header(self, name: str) -> str | None:
+        """First value of header `name` (lower-case), decoded as latin-1. Used by identifiers."""
+        if name == "host":
+            return self.host
+        key = name.encode("latin-1")
+        if key.startswith(b"l5d-"):
+            value = self.l5d.get(name)
+            return value.decode("latin-1") if value is not None else None
+        for n, v in self.headers:
+            if len(n) == len(key) and n.lower() == key:
+                return v.decode("latin-1")
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target} host={self.host!r}>"
+
+
+class Response:
+    __slots__ = ("status", "reason", "headers", "body", "keep_alive", "content_length")
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        body: Body,
+        *,
+        keep_alive: bool = True,
+        content_length: int | None = None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+        #: the Content-Length header value as received (kept for HEAD and 304 responses)
+        self.content_length = content_length
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status}>"

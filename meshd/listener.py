@@ -1,0 +1,532 @@
+"""Listener: one asyncio.Protocol per downstream connection; bytes in via httptools, responses out in order.
+
+How this works:
+- httptools (llhttp) parses; its callbacks build a `Request` whose body is a streaming `Body`
+  fed as bytes arrive. llhttp in strict mode already rejects the smuggling shapes (Content-Length
+  with Transfer-Encoding, duplicate or conflicting lengths, a final coding that is not chunked, bad
+  chunk sizes, bare LF); we add the header-size limit, duplicate Host, CONNECT/upgrade refusal.
+- Requests are answered strictly in order. The first request runs at once; pipelined ones queue
+  behind it (their bodies buffer up to the body high-water mark, then reading pauses). A parse
+  error queues a 400 after the requests before it and closes the connection after it.
+- Back-pressure both ways: a request body pauses this transport when its consumer (the upstream
+  connection) cannot keep up; a full write buffer here pauses the response body's producer.
+- Timers: an idle timer runs while no request is in progress (keep-alive idle timeout); a header
+  timer runs from the first byte of a request until its head is complete (slow-header defence).
+- Drain: `begin_drain()` closes idle connections now and makes busy ones close after their
+  current response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import cast
+
+import httptools
+
+from meshd.errors import BadRequest, HeadersTooLarge, HeaderTimeout, MeshdError, NotImplementedMethod
+from meshd.http.body import Body, Trailers
+from meshd.http.framing import (
+    Framing,
+    encode_chunk,
+    encode_last_chunk,
+    reason_phrase,
+    response_framing,
+    serialize_response_head,
+)
+from meshd.http.headers import HOP_BY_HOP, append_via, connection_tokens
+from meshd.http.messages import Headers, Request, Response
+
+log = logging.getLogger("meshd.listener")
+
+Service = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerLimits:
+    max_header_bytes: int = 64 * 1024
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 60.0
+    replay_limit: int = 64 * 1024
+
+
+class ConnectionClosed(Exception):
+    """The downstream client went away before its request or response finished."""
+
+
+class Listener:
+    """The shared state of one listening socket: the service, limits, and live connections."""
+
+    def __init__(self, service: Service, limits: ListenerLimits, *, label: str = "") -> None:
+        self.service = service
+        self.limits = limits
+        self.label = label
+        self.connections: set[ServerProtocol] = set()
+        self.draining = False
+        self._all_closed: asyncio.Event | None = None
+        self.accepted = 0
+
+    def protocol_factory(self) -> ServerProtocol:
+        return ServerProtocol(self)
+
+    def begin_drain(self) -> None:
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+
+    async def wait_closed(self) -> None:
+        if not self.connections:
+            return
+        self._all_closed = asyncio.Event()
+        await self._all_closed.wait()
+
+    def abort_all(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+
+    def _forget(self, conn: ServerProtocol) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._all_closed is not None:
+            self._all_closed.set()
+
+
+_Item = Request | MeshdError
+
+
+class ServerProtocol(asyncio.Protocol):
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+        self._limits = listener.limits
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._client_ip = ""
+        self._queue: deque[_Item] = deque()
+        self._active: Request | None = None
+        self._active_response: Response | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._draining = False
+        self._read_pauses = 0
+        self._write_paused = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._header_timer: asyncio.TimerHandle | None = None
+        # per-message parse state
+        self._url: list[bytes] = []
+        self._headers: Headers = []
+        self._l5d: dict[str, bytes] = {}
+        self._header_bytes = 0
+        self._host: bytes | None = None
+        self._content_length: int | None = None
+        self._chunked = False
+        self._conn_tokens: list[bytes] = []
+        self._expect_continue = False
+        self._in_body = False
+        self._trailers: Trailers | None = None
+        self._body: Body | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        self._listener.connections.add(self)
+        self._listener.accepted += 1
+        if self._listener.draining:
+            self._draining = True
+        self._start_idle_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, MeshdError):
+                self._parse_failed(cause)
+            else:
+                log.exception("listener callback failed", exc_info=cause)
+                self._parse_failed(BadRequest("malformed request"))
+        except httptools.HttpParserUpgrade:
+            self._parse_failed(NotImplementedMethod("protocol upgrades (Upgrade, CONNECT) are not supported"))
+        except httptools.HttpParserError as exc:
+            self._parse_failed(BadRequest(f"malformed request: {exc}"))
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed. Requests already read are still answered; nothing more will come.
+        if self._body is not None and not self._body.ended:
+            self._body.fail(ConnectionClosed("client closed the connection in the middle of the body"))
+        if self._active is None and not self._queue:
+            return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._cancel_timers()
+        self._listener._forget(self)
+        lost = ConnectionClosed("client disconnected")
+        if self._body is not None and not self._body.ended:
+            self._body.fail(lost)
+        if self._active is not None and not self._active.body.ended:
+            self._active.body.fail(lost)
+        if self._active_response is not None and not self._active_response.body.ended:
+            self._active_response.body.cancel(lost)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._queue.clear()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._active_response is not None:
+            self._active_response.body.pause_producing()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._active_response is not None:
+            self._active_response.body.resume_producing()
+
+    # -- FlowControl for request bodies -------------------------------------------------------
+    def pause_reading(self) -> None:
+        self._read_pauses += 1
+        if self._read_pauses == 1 and self._transport is not None and not self._closing:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._read_pauses == 0:
+            return
+        self._read_pauses -= 1
+        if self._read_pauses == 0 and self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+
+    # -- httptools callbacks ------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = []
+        self._headers = []
+        self._l5d = {}
+        self._header_bytes = 0
+        self._host = None
+        self._content_length = None
+        self._chunked = False
+        self._conn_tokens = []
+        self._expect_continue = False
+        self._in_body = False
+        self._trailers = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._header_timer is None:
+            self._header_timer = self._loop.call_later(self._limits.header_timeout_s, self._on_header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._header_bytes += len(url)
+        if self._header_bytes > self._limits.max_header_bytes:
+            raise HeadersTooLarge(f"request line and headers exceed {self._limits.max_header_bytes} bytes")
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self._limits.max_header_bytes:
+            raise HeadersTooLarge(f"request line and headers exceed {self._limits.max_header_bytes} bytes")
+        if self._in_body:
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((name, value))
+            return
+        lname = name.lower()
+        if lname == b"host":
+            if self._host is not None:
+                raise BadRequest("more than one Host header")
+            self._host = value
+            self._headers.append((name, value))
+        elif lname == b"content-length":
+            self._content_length = int(value)  # llhttp has validated the digits and duplicates
+        elif lname == b"transfer-encoding":
+            self._chunked = True  # llhttp has checked that the final coding is chunked
+        elif lname == b"connection":
+            self._conn_tokens += connection_tokens(value)
+        elif lname == b"expect":
+            if value.lower() == b"100-continue":
+                self._expect_continue = True
+            else:
+                self._headers.append((name, value))
+        elif lname in HOP_BY_HOP:
+            pass
+        elif lname.startswith(b"l5d-"):
+            self._l5d[lname.decode("latin-1")] = value
+        else:
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        parser = self._parser
+        method = parser.get_method().decode("ascii")
+        if method == "CONNECT":
+            raise NotImplementedMethod("CONNECT is not supported")
+        version = parser.get_http_version()
+        headers = self._headers
+        tokens = self._conn_tokens
+        if tokens:
+            named = {t for t in tokens if t not in (b"close", b"keep-alive")}
+            if named:
+                headers = [(n, v) for n, v in headers if n.lower() not in named]
+                self._l5d = {k: v for k, v in self._l5d.items() if k.encode("latin-1") not in named}
+        if self._chunked:
+            body = Body(chunked=True, replay_limit=self._limits.replay_limit, producer=self)
+        elif self._content_length:
+            body = Body(length=self._content_length, replay_limit=self._limits.replay_limit, producer=self)
+        else:
+            body = Body.empty(self._content_length)
+        self._in_body = True
+        self._body = body
+        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        host = self._host
+        request = Request(
+            method,
+            url.decode("latin-1"),
+            version,
+            headers,
+            body,
+            l5d=self._l5d,
+            keep_alive=parser.should_keep_alive(),
+            host=host.decode("latin-1") if host is not None else None,
+            client_ip=self._client_ip,
+            expect_continue=self._expect_continue,
+        )
+        if self._expect_continue and not body.ended:
+            body.on_first_attach(self._send_continue)
+        self._enqueue(request)
+
+    def on_body(self, data: bytes) -> None:
+        if self._body is not None:
+            self._body.feed(data)
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        body = self._body
+        self._body = None
+        if body is not None and not body.ended:
+            body.end(self._trailers)
+
+    # -- exchanges ----------------------------------------------------------------------------
+    def _enqueue(self, item: _Item) -> None:
+        if self._active is None and not self._queue:
+            self._start(item)
+        else:
+            self._queue.append(item)
+
+    def _start(self, item: _Item) -> None:
+        if isinstance(item, MeshdError):
+            self._write_error_and_close(item)
+            return
+        self._active = item
+        self._task = self._loop.create_task(self._handle(item))
+
+    async def _handle(self, request: Request) -> None:
+        try:
+            response = await self._listener.service(request)
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("unhandled error in the request pipeline")
+            response = error_response(MeshdError("internal error in meshd"), close=True)
+        if self._closing:
+            response.body.cancel(ConnectionClosed("client disconnected"))
+            return
+        self._write_response(request, response)
+
+    def _write_response(self, request: Request, response: Response) -> None:
+        transport = self._transport
+        assert transport is not None
+        body = response.body
+        framing = response_framing(request.method, request.version, response.status, body)
+        keep_alive = (
+            request.keep_alive
+            and response.keep_alive
+            and not self._draining
+            and request.body.ended
+            and framing is not Framing.CLOSE
+        )
+        headers = response.headers
+        append_via(headers, "1.1", b"meshd")
+        if framing is Framing.NONE:
+            length = response.content_length
+        else:
+            length = body.length
+        head = serialize_response_head(
+            response.status,
+            response.reason,
+            headers,
+            framing,
+            length,
+            keep_alive=keep_alive,
+            client_version=request.version,
+        )
+        self._active_response = response
+        if framing is Framing.NONE:
+            transport.write(head)
+            if not body.ended:
+                body.cancel(ConnectionClosed("response must not carry a body"))
+            self._exchange_done(keep_alive)
+            return
+        buffered = body.take_buffered()
+        if buffered:
+            head += encode_chunk(buffered) if framing is Framing.CHUNKED else buffered
+        transport.write(head)
+        body.attach(_ResponseWriter(self, framing, keep_alive))
+        if self._write_paused:
+            body.pause_producing()
+
+    def _exchange_done(self, keep_alive: bool) -> None:
+        self._active_response = None
+        request = self._active
+        self._active = None
+        self._task = None
+        if self._closing:
+            return
+        if not keep_alive or (request is not None and not request.body.ended):
+            self._close()
+            return
+        if self._queue:
+            self._start(self._queue.popleft())
+        elif self._draining:
+            self._close()
+        elif self._body is None:
+            self._start_idle_timer()
+
+    def _response_failed(self, exc: BaseException) -> None:
+        # A response already started cannot be replaced by an error: cut the connection so the
+        # client sees a truncated message (never a corrupted one).
+        log.debug("response body failed: %s", exc)
+        self._active_response = None
+        self._close()
+
+    def _send_continue(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _parse_failed(self, error: MeshdError) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        body = self._body
+        self._body = None
+        if body is not None and not body.ended:
+            # The bad bytes were inside a request body that is already on its way upstream.
+            body.fail(error)
+        self._enqueue(error)
+
+    def _write_error_and_close(self, error: MeshdError) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.write(render_error(error))
+        self._close()
+
+    def _on_header_timeout(self) -> None:
+        self._header_timer = None
+        if self._active is None and not self._queue:
+            self._write_error_and_close(_header_timeout_error(self._limits.header_timeout_s))
+        else:
+            self._close()
+
+    def _on_idle_timeout(self) -> None:
+        self._idle_timer = None
+        if self._active is None and not self._queue:
+            self._close()
+
+    def _start_idle_timer(self) -> None:
+        if self._idle_timer is None and not self._closing:
+            self._idle_timer = self._loop.call_later(self._limits.idle_timeout_s, self._on_idle_timeout)
+
+    def _cancel_timers(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._cancel_timers()
+            if self._transport is not None:
+                self._transport.close()
+
+    # -- drain --------------------------------------------------------------------------------
+    def drain(self) -> None:
+        self._draining = True
+        if self._active is None and not self._queue and self._body is None:
+            self._close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    @property
+    def is_idle(self) -> bool:
+        return self._active is None and not self._queue
+
+
+class _ResponseWriter:
+    """Writes a response body to the downstream transport in the chosen framing."""
+
+    __slots__ = ("_conn", "_transport", "_chunked", "_keep_alive")
+
+    def __init__(self, conn: ServerProtocol, framing: Framing, keep_alive: bool) -> None:
+        self._conn = conn
+        transport = conn._transport
+        assert transport is not None
+        self._transport = transport
+        self._chunked = framing is Framing.CHUNKED
+        self._keep_alive = keep_alive
+
+    def on_data(self, data: bytes) -> None:
+        if data:
+            self._transport.write(encode_chunk(data) if self._chunked else data)
+
+    def on_end(self, trailers: Trailers | None) -> None:
+        if self._chunked:
+            self._transport.write(encode_last_chunk(trailers))
+        self._conn._exchange_done(self._keep_alive)
+
+    def on_error(self, exc: BaseException) -> None:
+        self._conn._response_failed(exc)
+
+
+def render_error(error: MeshdError) -> bytes:
+    """The bytes of an error response meshd writes itself, then closes (parse errors, timeouts)."""
+    text = error.l5d_err.encode("latin-1", "replace")
+    body = text + b"\n"
+    return (
+        b"HTTP/1.1 %d %s\r\nl5d-err: %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n%s" % (error.status, reason_phrase(error.status), _header_safe(text), len(body), body)
+    )
+
+
+def error_response(error: MeshdError, *, close: bool = False) -> Response:
+    """A response for a MeshdError raised in the pipeline, carrying `l5d-err`."""
+    text = error.l5d_err.encode("latin-1", "replace")
+    body = text + b"\n"
+    headers: Headers = [(b"l5d-err", _header_safe(text)), (b"Content-Type", b"text/plain")]
+    return Response(
+        error.status,
+        reason_phrase(error.status),
+        headers,
+        Body.of(body),
+        keep_alive=not (close or isinstance(error, BadRequest)),
+    )
+
+
+def _header_safe(text: bytes) -> bytes:
+    return text.replace(b"\r", b" ").replace(b"\n", b" ")
+
+
+def _header_timeout_error(timeout_s: float) -> MeshdError:
+    return HeaderTimeout(f"request headers not received within {timeout_s:g} s")

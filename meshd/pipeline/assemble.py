@@ -1,0 +1,102 @@
+"""The canonical order of the request pipeline, and why each stage sits where it does.
+
+Router level (one chain per router, in this order, outermost first):
+1. `stats` — outermost, so it counts every response, meshd's own errors included, by status
+   class and latency.
+2. `errors` — the error responder: every MeshdError raised below becomes a response carrying
+   `l5d-err`, so nothing below needs to build error responses.
+3. `hygiene` — before anything reads `l5d-*` headers: untrusted ones are stripped, trusted
+   context (local dtab, deadline) is adopted, forwarding headers and the request id are added.
+4. `identify` — the identifier names the logical service (`/svc/accounts`).
+Then the terminal `bind` step binds the name through the dtab (cached) and hands the request to
+that logical name's service chain.
+
+Service level (one chain per logical name):
+5. `classify` — attaches the service's response classifier, which failure accrual below uses too.
+6. `timeouts` — total timeout and deadline propagation; above retries, so the whole retry loop
+   (backoff included) is bounded by the caller's deadline.
+7. `retries` — above the choice of destination, so every attempt picks again: another union
+   branch (canary) and, in the client, another endpoint.
+Then the terminal step picks the bound destination for this attempt and calls its client.
+
+Client level (one per bound name, see meshd/client.py): the balancer picks an endpoint (P2C over
+Peak EWMA by default) and failure accrual skips ejected ones; the attempt timeout bounds one
+attempt; dispatch sends it over a pooled connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Final
+
+from meshd.clock import Clock
+from meshd.config.model import ServiceConfig
+from meshd.http.messages import Request, Response
+from meshd.pipeline.error_responder import error_responder
+from meshd.pipeline.hygiene import RequestIds, TrustPolicy, hygiene_stage
+from meshd.pipeline.identify import identify_stage
+from meshd.pipeline.retries import RetryCounters, Sleep, retries_stage
+from meshd.pipeline.stack import Service, Stack, Stage
+from meshd.pipeline.stats import RouterStats, stats_stage
+from meshd.pipeline.timeouts import TimeoutCounters, timeout_stage
+from meshd.retry.budget import RetryBudget
+from meshd.retry.classifiers import ResponseClassifier
+from meshd.retry.deadline import WallClock
+from routing.identifiers.base import Identifier
+
+ROUTER_ROLES: Final = ("stats", "errors", "hygiene", "identify")
+SERVICE_ROLES: Final = ("classify", "timeouts", "retries")
+
+
+def router_stack(
+    *, stats: RouterStats, clock: Clock, trust: TrustPolicy, ids: RequestIds, identifier: Identifier
+) -> Stack:
+    return (
+        Stack()
+        .push("stats", stats_stage(stats, clock))
+        .push("errors", error_responder)
+        .push("hygiene", hygiene_stage(trust, ids))
+        .push("identify", identify_stage(identifier))
+    )
+
+
+def service_stack(
+    *,
+    config: ServiceConfig,
+    classifier: ResponseClassifier,
+    budget: RetryBudget,
+    retry_counters: RetryCounters,
+    wall: WallClock,
+    timeouts: TimeoutCounters,
+    rng: random.Random,
+    sleep: Sleep = asyncio.sleep,
+) -> Stack:
+    return (
+        Stack()
+        .push("classify", classify_stage(classifier))
+        .push("timeouts", timeout_stage(config.total_timeout_ms, wall, timeouts))
+        .push(
+            "retries",
+            retries_stage(
+                classifier,
+                budget,
+                config.retries.backoff.build(rng),
+                retry_counters,
+                timeouts,
+                add_success_class=config.add_success_class_header,
+                sleep=sleep,
+            ),
+        )
+    )
+
+
+def classify_stage(classifier: ResponseClassifier) -> Stage:
+    def wrap(next_service: Service) -> Service:
+        async def classify(request: Request) -> Response:
+            request.classifier = classifier
+            return await next_service(request)
+
+        return classify
+
+    return wrap

@@ -1,0 +1,97 @@
+"""Hygiene: decide which l5d-* context to trust, and add the forwarding headers.
+
+`l5d-*` request headers steer routing (`l5d-dtab` overrides) and bound the work (deadlines), so
+they are honoured only from trusted sources (by default loopback: the services on this host);
+from anyone else they are stripped. Trusted context is folded into the request (local dtab,
+incoming deadline) and re-emitted downstream as `l5d-ctx-*`, so it follows the whole call tree.
+Every request gets an `l5d-reqid` (kept from a trusted caller), `Via` and `X-Forwarded-For`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+from collections.abc import Sequence
+
+from meshd.http.headers import L5D_CTX_DTAB, L5D_DTAB, L5D_REQID, append_forwarded_for, append_via
+from meshd.http.messages import Request, Response
+from meshd.pipeline.stack import Service, Stage
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TrustPolicy:
+    """Which client addresses may steer routing with l5d-* headers (cached per address)."""
+
+    __slots__ = ("_networks", "_cache")
+
+    def __init__(self, cidrs: Sequence[str]) -> None:
+        self._networks: tuple[_Network, ...] = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        self._cache: dict[str, bool] = {}
+
+    def is_trusted(self, ip: str) -> bool:
+        trusted = self._cache.get(ip)
+        if trusted is None:
+            try:
+                addr = ipaddress.ip_address(ip.split("%", 1)[0])
+            except ValueError:
+                trusted = False
+            else:
+                if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+                    addr = addr.ipv4_mapped
+                trusted = any(addr in net for net in self._networks)
+            if len(self._cache) > 10000:
+                self._cache.clear()
+            self._cache[ip] = trusted
+        return trusted
+
+
+class RequestIds:
+    """Cheap unique request ids: a random per-process prefix and a counter, in hex."""
+
+    __slots__ = ("_prefix", "_counter")
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(4).hex()
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):08x}"
+
+
+def hygiene_stage(trust: TrustPolicy, ids: RequestIds) -> Stage:
+    def wrap(next_service: Service) -> Service:
+        async def clean(request: Request) -> Response:
+            l5d = request.l5d
+            headers = request.headers
+            reqid = ""
+            if l5d:
+                if trust.is_trusted(request.client_ip):
+                    ctx = l5d.get(L5D_CTX_DTAB)
+                    local = l5d.get(L5D_DTAB)
+                    if ctx is not None and local is not None:
+                        request.local_dtab = ctx.decode("latin-1") + ";" + local.decode("latin-1")
+                    elif ctx is not None or local is not None:
+                        request.local_dtab = (ctx or local or b"").decode("latin-1")
+                    given = l5d.get("l5d-reqid")
+                    if given:
+                        reqid = given.decode("latin-1")
+                    for name, value in l5d.items():
+                        if name.startswith("l5d-ctx-") and name not in (L5D_CTX_DTAB, "l5d-ctx-deadline"):
+                            headers.append((name.encode("latin-1"), value))
+                else:
+                    request.l5d = {}
+            if not reqid:
+                reqid = ids.next()
+            request.reqid = reqid
+            headers.append((L5D_REQID, reqid.encode("latin-1")))
+            if request.local_dtab:
+                headers.append((L5D_CTX_DTAB.encode("latin-1"), request.local_dtab.encode("latin-1")))
+            append_via(headers, request.version, b"meshd")
+            append_forwarded_for(headers, request.client_ip)
+            return await next_service(request)
+
+        return clean
+
+    return wrap

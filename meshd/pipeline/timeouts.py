@@ -1,0 +1,73 @@
+"""Timeouts: the total timeout of a request (retries included) and deadline propagation.
+
+The deadline enforced is the earlier of the caller's `l5d-ctx-deadline` (when it came from a
+trusted source) and now + `totalTimeoutMs`. It is passed downstream in `l5d-ctx-deadline`, so a
+chain of services never works past the original caller's deadline. A deadline that has already
+passed is refused with 504 before any upstream is called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from meshd.errors import RequestTimeout
+from meshd.http.messages import Request, Response
+from meshd.pipeline.stack import Service, Stage
+from meshd.retry.deadline import HEADER, Deadline, WallClock, combine, format_deadline, parse_deadline
+
+log = logging.getLogger("meshd.timeouts")
+_HEADER_BYTES = HEADER.encode("ascii")
+
+
+class TimeoutCounters:
+    """Counts of timeouts by kind (`total`, `deadline`, `attempt`), read by the metrics exporter."""
+
+    __slots__ = ("total", "deadline", "attempt")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.deadline = 0
+        self.attempt = 0
+
+
+def timeout_stage(total_timeout_ms: int | None, wall: WallClock, counters: TimeoutCounters) -> Stage:
+    total_s = total_timeout_ms / 1000.0 if total_timeout_ms else None
+
+    def wrap(next_service: Service) -> Service:
+        async def bound(request: Request) -> Response:
+            incoming_raw = request.l5d.get(HEADER) if request.l5d else None
+            incoming: Deadline | None = None
+            if incoming_raw is not None:
+                incoming = parse_deadline(incoming_raw.decode("latin-1"))
+                if incoming is None:
+                    log.info("ignoring malformed l5d-ctx-deadline %r", incoming_raw)
+            if incoming is None and total_s is None:
+                return await next_service(request)
+            now = wall()
+            if total_s is not None:
+                deadline = combine(incoming, Deadline.of_timeout(now, total_s))
+            else:
+                assert incoming is not None
+                deadline = incoming
+            remaining = deadline.remaining(now)
+            from_caller = incoming is not None and deadline.deadline_ns == incoming.deadline_ns
+            if remaining <= 0:
+                counters.deadline += 1
+                raise RequestTimeout("the caller's deadline (l5d-ctx-deadline) had expired; upstream not called")
+            request.headers.append((_HEADER_BYTES, format_deadline(deadline).encode("ascii")))
+            try:
+                async with asyncio.timeout(remaining):
+                    return await next_service(request)
+            except TimeoutError:
+                if from_caller:
+                    counters.deadline += 1
+                    raise RequestTimeout(
+                        f"the caller's deadline (l5d-ctx-deadline) expired after {remaining * 1000:.0f} ms"
+                    ) from None
+                counters.total += 1
+                raise RequestTimeout(f"request exceeded totalTimeoutMs ({total_timeout_ms} ms)") from None
+
+        return bound
+
+    return wrap

@@ -1,0 +1,1 @@
+"""Per-endpoint pools of keep-alive upstream connections."""

@@ -1,0 +1,338 @@
+"""One upstream HTTP/1.1 connection: one request at a time, response parsed with httptools.
+
+How this works: `send()` writes the request head (with whatever body is already buffered) and
+attaches the request body so the rest streams as it arrives; it returns a future that resolves
+with the `Response` as soon as the response head is parsed. The response body is then fed from
+`data_received`. When BOTH the request body has been fully written and the response has fully
+arrived, the connection goes back to its pool — reusable only if the upstream kept it alive.
+
+Interim 1xx responses are skipped (meshd answers `100 Continue` to clients itself). For HEAD
+requests llhttp would wait for a body, so the parser is stopped after the head and replaced.
+A connection lost before any response byte on a *reused* connection is reported as `stale`, so
+the caller may transparently send the request again on a fresh connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Final, cast
+
+import httptools
+
+from meshd.errors import MeshdError, UpstreamFailed
+from meshd.http.body import Body, Trailers
+from meshd.http.framing import Framing, encode_chunk, encode_last_chunk, request_framing
+from meshd.http.headers import HOP_BY_HOP, connection_tokens
+from meshd.http.messages import Headers, Request, Response
+
+_NO_BODY_STATUS: Final = frozenset({204, 304})
+
+
+class StaleConnection(UpstreamFailed):
+    """A reused keep-alive connection was closed by the upstream before any response byte."""
+
+
+class _StopAfterHead(Exception):
+    """Raised inside the parser callback to stop llhttp after a HEAD response's head."""
+
+
+ReleaseCallback = Callable[["UpstreamConnection", bool], None]
+
+
+class UpstreamConnection(asyncio.Protocol):
+    def __init__(self, label: str, on_release: ReleaseCallback, on_lost_idle: Callable[[UpstreamConnection], None]) -> None:
+        self.label = label
+        self._on_release = on_release
+        self._on_lost_idle = on_lost_idle
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.uses = 0
+        self.idle_since = 0.0
+        self._busy = False
+        self._future: asyncio.Future[Response] | None = None
+        self._request: Request | None = None
+        self._method = ""
+        self._got_bytes = False
+        self._request_done = True
+        self._response_done = True
+        self._response: Response | None = None
+        self._keep_alive = True
+        self._until_close = False
+        # per-response parse state
+        self._reason = b""
+        self._headers: Headers = []
+        self._content_length: int | None = None
+        self._chunked = False
+        self._conn_close = False
+        self._conn_named: set[bytes] = set()
+        self._in_body = False
+        self._trailers: Trailers | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and self._transport is not None and not self._transport.is_closing()
+
+    def data_received(self, data: bytes) -> None:
+        self._got_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _StopAfterHead):
+                self._parser = httptools.HttpResponseParser(self)
+                self._message_complete()
+                return
+            self._fail(UpstreamFailed(f"malformed response from {self.label}: {exc.__context__}"))
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamFailed(f"malformed response from {self.label}: {exc}"))
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamFailed(f"{self.label} switched protocols unexpectedly"))
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was_closed = self.closed
+        self.closed = True
+        if not self._busy:
+            if not was_closed:
+                self._on_lost_idle(self)
+            return
+        if self._future is not None and not self._future.done():
+            if not self._got_bytes and self.uses > 1:
+                error: MeshdError = StaleConnection(f"{self.label} closed an idle keep-alive connection")
+            else:
+                error = UpstreamFailed(f"{self.label} closed the connection before responding")
+            self._future.set_exception(error)
+            self._finish(reusable=False)
+            return
+        response = self._response
+        if response is not None and not self._response_done:
+            if self._until_close and exc is None:
+                self._message_complete()
+                return
+            response.body.fail(UpstreamFailed(f"{self.label} reset the connection mid-response"))
+            self._response_done = True
+        self._finish(reusable=False)
+
+    def pause_writing(self) -> None:
+        if self._request is not None:
+            self._request.body.pause_producing()
+
+    def resume_writing(self) -> None:
+        if self._request is not None:
+            self._request.body.resume_producing()
+
+    # -- FlowControl for the response body ---------------------------------------------------
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self.closed:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self.closed:
+            self._transport.resume_reading()
+
+    # -- sending ------------------------------------------------------------------------------
+    def send(self, request: Request, head: bytes) -> asyncio.Future[Response]:
+        """Write `request` (head already serialised); the future resolves with the response head."""
+        transport = self._transport
+        assert transport is not None and not self._busy
+        self._busy = True
+        self.uses += 1
+        self._request = request
+        self._method = request.method
+        self._got_bytes = False
+        self._response = None
+        self._response_done = False
+        self._until_close = False
+        self._keep_alive = True
+        future: asyncio.Future[Response] = self._loop.create_future()
+        self._future = future
+        body = request.body
+        framing = request_framing(body)
+        if body.is_empty or framing is Framing.NONE:
+            self._request_done = True
+            transport.write(head)
+            return future
+        self._request_done = False
+        chunked = framing is Framing.CHUNKED
+        buffered = body.take_buffered()
+        if buffered:
+            head += encode_chunk(buffered) if chunked else buffered
+        transport.write(head)
+        body.attach(_RequestWriter(self, chunked))
+        return future
+
+    def _request_body_done(self) -> None:
+        self._request_done = True
+        if self._response_done and self._busy:
+            self._finish(reusable=self._keep_alive)
+
+    def _request_body_failed(self, exc: BaseException) -> None:
+        # The client's body broke (client gone, malformed chunk): this upstream exchange cannot
+        # complete, and the connection holds a partial request.
+        self._request_done = True
+        error = exc if isinstance(exc, MeshdError) else UpstreamFailed(f"request body failed: {exc}")
+        self._fail(error)
+
+    def abort(self) -> None:
+        """Give up on the exchange in flight (caller cancelled); the connection is not reused."""
+        if self._transport is not None:
+            self._transport.abort()
+        self.closed = True
+
+    def close(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- httptools callbacks ------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._reason = b""
+        self._content_length = None
+        self._chunked = False
+        self._conn_close = False
+        self._conn_named = set()
+        self._in_body = False
+        self._trailers = None
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_body:
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((name, value))
+            return
+        lname = name.lower()
+        if lname == b"content-length":
+            self._content_length = int(value)
+        elif lname == b"transfer-encoding":
+            self._chunked = True
+        elif lname == b"connection":
+            tokens = connection_tokens(value)
+            if b"close" in tokens:
+                self._conn_close = True
+            self._conn_named |= {t for t in tokens if t not in (b"close", b"keep-alive")}
+        elif lname not in HOP_BY_HOP:
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        if status < 200:
+            return  # interim response: skipped; the real one follows
+        headers = self._headers
+        if self._conn_named:
+            named = self._conn_named
+            headers = [(n, v) for n, v in headers if n.lower() not in named]
+        self._keep_alive = parser.should_keep_alive() and not self._conn_close
+        is_head = self._method == "HEAD"
+        if is_head or status in _NO_BODY_STATUS:
+            body = Body.empty()
+        elif self._chunked:
+            body = Body(chunked=True, producer=self)
+        elif self._content_length is not None:
+            body = Body(length=self._content_length, producer=self) if self._content_length else Body.empty(0)
+        else:
+            body = Body(producer=self)
+            self._until_close = True
+            self._keep_alive = False
+        if not body.ended:
+            body.set_canceller(self.abort)
+        self._in_body = True
+        response = Response(status, self._reason, headers, body, content_length=self._content_length)
+        self._response = response
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(response)
+        if is_head:
+            raise _StopAfterHead()
+
+    def on_body(self, data: bytes) -> None:
+        if self._response is not None:
+            self._response.body.feed(data)
+
+    def on_message_complete(self) -> None:
+        if self._response is None:
+            return  # end of an interim response
+        self._message_complete()
+
+    def _message_complete(self) -> None:
+        self._in_body = False
+        response = self._response
+        if response is None or self._response_done:
+            return
+        self._response_done = True
+        if not response.body.ended:
+            response.body.end(self._trailers)
+        if self._request_done:
+            self._finish(reusable=self._keep_alive)
+        elif not self._keep_alive:
+            # The upstream answered before reading the whole request and will close: stop sending.
+            request = self._request
+            if request is not None:
+                request.body.detach()
+            self._finish(reusable=False)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _fail(self, error: MeshdError) -> None:
+        future = self._future
+        if future is not None and not future.done():
+            future.set_exception(error)
+        elif self._response is not None and not self._response_done:
+            self._response.body.fail(error)
+        self._response_done = True
+        if self._transport is not None:
+            self._transport.abort()
+        self.closed = True
+        if self._busy:
+            self._finish(reusable=False)
+
+    def _finish(self, *, reusable: bool) -> None:
+        if not self._busy:
+            return
+        self._busy = False
+        request = self._request
+        self._request = None
+        self._future = None
+        self._response = None
+        if request is not None and not self._request_done:
+            request.body.detach()
+            reusable = False
+        self._on_release(self, reusable and not self.closed)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("busy" if self._busy else "idle")
+        return f"<UpstreamConnection {self.label} {state} uses={self.uses}>"
+
+
+class _RequestWriter:
+    __slots__ = ("_conn", "_transport", "_chunked")
+
+    def __init__(self, conn: UpstreamConnection, chunked: bool) -> None:
+        self._conn = conn
+        transport = conn._transport
+        assert transport is not None
+        self._transport = transport
+        self._chunked = chunked
+
+    def on_data(self, data: bytes) -> None:
+        if data and not self._conn.closed:
+            self._transport.write(encode_chunk(data) if self._chunked else data)
+
+    def on_end(self, trailers: Trailers | None) -> None:
+        if self._chunked and not self._conn.closed:
+            self._transport.write(encode_last_chunk(trailers))
+        self._conn._request_body_done()
+
+    def on_error(self, exc: BaseException) -> None:
+        self._conn._request_body_failed(exc)

@@ -1,0 +1,221 @@
+"""Per-endpoint keep-alive pool: limits, FIFO waiters, idle expiry, drain.
+
+How this works: state lives in plain counters and lists and changes only in synchronous methods;
+the async parts (dialling) happen after the decision. A slot being dialled counts as taken, so
+`busy + idle + dialing <= max_connections` always holds. Waiters are served in arrival order:
+a released reusable connection goes straight to the oldest waiter; a freed slot (a connection
+closed) is handed to the oldest waiter as the right to dial. Idle connections are reused
+most-recent-first (warm sockets, and older ones age out through `sweep()`). A connection the
+upstream closed while idle is dropped from the idle list as soon as the loop sees it, and
+`acquire()` re-checks liveness, so a request is never handed a connection known to be closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+from meshd.clock import Clock
+from meshd.errors import ConnectFailed, PoolExhausted
+from meshd.pool.connection import UpstreamConnection
+from meshd.pool.dialer import Dialer
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    max_connections: int = 1000
+    max_waiters: int = 10000
+    idle_time_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    idle: int
+    busy: int
+    dialing: int
+    waiters: int
+    opened: int
+    closed: int
+
+
+class Pool:
+    def __init__(self, host: str, port: int, *, dialer: Dialer, limits: PoolLimits, clock: Clock) -> None:
+        self.host = host
+        self.port = port
+        self.label = f"{host}:{port}"
+        self._dialer = dialer
+        self._limits = limits
+        self._clock = clock
+        self._idle: list[UpstreamConnection] = []
+        self._busy = 0
+        self._dialing = 0
+        self._waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
+        self._closed = False
+        self.opened = 0
+        self.closed_count = 0
+        self._drained: asyncio.Event | None = None
+
+    # -- public API ---------------------------------------------------------------------------
+    async def acquire(self, *, fresh: bool = False) -> UpstreamConnection:
+        """A connection for one request; the caller must `send()` on it (which releases it later)."""
+        if self._closed:
+            raise ConnectFailed(f"endpoint {self.label} was removed")
+        if not fresh:
+            conn = self._take_idle()
+            if conn is not None:
+                return conn
+        if self._busy + len(self._idle) + self._dialing < self._limits.max_connections:
+            self._dialing += 1
+            return await self._dial()
+        if fresh and self._idle:
+            self._close_conn(self._idle.pop(0))
+            self._dialing += 1
+            return await self._dial()
+        if len(self._waiters) >= self._limits.max_waiters:
+            raise PoolExhausted(
+                f"connection pool for {self.label} exhausted: {self._limits.max_connections} connections busy "
+                f"and {self._limits.max_waiters} requests waiting"
+            )
+        waiter: asyncio.Future[UpstreamConnection | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            conn = await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                # We were handed something just as we were cancelled: give it back.
+                got = waiter.result()
+                if got is None:
+                    self._dialing -= 1
+                    self._hand_slot()
+                else:
+                    self.release(got, True)
+            else:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
+            raise
+        if conn is None:
+            return await self._dial()
+        return conn
+
+    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
+        """Called by the connection when its exchange is over."""
+        self._busy -= 1
+        if reusable and conn.usable and not self._closed:
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    self._busy += 1
+                    waiter.set_result(conn)
+                    return
+            conn.idle_since = self._clock.now()
+            self._idle.append(conn)
+            return
+        self._close_conn(conn)
+        self._hand_slot()
+        self._check_drained()
+
+    def sweep(self, now: float) -> int:
+        """Close connections idle longer than the idle time; returns how many."""
+        limit = now - self._limits.idle_time_s
+        stale = [c for c in self._idle if c.idle_since <= limit]
+        if stale:
+            self._idle = [c for c in self._idle if c.idle_since > limit]
+            for conn in stale:
+                self._close_conn(conn)
+        return len(stale)
+
+    def close(self) -> None:
+        """Stop handing out connections; close idle ones now and busy ones when released (drain)."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._close_conn(conn)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectFailed(f"endpoint {self.label} was removed"))
+        self._check_drained()
+
+    async def wait_drained(self) -> None:
+        if self._busy == 0 and self._dialing == 0:
+            return
+        self._drained = asyncio.Event()
+        await self._drained.wait()
+
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(
+            idle=len(self._idle),
+            busy=self._busy,
+            dialing=self._dialing,
+            waiters=len(self._waiters),
+            opened=self.opened,
+            closed=self.closed_count,
+        )
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    # -- internals ----------------------------------------------------------------------------
+    def _take_idle(self) -> UpstreamConnection | None:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if conn.usable:
+                self._busy += 1
+                return conn
+            self._close_conn(conn)
+        return None
+
+    async def _dial(self) -> UpstreamConnection:
+        """Dial on a slot already counted in `_dialing`."""
+        try:
+            conn = await self._dialer.dial(
+                self.host, self.port, lambda: UpstreamConnection(self.label, self.release, self._lost_idle)
+            )
+        except BaseException:
+            self._dialing -= 1
+            self._hand_slot()
+            self._check_drained()
+            raise
+        self._dialing -= 1
+        self.opened += 1
+        if self._closed:
+            conn.close()
+            self.closed_count += 1
+            self._check_drained()
+            raise ConnectFailed(f"endpoint {self.label} was removed")
+        self._busy += 1
+        return conn
+
+    def _lost_idle(self, conn: UpstreamConnection) -> None:
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            return
+        self.closed_count += 1
+        self._hand_slot()
+
+    def _hand_slot(self) -> None:
+        """A slot became free: let the oldest waiter dial with it."""
+        while self._waiters and self._busy + len(self._idle) + self._dialing < self._limits.max_connections:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._dialing += 1
+                waiter.set_result(None)
+
+    def _close_conn(self, conn: UpstreamConnection) -> None:
+        if not conn.closed:
+            conn.close()
+        self.closed_count += 1
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and self._busy == 0 and self._dialing == 0:
+            self._drained.set()
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return f"<Pool {self.label} idle={s.idle} busy={s.busy} dialing={s.dialing} waiters={s.waiters}>"

@@ -1,0 +1,211 @@
+"""Router: one listener's worth of meshd — identifier, dtab, services per logical name, clients per bound name.
+
+The router owns three levels of state, as linkerd's does (see docs/architecture.md):
+- router level: the assembled request pipeline, request stats, the binder and its cache;
+- service level, one per logical name (`/svc/accounts`): total timeout, retries and their budget;
+- client level, one per bound name (`/#/fs/accounts`): balancer, failure accrual, endpoint pools.
+Services and clients are created on first use. Clients follow their namer's address set.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from meshd.client import Client, ClientSettings
+from meshd.config.model import RouterConfig
+from meshd.discovery.addr import Addr, Address, Bound, Failed
+from meshd.discovery.base import Namer
+from meshd.errors import NoSuchService
+from meshd.http.messages import Request, Response
+from meshd.listener import ListenerLimits
+from meshd.observable import Observable
+from meshd.pipeline.assemble import router_stack, service_stack
+from meshd.pipeline.bind import Binder, bind_service
+from meshd.pipeline.hygiene import RequestIds, TrustPolicy
+from meshd.pipeline.retries import RetryCounters
+from meshd.pipeline.stack import Service
+from meshd.pipeline.stats import RouterStats
+from meshd.pipeline.timeouts import TimeoutCounters
+from meshd.pool.dialer import Dialer, TcpDialer
+from meshd.pool.pool import PoolLimits
+from meshd.retry.budget import RetryBudget
+from meshd.retry.deadline import WALL_CLOCK_NS
+from meshd.runtime import Runtime
+from routing.delegate import Chooser
+from routing.dtab import Dtab
+from routing.namer import BoundName
+from routing.nametree import Empty, Fail
+from routing.parser import parse_dtab
+from routing.path import Path
+
+log = logging.getLogger("meshd.router")
+
+
+@dataclass(slots=True)
+class ServiceState:
+    """One logical name's service-level state: its pipeline, retry budget and counters."""
+
+    name: str
+    service: Service
+    budget: RetryBudget
+    retries: RetryCounters
+    timeouts: TimeoutCounters
+
+_INET = Path.of("$", "inet")
+
+
+class Router:
+    def __init__(
+        self,
+        config: RouterConfig,
+        runtime: Runtime,
+        namers: Mapping[Path, Namer],
+        *,
+        dialer: Dialer | None = None,
+    ) -> None:
+        self.config = config
+        self.label = config.label
+        self.runtime = runtime
+        self._rng: random.Random = runtime.rng
+        self._namers = dict(namers)
+        self.stats = RouterStats(config.label)
+        self.own_dtab = parse_dtab(config.dtab)
+        #: the effective base dtab: the router's own dtab followed by the routes file's entries
+        self.dtab: Observable[Dtab] = Observable(self.own_dtab)
+        self.binder = Binder(
+            self.dtab,
+            self._namers,
+            [n.version for n in self._namers.values()],
+            binding_timeout_s=config.binding_timeout_ms / 1000.0,
+        )
+        self.classifier = config.service.response_classifier.build()
+        pool = config.client.pool
+        self._dialer = dialer or TcpDialer(pool.connect_timeout_ms / 1000.0)
+        self._client_settings = ClientSettings(
+            balancer=config.client.load_balancer,
+            accrual=config.client.failure_accrual,
+            pool=PoolLimits(
+                max_connections=pool.max_connections,
+                max_waiters=pool.max_waiters,
+                idle_time_s=pool.idle_time_ms / 1000.0,
+            ),
+            attempt_timeout_ms=config.client.request_attempt_timeout_ms,
+        )
+        self.services: dict[Path, ServiceState] = {}
+        self.clients: dict[Path, Client] = {}
+        self.stack = router_stack(
+            stats=self.stats,
+            clock=runtime.clock,
+            trust=TrustPolicy(config.trusted_sources),
+            ids=RequestIds(),
+            identifier=config.identifier.build(),
+        )
+        self.service: Service = self.stack.build(bind_service(self.binder, self))
+
+    # -- limits for this router's listeners ----------------------------------------------------
+    def listener_limits(self, index: int) -> ListenerLimits:
+        server = self.config.servers[index]
+        return ListenerLimits(
+            max_header_bytes=server.max_header_bytes,
+            header_timeout_s=server.header_timeout_ms / 1000.0,
+            idle_timeout_s=server.idle_timeout_ms / 1000.0,
+            replay_limit=self.config.service.replay_buffer_bytes,
+        )
+
+    # -- routing-file support ---------------------------------------------------------------
+    def set_routes_dtab(self, routes: Dtab) -> None:
+        """Install the routes file's entries after the router's own dtab (so they take precedence)."""
+        self.dtab.set(self.own_dtab + routes)
+
+    # -- service level ------------------------------------------------------------------------
+    def service_for(self, path: Path) -> Service:
+        state = self.services.get(path)
+        if state is None:
+            state = self._new_service(path)
+        return state.service
+
+    def _new_service(self, path: Path) -> ServiceState:
+        config = self.config.service
+        budget = config.retries.budget.build(self.runtime.clock.now)
+        counters = RetryCounters()
+        timeouts = TimeoutCounters()
+        stack = service_stack(
+            config=config,
+            classifier=self.classifier,
+            budget=budget,
+            retry_counters=counters,
+            wall=WALL_CLOCK_NS,
+            timeouts=timeouts,
+            rng=self._rng,
+        )
+        state = ServiceState(path.show(), stack.build(self._dispatch_choice), budget, counters, timeouts)
+        if len(self.services) >= 10_000:
+            self.services.clear()  # bounded: a client inventing names cannot grow memory forever
+        self.services[path] = state
+        return state
+
+    async def _dispatch_choice(self, request: Request) -> Response:
+        chooser: Chooser | None = request.chooser
+        assert chooser is not None
+        choice = chooser.choose(self._rng)
+        if isinstance(choice, BoundName):
+            client = self.clients.get(choice.id)
+            if client is None:
+                client = self.client_for(choice.id)
+            return await client(request)
+        if isinstance(choice, Fail):
+            why = "the dtab says it fails (!)"
+        elif isinstance(choice, Empty):
+            why = "the dtab binds it to nothing ($)"
+        else:
+            why = "no dtab entry or namer knows it"
+        raise NoSuchService(
+            f"No hosts are available for {request.logical_name}: {why}; "
+            f"Dtab.base=[{self.binder.base_dtab.show()}], Dtab.local=[{request.local_dtab}]",
+            written=False,
+        )
+
+    # -- client level -------------------------------------------------------------------------
+    def client_for(self, id: Path) -> Client:
+        client = self.clients.get(id)
+        if client is None:
+            client = Client(id, self.addr_of(id), self._client_settings, self.runtime, self._dialer)
+            self.clients[id] = client
+        return client
+
+    def addr_of(self, id: Path) -> Observable[Addr]:
+        if id.starts_with(_INET) and len(id) >= 4:
+            try:
+                port = int(id[3])
+            except ValueError:
+                return Observable(Failed(f"bad port in {id.show()}"))
+            return Observable(Bound(frozenset({Address(id[2], port)})))
+        if id.starts_with(_INET) and len(id) == 3:
+            try:
+                return Observable(Bound(frozenset({Address("127.0.0.1", int(id[2]))})))
+            except ValueError:
+                return Observable(Failed(f"bad port in {id.show()}"))
+        best: Namer | None = None
+        for prefix, namer in self._namers.items():
+            if id.starts_with(prefix) and (best is None or len(prefix) > len(best.prefix)):
+                best = namer
+        if best is None:
+            return Observable(Failed(f"no namer serves {id.show()}"))
+        return best.addr(id)
+
+    def sweep(self) -> None:
+        """Expire idle pooled connections (called about once a second)."""
+        now = self.runtime.clock.now()
+        for client in self.clients.values():
+            client.sweep(now)
+
+    def close(self) -> None:
+        self.binder.close()
+        for client in self.clients.values():
+            client.close()
+
+    def __repr__(self) -> str:
+        return f"<Router {self.label} clients={len(self.clients)}>"

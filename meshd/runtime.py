@@ -1,0 +1,32 @@
+"""Runtime: the shared bundle handed to every builder (namers, balancers, routers)."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import random
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+
+from meshd.clock import MONOTONIC, Clock
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What plug-ins receive when they are built.
+
+    `base_dir` is the directory of the config file: relative paths in the config
+    (fs namer rootDir, routes files, kubeconfig) resolve against it.
+    `registry` is the Prometheus registry the admin server exports.
+    """
+
+    clock: Clock = MONOTONIC
+    rng: random.Random = field(default_factory=random.Random)
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+    base_dir: pathlib.Path = field(default_factory=pathlib.Path.cwd)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("meshd"))
+
+    def resolve_path(self, path: str) -> pathlib.Path:
+        p = pathlib.Path(path)
+        return p if p.is_absolute() else self.base_dir / p

@@ -1,0 +1,220 @@
+"""Workers: `meshd run --workers N` forks N proxy processes sharing the listen ports (SO_REUSEPORT).
+
+Python runs one core per process, so this is how meshd uses several cores, as Envoy's workers do:
+the kernel spreads new connections over the workers; each has its own balancer state, pools and
+retry budgets. The supervising process does no proxying. It serves the admin port: `/metrics`
+sums every worker's counters (each worker serves its own metrics on a Unix socket in a private
+run directory), `/admin/ready` is ready when every worker is, and the other admin pages are
+answered by worker 0 (with `/admin/endpoints` listing every worker). A worker that dies is
+restarted; SIGTERM/SIGINT is passed on to all workers, which drain, and the supervisor exits 0
+when they all exited 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pathlib
+import random
+import signal
+import tempfile
+from collections.abc import Iterator
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from meshd.config.model import MeshdConfig
+
+log = logging.getLogger("meshd.workers")
+
+
+def run_workers(config: MeshdConfig, base_dir: pathlib.Path, count: int) -> int:
+    rundir = pathlib.Path(tempfile.mkdtemp(prefix="meshd-workers-"))
+    sockets = [rundir / f"worker-{i}.sock" for i in range(count)]
+    pids: dict[int, int] = {}
+    for index in range(count):
+        pids[_spawn(config, base_dir, sockets[index], index)] = index
+    import uvloop
+
+    return uvloop.run(_supervise(config, base_dir, sockets, pids))
+
+
+def _spawn(config: MeshdConfig, base_dir: pathlib.Path, socket_path: pathlib.Path, index: int) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    # -- in the worker ------------------------------------------------------------------------
+    code = 1
+    try:
+        import uvloop
+
+        from meshd.daemon import Daemon
+        from meshd.runtime import Runtime
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; SIGTERM drains
+        daemon = Daemon(
+            config,
+            Runtime(base_dir=base_dir, rng=random.Random()),
+            reuse_port=True,
+            admin=False,
+            admin_unix_path=str(socket_path),
+            tune_gc=True,
+        )
+        uvloop.run(daemon.run_until_signalled())
+        code = 0
+    except BaseException:
+        logging.getLogger("meshd").exception("worker %d failed", index)
+    finally:
+        os._exit(code)
+
+
+async def _supervise(
+    config: MeshdConfig, base_dir: pathlib.Path, sockets: list[pathlib.Path], pids: dict[int, int]
+) -> int:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    supervisor = Supervisor(sockets)
+    runner = web.AppRunner(supervisor.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.admin.ip, config.admin.port, reuse_address=True)
+    await site.start()
+    log.info("supervising %d workers; admin on %s:%d", len(sockets), config.admin.ip, config.admin.port)
+    exit_code = 0
+    while not stopping.is_set():
+        reaped = await _reap(stopping)
+        for pid, status in reaped:
+            index = pids.pop(pid, None)
+            if index is None:
+                continue
+            log.error("worker %d (pid %d) exited with status %d; restarting it", index, pid, status)
+            pids[_spawn(config, base_dir, sockets[index], index)] = index
+    for pid in list(pids):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    while pids:
+        pid, status = await loop.run_in_executor(None, os.wait)
+        if pids.pop(pid, None) is not None and os.waitstatus_to_exitcode(status) != 0:
+            exit_code = 1
+    await runner.cleanup()
+    await supervisor.close()
+    return exit_code
+
+
+async def _reap(stopping: asyncio.Event) -> list[tuple[int, int]]:
+    """Workers that exited, without blocking; returns promptly when `stopping` is set."""
+    reaped: list[tuple[int, int]] = []
+    while not reaped and not stopping.is_set():
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = 0, 0
+        if pid:
+            reaped.append((pid, os.waitstatus_to_exitcode(status)))
+            continue
+        try:
+            await asyncio.wait_for(stopping.wait(), timeout=0.5)
+        except TimeoutError:
+            pass
+    return reaped
+
+
+class Supervisor:
+    """The supervisor's admin server: aggregates the workers' admin endpoints."""
+
+    def __init__(self, sockets: list[pathlib.Path]) -> None:
+        self.sockets = sockets
+        self._sessions: list[aiohttp.ClientSession] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.add_routes(
+            [
+                web.get("/metrics", self.metrics),
+                web.get("/admin/ping", self.ping),
+                web.get("/admin/ready", self.ready),
+                web.get("/admin/endpoints", self.endpoints),
+                web.get("/{tail:.*}", self.forward),
+            ]
+        )
+        return app
+
+    def _session(self, index: int) -> aiohttp.ClientSession:
+        while len(self._sessions) <= index:
+            connector = aiohttp.UnixConnector(path=str(self.sockets[len(self._sessions)]))
+            self._sessions.append(aiohttp.ClientSession(connector=connector))
+        return self._sessions[index]
+
+    async def close(self) -> None:
+        for session in self._sessions:
+            await session.close()
+
+    async def _get(self, index: int, path: str) -> tuple[int, str]:
+        try:
+            async with self._session(index).get(f"http://worker{path}", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                return r.status, await r.text()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return 503, f"worker {index} unavailable: {exc}"
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return web.Response(text="pong\n")
+
+    async def ready(self, request: web.Request) -> web.Response:
+        results = await asyncio.gather(*(self._get(i, "/admin/ready") for i in range(len(self.sockets))))
+        if all(status == 200 for status, _ in results):
+            return web.Response(text="ready\n")
+        return web.Response(text="not ready\n", status=503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        results = await asyncio.gather(*(self._get(i, "/metrics") for i in range(len(self.sockets))))
+        texts = [text for status, text in results if status == 200]
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Merged(texts))
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def endpoints(self, request: web.Request) -> web.Response:
+        results = await asyncio.gather(*(self._get(i, "/admin/endpoints") for i in range(len(self.sockets))))
+        out = [
+            {"worker": i, "routers": json.loads(text) if status == 200 else {"error": text}}
+            for i, (status, text) in enumerate(results)
+        ]
+        return web.Response(text=json.dumps(out, indent=2) + "\n", content_type="application/json")
+
+    async def forward(self, request: web.Request) -> web.Response:
+        status, text = await self._get(0, request.path_qs)
+        content_type = "application/json" if text.lstrip().startswith(("{", "[")) else "text/plain"
+        return web.Response(text=text, status=status, content_type=content_type)
+
+
+class _Merged(Collector):
+    """Sums the samples of identical series across the workers' exposition texts."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self._texts = texts
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        for text in self._texts:
+            for family in text_string_to_metric_families(text):
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(family.name, family.documentation, family.type)
+                    sums[family.name] = {}
+                bucket = sums[family.name]
+                for sample in family.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    bucket[key] = bucket.get(key, 0.0) + sample.value
+        for name, family in families.items():
+            for (sample_name, labels), value in sums[name].items():
+                family.add_sample(sample_name, dict(labels), value)
+            yield family

@@ -1,0 +1,1 @@
+"""routing: the dtab language, delegation, identifiers and routing files (no sockets, no meshd imports)."""

@@ -1,0 +1,1 @@
+"""Identifiers: request head -> logical name (`/svc/<something>`), chosen by `kind:`."""

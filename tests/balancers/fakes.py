@@ -1,0 +1,68 @@
+"""Test doubles for balancer tests: a settable clock and a minimal member type."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from balancers.accrual import AccrualConfig, NoAccrualConfig
+from balancers.base import Balancer, NodeState
+from balancers.node import Node
+from balancers.registry import BALANCERS
+
+
+@dataclass(frozen=True)
+class Member:
+    key: str
+    weight: float = 1.0
+
+
+class FakeClock:
+    """Monotonic seconds that move only when a test says so."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.now += seconds
+
+
+def members(n: int, weight: float = 1.0) -> list[Member]:
+    return [Member(f"n{i}", weight) for i in range(n)]
+
+
+def build(
+    kind: str,
+    clock: FakeClock,
+    *,
+    seed: int = 0,
+    accrual: AccrualConfig | None = None,
+    n: int = 0,
+) -> Balancer[Member]:
+    balancer: Balancer[Member] = BALANCERS[kind]().build(
+        clock, random.Random(seed), accrual if accrual is not None else NoAccrualConfig()
+    )
+    if n:
+        balancer.update(members(n))
+    return balancer
+
+
+KINDS = tuple(BALANCERS)
+
+
+def state(node: Node[Member]) -> NodeState:
+    """`node.state`, read through a call so type checkers do not narrow it between reads."""
+    return node.state
+
+
+def fail(node: Node[Member], times: int = 1) -> None:
+    for _ in range(times):
+        node.finish(node.start(), failure=True)
+
+
+def succeed(node: Node[Member]) -> None:
+    node.finish(node.start(), failure=False)

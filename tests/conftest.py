@@ -1,0 +1,112 @@
+"""Shared fixtures: uvloop, fake clock, upstream servers, and meshd running in-process."""
+
+from __future__ import annotations
+
+import pathlib
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import uvloop
+import yaml
+
+from meshd.config.loader import load_config
+from meshd.config.model import MeshdConfig
+from meshd.daemon import Daemon
+from meshd.runtime import Runtime
+from meshd.testing.clock import FakeClock
+from meshd.testing.upstreams import Handler, Upstream, ok_handler
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """Run every async test on uvloop, as meshd runs in production."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(1234)
+
+
+@pytest.fixture
+async def make_upstream() -> AsyncIterator[Callable[..., Awaitable[Upstream]]]:
+    started: list[Upstream] = []
+
+    async def make(handler: Handler = ok_handler, **kwargs: object) -> Upstream:
+        up = Upstream(handler, **kwargs)  # type: ignore[arg-type]
+        await up.start()
+        started.append(up)
+        return up
+
+    yield make
+    for up in started:
+        await up.close()
+
+
+class Mesh:
+    """meshd running in this process: its config dir, its fs namer directory, its ports."""
+
+    def __init__(self, daemon: Daemon, root: pathlib.Path) -> None:
+        self.daemon = daemon
+        self.root = root
+        self.disco = root / "disco"
+
+    @property
+    def port(self) -> int:
+        return self.daemon.port_of(self.daemon.routers[0].label)
+
+    @property
+    def admin_port(self) -> int:
+        assert self.daemon.admin_port is not None
+        return self.daemon.admin_port
+
+    def register(self, service: str, *upstreams: Upstream | str) -> None:
+        """Write the fs namer file for `service` (atomically, as an operator's tooling would)."""
+        lines = [u if isinstance(u, str) else u.address_line for u in upstreams]
+        tmp = self.disco / f".{service}.tmp"
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(self.disco / service)
+        for namer in self.daemon.namers.values():
+            scan = getattr(namer, "scan", None)
+            if scan is not None:
+                scan()
+
+
+def base_config(**router: object) -> dict[str, object]:
+    router_config: dict[str, object] = {
+        "label": "outgoing",
+        "servers": [{"ip": "127.0.0.1", "port": 0}],
+        "dtab": "/svc => /#/fs;",
+    }
+    router_config.update(router)
+    return {
+        "admin": {"ip": "127.0.0.1", "port": 0},
+        "namers": [{"kind": "fs", "rootDir": "./disco"}],
+        "routers": [router_config],
+    }
+
+
+@pytest.fixture
+async def make_mesh(tmp_path: pathlib.Path) -> AsyncIterator[Callable[..., Awaitable[Mesh]]]:
+    meshes: list[Mesh] = []
+
+    async def make(config: dict[str, object] | None = None, *, files: dict[str, str] | None = None, **router: object) -> Mesh:
+        root = tmp_path / f"mesh{len(meshes)}"
+        (root / "disco").mkdir(parents=True)
+        for name, text in (files or {}).items():
+            (root / name).write_text(text)
+        cfg = load_config(yaml.safe_dump(config or base_config(**router)), MeshdConfig)
+        daemon = Daemon(cfg, Runtime(base_dir=root, rng=random.Random(7)))
+        await daemon.start()
+        mesh = Mesh(daemon, root)
+        meshes.append(mesh)
+        return mesh
+
+    yield make
+    for mesh in meshes:
+        await mesh.daemon.shutdown(drain_timeout_s=2.0)

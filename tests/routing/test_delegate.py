@@ -1,0 +1,328 @@
+"""Delegation: pending namers, namer order, the trace, and properties of binding."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+
+from routing.delegate import (
+    HEADER_CACHE_SIZE,
+    Binding,
+    DelegationError,
+    TraceNode,
+    bind,
+    describe,
+    parse_dtab_header,
+)
+from routing.dtab import Dentry, Dtab, Prefix
+from routing.namer import BoundName
+from routing.nametree import EMPTY, FAIL, NEG, Alt, Empty, Fail, Leaf, Neg, Union, Weighted
+from routing.parser import DtabSyntaxError
+from routing.path import Path
+from tests.routing.fakes import FakeNamer, k8s_namer, namers
+from tests.routing.strategies import small_dtabs, small_paths
+
+B = Dtab.read("/k8s => /#/io.l5d.k8s; /srv => /k8s/prod/http; /svc => /srv;")
+K = "/#/io.l5d.k8s/prod/http"
+
+
+def run(dtab: Dtab | str, path: str, *fakes: FakeNamer) -> Binding:
+    d = Dtab.read(dtab) if isinstance(dtab, str) else dtab
+    return bind(d, Path.read(path), namers(*(fakes or (k8s_namer(),))))
+
+
+# -- namers --------------------------------------------------------------------------------
+
+
+def test_pending_namer_makes_the_binding_pending() -> None:
+    fs = FakeNamer("/#/fs", pending=["accounts"])
+    binding = run("/svc => /#/fs", "/svc/accounts", fs)
+    assert binding.pending
+    assert binding.tree == NEG
+    assert binding.waiting_on == (Path.read("/#/fs"),)
+    assert binding.trace.pending and binding.trace.result == "pending"
+
+
+def test_pending_first_alternative_blocks_the_fallback() -> None:
+    fs = FakeNamer("/#/fs", ["b"], pending=["a"])
+    binding = run("/svc => /#/fs/a | /#/fs/b", "/svc", fs)
+    assert binding.pending
+    assert fs.asked == [Path.read("/a")]
+
+
+def test_pending_union_branch_is_left_out_until_known() -> None:
+    fs = FakeNamer("/#/fs", ["b"], pending=["a"])
+    binding = run("/svc => /#/fs/a & /#/fs/b", "/svc", fs)
+    assert not binding.pending
+    assert describe(binding.tree) == "/#/fs/b"
+    assert binding.waiting_on == (Path.read("/#/fs"),)
+
+
+def test_union_of_only_pending_branches_is_pending() -> None:
+    fs = FakeNamer("/#/fs", pending=["a", "b"])
+    assert run("/svc => /#/fs/a & /#/fs/b", "/svc", fs).pending
+
+
+def test_namers_are_asked_longest_prefix_first() -> None:
+    wide = FakeNamer("/#/k8s", ["prod/users"])
+    narrow = FakeNamer("/#/k8s/prod", ["users"])
+    binding = bind(Dtab(), Path.read("/#/k8s/prod/users"), {wide.prefix: wide, narrow.prefix: narrow})
+    assert describe(binding.tree) == "/#/k8s/prod/users"
+    assert narrow.asked == [Path.read("/users")] and wide.asked == []
+
+
+def test_namer_answering_neg_passes_to_the_next_namer() -> None:
+    narrow = FakeNamer("/#/k8s/prod", [])
+    wide = FakeNamer("/#/k8s", ["prod/users"])
+    binding = bind(Dtab(), Path.read("/#/k8s/prod/users/x"), namers(wide, narrow))
+    assert describe(binding.tree) == "/#/k8s/prod/users (residual /x)"
+    assert narrow.asked == [Path.read("/users/x")]
+    assert wide.asked == [Path.read("/prod/users/x")]
+    assert [n.answer for n in binding.trace.root.namers] == ["~", "/#/k8s/prod/users (residual /x)"]
+
+
+def test_alt_over_two_namers_falls_back_from_the_first() -> None:
+    a = FakeNamer("/#/x", [])
+    b = FakeNamer("/#/y", ["users"])
+    dtab = Dtab.read("/svc => /#/x | /#/y")
+    binding = bind(dtab, Path.read("/svc/users"), namers(a, b))
+    assert describe(binding.tree) == "/#/y/users"
+    assert a.asked == [Path.read("/users")]
+
+
+def test_namer_can_answer_a_tree() -> None:
+    bound_a = BoundName(Path.read("/#/fs/a"))
+    bound_b = BoundName(Path.read("/#/fs/b"))
+    answer = Union((Weighted(3.0, Leaf(bound_a)), Weighted(1.0, Alt((NEG, Leaf(bound_b))))))
+    fs = FakeNamer("/#/fs", answers={"/svc": answer})
+    assert describe(run("/x => /#/fs/svc", "/x", fs).tree) == "3.00*/#/fs/a & /#/fs/b"
+
+
+def test_dtab_entry_for_a_namer_path_wins_over_the_namer() -> None:
+    fs = FakeNamer("/#/fs", ["a", "b"])
+    binding = run("/#/fs/a => /#/fs/b", "/#/fs/a", fs)
+    assert describe(binding.tree) == "/#/fs/b"
+
+
+def test_dtab_neg_for_a_path_asks_the_namers() -> None:
+    fs = FakeNamer("/#/fs", ["a"])
+    binding = run("/#/fs/a => ~", "/#/fs/a", fs)
+    assert describe(binding.tree) == "/#/fs/a"
+    assert binding.trace.root.note.startswith("the dtab gives ~ here")
+
+
+def test_too_many_nodes_is_an_error() -> None:
+    with pytest.raises(DelegationError, match="visited more than 500 nodes") as info:
+        bind(Dtab.read("/a => /a/x & /a/y"), Path.read("/a"), {}, max_steps=500)
+    assert info.value.trace.error is not None
+
+
+# -- the trace -----------------------------------------------------------------------------
+
+
+def test_trace_lists_dentries_alternatives_and_namers() -> None:
+    binding = run(B + Dtab.read("/svc/users => /srv/users-v3;"), "/svc/users/v1")
+    root = binding.trace.root
+    assert root.kind == "path" and root.text == "/svc/users/v1"
+    assert [(d.index, d.dentry, d.rewrite) for d in root.dentries] == [
+        (3, "/svc/users=>/srv/users-v3", "/srv/users-v3/v1"),
+        (2, "/svc=>/srv", "/srv/users/v1"),
+    ]
+    (alt,) = root.children
+    assert alt.kind == "alt"
+    assert [c.outcome for c in alt.children] == ["neg", "bound"]
+    assert alt.result == f"{K}/users (residual /v1)"
+
+    def deepest(node: TraceNode) -> TraceNode:  # follow single-child path chains
+        while node.children and node.kind == "path":
+            node = node.children[0]
+        return node
+
+    rejected = alt.children[0]
+    while rejected.children:
+        rejected = rejected.children[0]
+    assert rejected.namers[0].prefix == Path.read("/#/io.l5d.k8s")
+    assert rejected.namers[0].path == Path.read("/prod/http/users-v3/v1")
+    assert rejected.namers[0].answer == "~"
+    assert deepest(alt.children[1]).kind == "bound"
+
+
+def test_trace_records_skipped_alternatives_and_union_weights() -> None:
+    binding = run(
+        B + Dtab.read("/svc/users => 0.95*/srv/users & 0.05*/srv/nope | /srv/users-v2;"), "/svc/users"
+    )
+    (alt,) = binding.trace.root.children  # (the rule's tree) | /srv/users
+    assert alt.skipped == ("/srv/users",)
+    inner = alt.children[0]  # union | /srv/users-v2
+    assert inner.kind == "alt" and inner.skipped == ("/srv/users-v2",)
+    union = inner.children[0]
+    assert union.kind == "union" and union.weights == (0.95, 0.05)
+    assert [c.outcome for c in union.children] == ["bound", "neg"]
+    assert "1 of 2 branches dropped" in union.note
+
+
+def test_trace_json_is_serialisable_with_stable_keys() -> None:
+    binding = run(B + Dtab.read("/svc/users => 9*/srv/users & /srv/users-v2 | !;"), "/svc/users")
+    data = binding.trace.to_json()
+    assert list(data) == ["path", "dtab", "result", "pending", "error", "root"]
+    root = data["root"]
+    assert isinstance(root, dict)
+    assert list(root) == [
+        "kind",
+        "text",
+        "depth",
+        "outcome",
+        "result",
+        "dentries",
+        "namers",
+        "children",
+        "weights",
+        "skipped",
+        "note",
+    ]
+    assert data["result"] == f"9.00*{K}/users & {K}/users-v2"
+    assert json.loads(json.dumps(data)) == data
+
+
+def test_render_explains_each_step() -> None:
+    text = run(B + Dtab.read("/svc/users => /srv/users-v3;"), "/svc/users").trace.render()
+    assert "delegating /svc/users" in text
+    assert "#3 /svc/users=>/srv/users-v3" in text
+    assert "dentry #3 /svc/users=>/srv/users-v3  ->  /srv/users-v3" in text
+    assert "namer /#/io.l5d.k8s asked for /prod/http/users-v3  ->  ~" in text
+    assert "(negative: the next alternative is tried)" in text
+    assert text.rstrip().endswith(f"result: {K}/users")
+
+
+def test_render_marks_fail_and_untried_alternatives() -> None:
+    text = run(B + Dtab.read("/svc/users => !;"), "/svc/users").trace.render()
+    assert "1/2 !  (fail: no further alternative is tried)" in text
+    assert "2/2 /srv/users  (not tried)" in text
+    assert text.rstrip().endswith("result: !")
+
+
+def test_render_of_pending_and_errors() -> None:
+    pending = run("/svc => /#/fs", "/svc/a", FakeNamer("/#/fs", pending=["a"])).trace.render()
+    assert "namer /#/fs asked for /a  ->  pending" in pending
+    assert pending.rstrip().endswith("result: pending (a namer has not answered yet)")
+    with pytest.raises(DelegationError) as info:
+        run("/a => /b; /b => /a", "/a")
+    assert (
+        info.value.trace.render()
+        .rstrip()
+        .endswith(
+            "result: error: Max recursion level: 100 reached in Namer lookup "
+            "(at /b; do the dtab's rules rewrite into each other?)"
+        )
+    )
+
+
+# -- properties ------------------------------------------------------------------------------
+
+WORLD = {"a", "b/c", "n"}
+
+
+def world() -> dict[Path, FakeNamer]:
+    return namers(FakeNamer("/#", sorted(WORLD)), FakeNamer("/n", ["a"], pending=["b"]))
+
+
+def outcome(dtab: Dtab, path: Path) -> tuple[str, object]:
+    try:
+        binding = bind(dtab, path, world(), max_depth=8, max_steps=400)
+    except DelegationError as exc:
+        return ("error", exc.message)
+    return ("ok", (binding.tree, binding.pending, binding.waiting_on, binding.trace.to_json()))
+
+
+@settings(max_examples=150, deadline=None)
+@given(small_dtabs, small_paths)
+def test_delegation_is_deterministic(dtab: Dtab, path: Path) -> None:
+    assert outcome(dtab, path) == outcome(dtab, path)
+
+
+@settings(max_examples=150, deadline=None)
+@given(small_dtabs, small_paths)
+def test_fail_dentry_stops_every_fallback(dtab: Dtab, path: Path) -> None:
+    with_fail = dtab + Dtab((Dentry(Prefix.of_path(path), FAIL),))
+    kind, value = outcome(with_fail, path)
+    assert kind == "ok"
+    assert isinstance(value, tuple) and value[0] == FAIL and value[1] is False
+
+
+@settings(max_examples=150, deadline=None)
+@given(small_dtabs, small_paths)
+def test_neg_dentry_falls_back_to_what_was_there(dtab: Dtab, path: Path) -> None:
+    with_neg = dtab + Dtab((Dentry(Prefix.of_path(path), NEG),))
+    before, after = outcome(dtab, path), outcome(with_neg, path)
+    assert before[0] == after[0]
+    if before[0] == "ok":
+        assert isinstance(before[1], tuple) and isinstance(after[1], tuple)
+        assert before[1][:3] == after[1][:3]
+
+
+@settings(max_examples=100, deadline=None)
+@given(small_dtabs, small_paths, small_paths)
+def test_neg_alternative_is_the_same_as_no_alternative(dtab: Dtab, path: Path, target: Path) -> None:
+    plain = dtab + Dtab((Dentry(Prefix.of_path(path), Leaf(target)),))
+    with_neg = dtab + Dtab((Dentry(Prefix.of_path(path), Alt((NEG, Leaf(target)))),))
+    a, b = outcome(plain, path), outcome(with_neg, path)
+    assert a[0] == b[0]
+    if a[0] == "ok":
+        assert isinstance(a[1], tuple) and isinstance(b[1], tuple)
+        assert a[1][:3] == b[1][:3]
+
+
+@settings(max_examples=100, deadline=None)
+@given(small_dtabs, small_paths)
+def test_bound_tree_holds_only_bound_shapes(dtab: Dtab, path: Path) -> None:
+    kind, value = outcome(dtab, path)
+    if kind != "ok":
+        return
+    assert isinstance(value, tuple)
+
+    def check(tree: object) -> None:
+        assert not isinstance(tree, Alt)
+        if isinstance(tree, Union):
+            assert len(tree.branches) >= 2
+            for b in tree.branches:
+                assert not isinstance(b.tree, Neg | Fail)
+                check(b.tree)
+        elif isinstance(tree, Leaf):
+            assert isinstance(tree.value, BoundName)
+        else:
+            assert isinstance(tree, Neg | Fail | Empty)
+
+    check(value[0])
+
+
+# -- headers ---------------------------------------------------------------------------------
+
+
+def test_parse_dtab_header_and_its_cache() -> None:
+    first = parse_dtab_header("/svc/users => /srv/users-v2")
+    assert parse_dtab_header("/svc/users => /srv/users-v2") is first
+    assert first.show() == "/svc/users=>/srv/users-v2"
+    with pytest.raises(DtabSyntaxError):
+        parse_dtab_header("/svc/users => ")
+
+
+def test_header_cache_is_bounded() -> None:
+    first = parse_dtab_header("/evicted => /x")
+    for i in range(HEADER_CACHE_SIZE + 1):
+        assert parse_dtab_header(f"/n{i} => /m").dentries[0].prefix == Prefix((f"n{i}",))
+    again = parse_dtab_header("/evicted => /x")
+    assert again == first and again is not first
+
+
+def test_empty_alt_and_union_bind_to_neg() -> None:
+    fs = FakeNamer("/#/fs", answers={"/a": Alt(()), "/b": Union(())})
+    for target in ("a", "b"):
+        binding = run(f"/x => /#/fs/{target}", "/x", fs)
+        assert binding.tree == NEG and not binding.pending
+
+
+def test_empty_and_constants_bind_to_themselves() -> None:
+    for text, expected in (("~", NEG), ("!", FAIL), ("$", EMPTY)):
+        assert run(f"/svc => {text}", "/svc").tree == expected

@@ -1,0 +1,65 @@
+"""Dtab lookup: reverse order, segment-wise matching, wildcards, residuals."""
+
+from __future__ import annotations
+
+from routing.dtab import EMPTY_DTAB, Dentry, Dtab, Prefix
+from routing.nametree import NEG, Alt, Leaf, show
+from routing.path import Path
+
+
+def lookup(dtab: str, path: str) -> str:
+    return show(Dtab.read(dtab).lookup(Path.read(path)))
+
+
+def test_no_match_is_neg() -> None:
+    assert Dtab.read("/a => /b").lookup(Path.read("/c")) == NEG
+    assert EMPTY_DTAB.lookup(Path.read("/c")) == NEG
+
+
+def test_residual_is_appended_to_every_leaf() -> None:
+    assert lookup("/a => /b & /c | /d", "/a/x/y") == "/b/x/y & /c/x/y | /d/x/y"
+
+
+def test_matches_are_tried_last_first() -> None:
+    assert lookup("/a => /1; /b => /2; /a => /3", "/a/x") == "/3/x | /1/x"
+
+
+def test_matching_is_per_segment() -> None:
+    assert lookup("/svc => /x", "/svcx/users") == "~"
+    assert lookup("/svc/users => /x", "/svc") == "~"
+
+
+def test_wildcard_matches_exactly_one_segment() -> None:
+    assert lookup("/http/*/x => /y", "/http/1.1/x/z") == "/y/z"
+    assert lookup("/http/*/x => /y", "/http/x") == "~"
+
+
+def test_empty_prefix_matches_everything() -> None:
+    assert lookup("/ => /root", "/a/b") == "/root/a/b"
+
+
+def test_matches_report_index_and_rewrite() -> None:
+    dtab = Dtab.read("/a => /1; /b => /2; /a => /3")
+    found = dtab.matches(Path.read("/a/x"))
+    assert [(m.index, m.dentry.show(), show(m.rewrite)) for m in found] == [
+        (2, "/a=>/3", "/3/x"),
+        (0, "/a=>/1", "/1/x"),
+    ]
+
+
+def test_concatenation_and_show() -> None:
+    base = Dtab.read("/a => /b;")
+    local = Dtab.read("/c => /d")
+    both = base + local
+    assert both.show() == "/a=>/b;/c=>/d"
+    assert len(both) == 2 and list(both) == [*base, *local]
+    assert base + EMPTY_DTAB is base and EMPTY_DTAB + local is local
+    assert not EMPTY_DTAB and both
+
+
+def test_dentry_read_and_prefix_of_path() -> None:
+    d = Dentry.read("/svc => /#/fs")
+    assert d == Dentry(Prefix.of_path(Path.read("/svc")), Leaf(Path.read("/#/fs")))
+    assert Prefix.read("/a/*").show() == "/a/*"
+    assert d.rewrite(Path.read("/svc/a")) == Leaf(Path.read("/#/fs/a"))
+    assert Dentry.read("/s => /x | ~").rewrite(Path.read("/s/y")) == Alt((Leaf(Path.read("/x/y")), NEG))
