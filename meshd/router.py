@@ -81,19 +81,8 @@ class Router:
             [n.version for n in self._namers.values()],
             binding_timeout_s=config.binding_timeout_ms / 1000.0,
         )
-        self.classifier = config.service.response_classifier.build()
-        pool = config.client.pool
-        self._dialer = dialer or TcpDialer(pool.connect_timeout_ms / 1000.0)
-        self._client_settings = ClientSettings(
-            balancer=config.client.load_balancer,
-            accrual=config.client.failure_accrual,
-            pool=PoolLimits(
-                max_connections=pool.max_connections,
-                max_waiters=pool.max_waiters,
-                idle_time_s=pool.idle_time_ms / 1000.0,
-            ),
-            attempt_timeout_ms=config.client.request_attempt_timeout_ms,
-        )
+        self._dialer = dialer
+        self.transformers = [t.build(runtime, self._namers) for t in config.transformers]
         self.services: dict[Path, ServiceState] = {}
         self.clients: dict[Path, Client] = {}
         self.stack = router_stack(
@@ -128,13 +117,13 @@ class Router:
         return state.service
 
     def _new_service(self, path: Path) -> ServiceState:
-        config = self.config.service
+        config = self.config.service_for(path)
         budget = config.retries.budget.build(self.runtime.clock.now)
         counters = RetryCounters()
         timeouts = TimeoutCounters()
         stack = service_stack(
             config=config,
-            classifier=self.classifier,
+            classifier=config.response_classifier.build(),
             budget=budget,
             retry_counters=counters,
             wall=WALL_CLOCK_NS,
@@ -172,9 +161,29 @@ class Router:
     def client_for(self, id: Path) -> Client:
         client = self.clients.get(id)
         if client is None:
-            client = Client(id, self.addr_of(id), self._client_settings, self.runtime, self._dialer)
+            config = self.config.client_for(id)
+            pool = config.pool
+            settings = ClientSettings(
+                balancer=config.load_balancer,
+                accrual=config.failure_accrual,
+                pool=PoolLimits(
+                    max_connections=pool.max_connections,
+                    max_waiters=pool.max_waiters,
+                    idle_time_s=pool.idle_time_ms / 1000.0,
+                ),
+                attempt_timeout_ms=config.request_attempt_timeout_ms,
+            )
+            dialer = self._dialer or TcpDialer(pool.connect_timeout_ms / 1000.0)
+            client = Client(id, self.transformed_addr_of(id), settings, self.runtime, dialer)
             self.clients[id] = client
         return client
+
+    def transformed_addr_of(self, id: Path) -> Observable[Addr]:
+        """The address set a client uses: the namer's, through the router's transformers in order."""
+        addr = self.addr_of(id)
+        for transformer in self.transformers:
+            addr = transformer.transform(id, addr)
+        return addr
 
     def addr_of(self, id: Path) -> Observable[Addr]:
         if id.starts_with(_INET) and len(id) >= 4:

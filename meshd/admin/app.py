@@ -39,6 +39,7 @@ def build_app(daemon: Daemon) -> web.Application:
             web.get("/admin/routes", routes),
             web.get("/admin/endpoints", endpoints),
             web.get("/admin/delegator", delegator),
+            web.get("/admin/namers", namers),
             web.get("/admin/version", version),
             web.get("/", dashboard),
         ]
@@ -127,6 +128,19 @@ async def endpoints(request: web.Request) -> web.Response:
             for router in daemon.routers
         ]
     )
+
+
+async def namers(request: web.Request) -> web.Response:
+    """Each namer's own view of its state (watches, resource versions, last errors)."""
+    daemon = request.app[_DAEMON]
+    out = []
+    for prefix, namer in daemon.namers.items():
+        dump = getattr(namer, "state_dump", None) or getattr(namer, "statistics", None)
+        state = dump() if dump is not None else None
+        if state is not None and not isinstance(state, dict | list):
+            state = {k: getattr(state, k) for k in getattr(state, "__slots__", ())} or repr(state)
+        out.append({"prefix": prefix.show(), "namer": type(namer).__name__, "state": state})
+    return _json(out)
 
 
 async def delegator(request: web.Request) -> web.Response:

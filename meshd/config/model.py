@@ -12,8 +12,10 @@ and retries back off with jitter (linkerd: constant 0).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from balancers.accrual import ConsecutiveFailuresConfig, NoAccrualConfig, SuccessRateConfig
 from balancers.p2c import EwmaConfig
@@ -22,14 +24,18 @@ from meshd.discovery.registry import NAMERS, NamerConfig
 from meshd.retry.backoff import BACKOFFS, BackoffConfig, JitteredBackoffConfig
 from meshd.retry.budget import RetryBudgetConfig
 from meshd.retry.classifiers import CLASSIFIERS, ResponseClassifierConfig, RetryableIdempotent5XXConfig
+from meshd.transformers import TRANSFORMERS, TransformerConfig
+from routing.dtab import Prefix
 from routing.identifiers.base import IdentifierConfig
 from routing.identifiers.header import HeaderIdentifierConfig
 from routing.identifiers.registry import IDENTIFIERS
 from routing.parser import DtabSyntaxError, parse_dtab
+from routing.path import Path
 
 AccrualConfig = ConsecutiveFailuresConfig | SuccessRateConfig | NoAccrualConfig
 
 _PORT = {"min": 0, "max": 65535}
+_Section = TypeVar("_Section", "ServiceConfig", "ClientConfig")
 
 
 def _check_ip(key: str, value: str) -> None:
@@ -106,6 +112,71 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceOverride:
+    """Settings for the logical names under `prefix` (`*` matches one segment); unset keys inherit.
+
+    Like linkerd's per-prefix configs: every override whose prefix matches a name applies, in
+    file order, over the router's `service` section; a key given replaces the inherited value
+    whole (a `retries:` given here replaces the whole `retries` section).
+    """
+
+    prefix: str
+    total_timeout_ms: int | None = field(default=None, metadata={"min": 1})
+    response_classifier: ResponseClassifierConfig | None = field(default=None, metadata={"registry": CLASSIFIERS})
+    retries: RetriesConfig | None = None
+    replay_buffer_bytes: int | None = field(default=None, metadata={"min": 0})
+    add_success_class_header: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check_prefix(self.prefix)
+
+    def apply(self, base: ServiceConfig) -> ServiceConfig:
+        return _apply(self, base, ("prefix",))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientOverride:
+    """Settings for the bound names (clients) under `prefix`, e.g. `/#/fs/ledger`; unset keys inherit."""
+
+    prefix: str
+    load_balancer: BalancerConfig | None = field(default=None, metadata={"registry": BALANCERS})
+    failure_accrual: AccrualConfig | None = field(default=None, metadata={"registry": ACCRUALS})
+    pool: PoolConfig | None = None
+    request_attempt_timeout_ms: int | None = field(default=None, metadata={"min": 1})
+
+    def __post_init__(self) -> None:
+        _check_prefix(self.prefix)
+
+    def apply(self, base: ClientConfig) -> ClientConfig:
+        return _apply(self, base, ("prefix",))
+
+
+def _check_prefix(text: str) -> None:
+    try:
+        Prefix.read(text)
+    except (DtabSyntaxError, ValueError) as exc:
+        raise ValueError(f"prefix: {getattr(exc, 'short', exc)}") from None
+
+
+def _apply(override: object, base: _Section, skip: tuple[str, ...]) -> _Section:
+    changes = {
+        f.name: getattr(override, f.name)
+        for f in dataclasses.fields(override)  # type: ignore[arg-type]
+        if f.name not in skip and getattr(override, f.name) is not None
+    }
+    return dataclasses.replace(base, **changes) if changes else base
+
+
+def resolve_section(base: _Section, overrides: tuple[ServiceOverride, ...] | tuple[ClientOverride, ...], path: Path) -> _Section:
+    """The settings for `path`: `base` with every matching override applied in order."""
+    result = base
+    for override in overrides:
+        if Prefix.read(override.prefix).matches(path):
+            result = _apply(override, result, ("prefix",))
+    return result
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RouterConfig:
     """One router: listeners, how requests are named and bound, and the service and client stacks."""
 
@@ -119,6 +190,16 @@ class RouterConfig:
     binding_timeout_ms: int = field(default=10_000, metadata={"min": 1})
     service: ServiceConfig = field(default_factory=ServiceConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
+    services: tuple[ServiceOverride, ...] = ()
+    clients: tuple[ClientOverride, ...] = ()
+    access_log: bool = False
+    transformers: tuple[TransformerConfig, ...] = field(default=(), metadata={"registry": TRANSFORMERS})
+
+    def service_for(self, path: Path) -> ServiceConfig:
+        return resolve_section(self.service, self.services, path)
+
+    def client_for(self, path: Path) -> ClientConfig:
+        return resolve_section(self.client, self.clients, path)
 
     def __post_init__(self) -> None:
         if not self.label or not all(c.isalnum() or c in "-_." for c in self.label):
