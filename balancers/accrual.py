@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-from balancers.backoff import Backoff, BackoffConfig, EqualJitteredBackoffConfig
+from balancers.backoff import BACKOFFS, Backoff, BackoffConfig, EqualJitteredBackoffConfig
 from balancers.ewma import Ema
 
 __all__ = [
@@ -71,11 +71,11 @@ class ConsecutiveFailuresConfig:
     KIND: ClassVar[str] = "consecutiveFailures"
 
     failures: int = 5
-    backoff: BackoffConfig = field(default_factory=EqualJitteredBackoffConfig)
+    backoff: BackoffConfig = field(default_factory=EqualJitteredBackoffConfig, metadata={"registry": BACKOFFS})
 
     def __post_init__(self) -> None:
         if self.failures < 1:
-            raise ValueError("failures must be at least 1")
+            raise ValueError("failures: must be at least 1")
 
     def build(self, rng: random.Random) -> AccrualPolicyFactory:
         backoff = self.backoff.build(rng)
@@ -89,13 +89,13 @@ class SuccessRateConfig:
 
     success_rate: float = 0.8
     requests: int = 100
-    backoff: BackoffConfig = field(default_factory=EqualJitteredBackoffConfig)
+    backoff: BackoffConfig = field(default_factory=EqualJitteredBackoffConfig, metadata={"registry": BACKOFFS})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.success_rate <= 1.0:
-            raise ValueError("successRate must be between 0 and 1")
+            raise ValueError("successRate: must be between 0 and 1")
         if self.requests < 1:
-            raise ValueError("requests must be at least 1")
+            raise ValueError("requests: must be at least 1")
 
     def build(self, rng: random.Random) -> AccrualPolicyFactory:
         backoff = self.backoff.build(rng)

@@ -76,6 +76,12 @@ class ConstantBackoffConfig:
 
 BackoffConfig = EqualJitteredBackoffConfig | ConstantBackoffConfig
 
+#: accrual backoff kinds -> config classes (`failureAccrual.backoff.kind`)
+BACKOFFS: Final[dict[str, type[EqualJitteredBackoffConfig] | type[ConstantBackoffConfig]]] = {
+    "jittered": EqualJitteredBackoffConfig,
+    "constant": ConstantBackoffConfig,
+}
+
 
 class EqualJitteredBackoff:
     __slots__ = ("_start", "_maximum", "_rng")

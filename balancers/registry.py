@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Final
 
 from balancers.accrual import ConsecutiveFailuresConfig, NoAccrualConfig, SuccessRateConfig
-from balancers.backoff import ConstantBackoffConfig, EqualJitteredBackoffConfig
+from balancers.backoff import BACKOFFS
 from balancers.p2c import EwmaConfig, P2CConfig
 from balancers.round_robin import RoundRobinConfig
 
@@ -45,10 +45,6 @@ ACCRUALS: Final[
     "none": NoAccrualConfig,
 }
 
-BACKOFFS: Final[dict[str, type[EqualJitteredBackoffConfig] | type[ConstantBackoffConfig]]] = {
-    "jittered": EqualJitteredBackoffConfig,
-    "constant": ConstantBackoffConfig,
-}
 
 DEFAULT_BALANCER: Final = "ewma"
 DEFAULT_ACCRUAL: Final = "consecutiveFailures"
