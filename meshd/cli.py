@@ -134,45 +134,76 @@ def _dtab(args: argparse.Namespace) -> int:
 
 
 async def _explain(config: object, base: pathlib.Path, path: str, label: str | None, extra: str) -> dict[str, object]:
+    """Build the config's namers and the chosen router (with its routing file), explain, tear down."""
     from meshd.config.model import MeshdConfig
-    from meshd.explain import explain
+    from meshd.explain import dentry_origins, explain
     from meshd.router import Router
     from meshd.runtime import Runtime
-    from routing.rules import load_routes
+    from routing.rules import Routes, RoutesError, load_routes
 
     assert isinstance(config, MeshdConfig)
+    routers = [r for r in config.routers if label is None or r.label == label]
+    if not routers:
+        known = ", ".join(r.label for r in config.routers)
+        return {"path": path, "error": f"no router {label!r} (routers: {known})"}
+    router_config = routers[0]
     runtime = Runtime(base_dir=base)
+    routes: Routes | None = None
+    if router_config.routes:
+        routes_path = runtime.resolve_path(router_config.routes)
+        try:
+            routes = load_routes(routes_path.read_text(encoding="utf-8"), str(routes_path))
+        except RoutesError as exc:
+            return {"path": path, "router": router_config.label, "error": exc.short, "errorContext": str(exc)}
+        except (OSError, UnicodeDecodeError) as exc:
+            return {"path": path, "router": router_config.label, "error": f"{routes_path}: cannot read: {exc}"}
     namers = {}
-    for namer_config in config.namers:
-        namer = namer_config.build(runtime)
-        await namer.start()
-        namers[namer.prefix] = namer
+    router: Router | None = None
     try:
-        routers = [r for r in config.routers if label is None or r.label == label]
-        if not routers:
-            return {"path": path, "error": f"no router {label!r}"}
-        router = Router(routers[0], runtime, namers)
-        if routers[0].routes:
-            routes_path = runtime.resolve_path(routers[0].routes)
-            router.set_routes_dtab(load_routes(routes_path.read_text(encoding="utf-8"), str(routes_path)).dtab)
-        result = await explain(path, router.dtab.get(), namers, lambda id: router.addr_of(id).get(), local_dtab=extra)
+        for namer_config in config.namers:
+            namer = namer_config.build(runtime)
+            namers[namer.prefix] = namer
+            await namer.start()
+        router = Router(router_config, runtime, namers)
+        if routes is not None:
+            router.set_routes_dtab(routes.dtab)
+        result = await explain(
+            path,
+            router.dtab.get(),
+            namers,
+            lambda id: router.addr_of(id).get(),
+            local_dtab=extra,
+            origins=dentry_origins(router.label, router.own_dtab, routes),
+        )
         result["router"] = router.label
         return result
     finally:
+        if router is not None:
+            router.close()
         for namer in namers.values():
             await namer.close()
 
 
 def _render(result: dict[str, object]) -> str:
-    lines = [f"router {result.get('router')}: {result.get('path')}"]
-    if "dtab" in result:
-        lines.append(f"dtab: {result['dtab']}")
+    router = f"router {result['router']}: " if result.get("router") else ""
+    lines = [f"{router}{result.get('path')}"]
+    dentries = result.get("dentries") or []
+    assert isinstance(dentries, list)
+    if dentries:
+        lines.append("dentries (later ones are tried first):")
+        width = max(len(str(d["dentry"])) for d in dentries)
+        for d in dentries:
+            lines.append(f"  #{d['index']:<2} {str(d['dentry']):<{width}}  from {d['from']}")
+        lines.append("")
     if "explanation" in result:
-        lines.append(str(result["explanation"]))
-    if "error" in result:
-        lines.append(f"error: {result['error']}")
+        lines.extend(_without_dtab_listing(str(result["explanation"])) if dentries else [str(result["explanation"])])
+    elif "error" in result:  # (an explanation ends with the error already)
+        lines.append(f"error: {result.get('errorContext') or result['error']}")
     outcomes = result.get("outcomes") or []
     assert isinstance(outcomes, list)
+    if outcomes:
+        lines.append("")
+        lines.append("outcomes:")
     for outcome in outcomes:
         assert isinstance(outcome, dict)
         p = outcome["probability"]
@@ -184,3 +215,12 @@ def _render(result: dict[str, object]) -> str:
         else:
             lines.append(f"  {float(p) * 100:6.2f}%  {outcome['result']} (fails these requests)")
     return "\n".join(lines)
+
+
+def _without_dtab_listing(explanation: str) -> list[str]:
+    """The explanation minus its leading `dtab:` block, which the `dentries` listing already shows."""
+    lines = explanation.split("\n")
+    if len(lines) > 2 and lines[1] == "dtab:" and "" in lines:
+        blank = lines.index("")
+        return lines[blank + 1 :]
+    return lines

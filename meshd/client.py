@@ -27,13 +27,14 @@ from meshd.pipeline.dispatch import dispatch
 from meshd.pool.dialer import Dialer
 from meshd.pool.pool import Pool, PoolLimits, PoolStatistics
 from meshd.runtime import Runtime
+from meshd.transformers import is_forwarded
 from routing.path import Path
 
 
 class Endpoint:
     """One replica as a client sees it: its address, its pool; `key`/`weight` for the balancer."""
 
-    __slots__ = ("address", "key", "weight", "pool", "label")
+    __slots__ = ("address", "key", "weight", "pool", "label", "forwarded")
 
     def __init__(self, address: Address, pool: Pool) -> None:
         self.address = address
@@ -41,6 +42,8 @@ class Endpoint:
         self.weight = address.weight
         self.pool = pool
         self.label = address.show()
+        #: another node's meshd, put here by a transformer: attempts to it are counted as forwarded
+        self.forwarded = is_forwarded(address)
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.label} weight={self.weight}>"
@@ -78,6 +81,8 @@ class Client:
         self._addr = addr
         self._attempt_timeout_s = settings.attempt_timeout_ms / 1000.0 if settings.attempt_timeout_ms else None
         self.last_addr: Addr = addr.get()
+        #: attempts sent to a forwarding meshd (meshd_daemonset_forwarded_total)
+        self.forwarded = 0
         self._unsubscribe = addr.subscribe(self._on_addr)
 
     # -- discovery -------------------------------------------------------------------------
@@ -105,6 +110,7 @@ class Client:
             else:
                 endpoint.address = address
                 endpoint.weight = address.weight
+                endpoint.forwarded = is_forwarded(address)
             fresh[address.key] = endpoint
         self._endpoints = fresh
         for removed in self.balancer.update(list(fresh.values())):
@@ -119,6 +125,8 @@ class Client:
             raise NoEndpoints(f"no endpoints available for {self.label}", written=False) from None
         request.last_node = node
         endpoint = node.member
+        if endpoint.forwarded:
+            self.forwarded += 1
         started = node.start()
         try:
             if self._attempt_timeout_s is None:
@@ -147,7 +155,11 @@ class Client:
         if body.ended:
             node.finish(started, failure=failure)
         else:
-            body.add_done_callback(lambda error: node.finish(started, failure=failure or error is not None))
+            # Only the upstream's own errors (MeshdErrors: reset, closed mid-body) count against the
+            # endpoint; a body cancelled by the caller hanging up or by a retry discarding it does not.
+            body.add_done_callback(
+                lambda error: node.finish(started, failure=failure or isinstance(error, MeshdError))
+            )
         return response
 
     # -- lifecycle and state ----------------------------------------------------------------

@@ -131,3 +131,18 @@ class AttemptTimeout(RequestTimeout):
     """One attempt exceeded `requestAttemptTimeoutMs`: 504 unless a retry succeeds."""
 
     kind = "attempt_timeout"
+
+
+class LoopDetected(MeshdError):
+    """The request already passed through too many meshd hops (its `Via` says so): 508, not forwarded.
+
+    Guards against a dtab or namer that routes a name back to meshd itself, which would
+    otherwise forward the request to itself until something times out.
+    """
+
+    status = 508
+    reason = "Loop Detected"
+    kind = "loop"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, written=False)

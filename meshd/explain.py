@@ -1,13 +1,15 @@
 """Explain a binding: every step of delegating a logical name, plus the endpoints it ends at.
 
 Used by `/admin/delegator` and `meshd dtab explain`. Pending namers are waited for (up to a
-timeout), so the explanation shows real answers, not "pending".
+timeout), so the explanation shows real answers, not "pending". Each dentry of the dtab used is
+listed with where it came from (the router's `dtab`, the routing file's `dtab` text or one of its
+named rules, or the request's local dtab), so an operator can tell which edit to make.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from meshd.discovery.addr import Addr, Bound, Failed, Neg, Pending
 from meshd.discovery.base import Namer
@@ -16,6 +18,7 @@ from routing.dtab import Dtab
 from routing.namer import BoundName
 from routing.parser import DtabSyntaxError
 from routing.path import Path, PathError
+from routing.rules import Routes
 
 JsonDict = dict[str, object]
 
@@ -27,9 +30,14 @@ async def explain(
     addr_of: Callable[[Path], Addr],
     *,
     local_dtab: str = "",
+    origins: Sequence[str] = (),
     timeout_s: float = 5.0,
 ) -> JsonDict:
-    """A JSON-ready explanation; problems (bad path, bad dtab, loop) are reported in `error`."""
+    """A JSON-ready explanation; problems (bad path, bad dtab, loop) are reported in `error`.
+
+    `origins` names where each dentry of `base` came from (see `dentry_origins`); the local
+    dtab's dentries are named `local dtab`.
+    """
     try:
         path = Path.read(path_text)
     except PathError as exc:
@@ -39,14 +47,24 @@ async def explain(
         try:
             dtab = base + parse_dtab_header(local_dtab)
         except DtabSyntaxError as exc:
-            return {"path": path_text, "error": f"bad dtab: {exc}"}
+            # one line in `error` (it may end up in a header or a log line); the caret picture apart
+            return {"path": path_text, "error": f"bad dtab: {exc.short}", "errorContext": str(exc)}
+    dentries = _dentries_json(base, dtab, origins)
     try:
         binding = await _bind_waiting(dtab, path, namers, timeout_s)
     except DelegationError as exc:
-        return {"path": path.show(), "dtab": dtab.show(), "error": str(exc), "trace": exc.trace.to_json()}
+        return {
+            "path": path.show(),
+            "dtab": dtab.show(),
+            "dentries": dentries,
+            "error": str(exc),
+            "trace": exc.trace.to_json(),
+            "explanation": exc.trace.render(),
+        }
     result: JsonDict = {
         "path": path.show(),
         "dtab": dtab.show(),
+        "dentries": dentries,
         "pending": binding.pending,
         "trace": binding.trace.to_json(),
         "explanation": binding.trace.render(),
@@ -67,6 +85,29 @@ async def explain(
             outcomes.append({"probability": round(probability, 6), "result": type(choice).__name__.lower()})
     result["outcomes"] = outcomes
     return result
+
+
+def dentry_origins(router_label: str, own: Dtab, routes: Routes | None) -> list[str]:
+    """Where each dentry of a router's effective dtab (own dtab, then the routing file's) comes from."""
+    origins = [f"router {router_label} dtab"] * len(own.dentries)
+    if routes is not None:
+        source = routes.source or "routes file"
+        origins += [f"{source}: dtab"] * len(routes.text_dtab.dentries)
+        origins += [f"{source}: rule {rule.name} (line {rule.line})" for rule in routes.rules if rule.enabled]
+    return origins
+
+
+def _dentries_json(base: Dtab, dtab: Dtab, origins: Sequence[str]) -> list[JsonDict]:
+    out: list[JsonDict] = []
+    for index, dentry in enumerate(dtab.dentries):
+        if index >= len(base.dentries):
+            origin = "local dtab"
+        elif index < len(origins):
+            origin = origins[index]
+        else:
+            origin = ""
+        out.append({"index": index, "dentry": dentry.show(), "from": origin})
+    return out
 
 
 async def _bind_waiting(dtab: Dtab, path: Path, namers: Mapping[Path, Namer], timeout_s: float) -> Binding:

@@ -4,10 +4,19 @@ How this works:
 - httptools (llhttp) parses; its callbacks build a `Request` whose body is a streaming `Body`
   fed as bytes arrive. llhttp in strict mode already rejects the smuggling shapes (Content-Length
   with Transfer-Encoding, duplicate or conflicting lengths, a final coding that is not chunked, bad
-  chunk sizes, bare LF); we add the header-size limit, duplicate Host, CONNECT/upgrade refusal.
+  chunk sizes, bare LF); we add the header-size limit, duplicate Host, Transfer-Encoding on
+  HTTP/1.0 (RFC 9112 §6.1), CONNECT/upgrade refusal.
 - Requests are answered strictly in order. The first request runs at once; pipelined ones queue
   behind it (their bodies buffer up to the body high-water mark, then reading pauses). A parse
   error queues a 400 after the requests before it and closes the connection after it.
+- Some errors are only found after the request's head was accepted (a bad chunk size, a
+  Transfer-Encoding llhttp refuses after the head, an Upgrade). That request is then abandoned
+  and the error answers it instead, unless its response has already begun. Its pipeline task was
+  created but has not run yet when the error is in the same read as the head (the usual case),
+  so nothing of it reaches an upstream.
+- The header limit is checked per header as httptools reports them, and also per read while a
+  head is incomplete: httptools buffers a header until it ends, so one endless header would
+  otherwise grow without bound until the header timeout.
 - Back-pressure both ways: a request body pauses this transport when its consumer (the upstream
   connection) cannot keep up; a full write buffer here pauses the response body's producer.
 - Timers: an idle timer runs while no request is in progress (keep-alive idle timeout); a header
@@ -23,7 +32,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -39,8 +48,11 @@ from meshd.http.framing import (
 )
 from meshd.http.headers import HOP_BY_HOP, append_via, connection_tokens
 from meshd.http.messages import Headers, Request, Response
+from routing.identifiers.base import authority_of
 
 log = logging.getLogger("meshd.listener")
+
+_SLASH: Final = ord("/")
 
 Service = Callable[[Request], Awaitable[Response]]
 
@@ -110,6 +122,7 @@ class ServerProtocol(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._draining = False
+        self._peer_closed = False
         self._read_pauses = 0
         self._write_paused = False
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -124,6 +137,8 @@ class ServerProtocol(asyncio.Protocol):
         self._chunked = False
         self._conn_tokens: list[bytes] = []
         self._expect_continue = False
+        self._in_head = False
+        self._head_spill = 0
         self._in_body = False
         self._trailers: Trailers | None = None
         self._body: Body | None = None
@@ -142,6 +157,7 @@ class ServerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        in_head = self._in_head
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -152,12 +168,23 @@ class ServerProtocol(asyncio.Protocol):
                 log.exception("listener callback failed", exc_info=cause)
                 self._parse_failed(BadRequest("malformed request"))
         except httptools.HttpParserUpgrade:
+            # llhttp stops after the head of a request asking to switch protocols; that request
+            # is answered 501 instead of being forwarded without its Upgrade.
+            self._abandon_last_request()
             self._parse_failed(NotImplementedMethod("protocol upgrades (Upgrade, CONNECT) are not supported"))
         except httptools.HttpParserError as exc:
             self._parse_failed(BadRequest(f"malformed request: {exc}"))
+        else:
+            if in_head and self._in_head:
+                # All of `data` belongs to a head that is still not complete (see the module doc).
+                self._head_spill += len(data)
+                if self._head_spill > self._limits.max_header_bytes:
+                    self._parse_failed(_headers_too_large(self._limits.max_header_bytes))
 
     def eof_received(self) -> bool | None:
-        # The client half-closed. Requests already read are still answered; nothing more will come.
+        # The client half-closed. Requests already read are still answered; nothing more will come,
+        # so the connection closes once they are.
+        self._peer_closed = True
         if self._body is not None and not self._body.ended:
             self._body.fail(ConnectionClosed("client closed the connection in the middle of the body"))
         if self._active is None and not self._queue:
@@ -213,6 +240,8 @@ class ServerProtocol(asyncio.Protocol):
         self._chunked = False
         self._conn_tokens = []
         self._expect_continue = False
+        self._in_head = True
+        self._head_spill = 0
         self._in_body = False
         self._trailers = None
         if self._idle_timer is not None:
@@ -224,13 +253,13 @@ class ServerProtocol(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._header_bytes += len(url)
         if self._header_bytes > self._limits.max_header_bytes:
-            raise HeadersTooLarge(f"request line and headers exceed {self._limits.max_header_bytes} bytes")
+            raise _headers_too_large(self._limits.max_header_bytes)
         self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self._limits.max_header_bytes:
-            raise HeadersTooLarge(f"request line and headers exceed {self._limits.max_header_bytes} bytes")
+            raise _headers_too_large(self._limits.max_header_bytes)
         if self._in_body:
             if self._trailers is None:
                 self._trailers = []
@@ -261,6 +290,7 @@ class ServerProtocol(asyncio.Protocol):
             self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
@@ -269,6 +299,9 @@ class ServerProtocol(asyncio.Protocol):
         if method == "CONNECT":
             raise NotImplementedMethod("CONNECT is not supported")
         version = parser.get_http_version()
+        if self._chunked and version == "1.0":
+            # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+            raise BadRequest("malformed request: Transfer-Encoding in an HTTP/1.0 request")
         headers = self._headers
         tokens = self._conn_tokens
         if tokens:
@@ -286,6 +319,8 @@ class ServerProtocol(asyncio.Protocol):
         self._body = body
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         host = self._host
+        if url[0] != _SLASH and url != b"*":  # absolute-form (origin-form is the usual case)
+            host = _absolute_form_host(url, headers, host)
         request = Request(
             method,
             url.decode("latin-1"),
@@ -394,7 +429,7 @@ class ServerProtocol(asyncio.Protocol):
             return
         if self._queue:
             self._start(self._queue.popleft())
-        elif self._draining:
+        elif self._draining or self._peer_closed:
             self._close()
         elif self._body is None:
             self._start_idle_timer()
@@ -413,15 +448,30 @@ class ServerProtocol(asyncio.Protocol):
     def _parse_failed(self, error: MeshdError) -> None:
         if self._transport is not None:
             self._transport.pause_reading()
+        self._in_head = False
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
         body = self._body
         self._body = None
         if body is not None and not body.ended:
-            # The bad bytes were inside a request body that is already on its way upstream.
+            # The bad bytes were inside the body of the last request parsed: it fails (an upstream
+            # exchange already streaming it is aborted) and the error answers it instead.
             body.fail(error)
+            self._abandon_last_request()
         self._enqueue(error)
+
+    def _abandon_last_request(self) -> None:
+        """Drop the most recently parsed request, unless its response has already begun."""
+        queue = self._queue
+        if queue:
+            if isinstance(queue[-1], Request):
+                queue.pop()
+        elif self._active is not None and self._active_response is None:
+            task, self._task = self._task, None
+            self._active = None
+            if task is not None:
+                task.cancel()
 
     def _write_error_and_close(self, error: MeshdError) -> None:
         if self._transport is not None and not self._closing:
@@ -526,6 +576,24 @@ def error_response(error: MeshdError, *, close: bool = False) -> Response:
 
 def _header_safe(text: bytes) -> bytes:
     return text.replace(b"\r", b" ").replace(b"\n", b" ")
+
+
+def _absolute_form_host(url: bytes, headers: Headers, host: bytes | None) -> bytes | None:
+    """RFC 9112 §3.2.2: a proxy replaces Host with the authority of an absolute-form target."""
+    authority = authority_of(url.decode("latin-1"))
+    if authority is None:
+        return host
+    value = authority.encode("latin-1")
+    for i, (name, _) in enumerate(headers):
+        if len(name) == 4 and name.lower() == b"host":
+            headers[i] = (name, value)
+            return value
+    headers.append((b"Host", value))
+    return value
+
+
+def _headers_too_large(limit: int) -> HeadersTooLarge:
+    return HeadersTooLarge(f"request line and headers exceed {limit} bytes")
 
 
 def _header_timeout_error(timeout_s: float) -> MeshdError:

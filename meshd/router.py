@@ -22,6 +22,7 @@ from meshd.errors import NoSuchService
 from meshd.http.messages import Request, Response
 from meshd.listener import ListenerLimits
 from meshd.observable import Observable
+from meshd.pipeline.access_log import AccessLog
 from meshd.pipeline.assemble import router_stack, service_stack
 from meshd.pipeline.bind import Binder, bind_service
 from meshd.pipeline.hygiene import RequestIds, TrustPolicy
@@ -36,7 +37,7 @@ from meshd.retry.deadline import WALL_CLOCK_NS
 from meshd.runtime import Runtime
 from routing.delegate import Chooser
 from routing.dtab import Dtab
-from routing.namer import BoundName
+from routing.namer import BoundName, inet_address
 from routing.nametree import Empty, Fail
 from routing.parser import parse_dtab
 from routing.path import Path
@@ -53,8 +54,6 @@ class ServiceState:
     budget: RetryBudget
     retries: RetryCounters
     timeouts: TimeoutCounters
-
-_INET = Path.of("$", "inet")
 
 
 class Router:
@@ -101,7 +100,12 @@ class Router:
             max_header_bytes=server.max_header_bytes,
             header_timeout_s=server.header_timeout_ms / 1000.0,
             idle_timeout_s=server.idle_timeout_ms / 1000.0,
-            replay_limit=self.config.service.replay_buffer_bytes,
+            # bodies are buffered for replay by the listener, before the service is known: keep
+            # the largest buffer any service of this router may use
+            replay_limit=max(
+                [self.config.service.replay_buffer_bytes]
+                + [o.replay_buffer_bytes for o in self.config.services if o.replay_buffer_bytes is not None]
+            ),
         )
 
     # -- routing-file support ---------------------------------------------------------------
@@ -129,6 +133,7 @@ class Router:
             wall=WALL_CLOCK_NS,
             timeouts=timeouts,
             rng=self._rng,
+            access_log=AccessLog(self.label, self.runtime.clock) if self.config.access_log else None,
         )
         state = ServiceState(path.show(), stack.build(self._dispatch_choice), budget, counters, timeouts)
         if len(self.services) >= 10_000:
@@ -186,17 +191,12 @@ class Router:
         return addr
 
     def addr_of(self, id: Path) -> Observable[Addr]:
-        if id.starts_with(_INET) and len(id) >= 4:
-            try:
-                port = int(id[3])
-            except ValueError:
-                return Observable(Failed(f"bad port in {id.show()}"))
-            return Observable(Bound(frozenset({Address(id[2], port)})))
-        if id.starts_with(_INET) and len(id) == 3:
-            try:
-                return Observable(Bound(frozenset({Address("127.0.0.1", int(id[2]))})))
-            except ValueError:
-                return Observable(Failed(f"bad port in {id.show()}"))
+        if len(id) >= 1 and id[0] == "$":
+            # the system namer binds only inet ids (`/$/inet/...`, `/$/fixedinet/...`; rinet -> inet)
+            host_port = inet_address(id)
+            if host_port is None:
+                return Observable(Failed(f"{id.show()} is not an address (/$/inet/<host>/<port> or /$/inet/<port>)"))
+            return Observable(Bound(frozenset({Address(*host_port)})))
         best: Namer | None = None
         for prefix, namer in self._namers.items():
             if id.starts_with(prefix) and (best is None or len(prefix) > len(best.prefix)):
@@ -215,6 +215,10 @@ class Router:
         self.binder.close()
         for client in self.clients.values():
             client.close()
+        for transformer in self.transformers:
+            close = getattr(transformer, "close", None)
+            if close is not None:
+                close()
 
     def __repr__(self) -> str:
         return f"<Router {self.label} clients={len(self.clients)}>"

@@ -159,11 +159,15 @@ class Supervisor:
             await session.close()
 
     async def _get(self, index: int, path: str) -> tuple[int, str]:
+        status, body, _ = await self._fetch(index, path)
+        return status, body.decode("utf-8", "replace")
+
+    async def _fetch(self, index: int, path: str) -> tuple[int, bytes, str]:
         try:
             async with self._session(index).get(f"http://worker{path}", timeout=aiohttp.ClientTimeout(total=5)) as r:
-                return r.status, await r.text()
+                return r.status, await r.read(), r.headers.get("Content-Type", "text/plain")
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            return 503, f"worker {index} unavailable: {exc}"
+            return 503, f"worker {index} unavailable: {exc}".encode(), "text/plain"
 
     async def ping(self, request: web.Request) -> web.Response:
         return web.Response(text="pong\n")
@@ -190,9 +194,9 @@ class Supervisor:
         return web.Response(text=json.dumps(out, indent=2) + "\n", content_type="application/json")
 
     async def forward(self, request: web.Request) -> web.Response:
-        status, text = await self._get(0, request.path_qs)
-        content_type = "application/json" if text.lstrip().startswith(("{", "[")) else "text/plain"
-        return web.Response(text=text, status=status, content_type=content_type)
+        """Other admin pages (and the dashboard's files) come from worker 0, content type included."""
+        status, body, content_type = await self._fetch(0, request.path_qs)
+        return web.Response(body=body, status=status, headers={"Content-Type": content_type})
 
 
 class _Merged(Collector):

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from meshd import __version__
 from meshd.admin.metrics import MeshdCollector
 from meshd.config.loader import to_yaml_dict
-from meshd.explain import explain
+from meshd.explain import dentry_origins, explain
 
 if TYPE_CHECKING:
     from meshd.daemon import Daemon
@@ -153,12 +153,14 @@ async def delegator(request: web.Request) -> web.Response:
         router = daemon.router(label) if label else daemon.routers[0]
     except KeyError:
         return _json({"error": f"no router {label!r}"}, status=404)
+    watcher = daemon.routes_watchers.get(router.label)
     result = await explain(
         path,
         router.dtab.get(),
         daemon.namers,
         lambda id: router.addr_of(id).get(),
         local_dtab=request.query.get("dtab", ""),
+        origins=dentry_origins(router.label, router.own_dtab, watcher.current if watcher else None),
         timeout_s=2.0,
     )
     result["router"] = router.label

@@ -41,6 +41,7 @@ METRICS: Final[dict[str, str]] = {
     "meshd_config_reloads_total": "Routing-file reloads by result (success, error).",
     "meshd_connections_accepted_total": "Downstream connections accepted, per router.",
     "meshd_connections_open": "Downstream connections open now, per router.",
+    "meshd_daemonset_forwarded_total": "Attempts a router sent to another node's meshd (daemonset transformer).",
 }
 
 _STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -105,6 +106,9 @@ class MeshdCollector(Collector):
             "meshd_connections_accepted", METRICS["meshd_connections_accepted_total"], labels=("router",)
         )
         open_conns = GaugeMetricFamily("meshd_connections_open", METRICS["meshd_connections_open"], labels=("router",))
+        forwarded = CounterMetricFamily(
+            "meshd_daemonset_forwarded", METRICS["meshd_daemonset_forwarded_total"], labels=("router",)
+        )
 
         for router in routers:
             r = router.label
@@ -156,6 +160,8 @@ class MeshdCollector(Collector):
             listeners = self._daemon.listeners_of(r)
             accepted.add_metric((r,), sum(lst.accepted for lst in listeners))
             open_conns.add_metric((r,), sum(len(lst.connections) for lst in listeners))
+            if router.transformers:
+                forwarded.add_metric((r,), sum(c.forwarded for c in list(router.clients.values())))
 
         yield from (
             requests,
@@ -175,4 +181,5 @@ class MeshdCollector(Collector):
             reloads,
             accepted,
             open_conns,
+            forwarded,
         )

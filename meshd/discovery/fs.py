@@ -1,4 +1,4 @@
-"""The `fs` namer: one file per service in a directory, each line `host port [weight]`, watched.
+"""The `fs` namer: one file per service in a directory, each line `host port [weight] [key=value ...]`, watched.
 
 How this works: the directory is scanned when the namer starts and then every `pollIntervalMs`
 (default 250 ms, so an edit applies well within a second). A scan stats every file (following
@@ -17,7 +17,7 @@ import logging
 import os
 import pathlib
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from meshd.discovery.addr import Addr, Address, Bound, Failed, Neg
 from meshd.observable import Observable
@@ -27,6 +27,9 @@ from routing.nametree import NEG, Leaf, NameTree
 from routing.path import Path, PathError
 
 log = logging.getLogger("meshd.discovery.fs")
+
+#: the `key=value` tokens an endpoints line may carry after `host port [weight]`
+_METADATA_KEYS: Final = ("node", "zone")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,15 +58,24 @@ class FileFormatError(ValueError):
 
 
 def parse_endpoints_file(text: str) -> frozenset[Address]:
-    """Parse `host port [weight]` lines; blank lines and `#` comments are ignored."""
+    """Parse `host port [weight] [key=value ...]` lines; blank lines and `#` comments are ignored.
+
+    The optional metadata tokens say where the replica runs, as the k8s namer's addresses do:
+    `node=<node name>` (used by the `daemonset` and `localnode` transformers) and
+    `zone=<zone>`. Example: `10.0.1.7 8080 2 node=node-a zone=eu-west-1a`.
+    """
     addresses: dict[tuple[str, int], Address] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         parts = line.split()
-        if len(parts) not in (2, 3):
-            raise FileFormatError(f"line {number}: expected 'host port [weight]', got {raw.strip()!r}")
+        positional = [p for p in parts if "=" not in p]
+        tokens = parts[len(positional):]
+        if len(positional) not in (2, 3) or parts[: len(positional)] != positional:
+            raise FileFormatError(
+                f"line {number}: expected 'host port [weight] [node=<name>] [zone=<name>]', got {raw.strip()!r}"
+            )
         host = parts[0].strip("[]")
         try:
             port = int(parts[1])
@@ -72,15 +84,33 @@ def parse_endpoints_file(text: str) -> frozenset[Address]:
         if not 1 <= port <= 65535:
             raise FileFormatError(f"line {number}: port must be 1-65535, got {port}")
         weight = 1.0
-        if len(parts) == 3:
+        if len(positional) == 3:
             try:
                 weight = float(parts[2])
             except ValueError:
                 raise FileFormatError(f"line {number}: weight must be a number, got {parts[2]!r}") from None
             if not weight > 0 or weight != weight or weight == float("inf"):
                 raise FileFormatError(f"line {number}: weight must be a positive number, got {parts[2]!r}")
-        addresses[(host, port)] = Address(host, port, weight=weight)
+        meta = _metadata(tokens, number)
+        addresses[(host, port)] = Address(host, port, weight=weight, node_name=meta.get("node"), zone=meta.get("zone"))
     return frozenset(addresses.values())
+
+
+def _metadata(tokens: list[str], number: int) -> dict[str, str]:
+    """`key=value` tokens as a dict; only the keys in `_METADATA_KEYS`, each once, never empty."""
+    meta: dict[str, str] = {}
+    for token in tokens:
+        key, _, value = token.partition("=")
+        if key not in _METADATA_KEYS:
+            raise FileFormatError(
+                f"line {number}: unknown metadata {key!r} in {token!r} (known: {', '.join(_METADATA_KEYS)})"
+            )
+        if not value:
+            raise FileFormatError(f"line {number}: {key}= needs a value")
+        if key in meta:
+            raise FileFormatError(f"line {number}: {key}= is given twice")
+        meta[key] = value
+    return meta
 
 
 class FsNamer:

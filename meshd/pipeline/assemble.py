@@ -12,9 +12,17 @@ Then the terminal `bind` step binds the name through the dtab (cached) and hands
 that logical name's service chain.
 
 Service level (one chain per logical name):
+(`access_log`, only when the router has `accessLog: true` — absent otherwise, so a disabled log
+   costs nothing.) Outermost at this level, so it sees the request's final outcome: the response
+   the client gets after every retry, or the error (a total-timeout or deadline 504 included)
+   that the error responder will turn into one, together with `request.attempts` and, through
+   the retry stage's attempt hook, where each attempt went. It sits at the service level
+   rather than the router level because it needs the service's retry stage to report attempts;
+   requests that fail before a service is chosen (unidentified, unbound) are not logged.
 5. `classify` — attaches the service's response classifier, which failure accrual below uses too.
 6. `timeouts` — total timeout and deadline propagation; above retries, so the whole retry loop
-   (backoff included) is bounded by the caller's deadline.
+   (backoff included) is bounded by the caller's deadline, and an expired incoming deadline is
+   refused before the retry budget or any upstream is touched.
 7. `retries` — above the choice of destination, so every attempt picks again: another union
    branch (canary) and, in the client, another endpoint.
 Then the terminal step picks the bound destination for this attempt and calls its client.
@@ -33,6 +41,7 @@ from typing import Final
 from meshd.clock import Clock
 from meshd.config.model import ServiceConfig
 from meshd.http.messages import Request, Response
+from meshd.pipeline.access_log import AccessLog
 from meshd.pipeline.error_responder import error_responder
 from meshd.pipeline.hygiene import RequestIds, TrustPolicy, hygiene_stage
 from meshd.pipeline.identify import identify_stage
@@ -47,6 +56,7 @@ from routing.identifiers.base import Identifier
 
 ROUTER_ROLES: Final = ("stats", "errors", "hygiene", "identify")
 SERVICE_ROLES: Final = ("classify", "timeouts", "retries")
+"""Without the optional `access_log`, which goes before `classify` when enabled."""
 
 
 def router_stack(
@@ -70,11 +80,14 @@ def service_stack(
     wall: WallClock,
     timeouts: TimeoutCounters,
     rng: random.Random,
+    access_log: AccessLog | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> Stack:
+    stack = Stack()
+    if access_log is not None:
+        stack.push("access_log", access_log.stage())
     return (
-        Stack()
-        .push("classify", classify_stage(classifier))
+        stack.push("classify", classify_stage(classifier))
         .push("timeouts", timeout_stage(config.total_timeout_ms, wall, timeouts))
         .push(
             "retries",
@@ -85,6 +98,8 @@ def service_stack(
                 retry_counters,
                 timeouts,
                 add_success_class=config.add_success_class_header,
+                replay_limit=config.replay_buffer_bytes,
+                on_attempt=access_log.on_attempt if access_log is not None else None,
                 sleep=sleep,
             ),
         )

@@ -72,7 +72,7 @@ class Binder:
             try:
                 dtab = dtab + parse_dtab_header(local_dtab)
             except DtabSyntaxError as exc:
-                raise BadRequest(f"malformed l5d-dtab / l5d-ctx-dtab header: {exc}") from None
+                raise BadRequest(f"malformed l5d-dtab / l5d-ctx-dtab header: {exc.short}") from None
         try:
             async with asyncio.timeout(self._binding_timeout_s):
                 while True:

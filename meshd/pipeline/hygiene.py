@@ -3,7 +3,8 @@
 `l5d-*` request headers steer routing (`l5d-dtab` overrides) and bound the work (deadlines), so
 they are honoured only from trusted sources (by default loopback: the services on this host);
 from anyone else they are stripped. Trusted context is folded into the request (local dtab,
-incoming deadline) and re-emitted downstream as `l5d-ctx-*`, so it follows the whole call tree.
+incoming deadline) and re-emitted downstream as `l5d-ctx-*`, so it follows the whole call tree;
+a trusted but malformed `l5d-dtab` or `l5d-ctx-dtab` is a 400 naming the header, line and column.
 Every request gets an `l5d-reqid` (kept from a trusted caller), `Via` and `X-Forwarded-For`.
 """
 
@@ -14,9 +15,12 @@ import itertools
 import os
 from collections.abc import Sequence
 
+from meshd.errors import BadRequest
 from meshd.http.headers import L5D_CTX_DTAB, L5D_DTAB, L5D_REQID, append_forwarded_for, append_via
 from meshd.http.messages import Request, Response
 from meshd.pipeline.stack import Service, Stage
+from routing.delegate import parse_dtab_header
+from routing.parser import DtabSyntaxError
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -70,10 +74,8 @@ def hygiene_stage(trust: TrustPolicy, ids: RequestIds) -> Stage:
                 if trust.is_trusted(request.client_ip):
                     ctx = l5d.get(L5D_CTX_DTAB)
                     local = l5d.get(L5D_DTAB)
-                    if ctx is not None and local is not None:
-                        request.local_dtab = ctx.decode("latin-1") + ";" + local.decode("latin-1")
-                    elif ctx is not None or local is not None:
-                        request.local_dtab = (ctx or local or b"").decode("latin-1")
+                    if ctx is not None or local is not None:
+                        request.local_dtab = local_dtab(ctx, local)
                     given = l5d.get("l5d-reqid")
                     if given:
                         reqid = given.decode("latin-1")
@@ -95,3 +97,27 @@ def hygiene_stage(trust: TrustPolicy, ids: RequestIds) -> Stage:
         return clean
 
     return wrap
+
+
+def local_dtab(ctx: bytes | None, local: bytes | None) -> str:
+    """A trusted request's local dtab: `l5d-ctx-dtab`'s dentries, then `l5d-dtab`'s (which win).
+
+    Each header is parsed on its own (parses are cached by text), so a malformed one is a 400
+    whose one-line `l5d-err` names that header and the line and column in it. With both headers
+    the result is printed canonically rather than joined as text: a `#` comment at the end of
+    the first value would otherwise swallow the second, and the result travels on downstream
+    as one `l5d-ctx-dtab` header value.
+    """
+    texts: list[str] = []
+    for name, value in ((L5D_CTX_DTAB, ctx), (L5D_DTAB, local)):
+        if value is None:
+            continue
+        text = value.decode("latin-1")
+        try:
+            parse_dtab_header(text)
+        except DtabSyntaxError as exc:
+            raise BadRequest(f"malformed {name} header: {exc.short}") from None
+        texts.append(text)
+    if len(texts) == 1:
+        return texts[0]
+    return (parse_dtab_header(texts[0]) + parse_dtab_header(texts[1])).show()

@@ -4,16 +4,34 @@ How this works: every request deposits into the budget once; each retry must wit
 attempt is retried when the classifier calls it a retryable failure: a 5xx on a method it deems
 retryable, a transport error after writing on such a method, or any error before the request
 was written (connect refused, pool exhausted: nothing reached the upstream, so every method is
-safe). It is never retried once the request body outgrew the replay buffer, and never after a
-non-idempotent request reached the upstream. Each retry picks again (the balancer is asked to
-avoid the node that just failed) and may bind to another union branch. Retries sit below the
-total timeout, so the whole loop, backoff included, is bounded by it.
+safe). Each retry picks again (the balancer is asked to avoid the node that just failed) and may
+bind to another union branch. Retries sit below the total timeout, so the whole loop, backoff
+included, is bounded by it; a retry whose backoff would end past the request's deadline is not
+attempted: the last failure is returned at once instead of a 504 later.
+
+What is never retried, and why:
+- after the request was written, a request whose body outgrew the replay buffer (the router's
+  copy, or this service's smaller `replayBufferBytes`): the bytes to send again are gone. (A
+  failure before writing took no byte of the body, so it is retried whatever the body's size.)
+- a non-idempotent request that reached the upstream (the classifier says FAILURE for it);
+- after the request was written, a request whose body the client is still sending: the old
+  upstream connection may still hold (or, after a cancelled attempt, later release) the body's
+  sink, so replaying now could interleave two attempts on one body. Before-write failures never
+  attached the body, so they are retried whatever the body's state.
+
+A retried 5xx's response body is discarded: a small rest with a known length is read and thrown
+away so the keep-alive connection survives (bounded by `DRAIN_TIMEOUT_S`); anything else is
+cancelled, which aborts that upstream connection.
+
+Cancellation (the client went away, the total timeout fired) propagates through the attempt or
+the backoff sleep; the attempt in flight aborts its upstream connection (see dispatch.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 from meshd.errors import (
     AttemptTimeout,
@@ -23,7 +41,7 @@ from meshd.errors import (
     RequestTimeout,
     UpstreamFailed,
 )
-from meshd.http.body import NotReplayable
+from meshd.http.body import Body, NotReplayable, Trailers
 from meshd.http.headers import L5D_RETRYABLE, L5D_SUCCESS_CLASS
 from meshd.http.messages import Request, Response
 from meshd.pipeline.stack import Service, Stage
@@ -33,6 +51,14 @@ from meshd.retry.budget import RetryBudget
 from meshd.retry.classifiers import ResponseClass, ResponseClassifier, success_class
 
 Sleep = Callable[[float], Awaitable[None]]
+AttemptHook = Callable[[Request, "int | MeshdError", "str | None"], None]
+"""Told of every attempt's outcome (a status or the error) and the retry reason, or None when the
+attempt is final. Only the access log uses it; without it the loop pays one `is None` check."""
+
+#: a discarded response body with at most this much left is read to its end, to keep the connection
+DRAIN_LIMIT_BYTES: Final = 64 * 1024
+#: ...but for at most this long; then the connection is aborted after all
+DRAIN_TIMEOUT_S: Final = 1.0
 
 _SUCCESS = {cls: success_class(cls).encode("ascii") for cls in ResponseClass}
 
@@ -40,7 +66,7 @@ _SUCCESS = {cls: success_class(cls).encode("ascii") for cls in ResponseClass}
 class RetryCounters:
     """Per-service retry counts by reason, read by the metrics exporter."""
 
-    __slots__ = ("response", "error", "requeue", "budget_exhausted", "not_replayable")
+    __slots__ = ("response", "error", "requeue", "budget_exhausted", "not_replayable", "deadline")
 
     def __init__(self) -> None:
         self.response = 0
@@ -48,6 +74,8 @@ class RetryCounters:
         self.requeue = 0
         self.budget_exhausted = 0
         self.not_replayable = 0
+        #: retries not attempted because the backoff would end past the deadline
+        self.deadline = 0
 
 
 class RetryDiscarded(Exception):
@@ -72,8 +100,12 @@ def retries_stage(
     timeouts: TimeoutCounters,
     *,
     add_success_class: bool,
+    replay_limit: int | None = None,
+    on_attempt: AttemptHook | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> Stage:
+    """`replay_limit`: this service's `replayBufferBytes` (None: whatever the router's body kept)."""
+
     def wrap(next_service: Service) -> Service:
         async def retry(request: Request) -> Response:
             budget.deposit()
@@ -86,34 +118,52 @@ def retries_stage(
                     if isinstance(exc, AttemptTimeout):
                         timeouts.attempt += 1
                     if classify_error(classifier, request.method, exc) is not ResponseClass.RETRYABLE_FAILURE:
+                        if on_attempt is not None:
+                            on_attempt(request, exc, None)
                         raise
-                    reason = "requeue" if not exc.written else "error"
-                    if not _may_retry(request, budget, counters):
+                    reason = "error" if exc.written else "requeue"
+                    if schedule is None:
+                        schedule = backoff.schedule()
+                    delay = next(schedule)
+                    if not _may_retry(request, exc.written, delay, budget, counters, replay_limit):
+                        if on_attempt is not None:
+                            on_attempt(request, exc, None)
                         raise
+                    if on_attempt is not None:
+                        on_attempt(request, exc, reason)
                 else:
                     status = response.status
                     if status < 500:
                         if add_success_class:
                             response.headers.append((L5D_SUCCESS_CLASS, b"1.0"))
+                        if on_attempt is not None:
+                            on_attempt(request, status, None)
                         return response
                     hint = any(n.lower() == L5D_RETRYABLE and v.strip().lower() == b"true" for n, v in response.headers)
                     cls = classifier.classify_response(request.method, status, hint)
-                    if cls is not ResponseClass.RETRYABLE_FAILURE or not _may_retry(request, budget, counters):
+                    if cls is ResponseClass.RETRYABLE_FAILURE:
+                        if schedule is None:
+                            schedule = backoff.schedule()
+                        delay = next(schedule)
+                        retrying = _may_retry(request, True, delay, budget, counters, replay_limit)
+                    else:
+                        retrying = False
+                    if not retrying:
                         if add_success_class:
                             response.headers.append((L5D_SUCCESS_CLASS, _SUCCESS[cls]))
+                        if on_attempt is not None:
+                            on_attempt(request, status, None)
                         return response
                     reason = "response"
-                    if not response.body.ended:
-                        response.body.cancel(RetryDiscarded("response discarded: the request is retried"))
+                    if on_attempt is not None:
+                        on_attempt(request, status, reason)
+                    _discard(response.body)
                 if reason == "response":
                     counters.response += 1
                 elif reason == "error":
                     counters.error += 1
                 else:
                     counters.requeue += 1
-                if schedule is None:
-                    schedule = backoff.schedule()
-                delay = next(schedule)
                 if delay > 0:
                     await sleep(delay)
 
@@ -122,17 +172,78 @@ def retries_stage(
     return wrap
 
 
-def _may_retry(request: Request, budget: RetryBudget, counters: RetryCounters) -> bool:
+def _may_retry(
+    request: Request,
+    written: bool,
+    delay: float,
+    budget: RetryBudget,
+    counters: RetryCounters,
+    replay_limit: int | None,
+) -> bool:
+    """Whether this retryable failure is retried; rewinds the body when it is. Cheap checks first,
+    so that a retry that cannot happen never spends a budget token.
+
+    A failure before the request was written never took a byte of the body (it is still all
+    buffered, or not yet sent by the client), so it needs no replay copy and no rewind.
+    """
     body = request.body
-    if not body.replayable:
+    if written and (
+        not body.ended
+        or not body.replayable
+        or (replay_limit is not None and body.received > replay_limit)
+    ):
         counters.not_replayable += 1
+        return False
+    deadline = request.deadline
+    if deadline is not None and asyncio.get_running_loop().time() + delay >= deadline:
+        counters.deadline += 1
         return False
     if not budget.try_withdraw():
         counters.budget_exhausted += 1
         return False
-    try:
-        body.rewind()
-    except NotReplayable:
-        counters.not_replayable += 1
-        return False
+    if written:
+        try:
+            body.rewind()
+        except NotReplayable:  # pragma: no cover - `replayable` above already said it can rewind
+            counters.not_replayable += 1
+            return False
     return True
+
+
+class _DiscardSink:
+    """Reads a discarded response body to its end and drops the bytes."""
+
+    __slots__ = ()
+
+    def on_data(self, data: bytes) -> None:
+        pass
+
+    def on_end(self, trailers: Trailers | None) -> None:
+        pass
+
+    def on_error(self, exc: BaseException) -> None:
+        pass
+
+
+_DISCARD: Final = _DiscardSink()
+
+
+def _discard(body: Body) -> None:
+    """Throw away the body of a response that is being retried, keeping its connection if cheap.
+
+    Aborting costs the upstream a connection and meshd a handshake on the next attempt; reading a
+    few more bytes of an error page costs nearly nothing. A body of unknown length (chunked, or
+    until close) or with much left is cancelled at once; so is one that stalls.
+    """
+    if body.ended:
+        return
+    length = body.length
+    if length is None or length - body.received > DRAIN_LIMIT_BYTES:
+        body.cancel(RetryDiscarded("response discarded: the request is retried"))
+        return
+    body.attach(_DISCARD)
+    if not body.ended:
+        timer = asyncio.get_running_loop().call_later(
+            DRAIN_TIMEOUT_S, body.cancel, RetryDiscarded("discarded response body did not finish in time")
+        )
+        body.add_done_callback(lambda _error: timer.cancel())

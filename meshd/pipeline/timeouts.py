@@ -3,7 +3,11 @@
 The deadline enforced is the earlier of the caller's `l5d-ctx-deadline` (when it came from a
 trusted source) and now + `totalTimeoutMs`. It is passed downstream in `l5d-ctx-deadline`, so a
 chain of services never works past the original caller's deadline. A deadline that has already
-passed is refused with 504 before any upstream is called.
+passed is refused with 504 before any upstream is called (and before the retry budget is touched).
+
+The deadline is read on the wall clock (it crosses hosts), then enforced on the event loop's
+clock with `asyncio.timeout_at`; `request.deadline` holds that loop-clock instant so the retry
+stage below can tell whether a backoff would end past it.
 """
 
 from __future__ import annotations
@@ -56,10 +60,16 @@ def timeout_stage(total_timeout_ms: int | None, wall: WallClock, counters: Timeo
                 counters.deadline += 1
                 raise RequestTimeout("the caller's deadline (l5d-ctx-deadline) had expired; upstream not called")
             request.headers.append((_HEADER_BYTES, format_deadline(deadline).encode("ascii")))
+            loop_deadline = asyncio.get_running_loop().time() + remaining
+            # the retry loop below reads this to skip a retry whose backoff would end too late
+            request.deadline = loop_deadline
+            scope = asyncio.timeout_at(loop_deadline)
             try:
-                async with asyncio.timeout(remaining):
+                async with scope:
                     return await next_service(request)
             except TimeoutError:
+                if not scope.expired():
+                    raise  # not ours (cannot happen today: inner timeouts raise MeshdErrors)
                 if from_caller:
                     counters.deadline += 1
                     raise RequestTimeout(

@@ -135,7 +135,7 @@ class ConstantBackoffConfig(BackoffConfig):
 
     def __post_init__(self) -> None:
         if not _is_int(self.ms) or self.ms < 0:
-            raise ValueError(f"ms must be a whole number of milliseconds >= 0, got {self.ms!r}")
+            raise ValueError(f"ms: must be a whole number of milliseconds >= 0, got {self.ms!r}")
 
     def build(self, rng: random.Random) -> BackoffPolicy:
         return ConstantBackoff(self.ms * _NS_PER_MS)
@@ -185,10 +185,10 @@ def _is_int(value: object) -> bool:
 
 def _check_jitter_config(start_name: str, start_ms: int, max_ms: int) -> None:
     if not _is_int(start_ms) or start_ms <= 0:
-        raise ValueError(f"{start_name} must be a whole number of milliseconds > 0, got {start_ms!r}")
+        raise ValueError(f"{start_name}: must be a whole number of milliseconds > 0, got {start_ms!r}")
     if not _is_int(max_ms) or max_ms < start_ms:
         raise ValueError(
-            f"maxMs must be a whole number of milliseconds >= {start_name} ({start_ms}), got {max_ms!r}"
+            f"maxMs: must be a whole number of milliseconds >= {start_name} ({start_ms}), got {max_ms!r}"
         )
 
 

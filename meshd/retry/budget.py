@@ -266,17 +266,17 @@ class RetryBudgetConfig:
     def __post_init__(self) -> None:
         if not _is_int(self.ttl_secs) or not MIN_TTL_SECS <= self.ttl_secs <= MAX_TTL_SECS:
             raise ValueError(
-                f"ttlSecs must be a whole number between {MIN_TTL_SECS} and {MAX_TTL_SECS}, "
+                f"ttlSecs: must be a whole number between {MIN_TTL_SECS} and {MAX_TTL_SECS}, "
                 f"got {self.ttl_secs!r}"
             )
         if not _is_int(self.min_retries_per_sec) or self.min_retries_per_sec < 0:
             raise ValueError(
-                f"minRetriesPerSec must be a whole number >= 0, got {self.min_retries_per_sec!r}"
+                f"minRetriesPerSec: must be a whole number >= 0, got {self.min_retries_per_sec!r}"
             )
         percent = self.percent_can_retry
         if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0.0 <= percent <= 1.0:
             raise ValueError(
-                f"percentCanRetry must be between 0 and 1 (a fraction: 0.2 means 20% of requests), "
+                f"percentCanRetry: must be between 0 and 1 (a fraction: 0.2 means 20% of requests), "
                 f"got {percent!r}; meshd refuses values above 1, which Finagle would accept, because they "
                 f"let retries outnumber requests"
             )

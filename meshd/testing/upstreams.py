@@ -4,7 +4,13 @@ An `Upstream` listens on port 0 and answers each request with a `Handler` (an as
 from `Received` to `Reply`). It records what it received (method, target, headers, body) and
 counts requests and connections, so tests can assert on what meshd actually forwarded. It is
 written on raw asyncio + httptools (not a framework) so tests control every byte: keep-alive
-timeouts, closing idle connections, chunked replies with trailers, streaming, resets.
+timeouts, closing idle connections, chunked replies with trailers, streaming, resets. A streamed
+reply honours back-pressure: the next chunk is pulled from its iterator only while the
+connection's write buffer is below the high-water mark (`paused_writers` counts connections
+waiting on a full buffer), so a test can see that meshd stopped reading.
+
+`ScriptedUpstream` is for upstreams that misbehave at the byte level (hang up after the head,
+send garbage, stop reading): each connection runs a test-written script on a stream pair.
 """
 
 from __future__ import annotations
@@ -87,6 +93,8 @@ class Upstream:
         self.stream_request_body = stream_request_body
         #: for `stream_request_body`: chunks of the current request body as they arrive
         self.body_chunks: asyncio.Queue[bytes] = asyncio.Queue()
+        #: connections whose streamed reply is waiting for the write buffer to drain
+        self.paused_writers = 0
 
     async def __aenter__(self) -> Upstream:
         await self.start()
@@ -137,6 +145,8 @@ class _UpstreamProtocol(asyncio.Protocol):
         self.in_body = False
         self.body_parts: list[bytes] = []
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.writable = asyncio.Event()
+        self.writable.set()
         _UpstreamProtocol._next_id += 1
         self.id = _UpstreamProtocol._next_id
 
@@ -153,7 +163,18 @@ class _UpstreamProtocol(asyncio.Protocol):
         self.up._protocols.discard(self)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+        self.resume_writing()  # wake a paused stream so it sees the connection is gone
         self.queue.put_nowait(None)
+
+    def pause_writing(self) -> None:
+        if self.writable.is_set():
+            self.writable.clear()
+            self.up.paused_writers += 1
+
+    def resume_writing(self) -> None:
+        if not self.writable.is_set():
+            self.writable.set()
+            self.up.paused_writers -= 1
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -218,6 +239,8 @@ class _UpstreamProtocol(asyncio.Protocol):
                 reply = await self.up.handler(request)
             except Exception as exc:  # a test handler bug: answer 500 so the test sees it
                 reply = Reply(500, [], f"handler error: {exc!r}\n".encode())
+            if self.transport is None or self.transport.is_closing():
+                return  # the client (meshd) went away while the handler worked
             await self._write(request, reply)
             if self.transport is None or self.transport.is_closing():
                 return
@@ -247,10 +270,11 @@ class _UpstreamProtocol(asyncio.Protocol):
             return
         if reply.stream is not None:
             async for chunk in reply.stream:
+                if transport.is_closing():
+                    return
                 if chunk:
                     transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                    if transport.get_write_buffer_size() > 1 << 20:
-                        await asyncio.sleep(0)
+                    await self.writable.wait()
             trailer = b"".join(f"{n}: {v}\r\n".encode() for n, v in reply.trailers)
             transport.write(b"0\r\n" + trailer + b"\r\n")
         elif not no_body:
@@ -270,6 +294,52 @@ class _UpstreamProtocol(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class ScriptedUpstream:
+    """A TCP server on 127.0.0.1 whose every connection runs `script(reader, writer)`, then is aborted.
+
+    Use `async with ScriptedUpstream(script) as up:`; `up.port`, `up.address_line`, `up.connections`.
+    """
+
+    def __init__(self, script: Script) -> None:
+        self._script = script
+        self.connections = 0
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> ScriptedUpstream:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await self._server.wait_closed()
+
+    @property
+    def address_line(self) -> str:
+        return f"127.0.0.1 {self.port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._script(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the peer went away: the script's business is over
+        finally:
+            writer.transport.abort()
+            self._tasks.discard(task)
 
 
 def _reason(status: int) -> str:

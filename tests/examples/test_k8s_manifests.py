@@ -13,9 +13,12 @@ from meshd.config.loader import load_config
 from meshd.config.model import MeshdConfig
 from meshd.discovery import registry
 from meshd.discovery.k8s import K8sNamerConfig
+from meshd.transformers import DaemonSetConfig, LocalNodeConfig
+from routing.path import Path
 from routing.rules import load_routes
 
 MANIFESTS = pathlib.Path(__file__).resolve().parents[2] / "examples" / "kubernetes"
+KUBERNETES_MD = MANIFESTS.parents[1] / "docs" / "kubernetes.md"
 BANK = ["accounts", "ledger", "payments", "merchants", "feed", "notifications"]
 K8S_VERSION = kubernetes_validate.latest_version()
 
@@ -42,12 +45,12 @@ def config_map() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("doc", documents(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
-def test_manifest_is_valid_for_a_current_kubernetes(doc):
+def test_manifest_is_valid_for_a_current_kubernetes(doc: dict[str, Any]) -> None:
     assert tuple(int(x) for x in K8S_VERSION.split(".")[:2]) >= (1, 30)
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
-def test_rbac_is_least_privilege_read_only_discovery():
+def test_rbac_is_least_privilege_read_only_discovery() -> None:
     role = one("ClusterRole", "meshd")
     granted = {
         (group, resource): sorted(rule["verbs"])
@@ -70,7 +73,7 @@ def test_rbac_is_least_privilege_read_only_discovery():
     ]
 
 
-def test_embedded_meshd_yaml_and_routes_yaml_parse_and_load(monkeypatch: pytest.MonkeyPatch):
+def test_embedded_meshd_yaml_and_routes_yaml_parse_and_load(monkeypatch: pytest.MonkeyPatch) -> None:
     data = config_map()
     meshd = yaml.safe_load(data["meshd.yaml"])
     assert meshd["namers"] == [{"kind": "k8s"}]
@@ -87,7 +90,7 @@ def test_embedded_meshd_yaml_and_routes_yaml_parse_and_load(monkeypatch: pytest.
     assert routes is not None
 
 
-def test_daemonset_runs_meshd_as_described():
+def test_daemonset_runs_meshd_as_described() -> None:
     ds = one("DaemonSet", "meshd")
     pod = ds["spec"]["template"]
     spec = pod["spec"]
@@ -119,7 +122,7 @@ def test_daemonset_runs_meshd_as_described():
 
 
 @pytest.mark.parametrize("name", BANK)
-def test_bank_service_is_wired_to_its_nodes_meshd(name: str):
+def test_bank_service_is_wired_to_its_nodes_meshd(name: str) -> None:
     deployment = one("Deployment", name)
     service = one("Service", name)
     assert deployment["metadata"]["namespace"] == service["metadata"]["namespace"] == "bank"
@@ -139,7 +142,49 @@ def test_bank_service_is_wired_to_its_nodes_meshd(name: str):
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
 
 
-def test_namespaces_exist_for_everything_namespaced():
+def test_namespaces_exist_for_everything_namespaced() -> None:
     namespaces = {d["metadata"]["name"] for d in find("Namespace")}
     used = {d["metadata"]["namespace"] for d in documents() if "namespace" in d["metadata"]}
     assert used <= namespaces == {"mesh", "bank"}
+
+
+def test_daemonset_mode_routes_through_the_meshd_of_the_pods_node() -> None:
+    config = load_config(config_map()["meshd.yaml"], MeshdConfig, source="meshd.yaml")
+    routers = {r.label: r for r in config.routers}
+    [daemonset] = routers["outgoing"].transformers
+    assert daemonset == DaemonSetConfig(path="/#/k8s/mesh/incoming/meshd", fallback="direct")
+    assert routers["incoming"].transformers == (LocalNodeConfig(node_name=None, fallback="all"),)
+    # The path is a k8s name (/#/k8s/<namespace>/<port>/<service>) of a Service selecting the
+    # DaemonSet's pods, whose port of that name reaches the incoming router's container port.
+    path = Path.read(daemonset.path)
+    assert path.starts_with(Path.read(K8sNamerConfig().prefix))
+    namespace, port_name, name = path[2], path[3], path[4]
+    svc = one("Service", name)
+    ds = one("DaemonSet", "meshd")
+    assert svc["metadata"]["namespace"] == ds["metadata"]["namespace"] == namespace
+    assert svc["spec"]["clusterIP"] == "None"  # headless: meshd talks to the meshd pods themselves
+    pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    [svc_port] = [p for p in svc["spec"]["ports"] if p["name"] == port_name]
+    [container] = ds["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports[svc_port["targetPort"]] == routers["incoming"].servers[0].port == 4141
+    # localnode reads NODE_NAME, which the DaemonSet sets from the pod's node.
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in container["env"]}
+    assert env["NODE_NAME"] == "spec.nodeName"
+    # Other meshds (pod IPs) are trusted by the incoming router, as the applications are by outgoing.
+    assert set(routers["outgoing"].trusted_sources) <= set(routers["incoming"].trusted_sources)
+    assert "10.0.0.0/8" in routers["incoming"].trusted_sources
+
+
+def test_daemonset_example_in_the_docs_matches_the_manifest() -> None:
+    text = KUBERNETES_MD.read_text()
+    block = text.split("<!-- daemonset-example -->", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    documented = load_config(block, MeshdConfig, source="docs/kubernetes.md")
+    shipped = load_config(config_map()["meshd.yaml"], MeshdConfig, source="meshd.yaml")
+    for doc_router, real_router in zip(documented.routers, shipped.routers, strict=True):
+        assert doc_router.label == real_router.label
+        assert doc_router.transformers == real_router.transformers
+        assert doc_router.trusted_sources == real_router.trusted_sources
+        assert doc_router.dtab == real_router.dtab
+        assert [s.port for s in doc_router.servers] == [s.port for s in real_router.servers]

@@ -204,3 +204,13 @@ async def test_upstream_connection_close_is_not_reused(make_mesh, make_upstream)
         assert (await conn.request("GET", "/")).status == 200
     assert up.connections == 3
     await conn.close()
+
+
+async def test_a_request_routed_back_to_meshd_is_stopped_as_a_loop(make_mesh):
+    mesh = await make_mesh()
+    mesh.register("self", f"127.0.0.1 {mesh.port}")  # a name that resolves to meshd itself
+    conn = await RawConnection.open(mesh.port)
+    resp = await asyncio.wait_for(conn.request("GET", "/", host="self"), 10)
+    assert resp.status == 508
+    assert "routing loop" in (resp.header("l5d-err") or "")
+    await conn.close()

@@ -1,0 +1,123 @@
+"""The targets meshd is held to, checked against a run's results: met, missed, or not measured."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from bench.results import BenchRun, ScenarioResult
+
+LATENCY_ADDED_P50_MS: Final = 0.3
+LATENCY_ADDED_P99_MS: Final = 0.6
+SLOW_REPLICA_P99_FACTOR: Final = 3.0
+FAILING_SUCCESS_RATE: Final = 0.9999
+FAILING_AMPLIFICATION: Final = 1.6
+STALL_P999_FACTOR: Final = 1.5
+MEMORY_MB_PER_WORKER: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    scenario: str
+    goal: str
+    measured: str
+    met: bool | None
+
+    @property
+    def verdict(self) -> str:
+        return {True: "met", False: "missed", None: "not measured"}[self.met]
+
+
+def evaluate(run: BenchRun) -> list[Goal]:
+    return [check(run.scenario(scenario)) for scenario, check in _CHECKS]
+
+
+def for_scenario(goals: list[Goal], scenario: str) -> list[Goal]:
+    return [g for g in goals if g.scenario == scenario]
+
+
+def _metric(scenario: ScenarioResult | None, target: str, name: str, variant: str = "") -> float | None:
+    if scenario is None:
+        return None
+    row = scenario.row(target, variant)
+    return None if row is None else row.metric(name)
+
+
+def _throughput(s: ScenarioResult | None) -> Goal:
+    goal = "meshd (1 worker) requests per proxy CPU-second >= Envoy's"
+    mine, envoy = _metric(s, "meshd-w1", "req_per_cpu_sec"), _metric(s, "envoy", "req_per_cpu_sec")
+    if mine is None or envoy is None:
+        return Goal("throughput", goal, _missing(("meshd-w1", mine), ("envoy", envoy)), None)
+    return Goal("throughput", goal, f"{mine:,.0f} vs Envoy {envoy:,.0f}", mine >= envoy)
+
+
+def _latency_p50(s: ScenarioResult | None) -> Goal:
+    goal = f"latency: meshd adds <= {LATENCY_ADDED_P50_MS} ms at p50 over direct"
+    added = _metric(s, "meshd", "added_p50_ms")
+    if added is None:
+        return Goal("latency", goal, "meshd or direct did not run", None)
+    return Goal("latency", goal, f"+{added:.3f} ms", added <= LATENCY_ADDED_P50_MS)
+
+
+def _latency_p99(s: ScenarioResult | None) -> Goal:
+    goal = f"latency: meshd adds <= {LATENCY_ADDED_P99_MS} ms at p99 over direct"
+    added = _metric(s, "meshd", "added_p99_ms")
+    if added is None:
+        return Goal("latency", goal, "meshd or direct did not run", None)
+    return Goal("latency", goal, f"+{added:.3f} ms", added <= LATENCY_ADDED_P99_MS)
+
+
+def _slow_replica(s: ScenarioResult | None) -> Goal:
+    goal = f"slow-replica: meshd p99 <= {SLOW_REPLICA_P99_FACTOR:g}x direct p99"
+    mine, direct = _metric(s, "meshd", "p99_ms"), _metric(s, "direct", "p99_ms")
+    if mine is None or direct is None:
+        return Goal("slow-replica", goal, _missing(("meshd", mine), ("direct", direct)), None)
+    return Goal("slow-replica", goal, f"{mine:.2f} ms vs direct {direct:.2f} ms ({_ratio(mine, direct)})",
+                mine <= SLOW_REPLICA_P99_FACTOR * direct)
+
+
+def _failing_replica(s: ScenarioResult | None) -> Goal:
+    goal = (f"failing-replica: meshd success >= {100 * FAILING_SUCCESS_RATE:g}% "
+            f"with amplification <= {FAILING_AMPLIFICATION:g}")
+    success, amplification = _metric(s, "meshd", "success_rate"), _metric(s, "meshd", "amplification")
+    if success is None or amplification is None:
+        return Goal("failing-replica", goal, "meshd did not run", None)
+    met = success >= FAILING_SUCCESS_RATE and amplification <= FAILING_AMPLIFICATION
+    return Goal("failing-replica", goal, f"{100 * success:.3f}% success, amplification {amplification:.2f}", met)
+
+
+def _stall(s: ScenarioResult | None) -> Goal:
+    goal = f"stall: meshd ewma p99.9 with the stall <= {STALL_P999_FACTOR:g}x its p99.9 without"
+    stalled, calm = _metric(s, "meshd-ewma", "p99.9_ms", "stall"), _metric(s, "meshd-ewma", "p99.9_ms", "no stall")
+    if stalled is None or calm is None:
+        return Goal("stall", goal, "meshd-ewma did not run", None)
+    return Goal("stall", goal, f"{stalled:.2f} ms vs {calm:.2f} ms ({_ratio(stalled, calm)})",
+                stalled <= STALL_P999_FACTOR * calm)
+
+
+def _memory(s: ScenarioResult | None) -> Goal:
+    goal = f"memory: meshd <= {MEMORY_MB_PER_WORKER:g} MB RSS per worker at 1000 req/s"
+    rss = _metric(s, "meshd", "rss_mb_per_worker", "under load")
+    if rss is None:
+        return Goal("memory", goal, "meshd did not run", None)
+    return Goal("memory", goal, f"{rss:.1f} MB", rss <= MEMORY_MB_PER_WORKER)
+
+
+def _missing(*values: tuple[str, float | None]) -> str:
+    return "did not run: " + ", ".join(name for name, value in values if value is None)
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "n/a"
+
+
+_CHECKS: Final[tuple[tuple[str, Callable[[ScenarioResult | None], Goal]], ...]] = (
+    ("throughput", _throughput),
+    ("latency", _latency_p50),
+    ("latency", _latency_p99),
+    ("slow-replica", _slow_replica),
+    ("failing-replica", _failing_replica),
+    ("stall", _stall),
+    ("memory", _memory),
+)

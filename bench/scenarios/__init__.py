@@ -1,0 +1,1 @@
+"""The benchmark scenarios: each one starts its upstreams and targets, measures, and returns a result."""

@@ -1,0 +1,183 @@
+"""Smoke test: every scenario runs for half a second or so at tiny rates against direct and the peers that are
+installed, and produces results of the right shape. Nothing here is timed; it checks structure.
+
+meshd targets are skipped unless MESHD_BENCH_SMOKE_MESHD=1 (then a meshd that cannot start fails the test).
+Under CI=true, nginx, HAProxy and wrk are required: their absence fails with the install command.
+"""
+
+import io
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.processes import Supervisor
+from bench.progress import Progress
+from bench.results import ScenarioResult, from_json, load, to_json
+from bench.scenarios import failing_replica, latency, memory, slow_replica, stall, throughput
+from bench.scenarios.context import RunContext
+from bench.targets.catalog import FAMILIES, Selection
+from bench.targets.peers import envoy_binary, haproxy_binary, nginx_binary
+
+WITH_MESHD = os.environ.get("MESHD_BENCH_SMOKE_MESHD") == "1"
+IN_CI = os.environ.get("CI") == "true"
+CI_TOOLS: dict[str, Callable[[], str | None]] = {
+    "nginx": nginx_binary, "haproxy": haproxy_binary, "wrk": lambda: shutil.which("wrk")
+}
+INSTALL = "apt-get install -y haproxy nginx wrk"
+PEERS_AVAILABLE = {
+    name for name, found in (("envoy", envoy_binary()), ("haproxy", haproxy_binary()), ("nginx", nginx_binary()))
+    if found
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def required_tools():
+    missing = [name for name, find in CI_TOOLS.items() if not find()]
+    if missing and IN_CI:
+        pytest.fail(f"CI needs {', '.join(missing)} for the bench smoke test: {INSTALL}")
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    families = set(FAMILIES) if WITH_MESHD else set(FAMILIES) - {"meshd"}
+    with Supervisor() as supervisor:
+        context = RunContext(
+            supervisor=supervisor,
+            progress=Progress(io.StringIO(), live=False),
+            selection=Selection(frozenset(families)),
+            workdir=tmp_path / "work",
+            warmup_secs=0.0,
+            connections=4,
+            start_margin_secs=0.15,
+        )
+        yield context
+        # Every process a scenario starts is stopped by the time it returns.
+        assert supervisor.running() == []
+
+
+def expected_targets(*meshd_names: str, direct: bool = True, peers: bool = True) -> set[str]:
+    names = {"direct"} if direct else set()
+    if WITH_MESHD:
+        names |= set(meshd_names)
+    return names | (PEERS_AVAILABLE if peers else set())
+
+
+def check_common(result: ScenarioResult, name: str) -> None:
+    assert result.name == name
+    assert from_json(to_json_run(result)).scenarios[0] == result  # results survive JSON
+    failed = [s for s in result.skipped if "not installed" not in s.reason]
+    assert failed == [], f"targets failed: {failed}"
+    for skip in result.skipped:  # a missing peer is skipped with its exact install command
+        assert "install" in skip.reason
+
+
+def to_json_run(result: ScenarioResult) -> str:
+    from bench.machine import describe
+    from bench.results import BenchRun
+
+    return to_json(BenchRun(started_at="now", finished_at="now", invocation="test", machine=describe(),
+                            scenarios=(result,)))
+
+
+def check_open_loop_rows(result: ScenarioResult, scheduled: int) -> None:
+    for row in result.rows:
+        assert row.latency is not None and row.latency.count > 0, row.label
+        assert row.metrics["scheduled"] == scheduled
+        assert 0.0 <= row.metrics["success_rate"] <= 1.0
+        assert set(row.latency.percentiles_ms) == {"50", "90", "99", "99.9", "99.99", "99.999"}
+        values = [row.latency.percentiles_ms[k] for k in ("50", "90", "99", "99.9")]
+        assert values == sorted(values)
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None and not IN_CI, reason=f"wrk is not installed: {INSTALL}")
+def test_throughput(ctx):
+    options = throughput.ThroughputOptions(connections=4, duration_secs=1, repeats=1)
+    result = throughput.run(ctx, options)
+    check_common(result, "throughput")
+    assert {r.target for r in result.rows} == expected_targets("meshd-w1", "meshd-w2")
+    for row in result.rows:
+        assert row.metrics["rps"] > 0 and len(row.runs) == 1
+        if row.target != "direct":
+            assert row.metrics["proxy_cpu_secs"] > 0 and row.metrics["req_per_cpu_sec"] > 0
+    assert any(c.startswith("wrk -t1 -c4 -d1s --latency") for c in result.commands)
+
+
+def test_latency(ctx):
+    ctx.warmup_secs = 0.2  # this scenario also exercises the warm-up runs
+    result = latency.run(ctx, latency.LatencyOptions(rate=100, duration_secs=0.5))
+    check_common(result, "latency")
+    assert {r.target for r in result.rows} == expected_targets("meshd")
+    check_open_loop_rows(result, scheduled=50)
+    for row in result.rows:
+        assert row.metrics["success_rate"] == 1.0, row.label
+        if row.target != "direct":
+            assert {"added_p50_ms", "added_p99_ms"} <= set(row.metrics)
+    assert any("Generator overhead" in note for note in result.notes)
+
+
+def test_slow_replica(ctx):
+    result = slow_replica.run(ctx, slow_replica.SlowReplicaOptions(rate=60, duration_secs=0.5, slow_ms=20))
+    check_common(result, "slow-replica")
+    assert {r.target for r in result.rows} == expected_targets("meshd")
+    check_open_loop_rows(result, scheduled=30)
+    direct = result.row("direct")
+    assert direct is not None and direct.shares["r2"] == 0.0  # direct uses only the fast replicas
+    for row in result.rows:
+        assert set(row.shares) == {"r0", "r1", "r2"}
+        assert sum(row.shares.values()) == pytest.approx(1.0)
+
+
+def test_failing_replica(ctx):
+    result = failing_replica.run(ctx, failing_replica.FailingReplicaOptions(rate=60, duration_secs=0.5))
+    check_common(result, "failing-replica")
+    assert {r.target for r in result.rows} == expected_targets("meshd", "meshd-noretries")
+    check_open_loop_rows(result, scheduled=30)
+    direct = result.row("direct")
+    assert direct is not None
+    assert direct.metrics["amplification"] == 1.0 and direct.metrics["success_rate"] == 1.0
+    for row in result.rows:
+        assert row.metrics["upstream_requests"] >= row.metrics["client_requests"] > 0
+
+
+def test_stall(ctx):
+    options = stall.StallOptions(rate=60, duration_secs=0.5, stall_start_secs=0.1, stall_secs=0.3, stall_ms=100,
+                                 replicas=3)
+    result = stall.run(ctx, options)
+    check_common(result, "stall")
+    expected = expected_targets("meshd-roundRobin", "meshd-p2c", "meshd-ewma", direct=False)
+    assert {(r.target, r.variant) for r in result.rows} == {(t, v) for t in expected for v in ("no stall", "stall")}
+    check_open_loop_rows(result, scheduled=30)
+    for row in result.rows:
+        if row.variant == "no stall":
+            assert row.metrics["stalled_requests"] == 0
+
+
+def test_memory(ctx):
+    options = memory.MemoryOptions(rate=50, duration_secs=0.5, services=20, settle_secs=0.1)
+    result = memory.run(ctx, options)
+    check_common(result, "memory")
+    variants = {(r.target, r.variant) for r in result.rows}
+    expected = {(p, v) for p in PEERS_AVAILABLE for v in ("idle", "under load")}
+    if WITH_MESHD:
+        expected |= {("meshd", v) for v in ("idle", "under load", "many services, idle", "many services, touched")}
+    assert variants == expected
+    for row in result.rows:
+        assert row.metrics["rss_mb"] > 0 and row.metrics["rss_mb_per_worker"] <= row.metrics["rss_mb"]
+
+
+def test_cli_writes_results_report_and_charts(tmp_path: Path):
+    argv = ["latency", "--targets", "direct", "--rate", "50", "--duration-secs", "0.3", "--warmup-secs", "0",
+            "--results-root", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    [folder] = list(tmp_path.iterdir())
+    run = load(folder)
+    assert run.invocation == "meshd-bench " + " ".join(argv)
+    assert [r.target for r in run.scenarios[0].rows] == ["direct"]
+    assert any(note.startswith("Other processes used") for note in run.scenarios[0].notes)
+    assert run.finished_at and run.finished_at != "interrupted"
+    assert "## latency" in (folder / "report.md").read_text()
+    assert (folder / "charts" / "latency-latency.png").is_file()

@@ -1,0 +1,323 @@
+"""Bad input from downstream: answered with 4xx + `l5d-err`, the connection closed, nothing sent upstream.
+
+Every case here is a request meshd must refuse on its own: malformed request lines and headers,
+the request-smuggling shapes (Content-Length with Transfer-Encoding, conflicting lengths, a
+Transfer-Encoding whose final coding is not chunked), bad chunk sizes, header sections over the
+configured limit, headers that arrive too slowly. The upstream is registered and healthy, so an
+`up.connections == 0` proves meshd refused the request itself and never let a byte of it through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from meshd.testing.client import RawConnection, RawResponse
+
+HOST = b"Host: svc\r\n"
+
+#: (id, raw bytes, expected status, a phrase expected in l5d-err)
+SMUGGLING_AND_FRAMING: list[tuple[str, bytes, int, str]] = [
+    (
+        "content-length-then-transfer-encoding",
+        b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+        400,
+        "transfer-encoding",
+    ),
+    (
+        "transfer-encoding-then-content-length",
+        b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n0\r\n\r\nG",
+        400,
+        "content-length",
+    ),
+    (
+        "duplicate-content-length-different-values",
+        b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        400,
+        "content-length",
+    ),
+    (
+        "content-length-list",
+        b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 5, 5\r\n\r\nhello",
+        400,
+        "content-length",
+    ),
+    (
+        "negative-content-length",
+        b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: -1\r\n\r\n",
+        400,
+        "content-length",
+    ),
+    (
+        "content-length-overflow",
+        b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 99999999999999999999999\r\n\r\n",
+        400,
+        "content-length",
+    ),
+    (
+        "chunked-not-last-coding",
+        b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+        400,
+        "transfer-encoding",
+    ),
+    (
+        "unknown-transfer-coding",
+        b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: gzip\r\n\r\nabc",
+        400,
+        "transfer-encoding",
+    ),
+    (
+        "transfer-encoding-identity",
+        b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: identity\r\n\r\n",
+        400,
+        "transfer-encoding",
+    ),
+    (
+        "duplicate-transfer-encoding",
+        b"POST / HTTP/1.1\r\n"
+        + HOST
+        + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+        "transfer-encoding",
+    ),
+    (
+        "transfer-encoding-on-http-1.0",
+        b"POST / HTTP/1.0\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        400,
+        "transfer-encoding",
+    ),
+    (
+        "invalid-chunk-size",
+        b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        400,
+        "chunk size",
+    ),
+    (
+        "chunk-size-overflow",
+        b"POST / HTTP/1.1\r\n"
+        + HOST
+        + b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        400,
+        "chunk size",
+    ),
+    (
+        "chunk-data-longer-than-its-size",
+        b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhelloXX\r\n0\r\n\r\n",
+        400,
+        "chunk",
+    ),
+]
+
+MALFORMED_HEAD: list[tuple[str, bytes, int, str]] = [
+    ("obs-fold", b"GET / HTTP/1.1\r\n" + HOST + b"X-A: a\r\n b\r\n\r\n", 400, "malformed"),
+    ("bare-lf-line-endings", b"GET / HTTP/1.1\nHost: svc\n\n", 400, "malformed"),
+    ("bare-lf-after-a-header", b"GET / HTTP/1.1\r\nHost: svc\nX: y\r\n\r\n", 400, "malformed"),
+    ("nul-in-header-value", b"GET / HTTP/1.1\r\n" + HOST + b"X-A: a\x00b\r\n\r\n", 400, "header value"),
+    ("space-in-header-name", b"GET / HTTP/1.1\r\n" + HOST + b"X A: b\r\n\r\n", 400, "header"),
+    (
+        "space-before-colon",
+        b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length : 5\r\n\r\nhello",
+        400,
+        "header",
+    ),
+    ("space-in-request-target", b"GET /a b HTTP/1.1\r\n" + HOST + b"\r\n", 400, "malformed"),
+    ("garbage-request-line", b"\x16\x03\x01\x00\xa5\x01\x00\x00\r\n\r\n", 400, "method"),
+    ("unknown-http-version", b"GET / HTTP/9.9\r\n" + HOST + b"\r\n", 400, "version"),
+    ("duplicate-host", b"GET / HTTP/1.1\r\nHost: svc\r\nHost: other\r\n\r\n", 400, "host"),
+    ("absent-host-on-http-1.1", b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 400, "host header is absent"),
+]
+
+
+async def _refused(port: int, data: bytes) -> tuple[RawResponse, bool]:
+    """Send `data`, read meshd's answer, and report whether meshd then closed the connection."""
+    conn = await RawConnection.open(port)
+    try:
+        await conn.send(data)
+        response = await asyncio.wait_for(conn.read_response(), 5)
+        closed = await asyncio.wait_for(conn.is_closed_by_peer(), 5)
+    finally:
+        await conn.close()
+    return response, closed
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "phrase"),
+    [pytest.param(d, s, p, id=i) for i, d, s, p in SMUGGLING_AND_FRAMING + MALFORMED_HEAD],
+)
+async def test_bad_request_is_refused_closed_and_never_reaches_the_upstream(
+    make_mesh, make_upstream, data, status, phrase
+):
+    up = await make_upstream()
+    mesh = await make_mesh()
+    mesh.register("svc", up)
+    response, closed = await _refused(mesh.port, data)
+    assert response.status == status
+    err = response.header("l5d-err")
+    assert err is not None and phrase in err.lower()
+    assert response.header("connection") == "close"
+    assert closed
+    assert up.connections == 0 and up.requests == 0
+
+
+async def test_smuggled_request_after_a_refused_one_is_never_answered(make_mesh, make_upstream):
+    """CL.TE smuggling: the bytes after the refused request must not be read as a second request."""
+    up = await make_upstream()
+    mesh = await make_mesh()
+    mesh.register("svc", up)
+    conn = await RawConnection.open(mesh.port)
+    await conn.send(
+        b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /admin HTTP/1.1\r\nHost: svc\r\n\r\n"
+    )
+    first = await asyncio.wait_for(conn.read_response(), 5)
+    assert first.status == 400
+    assert await asyncio.wait_for(conn.read_eof(), 5) == b""
+    await conn.close()
+    assert up.connections == 0
+
+
+async def test_good_requests_before_a_bad_one_are_answered_then_the_connection_closes(
+    make_mesh, make_upstream
+):
+    up = await make_upstream()
+    mesh = await make_mesh()
+    mesh.register("svc", up)
+    conn = await RawConnection.open(mesh.port)
+    await conn.send(
+        b"GET /one HTTP/1.1\r\nHost: svc\r\n\r\n"
+        b"GET /two HTTP/1.1\r\nHost: svc\r\nX-A: a\x00b\r\n\r\n"
+        b"GET /three HTTP/1.1\r\nHost: svc\r\n\r\n"
+    )
+    first = await asyncio.wait_for(conn.read_response(), 5)
+    second = await asyncio.wait_for(conn.read_response(), 5)
+    assert (first.status, first.body) == (200, b"ok\n")
+    assert second.status == 400 and second.header("l5d-err")
+    assert await conn.is_closed_by_peer()
+    await conn.close()
+    assert [r.target for r in up.received] == ["/one"]
+
+
+async def test_bad_chunk_in_a_pipelined_request_drops_only_that_request(make_mesh, make_upstream):
+    up = await make_upstream()
+    mesh = await make_mesh()
+    mesh.register("svc", up)
+    conn = await RawConnection.open(mesh.port)
+    await conn.send(
+        b"GET /one HTTP/1.1\r\nHost: svc\r\n\r\n"
+        b"POST /two HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+    )
+    first = await asyncio.wait_for(conn.read_response(), 5)
+    second = await asyncio.wait_for(conn.read_response(), 5)
+    assert first.status == 200
+    assert second.status == 400 and "chunk size" in (second.header("l5d-err") or "")
+    assert await conn.is_closed_by_peer()
+    await conn.close()
+    assert [r.target for r in up.received] == ["/one"]
+    # the pooled connection never carried any of /two: it is still idle and reusable
+    (client,) = mesh.daemon.routers[0].clients.values()
+    stats = client.pool_statistics()
+    assert (stats.opened, stats.closed, stats.idle) == (1, 0, 1)
+
+
+async def test_header_section_over_the_configured_limit_gets_431(make_mesh, make_upstream):
+    up = await make_upstream()
+    mesh = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "maxHeaderBytes": 2048}])
+    mesh.register("svc", up)
+    fits = await RawConnection.open(mesh.port)
+    ok = await fits.request("GET", "/", [("X-Fill", "a" * 1500)])
+    assert ok.status == 200
+    await fits.close()
+
+    many = b"".join(b"X-Fill-%d: %s\r\n" % (i, b"b" * 100) for i in range(30))
+    response, closed = await _refused(mesh.port, b"GET / HTTP/1.1\r\nHost: svc\r\n" + many + b"\r\n")
+    assert response.status == 431
+    assert "2048" in (response.header("l5d-err") or "")
+    assert closed
+    assert up.requests == 1
+
+
+async def test_long_request_target_counts_toward_the_header_limit(make_mesh, make_upstream):
+    up = await make_upstream()
+    mesh = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "maxHeaderBytes": 1024}])
+    mesh.register("svc", up)
+    response, closed = await _refused(mesh.port, b"GET /" + b"x" * 2000 + b" HTTP/1.1\r\nHost: svc\r\n\r\n")
+    assert response.status == 431 and closed
+    assert up.connections == 0
+
+
+async def test_one_endless_header_is_refused_once_it_passes_the_limit(make_mesh, make_upstream):
+    """A header value that never ends must not be buffered until the header timeout fires."""
+    up = await make_upstream()
+    mesh = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "maxHeaderBytes": 4096}])
+    mesh.register("svc", up)
+    conn = await RawConnection.open(mesh.port)
+
+    async def send_endless_header() -> None:
+        try:
+            await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\nX-Endless: " + b"z" * (1 << 20))
+        except ConnectionError:
+            pass  # meshd may close before it has read everything: that is the point
+
+    sender = asyncio.create_task(send_endless_header())
+    response = await asyncio.wait_for(conn.read_response(), 5)
+    await sender
+    assert response.status == 431
+    await conn.close()
+    assert up.connections == 0
+
+
+async def test_slow_headers_are_dropped_after_the_header_timeout(make_mesh, make_upstream):
+    up = await make_upstream()
+    mesh = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "headerTimeoutMs": 200}])
+    mesh.register("svc", up)
+    conn = await RawConnection.open(mesh.port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\nX-Slow: 1\r\n")  # the head never ends
+    response = await asyncio.wait_for(conn.read_response(), 5)
+    elapsed = loop.time() - started
+    assert response.status == 408
+    assert "0.2 s" in (response.header("l5d-err") or "")
+    assert await conn.is_closed_by_peer()
+    await conn.close()
+    assert 0.15 <= elapsed < 2.0
+    assert up.connections == 0
+
+
+async def test_header_timer_does_not_cut_a_slow_body(make_mesh, make_upstream):
+    """The header timeout covers the head only: a body may take longer."""
+    up = await make_upstream(stream_request_body=True)
+    mesh = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "headerTimeoutMs": 100}])
+    mesh.register("svc", up)
+    conn = await RawConnection.open(mesh.port)
+    await conn.send(b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 4\r\n\r\nab")
+    assert await asyncio.wait_for(up.body_chunks.get(), 5) == b"ab"
+    await asyncio.sleep(0.3)  # the slow client, past the header timeout, is the behaviour under test
+    await conn.send(b"cd")
+    response = await asyncio.wait_for(conn.read_response(), 5)
+    assert response.status == 200
+    assert up.received[0].body == b"abcd"
+    await conn.close()
+
+
+async def test_connect_is_not_proxied(make_mesh, make_upstream):
+    up = await make_upstream()
+    mesh = await make_mesh()
+    mesh.register("svc", up)
+    response, closed = await _refused(mesh.port, b"CONNECT svc:443 HTTP/1.1\r\nHost: svc:443\r\n\r\n")
+    assert response.status == 501 and response.header("l5d-err") == "CONNECT is not supported"
+    assert closed
+    assert up.connections == 0
+
+
+async def test_upgrade_request_is_not_proxied(make_mesh, make_upstream):
+    up = await make_upstream()
+    mesh = await make_mesh()
+    mesh.register("svc", up)
+    response, closed = await _refused(
+        mesh.port, b"GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    assert response.status == 501 and "upgrade" in (response.header("l5d-err") or "").lower()
+    assert closed
+    assert up.connections == 0

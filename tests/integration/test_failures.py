@@ -1,0 +1,351 @@
+"""Failures meshd produces: each gets its documented status and an `l5d-err` saying what happened.
+
+No such service (502), no endpoints (503), connection refused on every endpoint (502), upstream
+closed or reset before responding (502), malformed upstream response (502), pool exhausted
+(503), timeouts (504); a response already started is cut by closing the connection, never
+corrupted or followed by an error. docs/errors.md is the table these tests check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from meshd.errors import MeshdError
+from meshd.testing.client import RawConnection, build_request
+from meshd.testing.upstreams import Received, Reply, ScriptedUpstream
+from meshd.testing.waiting import wait_until
+
+#: No retries at all, so one failure is one answer (retries are tested in tests/meshd/retry).
+NO_RETRIES = {"retries": {"budget": {"minRetriesPerSec": 0, "percentCanRetry": 0.0}}}
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+@pytest.fixture
+async def client_conn() -> AsyncIterator[Callable[[int], Awaitable[RawConnection]]]:
+    opened: list[RawConnection] = []
+
+    async def open_(port: int) -> RawConnection:
+        conn = await RawConnection.open(port)
+        opened.append(conn)
+        return conn
+
+    yield open_
+    for conn in opened:
+        await conn.close()
+
+
+async def test_unknown_service_is_502_with_the_dtab_in_l5d_err_and_keeps_the_connection(
+    make_mesh, make_upstream, client_conn
+):
+    up = await make_upstream()
+    mesh = await make_mesh()
+    mesh.register("known", up)
+    conn = await client_conn(mesh.port)
+    resp = await conn.request("GET", "/", host="nosuch")
+    assert resp.status == 502
+    err = resp.header("l5d-err") or ""
+    assert "No hosts are available for /svc/nosuch" in err
+    assert "Dtab.base=[/svc=>/#/fs]" in err
+    assert resp.body == err.encode() + b"\n"
+    assert resp.header("connection") is None
+    again = await conn.request("GET", "/", host="known")
+    assert again.status == 200
+    assert up.requests == 1
+
+
+async def test_service_with_no_endpoints_is_503(make_mesh, client_conn):
+    mesh = await make_mesh()
+    mesh.register("empty")  # the file exists but lists nobody
+    conn = await client_conn(mesh.port)
+    resp = await conn.request("GET", "/", host="empty")
+    assert resp.status == 503
+    assert resp.header("l5d-err") == "no endpoints available for /#/fs/empty"
+
+
+async def test_connection_refused_on_every_endpoint_is_502_after_trying_each(make_mesh, client_conn):
+    ports = [_closed_port(), _closed_port()]
+    mesh = await make_mesh(service={"retries": {"backoff": {"kind": "constant", "ms": 0}}})
+    mesh.register("down", *(f"127.0.0.1 {p}" for p in ports))
+    conn = await client_conn(mesh.port)
+    resp = await asyncio.wait_for(conn.request("GET", "/", host="down"), 10)
+    assert resp.status == 502
+    err = resp.header("l5d-err") or ""
+    assert "connection refused" in err
+    assert any(f"127.0.0.1:{p}" in err for p in ports)
+    # a failure before anything was written is retried on another pick: both endpoints were tried
+    service = mesh.daemon.routers[0].services
+    (state,) = service.values()
+    assert state.retries.requeue >= 1
+
+
+async def test_refused_endpoint_is_skipped_by_a_retry_when_another_is_up(
+    make_mesh, make_upstream, client_conn
+):
+    up = await make_upstream()
+    mesh = await make_mesh(service={"retries": {"backoff": {"kind": "constant", "ms": 0}}})
+    mesh.register("half", up, f"127.0.0.1 {_closed_port()}")
+    conn = await client_conn(mesh.port)
+    for _ in range(10):
+        resp = await conn.request("POST", "/pay", body=b"x", host="half")  # a POST too: nothing was written
+        assert resp.status == 200
+    assert up.requests == 10
+
+
+async def test_upstream_closing_before_responding_is_502(make_mesh, client_conn):
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+
+    async with ScriptedUpstream(hang_up) as up:
+        mesh = await make_mesh(service=NO_RETRIES)
+        mesh.register("svc", up.address_line)
+        conn = await client_conn(mesh.port)
+        resp = await conn.request("GET", "/")
+        assert resp.status == 502
+        assert resp.header("l5d-err") == f"127.0.0.1:{up.port} closed the connection before responding"
+
+
+async def test_post_is_not_retried_after_it_reached_the_upstream(make_mesh, client_conn):
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+
+    async with ScriptedUpstream(hang_up) as up:
+        mesh = await make_mesh(service={"retries": {"backoff": {"kind": "constant", "ms": 0}}})
+        mesh.register("svc", up.address_line)
+        conn = await client_conn(mesh.port)
+        resp = await conn.request("POST", "/pay", body=b"1")
+        assert resp.status == 502
+        assert up.connections == 1
+
+
+async def test_malformed_upstream_response_is_502(make_mesh, client_conn):
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!")
+        await reader.read()
+
+    async with ScriptedUpstream(garbage) as up:
+        mesh = await make_mesh(service=NO_RETRIES)
+        mesh.register("svc", up.address_line)
+        conn = await client_conn(mesh.port)
+        resp = await conn.request("GET", "/")
+        assert resp.status == 502
+        assert (resp.header("l5d-err") or "").startswith(f"malformed response from 127.0.0.1:{up.port}")
+
+
+async def test_pool_exhausted_is_503_and_the_upstream_is_not_asked(make_mesh, make_upstream, client_conn):
+    release = asyncio.Event()
+
+    async def slow(req: Received) -> Reply:
+        await release.wait()
+        return Reply(200, [], b"slow")
+
+    up = await make_upstream(slow)
+    mesh = await make_mesh(service=NO_RETRIES, client={"pool": {"maxConnections": 1, "maxWaiters": 0}})
+    mesh.register("svc", up)
+    first = await client_conn(mesh.port)
+    await first.send(build_request("GET", "/slow"))
+    await asyncio.wait_for(up.request_event.wait(), 5)
+    second = await client_conn(mesh.port)
+    resp = await second.request("GET", "/")
+    assert resp.status == 503
+    assert "exhausted" in (resp.header("l5d-err") or "")
+    release.set()
+    assert (await first.read_response()).body == b"slow"
+    assert up.requests == 1 and up.connections == 1
+
+
+async def test_waiter_gets_the_connection_when_it_is_released(make_mesh, make_upstream, client_conn):
+    release = asyncio.Event()
+
+    async def slow(req: Received) -> Reply:
+        if req.target == "/slow":
+            await release.wait()
+        return Reply(200, [], req.target.encode())
+
+    up = await make_upstream(slow)
+    mesh = await make_mesh(service=NO_RETRIES, client={"pool": {"maxConnections": 1, "maxWaiters": 1}})
+    mesh.register("svc", up)
+    first = await client_conn(mesh.port)
+    await first.send(build_request("GET", "/slow"))
+    await asyncio.wait_for(up.request_event.wait(), 5)
+    second = await client_conn(mesh.port)
+    await second.send(build_request("GET", "/waiting"))
+    (client,) = mesh.daemon.routers[0].clients.values()
+    await wait_until(lambda: client.pool_statistics().waiters == 1, timeout=5, message="a pool waiter")
+    release.set()
+    assert (await first.read_response()).body == b"/slow"
+    assert (await second.read_response()).body == b"/waiting"
+    assert up.connections == 1
+
+
+async def test_total_timeout_is_504(make_mesh, make_upstream, client_conn):
+    release = asyncio.Event()
+
+    async def stuck(req: Received) -> Reply:
+        await release.wait()
+        return Reply(200, [], b"late")
+
+    up = await make_upstream(stuck)
+    mesh = await make_mesh(service={"totalTimeoutMs": 200})
+    mesh.register("svc", up)
+    conn = await client_conn(mesh.port)
+    resp = await asyncio.wait_for(conn.request("GET", "/"), 5)
+    assert resp.status == 504
+    assert resp.header("l5d-err") == "request exceeded totalTimeoutMs (200 ms)"
+    release.set()
+    # the timed-out exchange was aborted, never reused: the next request gets a fresh connection
+    after = await conn.request("GET", "/")
+    assert after.status == 200 and after.body == b"late"
+    assert up.connections == 2
+
+
+async def test_attempt_timeout_is_504_naming_the_endpoint(make_mesh, make_upstream, client_conn):
+    release = asyncio.Event()
+
+    async def stuck(req: Received) -> Reply:
+        await release.wait()
+        return Reply(200, [], b"late")
+
+    up = await make_upstream(stuck)
+    mesh = await make_mesh(service=NO_RETRIES, client={"requestAttemptTimeoutMs": 150})
+    mesh.register("svc", up)
+    conn = await client_conn(mesh.port)
+    resp = await asyncio.wait_for(conn.request("GET", "/"), 5)
+    release.set()
+    assert resp.status == 504
+    assert (
+        resp.header("l5d-err") == f"attempt to 127.0.0.1:{up.port} exceeded requestAttemptTimeoutMs (150 ms)"
+    )
+
+
+def _split_response(raw: bytes) -> tuple[bytes, bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return head, body
+
+
+async def test_reset_mid_response_cuts_the_connection_and_sends_only_true_bytes(
+    make_mesh, make_upstream, client_conn
+):
+    payload = bytes(range(256)) * 4096  # 1 MiB, Content-Length framed
+
+    async def reset(req: Received) -> Reply:
+        return Reply(200, [], payload, reset_midway=True)
+
+    up = await make_upstream(reset)
+    mesh = await make_mesh(service=NO_RETRIES)
+    mesh.register("svc", up)
+    conn = await client_conn(mesh.port)
+    await conn.send(build_request("GET", "/big"))
+    raw = await asyncio.wait_for(conn.read_eof(), 5)
+    head, body = _split_response(raw)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Content-Length: %d" % len(payload) in head
+    assert len(body) < len(payload)
+    assert body == payload[: len(body)]  # a truncated prefix: nothing else was appended
+
+
+async def test_reset_mid_chunked_response_never_sends_the_last_chunk(make_mesh, make_upstream, client_conn):
+    async def dying(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nb\r\nfirst part;\r\n")
+        writer.write(b"c\r\nsecond part;\r\n")
+        await writer.drain()
+
+    async with ScriptedUpstream(dying) as up:
+        mesh = await make_mesh(service=NO_RETRIES)
+        mesh.register("svc", up.address_line)
+        conn = await client_conn(mesh.port)
+        await conn.send(build_request("GET", "/"))
+        raw = await asyncio.wait_for(conn.read_eof(), 5)
+    head, body = _split_response(raw)
+    assert b"Transfer-Encoding: chunked" in head
+    data, complete = _decode_chunks(body)
+    assert data == b"first part;second part;"
+    assert not complete  # no terminating 0-chunk, and nothing after the last true byte
+
+
+def _decode_chunks(body: bytes) -> tuple[bytes, bool]:
+    """Decode chunked framing; `complete` says whether the last chunk arrived. Anything else fails."""
+    out: list[bytes] = []
+    while body:
+        size_line, sep, rest = body.partition(b"\r\n")
+        assert sep, f"truncated chunk size line {body!r}"
+        size = int(size_line, 16)
+        if size == 0:
+            assert rest == b"\r\n"
+            return b"".join(out), True
+        assert rest[size : size + 2] == b"\r\n", f"bad chunk {body!r}"
+        out.append(rest[:size])
+        body = rest[size + 2 :]
+    return b"".join(out), False
+
+
+async def test_error_responses_are_counted_by_status_class(make_mesh, client_conn):
+    mesh = await make_mesh()
+    mesh.register("empty")
+    conn = await client_conn(mesh.port)
+    for host in ("nosuch", "empty", "empty"):
+        await conn.request("GET", "/", host=host)
+    services = mesh.daemon.routers[0].stats.services
+    assert services["/svc/nosuch"].by_class[5] == 1
+    assert services["/svc/empty"].by_class[5] == 2
+
+
+async def test_error_before_the_body_was_read_closes_the_connection(make_mesh, client_conn):
+    mesh = await make_mesh()
+    conn = await client_conn(mesh.port)
+    # the head arrives, the body never does: meshd answers at once and cannot reuse the connection
+    await conn.send(b"POST /pay HTTP/1.1\r\nHost: nosuch\r\nContent-Length: 100\r\n\r\n")
+    resp = await asyncio.wait_for(conn.read_response(), 5)
+    assert resp.status == 502 and resp.header("l5d-err")
+    assert resp.header("connection") == "close"
+    assert await asyncio.wait_for(conn.is_closed_by_peer(), 5)
+
+
+async def test_expect_100_continue_to_an_unknown_service_gets_the_error_without_100(make_mesh, client_conn):
+    mesh = await make_mesh()
+    conn = await client_conn(mesh.port)
+    await conn.send(b"PUT /x HTTP/1.1\r\nHost: nosuch\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+    resp = await asyncio.wait_for(conn.read_response(), 5)
+    assert resp.status == 502  # the final answer, not "100 Continue": the client need not send its body
+    assert resp.header("connection") == "close"
+    assert await asyncio.wait_for(conn.is_closed_by_peer(), 5)
+
+
+def _error_classes() -> set[type[MeshdError]]:
+    found: set[type[MeshdError]] = {MeshdError}
+    todo: list[type[MeshdError]] = [MeshdError]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in found:
+                found.add(sub)
+                todo.append(sub)
+    return found
+
+
+def test_every_error_meshd_produces_is_documented_with_its_status():
+    text = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text()
+    for cls in _error_classes():
+        if not cls.__module__.startswith("meshd."):
+            continue
+        assert f"`{cls.__name__}`" in text, f"docs/errors.md does not mention {cls.__name__}"
+        rows = [line for line in text.splitlines() if f"`{cls.__name__}`" in line and line.startswith("|")]
+        if rows:
+            assert any(f"| {cls.status} |" in row for row in rows), (
+                f"{cls.__name__}: status {cls.status} not in its rows"
+            )

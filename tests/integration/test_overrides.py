@@ -1,0 +1,207 @@
+"""Per-prefix overrides in the running proxy: `services:` over `service`, `clients:` over `client`.
+
+One meshd serves several logical names; each test checks that the name under an override gets
+the stricter (or looser) behaviour and the others keep the router's defaults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from meshd.config.errors import ConfigError
+from meshd.config.loader import load_config
+from meshd.config.model import MeshdConfig
+from meshd.testing.client import RawConnection, RawResponse
+from meshd.testing.upstreams import Handler, Received, Reply
+from tests.integration.test_retries import NO_BACKOFF, fail_first, metric, scrape, service_state
+
+EARLY = 0.005
+LATE = 0.5
+
+
+def never_answers() -> Handler:
+    never = asyncio.Event()
+
+    async def handler(req: Received) -> Reply:
+        await never.wait()
+        return Reply(200, [], b"")
+
+    return handler
+
+
+async def get(port: int, host: str, method: str = "GET", body: bytes = b"") -> tuple[RawResponse, float]:
+    conn = await RawConnection.open(port)
+    start = time.monotonic()
+    try:
+        resp = await conn.request(method, "/", host=host, body=body)
+    finally:
+        elapsed = time.monotonic() - start
+        await conn.close()
+    return resp, elapsed
+
+
+async def test_payments_is_stricter_than_the_default_service(make_mesh, make_upstream):
+    accounts = await make_upstream(fail_first(1))
+    payments = await make_upstream(fail_first(1))
+    mesh = await make_mesh(
+        service={"retries": {"backoff": NO_BACKOFF}, "addSuccessClassHeader": True},
+        services=[{"prefix": "/svc/payments", "responseClassifier": {"kind": "nonRetryable5XX"}}],
+    )
+    mesh.register("accounts", accounts)
+    mesh.register("payments", payments)
+    a, _ = await get(mesh.port, "accounts")
+    p, _ = await get(mesh.port, "payments")
+    assert (a.status, accounts.requests) == (200, 2)
+    assert (p.status, payments.requests) == (503, 1)
+    # keys the override does not set are inherited from `service`
+    assert p.header("l5d-success-class") == "0.0" and a.header("l5d-success-class") == "1.0"
+    text = await scrape(mesh.admin_port)
+    for name, count in (("/svc/accounts", 1), ("/svc/payments", 0)):
+        assert metric(text, "meshd_retries_total", router="outgoing", service=name, reason="response") == count
+
+
+async def test_total_timeout_for_one_prefix_only(make_mesh, make_upstream):
+    async def slow(req: Received) -> Reply:
+        await asyncio.sleep(0.3)  # a slow replica: the behaviour under test
+        return Reply(200, [], b"slow but fine")
+
+    up = await make_upstream(slow)
+    mesh = await make_mesh(services=[{"prefix": "/svc/payments", "totalTimeoutMs": 100}])
+    mesh.register("payments", up)
+    mesh.register("accounts", up)
+    p, p_elapsed = await get(mesh.port, "payments")
+    a, a_elapsed = await get(mesh.port, "accounts")
+    assert p.status == 504 and p.header("l5d-err") == "request exceeded totalTimeoutMs (100 ms)"
+    assert 0.1 - EARLY <= p_elapsed < 0.1 + LATE
+    assert a.status == 200 and a.body == b"slow but fine"
+    assert a_elapsed >= 0.3 - EARLY
+
+
+async def test_wildcard_prefix_and_file_order(make_mesh, make_upstream):
+    ups = {name: await make_upstream(fail_first(1)) for name in ("payments", "ledger", "accounts")}
+    mesh = await make_mesh(
+        service={"retries": {"backoff": NO_BACKOFF}},
+        services=[
+            # every name under /svc: retries off (a budget of nothing)
+            {"prefix": "/svc/*", "retries": {"budget": {"minRetriesPerSec": 0, "percentCanRetry": 0}}},
+            # later entries win: ledger gets retries back (a whole `retries` section replaces)
+            {"prefix": "/svc/ledger", "retries": {"backoff": NO_BACKOFF}},
+        ],
+    )
+    for name, up in ups.items():
+        mesh.register(name, up)
+    statuses = {name: (await get(mesh.port, name))[0].status for name in ups}
+    assert statuses == {"payments": 503, "ledger": 200, "accounts": 503}
+    assert {name: up.requests for name, up in ups.items()} == {"payments": 1, "ledger": 2, "accounts": 1}
+
+
+async def test_each_service_has_its_own_retry_budget(make_mesh, make_upstream):
+    async def always_503(req: Received) -> Reply:
+        return Reply(503, [], b"")
+
+    noisy = await make_upstream(always_503)
+    quiet = await make_upstream(fail_first(1))
+    mesh = await make_mesh(
+        service={"retries": {"budget": {"minRetriesPerSec": 1, "ttlSecs": 2, "percentCanRetry": 0.2},
+                             "backoff": NO_BACKOFF}}
+    )
+    mesh.register("noisy", noisy)
+    mesh.register("quiet", quiet)
+    for _ in range(10):
+        await get(mesh.port, "noisy")
+    assert service_state(mesh, "/svc/noisy").budget.balance == 0  # the noisy service spent its own
+    q, _ = await get(mesh.port, "quiet")
+    assert q.status == 200 and quiet.requests == 2  # ...and not the quiet one's
+
+
+async def test_client_override_sets_the_attempt_timeout_of_one_replica_set(make_mesh, make_upstream):
+    ledger = await make_upstream(never_answers())
+    mesh = await make_mesh(
+        service={"responseClassifier": {"kind": "nonRetryable5XX"}, "totalTimeoutMs": 600},
+        clients=[{"prefix": "/#/fs/ledger", "requestAttemptTimeoutMs": 150}],
+    )
+    mesh.register("ledger", ledger)
+    resp, elapsed = await get(mesh.port, "ledger")
+    assert resp.status == 504
+    assert "requestAttemptTimeoutMs (150 ms)" in (resp.header("l5d-err") or "")
+    assert 0.15 - EARLY <= elapsed < 0.15 + LATE
+    other = await make_upstream(never_answers())
+    mesh.register("accounts", other)
+    resp, elapsed = await get(mesh.port, "accounts")
+    assert resp.status == 504  # no attempt timeout here: the 600 ms total timeout ends it
+    assert resp.header("l5d-err") == "request exceeded totalTimeoutMs (600 ms)"
+    assert elapsed >= 0.6 - EARLY
+
+
+async def test_smaller_replay_buffer_for_one_prefix(make_mesh, make_upstream):
+    uploads = await make_upstream(fail_first(1))
+    docs = await make_upstream(fail_first(1))
+    mesh = await make_mesh(
+        service={"retries": {"backoff": NO_BACKOFF}},
+        services=[{"prefix": "/svc/uploads", "replayBufferBytes": 100}],
+    )
+    mesh.register("uploads", uploads)
+    mesh.register("docs", docs)
+    body = b"b" * 500
+    u, _ = await get(mesh.port, "uploads", "PUT", body)
+    d, _ = await get(mesh.port, "docs", "PUT", body)
+    assert (u.status, uploads.requests) == (503, 1)  # beyond its 100-byte buffer: never retried
+    assert (d.status, docs.requests) == (200, 2)
+    assert docs.received[1].body == body
+
+
+# -- bad overrides are config errors with the path and line ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        (
+            "    responseClassifier: {kind: retryableAll5XX}\n",
+            'routers[0].services[1].responseClassifier.kind: line 9: unknown kind "retryableAll5XX" '
+            "(known kinds: nonRetryable5XX, retryableRead5XX, retryableIdempotent5XX, allSuccessful)",
+        ),
+        (
+            "    retries:\n      budget: {percentCanRetry: 20}\n",
+            "routers[0].services[1].retries.budget.percentCanRetry: line 10: must be between 0 and 1",
+        ),
+        (
+            "    retries:\n      budget: {ttlSecs: 0}\n",
+            "routers[0].services[1].retries.budget.ttlSecs: line 10: must be a whole number between 1 and 60",
+        ),
+        (
+            "    retries:\n      budget: {minRetriesPerSec: -1}\n",
+            "routers[0].services[1].retries.budget.minRetriesPerSec: line 10: must be a whole number >= 0",
+        ),
+        (
+            "    totalTimeoutMs: 0\n",
+            "routers[0].services[1].totalTimeoutMs: line 9:",
+        ),
+    ],
+)
+def test_invalid_override_is_a_config_error_naming_path_and_line(entry, expected):
+    text = (
+        "routers:\n"                                   # 1
+        "- label: outgoing\n"                          # 2
+        "  service:\n"                                 # 3
+        "    totalTimeoutMs: 1000\n"                   # 4
+        "  services:\n"                                # 5
+        "  - prefix: /svc/accounts\n"                  # 6
+        "    totalTimeoutMs: 500\n"                    # 7
+        "  - prefix: /svc/payments\n"                  # 8
+        + entry                                        # 9, 10
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(text, MeshdConfig)
+    assert len(info.value.problems) == 1
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_override_with_a_bad_prefix_is_a_config_error():
+    text = "routers:\n- label: outgoing\n  services:\n  - prefix: svc/payments\n    totalTimeoutMs: 5\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(text, MeshdConfig)
+    assert str(info.value).startswith("routers[0].services[0].prefix: line 4:"), str(info.value)

@@ -1,0 +1,290 @@
+"""Timeouts and deadlines in the running proxy: totalTimeoutMs, requestAttemptTimeoutMs, l5d-ctx-deadline.
+
+Slow replicas are simulated inside the upstream handlers (an event that is never set, or is set
+by the test); the test body never sleeps. Moments are measured with the monotonic clock around
+the request and checked against a tolerant window: never earlier than the limit (less the event
+loop's millisecond rounding), and not much later than it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from meshd.pipeline.timeouts import TimeoutCounters
+from meshd.retry.deadline import Deadline, format_deadline, parse_deadline
+from meshd.testing.client import RawConnection, RawResponse
+from meshd.testing.upstreams import Handler, Received, Reply
+from meshd.testing.waiting import wait_until
+from routing.path import Path
+from tests.integration.test_retries import NO_BACKOFF, metric, scrape
+
+EARLY = 0.005  # the event loop rounds timers to the millisecond
+LATE = 0.5  # generous: two cores shared with other test runs
+
+
+def hangs() -> Handler:
+    """A handler that never answers (the pending handler is cancelled when the test's loop closes)."""
+    never = asyncio.Event()
+
+    async def handler(req: Received) -> Reply:
+        await never.wait()
+        return Reply(200, [], b"ok")
+
+    return handler
+
+
+def hangs_first(n: int) -> Handler:
+    """A handler that never answers its first `n` requests and answers the rest at once."""
+    never = asyncio.Event()
+    seen = [0]
+
+    async def handler(req: Received) -> Reply:
+        seen[0] += 1
+        if seen[0] <= n:
+            await never.wait()
+        return Reply(200, [], b"ok")
+
+    return handler
+
+
+async def timed_get(
+    port: int, headers: list[tuple[str, str]] | None = None, host: str = "svc"
+) -> tuple[RawResponse, float]:
+    conn = await RawConnection.open(port)
+    start = time.monotonic()
+    try:
+        resp = await conn.request("GET", "/", headers, host=host)
+    finally:
+        elapsed = time.monotonic() - start
+        await conn.close()
+    return resp, elapsed
+
+
+def timeouts_of(mesh, name: str = "/svc/svc") -> TimeoutCounters:
+    counters: TimeoutCounters = mesh.daemon.routers[0].services[Path.read(name)].timeouts
+    return counters
+
+
+def wall_ns() -> int:
+    return time.time_ns()
+
+
+# -- totalTimeoutMs -------------------------------------------------------------------------------
+
+
+async def test_total_timeout_answers_504_at_the_limit_and_drops_the_attempt(make_mesh, make_upstream):
+    up = await make_upstream(hangs())
+    mesh = await make_mesh(service={"totalTimeoutMs": 300})
+    mesh.register("svc", up)
+    resp, elapsed = await timed_get(mesh.port)
+    assert resp.status == 504
+    assert resp.header("l5d-err") == "request exceeded totalTimeoutMs (300 ms)"
+    assert 0.3 - EARLY <= elapsed < 0.3 + LATE
+    await wait_until(lambda: up.open_connections == 0, timeout=5, message="the attempt's connection aborted")
+    t = timeouts_of(mesh)
+    assert (t.total, t.attempt, t.deadline) == (1, 0, 0)
+    text = await scrape(mesh.admin_port)
+    assert metric(text, "meshd_timeouts_total", router="outgoing", service="/svc/svc", kind="total") == 1
+
+
+async def test_total_timeout_bounds_the_retries_too(make_mesh, make_upstream):
+    async def slow_503(req: Received) -> Reply:
+        await asyncio.sleep(0.1)  # a slow, failing replica: the behaviour under test
+        return Reply(503, [], b"")
+
+    up = await make_upstream(slow_503)
+    mesh = await make_mesh(
+        service={"totalTimeoutMs": 350, "retries": {"budget": {"minRetriesPerSec": 1000}, "backoff": NO_BACKOFF}}
+    )
+    mesh.register("svc", up)
+    resp, elapsed = await timed_get(mesh.port)
+    assert resp.status == 504
+    assert resp.header("l5d-err") == "request exceeded totalTimeoutMs (350 ms)"
+    assert 0.35 - EARLY <= elapsed < 0.35 + LATE
+    # answered at about 100, 200 and 300 ms, the fourth cut off at 350 (one fewer on a busy machine)
+    assert 3 <= up.requests <= 4
+    state = mesh.daemon.routers[0].services[Path.read("/svc/svc")]
+    assert state.retries.response == up.requests - 1 and state.timeouts.total == 1
+
+
+async def test_a_backoff_that_would_end_past_the_deadline_returns_the_failure_at_once(make_mesh, make_upstream):
+    async def always_503(req: Received) -> Reply:
+        return Reply(503, [("X-From", "upstream")], b"down\n")
+
+    up = await make_upstream(always_503)
+    mesh = await make_mesh(service={"totalTimeoutMs": 1000, "retries": {"backoff": {"kind": "constant", "ms": 5000}}})
+    mesh.register("svc", up)
+    resp, elapsed = await timed_get(mesh.port)
+    assert resp.status == 503 and resp.header("x-from") == "upstream"  # not a 504 a second later
+    assert elapsed < 0.5
+    assert up.requests == 1
+    assert timeouts_of(mesh).total == 0
+
+
+# -- requestAttemptTimeoutMs ---------------------------------------------------------------------
+
+
+async def test_attempt_timeout_that_is_not_retried_answers_504(make_mesh, make_upstream):
+    up = await make_upstream(hangs())
+    mesh = await make_mesh(service={"responseClassifier": {"kind": "nonRetryable5XX"}},
+                           client={"requestAttemptTimeoutMs": 200})
+    mesh.register("svc", up)
+    resp, elapsed = await timed_get(mesh.port)
+    assert resp.status == 504
+    assert resp.header("l5d-err") == f"attempt to 127.0.0.1:{up.port} exceeded requestAttemptTimeoutMs (200 ms)"
+    assert 0.2 - EARLY <= elapsed < 0.2 + LATE
+    assert up.requests == 1
+    t = timeouts_of(mesh)
+    assert (t.total, t.attempt, t.deadline) == (0, 1, 0)
+
+
+async def test_attempt_timeout_is_retried_and_the_retry_answers(make_mesh, make_upstream):
+    up = await make_upstream(hangs_first(1))
+    mesh = await make_mesh(service={"retries": {"backoff": NO_BACKOFF}}, client={"requestAttemptTimeoutMs": 200})
+    mesh.register("svc", up)
+    resp, elapsed = await timed_get(mesh.port)
+    assert resp.status == 200
+    assert 0.2 - EARLY <= elapsed < 0.2 + LATE
+    assert up.requests == 2
+    state = mesh.daemon.routers[0].services[Path.read("/svc/svc")]
+    assert state.timeouts.attempt == 1 and state.retries.error == 1
+
+
+async def test_a_post_whose_attempt_timed_out_is_not_sent_again(make_mesh, make_upstream):
+    up = await make_upstream(hangs_first(1))
+    mesh = await make_mesh(client={"requestAttemptTimeoutMs": 200})
+    mesh.register("svc", up)
+    conn = await RawConnection.open(mesh.port)
+    resp = await conn.request("POST", "/", body=b"charge")
+    await conn.close()
+    assert resp.status == 504
+    assert up.requests == 1
+
+
+async def test_attempt_timeouts_retried_until_the_total_timeout(make_mesh, make_upstream):
+    up = await make_upstream(hangs())
+    mesh = await make_mesh(
+        service={"totalTimeoutMs": 500, "retries": {"backoff": NO_BACKOFF}},
+        client={"requestAttemptTimeoutMs": 150},
+    )
+    mesh.register("svc", up)
+    resp, elapsed = await timed_get(mesh.port)
+    assert resp.status == 504
+    assert resp.header("l5d-err") == "request exceeded totalTimeoutMs (500 ms)"
+    assert 0.5 - EARLY <= elapsed < 0.5 + LATE
+    assert 3 <= up.requests <= 4  # at 0, 150, 300 and 450 ms (one fewer on a busy machine)
+    t = timeouts_of(mesh)
+    assert (t.total, t.attempt) == (1, up.requests - 1)
+
+
+# -- l5d-ctx-deadline -----------------------------------------------------------------------------
+
+
+async def test_outgoing_requests_carry_the_deadline_of_the_total_timeout(make_mesh, make_upstream):
+    up = await make_upstream()
+    mesh = await make_mesh(service={"totalTimeoutMs": 2000})
+    mesh.register("svc", up)
+    before = wall_ns()
+    resp, _ = await timed_get(mesh.port)
+    after = wall_ns()
+    assert resp.status == 200
+    sent = parse_deadline(up.received[0].header("l5d-ctx-deadline") or "")
+    assert sent is not None
+    assert before <= sent.timestamp_ns <= after
+    assert sent.deadline_ns - sent.timestamp_ns == 2_000_000_000
+
+
+async def test_a_callers_earlier_deadline_is_passed_on_unchanged(make_mesh, make_upstream):
+    up = await make_upstream()
+    mesh = await make_mesh(service={"totalTimeoutMs": 10_000})
+    mesh.register("svc", up)
+    theirs = Deadline.of_timeout(wall_ns(), 3.0)
+    resp, _ = await timed_get(mesh.port, [("l5d-ctx-deadline", format_deadline(theirs))])
+    assert resp.status == 200
+    sent = parse_deadline(up.received[0].header("l5d-ctx-deadline") or "")
+    assert sent is not None and sent.deadline_ns == theirs.deadline_ns
+    assert up.received[0].headers_named("l5d-ctx-deadline") == [up.received[0].header("l5d-ctx-deadline")]
+
+
+async def test_a_callers_later_deadline_is_shortened_to_our_total_timeout(make_mesh, make_upstream):
+    up = await make_upstream()
+    mesh = await make_mesh(service={"totalTimeoutMs": 1000})
+    mesh.register("svc", up)
+    theirs = Deadline.of_timeout(wall_ns(), 60.0)
+    before = wall_ns()
+    resp, _ = await timed_get(mesh.port, [("l5d-ctx-deadline", format_deadline(theirs))])
+    assert resp.status == 200
+    sent = parse_deadline(up.received[0].header("l5d-ctx-deadline") or "")
+    assert sent is not None
+    assert before + 1_000_000_000 <= sent.deadline_ns < theirs.deadline_ns
+
+
+async def test_an_expired_incoming_deadline_is_refused_without_calling_the_upstream(make_mesh, make_upstream):
+    up = await make_upstream()
+    mesh = await make_mesh()  # no totalTimeoutMs: the caller's deadline alone applies
+    mesh.register("svc", up)
+    now = wall_ns()
+    expired = Deadline(now - 2_000_000_000, now - 1_000_000)
+    resp, elapsed = await timed_get(mesh.port, [("l5d-ctx-deadline", format_deadline(expired))])
+    assert resp.status == 504
+    assert "deadline" in (resp.header("l5d-err") or "")
+    assert elapsed < LATE
+    assert up.requests == 0 and up.connections == 0
+    state = mesh.daemon.routers[0].services[Path.read("/svc/svc")]
+    assert state.timeouts.deadline == 1
+    assert state.budget.statistics().deposits == 0  # refused before the retry budget was touched
+
+
+async def test_the_callers_deadline_expiring_mid_request_answers_504(make_mesh, make_upstream):
+    up = await make_upstream(hangs())
+    mesh = await make_mesh()
+    mesh.register("svc", up)
+    theirs = Deadline.of_timeout(wall_ns(), 0.3)
+    conn = await RawConnection.open(mesh.port)
+    resp = await conn.request("GET", "/", [("l5d-ctx-deadline", format_deadline(theirs))])
+    done = wall_ns()
+    await conn.close()
+    assert resp.status == 504
+    assert (resp.header("l5d-err") or "").startswith("the caller's deadline (l5d-ctx-deadline) expired")
+    assert theirs.deadline_ns - EARLY * 1e9 <= done < theirs.deadline_ns + LATE * 1e9
+    assert timeouts_of(mesh).deadline == 1
+
+
+async def test_deadline_from_an_untrusted_client_is_ignored(make_mesh, make_upstream):
+    up = await make_upstream()
+    mesh = await make_mesh(trustedSources=["10.0.0.0/8"])  # loopback is not trusted here
+    mesh.register("svc", up)
+    now = wall_ns()
+    expired = Deadline(now - 2_000_000_000, now - 1_000_000)
+    resp, _ = await timed_get(mesh.port, [("l5d-ctx-deadline", format_deadline(expired))])
+    assert resp.status == 200
+    assert up.received[0].header("l5d-ctx-deadline") is None
+
+
+async def test_malformed_deadline_is_ignored(make_mesh, make_upstream):
+    up = await make_upstream()
+    mesh = await make_mesh(service={"totalTimeoutMs": 1000})
+    mesh.register("svc", up)
+    resp, _ = await timed_get(mesh.port, [("l5d-ctx-deadline", "soon please")])
+    assert resp.status == 200
+    sent = parse_deadline(up.received[0].header("l5d-ctx-deadline") or "")
+    assert sent is not None and sent.deadline_ns - sent.timestamp_ns == 1_000_000_000
+
+
+async def test_a_chain_of_meshds_never_works_past_the_first_callers_deadline(make_mesh, make_upstream):
+    # client -> meshd A (totalTimeoutMs 300) -> meshd B (no timeout of its own) -> hanging replica
+    replica = await make_upstream(hangs())
+    mesh_b = await make_mesh()
+    mesh_b.register("svc", replica)
+    mesh_a = await make_mesh(service={"totalTimeoutMs": 300})
+    mesh_a.register("svc", f"127.0.0.1 {mesh_b.port}")
+    resp, elapsed = await timed_get(mesh_a.port)
+    assert resp.status == 504
+    assert 0.3 - EARLY <= elapsed < 0.3 + LATE
+    # B received A's deadline and passed the very same instant on to the replica
+    at_replica = parse_deadline(replica.received[0].header("l5d-ctx-deadline") or "")
+    assert at_replica is not None
+    assert at_replica.deadline_ns - at_replica.timestamp_ns == 300_000_000
+    # and nothing keeps working for A's caller after the deadline: B's attempt is dropped too
+    await wait_until(lambda: replica.open_connections == 0, timeout=5, message="B dropped its attempt")

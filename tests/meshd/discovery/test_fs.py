@@ -1,0 +1,266 @@
+"""The fs namer: the endpoint-file format, and how scans turn file changes into address-set changes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshd.discovery.addr import Addr, Address, Bound, Failed, Neg
+from meshd.discovery.fs import FileFormatError, FsNamer, FsNamerConfig, parse_endpoints_file
+from meshd.observable import Observable
+from meshd.runtime import Runtime
+from routing.namer import BoundName
+from routing.nametree import NEG, Leaf
+from routing.path import Path
+
+# -- the file format --------------------------------------------------------------------------------
+
+
+def test_lines_are_host_port_and_an_optional_weight():
+    text = "10.0.0.1 8080\n10.0.0.2 8081 2.5\nhost-c.internal 80 3\n"
+    assert parse_endpoints_file(text) == {
+        Address("10.0.0.1", 8080),
+        Address("10.0.0.2", 8081, weight=2.5),
+        Address("host-c.internal", 80, weight=3.0),
+    }
+
+
+def test_blank_lines_comments_and_extra_spaces_are_ignored():
+    text = "# accounts replicas\n\n   10.0.0.1   8080   # the first\n\t10.0.0.2\t8080\t\n# 10.0.0.3 8080\n"
+    assert parse_endpoints_file(text) == {Address("10.0.0.1", 8080), Address("10.0.0.2", 8080)}
+
+
+def test_empty_file_is_an_empty_set():
+    assert parse_endpoints_file("") == frozenset()
+    assert parse_endpoints_file("# nobody yet\n") == frozenset()
+
+
+def test_ipv6_literal_may_be_bracketed():
+    assert parse_endpoints_file("[::1] 8080\n::2 8081\n") == {Address("::1", 8080), Address("::2", 8081)}
+    assert Address("::1", 8080).show() == "[::1]:8080"
+
+
+def test_a_repeated_host_and_port_keeps_the_last_line():
+    assert parse_endpoints_file("10.0.0.1 80 1\n10.0.0.1 80 4\n") == {Address("10.0.0.1", 80, weight=4.0)}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("10.0.0.1\n", "line 1: expected 'host port"),
+        ("ok 80\n10.0.0.1 80 1 2\n", "line 2: expected 'host port"),
+        ("10.0.0.1 http\n", "line 1: port must be an integer, got 'http'"),
+        ("10.0.0.1 0\n", "line 1: port must be 1-65535, got 0"),
+        ("10.0.0.1 65536\n", "line 1: port must be 1-65535, got 65536"),
+        ("\n\n10.0.0.1 80 heavy\n", "line 3: weight must be a number, got 'heavy'"),
+        ("10.0.0.1 80 0\n", "line 1: weight must be a positive number, got '0'"),
+        ("10.0.0.1 80 -1\n", "line 1: weight must be a positive number"),
+        ("10.0.0.1 80 nan\n", "line 1: weight must be a positive number"),
+        ("10.0.0.1 80 inf\n", "line 1: weight must be a positive number"),
+    ],
+)
+def test_bad_lines_are_refused_with_their_line_number(text, message):
+    with pytest.raises(FileFormatError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        parse_endpoints_file(text)
+
+
+hosts = st.one_of(
+    st.ip_addresses(v=4).map(str),
+    st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z][a-z0-9-]{0,10}){0,2}", fullmatch=True),
+)
+addresses = st.builds(
+    Address,
+    host=hosts,
+    port=st.integers(1, 65535),
+    weight=st.one_of(st.just(1.0), st.floats(0.001, 1000.0)),
+)
+
+
+@given(st.lists(addresses, max_size=20, unique_by=lambda a: a.key), st.booleans())
+def test_written_addresses_parse_back(addrs, with_comments):
+    lines = []
+    for a in addrs:
+        line = f"{a.host} {a.port}" if a.weight == 1.0 else f"{a.host} {a.port} {a.weight!r}"
+        lines.append(line + ("  # replica" if with_comments else ""))
+    assert parse_endpoints_file("\n".join(lines)) == frozenset(addrs)
+
+
+# -- the namer --------------------------------------------------------------------------------------
+
+
+def write(root: pathlib.Path, name: str, text: str) -> None:
+    """Replace a file atomically, as deployment tooling does."""
+    tmp = root / f".{name}.tmp"
+    tmp.write_text(text)
+    tmp.replace(root / name)
+
+
+@pytest.fixture
+async def namer(tmp_path: pathlib.Path):
+    (tmp_path / "disco").mkdir()
+    namer = FsNamerConfig(root_dir="disco", poll_interval_ms=10).build(Runtime(base_dir=tmp_path))
+    yield namer
+    await namer.close()
+
+
+def addr_of(namer: FsNamer, name: str) -> Observable[Addr]:
+    return namer.addr(Path.read(f"/#/fs/{name}"))
+
+
+async def test_lookup_binds_a_known_name_and_keeps_the_residual(namer):
+    write(namer.root, "accounts", "10.0.0.1 80\n")
+    await namer.start()
+    tree = namer.lookup(Path.read("/accounts/v2"))
+    assert tree == Leaf(BoundName(id=Path.read("/#/fs/accounts"), residual=Path.read("/v2")))
+    assert namer.lookup(Path.read("/nosuch")) == NEG
+    assert namer.lookup(Path.read("/")) == NEG
+    assert addr_of(namer, "accounts").get() == Bound(frozenset({Address("10.0.0.1", 80)}))
+    assert isinstance(addr_of(namer, "nosuch").get(), Neg)
+
+
+async def test_edit_publishes_the_new_set_once_and_an_identical_rewrite_publishes_nothing(namer):
+    write(namer.root, "svc", "10.0.0.1 80\n")
+    await namer.start()
+    seen: list[Addr] = []
+    addr_of(namer, "svc").subscribe(seen.append, replay=False)
+    write(namer.root, "svc", "10.0.0.1 80\n10.0.0.2 80\n")
+    namer.scan()
+    namer.scan()
+    assert seen == [Bound(frozenset({Address("10.0.0.1", 80), Address("10.0.0.2", 80)}))]
+    write(namer.root, "svc", "# same replicas\n10.0.0.2 80\n10.0.0.1 80\n")
+    namer.scan()
+    assert len(seen) == 1
+
+
+async def test_bad_edit_keeps_the_last_good_set_and_a_fix_applies(namer):
+    write(namer.root, "svc", "10.0.0.1 80\n")
+    await namer.start()
+    seen: list[Addr] = []
+    addr_of(namer, "svc").subscribe(seen.append, replay=False)
+    write(namer.root, "svc", "10.0.0.1 eighty\n")
+    namer.scan()
+    assert seen == []
+    assert addr_of(namer, "svc").get() == Bound(frozenset({Address("10.0.0.1", 80)}))
+    write(namer.root, "svc", "10.0.0.9 80\n")
+    namer.scan()
+    assert seen == [Bound(frozenset({Address("10.0.0.9", 80)}))]
+
+
+async def test_a_file_bad_from_the_start_is_failed_not_negative(namer):
+    write(namer.root, "svc", "garbage\n")
+    await namer.start()
+    addr = addr_of(namer, "svc").get()
+    assert isinstance(addr, Failed) and "svc" in addr.reason
+    assert namer.lookup(Path.read("/svc")) != NEG  # the name exists; its endpoints are unknown
+
+
+async def test_deleting_a_file_makes_the_name_negative_and_bumps_the_version(namer):
+    write(namer.root, "svc", "10.0.0.1 80\n")
+    await namer.start()
+    obs = addr_of(namer, "svc")
+    version = namer.version.get()
+    (namer.root / "svc").unlink()
+    namer.scan()
+    assert isinstance(obs.get(), Neg)
+    assert namer.lookup(Path.read("/svc")) == NEG
+    assert namer.version.get() == version + 1
+
+
+async def test_a_new_file_bumps_the_version_but_an_edit_does_not(namer):
+    await namer.start()
+    version = namer.version.get()
+    write(namer.root, "svc", "10.0.0.1 80\n")
+    namer.scan()
+    assert namer.version.get() == version + 1
+    write(namer.root, "svc", "10.0.0.2 80\n")
+    namer.scan()
+    assert namer.version.get() == version + 1
+
+
+async def test_hidden_files_and_directories_are_not_services(namer):
+    write(namer.root, "svc", "10.0.0.1 80\n")
+    (namer.root / ".hidden").write_text("10.0.0.1 80\n")
+    (namer.root / "adir").mkdir()
+    await namer.start()
+    assert namer.statistics()["services"] == 1
+    assert namer.lookup(Path.read("/.hidden")) == NEG
+    assert namer.lookup(Path.read("/adir")) == NEG
+
+
+async def test_configmap_style_symlink_swap_is_seen(namer):
+    """A Kubernetes ConfigMap volume: `svc -> ..data/svc`, and `..data` is swapped to a new directory."""
+    root = namer.root
+    (root / "..v1").mkdir()
+    (root / "..v1" / "svc").write_text("10.0.0.1 80\n")
+    os.symlink("..v1", root / "..data")
+    os.symlink("..data/svc", root / "svc")
+    await namer.start()
+    assert addr_of(namer, "svc").get() == Bound(frozenset({Address("10.0.0.1", 80)}))
+    (root / "..v2").mkdir()
+    (root / "..v2" / "svc").write_text("10.0.0.2 80\n")
+    os.symlink("..v2", root / "..data_tmp")
+    os.replace(root / "..data_tmp", root / "..data")
+    namer.scan()
+    assert addr_of(namer, "svc").get() == Bound(frozenset({Address("10.0.0.2", 80)}))
+    assert namer.statistics()["services"] == 1
+
+
+async def test_a_missing_directory_names_nothing_until_it_appears(tmp_path):
+    namer = FsNamerConfig(root_dir="later", poll_interval_ms=10).build(Runtime(base_dir=tmp_path))
+    await namer.start()
+    try:
+        assert namer.lookup(Path.read("/svc")) == NEG
+        (tmp_path / "later").mkdir()
+        write(tmp_path / "later", "svc", "10.0.0.1 80\n")
+        namer.scan()
+        assert namer.lookup(Path.read("/svc")) != NEG
+    finally:
+        await namer.close()
+
+
+async def test_polling_applies_an_edit_without_anyone_calling_scan(namer):
+    write(namer.root, "svc", "10.0.0.1 80\n")
+    await namer.start()
+    obs = addr_of(namer, "svc")
+    changed = asyncio.ensure_future(obs.wait_changed())
+    await asyncio.sleep(0)
+    write(namer.root, "svc", "10.0.0.3 80\n")
+    assert await asyncio.wait_for(changed, 2) == Bound(frozenset({Address("10.0.0.3", 80)}))
+    assert namer.statistics()["scans"] >= 2
+
+
+async def test_release_forgets_an_unwatched_name(namer):
+    write(namer.root, "svc", "10.0.0.1 80\n")
+    await namer.start()
+    first = addr_of(namer, "svc")
+    namer.release(Path.read("/#/fs/svc"))
+    assert addr_of(namer, "svc") is not first
+    watched = addr_of(namer, "svc")
+    unsubscribe = watched.subscribe(lambda _: None)
+    namer.release(Path.read("/#/fs/svc"))
+    assert addr_of(namer, "svc") is watched
+    unsubscribe()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"root_dir": ""}, "rootDir: must not be empty"),
+        ({"root_dir": "d", "prefix": "not a path"}, "prefix:"),
+    ],
+)
+def test_config_is_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FsNamerConfig(**kwargs)
+
+
+def test_relative_root_resolves_against_the_config_directory(tmp_path):
+    namer = FsNamerConfig(root_dir="disco").build(Runtime(base_dir=tmp_path))
+    assert namer.root == tmp_path / "disco"
+    assert namer.prefix == Path.read("/#/fs")
+    assert "disco" in repr(namer)
