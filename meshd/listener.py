@@ -46,13 +46,17 @@ from meshd.http.framing import (
     response_framing,
     serialize_response_head,
 )
-from meshd.http.headers import HOP_BY_HOP, append_via, connection_tokens
+from meshd.http.headers import HOP_BY_HOP, PLAIN_REQUEST_FIELDS, append_via, connection_tokens
 from meshd.http.messages import Headers, Request, Response
 from routing.identifiers.base import authority_of
 
 log = logging.getLogger("meshd.listener")
 
 _SLASH: Final = ord("/")
+_VIA = (b"Via", b"1.1 meshd")
+#: uvloop timers have millisecond resolution and may fire a hair before their deadline; a lazily
+#: re-armed timer treats anything this close to its deadline as due, rather than re-arming.
+_TIMER_SLACK_S: Final = 0.005
 
 Service = Callable[[Request], Awaitable[Response]]
 
@@ -125,8 +129,13 @@ class ServerProtocol(asyncio.Protocol):
         self._peer_closed = False
         self._read_pauses = 0
         self._write_paused = False
+        # Timers are lazy: per request only timestamps change; a timer is armed when none is
+        # pending and re-armed on firing if the deadline moved (no call_later per request).
         self._idle_timer: asyncio.TimerHandle | None = None
         self._header_timer: asyncio.TimerHandle | None = None
+        self._idle_since: float | None = None
+        self._reading_head = False
+        self._head_started = 0.0
         # per-message parse state
         self._url: list[bytes] = []
         self._headers: Headers = []
@@ -137,8 +146,8 @@ class ServerProtocol(asyncio.Protocol):
         self._chunked = False
         self._conn_tokens: list[bytes] = []
         self._expect_continue = False
-        self._in_head = False
         self._head_spill = 0
+        self._forwarded = False
         self._in_body = False
         self._trailers: Trailers | None = None
         self._body: Body | None = None
@@ -157,9 +166,14 @@ class ServerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        in_head = self._in_head
+        in_head = self._reading_head
         try:
             self._parser.feed_data(data)
+            if self._reading_head and self._header_timer is None:
+                # a request head arrived in pieces: bound how long the rest may take
+                self._header_timer = self._loop.call_at(
+                    self._head_started + self._limits.header_timeout_s, self._on_header_timeout
+                )
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, MeshdError):
@@ -175,7 +189,7 @@ class ServerProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._parse_failed(BadRequest(f"malformed request: {exc}"))
         else:
-            if in_head and self._in_head:
+            if in_head and self._reading_head:
                 # All of `data` belongs to a head that is still not complete (see the module doc).
                 self._head_spill += len(data)
                 if self._head_spill > self._limits.max_header_bytes:
@@ -240,15 +254,13 @@ class ServerProtocol(asyncio.Protocol):
         self._chunked = False
         self._conn_tokens = []
         self._expect_continue = False
-        self._in_head = True
         self._head_spill = 0
+        self._forwarded = False
         self._in_body = False
         self._trailers = None
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-        if self._header_timer is None:
-            self._header_timer = self._loop.call_later(self._limits.header_timeout_s, self._on_header_timeout)
+        self._idle_since = None
+        self._reading_head = True
+        self._head_started = self._loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._header_bytes += len(url)
@@ -264,6 +276,9 @@ class ServerProtocol(asyncio.Protocol):
             if self._trailers is None:
                 self._trailers = []
             self._trailers.append((name, value))
+            return
+        if name in PLAIN_REQUEST_FIELDS:
+            self._headers.append((name, value))
             return
         lname = name.lower()
         if lname == b"host":
@@ -287,13 +302,12 @@ class ServerProtocol(asyncio.Protocol):
         elif lname.startswith(b"l5d-"):
             self._l5d[lname.decode("latin-1")] = value
         else:
+            if lname == b"via" or lname == b"x-forwarded-for":
+                self._forwarded = True
             self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self._reading_head = False
         parser = self._parser
         method = parser.get_method().decode("ascii")
         if method == "CONNECT":
@@ -333,6 +347,7 @@ class ServerProtocol(asyncio.Protocol):
             client_ip=self._client_ip,
             expect_continue=self._expect_continue,
         )
+        request.forwarded = self._forwarded
         if self._expect_continue and not body.ended:
             body.on_first_attach(self._send_continue)
         self._enqueue(request)
@@ -388,7 +403,10 @@ class ServerProtocol(asyncio.Protocol):
             and framing is not Framing.CLOSE
         )
         headers = response.headers
-        append_via(headers, "1.1", b"meshd")
+        if response.has_via:
+            append_via(headers, "1.1", b"meshd")
+        else:
+            headers.append(_VIA)
         if framing is Framing.NONE:
             length = response.content_length
         else:
@@ -448,10 +466,7 @@ class ServerProtocol(asyncio.Protocol):
     def _parse_failed(self, error: MeshdError) -> None:
         if self._transport is not None:
             self._transport.pause_reading()
-        self._in_head = False
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self._reading_head = False
         body = self._body
         self._body = None
         if body is not None and not body.ended:
@@ -480,6 +495,12 @@ class ServerProtocol(asyncio.Protocol):
 
     def _on_header_timeout(self) -> None:
         self._header_timer = None
+        if not self._reading_head or self._closing:
+            return
+        deadline = self._head_started + self._limits.header_timeout_s
+        if self._loop.time() + _TIMER_SLACK_S < deadline:  # a new head started since this timer was armed
+            self._header_timer = self._loop.call_at(deadline, self._on_header_timeout)
+            return
         if self._active is None and not self._queue:
             self._write_error_and_close(_header_timeout_error(self._limits.header_timeout_s))
         else:
@@ -487,12 +508,21 @@ class ServerProtocol(asyncio.Protocol):
 
     def _on_idle_timeout(self) -> None:
         self._idle_timer = None
-        if self._active is None and not self._queue:
+        since = self._idle_since
+        if since is None or self._closing:
+            return  # busy now; the timer is armed again when the connection next goes idle
+        deadline = since + self._limits.idle_timeout_s
+        if self._loop.time() + _TIMER_SLACK_S < deadline:
+            self._idle_timer = self._loop.call_at(deadline, self._on_idle_timeout)
+        elif self._active is None and not self._queue:
             self._close()
 
     def _start_idle_timer(self) -> None:
-        if self._idle_timer is None and not self._closing:
-            self._idle_timer = self._loop.call_later(self._limits.idle_timeout_s, self._on_idle_timeout)
+        if self._closing:
+            return
+        self._idle_since = now = self._loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = self._loop.call_at(now + self._limits.idle_timeout_s, self._on_idle_timeout)
 
     def _cancel_timers(self) -> None:
         if self._idle_timer is not None:

@@ -95,7 +95,15 @@ class Body:
 
     @classmethod
     def empty(cls, length: int | None = None) -> Body:
-        """An already-ended body (`length` is kept for framing, e.g. `Content-Length: 0`)."""
+        """An already-ended body (`length` is kept for framing, e.g. `Content-Length: 0`).
+
+        Shared instances: an ended body with no data never changes state (attaching delivers
+        the end at once and keeps no reference to the sink), so one object serves every GET.
+        """
+        if length is None:
+            return _EMPTY
+        if length == 0:
+            return _EMPTY_0
         body = cls(length=length)
         body._ended = True
         return body
@@ -227,8 +235,10 @@ class Body:
                 if self._sink is not sink:
                     return
         if self._error is not None:
+            self._sink = None
             sink.on_error(self._error)
         elif self._ended:
+            self._sink = None
             sink.on_end(self._trailers)
         else:
             self._maybe_resume_producer()
@@ -273,3 +283,13 @@ class Body:
     def __repr__(self) -> str:
         state = "ended" if self._ended else "open"
         return f"<Body {state} received={self.received} length={self.length} chunked={self.chunked}>"
+
+
+def _ended_empty(length: int | None) -> Body:
+    body = Body(length=length)
+    body._ended = True
+    return body
+
+
+_EMPTY: Final = _ended_empty(None)
+_EMPTY_0: Final = _ended_empty(0)

@@ -20,6 +20,24 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 
+def _both_cases(*names: bytes) -> frozenset[bytes]:
+    return frozenset(names) | frozenset(n.lower() for n in names)
+
+
+#: Common end-to-end request fields that need no decision: appended as they are, without
+#: lower-casing and comparing them (an exact-case set lookup is the cheapest test there is).
+PLAIN_REQUEST_FIELDS: Final = _both_cases(
+    b"User-Agent", b"Accept", b"Accept-Encoding", b"Accept-Language", b"Content-Type", b"Authorization",
+    b"Cookie", b"Referer", b"Origin", b"Cache-Control", b"Pragma", b"If-None-Match", b"If-Modified-Since",
+    b"X-Request-Id", b"Idempotency-Key", b"Accept-Charset", b"Range", b"If-Match",
+)
+#: The same for response fields.
+PLAIN_RESPONSE_FIELDS: Final = _both_cases(
+    b"Server", b"Date", b"Content-Type", b"Cache-Control", b"ETag", b"Last-Modified", b"Expires", b"Vary",
+    b"Set-Cookie", b"Accept-Ranges", b"Age", b"Location", b"X-Content-Type-Options", b"Content-Encoding",
+    b"Content-Language", b"Retry-After", b"X-Request-Id",
+)
+
 L5D_DST_SERVICE: Final = b"l5d-dst-service"
 L5D_DST_CLIENT: Final = b"l5d-dst-client"
 L5D_REQID: Final = b"l5d-reqid"

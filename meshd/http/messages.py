@@ -43,6 +43,7 @@ class Request:
         "dst_client",
         "classifier",
         "last_node",
+        "forwarded",
     )
 
     def __init__(
@@ -88,6 +89,8 @@ class Request:
         self.classifier: ResponseClassifier | None = None
         #: the balancer node of the previous attempt (a retry prefers another)
         self.last_node: object | None = None
+        #: the request arrived with Via or X-Forwarded-For (so they must be extended, not added)
+        self.forwarded = False
 
     def header(self, name: str) -> str | None:
         """First value of header `name` (lower-case), decoded as latin-1. Used by identifiers."""
@@ -107,7 +110,7 @@ class Request:
 
 
 class Response:
-    __slots__ = ("status", "reason", "headers", "body", "keep_alive", "content_length")
+    __slots__ = ("status", "reason", "headers", "body", "keep_alive", "content_length", "has_via")
 
     def __init__(
         self,
@@ -126,6 +129,8 @@ class Response:
         self.keep_alive = keep_alive
         #: the Content-Length header value as received (kept for HEAD and 304 responses)
         self.content_length = content_length
+        #: the upstream's response already has a Via header (extend it rather than add one)
+        self.has_via = True
 
     def __repr__(self) -> str:
         return f"<Response {self.status}>"

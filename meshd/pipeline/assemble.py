@@ -5,9 +5,9 @@ Router level (one chain per router, in this order, outermost first):
    class and latency.
 2. `errors` — the error responder: every MeshdError raised below becomes a response carrying
    `l5d-err`, so nothing below needs to build error responses.
-3. `hygiene` — before anything reads `l5d-*` headers: untrusted ones are stripped, trusted
+3. `hygiene` (a filter) — before anything reads `l5d-*` headers: untrusted ones are stripped, trusted
    context (local dtab, deadline) is adopted, forwarding headers and the request id are added.
-4. `identify` — the identifier names the logical service (`/svc/accounts`).
+4. `identify` (a filter) — the identifier names the logical service (`/svc/accounts`).
 Then the terminal `bind` step binds the name through the dtab (cached) and hands the request to
 that logical name's service chain.
 
@@ -19,13 +19,16 @@ Service level (one chain per logical name):
    the retry stage's attempt hook, where each attempt went. It sits at the service level
    rather than the router level because it needs the service's retry stage to report attempts;
    requests that fail before a service is chosen (unidentified, unbound) are not logged.
-5. `classify` — attaches the service's response classifier, which failure accrual below uses too.
+5. `classify` (a filter) — attaches the service's response classifier, which failure accrual below uses too.
 6. `timeouts` — total timeout and deadline propagation; above retries, so the whole retry loop
    (backoff included) is bounded by the caller's deadline, and an expired incoming deadline is
    refused before the retry budget or any upstream is touched.
 7. `retries` — above the choice of destination, so every attempt picks again: another union
    branch (canary) and, in the client, another endpoint.
 Then the terminal step picks the bound destination for this attempt and calls its client.
+
+Filters (sync request-only stages) run inside one coroutine in front of the next stage; see
+`stack.py` for why.
 
 Client level (one per bound name, see meshd/client.py): the balancer picks an endpoint (P2C over
 Peak EWMA by default) and failure accrual skips ejected ones; the attempt timeout bounds one
@@ -40,13 +43,13 @@ from typing import Final
 
 from meshd.clock import Clock
 from meshd.config.model import ServiceConfig
-from meshd.http.messages import Request, Response
+from meshd.http.messages import Request
 from meshd.pipeline.access_log import AccessLog
 from meshd.pipeline.error_responder import error_responder
-from meshd.pipeline.hygiene import RequestIds, TrustPolicy, hygiene_stage
-from meshd.pipeline.identify import identify_stage
+from meshd.pipeline.hygiene import RequestIds, TrustPolicy, hygiene_filter
+from meshd.pipeline.identify import identify_filter
 from meshd.pipeline.retries import RetryCounters, Sleep, retries_stage
-from meshd.pipeline.stack import Service, Stack, Stage
+from meshd.pipeline.stack import Filter, Stack
 from meshd.pipeline.stats import RouterStats, stats_stage
 from meshd.pipeline.timeouts import TimeoutCounters, timeout_stage
 from meshd.retry.budget import RetryBudget
@@ -66,8 +69,8 @@ def router_stack(
         Stack()
         .push("stats", stats_stage(stats, clock))
         .push("errors", error_responder)
-        .push("hygiene", hygiene_stage(trust, ids))
-        .push("identify", identify_stage(identifier))
+        .push_filter("hygiene", hygiene_filter(trust, ids))
+        .push_filter("identify", identify_filter(identifier))
     )
 
 
@@ -87,7 +90,7 @@ def service_stack(
     if access_log is not None:
         stack.push("access_log", access_log.stage())
     return (
-        stack.push("classify", classify_stage(classifier))
+        stack.push_filter("classify", classify_filter(classifier))
         .push("timeouts", timeout_stage(config.total_timeout_ms, wall, timeouts))
         .push(
             "retries",
@@ -106,12 +109,8 @@ def service_stack(
     )
 
 
-def classify_stage(classifier: ResponseClassifier) -> Stage:
-    def wrap(next_service: Service) -> Service:
-        async def classify(request: Request) -> Response:
-            request.classifier = classifier
-            return await next_service(request)
+def classify_filter(classifier: ResponseClassifier) -> Filter:
+    def classify(request: Request) -> None:
+        request.classifier = classifier
 
-        return classify
-
-    return wrap
+    return classify

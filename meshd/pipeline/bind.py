@@ -47,6 +47,11 @@ class Binder:
         self._unsubscribe += [v.subscribe(self._invalidate, replay=False) for v in versions]
 
     @property
+    def cache(self) -> dict[tuple[Path, str], Chooser]:
+        """The binding cache (read-only for callers; never replaced, only cleared)."""
+        return self._cache
+
+    @property
     def namers(self) -> Mapping[Path, Namer]:
         return self._namers
 
@@ -119,14 +124,17 @@ class ServiceLookup(Protocol):
 def bind_service(binder: Binder, services: ServiceLookup) -> Service:
     """The innermost router-level step: bind, then hand over to the logical name's service stack."""
 
+    cache = binder.cache
+    service_for = services.service_for
+
     async def bind_request(request: Request) -> Response:
         path = request.logical_path
         assert path is not None, "the identifier runs before the binder"
         local = request.local_dtab
-        chooser = binder.cached(path, local)
+        chooser = cache.get((path, local))
         if chooser is None:
             chooser = await binder.bind(path, local)
         request.chooser = chooser
-        return await services.service_for(path)(request)
+        return await service_for(path)(request)
 
     return bind_request

@@ -36,7 +36,9 @@ async def dispatch(endpoint: Endpoint, request: Request, dst_client: bytes) -> R
         body.length,
         ((L5D_DST_SERVICE, request.logical_name.encode("latin-1")), (L5D_DST_CLIENT, dst_client)),
     )
-    conn = await pool.acquire()
+    conn = pool.try_acquire_idle()
+    if conn is None:
+        conn = await pool.acquire()
     try:
         return await conn.send(request, head)
     except StaleConnection:

@@ -14,15 +14,21 @@ import ipaddress
 import itertools
 import os
 from collections.abc import Sequence
+from typing import Final
 
-from meshd.errors import BadRequest
+from meshd.errors import BadRequest, LoopDetected
 from meshd.http.headers import L5D_CTX_DTAB, L5D_DTAB, L5D_REQID, append_forwarded_for, append_via
-from meshd.http.messages import Request, Response
-from meshd.pipeline.stack import Service, Stage
+from meshd.http.messages import Request
+from meshd.pipeline.stack import Filter
 from routing.delegate import parse_dtab_header
 from routing.parser import DtabSyntaxError
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: More meshd hops than this in `Via` means the request is going round in circles (a DaemonSet
+#: hop makes two; a service's own downstream calls start new requests with no Via).
+MAX_MESHD_HOPS: Final = 8
+_VIA_11 = (b"Via", b"1.1 meshd")
+_VIA_10 = (b"Via", b"1.0 meshd")
 
 
 class TrustPolicy:
@@ -64,39 +70,45 @@ class RequestIds:
         return f"{self._prefix}{next(self._counter):08x}"
 
 
-def hygiene_stage(trust: TrustPolicy, ids: RequestIds) -> Stage:
-    def wrap(next_service: Service) -> Service:
-        async def clean(request: Request) -> Response:
-            l5d = request.l5d
-            headers = request.headers
-            reqid = ""
-            if l5d:
-                if trust.is_trusted(request.client_ip):
-                    ctx = l5d.get(L5D_CTX_DTAB)
-                    local = l5d.get(L5D_DTAB)
-                    if ctx is not None or local is not None:
-                        request.local_dtab = local_dtab(ctx, local)
-                    given = l5d.get("l5d-reqid")
-                    if given:
-                        reqid = given.decode("latin-1")
-                    for name, value in l5d.items():
-                        if name.startswith("l5d-ctx-") and name not in (L5D_CTX_DTAB, "l5d-ctx-deadline"):
-                            headers.append((name.encode("latin-1"), value))
-                else:
-                    request.l5d = {}
-            if not reqid:
-                reqid = ids.next()
-            request.reqid = reqid
-            headers.append((L5D_REQID, reqid.encode("latin-1")))
-            if request.local_dtab:
-                headers.append((L5D_CTX_DTAB.encode("latin-1"), request.local_dtab.encode("latin-1")))
+def hygiene_filter(trust: TrustPolicy, ids: RequestIds) -> Filter:
+
+    def clean(request: Request) -> None:
+        l5d = request.l5d
+        headers = request.headers
+        reqid = ""
+        if l5d:
+            if trust.is_trusted(request.client_ip):
+                ctx = l5d.get(L5D_CTX_DTAB)
+                local = l5d.get(L5D_DTAB)
+                if ctx is not None or local is not None:
+                    request.local_dtab = local_dtab(ctx, local)
+                given = l5d.get("l5d-reqid")
+                if given:
+                    reqid = given.decode("latin-1")
+                for name, value in l5d.items():
+                    if name.startswith("l5d-ctx-") and name not in (L5D_CTX_DTAB, "l5d-ctx-deadline"):
+                        headers.append((name.encode("latin-1"), value))
+            else:
+                request.l5d = {}
+        if not reqid:
+            reqid = ids.next()
+        request.reqid = reqid
+        headers.append((L5D_REQID, reqid.encode("latin-1")))
+        if request.local_dtab:
+            headers.append((L5D_CTX_DTAB.encode("latin-1"), request.local_dtab.encode("latin-1")))
+        if request.forwarded:
+            hops = sum(v.count(b"meshd") for n, v in headers if n.lower() == b"via")
+            if hops >= MAX_MESHD_HOPS:
+                raise LoopDetected(
+                    f"routing loop: the request already passed through {hops} meshd hops (Via); not forwarded"
+                )
             append_via(headers, request.version, b"meshd")
             append_forwarded_for(headers, request.client_ip)
-            return await next_service(request)
+        else:
+            headers.append(_VIA_11 if request.version == "1.1" else _VIA_10)
+            headers.append((b"X-Forwarded-For", request.client_ip.encode("ascii")))
 
-        return clean
-
-    return wrap
+    return clean
 
 
 def local_dtab(ctx: bytes | None, local: bytes | None) -> str:

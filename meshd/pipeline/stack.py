@@ -1,8 +1,14 @@
 """Stage and Stack: how the request pipeline is composed.
 
 A service is an async callable from request to response. A stage wraps the next service and
-returns a new one. A `Stack` is an ordered list of named stages (outermost first) that tests and
-features can change by role (`insert_before`, `replace`, `remove`) without editing the assembly.
+returns a new one. A *filter* is a stage that only looks at or changes the request on its way in
+(hygiene, identification): a plain synchronous function. A `Stack` is an ordered list of named
+layers (outermost first) that tests and features can change by role (`insert_before`,
+`replace`, `remove`) without editing the assembly.
+
+`build()` runs consecutive filters inside one coroutine in front of the next stage, so a filter
+costs a function call, not a coroutine frame: on the proxy's hot path each coroutine layer costs
+about a microsecond per request.
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ from meshd.http.messages import Request, Response
 
 Service = Callable[[Request], Awaitable[Response]]
 Stage = Callable[[Service], Service]
+Filter = Callable[[Request], None]
 
 
 @dataclass(frozen=True, slots=True)
 class Layer:
     role: str
-    stage: Stage
+    stage: Stage | None = None
+    filter: Filter | None = None
 
 
 class Stack:
@@ -31,22 +39,26 @@ class Stack:
         self._layers: list[Layer] = list(layers or [])
 
     def push(self, role: str, stage: Stage) -> Stack:
-        self._layers.append(Layer(role, stage))
+        self._layers.append(Layer(role, stage=stage))
+        return self
+
+    def push_filter(self, role: str, request_filter: Filter) -> Stack:
+        self._layers.append(Layer(role, filter=request_filter))
         return self
 
     def roles(self) -> list[str]:
         return [layer.role for layer in self._layers]
 
     def insert_before(self, role: str, new_role: str, stage: Stage) -> Stack:
-        self._layers.insert(self._index(role), Layer(new_role, stage))
+        self._layers.insert(self._index(role), Layer(new_role, stage=stage))
         return self
 
     def insert_after(self, role: str, new_role: str, stage: Stage) -> Stack:
-        self._layers.insert(self._index(role) + 1, Layer(new_role, stage))
+        self._layers.insert(self._index(role) + 1, Layer(new_role, stage=stage))
         return self
 
     def replace(self, role: str, stage: Stage) -> Stack:
-        self._layers[self._index(role)] = Layer(role, stage)
+        self._layers[self._index(role)] = Layer(role, stage=stage)
         return self
 
     def remove(self, role: str) -> Stack:
@@ -55,8 +67,18 @@ class Stack:
 
     def build(self, terminal: Service) -> Service:
         service = terminal
+        filters: list[Filter] = []
         for layer in reversed(self._layers):
+            if layer.filter is not None:
+                filters.insert(0, layer.filter)
+                continue
+            if filters:
+                service = _filtered(tuple(filters), service)
+                filters = []
+            assert layer.stage is not None
             service = layer.stage(service)
+        if filters:
+            service = _filtered(tuple(filters), service)
         return service
 
     def _index(self, role: str) -> int:
@@ -67,3 +89,30 @@ class Stack:
 
     def __repr__(self) -> str:
         return f"Stack({' -> '.join(self.roles())})"
+
+
+def _filtered(filters: tuple[Filter, ...], next_service: Service) -> Service:
+    if len(filters) == 1:
+        (only,) = filters
+
+        async def one(request: Request) -> Response:
+            only(request)
+            return await next_service(request)
+
+        return one
+    if len(filters) == 2:
+        first, second = filters
+
+        async def two(request: Request) -> Response:
+            first(request)
+            second(request)
+            return await next_service(request)
+
+        return two
+
+    async def many(request: Request) -> Response:
+        for f in filters:
+            f(request)
+        return await next_service(request)
+
+    return many

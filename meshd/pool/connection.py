@@ -23,7 +23,7 @@ import httptools
 from meshd.errors import MeshdError, UpstreamFailed
 from meshd.http.body import Body, Trailers
 from meshd.http.framing import Framing, encode_chunk, encode_last_chunk, request_framing
-from meshd.http.headers import HOP_BY_HOP, connection_tokens
+from meshd.http.headers import HOP_BY_HOP, PLAIN_RESPONSE_FIELDS, connection_tokens
 from meshd.http.messages import Headers, Request, Response
 
 _NO_BODY_STATUS: Final = frozenset({204, 304})
@@ -68,6 +68,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunked = False
         self._conn_close = False
         self._conn_named: set[bytes] = set()
+        self._has_via = False
         self._in_body = False
         self._trailers: Trailers | None = None
 
@@ -200,6 +201,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunked = False
         self._conn_close = False
         self._conn_named = set()
+        self._has_via = False
         self._in_body = False
         self._trailers = None
 
@@ -212,6 +214,9 @@ class UpstreamConnection(asyncio.Protocol):
                 self._trailers = []
             self._trailers.append((name, value))
             return
+        if name in PLAIN_RESPONSE_FIELDS:
+            self._headers.append((name, value))
+            return
         lname = name.lower()
         if lname == b"content-length":
             self._content_length = int(value)
@@ -223,6 +228,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self._conn_close = True
             self._conn_named |= {t for t in tokens if t not in (b"close", b"keep-alive")}
         elif lname not in HOP_BY_HOP:
+            if lname == b"via":
+                self._has_via = True
             self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -250,6 +257,7 @@ class UpstreamConnection(asyncio.Protocol):
             body.set_canceller(self.abort)
         self._in_body = True
         response = Response(status, self._reason, headers, body, content_length=self._content_length)
+        response.has_via = self._has_via
         self._response = response
         future = self._future
         if future is not None and not future.done():

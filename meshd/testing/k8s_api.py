@@ -906,7 +906,9 @@ class FakeKubeApi:
                     async with asyncio.timeout_at(wake):
                         first: bytes | None = await watcher.queue.get()
                 except TimeoutError:
-                    if next_bookmark is not None and loop.time() >= next_bookmark and loop.time() < deadline:
+                    # Woken for a bookmark rather than the deadline (compare the wake-up we asked
+                    # for, not the clock: uvloop's millisecond timers can fire a hair early).
+                    if next_bookmark is not None and wake == next_bookmark and next_bookmark < deadline:
                         next_bookmark = loop.time() + (self.bookmark_interval_secs or 0)
                         if watcher.bookmarks:
                             await self._write(resp, _event_line("BOOKMARK", self._bookmark(watcher.kind)))

@@ -156,7 +156,7 @@ async def test_every_metric_family_appears_with_sane_values_after_traffic(make_m
     assert m.value("meshd_request_duration_seconds_count", **accounts) == 20
     assert 0 < m.value("meshd_request_duration_seconds_sum", **accounts) < 20 * 1.0
     hang_sum = m.value("meshd_request_duration_seconds_sum", **r, service="/svc/hang")
-    assert 0.1 <= hang_sum < 5
+    assert 0.09 <= hang_sum < 5  # uvloop timers have millisecond resolution: allow firing ~1 ms early
     # retries, the budget, timeouts
     assert m.value("meshd_retries_total", **r, service="/svc/flaky", reason="response") == 1
     assert m.value("meshd_retries_total", **accounts, reason="response") == 0
