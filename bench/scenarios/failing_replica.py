@@ -42,7 +42,12 @@ def replica_specs(options: FailingReplicaOptions) -> list[InstanceSpec]:
 
 def run(ctx: RunContext, options: FailingReplicaOptions) -> ScenarioResult:
     collected = Collected()
-    candidates = standard([meshd("meshd"), meshd("meshd-noretries", retries=False)])
+    candidates = standard([
+        meshd("meshd"),
+        meshd("meshd-p2c", balancer="p2c"),
+        meshd("meshd-roundRobin", balancer="roundRobin"),
+        meshd("meshd-noretries", retries=False),
+    ])
     targets = choose(ctx, candidates, collected)
     ctx.progress.begin_scenario(NAME, len(targets) * (2 if ctx.warmup_secs > 0 else 1))
     specs = replica_specs(options)

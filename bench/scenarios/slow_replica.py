@@ -40,7 +40,9 @@ def replica_specs(options: SlowReplicaOptions) -> list[InstanceSpec]:
 
 def run(ctx: RunContext, options: SlowReplicaOptions) -> ScenarioResult:
     collected = Collected()
-    targets = choose(ctx, standard([meshd("meshd")]), collected)
+    # meshd with each balancer kind (issue 3 compares them), then the peers
+    candidates = [meshd("meshd"), meshd("meshd-p2c", balancer="p2c"), meshd("meshd-roundRobin", balancer="roundRobin")]
+    targets = choose(ctx, standard(candidates), collected)
     ctx.progress.begin_scenario(NAME, len(targets) * (2 if ctx.warmup_secs > 0 else 1))
     specs = replica_specs(options)
     rows = run_against_replicas(

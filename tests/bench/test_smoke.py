@@ -98,7 +98,7 @@ def test_throughput(ctx):
     options = throughput.ThroughputOptions(connections=4, duration_secs=1, repeats=1)
     result = throughput.run(ctx, options)
     check_common(result, "throughput")
-    assert {r.target for r in result.rows} == expected_targets("meshd-w1", "meshd-w2")
+    assert {r.target for r in result.rows} == expected_targets("meshd-w1", "meshd-w1-roundRobin", "meshd-w2")
     for row in result.rows:
         assert row.metrics["rps"] > 0 and len(row.runs) == 1
         if row.target != "direct":
@@ -122,7 +122,7 @@ def test_latency(ctx):
 def test_slow_replica(ctx):
     result = slow_replica.run(ctx, slow_replica.SlowReplicaOptions(rate=60, duration_secs=0.5, slow_ms=20))
     check_common(result, "slow-replica")
-    assert {r.target for r in result.rows} == expected_targets("meshd")
+    assert {r.target for r in result.rows} == expected_targets("meshd", "meshd-p2c", "meshd-roundRobin")
     check_open_loop_rows(result, scheduled=30)
     direct = result.row("direct")
     assert direct is not None and direct.shares["r2"] == 0.0  # direct uses only the fast replicas
@@ -134,7 +134,7 @@ def test_slow_replica(ctx):
 def test_failing_replica(ctx):
     result = failing_replica.run(ctx, failing_replica.FailingReplicaOptions(rate=60, duration_secs=0.5))
     check_common(result, "failing-replica")
-    assert {r.target for r in result.rows} == expected_targets("meshd", "meshd-noretries")
+    assert {r.target for r in result.rows} == expected_targets("meshd", "meshd-p2c", "meshd-roundRobin", "meshd-noretries")
     check_open_loop_rows(result, scheduled=30)
     direct = result.row("direct")
     assert direct is not None
