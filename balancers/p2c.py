@@ -44,7 +44,7 @@ from balancers.alias import AliasTable, draw_pair
 from balancers.base import Clock, M, NoNodesAvailable
 from balancers.least_loaded import LeastLoadedNode
 from balancers.membership import Membership, NodeFactory
-from balancers.node import Node
+from balancers.node import PROBE_OPEN, Node
 from balancers.peak_ewma import PeakEwmaNode
 
 __all__ = ["EwmaConfig", "P2CBalancer", "P2CConfig"]
@@ -149,7 +149,7 @@ class P2CBalancer(Membership[M]):
             a_ok = a._slot >= 0 and a is not avoid
             b_ok = b._slot >= 0 and b is not avoid
             if a_ok and b_ok:
-                return a if a._load(now) <= b._load(now) else b
+                return _better(a, b, now)
             seen_one = seen_one or a_ok or b_ok
         available = self._available
         if not seen_one and len(available) > (1 if avoid is not None and avoid._slot >= 0 else 0):
@@ -174,9 +174,24 @@ class P2CBalancer(Membership[M]):
 
 
 def _lighter(a: Node[M], b: Node[M], avoid: Node[M] | None, now: float) -> Node[M]:
-    """The candidate other than `avoid`, else the one with the lower load (`a` on a tie)."""
+    """The candidate other than `avoid`, else the better of the two (see `_better`)."""
     if a is avoid:
         return b
     if b is avoid:
         return a
+    return _better(a, b, now)
+
+
+def _better(a: Node[M], b: Node[M], now: float) -> Node[M]:
+    """A node waiting for its one probe wins; otherwise the lower load (`a` on a tie).
+
+    Failure accrual promises an ejected node one probe request once its backoff is over. Under
+    Peak EWMA a node's cost still carries its failures then (its success-rate factor only
+    recovers with successes), so by load alone it would never win a comparison, never be probed
+    and never come back. Giving the probe priority costs one request per backoff period.
+    """
+    if a._state == PROBE_OPEN:
+        return a
+    if b._state == PROBE_OPEN:
+        return b
     return a if a._load(now) <= b._load(now) else b

@@ -180,9 +180,20 @@ def latest_sections(results_root: Path, docs_charts: Path, chart_prefix: str) ->
 
 
 def write_docs(results_root: Path, out: Path) -> Path:
-    """Rebuild `out` (docs/benchmarks.md) and its chart folder (docs/benchmarks/) from `results_root`."""
+    """Rebuild `out` (docs/benchmarks.md) and its chart folder (docs/benchmarks/) from `results_root`.
+
+    Engineers' analysis of the figures (profiles, what limits a missed goal) lives by hand in
+    `<out stem>-analysis.md` next to `out` (docs/benchmarks-analysis.md); when present it is
+    included after the goals, so regenerating the figures never loses it.
+    """
     charts = out.parent / out.stem
     sections = latest_sections(results_root, charts, f"{out.stem}/")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(sections))
+    text = render(sections)
+    analysis = out.parent / f"{out.stem}-analysis.md"
+    if analysis.is_file():
+        marker = "\n## Machine\n"
+        extra = analysis.read_text().strip() + "\n"
+        text = text.replace(marker, "\n" + extra + marker, 1) if marker in text else text + "\n" + extra
+    out.write_text(text)
     return out

@@ -23,7 +23,8 @@ from meshd.discovery.addr import Addr, Address, Bound, Neg
 from meshd.errors import AttemptTimeout, MeshdError, NoEndpoints
 from meshd.http.messages import Request, Response
 from meshd.observable import Observable
-from meshd.pipeline.dispatch import dispatch
+from meshd.pipeline.dispatch import can_resend, dispatch, request_head, resend
+from meshd.pool.connection import StaleConnection
 from meshd.pool.dialer import Dialer
 from meshd.pool.pool import Pool, PoolLimits, PoolStatistics
 from meshd.runtime import Runtime
@@ -129,12 +130,26 @@ class Client:
             self.forwarded += 1
         started = node.start()
         try:
-            if self._attempt_timeout_s is None:
-                response = await dispatch(endpoint, request, self.label_bytes)
+            head = request_head(request, self.label_bytes)
+            conn = endpoint.pool.try_acquire_idle()
+            if self._attempt_timeout_s is None and conn is not None:
+                # The common case inline: a warm pooled connection and no attempt timeout (one
+                # coroutine frame less per request than going through dispatch()).
+                try:
+                    response = await conn.send(request, head)
+                except StaleConnection:
+                    if not can_resend(request):
+                        raise
+                    response = await resend(endpoint, request, head)
+                except asyncio.CancelledError:
+                    conn.abort()
+                    raise
+            elif self._attempt_timeout_s is None:
+                response = await dispatch(endpoint, request, head, conn)
             else:
                 try:
                     async with asyncio.timeout(self._attempt_timeout_s):
-                        response = await dispatch(endpoint, request, self.label_bytes)
+                        response = await dispatch(endpoint, request, head, conn)
                 except TimeoutError:
                     raise AttemptTimeout(
                         f"attempt to {endpoint.label} exceeded requestAttemptTimeoutMs "

@@ -97,7 +97,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for router in self.routers:
             for index, server_config in enumerate(router.config.servers):
-                listener = Listener(router.service, router.listener_limits(index), label=router.label)
+                listener = Listener(
+                    router.service, router.listener_limits(index), label=router.label, observe=router.stats.observe
+                )
                 server = await loop.create_server(
                     listener.protocol_factory,
                     server_config.ip,

@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from meshd.discovery.addr import Addr, Bound, Failed, Neg, Pending
 from meshd.discovery.base import Namer
-from routing.delegate import Binding, DelegationError, bind, compile_choice, parse_dtab_header
+from routing.delegate import Binding, DelegationError, Trace, bind, compile_choice, parse_dtab_header
 from routing.dtab import Dtab
 from routing.namer import BoundName
+from routing.namer import Namer as RoutingNamer
 from routing.parser import DtabSyntaxError
 from routing.path import Path, PathError
 from routing.rules import Routes
@@ -142,3 +143,27 @@ def _addr_json(addr: Addr) -> JsonDict:
         return {"state": "failed", "reason": addr.reason}
     assert isinstance(addr, Pending)
     return {"state": "pending"}
+
+
+def namer_reasons(trace: Trace, namers: Mapping[Path, RoutingNamer], *, answer: str) -> list[str]:
+    """Why the namers asked during a binding answered `answer` ("~" negative, "pending").
+
+    Each namer that can say why (an optional `why(path)` method) is asked; the result reads
+    `/#/k8s/bank/grpc/accounts: service bank/accounts: no port named 'grpc' ...`. Used only on
+    the error path, to make `l5d-err` name the reason.
+    """
+    reasons: list[str] = []
+    stack = [trace.root]
+    while stack:
+        node = stack.pop()
+        for step in node.namers:
+            if step.answer != answer:
+                continue
+            namer = namers.get(step.prefix)
+            why = getattr(namer, "why", None)
+            reason = why(step.path) if why is not None else None
+            text = f"{step.prefix.concat(step.path).show()}: {reason}" if reason else None
+            if text and text not in reasons:
+                reasons.append(text)
+        stack.extend(reversed(node.children))
+    return reasons

@@ -32,6 +32,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from time import monotonic
 from typing import Final, cast
 
 import httptools
@@ -52,6 +53,9 @@ from routing.identifiers.base import authority_of
 
 log = logging.getLogger("meshd.listener")
 
+#: the service label of responses to requests that were never identified (parse errors, ...)
+UNIDENTIFIED: Final = "_unidentified"
+
 _SLASH: Final = ord("/")
 _VIA = (b"Via", b"1.1 meshd")
 #: uvloop timers have millisecond resolution and may fire a hair before their deadline; a lazily
@@ -69,6 +73,13 @@ class ListenerLimits:
     replay_limit: int = 64 * 1024
 
 
+Observe = Callable[[str, int, float], None]
+
+
+def _ignore(name: str, status: int, seconds: float) -> None:
+    pass
+
+
 class ConnectionClosed(Exception):
     """The downstream client went away before its request or response finished."""
 
@@ -76,10 +87,20 @@ class ConnectionClosed(Exception):
 class Listener:
     """The shared state of one listening socket: the service, limits, and live connections."""
 
-    def __init__(self, service: Service, limits: ListenerLimits, *, label: str = "") -> None:
+    def __init__(
+        self,
+        service: Service,
+        limits: ListenerLimits,
+        *,
+        label: str = "",
+        observe: Observe | None = None,
+    ) -> None:
         self.service = service
         self.limits = limits
         self.label = label
+        #: called with (logical name, status, seconds from request head to response head) for
+        #: every response this listener writes, meshd's own errors included (the router's stats)
+        self.observe: Observe = observe or _ignore
         self.connections: set[ServerProtocol] = set()
         self.draining = False
         self._all_closed: asyncio.Event | None = None
@@ -378,6 +399,9 @@ class ServerProtocol(asyncio.Protocol):
         self._task = self._loop.create_task(self._handle(item))
 
     async def _handle(self, request: Request) -> None:
+        # Stats are taken here rather than in a pipeline stage: outermost by construction, and
+        # one coroutine frame less per request.
+        started = monotonic()
         try:
             response = await self._listener.service(request)
         except asyncio.CancelledError:
@@ -385,6 +409,7 @@ class ServerProtocol(asyncio.Protocol):
         except Exception:
             log.exception("unhandled error in the request pipeline")
             response = error_response(MeshdError("internal error in meshd"), close=True)
+        self._listener.observe(request.logical_name or UNIDENTIFIED, response.status, monotonic() - started)
         if self._closing:
             response.body.cancel(ConnectionClosed("client disconnected"))
             return
@@ -491,6 +516,7 @@ class ServerProtocol(asyncio.Protocol):
     def _write_error_and_close(self, error: MeshdError) -> None:
         if self._transport is not None and not self._closing:
             self._transport.write(render_error(error))
+            self._listener.observe(UNIDENTIFIED, error.status, 0.0)
         self._close()
 
     def _on_header_timeout(self) -> None:

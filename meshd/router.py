@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 
 from meshd.client import Client, ClientSettings
@@ -19,6 +19,7 @@ from meshd.config.model import RouterConfig
 from meshd.discovery.addr import Addr, Address, Bound, Failed
 from meshd.discovery.base import Namer
 from meshd.errors import NoSuchService
+from meshd.explain import namer_reasons
 from meshd.http.messages import Request, Response
 from meshd.listener import ListenerLimits
 from meshd.observable import Observable
@@ -35,11 +36,11 @@ from meshd.pool.pool import PoolLimits
 from meshd.retry.budget import RetryBudget
 from meshd.retry.deadline import WALL_CLOCK_NS
 from meshd.runtime import Runtime
-from routing.delegate import Chooser
+from routing.delegate import Chooser, DelegationError, bind, parse_dtab_header
 from routing.dtab import Dtab
 from routing.namer import BoundName, inet_address
 from routing.nametree import Empty, Fail
-from routing.parser import parse_dtab
+from routing.parser import DtabSyntaxError, parse_dtab
 from routing.path import Path
 
 log = logging.getLogger("meshd.router")
@@ -85,8 +86,6 @@ class Router:
         self.services: dict[Path, ServiceState] = {}
         self.clients: dict[Path, Client] = {}
         self.stack = router_stack(
-            stats=self.stats,
-            clock=runtime.clock,
             trust=TrustPolicy(config.trusted_sources),
             ids=RequestIds(),
             identifier=config.identifier.build(),
@@ -141,7 +140,8 @@ class Router:
         self.services[path] = state
         return state
 
-    async def _dispatch_choice(self, request: Request) -> Response:
+    def _dispatch_choice(self, request: Request) -> Awaitable[Response]:
+        """Pick this attempt's destination and return its client's coroutine (a tail call)."""
         chooser: Chooser | None = request.chooser
         assert chooser is not None
         choice = chooser.choose(self._rng)
@@ -149,18 +149,35 @@ class Router:
             client = self.clients.get(choice.id)
             if client is None:
                 client = self.client_for(choice.id)
-            return await client(request)
+            return client(request)
         if isinstance(choice, Fail):
             why = "the dtab says it fails (!)"
         elif isinstance(choice, Empty):
             why = "the dtab binds it to nothing ($)"
         else:
-            why = "no dtab entry or namer knows it"
+            why = self._negative_reasons(request) or "no dtab entry or namer knows it"
         raise NoSuchService(
             f"No hosts are available for {request.logical_name}: {why}; "
             f"Dtab.base=[{self.binder.base_dtab.show()}], Dtab.local=[{request.local_dtab}]",
             written=False,
         )
+
+    def _negative_reasons(self, request: Request) -> str:
+        """On the error path only: bind again with a trace and ask the namers why they said no."""
+        path = request.logical_path
+        if path is None:
+            return ""
+        dtab = self.dtab.get()
+        if request.local_dtab:
+            try:
+                dtab = dtab + parse_dtab_header(request.local_dtab)
+            except DtabSyntaxError:
+                return ""
+        try:
+            binding = bind(dtab, path, self._namers)
+        except DelegationError:
+            return ""
+        return "; ".join(namer_reasons(binding.trace, self._namers, answer="~"))
 
     # -- client level -------------------------------------------------------------------------
     def client_for(self, id: Path) -> Client:

@@ -146,6 +146,14 @@ class FsNamer:
             return NEG
         return Leaf(BoundName(id=self._prefix.concat(Path((name,))), residual=path.drop(1)))
 
+    def why(self, path: Path) -> str | None:
+        """Why `lookup(path)` is negative (for `l5d-err`), or None when the name exists."""
+        if not path:
+            return "no service name after the prefix"
+        if path[0] in self._stamps:
+            return None
+        return f"no file {path[0]!r} in {self._root}"
+
     def addr(self, id: Path) -> Observable[Addr]:
         name = id[len(self._prefix)] if len(id) > len(self._prefix) else ""
         obs = self._addrs.get(name)

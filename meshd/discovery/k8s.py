@@ -214,6 +214,17 @@ class K8sNamer:
         bound_id = self._prefix.concat(Path.of(name.namespace, name.port, name.service))
         return Leaf(BoundName(id=bound_id, residual=path.drop(3)))
 
+    def why(self, path: Path) -> str | None:
+        """Why `lookup(path)` is negative or pending now (for `l5d-err`), or None when it is bound."""
+        name = parse_service_name(path)
+        if name is None:
+            return "not a k8s name: expected /<namespace>/<port>/<service>"
+        watch = self._watches.get((name.namespace, name.service))
+        if watch is None:
+            return None
+        reason = watch.why(name.port)
+        return f"service {name.namespace}/{name.service}: {reason}" if reason is not None else None
+
     def addr(self, id: Path) -> Observable[Addr]:
         rest = id.drop(len(self._prefix)) if id.starts_with(self._prefix) else None
         name = parse_service_name(rest) if rest is not None and len(rest) == 3 else None

@@ -206,6 +206,20 @@ def resolve(port: str, service: ServiceSpec | None, groups: Iterable[EndpointGro
     return Bound(_addresses(groups, lambda g: g.port_number(port)))
 
 
+def explain_negative(port: str, service: ServiceSpec | None, groups: Iterable[EndpointGroup]) -> str:
+    """Why `resolve` answers NEG for this port label: for `l5d-err` and the delegator."""
+    groups = list(groups)
+    if service is None and not groups:
+        return "no such Service (and no EndpointSlices for it)"
+    if port.isdigit():
+        if service is None:
+            return f"port {port} is a number, which needs the Service to map it, and there is no Service"
+        known = ", ".join(str(p.port) for p in service.ports if p.protocol == "TCP") or "none"
+        return f"the Service has no TCP port {port} (its ports: {known})"
+    names = sorted({p.name for p in service.ports if p.name} if service is not None else set())
+    return f"no port named {port!r} on the Service or its endpoints (named ports: {', '.join(names) or 'none'})"
+
+
 def backoff_delay(attempt: int, min_secs: float, max_secs: float, rng: random.Random) -> float:
     """Jittered exponential backoff: the n-th consecutive failure waits in [d/2, d] for
     d = min(max, min * 2**(n-1)), never below `min_secs`. Jitter spreads the reconnects of many

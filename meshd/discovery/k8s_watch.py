@@ -27,7 +27,7 @@ from typing import Literal, TypeVar
 from meshd.clock import Clock
 from meshd.discovery.addr import PENDING, Addr, Bound, Failed, Neg
 from meshd.discovery.k8s_informer import Backoff, Collection, Informer, InformerHooks, KubeApiError
-from meshd.discovery.k8s_model import EndpointGroup, ServiceSpec, parse_service, resolve
+from meshd.discovery.k8s_model import EndpointGroup, ServiceSpec, explain_negative, parse_service, resolve
 from meshd.observable import Observable
 
 Answer = Literal["pending", "neg", "bound"]
@@ -191,6 +191,24 @@ class ServiceWatch:
             if state in states:
                 return state
         return "watching"
+
+    def why(self, port: str) -> str | None:
+        """Why this port label is not bound now (negative, failed or still pending), or None."""
+        value = self._addr_now(port)
+        if isinstance(value, Failed):
+            return f"the Kubernetes API failed: {value.reason}"
+        if isinstance(value, Neg):
+            ep, svc = self._endpoints, self._service
+            groups = [g for groups in ep.items.values() for g in groups] if ep is not None else []
+            return explain_negative(port, svc.items.get(self.service) if svc is not None else None, groups)
+        if isinstance(value, Bound):
+            return None
+        errors = [i.last_error for i in (self._endpoints, self._service) if i is not None and i.last_error]
+        if self._setup_error:
+            errors.append(self._setup_error)
+        if errors:
+            return f"waiting for the Kubernetes API, which failed: {errors[0]}"
+        return "waiting for the first answer from the Kubernetes API"
 
     def _addr_now(self, port: str) -> Addr:
         ep, svc = self._endpoints, self._service

@@ -1,8 +1,8 @@
 """The canonical order of the request pipeline, and why each stage sits where it does.
 
 Router level (one chain per router, in this order, outermost first):
-1. `stats` — outermost, so it counts every response, meshd's own errors included, by status
-   class and latency.
+1. (stats) — not a stage: the listener records every response it writes, by router, service,
+   status class and latency, meshd's own errors and its 400s to malformed requests included.
 2. `errors` — the error responder: every MeshdError raised below becomes a response carrying
    `l5d-err`, so nothing below needs to build error responses.
 3. `hygiene` (a filter) — before anything reads `l5d-*` headers: untrusted ones are stripped, trusted
@@ -41,7 +41,6 @@ import asyncio
 import random
 from typing import Final
 
-from meshd.clock import Clock
 from meshd.config.model import ServiceConfig
 from meshd.http.messages import Request
 from meshd.pipeline.access_log import AccessLog
@@ -50,24 +49,20 @@ from meshd.pipeline.hygiene import RequestIds, TrustPolicy, hygiene_filter
 from meshd.pipeline.identify import identify_filter
 from meshd.pipeline.retries import RetryCounters, Sleep, retries_stage
 from meshd.pipeline.stack import Filter, Stack
-from meshd.pipeline.stats import RouterStats, stats_stage
 from meshd.pipeline.timeouts import TimeoutCounters, timeout_stage
 from meshd.retry.budget import RetryBudget
 from meshd.retry.classifiers import ResponseClassifier
 from meshd.retry.deadline import WallClock
 from routing.identifiers.base import Identifier
 
-ROUTER_ROLES: Final = ("stats", "errors", "hygiene", "identify")
+ROUTER_ROLES: Final = ("errors", "hygiene", "identify")
 SERVICE_ROLES: Final = ("classify", "timeouts", "retries")
 """Without the optional `access_log`, which goes before `classify` when enabled."""
 
 
-def router_stack(
-    *, stats: RouterStats, clock: Clock, trust: TrustPolicy, ids: RequestIds, identifier: Identifier
-) -> Stack:
+def router_stack(*, trust: TrustPolicy, ids: RequestIds, identifier: Identifier) -> Stack:
     return (
         Stack()
-        .push("stats", stats_stage(stats, clock))
         .push("errors", error_responder)
         .push_filter("hygiene", hygiene_filter(trust, ids))
         .push_filter("identify", identify_filter(identifier))

@@ -12,14 +12,15 @@ rules mid-way (its retries included).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Protocol
 
 from meshd.errors import BadRequest, NoSuchService, RequestTimeout
+from meshd.explain import namer_reasons
 from meshd.http.messages import Request, Response
 from meshd.observable import Observable
 from meshd.pipeline.stack import Service
-from routing.delegate import Chooser, DelegationError, bind, compile_choice, parse_dtab_header
+from routing.delegate import Binding, Chooser, DelegationError, bind, compile_choice, parse_dtab_header
 from routing.dtab import Dtab
 from routing.namer import Namer
 from routing.parser import DtabSyntaxError
@@ -78,6 +79,7 @@ class Binder:
                 dtab = dtab + parse_dtab_header(local_dtab)
             except DtabSyntaxError as exc:
                 raise BadRequest(f"malformed l5d-dtab / l5d-ctx-dtab header: {exc.short}") from None
+        binding: Binding | None = None
         try:
             async with asyncio.timeout(self._binding_timeout_s):
                 while True:
@@ -89,9 +91,10 @@ class Binder:
                         break
                     await self._wait_any_change()
         except TimeoutError:
+            reasons = namer_reasons(binding.trace, self._namers, answer="pending") if binding is not None else []
+            why = "; ".join(reasons) if reasons else "a namer has not answered yet"
             raise RequestTimeout(
-                f"binding {path.show()} did not complete within {self._binding_timeout_s * 1000:.0f} ms "
-                "(a namer has not answered yet)"
+                f"binding {path.show()} did not complete within {self._binding_timeout_s * 1000:.0f} ms: {why}"
             ) from None
         chooser = compile_choice(binding.tree)
         if self.epoch == epoch:
@@ -127,14 +130,18 @@ def bind_service(binder: Binder, services: ServiceLookup) -> Service:
     cache = binder.cache
     service_for = services.service_for
 
-    async def bind_request(request: Request) -> Response:
+    def bind_request(request: Request) -> Awaitable[Response]:
         path = request.logical_path
         assert path is not None, "the identifier runs before the binder"
         local = request.local_dtab
         chooser = cache.get((path, local))
         if chooser is None:
-            chooser = await binder.bind(path, local)
+            return bind_then_serve(request, path, local)
         request.chooser = chooser
+        return service_for(path)(request)  # a tail call: no coroutine frame for this step
+
+    async def bind_then_serve(request: Request, path: Path, local: str) -> Response:
+        request.chooser = await binder.bind(path, local)
         return await service_for(path)(request)
 
     return bind_request

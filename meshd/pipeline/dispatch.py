@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final
 from meshd.http.framing import request_framing, serialize_request_head
 from meshd.http.headers import L5D_DST_CLIENT, L5D_DST_SERVICE
 from meshd.http.messages import Request, Response
-from meshd.pool.connection import StaleConnection
+from meshd.pool.connection import StaleConnection, UpstreamConnection
 
 if TYPE_CHECKING:
     from meshd.client import Endpoint
@@ -25,10 +25,10 @@ if TYPE_CHECKING:
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
-async def dispatch(endpoint: Endpoint, request: Request, dst_client: bytes) -> Response:
-    pool = endpoint.pool
+def request_head(request: Request, dst_client: bytes) -> bytes:
+    """The request head for one attempt, with `l5d-dst-service` and `l5d-dst-client` added."""
     body = request.body
-    head = serialize_request_head(
+    return serialize_request_head(
         request.method,
         request.target,
         request.headers,
@@ -36,19 +36,36 @@ async def dispatch(endpoint: Endpoint, request: Request, dst_client: bytes) -> R
         body.length,
         ((L5D_DST_SERVICE, request.logical_name.encode("latin-1")), (L5D_DST_CLIENT, dst_client)),
     )
-    conn = pool.try_acquire_idle()
+
+
+def can_resend(request: Request) -> bool:
+    """After a stale pooled connection: may the request go again on a fresh one?"""
+    return request.method in IDEMPOTENT and request.body.replayable
+
+
+async def dispatch(
+    endpoint: Endpoint, request: Request, head: bytes, conn: UpstreamConnection | None = None
+) -> Response:
+    """Send one attempt on `conn` (or a connection from the endpoint's pool)."""
     if conn is None:
-        conn = await pool.acquire()
+        conn = endpoint.pool.try_acquire_idle()
+        if conn is None:
+            conn = await endpoint.pool.acquire()
     try:
         return await conn.send(request, head)
     except StaleConnection:
-        if request.method not in IDEMPOTENT or not body.replayable:
+        if not can_resend(request):
             raise
     except asyncio.CancelledError:
         conn.abort()
         raise
-    body.rewind()
-    conn = await pool.acquire(fresh=True)
+    return await resend(endpoint, request, head)
+
+
+async def resend(endpoint: Endpoint, request: Request, head: bytes) -> Response:
+    """Send again on a fresh connection (the pooled one was closed by the upstream unseen)."""
+    request.body.rewind()
+    conn = await endpoint.pool.acquire(fresh=True)
     try:
         return await conn.send(request, head)
     except asyncio.CancelledError:

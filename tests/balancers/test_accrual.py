@@ -249,3 +249,19 @@ def test_finish_without_start_is_a_bug_and_says_so():
     balancer = build("ewma", FakeClock(), n=1)
     with pytest.raises(RuntimeError):
         balancer.nodes()[0].finish(0.0, failure=False)
+
+
+@pytest.mark.parametrize("kind", ["p2c", "ewma"])
+def test_a_node_waiting_for_its_probe_gets_it_although_its_cost_is_higher(kind):
+    # Peak EWMA keeps a failing node's cost high until it succeeds; by load alone it would never
+    # win a P2C comparison after its backoff, never be probed, and never come back.
+    clock = FakeClock()
+    balancer = build(kind, clock, n=2, accrual=FIVE_THEN_10S)
+    bad, good = balancer.nodes()
+    fail(bad, 5)
+    assert state(bad) == "ejected"
+    for _ in range(20):
+        succeed(good)  # the healthy node builds a good history meanwhile
+    clock.advance(10.0)
+    picked = balancer.pick()
+    assert picked is bad and state(bad) == "probing"

@@ -152,3 +152,15 @@ def test_docs_report_takes_the_newest_result_of_each_scenario(run, tmp_path):
 def test_docs_report_without_results_says_how_to_get_some(tmp_path):
     text = write_docs(tmp_path / "none", tmp_path / "benchmarks.md").read_text()
     assert "No results yet: run `meshd-bench all`" in text
+
+
+def test_hand_written_analysis_survives_regeneration(run, tmp_path):
+    root = tmp_path / "results"
+    save(run, root / "20260101-000000")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "benchmarks-analysis.md").write_text("## What limits meshd\n\nThe profile says X.\n")
+    text = write_docs(root, docs / "benchmarks.md").read_text()
+    assert text.index("## Goals") < text.index("## What limits meshd") < text.index("## Machine")
+    assert "The profile says X." in text
+    assert write_docs(root, docs / "benchmarks.md").read_text() == text  # stable when run again

@@ -113,7 +113,7 @@ class Switch:
         return Reply(200, [], b"ok\n")
 
 
-async def send_until(port: int, done, *, limit: int = 2000, timeout: float = 10.0) -> list[int]:
+async def send_until(port: int, done, *, limit: int = 50_000, timeout: float = 10.0) -> list[int]:
     """Send requests one at a time until `done()`; return their statuses (bounded in count and time)."""
     deadline = time.monotonic() + timeout
     statuses: list[int] = []

@@ -345,7 +345,10 @@ async def test_unknown_port_name_is_a_negative_binding_named_in_l5d_err(make_mes
     resp = await one_request(mesh, "accounts")
     assert resp.status == 502
     err = resp.header("l5d-err") or ""
-    assert err.startswith("No hosts are available for /svc/accounts: no dtab entry or namer knows it")
+    assert err.startswith(
+        "No hosts are available for /svc/accounts: /#/k8s/bank/grpc/accounts: service bank/accounts: "
+        "no port named 'grpc'"
+    )
     assert "/svc=>/#/k8s/bank/grpc" in err  # the rule that led to the negative name
 
 
@@ -368,9 +371,12 @@ async def test_api_refusing_or_answering_garbage_fails_the_binding_in_time(make_
     mesh = await start_mesh(make_mesh, api, {"label": "outgoing", "bindingTimeoutMs": 300})
     resp = await one_request(mesh, "accounts")
     assert resp.status == 504
-    assert resp.header("l5d-err") == (
-        "binding /svc/accounts did not complete within 300 ms (a namer has not answered yet)"
+    err = resp.header("l5d-err") or ""
+    assert err.startswith(
+        "binding /svc/accounts did not complete within 300 ms: /#/k8s/bank/http/accounts: "
+        "service bank/accounts: "
     )
+    assert reason in err  # the namer's own reason: the API's refusal or its garbage
     registry = mesh.daemon.runtime.registry
     assert (registry.get_sample_value("meshd_k8s_api_errors_total", {"code": code}) or 0) >= 1
     # The operator finds the reason on the admin server.
@@ -381,8 +387,6 @@ async def test_api_refusing_or_answering_garbage_fails_the_binding_in_time(make_
     assert reason in (watch["last_error"] or "")
 
 
-@pytest.mark.xfail(strict=True, reason="meshd/pipeline/bind.py: a binding timeout does not ask the pending "
-                                       "namer why (the k8s namer knows: 403 forbidden); see the report")
 async def test_l5d_err_of_a_binding_the_api_refuses_names_the_refusal(make_mesh, api, pods):
     await pods.start("p1", "node-a")
     api.add_fault(Fault("status", status=403, times=None))
@@ -390,8 +394,6 @@ async def test_l5d_err_of_a_binding_the_api_refuses_names_the_refusal(make_mesh,
     assert "forbidden" in ((await one_request(mesh, "accounts")).header("l5d-err") or "")
 
 
-@pytest.mark.xfail(strict=True, reason="meshd/router.py: a negative binding's l5d-err does not say which bound "
-                                       "name was negative or why (no such port / no such service); see the report")
 async def test_l5d_err_of_an_unknown_port_names_the_port(make_mesh, api, pods):
     await pods.start("p1", "node-a")
     mesh = await start_mesh(make_mesh, api, {"label": "outgoing", "dtab": "/svc => /#/k8s/bank/grpc;"})
