@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 from meshd.errors import RequestTimeout
 from meshd.http.messages import Request, Response
@@ -78,6 +79,16 @@ def timeout_stage(total_timeout_ms: int | None, wall: WallClock, counters: Timeo
                 counters.total += 1
                 raise RequestTimeout(f"request exceeded totalTimeoutMs ({total_timeout_ms} ms)") from None
 
-        return bound
+        if total_s is not None:
+            return bound
+
+        def bound_if_deadline(request: Request) -> Awaitable[Response]:
+            # No total timeout configured: only a request carrying a deadline needs the bounded
+            # coroutine; every other one goes straight on (a tail call, no coroutine frame).
+            if request.l5d and HEADER in request.l5d:
+                return bound(request)
+            return next_service(request)
+
+        return bound_if_deadline
 
     return wrap
