@@ -141,10 +141,6 @@ def retries_stage(
                         return response
                     hint = any(n.lower() == L5D_RETRYABLE and v.strip().lower() == b"true" for n, v in response.headers)
                     cls = classifier.classify_response(request.method, status, hint)
-                    if status == 508:
-                        # Loop Detected (another meshd refused a request that went round in
-                        # circles): retrying would only go round again, once per hop.
-                        cls = ResponseClass.FAILURE
                     if cls is ResponseClass.RETRYABLE_FAILURE:
                         if schedule is None:
                             schedule = backoff.schedule()

@@ -41,6 +41,10 @@ IDEMPOTENT_METHODS: Final = READ_METHODS | frozenset({"PUT", "DELETE"})
 _NO_METHODS: Final[frozenset[str]] = frozenset()
 
 
+#: 508 Loop Detected (RFC 5842), what meshd answers when `Via` shows a routing loop.
+LOOP_DETECTED: Final = 508
+
+
 class ResponseClass(enum.Enum):
     SUCCESS = "success"
     RETRYABLE_FAILURE = "retryable_failure"
@@ -102,6 +106,10 @@ class ResponseClassifier:
         """Classify a response head; `retryable_hint` is "the upstream sent `l5d-retryable: true`"."""
         if not 500 <= status < 600:
             return ResponseClass.SUCCESS
+        if status == LOOP_DETECTED:
+            # Another meshd refused a request going round in circles: a retry would only go
+            # round again, once per hop. Never retryable, whatever the method or hint.
+            return ResponseClass.FAILURE if self._server_errors_fail else ResponseClass.SUCCESS
         if retryable_hint and self._honor_retryable_header:
             return ResponseClass.RETRYABLE_FAILURE
         if not self._server_errors_fail:

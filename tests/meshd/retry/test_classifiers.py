@@ -128,3 +128,14 @@ def test_registry_kind_matches_class_and_default_builds(kind):
 def test_honor_retryable_header_must_be_a_boolean():
     with pytest.raises(ValueError, match="honorRetryableHeader"):
         RetryableIdempotent5XXConfig(honor_retryable_header="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["nonRetryable5XX", "retryableRead5XX", "retryableIdempotent5XX"])
+@pytest.mark.parametrize("hint", [False, True])
+def test_508_loop_detected_is_never_retryable(kind, hint):
+    classifier = CLASSIFIERS[kind](honor_retryable_header=True).build()
+    assert classifier.classify_response("GET", 508, hint) is ResponseClass.FAILURE
+
+
+def test_508_is_a_success_for_all_successful():
+    assert CLASSIFIERS["allSuccessful"]().build().classify_response("GET", 508, True) is ResponseClass.SUCCESS
