@@ -5,7 +5,7 @@ Imported only when a k8s namer actually connects, because kubernetes_asyncio cos
 
 How this works: lists are sent with `_preload_content=False`, so we read the raw JSON and check
 the status ourselves (one code path for 2xx, Status bodies and proxies' HTML pages). Watches use
-the library's `Watch` (with `return_type="object"`, so events stay plain dicts and cost no model
+the library's `Watch` (with no return type, so events stay plain dicts and cost no model
 deserialisation) and always pass `timeout_seconds` (so EOF ends the stream and we own the
 re-watch, README §8) and a client-side read timeout a little longer than it (so a silently
 dead TCP connection cannot hang a watch forever). `Watch` raises a bare `Exception` for a JSON
@@ -20,7 +20,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import aiohttp
 from kubernetes_asyncio import client, config, watch
@@ -170,7 +170,7 @@ class ApiCollection:
     @asynccontextmanager
     async def watch(self, resource_version: str) -> AsyncIterator[AsyncIterator[WatchEvent]]:
         settings = self._kube.settings
-        async with _TolerantWatch(return_type="object") as w:
+        async with _TolerantWatch() as w:
             stream = w.stream(
                 self._method,
                 self._namespace,
@@ -210,9 +210,36 @@ async def _events(w: watch.Watch, stream: AsyncIterator[Any]) -> AsyncIterator[W
         raise KubeApiError("unreachable", f"watch connection lost: {exc!r}") from exc
 
 
+class _NoModels:
+    """Stands in for the ApiClient a `Watch` keeps only to build model objects, which we never use."""
+
+    def deserialize(self, response: Any, response_type: str) -> Any:  # pragma: no cover - unused
+        raise AssertionError("watch events are kept as plain dicts")
+
+    async def close(self) -> None:
+        return None
+
+
 class _TolerantWatch(watch.Watch):
     """`Watch` that yields a MALFORMED marker for JSON lines that are not events instead of
-    raising a bare Exception (which would end the stream)."""
+    raising a bare Exception (which would end the stream), and that costs nothing to create.
+
+    `Watch.__init__` builds a whole ApiClient for each watch, only to deserialise models: a new
+    SSL context loading the system CA bundle (~18 ms with the event loop blocked, on every
+    re-watch of every service) and a ClientSession. We keep events as the API's own dicts, so
+    neither is needed: the return type is empty (no deserialisation at all) and `_NoModels`
+    takes the client's place.
+    """
+
+    def __init__(self) -> None:  # deliberately not super().__init__(): see the class docstring
+        self._raw_return_type = None
+        self._stop = False
+        self._api_client = cast(Any, _NoModels())
+        self.resource_version = None
+        self.resp = None
+
+    def get_return_type(self, func: object) -> str:
+        return ""
 
     def unmarshal_event(self, data: str | bytes, response_type: str | None) -> Any:
         try:

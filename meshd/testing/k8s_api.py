@@ -884,6 +884,10 @@ class FakeKubeApi:
                         watcher.queue.put_nowait(replayed)
         self._watchers.add(watcher)
         self.open_watches.set(len(self._watchers))
+        if self._closed.is_set():
+            # close() already ended the watches it knew of; one whose handler got here after that
+            # must end too, or the runner's cleanup waits for it until the watch times out.
+            watcher.queue.put_nowait(None)
         try:
             resp = self._with_warning(kind, web.StreamResponse(status=200, headers={"Content-Type": "application/json"}))
             resp.enable_chunked_encoding()

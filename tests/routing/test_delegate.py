@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 
 from routing.delegate import (
     HEADER_CACHE_SIZE,
@@ -253,9 +253,16 @@ def test_fail_dentry_stops_every_fallback(dtab: Dtab, path: Path) -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(small_dtabs, small_paths)
+@example(parse_dtab_header("/* => ~"), Path(("#", "a")))
 def test_neg_dentry_falls_back_to_what_was_there(dtab: Dtab, path: Path) -> None:
     with_neg = dtab + Dtab((Dentry(Prefix.of_path(path), NEG),))
     before, after = outcome(dtab, path), outcome(with_neg, path)
+    found = dtab.matches(path)
+    if len(found) == 1 and isinstance(found[0].rewrite, Neg):
+        # Finagle's one exception: the lookup now gives Alt(~, ~), which binds to ~ but is not
+        # ~ itself, so the namers are not asked (found by hypothesis: `/* => ~` and `/#/a`).
+        assert after[0] == "ok" and isinstance(after[1], tuple) and after[1][0] == NEG
+        return
     assert before[0] == after[0]
     if before[0] == "ok":
         assert isinstance(before[1], tuple) and isinstance(after[1], tuple)

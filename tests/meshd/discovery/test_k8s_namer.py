@@ -7,9 +7,11 @@ import json
 import logging
 import pathlib
 import random
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
@@ -356,6 +358,38 @@ async def test_eof_resumes_from_the_last_event_or_bookmark_rv(namer: K8sNamer, a
     resumed = await api.wait_for_request(lambda r: r.path == SLICES, after=mark)
     assert resumed.is_watch and resumed.resource_version == bookmark_rv
     assert len([r for r in slice_requests(api) if not r.is_watch]) == 1  # never listed again
+
+
+async def test_rewatching_builds_no_ssl_context_or_session(namer: K8sNamer, api: FakeKubeApi,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    """A re-watch must be cheap: kubernetes_asyncio's Watch() builds a new ApiClient each time,
+    whose SSL context loads the CA bundle with the event loop blocked (~18 ms, on the data
+    plane's loop). The namer's watches reuse the namer's one client."""
+    http = namer.addr(web_id())
+    await value(http, lambda a: isinstance(a, Bound))
+    await api.open_watches.wait_for(lambda n: n == 2)
+    built: list[str] = []
+    real_context = ssl.create_default_context
+    real_session = aiohttp.ClientSession.__init__
+
+    def counting_context(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        built.append("ssl")
+        return real_context(*args, **kwargs)
+
+    def counting_session(self: aiohttp.ClientSession, *args: Any, **kwargs: Any) -> None:
+        built.append("session")
+        real_session(self, *args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counting_context)
+    monkeypatch.setattr(aiohttp.ClientSession, "__init__", counting_session)
+    for _ in range(5):
+        mark = len(api.requests)
+        api.end_watches()
+        await api.wait_for_request(lambda r: r.path == SLICES and r.is_watch, after=mark)
+        await api.open_watches.wait_for(lambda n: n == 2)
+    api.delete("endpointslices", "shop", "web-q9z4m")
+    await value(http, is_bound_to("10.244.1.17:8080"))  # the re-made watches still deliver
+    assert built == []
 
 
 async def test_expired_rv_on_resume_relists_and_replaces_state(namer: K8sNamer, api: FakeKubeApi):
