@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import uvloop
 import yaml
+from hypothesis import settings
 
 from meshd.config.loader import load_config
 from meshd.config.model import MeshdConfig
@@ -16,6 +18,13 @@ from meshd.daemon import Daemon
 from meshd.runtime import Runtime
 from meshd.testing.clock import FakeClock
 from meshd.testing.upstreams import Handler, Upstream, ok_handler
+
+# Under CI the property tests run a fixed set of examples, so a run is reproducible and a
+# red build means a change broke something; elsewhere they explore new examples each run (and
+# hypothesis keeps any failure in .hypothesis/ to replay it first next time).
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
