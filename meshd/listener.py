@@ -37,7 +37,14 @@ from typing import Final, cast
 
 import httptools
 
-from meshd.errors import BadRequest, HeadersTooLarge, HeaderTimeout, MeshdError, NotImplementedMethod
+from meshd.errors import (
+    BadRequest,
+    HeadersTooLarge,
+    HeaderTimeout,
+    MeshdError,
+    NotImplementedMethod,
+    RequestTimeout,
+)
 from meshd.http.body import Body, Trailers
 from meshd.http.framing import (
     Framing,
@@ -401,11 +408,22 @@ class ServerProtocol(asyncio.Protocol):
     async def _handle(self, request: Request) -> None:
         # Stats are taken here rather than in a pipeline stage: outermost by construction, and
         # one coroutine frame less per request.
+        #
+        # This is also the error responder, the one place a MeshdError becomes a response with
+        # `l5d-err` (as a stage it would cost a coroutine frame per request): every failure,
+        # meshd's own included, is answered with a status and an explanation, and counted.
         started = monotonic()
         try:
             response = await self._listener.service(request)
+        except MeshdError as exc:
+            if not request.body.ended:
+                # the body will never be read now: the connection is closed after this response
+                request.keep_alive = False
+            response = error_response(exc)
         except asyncio.CancelledError:
             return
+        except TimeoutError:
+            response = error_response(RequestTimeout("request timed out"))
         except Exception:
             log.exception("unhandled error in the request pipeline")
             response = error_response(MeshdError("internal error in meshd"), close=True)
@@ -455,6 +473,12 @@ class ServerProtocol(asyncio.Protocol):
         buffered = body.take_buffered()
         if buffered:
             head += encode_chunk(buffered) if framing is Framing.CHUNKED else buffered
+        if framing is Framing.LENGTH and body.ended and body.error is None:
+            # The usual small response: all of it arrived with its head. One write, and no
+            # writer to attach (`take_buffered` left nothing to deliver but the end).
+            transport.write(head)
+            self._exchange_done(keep_alive)
+            return
         transport.write(head)
         body.attach(_ResponseWriter(self, framing, keep_alive))
         if self._write_paused:

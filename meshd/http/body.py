@@ -52,7 +52,7 @@ class Body:
         "_kept",
         "_kept_size",
         "_replay_limit",
-        "_ended",
+        "ended",
         "_trailers",
         "_error",
         "_sink",
@@ -80,7 +80,9 @@ class Body:
         self._kept: list[bytes] | None = [] if replay_limit > 0 else None
         self._kept_size = 0
         self._replay_limit = replay_limit
-        self._ended = False
+        #: the producer has finished (or failed: see `error`); a plain attribute rather than a
+        #: property because the proxy path reads it several times per request. Only the body sets it.
+        self.ended = False
         self._trailers: Trailers | None = None
         self._error: BaseException | None = None
         self._sink: BodySink | None = None
@@ -105,7 +107,7 @@ class Body:
         if length == 0:
             return _EMPTY_0
         body = cls(length=length)
-        body._ended = True
+        body.ended = True
         return body
 
     @classmethod
@@ -114,17 +116,13 @@ class Body:
         body = cls(length=len(data), replay_limit=len(data) + 1)
         if data:
             body.feed(data)
-        body._ended = True
+        body.ended = True
         return body
 
     # -- state ---------------------------------------------------------------------------------
     @property
-    def ended(self) -> bool:
-        return self._ended
-
-    @property
     def is_empty(self) -> bool:
-        return self._ended and self.received == 0 and not self.chunked
+        return self.ended and self.received == 0 and not self.chunked
 
     @property
     def replayable(self) -> bool:
@@ -154,9 +152,9 @@ class Body:
             self._producer.pause_reading()
 
     def end(self, trailers: Trailers | None = None) -> None:
-        if self._ended:
+        if self.ended:
             return
-        self._ended = True
+        self.ended = True
         self._trailers = trailers
         if self._sink is not None:
             self._sink.on_end(trailers)
@@ -164,9 +162,9 @@ class Body:
             self._run_done(None)
 
     def fail(self, exc: BaseException) -> None:
-        if self._ended:
+        if self.ended:
             return
-        self._ended = True
+        self.ended = True
         self._error = exc
         if self._sink is not None:
             self._sink.on_error(exc)
@@ -175,7 +173,7 @@ class Body:
 
     def add_done_callback(self, callback: Callable[[BaseException | None], None]) -> None:
         """Call `callback(error_or_None)` once the producer has ended or failed (now, if it has)."""
-        if self._ended:
+        if self.ended:
             callback(self._error)
             return
         if self._done_callbacks is None:
@@ -195,7 +193,7 @@ class Body:
         """Consumer side: nobody wants the rest; stop the producer and end the body with `exc`."""
         self._sink = None
         canceller, self._canceller = self._canceller, None
-        if not self._ended and canceller is not None:
+        if not self.ended and canceller is not None:
             canceller()
         self.fail(exc)
 
@@ -237,7 +235,7 @@ class Body:
         if self._error is not None:
             self._sink = None
             sink.on_error(self._error)
-        elif self._ended:
+        elif self.ended:
             self._sink = None
             sink.on_end(self._trailers)
         else:
@@ -281,13 +279,13 @@ class Body:
             self._producer.resume_reading()
 
     def __repr__(self) -> str:
-        state = "ended" if self._ended else "open"
+        state = "ended" if self.ended else "open"
         return f"<Body {state} received={self.received} length={self.length} chunked={self.chunked}>"
 
 
 def _ended_empty(length: int | None) -> Body:
     body = Body(length=length)
-    body._ended = True
+    body.ended = True
     return body
 
 

@@ -1,13 +1,13 @@
 """The canonical order of the request pipeline, and why each stage sits where it does.
 
 Router level (one chain per router, in this order, outermost first):
-1. (stats) — not a stage: the listener records every response it writes, by router, service,
-   status class and latency, meshd's own errors and its 400s to malformed requests included.
-2. `errors` — the error responder: every MeshdError raised below becomes a response carrying
-   `l5d-err`, so nothing below needs to build error responses.
-3. `hygiene` (a filter) — before anything reads `l5d-*` headers: untrusted ones are stripped, trusted
+1. (stats and errors) — not stages: the listener records every response it writes, by router,
+   service, status class and latency, meshd's own errors and its 400s to malformed requests
+   included; and it is the error responder: every MeshdError raised below becomes a response
+   carrying `l5d-err`, so nothing below needs to build error responses.
+2. `hygiene` (a filter) — before anything reads `l5d-*` headers: untrusted ones are stripped, trusted
    context (local dtab, deadline) is adopted, forwarding headers and the request id are added.
-4. `identify` (a filter) — the identifier names the logical service (`/svc/accounts`).
+3. `identify` (a filter) — the identifier names the logical service (`/svc/accounts`).
 Then the terminal `bind` step binds the name through the dtab (cached) and hands the request to
 that logical name's service chain.
 
@@ -19,11 +19,11 @@ Service level (one chain per logical name):
    the retry stage's attempt hook, where each attempt went. It sits at the service level
    rather than the router level because it needs the service's retry stage to report attempts;
    requests that fail before a service is chosen (unidentified, unbound) are not logged.
-5. `classify` (a filter) — attaches the service's response classifier, which failure accrual below uses too.
-6. `timeouts` — total timeout and deadline propagation; above retries, so the whole retry loop
+4. `classify` (a filter) — attaches the service's response classifier, which failure accrual below uses too.
+5. `timeouts` — total timeout and deadline propagation; above retries, so the whole retry loop
    (backoff included) is bounded by the caller's deadline, and an expired incoming deadline is
    refused before the retry budget or any upstream is touched.
-7. `retries` — above the choice of destination, so every attempt picks again: another union
+6. `retries` — above the choice of destination, so every attempt picks again: another union
    branch (canary) and, in the client, another endpoint.
 Then the terminal step picks the bound destination for this attempt and calls its client.
 
@@ -44,7 +44,6 @@ from typing import Final
 from meshd.config.model import ServiceConfig
 from meshd.http.messages import Request
 from meshd.pipeline.access_log import AccessLog
-from meshd.pipeline.error_responder import error_responder
 from meshd.pipeline.hygiene import RequestIds, TrustPolicy, hygiene_filter
 from meshd.pipeline.identify import identify_filter
 from meshd.pipeline.retries import RetryCounters, Sleep, retries_stage
@@ -55,7 +54,7 @@ from meshd.retry.classifiers import ResponseClassifier
 from meshd.retry.deadline import WallClock
 from routing.identifiers.base import Identifier
 
-ROUTER_ROLES: Final = ("errors", "hygiene", "identify")
+ROUTER_ROLES: Final = ("hygiene", "identify")
 SERVICE_ROLES: Final = ("classify", "timeouts", "retries")
 """Without the optional `access_log`, which goes before `classify` when enabled."""
 
@@ -63,7 +62,6 @@ SERVICE_ROLES: Final = ("classify", "timeouts", "retries")
 def router_stack(*, trust: TrustPolicy, ids: RequestIds, identifier: Identifier) -> Stack:
     return (
         Stack()
-        .push("errors", error_responder)
         .push_filter("hygiene", hygiene_filter(trust, ids))
         .push_filter("identify", identify_filter(identifier))
     )

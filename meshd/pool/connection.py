@@ -67,7 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._content_length: int | None = None
         self._chunked = False
         self._conn_close = False
-        self._conn_named: set[bytes] = set()
+        self._conn_named: set[bytes] | None = None
         self._has_via = False
         self._in_body = False
         self._trailers: Trailers | None = None
@@ -200,7 +200,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._content_length = None
         self._chunked = False
         self._conn_close = False
-        self._conn_named = set()
+        self._conn_named = None
         self._has_via = False
         self._in_body = False
         self._trailers = None
@@ -223,10 +223,14 @@ class UpstreamConnection(asyncio.Protocol):
         elif lname == b"transfer-encoding":
             self._chunked = True
         elif lname == b"connection":
+            if value == b"keep-alive" or value == b"Keep-Alive":
+                return  # the usual value: nothing to remember (keep-alive is HTTP/1.1's default)
             tokens = connection_tokens(value)
             if b"close" in tokens:
                 self._conn_close = True
-            self._conn_named |= {t for t in tokens if t not in (b"close", b"keep-alive")}
+            named = {t for t in tokens if t not in (b"close", b"keep-alive")}
+            if named:
+                self._conn_named = named if self._conn_named is None else self._conn_named | named
         elif lname not in HOP_BY_HOP:
             if lname == b"via":
                 self._has_via = True

@@ -49,6 +49,11 @@ class HeaderIdentifier:
         self._prefix = prefix
         self._cache: LookupCache[str, Identified] = LookupCache(cache_size)
 
+    @property
+    def identifies_by_host(self) -> bool:
+        """True when the answer depends on the request's host alone (see `request_host`)."""
+        return self._is_host
+
     def identify(self, req: RequestHead) -> Identified:
         value = request_host(req) if self._is_host else req.header(self._header)
         if value is None:
