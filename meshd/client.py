@@ -23,7 +23,7 @@ from meshd.discovery.addr import Addr, Address, Bound, Neg
 from meshd.errors import AttemptTimeout, MeshdError, NoEndpoints
 from meshd.http.messages import Request, Response
 from meshd.observable import Observable
-from meshd.pipeline.dispatch import can_resend, dispatch, request_head, resend
+from meshd.pipeline.dispatch import can_resend, dispatch, dst_lines, request_head, resend
 from meshd.pool.connection import StaleConnection
 from meshd.pool.dialer import Dialer
 from meshd.pool.pool import Pool, PoolLimits, PoolStatistics
@@ -84,6 +84,7 @@ class Client:
         self.last_addr: Addr = addr.get()
         #: attempts sent to a forwarding meshd (meshd_daemonset_forwarded_total)
         self.forwarded = 0
+        self._dst_lines: dict[str, bytes] = {}
         self._unsubscribe = addr.subscribe(self._on_addr)
 
     # -- discovery -------------------------------------------------------------------------
@@ -130,7 +131,7 @@ class Client:
             self.forwarded += 1
         started = node.start()
         try:
-            head = request_head(request, self.label_bytes)
+            head = request_head(request, self._dst_headers(request.logical_name))
             conn = endpoint.pool.try_acquire_idle()
             if self._attempt_timeout_s is None and conn is not None:
                 # The common case inline: a warm pooled connection and no attempt timeout (one
@@ -161,11 +162,13 @@ class Client:
         except BaseException:
             node.finish(started, failure=False)
             raise
-        classifier = request.classifier
-        if classifier is not None:
-            failure = classifier.classify_response(request.method, response.status, False).is_failure
+        status = response.status
+        if status < 500:
+            failure = False  # every classifier calls anything but a 5xx a success
+        elif request.classifier is not None:
+            failure = request.classifier.classify_response(request.method, status, False).is_failure
         else:
-            failure = response.status >= 500
+            failure = True
         body = response.body
         if body.ended:
             node.finish(started, failure=failure)
@@ -176,6 +179,16 @@ class Client:
                 lambda error: node.finish(started, failure=failure or isinstance(error, MeshdError))
             )
         return response
+
+    def _dst_headers(self, logical_name: str) -> bytes:
+        """`l5d-dst-service` and `l5d-dst-client` lines for a request to this client, serialised
+        once per logical name rather than per attempt."""
+        lines = self._dst_lines.get(logical_name)
+        if lines is None:
+            if len(self._dst_lines) >= 1000:
+                self._dst_lines.clear()  # bounded: one entry per logical name routed here
+            lines = self._dst_lines[logical_name] = dst_lines(logical_name, self.label_bytes)
+        return lines
 
     # -- lifecycle and state ----------------------------------------------------------------
     def sweep(self, now: float) -> None:

@@ -69,6 +69,9 @@ _VIA = (b"Via", b"1.1 meshd")
 #: re-armed timer treats anything this close to its deadline as due, rather than re-arming.
 _TIMER_SLACK_S: Final = 0.005
 
+#: method names as str without a decode per request
+_METHODS: Final = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
+
 Service = Callable[[Request], Awaitable[Response]]
 
 
@@ -165,7 +168,7 @@ class ServerProtocol(asyncio.Protocol):
         self._reading_head = False
         self._head_started = 0.0
         # per-message parse state
-        self._url: list[bytes] = []
+        self._url = b""
         self._headers: Headers = []
         self._l5d: dict[str, bytes] = {}
         self._header_bytes = 0
@@ -273,7 +276,7 @@ class ServerProtocol(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._url = []
+        self._url = b""
         self._headers = []
         self._l5d = {}
         self._header_bytes = 0
@@ -294,7 +297,7 @@ class ServerProtocol(asyncio.Protocol):
         self._header_bytes += len(url)
         if self._header_bytes > self._limits.max_header_bytes:
             raise _headers_too_large(self._limits.max_header_bytes)
-        self._url.append(url)
+        self._url = self._url + url if self._url else url  # llhttp may report it in pieces
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
@@ -337,7 +340,8 @@ class ServerProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._reading_head = False
         parser = self._parser
-        method = parser.get_method().decode("ascii")
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         if method == "CONNECT":
             raise NotImplementedMethod("CONNECT is not supported")
         version = parser.get_http_version()
@@ -359,7 +363,7 @@ class ServerProtocol(asyncio.Protocol):
             body = Body.empty(self._content_length)
         self._in_body = True
         self._body = body
-        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        url = self._url
         host = self._host
         if url[0] != _SLASH and url != b"*":  # absolute-form (origin-form is the usual case)
             host = _absolute_form_host(url, headers, host)

@@ -1,7 +1,8 @@
 """Dispatch: send one attempt to one endpoint over a pooled keep-alive connection.
 
 The request head is serialised per attempt (the bound destination differs between attempts);
-`l5d-dst-service` and `l5d-dst-client` are added here. If the pool handed out a reused
+`l5d-dst-service` and `l5d-dst-client` are added here (their lines come serialised from the
+client, which keeps them per logical name). If the pool handed out a reused
 connection that the upstream had closed in the meantime (a race with its keep-alive timeout:
 closed before any response byte), an idempotent request whose body is still replayable is sent
 once more on a fresh connection, transparently. Cancellation (client gone, timeout) aborts the
@@ -25,8 +26,13 @@ if TYPE_CHECKING:
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
-def request_head(request: Request, dst_client: bytes) -> bytes:
-    """The request head for one attempt, with `l5d-dst-service` and `l5d-dst-client` added."""
+def dst_lines(logical_name: str, dst_client: bytes) -> bytes:
+    """The `l5d-dst-service` and `l5d-dst-client` header lines of an attempt, serialised."""
+    return b"%s: %s\r\n%s: %s\r\n" % (L5D_DST_SERVICE, logical_name.encode("latin-1"), L5D_DST_CLIENT, dst_client)
+
+
+def request_head(request: Request, dst: bytes) -> bytes:
+    """The request head for one attempt, with the `dst_lines` of its destination added."""
     body = request.body
     return serialize_request_head(
         request.method,
@@ -34,7 +40,7 @@ def request_head(request: Request, dst_client: bytes) -> bytes:
         request.headers,
         request_framing(body),
         body.length,
-        ((L5D_DST_SERVICE, request.logical_name.encode("latin-1")), (L5D_DST_CLIENT, dst_client)),
+        dst,
     )
 
 

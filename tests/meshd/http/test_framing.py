@@ -109,11 +109,12 @@ def test_request_head_bytes():
         [(b"Host", b"svc"), (b"X-A", b"1")],
         Framing.LENGTH,
         5,
-        [(b"l5d-dst-service", b"/svc/x")],
+        b"l5d-dst-service: /svc/x\r\n",
     )
     assert head == (
-        b"POST /pay?x=1 HTTP/1.1\r\nHost: svc\r\nX-A: 1\r\nl5d-dst-service: /svc/x\r\nContent-Length: 5\r\n\r\n"
+        b"POST /pay?x=1 HTTP/1.1\r\nHost: svc\r\nX-A: 1\r\nContent-Length: 5\r\nl5d-dst-service: /svc/x\r\n\r\n"
     )
+    assert serialize_request_head("GET", "/", [], Framing.NONE, None, b"X: 1\r\n") == b"GET / HTTP/1.1\r\nX: 1\r\n\r\n"
     chunked = serialize_request_head("PUT", "/", [], Framing.CHUNKED, None)
     assert chunked == b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
     assert serialize_request_head("GET", "/", [], Framing.NONE, None) == b"GET / HTTP/1.1\r\n\r\n"
