@@ -71,6 +71,8 @@ class RequestIds:
 
 
 def hygiene_filter(trust: TrustPolicy, ids: RequestIds) -> Filter:
+    #: the X-Forwarded-For header of each client address, built once (a node's clients are few)
+    xff_values: dict[str, tuple[bytes, bytes]] = {}
 
     def clean(request: Request) -> None:
         l5d = request.l5d
@@ -106,7 +108,12 @@ def hygiene_filter(trust: TrustPolicy, ids: RequestIds) -> Filter:
             append_forwarded_for(headers, request.client_ip)
         else:
             headers.append(_VIA_11 if request.version == "1.1" else _VIA_10)
-            headers.append((b"X-Forwarded-For", request.client_ip.encode("ascii")))
+            xff = xff_values.get(request.client_ip)
+            if xff is None:
+                if len(xff_values) >= 4096:
+                    xff_values.clear()
+                xff = xff_values[request.client_ip] = (b"X-Forwarded-For", request.client_ip.encode("ascii"))
+            headers.append(xff)
 
     return clean
 

@@ -27,6 +27,8 @@ from meshd.http.headers import HOP_BY_HOP, PLAIN_RESPONSE_FIELDS, connection_tok
 from meshd.http.messages import Headers, Request, Response
 
 _NO_BODY_STATUS: Final = frozenset({204, 304})
+_EMPTY_BODY: Final = Body.empty()
+_EMPTY_BODY_0: Final = Body.empty(0)
 
 
 class StaleConnection(UpstreamFailed):
@@ -47,6 +49,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._on_lost_idle = on_lost_idle
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
+        self._abort = self.abort  # one bound method for the life of the connection
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.uses = 0
@@ -156,6 +159,10 @@ class UpstreamConnection(asyncio.Protocol):
         future: asyncio.Future[Response] = self._loop.create_future()
         self._future = future
         body = request.body
+        if body is _EMPTY_BODY or body is _EMPTY_BODY_0:  # a GET: nothing to frame or attach
+            self._request_done = True
+            transport.write(head)
+            return future
         framing = request_framing(body)
         if body.is_empty or framing is Framing.NONE:
             self._request_done = True
@@ -258,7 +265,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._until_close = True
             self._keep_alive = False
         if not body.ended:
-            body.set_canceller(self.abort)
+            body.set_canceller(self._abort)
         self._in_body = True
         response = Response(status, self._reason, headers, body, content_length=self._content_length)
         response.has_via = self._has_via
