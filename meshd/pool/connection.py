@@ -49,7 +49,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._on_lost_idle = on_lost_idle
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._abort = self.abort  # one bound method for the life of the connection
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.uses = 0
@@ -265,7 +264,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._until_close = True
             self._keep_alive = False
         if not body.ended:
-            body.set_canceller(self._abort)
+            body.set_canceller(self.abort)
         self._in_body = True
         response = Response(status, self._reason, headers, body, content_length=self._content_length)
         response.has_via = self._has_via
