@@ -192,6 +192,7 @@ class Router:
                     max_connections=pool.max_connections,
                     max_waiters=pool.max_waiters,
                     idle_time_s=pool.idle_time_ms / 1000.0,
+                    max_response_head_bytes=config.max_response_header_bytes,
                 ),
                 attempt_timeout_ms=config.request_attempt_timeout_ms,
             )

@@ -88,6 +88,7 @@ class ClientConfig:
     failure_accrual: AccrualConfig = field(default_factory=ConsecutiveFailuresConfig, metadata={"registry": ACCRUALS})
     pool: PoolConfig = field(default_factory=PoolConfig)
     request_attempt_timeout_ms: int | None = field(default=None, metadata={"min": 1})
+    max_response_header_bytes: int = field(default=64 * 1024, metadata={"min": 1024, "max": 16 * 1024 * 1024})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,6 +144,7 @@ class ClientOverride:
     failure_accrual: AccrualConfig | None = field(default=None, metadata={"registry": ACCRUALS})
     pool: PoolConfig | None = None
     request_attempt_timeout_ms: int | None = field(default=None, metadata={"min": 1})
+    max_response_header_bytes: int | None = field(default=None, metadata={"min": 1024, "max": 16 * 1024 * 1024})
 
     def __post_init__(self) -> None:
         _check_prefix(self.prefix)

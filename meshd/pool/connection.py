@@ -27,6 +27,8 @@ from meshd.http.headers import HOP_BY_HOP, PLAIN_RESPONSE_FIELDS, connection_tok
 from meshd.http.messages import Headers, Request, Response
 
 _NO_BODY_STATUS: Final = frozenset({204, 304})
+#: the default limit on a response's status line and headers (`client.maxResponseHeaderBytes`)
+DEFAULT_MAX_HEAD_BYTES: Final = 64 * 1024
 _EMPTY_BODY: Final = Body.empty()
 _EMPTY_BODY_0: Final = Body.empty(0)
 
@@ -43,8 +45,16 @@ ReleaseCallback = Callable[["UpstreamConnection", bool], None]
 
 
 class UpstreamConnection(asyncio.Protocol):
-    def __init__(self, label: str, on_release: ReleaseCallback, on_lost_idle: Callable[[UpstreamConnection], None]) -> None:
+    def __init__(
+        self,
+        label: str,
+        on_release: ReleaseCallback,
+        on_lost_idle: Callable[[UpstreamConnection], None],
+        *,
+        max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+    ) -> None:
         self.label = label
+        self._max_head_bytes = max_head_bytes
         self._on_release = on_release
         self._on_lost_idle = on_lost_idle
         self._loop = asyncio.get_running_loop()
@@ -64,6 +74,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = True
         self._until_close = False
         # per-response parse state
+        self._head_bytes = 0  # status line and headers counted so far (see `data_received`)
+        self._reading_head = False  # a response head is expected and not complete yet
         self._reason = b""
         self._headers: Headers = []
         self._content_length: int | None = None
@@ -87,15 +99,26 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _StopAfterHead):
+            cause = exc.__context__
+            if isinstance(cause, _StopAfterHead):
                 self._parser = httptools.HttpResponseParser(self)
                 self._message_complete()
                 return
-            self._fail(UpstreamFailed(f"malformed response from {self.label}: {exc.__context__}"))
+            if isinstance(cause, MeshdError):
+                self._fail(cause)
+                return
+            self._fail(UpstreamFailed(f"malformed response from {self.label}: {cause}"))
         except httptools.HttpParserError as exc:
             self._fail(UpstreamFailed(f"malformed response from {self.label}: {exc}"))
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamFailed(f"{self.label} switched protocols unexpectedly"))
+        else:
+            if self._reading_head:
+                # All of `data` belongs to a head that is still not complete: httptools buffers
+                # a header line until it ends, so one endless header is only seen here.
+                self._head_bytes += len(data)
+                if self._head_bytes > self._max_head_bytes:
+                    self._fail(self._head_too_large())
 
     def eof_received(self) -> bool | None:
         return False
@@ -155,6 +178,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._response_done = False
         self._until_close = False
         self._keep_alive = True
+        self._reading_head = True
+        self._head_bytes = 0
         future: asyncio.Future[Response] = self._loop.create_future()
         self._future = future
         body = request.body
@@ -215,6 +240,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._max_head_bytes:
+            raise self._head_too_large()
         if self._in_body:
             if self._trailers is None:
                 self._trailers = []
@@ -247,6 +275,7 @@ class UpstreamConnection(asyncio.Protocol):
         status = parser.get_status_code()
         if status < 200:
             return  # interim response: skipped; the real one follows
+        self._reading_head = False
         headers = self._headers
         if self._conn_named:
             named = self._conn_named
@@ -302,6 +331,11 @@ class UpstreamConnection(asyncio.Protocol):
             self._finish(reusable=False)
 
     # -- internals ----------------------------------------------------------------------------
+    def _head_too_large(self) -> UpstreamFailed:
+        return UpstreamFailed(
+            f"response head from {self.label} exceeds {self._max_head_bytes} bytes (maxResponseHeaderBytes)"
+        )
+
     def _fail(self, error: MeshdError) -> None:
         future = self._future
         if future is not None and not future.done():

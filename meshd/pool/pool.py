@@ -27,6 +27,8 @@ class PoolLimits:
     max_connections: int = 1000
     max_waiters: int = 10000
     idle_time_s: float = 10.0
+    #: a response whose status line and headers exceed this fails with 502 (`maxResponseHeaderBytes`)
+    max_response_head_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +182,9 @@ class Pool:
         """Dial on a slot already counted in `_dialing`."""
         try:
             conn = await self._dialer.dial(
-                self.host, self.port, lambda: UpstreamConnection(self.label, self.release, self._lost_idle)
+                self.host, self.port, lambda: UpstreamConnection(
+                    self.label, self.release, self._lost_idle, max_head_bytes=self._limits.max_response_head_bytes
+                )
             )
         except BaseException:
             self._dialing -= 1

@@ -132,6 +132,72 @@ async def test_post_is_not_retried_after_it_reached_the_upstream(make_mesh, clie
         assert up.connections == 1
 
 
+def _head_with_headers(total: int) -> bytes:
+    """A 200 response head whose header lines add up to about `total` bytes (100-byte lines)."""
+    lines = b"".join(b"X-Pad-%04d: %s\r\n" % (i, b"v" * 84) for i in range(total // 100))
+    return b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 2\r\n\r\nok"
+
+
+async def test_upstream_response_head_over_the_limit_is_502_and_the_connection_is_not_reused(
+    make_mesh, client_conn
+):
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await _read_head(reader)
+            size = 3000 if b"GET /big" in head else 1000
+            writer.write(_head_with_headers(size))
+            await writer.drain()
+
+    async with ScriptedUpstream(answer) as up:
+        mesh = await make_mesh(service=NO_RETRIES, client={"maxResponseHeaderBytes": 2048})
+        mesh.register("svc", up.address_line)
+        conn = await client_conn(mesh.port)
+        small = await conn.request("GET", "/small")
+        assert small.status == 200 and small.body == b"ok"
+        assert small.header("X-Pad-0009") == "v" * 84
+        resp = await conn.request("GET", "/big")
+        assert resp.status == 502
+        assert resp.header("l5d-err") == (
+            f"response head from 127.0.0.1:{up.port} exceeds 2048 bytes (maxResponseHeaderBytes)"
+        )
+        again = await conn.request("GET", "/small")  # a fresh upstream connection
+        assert again.status == 200
+        assert up.connections == 2
+
+
+async def test_one_endless_upstream_header_is_cut_off_at_the_limit(make_mesh, client_conn):
+    """httptools keeps a header line until it ends: the limit must hold while it never does."""
+    sent = 0
+    cut = asyncio.Event()
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await _read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        try:
+            while sent < 10 * 1024 * 1024:
+                writer.write(b"a" * 16384)
+                sent += 16384
+                await writer.drain()
+        except ConnectionError:
+            cut.set()
+        else:
+            await reader.read()  # meshd should have hung up long before this
+            cut.set()
+
+    async with ScriptedUpstream(endless) as up:
+        mesh = await make_mesh(service=NO_RETRIES)
+        mesh.register("svc", up.address_line)
+        conn = await client_conn(mesh.port)
+        resp = await conn.request("GET", "/")
+        assert resp.status == 502
+        assert resp.header("l5d-err") == (
+            f"response head from 127.0.0.1:{up.port} exceeds 65536 bytes (maxResponseHeaderBytes)"
+        )
+        await asyncio.wait_for(cut.wait(), timeout=5)
+        assert sent < 10 * 1024 * 1024  # meshd closed the connection instead of reading on
+
+
 async def test_malformed_upstream_response_is_502(make_mesh, client_conn):
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_head(reader)

@@ -21,6 +21,7 @@ from meshd.retry.backoff import JitteredBackoffConfig
 from meshd.retry.classifiers import RetryableIdempotent5XXConfig
 from routing.identifiers.header import HeaderIdentifierConfig
 from routing.identifiers.path import PathIdentifierConfig
+from routing.path import Path
 
 
 def load(text: str) -> MeshdConfig:
@@ -152,6 +153,33 @@ def test_server_problems_name_path_and_line(server, expected):
 def test_pool_problems_name_path_and_line(pool, expected):
     found = problems(f"routers:\n  - label: outgoing\n    client:\n      pool: {pool}\n")
     assert found == [expected]
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        (
+            "client: {maxResponseHeaderBytes: 1023}",
+            "routers[0].client.maxResponseHeaderBytes: line 3: expected an integer 1024-16777216, got 1023",
+        ),
+        (
+            "clients: [{prefix: /#/fs/x, maxResponseHeaderBytes: 16777217}]",
+            "routers[0].clients[0].maxResponseHeaderBytes: line 3: expected an integer 1024-16777216, got 16777217",
+        ),
+    ],
+)
+def test_response_header_limit_problems_name_path_and_line(section, expected):
+    assert problems(f"routers:\n  - label: outgoing\n    {section}\n") == [expected]
+
+
+def test_response_header_limit_defaults_and_overrides_per_prefix():
+    config = load_config(
+        "routers:\n  - label: outgoing\n    clients: [{prefix: /#/fs/big, maxResponseHeaderBytes: 262144}]\n",
+        MeshdConfig,
+    )
+    router = config.routers[0]
+    assert router.client_for(Path.read("/#/fs/accounts")).max_response_header_bytes == 65536
+    assert router.client_for(Path.read("/#/fs/big")).max_response_header_bytes == 262144
 
 
 def test_every_problem_in_the_file_is_reported_in_file_order():
