@@ -193,6 +193,7 @@ class Router:
                     max_waiters=pool.max_waiters,
                     idle_time_s=pool.idle_time_ms / 1000.0,
                     max_response_head_bytes=config.max_response_header_bytes,
+                    response_idle_timeout_s=config.response_idle_timeout_ms / 1000.0,
                 ),
                 attempt_timeout_ms=config.request_attempt_timeout_ms,
             )

@@ -89,6 +89,7 @@ class ClientConfig:
     pool: PoolConfig = field(default_factory=PoolConfig)
     request_attempt_timeout_ms: int | None = field(default=None, metadata={"min": 1})
     max_response_header_bytes: int = field(default=64 * 1024, metadata={"min": 1024, "max": 16 * 1024 * 1024})
+    response_idle_timeout_ms: int = field(default=300_000, metadata={"min": 1})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,6 +146,7 @@ class ClientOverride:
     pool: PoolConfig | None = None
     request_attempt_timeout_ms: int | None = field(default=None, metadata={"min": 1})
     max_response_header_bytes: int | None = field(default=None, metadata={"min": 1024, "max": 16 * 1024 * 1024})
+    response_idle_timeout_ms: int | None = field(default=None, metadata={"min": 1})
 
     def __post_init__(self) -> None:
         _check_prefix(self.prefix)

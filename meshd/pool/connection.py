@@ -29,6 +29,10 @@ from meshd.http.messages import Headers, Request, Response
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 #: the default limit on a response's status line and headers (`client.maxResponseHeaderBytes`)
 DEFAULT_MAX_HEAD_BYTES: Final = 64 * 1024
+#: the default for `client.responseIdleTimeoutMs`, as Envoy's stream idle timeout
+DEFAULT_RESPONSE_IDLE_TIMEOUT_S: Final = 300.0
+#: uvloop timers have millisecond resolution and may fire a hair early (see listener.py)
+_TIMER_SLACK_S: Final = 0.005
 _EMPTY_BODY: Final = Body.empty()
 _EMPTY_BODY_0: Final = Body.empty(0)
 
@@ -52,9 +56,16 @@ class UpstreamConnection(asyncio.Protocol):
         on_lost_idle: Callable[[UpstreamConnection], None],
         *,
         max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+        response_idle_timeout_s: float | None = DEFAULT_RESPONSE_IDLE_TIMEOUT_S,
     ) -> None:
         self.label = label
         self._max_head_bytes = max_head_bytes
+        self._idle_timeout_s = response_idle_timeout_s
+        # The response-idle timer runs only while a response body is still arriving after the
+        # read that brought its head (a small response never arms it); it is re-armed lazily.
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._last_rx = 0.0
+        self._reading_paused = False
         self._on_release = on_release
         self._on_lost_idle = on_lost_idle
         self._loop = asyncio.get_running_loop()
@@ -96,6 +107,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
+        if self._idle_timer is not None:
+            self._last_rx = self._loop.time()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -119,6 +132,14 @@ class UpstreamConnection(asyncio.Protocol):
                 self._head_bytes += len(data)
                 if self._head_bytes > self._max_head_bytes:
                     self._fail(self._head_too_large())
+            elif (
+                self._idle_timer is None
+                and self._idle_timeout_s is not None
+                and self._response is not None
+                and not self._response_done
+            ):
+                self._last_rx = now = self._loop.time()
+                self._idle_timer = self._loop.call_at(now + self._idle_timeout_s, self._on_response_idle)
 
     def eof_received(self) -> bool | None:
         return False
@@ -157,12 +178,33 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- FlowControl for the response body ---------------------------------------------------
     def pause_reading(self) -> None:
+        # The client reads slower than the upstream sends: the silence that follows is ours, and
+        # does not count against the upstream's response idle timeout.
+        self._reading_paused = True
         if self._transport is not None and not self.closed:
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
+        self._reading_paused = False
+        self._last_rx = self._loop.time()
         if self._transport is not None and not self.closed:
             self._transport.resume_reading()
+
+    def _on_response_idle(self) -> None:
+        self._idle_timer = None
+        timeout = self._idle_timeout_s
+        if timeout is None or self._response is None or self._response_done or self.closed:
+            return
+        now = self._loop.time()
+        if self._reading_paused:
+            self._last_rx = now
+        deadline = self._last_rx + timeout
+        if now + _TIMER_SLACK_S < deadline:
+            self._idle_timer = self._loop.call_at(deadline, self._on_response_idle)
+            return
+        self._fail(UpstreamFailed(
+            f"{self.label} sent nothing of the response body for {timeout * 1000:.0f} ms (responseIdleTimeoutMs)"
+        ))
 
     # -- sending ------------------------------------------------------------------------------
     def send(self, request: Request, head: bytes) -> asyncio.Future[Response]:
@@ -353,6 +395,10 @@ class UpstreamConnection(asyncio.Protocol):
         if not self._busy:
             return
         self._busy = False
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self._reading_paused = False
         request = self._request
         self._request = None
         self._future = None

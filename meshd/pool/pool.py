@@ -29,6 +29,8 @@ class PoolLimits:
     idle_time_s: float = 10.0
     #: a response whose status line and headers exceed this fails with 502 (`maxResponseHeaderBytes`)
     max_response_head_bytes: int = 64 * 1024
+    #: a response body the upstream stops sending for this long is cut (`responseIdleTimeoutMs`)
+    response_idle_timeout_s: float | None = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +185,8 @@ class Pool:
         try:
             conn = await self._dialer.dial(
                 self.host, self.port, lambda: UpstreamConnection(
-                    self.label, self.release, self._lost_idle, max_head_bytes=self._limits.max_response_head_bytes
+                    self.label, self.release, self._lost_idle, max_head_bytes=self._limits.max_response_head_bytes,
+                    response_idle_timeout_s=self._limits.response_idle_timeout_s,
                 )
             )
         except BaseException:

@@ -198,6 +198,51 @@ async def test_one_endless_upstream_header_is_cut_off_at_the_limit(make_mesh, cl
         assert sent < 10 * 1024 * 1024  # meshd closed the connection instead of reading on
 
 
+async def test_upstream_stalling_mid_body_is_cut_after_response_idle_timeout(make_mesh, client_conn):
+    """The head and 3 of 10 body bytes arrive, then nothing: after `responseIdleTimeoutMs` meshd
+    gives up on the upstream connection and cuts the client's (the response had begun)."""
+    upstream_closed = asyncio.Event()
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await reader.read()  # returns when meshd closes the connection
+        upstream_closed.set()
+
+    async with ScriptedUpstream(stall) as up:
+        mesh = await make_mesh(service=NO_RETRIES, client={
+            "responseIdleTimeoutMs": 200,
+            "failureAccrual": {"kind": "consecutiveFailures", "failures": 1},
+        })
+        mesh.register("svc", up.address_line)
+        conn = await client_conn(mesh.port)
+        await conn.send(build_request("GET", "/"))
+        received = await asyncio.wait_for(conn.reader.read(), timeout=5)  # to EOF
+        assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"\r\n\r\nabc")
+        await asyncio.wait_for(upstream_closed.wait(), timeout=5)
+        (client,) = mesh.daemon.routers[0].clients.values()
+        (node,) = client.balancer.nodes()
+        assert node.pending == 0  # the attempt is over...
+        assert node.ejections == 1  # ...and counted as the endpoint's failure
+
+
+async def test_a_slow_but_steady_response_body_is_not_cut(make_mesh, client_conn):
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+        for byte in b"hello":
+            await asyncio.sleep(0.1)  # a slow upstream: the behaviour under test (5 x 100 ms > 300 ms)
+            writer.write(bytes([byte]))
+        await reader.read()
+
+    async with ScriptedUpstream(trickle) as up:
+        mesh = await make_mesh(service=NO_RETRIES, client={"responseIdleTimeoutMs": 300})
+        mesh.register("svc", up.address_line)
+        conn = await client_conn(mesh.port)
+        resp = await conn.request("GET", "/")
+        assert resp.status == 200 and resp.body == b"hello"
+
+
 async def test_malformed_upstream_response_is_502(make_mesh, client_conn):
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_head(reader)
