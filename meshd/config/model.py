@@ -24,7 +24,7 @@ from meshd.discovery.registry import NAMERS, NamerConfig
 from meshd.retry.backoff import BACKOFFS, BackoffConfig, JitteredBackoffConfig
 from meshd.retry.budget import RetryBudgetConfig
 from meshd.retry.classifiers import CLASSIFIERS, ResponseClassifierConfig, RetryableIdempotent5XXConfig
-from meshd.transformers import TRANSFORMERS, TransformerConfig
+from meshd.transformers import TRANSFORMERS, DaemonSetConfig, TransformerConfig
 from routing.dtab import Prefix
 from routing.identifiers.base import IdentifierConfig
 from routing.identifiers.header import HeaderIdentifierConfig
@@ -252,3 +252,16 @@ class MeshdConfig:
         dup_prefixes = sorted({p for p in prefixes if prefixes.count(p) > 1})
         if dup_prefixes:
             raise ValueError(f"namers: two namers share the prefix {dup_prefixes[0]}; give one a different prefix")
+        # A daemonset transformer finds the meshds through a namer: without one, the router
+        # could not start, so `meshd check` says so rather than `meshd run` failing later.
+        namer_paths = [Path.read(p) for p in prefixes]
+        for router in self.routers:
+            for j, transformer in enumerate(router.transformers):
+                if not isinstance(transformer, DaemonSetConfig):
+                    continue
+                if not any(Path.read(transformer.path).starts_with(p) for p in namer_paths):
+                    known = ", ".join(prefixes) or "none"
+                    raise ValueError(
+                        f"routers: router {router.label}, transformers[{j}] (daemonset): no namer serves "
+                        f"{transformer.path} (namer prefixes: {known})"
+                    )

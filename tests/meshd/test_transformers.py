@@ -167,12 +167,12 @@ def config_with(transformers: object, router: dict[str, object] | None = None) -
 def test_yaml_transformers_load_into_their_classes_in_order():
     text = config_with([
         {"kind": "localnode", "nodeName": "node-a", "fallback": "none"},
-        {"kind": "daemonset", "path": "/#/k8s/mesh/incoming/meshd"},
+        {"kind": "daemonset", "path": "/#/fs/meshd"},
     ])
     [router] = load_config(text, MeshdConfig).routers
     assert router.transformers == (
         LocalNodeConfig(node_name="node-a", fallback="none"),
-        DaemonSetConfig(path="/#/k8s/mesh/incoming/meshd", fallback="direct"),
+        DaemonSetConfig(path="/#/fs/meshd", fallback="direct"),
     )
     assert load_config(config_with([]), MeshdConfig).routers[0].transformers == ()
 

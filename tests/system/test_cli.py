@@ -131,6 +131,23 @@ def test_check_reads_the_routes_file_a_router_names(tmp_path):
     assert meshd("check", "-c", "meshd.yaml", cwd=tmp_path).returncode == 0
 
 
+def test_check_refuses_a_daemonset_transformer_that_no_namer_serves(tmp_path):
+    config = VALID.replace(
+        "    dtab: /svc => /#/fs;\n",
+        "    dtab: /svc => /#/fs;\n    transformers: [{kind: daemonset, path: /#/k8s/mesh/incoming/meshd}]\n",
+    )
+    (tmp_path / "meshd.yaml").write_text(config)
+    result = meshd("check", "-c", "meshd.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert (
+        "routers: line 4: router outgoing, transformers[0] (daemonset): no namer serves "
+        "/#/k8s/mesh/incoming/meshd (namer prefixes: /#/fs)"
+    ) in result.stderr
+    fixed = config.replace("/#/k8s/mesh/incoming/meshd", "/#/fs/meshd")
+    (tmp_path / "meshd.yaml").write_text(fixed)
+    assert meshd("check", "-c", "meshd.yaml", cwd=tmp_path).returncode == 0
+
+
 def test_check_of_a_missing_file_exits_1(tmp_path):
     result = meshd("check", "-c", "nowhere.yaml", cwd=tmp_path)
     assert result.returncode == 1
