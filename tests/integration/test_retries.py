@@ -25,7 +25,7 @@ from meshd.router import ServiceState
 from meshd.runtime import Runtime
 from meshd.testing.client import RawConnection, build_request
 from meshd.testing.clock import FakeClock
-from meshd.testing.upstreams import Handler, Received, Reply
+from meshd.testing.upstreams import Handler, Received, Reply, ScriptedUpstream
 from meshd.testing.waiting import wait_until
 from routing.path import Path
 from tests.conftest import base_config
@@ -259,46 +259,23 @@ async def test_post_refused_at_connect_is_retried_on_another_endpoint(make_mesh,
     assert sorted(r.target for r in up.received) == sorted(f"/pay/{i}" for i in range(20))
 
 
-class ScriptedServer:
+class ScriptedServer(ScriptedUpstream):
     """A raw loopback HTTP server for shapes `Upstream` cannot make: each request, numbered from 1
     across all connections, is handed to `script(n, writer)`, which writes what it likes (or
-    aborts the connection). Requests are read minimally: a head, then a Content-Length body."""
+    aborts the connection). Requests are read minimally: a head, then a Content-Length body.
+    The server itself (lifecycle, connection count, abort at the end) is `ScriptedUpstream`'s."""
 
     def __init__(self, script, *, read_body: bool = True) -> None:
+        super().__init__(self._serve_requests)
         self.script = script
         self.read_body = read_body
         self.requests: list[bytes] = []
-        self.connections = 0
         self.closed_by_peer = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.port = 0
 
-    async def __aenter__(self) -> ScriptedServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self.connections += 1
+    async def _serve_requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError:
-                    self.closed_by_peer += 1
-                    return
+                head = await reader.readuntil(b"\r\n\r\n")
                 length = 0
                 for line in head.split(b"\r\n"):
                     if line.lower().startswith(b"content-length:"):
@@ -310,9 +287,6 @@ class ScriptedServer:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             self.closed_by_peer += 1
-        finally:
-            writer.transport.abort()
-            self._tasks.discard(task)
 
 
 FINE = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine"
