@@ -9,9 +9,11 @@ corrupted or followed by an error. docs/errors.md is the table these tests check
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -47,6 +49,27 @@ async def client_conn() -> AsyncIterator[Callable[[int], Awaitable[RawConnection
     yield open_
     for conn in opened:
         await conn.close()
+
+
+class Scripted(NamedTuple):
+    up: ScriptedUpstream
+    mesh: Any
+    conn: RawConnection
+
+
+@pytest.fixture
+async def scripted(make_mesh, client_conn) -> AsyncIterator[Callable[..., Awaitable[Scripted]]]:
+    """`await scripted(script, **mesh_config)`: a ScriptedUpstream running `script`, registered as
+    `svc` in a new mesh, and a client connection to that mesh."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(script: Callable[..., Awaitable[None]], **mesh_config: object) -> Scripted:
+            up = await stack.enter_async_context(ScriptedUpstream(script))
+            mesh = await make_mesh(**mesh_config)
+            mesh.register("svc", up.address_line)
+            return Scripted(up, mesh, await client_conn(mesh.port))
+
+        yield start
 
 
 async def test_unknown_service_is_502_with_the_dtab_in_l5d_err_and_keeps_the_connection(
@@ -106,30 +129,24 @@ async def test_refused_endpoint_is_skipped_by_a_retry_when_another_is_up(
     assert up.requests == 10
 
 
-async def test_upstream_closing_before_responding_is_502(make_mesh, client_conn):
+async def test_upstream_closing_before_responding_is_502(scripted):
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_head(reader)
 
-    async with ScriptedUpstream(hang_up) as up:
-        mesh = await make_mesh(service=NO_RETRIES)
-        mesh.register("svc", up.address_line)
-        conn = await client_conn(mesh.port)
-        resp = await conn.request("GET", "/")
-        assert resp.status == 502
-        assert resp.header("l5d-err") == f"127.0.0.1:{up.port} closed the connection before responding"
+    up, mesh, conn = await scripted(hang_up, service=NO_RETRIES)
+    resp = await conn.request("GET", "/")
+    assert resp.status == 502
+    assert resp.header("l5d-err") == f"127.0.0.1:{up.port} closed the connection before responding"
 
 
-async def test_post_is_not_retried_after_it_reached_the_upstream(make_mesh, client_conn):
+async def test_post_is_not_retried_after_it_reached_the_upstream(scripted):
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_head(reader)
 
-    async with ScriptedUpstream(hang_up) as up:
-        mesh = await make_mesh(service={"retries": {"backoff": {"kind": "constant", "ms": 0}}})
-        mesh.register("svc", up.address_line)
-        conn = await client_conn(mesh.port)
-        resp = await conn.request("POST", "/pay", body=b"1")
-        assert resp.status == 502
-        assert up.connections == 1
+    up, mesh, conn = await scripted(hang_up, service={"retries": {"backoff": {"kind": "constant", "ms": 0}}})
+    resp = await conn.request("POST", "/pay", body=b"1")
+    assert resp.status == 502
+    assert up.connections == 1
 
 
 def _head_with_headers(total: int) -> bytes:
@@ -138,9 +155,7 @@ def _head_with_headers(total: int) -> bytes:
     return b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 2\r\n\r\nok"
 
 
-async def test_upstream_response_head_over_the_limit_is_502_and_the_connection_is_not_reused(
-    make_mesh, client_conn
-):
+async def test_upstream_response_head_over_the_limit_is_502_and_the_connection_is_not_reused(scripted):
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             head = await _read_head(reader)
@@ -148,24 +163,21 @@ async def test_upstream_response_head_over_the_limit_is_502_and_the_connection_i
             writer.write(_head_with_headers(size))
             await writer.drain()
 
-    async with ScriptedUpstream(answer) as up:
-        mesh = await make_mesh(service=NO_RETRIES, client={"maxResponseHeaderBytes": 2048})
-        mesh.register("svc", up.address_line)
-        conn = await client_conn(mesh.port)
-        small = await conn.request("GET", "/small")
-        assert small.status == 200 and small.body == b"ok"
-        assert small.header("X-Pad-0009") == "v" * 84
-        resp = await conn.request("GET", "/big")
-        assert resp.status == 502
-        assert resp.header("l5d-err") == (
-            f"response head from 127.0.0.1:{up.port} exceeds 2048 bytes (maxResponseHeaderBytes)"
-        )
-        again = await conn.request("GET", "/small")  # a fresh upstream connection
-        assert again.status == 200
-        assert up.connections == 2
+    up, mesh, conn = await scripted(answer, service=NO_RETRIES, client={"maxResponseHeaderBytes": 2048})
+    small = await conn.request("GET", "/small")
+    assert small.status == 200 and small.body == b"ok"
+    assert small.header("X-Pad-0009") == "v" * 84
+    resp = await conn.request("GET", "/big")
+    assert resp.status == 502
+    assert resp.header("l5d-err") == (
+        f"response head from 127.0.0.1:{up.port} exceeds 2048 bytes (maxResponseHeaderBytes)"
+    )
+    again = await conn.request("GET", "/small")  # a fresh upstream connection
+    assert again.status == 200
+    assert up.connections == 2
 
 
-async def test_one_endless_upstream_header_is_cut_off_at_the_limit(make_mesh, client_conn):
+async def test_one_endless_upstream_header_is_cut_off_at_the_limit(scripted):
     """httptools keeps a header line until it ends: the limit must hold while it never does."""
     sent = 0
     cut = asyncio.Event()
@@ -185,20 +197,17 @@ async def test_one_endless_upstream_header_is_cut_off_at_the_limit(make_mesh, cl
             await reader.read()  # meshd should have hung up long before this
             cut.set()
 
-    async with ScriptedUpstream(endless) as up:
-        mesh = await make_mesh(service=NO_RETRIES)
-        mesh.register("svc", up.address_line)
-        conn = await client_conn(mesh.port)
-        resp = await conn.request("GET", "/")
-        assert resp.status == 502
-        assert resp.header("l5d-err") == (
-            f"response head from 127.0.0.1:{up.port} exceeds 65536 bytes (maxResponseHeaderBytes)"
-        )
-        await asyncio.wait_for(cut.wait(), timeout=5)
-        assert sent < 10 * 1024 * 1024  # meshd closed the connection instead of reading on
+    up, mesh, conn = await scripted(endless, service=NO_RETRIES)
+    resp = await conn.request("GET", "/")
+    assert resp.status == 502
+    assert resp.header("l5d-err") == (
+        f"response head from 127.0.0.1:{up.port} exceeds 65536 bytes (maxResponseHeaderBytes)"
+    )
+    await asyncio.wait_for(cut.wait(), timeout=5)
+    assert sent < 10 * 1024 * 1024  # meshd closed the connection instead of reading on
 
 
-async def test_upstream_stalling_mid_body_is_cut_after_response_idle_timeout(make_mesh, client_conn):
+async def test_upstream_stalling_mid_body_is_cut_after_response_idle_timeout(scripted):
     """The head and 3 of 10 body bytes arrive, then nothing: after `responseIdleTimeoutMs` meshd
     gives up on the upstream connection and cuts the client's (the response had begun)."""
     upstream_closed = asyncio.Event()
@@ -209,24 +218,21 @@ async def test_upstream_stalling_mid_body_is_cut_after_response_idle_timeout(mak
         await reader.read()  # returns when meshd closes the connection
         upstream_closed.set()
 
-    async with ScriptedUpstream(stall) as up:
-        mesh = await make_mesh(service=NO_RETRIES, client={
-            "responseIdleTimeoutMs": 200,
-            "failureAccrual": {"kind": "consecutiveFailures", "failures": 1},
-        })
-        mesh.register("svc", up.address_line)
-        conn = await client_conn(mesh.port)
-        await conn.send(build_request("GET", "/"))
-        received = await asyncio.wait_for(conn.reader.read(), timeout=5)  # to EOF
-        assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"\r\n\r\nabc")
-        await asyncio.wait_for(upstream_closed.wait(), timeout=5)
-        (client,) = mesh.daemon.routers[0].clients.values()
-        (node,) = client.balancer.nodes()
-        assert node.pending == 0  # the attempt is over...
-        assert node.ejections == 1  # ...and counted as the endpoint's failure
+    up, mesh, conn = await scripted(stall, service=NO_RETRIES, client={
+        "responseIdleTimeoutMs": 200,
+        "failureAccrual": {"kind": "consecutiveFailures", "failures": 1},
+    })
+    await conn.send(build_request("GET", "/"))
+    received = await asyncio.wait_for(conn.reader.read(), timeout=5)  # to EOF
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"\r\n\r\nabc")
+    await asyncio.wait_for(upstream_closed.wait(), timeout=5)
+    (client,) = mesh.daemon.routers[0].clients.values()
+    (node,) = client.balancer.nodes()
+    assert node.pending == 0  # the attempt is over...
+    assert node.ejections == 1  # ...and counted as the endpoint's failure
 
 
-async def test_a_slow_but_steady_response_body_is_not_cut(make_mesh, client_conn):
+async def test_a_slow_but_steady_response_body_is_not_cut(scripted):
     async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_head(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
@@ -235,27 +241,21 @@ async def test_a_slow_but_steady_response_body_is_not_cut(make_mesh, client_conn
             writer.write(bytes([byte]))
         await reader.read()
 
-    async with ScriptedUpstream(trickle) as up:
-        mesh = await make_mesh(service=NO_RETRIES, client={"responseIdleTimeoutMs": 300})
-        mesh.register("svc", up.address_line)
-        conn = await client_conn(mesh.port)
-        resp = await conn.request("GET", "/")
-        assert resp.status == 200 and resp.body == b"hello"
+    up, mesh, conn = await scripted(trickle, service=NO_RETRIES, client={"responseIdleTimeoutMs": 300})
+    resp = await conn.request("GET", "/")
+    assert resp.status == 200 and resp.body == b"hello"
 
 
-async def test_malformed_upstream_response_is_502(make_mesh, client_conn):
+async def test_malformed_upstream_response_is_502(scripted):
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_head(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!")
         await reader.read()
 
-    async with ScriptedUpstream(garbage) as up:
-        mesh = await make_mesh(service=NO_RETRIES)
-        mesh.register("svc", up.address_line)
-        conn = await client_conn(mesh.port)
-        resp = await conn.request("GET", "/")
-        assert resp.status == 502
-        assert (resp.header("l5d-err") or "").startswith(f"malformed response from 127.0.0.1:{up.port}")
+    up, mesh, conn = await scripted(garbage, service=NO_RETRIES)
+    resp = await conn.request("GET", "/")
+    assert resp.status == 502
+    assert (resp.header("l5d-err") or "").startswith(f"malformed response from 127.0.0.1:{up.port}")
 
 
 async def test_pool_exhausted_is_503_and_the_upstream_is_not_asked(make_mesh, make_upstream, client_conn):
@@ -370,19 +370,16 @@ async def test_reset_mid_response_cuts_the_connection_and_sends_only_true_bytes(
     assert body == payload[: len(body)]  # a truncated prefix: nothing else was appended
 
 
-async def test_reset_mid_chunked_response_never_sends_the_last_chunk(make_mesh, make_upstream, client_conn):
+async def test_reset_mid_chunked_response_never_sends_the_last_chunk(scripted, make_upstream):
     async def dying(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_head(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nb\r\nfirst part;\r\n")
         writer.write(b"c\r\nsecond part;\r\n")
         await writer.drain()
 
-    async with ScriptedUpstream(dying) as up:
-        mesh = await make_mesh(service=NO_RETRIES)
-        mesh.register("svc", up.address_line)
-        conn = await client_conn(mesh.port)
-        await conn.send(build_request("GET", "/"))
-        raw = await asyncio.wait_for(conn.read_eof(), 5)
+    up, mesh, conn = await scripted(dying, service=NO_RETRIES)
+    await conn.send(build_request("GET", "/"))
+    raw = await asyncio.wait_for(conn.read_eof(), 5)
     head, body = _split_response(raw)
     assert b"Transfer-Encoding: chunked" in head
     data, complete = _decode_chunks(body)
