@@ -888,6 +888,9 @@ class FakeKubeApi:
             # close() already ended the watches it knew of; one whose handler got here after that
             # must end too, or the runner's cleanup waits for it until the watch times out.
             watcher.queue.put_nowait(None)
+        elif self._in_outage and request.transport is not None:
+            # The same race with outage(): a connection accepted just before it began is cut too.
+            request.transport.abort()
         try:
             resp = self._with_warning(kind, web.StreamResponse(status=200, headers={"Content-Type": "application/json"}))
             resp.enable_chunked_encoding()
