@@ -6,6 +6,7 @@ import asyncio
 
 from meshd.testing.client import RawConnection, build_request
 from meshd.testing.upstreams import Received, Reply
+from meshd.testing.waiting import wait_until
 
 
 async def test_get_is_forwarded_with_forwarding_and_l5d_headers(make_mesh, make_upstream):
@@ -56,6 +57,37 @@ async def test_pipelined_requests_are_answered_in_order(make_mesh, make_upstream
     assert bodies == [t.encode() for t in targets]
     assert [r.target for r in up.received] == targets
     await conn.close()
+
+
+def serve_tasks() -> set[asyncio.Task[object]]:
+    return {t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "ServerProtocol._serve"}
+
+
+async def test_one_task_serves_every_request_of_a_connection_in_order(make_mesh, make_upstream):
+    # A connection's requests run in one task (not one per request): after a whole response
+    # written at once, after a streamed one, and for pipelined requests queued behind both.
+    async def handler(req: Received) -> Reply:
+        body = b"x" * 2_000_000 if req.target == "/big" else req.target.encode()
+        return Reply(200, [], body)
+
+    up = await make_upstream(handler)
+    mesh = await make_mesh()
+    mesh.register("svc", up)
+    conn = await RawConnection.open(mesh.port)
+    seen: set[asyncio.Task[object]] = set()
+    for target in ("/a", "/big", "/b"):
+        resp = await asyncio.wait_for(conn.request("GET", target, host="svc"), 5)
+        assert resp.body == (b"x" * 2_000_000 if target == "/big" else target.encode())
+        seen |= serve_tasks()
+    targets = ["/big", "/1", "/2", "/big", "/3"]
+    await conn.send(b"".join(build_request("GET", t) for t in targets))
+    for t in targets:
+        resp = await asyncio.wait_for(conn.read_response(), 5)
+        assert resp.body == (b"x" * 2_000_000 if t == "/big" else t.encode())
+        seen |= serve_tasks()
+    assert len(seen) == 1
+    await conn.close()
+    await wait_until(lambda: not serve_tasks(), timeout=5, message="the connection's task ended with it")
 
 
 async def test_http10_client_gets_response_and_close(make_mesh, make_upstream):

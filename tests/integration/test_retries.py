@@ -621,7 +621,7 @@ async def test_client_closing_its_socket_mid_retry_cancels_the_attempt_in_flight
 
 
 def handler_tasks() -> list[asyncio.Task[object]]:
-    return [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "ServerProtocol._handle"]
+    return [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "ServerProtocol._serve"]
 
 
 async def test_client_disconnecting_during_backoff_sends_no_more_attempts(make_mesh, make_upstream):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 
 from routing.delegate import (
     HEADER_CACHE_SIZE,
@@ -263,6 +263,10 @@ def test_neg_dentry_falls_back_to_what_was_there(dtab: Dtab, path: Path) -> None
         # ~ itself, so the namers are not asked (found by hypothesis: `/* => ~` and `/#/a`).
         assert after[0] == "ok" and isinstance(after[1], tuple) and after[1][0] == NEG
         return
+    # The step budget (max_steps) is a safety valve, not semantics: the extra `Alt(~, ...)` at
+    # every lookup of `path` adds nodes, so a binding that fitted in the budget may not fit any
+    # more (found by hypothesis: `/b=>/a; /a=>1*/a/n & 1*(~|~); /*/n=>/b|/a` and `/a`).
+    assume(not any(kind == "error" and "visited more than" in str(value) for kind, value in (before, after)))
     assert before[0] == after[0]
     if before[0] == "ok":
         assert isinstance(before[1], tuple) and isinstance(after[1], tuple)
