@@ -8,7 +8,14 @@ RATE ?= 50
 DEBIAN_PACKAGES := nginx haproxy wrk dnsmasq chromium
 PROGRAMS := nginx haproxy wrk dnsmasq chromium
 
-.PHONY: install test lint typecheck unit demo bench bench-peers system-deps clean
+.PHONY: FORCE install compile build-deps test lint typecheck unit demo bench bench-peers system-deps clean
+
+# The hot path, compiled with mypyc into C extensions next to their sources (docs/architecture.md,
+# "The compiled hot path"). The Python sources stay the code; MESHD_PURE=1 skips compiling (and
+# removes compiled modules), and meshd ignores a compiled module older than its source.
+# Keep in step with meshd.COMPILED_MODULES (a test checks).
+HOT := meshd/listener.py meshd/pool/connection.py meshd/http/body.py meshd/http/framing.py
+SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -18,7 +25,35 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $@
 
-install: $(VENV)/.installed
+# mypyc writes one shared runtime module at the project root: the .pth puts the root on sys.path.
+# The stamp holds what was built (compiled or pure): asking for the other one rebuilds.
+BUILD_MODE := $(if $(filter 1,$(MESHD_PURE)),pure,compiled)
+BUILT_MODE := $(shell cat $(VENV)/.compiled 2>/dev/null)
+$(VENV)/.compiled: $(HOT) $(VENV)/.installed $(if $(filter $(BUILD_MODE),$(BUILT_MODE)),,FORCE) | build-deps
+	rm -f $@ $(addsuffix .*.so,$(basename $(HOT))) *__mypyc.*.so
+	@if [ "$(MESHD_PURE)" = 1 ]; then echo "MESHD_PURE=1: the hot path runs as pure Python"; \
+	elif command -v cc >/dev/null 2>&1; then \
+	  $(VENV)/bin/mypyc $(HOT) >build-mypyc.log 2>&1 || { cat build-mypyc.log; exit 1; }; \
+	  echo "$(CURDIR)" > "$(SITE)/meshd-compiled.pth"; echo "compiled with mypyc: $(HOT)"; \
+	  echo compiled > $@; \
+	elif [ "$$CI" = true ]; then echo "no C compiler (apt-get install gcc python3-dev)"; exit 1; \
+	else echo "no C compiler: the hot path runs as pure Python (apt-get install gcc python3-dev to compile it)"; fi
+	@[ -s $@ ] || echo pure > $@
+
+install: $(VENV)/.compiled
+
+FORCE:
+
+compile: $(VENV)/.compiled
+
+# gcc and the Python headers, for mypyc; installed when missing and we may (root or sudo).
+build-deps: | $(PY)
+	@if [ "$(MESHD_PURE)" != 1 ] && { ! command -v cc >/dev/null 2>&1 || \
+	    ! $(PY) -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))'; }; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO=sudo; else SUDO=none; fi; \
+	  if [ "$$SUDO" != none ]; then echo "installing gcc and python3-dev for mypyc"; \
+	    $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q gcc python3-dev; fi; \
+	fi
 
 system-deps:
 	@missing=""; for p in $(PROGRAMS); do command -v $$p >/dev/null 2>&1 || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \
@@ -48,4 +83,5 @@ bench: install bench-peers
 bench-peers: install system-deps
 
 clean:
+	rm -f $(addsuffix .*.so,$(basename $(HOT))) *__mypyc.*.so build-mypyc.log
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .demo bench/results

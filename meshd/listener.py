@@ -63,6 +63,8 @@ log = logging.getLogger("meshd.listener")
 
 #: the service label of responses to requests that were never identified (parse errors, ...)
 UNIDENTIFIED: Final = "_unidentified"
+#: the name of each downstream connection's task (see `ServerProtocol._serve`)
+CONNECTION_TASK: Final = "meshd connection"
 
 _SLASH: Final = ord("/")
 _VIA = (b"Via", b"1.1 meshd")
@@ -416,7 +418,7 @@ class ServerProtocol(asyncio.Protocol):
             self._waiter = None
             waiter.set_result(item)
         elif self._task is None or self._task.done():
-            self._task = self._loop.create_task(self._serve(item))
+            self._task = self._loop.create_task(self._serve(item), name=CONNECTION_TASK)
         else:
             # the task is still returning from the previous request (whose whole response was
             # written synchronously): it takes this one next, without waiting

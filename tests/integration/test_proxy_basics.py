@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from meshd.listener import CONNECTION_TASK
 from meshd.testing.client import RawConnection, build_request
 from meshd.testing.upstreams import Received, Reply
 from meshd.testing.waiting import wait_until
@@ -60,7 +61,7 @@ async def test_pipelined_requests_are_answered_in_order(make_mesh, make_upstream
 
 
 def serve_tasks() -> set[asyncio.Task[object]]:
-    return {t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "ServerProtocol._serve"}
+    return {t for t in asyncio.all_tasks() if t.get_name() == CONNECTION_TASK}
 
 
 async def test_one_task_serves_every_request_of_a_connection_in_order(make_mesh, make_upstream):

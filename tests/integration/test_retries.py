@@ -21,6 +21,7 @@ import yaml
 from meshd.config.loader import load_config
 from meshd.config.model import MeshdConfig
 from meshd.daemon import Daemon
+from meshd.listener import CONNECTION_TASK
 from meshd.router import ServiceState
 from meshd.runtime import Runtime
 from meshd.testing.client import RawConnection, build_request
@@ -621,7 +622,7 @@ async def test_client_closing_its_socket_mid_retry_cancels_the_attempt_in_flight
 
 
 def handler_tasks() -> list[asyncio.Task[object]]:
-    return [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "ServerProtocol._serve"]
+    return [t for t in asyncio.all_tasks() if t.get_name() == CONNECTION_TASK]
 
 
 async def test_client_disconnecting_during_backoff_sends_no_more_attempts(make_mesh, make_upstream):

@@ -1,0 +1,64 @@
+"""The compiled hot path: the modules `make install` compiles with mypyc, and the stale-build guard."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+import meshd
+from meshd import COMPILED_MODULES, _drop_stale_compiled_modules
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_makefile_compiles_exactly_the_listed_modules() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    match = re.search(r"^HOT := (.*)$", makefile, re.MULTILINE)
+    assert match is not None
+    assert match.group(1).split() == [m.replace(".", "/") + ".py" for m in COMPILED_MODULES]
+
+
+def test_the_hot_path_runs_compiled() -> None:
+    # What the benchmarks measure is what the tests test: under CI, `make test` must have compiled
+    # the hot path (MESHD_PURE=1 opts out explicitly).
+    if os.environ.get("MESHD_PURE") == "1":
+        pytest.skip("MESHD_PURE=1: the hot path runs as pure Python")
+    files = {name: str(importlib.import_module(name).__file__) for name in COMPILED_MODULES}
+    pure = [name for name, file in files.items() if not file.endswith(".so")]
+    if pure and os.environ.get("CI") != "true":
+        pytest.skip(f"not compiled (run `make install`; needs gcc and python3-dev): {pure}")
+    assert not pure, f"these hot-path modules run as pure Python: {pure}"
+
+
+def _checkout(tmp_path: Path) -> tuple[Path, Path]:
+    (tmp_path / ".git").mkdir()
+    source = tmp_path / "meshd" / "listener.py"
+    source.parent.mkdir()
+    source.write_text("x = 1\n")
+    built = source.with_name("listener.cpython-311-x86_64-linux-gnu.so")
+    built.write_bytes(b"\0")
+    return source, built
+
+
+def test_a_compiled_module_older_than_its_source_is_removed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source, built = _checkout(tmp_path)
+    os.utime(built, (source.stat().st_mtime - 10, source.stat().st_mtime - 10))
+    assert _drop_stale_compiled_modules(tmp_path) == [built]
+    assert not built.exists()
+    assert "older than listener.py" in capsys.readouterr().err
+
+
+def test_a_fresh_compiled_module_is_kept_and_installed_packages_are_left_alone(tmp_path: Path) -> None:
+    source, built = _checkout(tmp_path)
+    os.utime(built, (source.stat().st_mtime + 10, source.stat().st_mtime + 10))
+    assert _drop_stale_compiled_modules(tmp_path) == []
+    assert built.exists()
+    os.utime(built, (source.stat().st_mtime - 10, source.stat().st_mtime - 10))
+    (tmp_path / ".git").rmdir()
+    assert _drop_stale_compiled_modules(tmp_path) == []  # not a checkout: never touched
+    assert built.exists()
+    assert meshd.__version__
