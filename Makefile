@@ -26,6 +26,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(PY)
 	touch $@
 
 # mypyc writes one shared runtime module at the project root: the .pth puts the root on sys.path.
+# The touch: mypyc reuses unchanged builds and copies them with their old times, which meshd's
+# stale-build check would take for builds older than their sources.
 # The stamp holds what was built (compiled or pure): asking for the other one rebuilds.
 BUILD_MODE := $(if $(filter 1,$(MESHD_PURE)),pure,compiled)
 BUILT_MODE := $(shell cat $(VENV)/.compiled 2>/dev/null)
@@ -34,6 +36,7 @@ $(VENV)/.compiled: $(HOT) $(VENV)/.installed $(if $(filter $(BUILD_MODE),$(BUILT
 	@if [ "$(MESHD_PURE)" = 1 ]; then echo "MESHD_PURE=1: the hot path runs as pure Python"; \
 	elif command -v cc >/dev/null 2>&1; then \
 	  $(VENV)/bin/mypyc $(HOT) >build-mypyc.log 2>&1 || { cat build-mypyc.log; exit 1; }; \
+	  touch $(addsuffix .*.so,$(basename $(HOT))); \
 	  echo "$(CURDIR)" > "$(SITE)/meshd-compiled.pth"; echo "compiled with mypyc: $(HOT)"; \
 	  echo compiled > $@; \
 	elif [ "$$CI" = true ]; then echo "no C compiler (apt-get install gcc python3-dev)"; exit 1; \

@@ -417,14 +417,14 @@ class ServerProtocol(asyncio.Protocol):
         if waiter is not None:
             self._waiter = None
             waiter.set_result(item)
-        elif self._task is None or self._task.done():
-            self._task = self._loop.create_task(self._serve(item), name=CONNECTION_TASK)
         else:
-            # the task is still returning from the previous request (whose whole response was
-            # written synchronously): it takes this one next, without waiting
+            # A new task takes it first; a running task still returning from the previous request
+            # (whose whole response was written synchronously) takes it next, without waiting.
             self._next = item
+            if self._task is None or self._task.done():
+                self._task = self._loop.create_task(self._serve(), name=CONNECTION_TASK)
 
-    async def _serve(self, request: Request) -> None:
+    async def _serve(self) -> None:
         """The connection's one task: runs its requests one after another, in order.
 
         One task per connection rather than per request: creating an asyncio task (and
@@ -433,7 +433,15 @@ class ServerProtocol(asyncio.Protocol):
         """
         service = self._listener.service
         observe = self._listener.observe
+        request: Request | None = None
+        response: Response | None = None
         while True:
+            request = self._next
+            if request is None:
+                self._waiter = waiter = self._loop.create_future()
+                request = await waiter
+            else:
+                self._next = None
             # Stats are taken here rather than in a pipeline stage: outermost by construction,
             # and one coroutine frame less per request.
             #
@@ -461,13 +469,8 @@ class ServerProtocol(asyncio.Protocol):
             self._write_response(request, response)
             if self._closing:
                 return
-            item = self._next
-            if item is None:
-                self._waiter = waiter = self._loop.create_future()
-                item = await waiter
-            else:
-                self._next = None
-            request = item
+            # keep nothing of this exchange while the connection waits for its next request
+            request = response = None
 
     def _write_response(self, request: Request, response: Response) -> None:
         transport = self._transport

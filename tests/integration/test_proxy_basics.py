@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
+from meshd.http.messages import Request, Response
 from meshd.listener import CONNECTION_TASK
 from meshd.testing.client import RawConnection, build_request
 from meshd.testing.upstreams import Received, Reply
@@ -89,6 +91,23 @@ async def test_one_task_serves_every_request_of_a_connection_in_order(make_mesh,
     assert len(seen) == 1
     await conn.close()
     await wait_until(lambda: not serve_tasks(), timeout=5, message="the connection's task ended with it")
+
+
+async def test_idle_keep_alive_connections_hold_no_request_or_response(make_mesh, make_upstream):
+    # An idle connection's task waits for the next request holding nothing of the last one: with
+    # thousands of idle keep-alive clients, their last exchanges would otherwise stay in memory.
+    up = await make_upstream()
+    mesh = await make_mesh()
+    mesh.register("svc", up)
+    conns = [await RawConnection.open(mesh.port) for _ in range(5)]
+    for conn in conns:
+        resp = await asyncio.wait_for(conn.request("GET", "/", host="svc"), 5)
+        assert resp.status == 200
+    assert len(serve_tasks()) == 5
+    gc.collect()
+    assert [o for o in gc.get_objects() if isinstance(o, Request | Response)] == []
+    for conn in conns:
+        await conn.close()
 
 
 async def test_http10_client_gets_response_and_close(make_mesh, make_upstream):
