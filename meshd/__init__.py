@@ -14,29 +14,35 @@ COMPILED_MODULES: Final = ("meshd.listener", "meshd.pool.connection", "meshd.htt
 
 
 def _drop_stale_compiled_modules(root: Path | None = None) -> list[Path]:
-    """In a source checkout, remove compiled modules older than their source.
+    """In a source checkout, remove the compiled modules if any is older than its source.
 
     Python imports `listener.cpython-311-*.so` before `listener.py`: after an edit (or a `git
-    checkout`) a stale build would silently run the old code. It is removed instead, so the
-    source runs (as pure Python) until `make install` compiles it again.
+    checkout`) a stale build would silently run the old code. They are compiled together (one
+    shared runtime, native classes used across them), so one stale build removes them all; the
+    sources then run as pure Python until `make install` compiles them again.
     """
     if root is None:
         root = Path(__file__).resolve().parent.parent
-    removed: list[Path] = []
     if not (root / ".git").exists():
-        return removed  # an installed package: its compiled modules were built from what is beside them
+        return []  # an installed package: its compiled modules were built from what is beside them
+    builds: list[Path] = []
+    stale: list[str] = []
     for name in COMPILED_MODULES:
         source = root.joinpath(*name.split(".")).with_suffix(".py")
         for built in source.parent.glob(source.stem + ".*.so"):
+            builds.append(built)
             try:
                 if built.stat().st_mtime < source.stat().st_mtime:
-                    built.unlink()
-                    removed.append(built)
-                    print(f"meshd: {built.name} is older than {source.name}: removed, running the source "
-                          "(`make install` compiles it again)", file=sys.stderr)
+                    stale.append(source.name)
             except OSError:
                 pass
-    return removed
+    if not stale:
+        return []
+    for built in builds:
+        built.unlink(missing_ok=True)
+    print(f"meshd: the compiled hot path is older than {', '.join(stale)}: removed, running the sources "
+          "(`make install` compiles them again)", file=sys.stderr)
+    return builds
 
 
 _drop_stale_compiled_modules()

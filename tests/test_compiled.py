@@ -34,29 +34,36 @@ def test_the_hot_path_runs_compiled() -> None:
     assert not pure, f"these hot-path modules run as pure Python: {pure}"
 
 
-def _checkout(tmp_path: Path) -> tuple[Path, Path]:
+def _checkout(tmp_path: Path) -> tuple[Path, Path, Path]:
     (tmp_path / ".git").mkdir()
     source = tmp_path / "meshd" / "listener.py"
     source.parent.mkdir()
     source.write_text("x = 1\n")
     built = source.with_name("listener.cpython-311-x86_64-linux-gnu.so")
     built.write_bytes(b"\0")
-    return source, built
+    (tmp_path / "meshd" / "http").mkdir()
+    (tmp_path / "meshd" / "http" / "body.py").write_text("x = 1\n")
+    other = tmp_path / "meshd" / "http" / "body.cpython-311-x86_64-linux-gnu.so"
+    other.write_bytes(b"\0")
+    later = source.stat().st_mtime + 10
+    os.utime(other, (later, later))
+    return source, built, other
 
 
-def test_a_compiled_module_older_than_its_source_is_removed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    source, built = _checkout(tmp_path)
+def test_one_compiled_module_older_than_its_source_removes_them_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # They share one runtime and each other's native classes: a mix of builds and sources is unsafe.
+    source, built, other = _checkout(tmp_path)
     os.utime(built, (source.stat().st_mtime - 10, source.stat().st_mtime - 10))
-    assert _drop_stale_compiled_modules(tmp_path) == [built]
-    assert not built.exists()
+    assert sorted(_drop_stale_compiled_modules(tmp_path)) == sorted([built, other])
+    assert not built.exists() and not other.exists()
     assert "older than listener.py" in capsys.readouterr().err
 
 
-def test_a_fresh_compiled_module_is_kept_and_installed_packages_are_left_alone(tmp_path: Path) -> None:
-    source, built = _checkout(tmp_path)
+def test_fresh_compiled_modules_are_kept_and_installed_packages_are_left_alone(tmp_path: Path) -> None:
+    source, built, other = _checkout(tmp_path)
     os.utime(built, (source.stat().st_mtime + 10, source.stat().st_mtime + 10))
     assert _drop_stale_compiled_modules(tmp_path) == []
-    assert built.exists()
+    assert built.exists() and other.exists()
     os.utime(built, (source.stat().st_mtime - 10, source.stat().st_mtime - 10))
     (tmp_path / ".git").rmdir()
     assert _drop_stale_compiled_modules(tmp_path) == []  # not a checkout: never touched
