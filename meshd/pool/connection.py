@@ -85,7 +85,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = True
         self._until_close = False
         # per-response parse state
-        self._head_bytes = 0  # status line and headers counted so far (see `data_received`)
+        # Two counts, each checked against the limit (as the listener does): the header lines
+        # httptools reported, and the bytes of reads that ended inside the head (httptools keeps
+        # an unfinished line to itself, so one endless header only shows there). One count for
+        # both would count a head arriving in pieces twice.
+        self._head_bytes = 0
+        self._head_spill = 0
         self._reading_head = False  # a response head is expected and not complete yet
         self._reason = b""
         self._headers: Headers = []
@@ -129,8 +134,8 @@ class UpstreamConnection(asyncio.Protocol):
             if self._reading_head:
                 # All of `data` belongs to a head that is still not complete: httptools buffers
                 # a header line until it ends, so one endless header is only seen here.
-                self._head_bytes += len(data)
-                if self._head_bytes > self._max_head_bytes:
+                self._head_spill += len(data)
+                if self._head_spill > self._max_head_bytes:
                     self._fail(self._head_too_large())
             elif (
                 self._idle_timer is None
@@ -222,6 +227,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = True
         self._reading_head = True
         self._head_bytes = 0
+        self._head_spill = 0
         future: asyncio.Future[Response] = self._loop.create_future()
         self._future = future
         body = request.body

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from meshd.clock import Clock
 from meshd.errors import ConnectFailed, PoolExhausted
-from meshd.pool.connection import UpstreamConnection
+from meshd.pool.connection import DEFAULT_MAX_HEAD_BYTES, DEFAULT_RESPONSE_IDLE_TIMEOUT_S, UpstreamConnection
 from meshd.pool.dialer import Dialer
 
 
@@ -28,9 +28,9 @@ class PoolLimits:
     max_waiters: int = 10000
     idle_time_s: float = 10.0
     #: a response whose status line and headers exceed this fails with 502 (`maxResponseHeaderBytes`)
-    max_response_head_bytes: int = 64 * 1024
+    max_response_head_bytes: int = DEFAULT_MAX_HEAD_BYTES
     #: a response body the upstream stops sending for this long is cut (`responseIdleTimeoutMs`)
-    response_idle_timeout_s: float | None = 300.0
+    response_idle_timeout_s: float | None = DEFAULT_RESPONSE_IDLE_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
