@@ -16,10 +16,10 @@ COPY examples ./examples
 # are copied beside the installed modules; mypyc's shared runtime module goes to the top level.
 RUN python -m venv /opt/meshd \
  && /opt/meshd/bin/pip install --no-cache-dir . "mypy>=1.10" \
- && /opt/meshd/bin/mypyc meshd/listener.py meshd/pool/connection.py meshd/http/body.py meshd/http/framing.py \
+ && /opt/meshd/bin/mypyc $(/opt/meshd/bin/python -c 'import meshd; print(" ".join(m.replace(".", "/") + ".py" for m in meshd.COMPILED_MODULES))') \
  && SITE="$(/opt/meshd/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
  && cp ./*__mypyc.*.so "$SITE/" \
- && find meshd -name '*.so' -exec cp --parents {} "$SITE/" \; \
+ && find meshd balancers -name '*.so' -exec cp --parents {} "$SITE/" \; \
  && cd / && /opt/meshd/bin/python -c 'import importlib, meshd; assert all(importlib.import_module(m).__file__.endswith(".so") for m in meshd.COMPILED_MODULES)' \
  && /opt/meshd/bin/pip uninstall -y mypy mypy_extensions
 

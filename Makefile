@@ -14,7 +14,34 @@ PROGRAMS := nginx haproxy wrk dnsmasq chromium
 # "The compiled hot path"). The Python sources stay the code; MESHD_PURE=1 skips compiling (and
 # removes compiled modules), and meshd ignores a compiled module older than its source.
 # Keep in step with meshd.COMPILED_MODULES (a test checks).
-HOT := meshd/listener.py meshd/pool/connection.py meshd/http/body.py meshd/http/framing.py
+HOT := meshd/listener.py \
+  meshd/pool/connection.py \
+  meshd/http/body.py \
+  meshd/http/framing.py \
+  meshd/http/messages.py \
+  meshd/http/headers.py \
+  meshd/pipeline/stack.py \
+  meshd/pipeline/hygiene.py \
+  meshd/pipeline/identify.py \
+  meshd/pipeline/bind.py \
+  meshd/pipeline/assemble.py \
+  meshd/pipeline/timeouts.py \
+  meshd/pipeline/retries.py \
+  meshd/pipeline/stats.py \
+  meshd/pipeline/dispatch.py \
+  meshd/router.py \
+  meshd/client.py \
+  meshd/pool/pool.py \
+  meshd/retry/budget.py \
+  balancers/base.py \
+  balancers/node.py \
+  balancers/p2c.py \
+  balancers/peak_ewma.py \
+  balancers/ewma.py \
+  balancers/accrual.py \
+  balancers/round_robin.py \
+  balancers/least_loaded.py \
+  balancers/membership.py
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 $(PY):

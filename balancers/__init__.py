@@ -5,19 +5,20 @@ feeds it endpoint sets with `update()`, and for every attempt calls `pick()`, th
 `node.start()` and `node.finish(started, failure=...)`. See docs/load-balancing.md.
 """
 
-from balancers.accrual import (
-    AccrualConfig,
-    AccrualPolicy,
-    ConsecutiveFailuresConfig,
-    NoAccrualConfig,
-    SuccessRateConfig,
-)
+from balancers.accrual import AccrualPolicy
 from balancers.backoff import BackoffConfig, ConstantBackoffConfig, EqualJitteredBackoffConfig
 from balancers.base import Balancer, BalancerStatistics, Clock, Member, NodeState, NoNodesAvailable
+from balancers.configs import (
+    AccrualConfig,
+    ConsecutiveFailuresConfig,
+    EwmaConfig,
+    NoAccrualConfig,
+    P2CConfig,
+    RoundRobinConfig,
+    SuccessRateConfig,
+)
 from balancers.node import Node
-from balancers.p2c import EwmaConfig, P2CConfig
 from balancers.registry import ACCRUALS, BACKOFFS, BALANCERS, BalancerConfig
-from balancers.round_robin import RoundRobinConfig
 
 __all__ = [
     "ACCRUALS",

@@ -23,24 +23,18 @@ the first ejection uses the first delay, each failed probe the next, a revival r
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Protocol
 
-from balancers.backoff import BACKOFFS, Backoff, BackoffConfig, EqualJitteredBackoffConfig
+from balancers.backoff import Backoff
 from balancers.ewma import Ema
 
 __all__ = [
-    "AccrualConfig",
     "AccrualPolicy",
     "AccrualPolicyFactory",
     "ConsecutiveFailures",
-    "ConsecutiveFailuresConfig",
     "NoAccrual",
-    "NoAccrualConfig",
     "SuccessRate",
-    "SuccessRateConfig",
 ]
 
 
@@ -66,52 +60,6 @@ AccrualPolicyFactory = Callable[[], AccrualPolicy]
 """Makes a fresh policy for each new node."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConsecutiveFailuresConfig:
-    KIND: ClassVar[str] = "consecutiveFailures"
-
-    failures: int = 5
-    backoff: BackoffConfig = field(default_factory=EqualJitteredBackoffConfig, metadata={"registry": BACKOFFS})
-
-    def __post_init__(self) -> None:
-        if self.failures < 1:
-            raise ValueError("failures: must be at least 1")
-
-    def build(self, rng: random.Random) -> AccrualPolicyFactory:
-        backoff = self.backoff.build(rng)
-        failures = self.failures
-        return lambda: ConsecutiveFailures(failures, backoff)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SuccessRateConfig:
-    KIND: ClassVar[str] = "successRate"
-
-    success_rate: float = 0.8
-    requests: int = 100
-    backoff: BackoffConfig = field(default_factory=EqualJitteredBackoffConfig, metadata={"registry": BACKOFFS})
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.success_rate <= 1.0:
-            raise ValueError("successRate: must be between 0 and 1")
-        if self.requests < 1:
-            raise ValueError("requests: must be at least 1")
-
-    def build(self, rng: random.Random) -> AccrualPolicyFactory:
-        backoff = self.backoff.build(rng)
-        success_rate, requests = self.success_rate, self.requests
-        return lambda: SuccessRate(success_rate, requests, backoff)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NoAccrualConfig:
-    KIND: ClassVar[str] = "none"
-
-    def build(self, rng: random.Random) -> AccrualPolicyFactory:
-        return NoAccrual
-
-
-AccrualConfig = ConsecutiveFailuresConfig | SuccessRateConfig | NoAccrualConfig
 
 
 class _Streak:

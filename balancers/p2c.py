@@ -35,76 +35,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
-from typing import ClassVar
 
-from balancers.accrual import AccrualConfig, AccrualPolicyFactory
+from balancers.accrual import AccrualPolicyFactory
 from balancers.alias import AliasTable, draw_pair
 from balancers.base import Clock, M, NoNodesAvailable
-from balancers.least_loaded import LeastLoadedNode
 from balancers.membership import Membership, NodeFactory
 from balancers.node import PROBE_OPEN, Node
-from balancers.peak_ewma import PeakEwmaNode
 
-__all__ = ["EwmaConfig", "P2CBalancer", "P2CConfig"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class P2CConfig:
-    """P2C least loaded: linkerd 1's default balancer (`Balancers.p2c(maxEffort = 5)`)."""
-
-    KIND: ClassVar[str] = "p2c"
-
-    max_effort: int = 5
-
-    def __post_init__(self) -> None:
-        if self.max_effort < 1:
-            raise ValueError("maxEffort must be at least 1")
-
-    def build(self, clock: Clock, rng: random.Random, accrual: AccrualConfig) -> P2CBalancer[M]:
-        def node(member: M, owner: Membership[M], policies: AccrualPolicyFactory) -> Node[M]:
-            return LeastLoadedNode(member, clock, policies(), owner)
-
-        return P2CBalancer(
-            kind=self.KIND,
-            clock=clock,
-            rng=rng,
-            accrual=accrual.build(rng),
-            node_factory=node,
-            max_effort=self.max_effort,
-        )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EwmaConfig:
-    """P2C over Peak EWMA: meshd's default (`Balancers.p2cPeakEwma(decayTime = 10.seconds)`)."""
-
-    KIND: ClassVar[str] = "ewma"
-
-    decay_time_ms: int = 10000
-    max_effort: int = 5
-
-    def __post_init__(self) -> None:
-        if self.decay_time_ms <= 0:
-            raise ValueError("decayTimeMs must be positive")
-        if self.max_effort < 1:
-            raise ValueError("maxEffort must be at least 1")
-
-    def build(self, clock: Clock, rng: random.Random, accrual: AccrualConfig) -> P2CBalancer[M]:
-        decay_time_s = self.decay_time_ms / 1000.0
-
-        def node(member: M, owner: Membership[M], policies: AccrualPolicyFactory) -> Node[M]:
-            return PeakEwmaNode(member, clock, policies(), owner, decay_time_s)
-
-        return P2CBalancer(
-            kind=self.KIND,
-            clock=clock,
-            rng=rng,
-            accrual=accrual.build(rng),
-            node_factory=node,
-            max_effort=self.max_effort,
-        )
+__all__ = ["P2CBalancer"]
 
 
 class P2CBalancer(Membership[M]):

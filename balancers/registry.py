@@ -15,10 +15,15 @@ from __future__ import annotations
 
 from typing import Final
 
-from balancers.accrual import ConsecutiveFailuresConfig, NoAccrualConfig, SuccessRateConfig
 from balancers.backoff import BACKOFFS
-from balancers.p2c import EwmaConfig, P2CConfig
-from balancers.round_robin import RoundRobinConfig
+from balancers.configs import (
+    ConsecutiveFailuresConfig,
+    EwmaConfig,
+    NoAccrualConfig,
+    P2CConfig,
+    RoundRobinConfig,
+    SuccessRateConfig,
+)
 
 __all__ = [
     "ACCRUALS",

@@ -23,31 +23,13 @@ random node, so frequent updates do not favour the first one.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import ClassVar
 
-from balancers.accrual import AccrualConfig, AccrualPolicyFactory
+from balancers.accrual import AccrualPolicyFactory
 from balancers.base import Clock, M, NoNodesAvailable
-from balancers.least_loaded import LeastLoadedNode
 from balancers.membership import Membership, NodeFactory
 from balancers.node import Node
 
-__all__ = ["RoundRobinBalancer", "RoundRobinConfig"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RoundRobinConfig:
-    """Smooth weighted round robin; no settings."""
-
-    KIND: ClassVar[str] = "roundRobin"
-
-    def build(self, clock: Clock, rng: random.Random, accrual: AccrualConfig) -> RoundRobinBalancer[M]:
-        def node(member: M, owner: Membership[M], policies: AccrualPolicyFactory) -> Node[M]:
-            return LeastLoadedNode(member, clock, policies(), owner)
-
-        return RoundRobinBalancer(
-            kind=self.KIND, clock=clock, rng=rng, accrual=accrual.build(rng), node_factory=node
-        )
+__all__ = ["RoundRobinBalancer"]
 
 
 class RoundRobinBalancer(Membership[M]):

@@ -25,8 +25,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from balancers.accrual import AccrualConfig, ConsecutiveFailuresConfig
 from balancers.base import Balancer, BalancerStatistics
+from balancers.configs import AccrualConfig, ConsecutiveFailuresConfig
 from balancers.node import Node
 from balancers.registry import BALANCERS, BalancerConfig
 

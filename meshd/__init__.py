@@ -10,7 +10,36 @@ __version__ = "0.1.0"
 
 #: The hot-path modules `make install` compiles with mypyc (C extensions beside their sources; see
 #: docs/architecture.md). The Makefile's HOT list must name the same files (a test checks).
-COMPILED_MODULES: Final = ("meshd.listener", "meshd.pool.connection", "meshd.http.body", "meshd.http.framing")
+COMPILED_MODULES: Final = (
+    "meshd.listener",
+    "meshd.pool.connection",
+    "meshd.http.body",
+    "meshd.http.framing",
+    "meshd.http.messages",
+    "meshd.http.headers",
+    "meshd.pipeline.stack",
+    "meshd.pipeline.hygiene",
+    "meshd.pipeline.identify",
+    "meshd.pipeline.bind",
+    "meshd.pipeline.assemble",
+    "meshd.pipeline.timeouts",
+    "meshd.pipeline.retries",
+    "meshd.pipeline.stats",
+    "meshd.pipeline.dispatch",
+    "meshd.router",
+    "meshd.client",
+    "meshd.pool.pool",
+    "meshd.retry.budget",
+    "balancers.base",
+    "balancers.node",
+    "balancers.p2c",
+    "balancers.peak_ewma",
+    "balancers.ewma",
+    "balancers.accrual",
+    "balancers.round_robin",
+    "balancers.least_loaded",
+    "balancers.membership",
+)
 
 
 def _drop_stale_compiled_modules(root: Path | None = None) -> list[Path]:

@@ -17,6 +17,7 @@ import asyncio
 from dataclasses import dataclass
 
 from balancers.base import Balancer, NoNodesAvailable
+from balancers.configs import AccrualConfig
 from balancers.node import Node
 from balancers.registry import BalancerConfig
 from meshd.discovery.addr import Addr, Address, Bound, Neg
@@ -53,7 +54,7 @@ class Endpoint:
 @dataclass(frozen=True, slots=True)
 class ClientSettings:
     balancer: BalancerConfig
-    accrual: object
+    accrual: AccrualConfig
     pool: PoolLimits
     attempt_timeout_ms: int | None
 
@@ -76,7 +77,7 @@ class Client:
         self.balancer: Balancer[Endpoint] = settings.balancer.build(
             runtime.clock.now,
             runtime.rng,
-            settings.accrual,  # type: ignore[arg-type]  # an accrual config from balancers.registry.ACCRUALS
+            settings.accrual,
         )
         self._endpoints: dict[tuple[str, int], Endpoint] = {}
         self._addr = addr
@@ -141,10 +142,12 @@ class Client:
                 except StaleConnection:
                     if not can_resend(request):
                         raise
-                    response = await resend(endpoint, request, head)
+                    response = None  # sent again below: never await inside `except` (docs/architecture.md)
                 except asyncio.CancelledError:
                     conn.abort()
                     raise
+                if response is None:
+                    response = await resend(endpoint, request, head)
             elif self._attempt_timeout_s is None:
                 response = await dispatch(endpoint, request, head, conn)
             else:

@@ -17,12 +17,11 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from balancers.accrual import ConsecutiveFailuresConfig, NoAccrualConfig, SuccessRateConfig
-from balancers.p2c import EwmaConfig
+from balancers.configs import ConsecutiveFailuresConfig, EwmaConfig, NoAccrualConfig, SuccessRateConfig
 from balancers.registry import ACCRUALS, BALANCERS, BalancerConfig
 from meshd.discovery.registry import NAMERS, NamerConfig
 from meshd.retry.backoff import BACKOFFS, BackoffConfig, JitteredBackoffConfig
-from meshd.retry.budget import RetryBudgetConfig
+from meshd.retry.budget_config import RetryBudgetConfig
 from meshd.retry.classifiers import CLASSIFIERS, ResponseClassifierConfig, RetryableIdempotent5XXConfig
 from meshd.transformers import TRANSFORMERS, DaemonSetConfig, TransformerConfig
 from routing.dtab import Prefix

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Final
 
 from meshd.retry.backoff import BACKOFFS, BackoffConfig, JitteredBackoffConfig
-from meshd.retry.budget import RetryBudgetConfig
+from meshd.retry.budget_config import RetryBudgetConfig
 from meshd.retry.classifiers import CLASSIFIERS, ResponseClassifierConfig, RetryableIdempotent5XXConfig
 
 __all__ = [

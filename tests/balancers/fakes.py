@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from balancers.accrual import AccrualConfig, NoAccrualConfig
 from balancers.base import Balancer, NodeState
+from balancers.configs import AccrualConfig, NoAccrualConfig
 from balancers.node import Node
 from balancers.registry import BALANCERS
 

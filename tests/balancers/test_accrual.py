@@ -10,12 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from balancers.accrual import (
-    ConsecutiveFailuresConfig,
-    NoAccrualConfig,
-    SuccessRateConfig,
-)
 from balancers.backoff import ConstantBackoffConfig, EqualJitteredBackoffConfig
+from balancers.configs import ConsecutiveFailuresConfig, NoAccrualConfig, SuccessRateConfig
 
 from .fakes import KINDS, FakeClock, build, fail, state, succeed
 

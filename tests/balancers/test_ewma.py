@@ -9,11 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from balancers.accrual import NoAccrualConfig
 from balancers.base import Balancer
+from balancers.configs import EwmaConfig, NoAccrualConfig
 from balancers.ewma import Ema, PeakEwma
 from balancers.node import Node
-from balancers.p2c import EwmaConfig
 from balancers.peak_ewma import PENALTY_SECONDS, SUCCESS_WINDOW
 
 from .fakes import FakeClock, Member

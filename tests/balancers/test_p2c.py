@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from balancers.accrual import ConsecutiveFailuresConfig
 from balancers.alias import AliasTable, draw_pair
 from balancers.backoff import ConstantBackoffConfig
 from balancers.base import NoNodesAvailable
+from balancers.configs import ConsecutiveFailuresConfig
 
 from .fakes import FakeClock, Member, build, members
 

@@ -9,10 +9,9 @@ import re
 
 import pytest
 
-from balancers.accrual import ConsecutiveFailuresConfig, SuccessRateConfig
 from balancers.backoff import EqualJitteredBackoffConfig
 from balancers.base import Balancer
-from balancers.p2c import EwmaConfig, P2CConfig
+from balancers.configs import ConsecutiveFailuresConfig, EwmaConfig, P2CConfig, SuccessRateConfig
 from balancers.registry import ACCRUALS, BACKOFFS, BALANCERS, DEFAULT_ACCRUAL, DEFAULT_BALANCER
 
 from .fakes import FakeClock, Member

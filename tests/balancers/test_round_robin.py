@@ -8,10 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from balancers.accrual import ConsecutiveFailuresConfig, NoAccrualConfig
 from balancers.backoff import ConstantBackoffConfig
 from balancers.base import Balancer, NoNodesAvailable
-from balancers.round_robin import RoundRobinConfig
+from balancers.configs import ConsecutiveFailuresConfig, NoAccrualConfig, RoundRobinConfig
 
 from .fakes import FakeClock, Member, build
 

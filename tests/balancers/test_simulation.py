@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from balancers.accrual import NoAccrualConfig
+from balancers.configs import NoAccrualConfig
 from balancers.simulation import ReplicaModel, SimResult, simulate, standard_replicas
 
 from .fakes import KINDS

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from balancers.accrual import ConsecutiveFailuresConfig
 from balancers.backoff import ConstantBackoffConfig
 from balancers.base import Balancer, NoNodesAvailable
+from balancers.configs import ConsecutiveFailuresConfig
 from balancers.node import Node
 
 from .fakes import KINDS, FakeClock, Member, build, fail, members, state

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from balancers.accrual import NoAccrualConfig
 from balancers.base import Balancer
+from balancers.configs import NoAccrualConfig
 from balancers.registry import BALANCERS
 from balancers.simulation import ReplicaModel, simulate
 

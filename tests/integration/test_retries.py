@@ -680,6 +680,8 @@ async def test_access_log_is_not_in_the_chain_when_disabled(make_mesh, make_upst
     await conn.close()
     assert not [r for r in caplog.records if r.name == "meshd.access"]
     service = service_state(mesh, "/svc/svc").service
-    # the service chain starts with the classify filter, not the access log's stage
-    assert "access" not in service.__qualname__.lower()
-    assert service.__qualname__.startswith("_filtered.")
+    # the service chain starts with the classify filter, not the access log's stage (a compiled
+    # closure has no __qualname__; its type is named after it: `one__filtered_obj`)
+    name = getattr(service, "__qualname__", type(service).__name__)
+    assert "access" not in name.lower()
+    assert "_filtered" in name

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from balancers.p2c import EwmaConfig
+from balancers.configs import EwmaConfig
 from meshd.config.errors import ConfigError
 from meshd.config.loader import load_config
 from meshd.config.model import MeshdConfig, PoolConfig, RouterConfig, ServerConfig

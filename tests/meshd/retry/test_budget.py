@@ -29,12 +29,12 @@ from hypothesis import strategies as st
 from meshd.retry.budget import (
     NO_RETRIES,
     UNLIMITED,
-    RetryBudgetConfig,
     RetryBudgetStatistics,
     TokenRetryBudget,
     no_retries,
     unlimited,
 )
+from meshd.retry.budget_config import RetryBudgetConfig
 
 
 class FakeClock:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from meshd.retry.backoff import ExponentialBackoffConfig, JitteredBackoffConfig
-from meshd.retry.budget import RetryBudgetConfig
+from meshd.retry.budget_config import RetryBudgetConfig
 from meshd.retry.classifiers import RetryableRead5XXConfig
 from meshd.retry.registry import (
     BACKOFFS,
