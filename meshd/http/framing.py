@@ -74,7 +74,7 @@ def serialize_request_head(
     """`extra`: header lines already serialised (each ending in CRLF), written after `headers`."""
     # One %-format over joined "name: value" lines: about a third cheaper than extending a
     # list of parts, and this runs for every request and every response.
-    lines = [b"%s: %s" % nv for nv in headers]
+    lines = [b"%s: %s" % (name, value) for name, value in headers]
     if framing is Framing.LENGTH:
         lines.append(b"Content-Length: %d" % (length or 0))
     elif framing is Framing.CHUNKED:
@@ -96,7 +96,7 @@ def serialize_response_head(
     keep_alive: bool,
     client_version: str,
 ) -> bytes:
-    lines = [b"%s: %s" % nv for nv in headers]
+    lines = [b"%s: %s" % (name, value) for name, value in headers]
     if length is not None and (framing is Framing.LENGTH or framing is Framing.NONE):
         lines.append(b"Content-Length: %d" % length)
     elif framing is Framing.CHUNKED:

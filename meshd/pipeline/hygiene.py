@@ -11,7 +11,6 @@ Every request gets an `l5d-reqid` (kept from a trusted caller), `Via` and `X-For
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import os
 from collections.abc import Sequence
 from typing import Final
@@ -58,16 +57,23 @@ class TrustPolicy:
 
 
 class RequestIds:
-    """Cheap unique request ids: a random per-process prefix and a counter, in hex."""
+    """Cheap unique request ids: a random per-process prefix and a counter, 16 hex digits in all.
 
-    __slots__ = ("_prefix", "_counter")
+    The counter starts at `1 << 64 | prefix << 32 | 1`, so `hex()` always gives "0x1" and then
+    exactly 16 digits (8 of prefix, 8 of counter): slicing them off costs about half of
+    formatting `f"{prefix}{n:08x}"` (which was the dearest call of the whole filter compiled).
+    """
 
-    def __init__(self) -> None:
-        self._prefix = os.urandom(4).hex()
-        self._counter = itertools.count(1)
+    __slots__ = ("_last",)
+
+    def __init__(self, prefix: int | None = None) -> None:
+        if prefix is None:
+            prefix = int.from_bytes(os.urandom(4), "big")
+        self._last = (1 << 64) | (prefix << 32)
 
     def next(self) -> str:
-        return f"{self._prefix}{next(self._counter):08x}"
+        self._last += 1
+        return hex(self._last)[3:]
 
 
 def hygiene_filter(trust: TrustPolicy, ids: RequestIds) -> Filter:
