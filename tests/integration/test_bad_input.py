@@ -285,6 +285,38 @@ async def test_slow_headers_are_dropped_after_the_header_timeout(make_mesh, make
     assert up.connections == 0
 
 
+async def test_header_timer_follows_the_head_that_is_pending_when_it_fires(make_mesh, make_upstream):
+    """One timer per connection, re-armed lazily: when it fires for a head that has since been
+    answered, the deadline it applies is that of the head arriving now, not of the first one."""
+    up = await make_upstream()
+    mesh = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "headerTimeoutMs": 1000}])
+    mesh.register("svc", up)
+    # A second meshd with a 200 ms header timeout is the test's clock: each probe that gets its
+    # 408 proves another 200 ms have passed (no sleeping).
+    clock = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "headerTimeoutMs": 200}])
+
+    async def tick() -> None:
+        probe = await RawConnection.open(clock.port)
+        await probe.send(b"GET / HTTP/1.1\r\nHost: svc\r\n")
+        assert (await asyncio.wait_for(probe.read_response(), 5)).status == 408
+        await probe.close()
+
+    conn = await RawConnection.open(mesh.port)
+    await conn.send(b"GET /1 HTTP/1.1\r\nHost: svc\r\n")  # t0, in pieces: the timer is armed (t0 + 1 s)
+    await tick()  # the piece has surely been read on its own
+    await conn.send(b"\r\n")
+    assert (await asyncio.wait_for(conn.read_response(), 5)).status == 200
+    for _ in range(2):
+        await tick()
+    await conn.send(b"GET /2 HTTP/1.1\r\nHost: svc\r\n")  # begins at about t0 + 0.6 s
+    for _ in range(3):
+        await tick()  # past t0 + 1 s, where the timer armed for the first head fired
+    await conn.send(b"\r\n")
+    second = await asyncio.wait_for(conn.read_response(), 5)
+    assert second.status == 200, second.header("l5d-err")
+    await conn.close()
+
+
 async def test_header_timer_does_not_cut_a_slow_body(make_mesh, make_upstream):
     """The header timeout covers the head only: a body may take longer."""
     up = await make_upstream(stream_request_body=True)
