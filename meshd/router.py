@@ -144,7 +144,9 @@ class Router:
         """Pick this attempt's destination and return its client's coroutine (a tail call)."""
         chooser: Chooser | None = request.chooser
         assert chooser is not None
-        choice = chooser.choose(self._rng)
+        choice = chooser.single
+        if choice is None:
+            choice = chooser.choose(self._rng)
         if isinstance(choice, BoundName):
             client = self.clients.get(choice.id)
             if client is None:

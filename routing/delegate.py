@@ -249,13 +249,15 @@ class Chooser:
     A tree with a single possible outcome returns it without drawing a number.
     """
 
-    __slots__ = ("_single", "_choices", "_cumulative", "_branches")
+    __slots__ = ("single", "_choices", "_cumulative", "_branches")
 
     def __init__(self, branches: tuple[tuple[float, Choice], ...]) -> None:
         self._branches = branches
         self._choices = tuple(c for _, c in branches)
         self._cumulative = tuple(accumulate(p for p, _ in branches))
-        self._single: Choice | None = self._choices[0] if len(self._choices) == 1 else None
+        #: the outcome when there is only one (no draw needed); callers on the hot path read it
+        #: before calling `choose` (an attribute read is cheaper than a call)
+        self.single: Choice | None = self._choices[0] if len(self._choices) == 1 else None
 
     @property
     def branches(self) -> tuple[tuple[float, Choice], ...]:
@@ -263,7 +265,7 @@ class Chooser:
         return self._branches
 
     def choose(self, rng: random.Random) -> Choice:
-        single = self._single
+        single = self.single
         if single is not None:
             return single
         i = bisect_right(self._cumulative, rng.random() * self._cumulative[-1])
