@@ -32,6 +32,7 @@ from meshd.retry.budget import (
     RetryBudgetStatistics,
     TokenRetryBudget,
     no_retries,
+    round_half_even,
     unlimited,
 )
 from meshd.retry.budget_config import RetryBudgetConfig
@@ -420,3 +421,8 @@ def test_working_budget_enforces_finagles_requirements(kwargs):
     args = {"ttl_secs": 10, "min_retries_per_sec": 10, "percent_can_retry": 0.2} | kwargs
     with pytest.raises(ValueError):
         TokenRetryBudget(clock=FakeClock(), **args)
+
+
+@given(st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-10**6, 10**6).map(lambda n: n + 0.5)))
+def test_round_half_even_is_the_builtin_round(x: float) -> None:
+    assert round_half_even(x) == round(x)
