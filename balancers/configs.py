@@ -16,7 +16,7 @@ from balancers.accrual import AccrualPolicyFactory, ConsecutiveFailures, NoAccru
 from balancers.backoff import BACKOFFS, BackoffConfig, EqualJitteredBackoffConfig
 from balancers.base import Clock, M
 from balancers.least_loaded import LeastLoadedNode
-from balancers.membership import Membership
+from balancers.membership import Membership, NodeFactory
 from balancers.node import Node
 from balancers.p2c import P2CBalancer
 from balancers.peak_ewma import PeakEwmaNode
@@ -97,14 +97,7 @@ class P2CConfig:
         def node(member: M, owner: Membership[M], policies: AccrualPolicyFactory) -> Node[M]:
             return LeastLoadedNode(member, clock, policies(), owner)
 
-        return P2CBalancer(
-            kind=self.KIND,
-            clock=clock,
-            rng=rng,
-            accrual=accrual.build(rng),
-            node_factory=node,
-            max_effort=self.max_effort,
-        )
+        return _p2c(self.KIND, self.max_effort, clock, rng, accrual, node)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,14 +121,15 @@ class EwmaConfig:
         def node(member: M, owner: Membership[M], policies: AccrualPolicyFactory) -> Node[M]:
             return PeakEwmaNode(member, clock, policies(), owner, decay_time_s)
 
-        return P2CBalancer(
-            kind=self.KIND,
-            clock=clock,
-            rng=rng,
-            accrual=accrual.build(rng),
-            node_factory=node,
-            max_effort=self.max_effort,
-        )
+        return _p2c(self.KIND, self.max_effort, clock, rng, accrual, node)
+
+
+def _p2c(
+    kind: str, max_effort: int, clock: Clock, rng: random.Random, accrual: AccrualConfig, node: NodeFactory[M]
+) -> P2CBalancer[M]:
+    return P2CBalancer(
+        kind=kind, clock=clock, rng=rng, accrual=accrual.build(rng), node_factory=node, max_effort=max_effort
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
