@@ -8,6 +8,8 @@ from typing import Final
 
 from bench.results import BenchRun, ScenarioResult
 
+DIRECT_SHARE: Final = 0.15
+SATURATED_ADDED_P50_MS: Final = 1.0
 LATENCY_ADDED_P50_MS: Final = 0.3
 LATENCY_ADDED_P99_MS: Final = 0.6
 SLOW_REPLICA_P99_FACTOR: Final = 3.0
@@ -50,6 +52,24 @@ def _throughput(s: ScenarioResult | None) -> Goal:
     if mine is None or envoy is None:
         return Goal("throughput", goal, _missing(("meshd-w1", mine), ("envoy", envoy)), None)
     return Goal("throughput", goal, f"{mine:,.0f} vs Envoy {envoy:,.0f}", mine >= envoy)
+
+
+def _direct_share(s: ScenarioResult | None) -> Goal:
+    # The data-plane issue's bar: one process against going straight to the upstream.
+    goal = f"meshd (1 worker) reaches >= {DIRECT_SHARE:.0%} of direct throughput"
+    mine, direct = _metric(s, "meshd-w1", "rps"), _metric(s, "direct", "rps")
+    if mine is None or direct is None or direct <= 0:
+        return Goal("throughput", goal, _missing(("meshd-w1", mine), ("direct", direct)), None)
+    return Goal("throughput", goal, f"{mine / direct:.1%} ({mine:,.0f} of {direct:,.0f} req/s)", mine >= DIRECT_SHARE * direct)
+
+
+def _saturated_p50(s: ScenarioResult | None) -> Goal:
+    goal = f"meshd (1 worker) adds < {SATURATED_ADDED_P50_MS:g} ms to p50 at 64 connections over direct"
+    mine, direct = _metric(s, "meshd-w1", "p50_ms"), _metric(s, "direct", "p50_ms")
+    if mine is None or direct is None:
+        return Goal("throughput", goal, _missing(("meshd-w1", mine), ("direct", direct)), None)
+    added = mine - direct
+    return Goal("throughput", goal, f"+{added:.3f} ms ({mine:.3f} vs direct {direct:.3f} ms)", added < SATURATED_ADDED_P50_MS)
 
 
 def _latency_p50(s: ScenarioResult | None) -> Goal:
@@ -114,6 +134,8 @@ def _ratio(a: float, b: float) -> str:
 
 _CHECKS: Final[tuple[tuple[str, Callable[[ScenarioResult | None], Goal]], ...]] = (
     ("throughput", _throughput),
+    ("throughput", _direct_share),
+    ("throughput", _saturated_p50),
     ("latency", _latency_p50),
     ("latency", _latency_p99),
     ("slow-replica", _slow_replica),

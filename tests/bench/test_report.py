@@ -48,7 +48,9 @@ def test_goals_are_met_missed_or_not_measured(run):
     for g in goals.evaluate(run):
         by_scenario.setdefault(g.scenario, []).append(g.met)
     assert by_scenario == {
-        "throughput": [True],  # 20,000 >= Envoy's 18,000 requests per CPU-second
+        # 20,000 >= Envoy's 18,000 requests per CPU-second; 14,000 is 17.5% of direct's 80,000
+        # (>= 15%); p50 4.4 ms against direct's 0.3 ms adds 4.1 ms (not < 1 ms)
+        "throughput": [True, True, False],
         "latency": [True, False],  # +0.2 ms at p50 (<= 0.3), +0.9 ms at p99 (> 0.6)
         "slow-replica": [True],  # p99 about 2x direct's
         "failing-replica": [True],  # 99.995% success, amplification 1.2
@@ -60,7 +62,7 @@ def test_goals_are_met_missed_or_not_measured(run):
 def test_goals_without_the_rows_they_need_are_not_measured(run):
     empty = replace(run, scenarios=(replace(run.scenario("throughput"), rows=()),))
     outcomes = goals.evaluate(empty)
-    assert len(outcomes) == 7
+    assert len(outcomes) == 9
     assert all(g.met is None and g.verdict == "not measured" for g in outcomes)
 
 
