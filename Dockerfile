@@ -15,7 +15,7 @@ COPY examples ./examples
 # Compiled in the source tree (where mypy sees the project as make does), then the extensions
 # are copied beside the installed modules; mypyc's shared runtime module goes to the top level.
 RUN python -m venv /opt/meshd \
- && /opt/meshd/bin/pip install --no-cache-dir . "mypy>=1.10" \
+ && /opt/meshd/bin/pip install --no-cache-dir . "mypy>=2.4,<3" \
  && /opt/meshd/bin/mypyc $(/opt/meshd/bin/python -c 'import meshd; print(" ".join(m.replace(".", "/") + ".py" for m in meshd.COMPILED_MODULES))') \
  && SITE="$(/opt/meshd/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
  && cp ./*__mypyc.*.so "$SITE/" \
