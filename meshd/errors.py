@@ -127,6 +127,22 @@ class HeaderTimeout(BadRequest):
     kind = "header_timeout"
 
 
+class BodyTimeout(BadRequest):
+    """The client sent nothing of its request body for `bodyIdleTimeoutMs`: 408, connection closed."""
+
+    status = 408
+    reason = "Request Timeout"
+    kind = "body_timeout"
+
+
+class VersionNotSupported(BadRequest):
+    """A request line with HTTP/2.0 or HTTP/0.9 (llhttp parses both; neither is HTTP/1): 505, closed."""
+
+    status = 505
+    reason = "HTTP Version Not Supported"
+    kind = "version_not_supported"
+
+
 class AttemptTimeout(RequestTimeout):
     """One attempt exceeded `requestAttemptTimeoutMs`: 504 unless a retry succeeds."""
 

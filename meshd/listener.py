@@ -40,11 +40,13 @@ import httptools
 
 from meshd.errors import (
     BadRequest,
+    BodyTimeout,
     HeadersTooLarge,
     HeaderTimeout,
     MeshdError,
     NotImplementedMethod,
     RequestTimeout,
+    VersionNotSupported,
 )
 from meshd.http.body import Body, Trailers
 from meshd.http.framing import (
@@ -55,7 +57,13 @@ from meshd.http.framing import (
     response_framing,
     serialize_response_head,
 )
-from meshd.http.headers import HOP_BY_HOP, PLAIN_REQUEST_FIELDS, append_via, connection_tokens
+from meshd.http.headers import (
+    HOP_BY_HOP,
+    PLAIN_REQUEST_FIELDS,
+    TRAILER_DROPPED,
+    append_via,
+    connection_tokens,
+)
 from meshd.http.messages import Headers, Request, Response
 from routing.identifiers.base import authority_of
 
@@ -65,6 +73,8 @@ log = logging.getLogger("meshd.listener")
 UNIDENTIFIED: Final = "_unidentified"
 #: the name of each downstream connection's task (see `ServerProtocol._serve`)
 CONNECTION_TASK: Final = "meshd connection"
+#: the status a request is counted under when its client left before the response began (nginx's 499)
+CLIENT_CLOSED_REQUEST: Final = 499
 
 _SLASH: Final = ord("/")
 _VIA = (b"Via", b"1.1 meshd")
@@ -81,8 +91,12 @@ Service = Callable[[Request], Awaitable[Response]]
 @dataclass(frozen=True, slots=True)
 class ListenerLimits:
     max_header_bytes: int = 64 * 1024
+    #: request header fields (trailer fields included) per request
+    max_headers: int = 100
     header_timeout_s: float = 10.0
     idle_timeout_s: float = 60.0
+    #: the longest silence between two reads of a request body (time reading is paused excluded)
+    body_idle_timeout_s: float = 60.0
     replay_limit: int = 64 * 1024
 
 
@@ -107,10 +121,14 @@ class Listener:
         *,
         label: str = "",
         observe: Observe | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.service = service
         self.limits = limits
         self.label = label
+        #: the timers' clock (seconds); the event loop's own by default. Timers are armed with
+        #: delays computed on this clock, so a test may drive them with a fake one.
+        self.clock = clock
         #: called with (logical name, status, seconds from request head to response head) for
         #: every response this listener writes, meshd's own errors included (the router's stats)
         self.observe: Observe = observe or _ignore
@@ -150,7 +168,8 @@ class ServerProtocol(asyncio.Protocol):
     def __init__(self, listener: Listener) -> None:
         self._listener = listener
         self._limits = listener.limits
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
+        self._clock: Callable[[], float] = listener.clock or loop.time
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._client_ip = ""
@@ -170,7 +189,12 @@ class ServerProtocol(asyncio.Protocol):
         # pending and re-armed on firing if the deadline moved (no call_later per request).
         self._idle_timer: asyncio.TimerHandle | None = None
         self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._idle_since: float | None = None
+        #: when the request body being read was last read from (or reading last resumed)
+        self._body_read_at = 0.0
+        #: when `_serve` began running the active request (-1: not yet); for a client that leaves
+        self._served_since = -1.0
         self._reading_head = False
         self._head_started = 0.0
         # per-message parse state
@@ -178,6 +202,7 @@ class ServerProtocol(asyncio.Protocol):
         self._headers: Headers = []
         self._l5d: dict[str, bytes] = {}
         self._header_bytes = 0
+        self._header_count = 0
         self._host: bytes | None = None
         self._content_length: int | None = None
         self._chunked = False
@@ -211,11 +236,17 @@ class ServerProtocol(asyncio.Protocol):
                 # read here, not when the head began: a head that arrives whole (nearly all of
                 # them) costs no clock read; one that began in this read began microseconds ago.
                 if self._head_started < 0.0:
-                    self._head_started = self._loop.time()
+                    self._head_started = self._clock()
                 if self._header_timer is None:
-                    self._header_timer = self._loop.call_at(
-                        self._head_started + self._limits.header_timeout_s, self._on_header_timeout
+                    self._header_timer = self._loop.call_later(
+                        self._head_started + self._limits.header_timeout_s - self._clock(), self._on_header_timeout
                     )
+            if self._body is not None:
+                # A request body is still arriving after this read: bound the silence until the
+                # next one. A body that arrives with its head (or a bodiless request) costs nothing.
+                self._body_read_at = self._clock()
+                if self._body_timer is None:
+                    self._body_timer = self._loop.call_later(self._limits.body_idle_timeout_s, self._on_body_timeout)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, MeshdError):
@@ -238,16 +269,29 @@ class ServerProtocol(asyncio.Protocol):
                     self._parse_failed(_headers_too_large(self._limits.max_header_bytes))
 
     def eof_received(self) -> bool | None:
-        # The client half-closed. Requests already read are still answered; nothing more will come,
-        # so the connection closes once they are.
+        # The client closed its side. Idle (or in the middle of a head): close, nothing is lost.
+        # With a request in progress whose response has not begun, the client has given up on it
+        # (`curl -m`, a timed-out caller): as nginx (499) and Envoy do, the request is cancelled
+        # (its attempt in flight or its backoff ends, its upstream connection is aborted), the
+        # requests pipelined after it are dropped, and the connection closes with nothing written.
+        # A response that has begun is finished (a client that only shut down its sending side
+        # still reads it; one that closed the socket makes the write fail), then the connection
+        # closes.
         self._peer_closed = True
         if self._body is not None and not self._body.ended:
             self._body.fail(ConnectionClosed("client closed the connection in the middle of the body"))
         if self._active is None and not self._queue:
             return False
+        self._queue.clear()
+        if self._active_response is not None:
+            return True
+        self._client_left()
+        self._close()
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closing:
+            self._client_left()  # reset by the client (or its host), not closed by meshd
         self._closing = True
         self._cancel_timers()
         self._listener._forget(self)
@@ -284,6 +328,11 @@ class ServerProtocol(asyncio.Protocol):
         self._read_pauses -= 1
         if self._read_pauses == 0 and self._transport is not None and not self._closing:
             self._transport.resume_reading()
+            if self._body is not None:
+                # the time reading was paused (meshd's choice, not the client's) does not count
+                self._body_read_at = self._clock()
+                if self._body_timer is None:
+                    self._body_timer = self._loop.call_later(self._limits.body_idle_timeout_s, self._on_body_timeout)
 
     # -- httptools callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -291,6 +340,7 @@ class ServerProtocol(asyncio.Protocol):
         self._headers = []
         self._l5d = {}
         self._header_bytes = 0
+        self._header_count = 0
         self._host = None
         self._content_length = None
         self._chunked = False
@@ -314,7 +364,15 @@ class ServerProtocol(asyncio.Protocol):
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self._limits.max_header_bytes:
             raise _headers_too_large(self._limits.max_header_bytes)
+        self._header_count += 1
+        if self._header_count > self._limits.max_headers:
+            raise HeadersTooLarge(f"more than {self._limits.max_headers} header fields (maxHeaders)")
         if self._in_body:
+            # Trailers: the routing and trust decisions were made on the head, so nothing that
+            # steers routing, framing or authentication may follow in them (see TRAILER_DROPPED).
+            lname = name.lower()
+            if lname in TRAILER_DROPPED or lname.startswith(b"l5d-"):
+                return
             if self._trailers is None:
                 self._trailers = []
             self._trailers.append((name, value))
@@ -357,6 +415,9 @@ class ServerProtocol(asyncio.Protocol):
             raise NotImplementedMethod("CONNECT is not supported")
         keep_alive = parser.should_keep_alive()
         version = request_version(parser, keep_alive, bool(self._conn_tokens))
+        if version != "1.1" and version != "1.0":
+            # llhttp accepts 0.9 and 2.0 in a request line; neither is HTTP/1 (nginx answers 505).
+            raise VersionNotSupported(f"HTTP/{version} is not supported: meshd speaks HTTP/1.1 and HTTP/1.0 here")
         if self._chunked and version == "1.0":
             # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
             raise BadRequest("malformed request: Transfer-Encoding in an HTTP/1.0 request")
@@ -455,7 +516,7 @@ class ServerProtocol(asyncio.Protocol):
             # with `l5d-err` (as a stage it would cost a coroutine frame per request): every
             # failure, meshd's own included, is answered with a status and an explanation, and
             # counted.
-            started = monotonic()
+            self._served_since = started = monotonic()
             try:
                 response = await service(request)
             except MeshdError as exc:
@@ -533,6 +594,7 @@ class ServerProtocol(asyncio.Protocol):
         self._active_response = None
         request = self._active
         self._active = None
+        self._served_since = -1.0
         if self._closing:
             return
         if not keep_alive or (request is not None and not request.body.ended):
@@ -583,6 +645,27 @@ class ServerProtocol(asyncio.Protocol):
             if task is not None:
                 task.cancel()
 
+    def _client_left(self) -> None:
+        """The client went away: cancel its request unless the response has begun (see eof_received).
+
+        The request is counted under status 499 (nginx's "client closed request"), with the time
+        it had been served; requests pipelined behind it, never started, are not counted.
+        """
+        self._queue.clear()
+        request = self._active
+        if request is None or self._active_response is not None:
+            return
+        since = self._served_since
+        self._active = None
+        self._served_since = -1.0
+        self._next = None
+        self._waiter = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        seconds = monotonic() - since if since >= 0.0 else 0.0
+        self._listener.observe(request.logical_name or UNIDENTIFIED, CLIENT_CLOSED_REQUEST, seconds)
+
     def _write_error_and_close(self, error: MeshdError) -> None:
         if self._transport is not None and not self._closing:
             self._transport.write(render_error(error))
@@ -594,8 +677,9 @@ class ServerProtocol(asyncio.Protocol):
         if not self._reading_head or self._closing:
             return
         deadline = self._head_started + self._limits.header_timeout_s
-        if self._loop.time() + _TIMER_SLACK_S < deadline:  # a new head started since this timer was armed
-            self._header_timer = self._loop.call_at(deadline, self._on_header_timeout)
+        now = self._clock()
+        if now + _TIMER_SLACK_S < deadline:  # a new head started since this timer was armed
+            self._header_timer = self._loop.call_later(deadline - now, self._on_header_timeout)
             return
         if self._active is None and not self._queue:
             self._write_error_and_close(_header_timeout_error(self._limits.header_timeout_s))
@@ -608,17 +692,32 @@ class ServerProtocol(asyncio.Protocol):
         if since is None or self._closing:
             return  # busy now; the timer is armed again when the connection next goes idle
         deadline = since + self._limits.idle_timeout_s
-        if self._loop.time() + _TIMER_SLACK_S < deadline:
-            self._idle_timer = self._loop.call_at(deadline, self._on_idle_timeout)
+        now = self._clock()
+        if now + _TIMER_SLACK_S < deadline:
+            self._idle_timer = self._loop.call_later(deadline - now, self._on_idle_timeout)
         elif self._active is None and not self._queue:
             self._close()
+
+    def _on_body_timeout(self) -> None:
+        self._body_timer = None
+        if self._body is None or self._closing or self._read_pauses:
+            return  # no body being read, or reading paused: armed again when reading resumes
+        timeout = self._limits.body_idle_timeout_s
+        deadline = self._body_read_at + timeout
+        now = self._clock()
+        if now + _TIMER_SLACK_S < deadline:  # read since this timer was armed
+            self._body_timer = self._loop.call_later(deadline - now, self._on_body_timeout)
+            return
+        # The body fails (an upstream exchange streaming it is aborted, its connection released)
+        # and the 408 answers the request instead, unless its response has begun; then closed.
+        self._parse_failed(BodyTimeout(f"request body: nothing received for {timeout * 1000:g} ms (bodyIdleTimeoutMs)"))
 
     def _start_idle_timer(self) -> None:
         if self._closing:
             return
-        self._idle_since = now = self._loop.time()
+        self._idle_since = self._clock()
         if self._idle_timer is None:
-            self._idle_timer = self._loop.call_at(now + self._limits.idle_timeout_s, self._on_idle_timeout)
+            self._idle_timer = self._loop.call_later(self._limits.idle_timeout_s, self._on_idle_timeout)
 
     def _cancel_timers(self) -> None:
         if self._idle_timer is not None:
@@ -627,6 +726,9 @@ class ServerProtocol(asyncio.Protocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
     def _close(self) -> None:
         if not self._closing:
@@ -642,6 +744,9 @@ class ServerProtocol(asyncio.Protocol):
             self._close()
 
     def abort(self) -> None:
+        # meshd cuts the connection (a drain that ran out of time): not a client that left
+        self._closing = True
+        self._cancel_timers()
         if self._transport is not None:
             self._transport.abort()
 

@@ -97,8 +97,10 @@ class Router:
         server = self.config.servers[index]
         return ListenerLimits(
             max_header_bytes=server.max_header_bytes,
+            max_headers=server.max_headers,
             header_timeout_s=server.header_timeout_ms / 1000.0,
             idle_timeout_s=server.idle_timeout_ms / 1000.0,
+            body_idle_timeout_s=server.body_idle_timeout_ms / 1000.0,
             # bodies are buffered for replay by the listener, before the service is known: keep
             # the largest buffer any service of this router may use
             replay_limit=max(

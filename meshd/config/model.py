@@ -62,8 +62,10 @@ class ServerConfig:
     ip: str = "127.0.0.1"
     port: int = field(default=4140, metadata=_PORT)
     max_header_bytes: int = field(default=64 * 1024, metadata={"min": 1024, "max": 16 * 1024 * 1024})
+    max_headers: int = field(default=100, metadata={"min": 8, "max": 100_000})
     header_timeout_ms: int = field(default=10_000, metadata={"min": 1})
     idle_timeout_ms: int = field(default=60_000, metadata={"min": 1})
+    body_idle_timeout_ms: int = field(default=60_000, metadata={"min": 1})
 
     def __post_init__(self) -> None:
         _check_ip("ip", self.ip)

@@ -20,6 +20,39 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 
+#: Request trailer fields meshd drops instead of forwarding (besides every `l5d-*` field): the
+#: routing and trust decisions are made on the head, and RFC 9110 §6.5.1 (RFC 7230 §4.1.2 lists
+#: them) forbids in trailers what must be known before the content: framing (Content-Length,
+#: Transfer-Encoding, Trailer, TE), routing (Host, and the forwarding fields meshd itself sets:
+#: Via, X-Forwarded-For, Forwarded), request modifiers (Expect, Max-Forwards, Range, conditionals,
+#: Cache-Control, Pragma), authentication (Authorization, Proxy-Authorization, Cookie) and how to
+#: process the content (Content-Encoding, Content-Type, Content-Range). Hop-by-hop fields too.
+TRAILER_DROPPED: Final = HOP_BY_HOP | frozenset(
+    {
+        b"content-length",
+        b"host",
+        b"via",
+        b"x-forwarded-for",
+        b"forwarded",
+        b"expect",
+        b"max-forwards",
+        b"range",
+        b"if-match",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-unmodified-since",
+        b"if-range",
+        b"cache-control",
+        b"pragma",
+        b"authorization",
+        b"cookie",
+        b"content-encoding",
+        b"content-type",
+        b"content-range",
+    }
+)
+
+
 def _both_cases(*names: bytes) -> frozenset[bytes]:
     return frozenset(names) | frozenset(n.lower() for n in names)
 

@@ -603,8 +603,6 @@ async def test_client_disconnecting_mid_retry_cancels_the_attempt_in_flight(make
     assert client.balancer.nodes()[0].pending == 0
 
 
-@pytest.mark.xfail(reason="listener.py treats a client's FIN as a half-close and keeps the request running "
-                          "until the upstream answers; see the retries report", strict=True)
 async def test_client_closing_its_socket_mid_retry_cancels_the_attempt_in_flight(make_mesh, make_upstream):
     release = asyncio.Event()
     up = await make_upstream(fail_then_hang(release))

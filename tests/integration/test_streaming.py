@@ -222,20 +222,76 @@ async def test_client_leaving_mid_upload_aborts_the_upstream_exchange(make_mesh,
     )
 
 
-async def test_client_half_close_after_a_request_gets_the_response_then_eof(make_mesh, make_upstream):
-    up = await make_upstream()
+async def test_client_half_close_before_the_response_cancels_the_request_and_closes(make_mesh, make_upstream):
+    """A FIN while a request waits for its response means the client gave up on it (`curl -m`, a
+    caller's timeout): as nginx (499) and Envoy do, meshd cancels the request (its upstream attempt
+    is aborted), drops the request pipelined after it, and closes without writing anything."""
+    release = asyncio.Event()
+
+    async def hang(req: Received) -> Reply:
+        await release.wait()
+        return Reply(200, [], b"late")
+
+    up = await make_upstream(hang)
+    mesh = await make_mesh()
+    mesh.register("svc", up)
+    conn = await RawConnection.open(mesh.port)
+    try:
+        await conn.send(build_request("GET", "/one") + build_request("GET", "/two"))
+        await wait_until(lambda: up.requests == 1, timeout=5, message="the first request to reach the upstream")
+        conn.writer.write_eof()
+        assert await asyncio.wait_for(conn.read_eof(), 5) == b""  # closed, nothing written
+        await wait_until(lambda: up.open_connections == 0, timeout=5, message="meshd to abort the upstream attempt")
+    finally:
+        release.set()
+        await conn.close()
+    assert [r.target for r in up.received] == ["/one"]
+    (listener,) = mesh.daemon.listeners_of("outgoing")
+    await wait_until(lambda: not listener.connections, timeout=5, message="meshd to forget the connection")
+    # counted as nginx logs it: status 499 (client closed request), a 4xx
+    assert mesh.daemon.routers[0].stats.services["/svc/svc"].by_class[4] == 1
+
+
+async def test_client_half_close_after_the_response_began_still_gets_all_of_it(make_mesh, make_upstream):
+    """A response that has begun is finished for a client that only shut down its sending side;
+    the request pipelined after it is dropped and the connection closes."""
+    gate = asyncio.Event()
+
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"first-part"
+        await gate.wait()
+        yield b"second-part"
+
+    async def handler(req: Received) -> Reply:
+        return Reply(200, [], stream=parts())
+
+    up = await make_upstream(handler)
     mesh = await make_mesh()
     mesh.register("svc", up)
     conn = await RawConnection.open(mesh.port)
     await conn.send(build_request("GET", "/one") + build_request("GET", "/two"))
+    seen = await _read_until(conn, b"first-part")
     conn.writer.write_eof()
-    first = await asyncio.wait_for(conn.read_response(), 5)
-    second = await asyncio.wait_for(conn.read_response(), 5)
-    assert (first.status, second.status) == (200, 200)
-    assert await asyncio.wait_for(conn.is_closed_by_peer(), 5)
+    gate.set()
+    rest = await asyncio.wait_for(conn.read_eof(), 5)
+    assert (seen + rest).endswith(b"first-part\r\nb\r\nsecond-part\r\n0\r\n\r\n")
+    assert (seen + rest).count(b"HTTP/1.1 ") == 1
+    await conn.close()
+    assert [r.target for r in up.received] == ["/one"]
+
+
+async def test_client_half_close_on_an_idle_connection_closes_it_cleanly(make_mesh, make_upstream):
+    up = await make_upstream()
+    mesh = await make_mesh()
+    mesh.register("svc", up)
+    conn = await RawConnection.open(mesh.port)
+    assert (await conn.request("GET", "/one")).status == 200
+    conn.writer.write_eof()
+    assert await asyncio.wait_for(conn.read_eof(), 5) == b""
     await conn.close()
     (listener,) = mesh.daemon.listeners_of("outgoing")
     await wait_until(lambda: not listener.connections, timeout=5, message="meshd to forget the connection")
+    assert mesh.daemon.routers[0].stats.services["/svc/svc"].by_class[4] == 0
 
 
 async def test_256_mib_both_ways_through_a_meshd_process_with_bounded_memory(tmp_path: pathlib.Path):
