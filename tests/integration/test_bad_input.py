@@ -13,7 +13,8 @@ import asyncio
 
 import pytest
 
-from meshd.testing.client import RawConnection, RawResponse
+from meshd.testing.client import RawConnection, RawResponse, build_request
+from meshd.testing.waiting import wait_until
 
 HOST = b"Host: svc\r\n"
 
@@ -124,6 +125,15 @@ MALFORMED_HEAD: list[tuple[str, bytes, int, str]] = [
     ("space-in-request-target", b"GET /a b HTTP/1.1\r\n" + HOST + b"\r\n", 400, "malformed"),
     ("garbage-request-line", b"\x16\x03\x01\x00\xa5\x01\x00\x00\r\n\r\n", 400, "method"),
     ("unknown-http-version", b"GET / HTTP/9.9\r\n" + HOST + b"\r\n", 400, "version"),
+    # llhttp parses these two; neither is HTTP/1 (nginx answers 505 too)
+    ("http-2.0-request-line", b"GET / HTTP/2.0\r\n" + HOST + b"\r\n", 505, "http/2.0 is not supported"),
+    ("http-0.9-request-line", b"GET / HTTP/0.9\r\n" + HOST + b"\r\n", 505, "http/0.9 is not supported"),
+    (
+        "more-header-fields-than-maxheaders",
+        b"GET / HTTP/1.1\r\n" + HOST + b"".join(b"X-F%d: v\r\n" % i for i in range(100)) + b"\r\n",
+        431,
+        "more than 100 header fields (maxheaders)",
+    ),
     ("duplicate-host", b"GET / HTTP/1.1\r\nHost: svc\r\nHost: other\r\n\r\n", 400, "host"),
     ("absent-host-on-http-1.1", b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 400, "host header is absent"),
 ]
@@ -358,3 +368,85 @@ async def test_upgrade_request_is_not_proxied(make_mesh, make_upstream):
     assert response.status == 501 and "upgrade" in (response.header("l5d-err") or "").lower()
     assert closed
     assert up.connections == 0
+
+
+async def test_header_count_limit_admits_exactly_max_headers_and_counts_trailers(make_mesh, make_upstream):
+    up = await make_upstream()
+    mesh = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "maxHeaders": 10}])
+    mesh.register("svc", up)
+    conn = await RawConnection.open(mesh.port)
+    fits = [(f"X-F{i}", "v") for i in range(9)]  # with Host: exactly 10
+    assert (await conn.request("GET", "/", fits)).status == 200
+    await conn.close()
+    # 6 header fields and 5 trailer fields: 11 in all
+    chunked = (
+        b"POST / HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n"
+        + b"".join(b"X-H%d: v\r\n" % i for i in range(4))
+        + b"\r\n5\r\nhello\r\n0\r\n"
+        + b"".join(b"X-T%d: v\r\n" % i for i in range(5))
+        + b"\r\n"
+    )
+    response, closed = await _refused(mesh.port, chunked)
+    assert response.status == 431 and closed
+    assert "more than 10 header fields" in (response.header("l5d-err") or "")
+    assert up.requests == 1  # only the first request reached the upstream
+
+
+async def test_slow_request_bodies_are_cut_with_408_and_release_the_upstream_pool(make_mesh, make_upstream):
+    """Issue 13, bug 2 at small scale: clients that send a head and 1 byte of a 1000-byte body held
+    every upstream connection (`maxConnections`) and a normal request then waited without end."""
+    up = await make_upstream(stream_request_body=True)  # the upstream waits for whole bodies
+    mesh = await make_mesh(
+        servers=[{"ip": "127.0.0.1", "port": 0, "bodyIdleTimeoutMs": 300}],
+        client={"pool": {"maxConnections": 2}},
+    )
+    mesh.register("svc", up)
+    slow = [await RawConnection.open(mesh.port) for _ in range(3)]
+    for conn in slow:
+        await conn.send(b"POST /slow HTTP/1.1\r\nHost: svc\r\nContent-Length: 1000\r\n\r\nx")
+    # two hold the pool's two connections; the third waits for one
+    await wait_until(lambda: up.requests == 2, timeout=5, message="two slow requests to reach the upstream")
+    (client,) = mesh.daemon.routers[0].clients.values()
+    await wait_until(lambda: client.pool_statistics().waiters == 1, timeout=5, message="the third to wait")
+    normal = await RawConnection.open(mesh.port)
+    await normal.send(build_request("GET", "/normal"))
+    for conn in slow:
+        response = await asyncio.wait_for(conn.read_response(), 5)
+        assert response.status == 408
+        assert response.header("l5d-err") == "request body: nothing received for 300 ms (bodyIdleTimeoutMs)"
+        assert await asyncio.wait_for(conn.is_closed_by_peer(), 5)
+        await conn.close()
+    ok = await asyncio.wait_for(normal.read_response(), 5)
+    assert (ok.status, ok.body) == (200, b"ok\n")
+    await normal.close()
+    # the upstream saw both slow exchanges' connections closed, their bodies never completed
+    assert [r.target for r in up.received] == ["/slow", "/slow", "/normal"]
+    assert [r.body for r in up.received[:2]] == [b"", b""]
+    assert client.pool_statistics().closed >= 2
+
+
+async def test_body_idle_timeout_counts_silence_between_reads_not_the_whole_body(make_mesh, make_upstream):
+    """A body that keeps arriving, each piece within the timeout, is never cut however long it takes."""
+    up = await make_upstream(stream_request_body=True)
+    mesh = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "bodyIdleTimeoutMs": 1000}])
+    mesh.register("svc", up)
+    # A second meshd with a 200 ms header timeout is the clock: each probe's 408 proves that
+    # another 200 ms have passed (no sleeping).
+    clock = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "headerTimeoutMs": 200}])
+
+    async def tick() -> None:
+        probe = await RawConnection.open(clock.port)
+        await probe.send(b"GET / HTTP/1.1\r\nHost: svc\r\n")
+        assert (await asyncio.wait_for(probe.read_response(), 5)).status == 408
+        await probe.close()
+
+    conn = await RawConnection.open(mesh.port)
+    await conn.send(b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 4\r\n\r\na")
+    for piece in (b"b", b"c", b"d"):
+        for _ in range(2):
+            await tick()  # >= 400 ms of silence, well under the 1000 ms allowed
+        await conn.send(piece)  # the body has now taken >= 1200 ms in all
+    response = await asyncio.wait_for(conn.read_response(), 5)
+    assert response.status == 200, response.header("l5d-err")
+    assert up.received[0].body == b"abcd"
+    await conn.close()

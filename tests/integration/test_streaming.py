@@ -269,14 +269,17 @@ async def test_client_half_close_after_the_response_began_still_gets_all_of_it(m
     mesh = await make_mesh()
     mesh.register("svc", up)
     conn = await RawConnection.open(mesh.port)
-    await conn.send(build_request("GET", "/one") + build_request("GET", "/two"))
-    seen = await _read_until(conn, b"first-part")
-    conn.writer.write_eof()
-    gate.set()
-    rest = await asyncio.wait_for(conn.read_eof(), 5)
+    try:
+        await conn.send(build_request("GET", "/one") + build_request("GET", "/two"))
+        seen = await _read_until(conn, b"first-part")
+        conn.writer.write_eof()
+        gate.set()
+        rest = await asyncio.wait_for(conn.read_eof(), 5)
+    finally:
+        gate.set()
+        await conn.close()
     assert (seen + rest).endswith(b"first-part\r\nb\r\nsecond-part\r\n0\r\n\r\n")
     assert (seen + rest).count(b"HTTP/1.1 ") == 1
-    await conn.close()
     assert [r.target for r in up.received] == ["/one"]
 
 
@@ -413,3 +416,32 @@ async def test_chunked_response_to_an_http10_client_is_delimited_by_close(make_m
     assert b"Connection: close" in head
     assert body == b"one two three"  # raw bytes, no chunk framing, no trailers
     await conn.close()
+
+
+async def test_request_trailers_never_carry_routing_context_or_framing(make_mesh, make_upstream):
+    """The routing and trust decisions are made on the head: `l5d-*` fields in trailers are dropped
+    for trusted and untrusted clients alike, with the fields RFC 9110 §6.5.1 keeps out of trailers
+    (routing, authentication, hop-by-hop, ...); an ordinary trailer is forwarded. (llhttp itself
+    refuses Content-Length and Transfer-Encoding in trailers with a 400.)"""
+    up = await make_upstream()
+    mesh = await make_mesh(trustedSources=["127.0.0.1/32"])
+    mesh.register("svc", up)
+    trailers = (
+        b"l5d-dtab: /svc/svc => /#/fs/other\r\nl5d-ctx-dtab: /svc => /#/fs\r\nL5d-Ctx-Deadline: 1\r\n"
+        b"Host: evil\r\nAuthorization: Basic eA==\r\nX-Forwarded-For: 10.9.9.9\r\nConnection: close\r\n"
+        b"X-Sum: 11\r\n"
+    )
+    wire = b"POST / HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n" + trailers + b"\r\n"
+    for source in ("127.0.0.1", "127.0.0.2"):  # trusted, then untrusted
+        reader, writer = await asyncio.open_connection("127.0.0.1", mesh.port, local_addr=(source, 0))
+        conn = RawConnection(reader, writer)
+        try:
+            await conn.send(wire)
+            response = await asyncio.wait_for(conn.read_response(), 5)
+        finally:
+            await conn.close()
+        assert response.status == 200
+    assert len(up.received) == 2
+    for received in up.received:
+        assert received.body == b"hello"
+        assert received.trailers == [("X-Sum", "11")]

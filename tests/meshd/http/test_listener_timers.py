@@ -1,0 +1,138 @@
+"""The listener's request-body idle timer and a client leaving, on a fake clock and a fake transport.
+
+The timer is lazy (armed once, re-armed on firing if reads moved the deadline), so the tests fire
+it by hand after advancing the clock: what it does then depends only on the clock's reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from meshd.errors import BodyTimeout
+from meshd.http.body import Body
+from meshd.http.messages import Request, Response
+from meshd.listener import CLIENT_CLOSED_REQUEST, Listener, ListenerLimits, ServerProtocol
+from meshd.testing.clock import FakeClock
+from meshd.testing.transport import FakeTransport, connect
+
+HEAD = b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: 10\r\n\r\n"
+
+
+class HangingService:
+    """Takes each request and answers only when released; records cancellations."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self.cancelled = 0
+        self.release = asyncio.Event()
+
+    async def __call__(self, request: Request) -> Response:
+        self.requests.append(request)
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return Response(200, b"OK", [], Body.of(b"done"))
+
+
+class Conn:
+    def __init__(self, timeout_s: float = 1.0) -> None:
+        self.clock = FakeClock()
+        self.service = HangingService()
+        self.observed: list[tuple[str, int, float]] = []
+        listener = Listener(
+            self.service,
+            ListenerLimits(body_idle_timeout_s=timeout_s),
+            clock=self.clock,
+            observe=lambda name, status, seconds: self.observed.append((name, status, seconds)),
+        )
+        self.protocol: ServerProtocol = listener.protocol_factory()
+        self.transport: FakeTransport = connect(self.protocol)
+
+    def fire_body_timer(self) -> None:
+        handle = self.protocol._body_timer
+        assert handle is not None, "the body timer is not armed"
+        handle.cancel()
+        self.protocol._on_body_timeout()
+
+
+async def _settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_no_body_timer_for_bodiless_or_whole_body_requests() -> None:
+    conn = Conn()
+    conn.protocol.data_received(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+    assert conn.protocol._body_timer is None
+    conn.service.release.set()
+    await _settle()
+    conn.protocol.data_received(b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 3\r\n\r\nabc")
+    assert conn.protocol._body_timer is None
+
+
+async def test_body_timer_fires_after_the_configured_silence_not_the_body_duration() -> None:
+    conn = Conn(timeout_s=1.0)
+    conn.protocol.data_received(HEAD + b"a")
+    await _settle()  # the request is being served (its body streams)
+    assert len(conn.service.requests) == 1
+    conn.clock.advance(0.6)
+    conn.protocol.data_received(b"b")
+    conn.clock.advance(0.6)  # 1.2 s since the body began, 0.6 s since the last read
+    conn.fire_body_timer()
+    assert conn.transport.take() == b"" and not conn.transport.closing
+    assert conn.protocol._body_timer is not None  # re-armed for the moved deadline
+    conn.clock.advance(0.5)  # 1.1 s of silence
+    conn.fire_body_timer()
+    written = conn.transport.take()
+    assert written.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert b"l5d-err: request body: nothing received for 1000 ms (bodyIdleTimeoutMs)\r\n" in written
+    assert conn.transport.closing
+    await _settle()
+    assert conn.service.cancelled == 1  # the request (and so its upstream attempt) was cancelled
+    assert isinstance(conn.service.requests[0].body.error, BodyTimeout)
+    assert (conn.observed[-1][0], conn.observed[-1][1]) == ("_unidentified", 408)
+
+
+async def test_time_with_reading_paused_by_meshd_does_not_count() -> None:
+    conn = Conn(timeout_s=1.0)
+    conn.protocol.data_received(HEAD + b"a")
+    await _settle()
+    conn.protocol.pause_reading()  # back-pressure from the upstream side
+    conn.clock.advance(5.0)
+    conn.fire_body_timer()
+    assert conn.transport.take() == b"" and not conn.transport.closing
+    assert conn.protocol._body_timer is None  # not re-armed while paused
+    conn.protocol.resume_reading()
+    assert conn.protocol._body_timer is not None
+    conn.clock.advance(0.9)
+    conn.fire_body_timer()
+    assert not conn.transport.closing
+    conn.clock.advance(0.2)
+    conn.fire_body_timer()
+    assert conn.transport.take().startswith(b"HTTP/1.1 408 ")
+    assert conn.transport.closing
+
+
+async def test_fin_before_the_response_cancels_the_request_and_counts_499() -> None:
+    conn = Conn()
+    conn.protocol.data_received(b"GET /a HTTP/1.1\r\nHost: svc\r\n\r\nGET /b HTTP/1.1\r\nHost: svc\r\n\r\n")
+    await _settle()
+    conn.clock.advance(2.0)
+    conn.protocol.eof_received()
+    await _settle()
+    assert conn.transport.closing and conn.transport.take() == b""
+    assert conn.service.cancelled == 1
+    assert [r.target for r in conn.service.requests] == ["/a"]  # /b, pipelined, was dropped
+    assert [(name, status) for name, status, _ in conn.observed] == [("_unidentified", CLIENT_CLOSED_REQUEST)]
+
+
+async def test_fin_on_an_idle_connection_closes_it_and_counts_nothing() -> None:
+    conn = Conn()
+    conn.protocol.data_received(b"GET /a HTTP/1.1\r\nHost: svc\r\n\r\n")
+    conn.service.release.set()
+    await _settle()
+    assert conn.transport.take().startswith(b"HTTP/1.1 200 OK\r\n")
+    assert conn.protocol.eof_received() is False  # the transport closes itself
+    assert [status for _, status, _ in conn.observed] == [200]
