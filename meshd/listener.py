@@ -21,7 +21,16 @@ How this works:
 - Back-pressure both ways: a request body pauses this transport when its consumer (the upstream
   connection) cannot keep up; a full write buffer here pauses the response body's producer.
 - Timers: an idle timer runs while no request is in progress (keep-alive idle timeout); a header
-  timer runs from the first byte of a request until its head is complete (slow-header defence).
+  timer runs from the first byte of a request until its head is complete (slow-header defence);
+  a body timer bounds the silence between two reads while a request body is still arriving
+  (slow-body defence; time with reading paused by back-pressure excluded). They read the
+  listener's clock (the loop's by default) and are armed with delays, so a fake clock drives them.
+- A client that leaves (FIN or reset) before its request's response has begun cancels it: the
+  connection's task is cancelled (aborting the attempt in flight or a retry's backoff), requests
+  pipelined after it are dropped, and it is counted under 499 (see `eof_received`).
+- Trailers: `l5d-*`, hop-by-hop and the fields RFC 9110 §6.5.1 keeps out of trailers are dropped
+  (`TRAILER_DROPPED`); header fields and trailer fields together are bounded by `max_headers`.
+- Request lines with HTTP/2.0 or HTTP/0.9 (llhttp parses both) are answered 505.
 - Drain: `begin_drain()` closes idle connections now and makes busy ones close after their
   current response.
 """
