@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import pathlib
+import socket
 from collections.abc import AsyncIterator, Callable
 
+from meshd.listener import CONNECTION_TASK
 from meshd.testing.client import RawConnection, build_request
 from meshd.testing.process import MeshdProcess, process_config
 from meshd.testing.upstreams import Received, Reply, ScriptedUpstream
 from meshd.testing.waiting import wait_until
+from routing.path import Path
 
 MiB = 1 << 20
 #: What may sit in socket buffers and meshd's buffers between a stalled sender and its reader:
@@ -445,3 +448,34 @@ async def test_request_trailers_never_carry_routing_context_or_framing(make_mesh
     for received in up.received:
         assert received.body == b"hello"
         assert received.trailers == [("X-Sum", "11")]
+
+
+def _refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _connection_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == CONNECTION_TASK]
+
+
+async def test_client_leaving_a_post_to_a_refused_port_stops_its_requeues(make_mesh):
+    """Issue 13's reproduction, `curl -m 10 -X POST -d x -H 'Host: dead'` with `dead` pointing at a
+    port nothing listens on: once curl closes its socket, no further connect is attempted for it."""
+    refused = _refused_port()
+    mesh = await make_mesh()
+    mesh.register("dead", f"127.0.0.1 {refused}")
+    conn = await RawConnection.open(mesh.port)
+    await conn.send(build_request("POST", "/", body=b"x", host="dead"))
+    services = mesh.daemon.routers[0].services
+    dead = Path.read("/svc/dead")
+    await wait_until(
+        lambda: dead in services and services[dead].retries.requeue >= 1, timeout=10, message="a requeue"
+    )
+    await conn.close()  # FIN, as curl sends when -m expires
+    assert await asyncio.wait_for(conn.reader.read(), 5) == b""  # nothing was written
+    await wait_until(lambda: not _connection_tasks(), timeout=5, message="the request's task to be cancelled")
+    (listener,) = mesh.daemon.listeners_of("outgoing")
+    await wait_until(lambda: not listener.connections, timeout=5, message="meshd to forget the connection")
+    assert mesh.daemon.routers[0].stats.services["/svc/dead"].by_class[4] == 1  # counted as 499
