@@ -254,7 +254,7 @@ class UpstreamConnection(asyncio.Protocol):
         if receiving:
             message = f"{self.label} sent nothing of the response body for {timeout * 1000:.0f} ms"
         else:
-            message = f"{self.label} read none of the request body for {timeout * 1000:.0f} ms"
+            message = f"{self.label} read nothing of the request body for {timeout * 1000:.0f} ms"
         self._fail(UpstreamFailed(message + " (responseIdleTimeoutMs)"))
 
     def _arm_head_timer(self) -> None:

@@ -282,7 +282,7 @@ async def test_upstream_that_stops_reading_the_request_body_is_502_after_respons
     resp = await asyncio.wait_for(conn.read_response(), 10)
     assert resp.status == 502
     assert resp.header("l5d-err") == (
-        f"127.0.0.1:{up.port} read none of the request body for 300 ms (responseIdleTimeoutMs)"
+        f"127.0.0.1:{up.port} read nothing of the request body for 300 ms (responseIdleTimeoutMs)"
     )
     assert resp.header("connection") == "close"  # the rest of the body will never be read
     (client,) = mesh.daemon.routers[0].clients.values()

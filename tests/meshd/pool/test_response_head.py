@@ -175,7 +175,7 @@ async def test_an_upstream_that_stops_reading_the_request_body_fails_it_after_th
     with pytest.raises(UpstreamFailed) as info:
         await future
     assert info.value.status == 502 and info.value.written
-    assert info.value.l5d_err == "up:80 read none of the request body for 500 ms (responseIdleTimeoutMs)"
+    assert info.value.l5d_err == "up:80 read nothing of the request body for 500 ms (responseIdleTimeoutMs)"
     assert c.transport.aborted and c.releases == [False]
 
 
