@@ -86,6 +86,8 @@ class Client:
         #: attempts sent to a forwarding meshd (meshd_daemonset_forwarded_total)
         self.forwarded = 0
         self._dst_lines: dict[str, bytes] = {}
+        #: queue timeouts of endpoints since removed (the counter never goes back)
+        self._removed_queue_timeouts = 0
         self._unsubscribe = addr.subscribe(self._on_addr)
 
     # -- discovery -------------------------------------------------------------------------
@@ -117,7 +119,8 @@ class Client:
             fresh[address.key] = endpoint
         self._endpoints = fresh
         for removed in self.balancer.update(list(fresh.values())):
-            removed.pool.close()
+            removed.pool.close()  # fails its waiters as removed: its queue timeouts are final
+            self._removed_queue_timeouts += removed.pool.queue_timeouts
 
     # -- one attempt ------------------------------------------------------------------------
     async def __call__(self, request: Request) -> Response:
@@ -211,6 +214,7 @@ class Client:
 
     def pool_statistics(self) -> PoolStatistics:
         idle = busy = dialing = waiters = opened = closed = 0
+        queue_timeouts = self._removed_queue_timeouts
         for endpoint in self._endpoints.values():
             s = endpoint.pool.statistics()
             idle += s.idle
@@ -219,7 +223,8 @@ class Client:
             waiters += s.waiters
             opened += s.opened
             closed += s.closed
-        return PoolStatistics(idle, busy, dialing, waiters, opened, closed)
+            queue_timeouts += s.queue_timeouts
+        return PoolStatistics(idle, busy, dialing, waiters, opened, closed, queue_timeouts)
 
     def to_json(self) -> dict[str, object]:
         stats = self.balancer.statistics()

@@ -198,6 +198,9 @@ class Router:
                     idle_time_s=pool.idle_time_ms / 1000.0,
                     max_response_head_bytes=config.max_response_header_bytes,
                     response_idle_timeout_s=config.response_idle_timeout_ms / 1000.0,
+                    queue_timeout_s=pool.queue_timeout_ms / 1000.0,
+                    response_head_timeout_s=config.response_head_timeout_ms / 1000.0,
+                    max_response_headers=config.max_response_headers,
                 ),
                 attempt_timeout_ms=config.request_attempt_timeout_ms,
             )

@@ -28,6 +28,7 @@ METRICS: Final[dict[str, str]] = {
     "meshd_request_duration_seconds": "Time from request head to response head, by router and service.",
     "meshd_pool_connections": "Upstream connections per client by state (idle, busy, dialing).",
     "meshd_pool_waiters": "Requests waiting for an upstream connection, per client.",
+    "meshd_pool_queue_timeouts_total": "Requests failed (503) after waiting pool.queueTimeoutMs for a connection.",
     "meshd_endpoints": "Endpoints currently known for a client (bound name).",
     "meshd_endpoint_pending": "Requests in flight to one endpoint.",
     "meshd_endpoint_ewma_seconds": "Peak EWMA latency of one endpoint (0 for balancers that do not track it).",
@@ -81,6 +82,9 @@ class MeshdCollector(Collector):
             "meshd_pool_connections", METRICS["meshd_pool_connections"], labels=("router", "client", "state")
         )
         waiters = GaugeMetricFamily("meshd_pool_waiters", METRICS["meshd_pool_waiters"], labels=("router", "client"))
+        queue_timeouts = CounterMetricFamily(
+            "meshd_pool_queue_timeouts", METRICS["meshd_pool_queue_timeouts_total"], labels=("router", "client")
+        )
         endpoints = GaugeMetricFamily("meshd_endpoints", METRICS["meshd_endpoints"], labels=("router", "client"))
         pending = GaugeMetricFamily(
             "meshd_endpoint_pending", METRICS["meshd_endpoint_pending"], labels=("router", "client", "endpoint")
@@ -141,6 +145,7 @@ class MeshdCollector(Collector):
                 pool.add_metric((r, cl, "busy"), ps.busy)
                 pool.add_metric((r, cl, "dialing"), ps.dialing)
                 waiters.add_metric((r, cl), ps.waiters)
+                queue_timeouts.add_metric((r, cl), ps.queue_timeouts)
                 nodes = client.balancer.nodes()
                 endpoints.add_metric((r, cl), len(nodes))
                 for node in nodes:
@@ -172,6 +177,7 @@ class MeshdCollector(Collector):
             timeouts,
             pool,
             waiters,
+            queue_timeouts,
             endpoints,
             pending,
             ewma,

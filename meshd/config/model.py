@@ -79,6 +79,7 @@ class PoolConfig:
     max_waiters: int = field(default=10_000, metadata={"min": 0})
     idle_time_ms: int = field(default=10_000, metadata={"min": 0})
     connect_timeout_ms: int = field(default=1000, metadata={"min": 1})
+    queue_timeout_ms: int = field(default=5000, metadata={"min": 1})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,6 +92,8 @@ class ClientConfig:
     request_attempt_timeout_ms: int | None = field(default=None, metadata={"min": 1})
     max_response_header_bytes: int = field(default=64 * 1024, metadata={"min": 1024, "max": 16 * 1024 * 1024})
     response_idle_timeout_ms: int = field(default=300_000, metadata={"min": 1})
+    response_head_timeout_ms: int = field(default=60_000, metadata={"min": 1})
+    max_response_headers: int = field(default=100, metadata={"min": 1, "max": 10_000})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,6 +151,8 @@ class ClientOverride:
     request_attempt_timeout_ms: int | None = field(default=None, metadata={"min": 1})
     max_response_header_bytes: int | None = field(default=None, metadata={"min": 1024, "max": 16 * 1024 * 1024})
     response_idle_timeout_ms: int | None = field(default=None, metadata={"min": 1})
+    response_head_timeout_ms: int | None = field(default=None, metadata={"min": 1})
+    max_response_headers: int | None = field(default=None, metadata={"min": 1, "max": 10_000})
 
     def __post_init__(self) -> None:
         _check_prefix(self.prefix)

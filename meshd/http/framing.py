@@ -45,6 +45,13 @@ def response_has_body(request_method: str, status: int) -> bool:
     return not (request_method == "HEAD" or status < 200 or status in _STATUS_NO_BODY)
 
 
+def _may_carry_length(status: int) -> bool:
+    """May a response without a body keep the upstream's Content-Length? RFC 9110 §8.6: a 1xx or
+    204 must not carry one (dropped); a 304 or a response to HEAD may, giving the length a 200 or
+    a GET would have had (kept)."""
+    return status >= 200 and status != 204
+
+
 def response_framing(request_method: str, request_version: str, status: int, body: Body) -> Framing:
     if not response_has_body(request_method, status):
         return Framing.NONE
@@ -97,7 +104,7 @@ def serialize_response_head(
     client_version: str,
 ) -> bytes:
     lines = [b"%s: %s" % (name, value) for name, value in headers]
-    if length is not None and (framing is Framing.LENGTH or framing is Framing.NONE):
+    if length is not None and (framing is Framing.LENGTH or (framing is Framing.NONE and _may_carry_length(status))):
         lines.append(b"Content-Length: %d" % length)
     elif framing is Framing.CHUNKED:
         lines.append(b"Transfer-Encoding: chunked")

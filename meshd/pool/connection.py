@@ -20,7 +20,7 @@ from typing import Final, cast
 
 import httptools
 
-from meshd.errors import MeshdError, UpstreamFailed
+from meshd.errors import AttemptTimeout, MeshdError, UpstreamFailed
 from meshd.http.body import Body, Trailers
 from meshd.http.framing import Framing, encode_chunk, encode_last_chunk, request_framing
 from meshd.http.headers import HOP_BY_HOP, PLAIN_RESPONSE_FIELDS, connection_tokens
@@ -31,6 +31,14 @@ _NO_BODY_STATUS: Final = frozenset({204, 304})
 DEFAULT_MAX_HEAD_BYTES: Final = 64 * 1024
 #: the default for `client.responseIdleTimeoutMs`, as Envoy's stream idle timeout
 DEFAULT_RESPONSE_IDLE_TIMEOUT_S: Final = 300.0
+#: the default for `client.responseHeadTimeoutMs`, as nginx's `proxy_read_timeout` (60 s)
+DEFAULT_RESPONSE_HEAD_TIMEOUT_S: Final = 60.0
+#: the default for `client.maxResponseHeaders`, as Envoy's `max_headers_count`
+DEFAULT_MAX_HEADERS: Final = 100
+#: the largest response Content-Length meshd forwards: 2**63 - 1, the largest signed 64-bit integer,
+#: which is what nginx, Go's net/http and curl (`curl_off_t`) can hold. A larger value is not a real
+#: body and a client could not parse it, so it is refused rather than forwarded and then truncated.
+MAX_CONTENT_LENGTH: Final = 2**63 - 1
 #: uvloop timers have millisecond resolution and may fire a hair early (see listener.py)
 _TIMER_SLACK_S: Final = 0.005
 _EMPTY_BODY: Final = Body.empty()
@@ -39,6 +47,13 @@ _EMPTY_BODY_0: Final = Body.empty(0)
 
 class StaleConnection(UpstreamFailed):
     """A reused keep-alive connection was closed by the upstream before any response byte."""
+
+
+class ResponseHeadTimeout(AttemptTimeout):
+    """The upstream sent no response head within `client.responseHeadTimeoutMs` of the request
+    being fully written: 504, the endpoint's failure; written, so only idempotent requests retry."""
+
+    kind = "response_head_timeout"
 
 
 class _StopAfterHead(Exception):
@@ -57,15 +72,26 @@ class UpstreamConnection(asyncio.Protocol):
         *,
         max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
         response_idle_timeout_s: float | None = DEFAULT_RESPONSE_IDLE_TIMEOUT_S,
+        response_head_timeout_s: float | None = DEFAULT_RESPONSE_HEAD_TIMEOUT_S,
+        max_headers: int = DEFAULT_MAX_HEADERS,
     ) -> None:
         self.label = label
         self._max_head_bytes = max_head_bytes
+        self._max_headers = max_headers
         self._idle_timeout_s = response_idle_timeout_s
-        # The response-idle timer runs only while a response body is still arriving after the
-        # read that brought its head (a small response never arms it); it is re-armed lazily.
+        # The idle timer runs only while the exchange waits on the upstream in the middle of a
+        # message: a response body still arriving after the read that brought its head (a small
+        # response never arms it), or a request body the upstream stopped reading (meshd's writes
+        # paused). `_last_rx` is the last progress in either direction; re-armed lazily.
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_rx = 0.0
         self._reading_paused = False
+        self._writing_paused = False
+        # The response-head timer: armed once per connection and re-armed only when it fires
+        # (per request only `_sent_at` changes, when the request has been fully written).
+        self._head_timeout_s = response_head_timeout_s
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._sent_at = 0.0
         self._on_release = on_release
         self._on_lost_idle = on_lost_idle
         self._loop = asyncio.get_running_loop()
@@ -90,6 +116,7 @@ class UpstreamConnection(asyncio.Protocol):
         # an unfinished line to itself, so one endless header only shows there). One count for
         # both would count a head arriving in pieces twice.
         self._head_bytes = 0
+        self._head_count = 0
         self._head_spill = 0
         self._reading_head = False  # a response head is expected and not complete yet
         self._reason = b""
@@ -152,6 +179,9 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         was_closed = self.closed
         self.closed = True
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         if not self._busy:
             if not was_closed:
                 self._on_lost_idle(self)
@@ -174,11 +204,21 @@ class UpstreamConnection(asyncio.Protocol):
         self._finish(reusable=False)
 
     def pause_writing(self) -> None:
-        if self._request is not None:
-            self._request.body.pause_producing()
+        # The upstream is not reading what meshd writes. While a request body is still being
+        # sent, that is the upstream holding it: the idle timer bounds how long.
+        self._writing_paused = True
+        request = self._request
+        if request is not None:
+            request.body.pause_producing()
+            if not self._request_done and self._idle_timeout_s is not None:
+                self._last_rx = now = self._loop.time()
+                if self._idle_timer is None:
+                    self._idle_timer = self._loop.call_at(now + self._idle_timeout_s, self._on_response_idle)
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
         if self._request is not None:
+            self._last_rx = self._loop.time()  # the upstream read: progress
             self._request.body.resume_producing()
 
     # -- FlowControl for the response body ---------------------------------------------------
@@ -198,17 +238,43 @@ class UpstreamConnection(asyncio.Protocol):
     def _on_response_idle(self) -> None:
         self._idle_timer = None
         timeout = self._idle_timeout_s
-        if timeout is None or self._response is None or self._response_done or self.closed:
+        if timeout is None or not self._busy or self.closed:
+            return
+        receiving = self._response is not None and not self._response_done
+        held = self._writing_paused and not self._request_done
+        if not (receiving or held):
             return
         now = self._loop.time()
         if self._reading_paused:
-            self._last_rx = now
+            self._last_rx = now  # the client is not reading: the silence is not the upstream's
         deadline = self._last_rx + timeout
         if now + _TIMER_SLACK_S < deadline:
             self._idle_timer = self._loop.call_at(deadline, self._on_response_idle)
             return
-        self._fail(UpstreamFailed(
-            f"{self.label} sent nothing of the response body for {timeout * 1000:.0f} ms (responseIdleTimeoutMs)"
+        if receiving:
+            message = f"{self.label} sent nothing of the response body for {timeout * 1000:.0f} ms"
+        else:
+            message = f"{self.label} read nothing of the request body for {timeout * 1000:.0f} ms"
+        self._fail(UpstreamFailed(message + " (responseIdleTimeoutMs)"))
+
+    def _arm_head_timer(self) -> None:
+        """The request is fully written: the response head is due within the head timeout."""
+        self._sent_at = now = self._loop.time()
+        if self._head_timer is None and self._head_timeout_s is not None:
+            self._head_timer = self._loop.call_at(now + self._head_timeout_s, self._on_head_timeout)
+
+    def _on_head_timeout(self) -> None:
+        self._head_timer = None
+        timeout = self._head_timeout_s
+        if timeout is None or not self._busy or self.closed or not self._request_done or self._response is not None:
+            return  # not waiting for a head now: the next fully written request arms it again
+        deadline = self._sent_at + timeout
+        if self._loop.time() + _TIMER_SLACK_S < deadline:
+            self._head_timer = self._loop.call_at(deadline, self._on_head_timeout)
+            return
+        self._fail(ResponseHeadTimeout(
+            f"{self.label} sent no response head within {timeout * 1000:.0f} ms of the request "
+            "(responseHeadTimeoutMs)"
         ))
 
     # -- sending ------------------------------------------------------------------------------
@@ -227,6 +293,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = True
         self._reading_head = True
         self._head_bytes = 0
+        self._head_count = 0
         self._head_spill = 0
         future: asyncio.Future[Response] = self._loop.create_future()
         self._future = future
@@ -234,11 +301,13 @@ class UpstreamConnection(asyncio.Protocol):
         if body is _EMPTY_BODY or body is _EMPTY_BODY_0:  # a GET: nothing to frame or attach
             self._request_done = True
             transport.write(head)
+            self._arm_head_timer()
             return future
         framing = request_framing(body)
         if body.is_empty or framing is Framing.NONE:
             self._request_done = True
             transport.write(head)
+            self._arm_head_timer()
             return future
         self._request_done = False
         chunked = framing is Framing.CHUNKED
@@ -253,6 +322,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._request_done = True
         if self._response_done and self._busy:
             self._finish(reusable=self._keep_alive)
+        elif self._response is None and self._busy:
+            self._arm_head_timer()  # a long upload is not cut: the head timeout starts now
 
     def _request_body_failed(self, exc: BaseException) -> None:
         # The client's body broke (client gone, malformed chunk): this upstream exchange cannot
@@ -291,6 +362,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self._max_head_bytes:
             raise self._head_too_large()
+        self._head_count += 1
+        if self._head_count > self._max_headers:
+            raise UpstreamFailed(
+                f"response from {self.label} has more than {self._max_headers} headers (maxResponseHeaders)"
+            )
         if self._in_body:
             if self._trailers is None:
                 self._trailers = []
@@ -301,7 +377,12 @@ class UpstreamConnection(asyncio.Protocol):
             return
         lname = name.lower()
         if lname == b"content-length":
-            self._content_length = int(value)
+            length = int(value)  # llhttp has validated the digits, duplicates and 64-bit overflow
+            if length > MAX_CONTENT_LENGTH:
+                raise UpstreamFailed(
+                    f"malformed response from {self.label}: Content-Length {length} exceeds 2**63-1"
+                )
+            self._content_length = length
         elif lname == b"transfer-encoding":
             self._chunked = True
         elif lname == b"connection":

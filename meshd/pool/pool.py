@@ -8,6 +8,13 @@ closed) is handed to the oldest waiter as the right to dial. Idle connections ar
 most-recent-first (warm sockets, and older ones age out through `sweep()`). A connection the
 upstream closed while idle is dropped from the idle list as soon as the loop sees it, and
 `acquire()` re-checks liveness, so a request is never handed a connection known to be closed.
+
+A waiter waits at most `queue_timeout_s` (`pool.queueTimeoutMs`, as HAProxy's `timeout queue`),
+then fails with `QueueTimeout` (503, never written, so the retry stage may requeue it to another
+endpoint). Waiters are kept in arrival order with their start time, so the expired ones are
+always at the front: one lazy timer per pool (armed when a request starts waiting and none is
+armed, re-armed for the new oldest waiter when it fires) and `sweep()` pop them from there.
+Taking an idle connection, the common case, never reads the clock or touches the timer.
 """
 
 from __future__ import annotations
@@ -15,11 +22,33 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
+from typing import Final
 
 from meshd.clock import Clock
 from meshd.errors import ConnectFailed, PoolExhausted
-from meshd.pool.connection import DEFAULT_MAX_HEAD_BYTES, DEFAULT_RESPONSE_IDLE_TIMEOUT_S, UpstreamConnection
+from meshd.pool.connection import (
+    DEFAULT_MAX_HEAD_BYTES,
+    DEFAULT_MAX_HEADERS,
+    DEFAULT_RESPONSE_HEAD_TIMEOUT_S,
+    DEFAULT_RESPONSE_IDLE_TIMEOUT_S,
+    UpstreamConnection,
+)
 from meshd.pool.dialer import Dialer
+
+#: the default for `pool.queueTimeoutMs`
+DEFAULT_QUEUE_TIMEOUT_S: Final = 5.0
+#: a waiter this close to its deadline when the timer fires is expired then (timers may fire early)
+_TIMER_SLACK_S: Final = 0.005
+
+
+class QueueTimeout(PoolExhausted):
+    """A request waited `pool.queueTimeoutMs` for a connection to its endpoint: 503, never written."""
+
+    kind = "queue_timeout"
+
+
+#: a request waiting for a connection: when it started waiting, and its future
+Waiter = tuple[float, asyncio.Future[UpstreamConnection | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +58,15 @@ class PoolLimits:
     idle_time_s: float = 10.0
     #: a response whose status line and headers exceed this fails with 502 (`maxResponseHeaderBytes`)
     max_response_head_bytes: int = DEFAULT_MAX_HEAD_BYTES
-    #: a response body the upstream stops sending for this long is cut (`responseIdleTimeoutMs`)
+    #: a response body the upstream stops sending, or a request body it stops reading, for this
+    #: long fails the exchange (`responseIdleTimeoutMs`)
     response_idle_timeout_s: float | None = DEFAULT_RESPONSE_IDLE_TIMEOUT_S
+    #: a request waiting longer than this for a connection fails with 503 (`pool.queueTimeoutMs`)
+    queue_timeout_s: float | None = DEFAULT_QUEUE_TIMEOUT_S
+    #: the response head is due within this of the request being written (`responseHeadTimeoutMs`)
+    response_head_timeout_s: float | None = DEFAULT_RESPONSE_HEAD_TIMEOUT_S
+    #: a response with more header (and trailer) lines than this fails with 502 (`maxResponseHeaders`)
+    max_response_headers: int = DEFAULT_MAX_HEADERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +77,8 @@ class PoolStatistics:
     waiters: int
     opened: int
     closed: int
+    #: requests that waited `queueTimeoutMs` for a connection and were failed (a counter)
+    queue_timeouts: int = 0
 
 
 class Pool:
@@ -54,10 +92,13 @@ class Pool:
         self._idle: list[UpstreamConnection] = []
         self._busy = 0
         self._dialing = 0
-        self._waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
+        # (when it started waiting, its future), oldest first
+        self._waiters: deque[Waiter] = deque()
+        self._queue_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.opened = 0
         self.closed_count = 0
+        self.queue_timeouts = 0
         self._drained: asyncio.Event | None = None
 
     # -- public API ---------------------------------------------------------------------------
@@ -81,12 +122,19 @@ class Pool:
                 f"connection pool for {self.label} exhausted: {self._limits.max_connections} connections busy "
                 f"and {self._limits.max_waiters} requests waiting"
             )
-        waiter: asyncio.Future[UpstreamConnection | None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[UpstreamConnection | None] = loop.create_future()
+        entry = (self._clock.now(), waiter)
+        self._waiters.append(entry)
+        timeout = self._limits.queue_timeout_s
+        if self._queue_timer is None and timeout is not None:
+            self._queue_timer = loop.call_later(timeout, self._on_queue_timer)
         try:
             conn = await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
+                if waiter.exception() is not None:
+                    raise  # failed (queue timeout, pool closed) just as we were cancelled: nothing to give back
                 # We were handed something just as we were cancelled: give it back.
                 got = waiter.result()
                 if got is None:
@@ -96,7 +144,7 @@ class Pool:
                     self.release(got, True)
             else:
                 try:
-                    self._waiters.remove(waiter)
+                    self._waiters.remove(entry)
                 except ValueError:
                     pass
             raise
@@ -109,7 +157,7 @@ class Pool:
         self._busy -= 1
         if reusable and conn.usable and not self._closed:
             while self._waiters:
-                waiter = self._waiters.popleft()
+                waiter = self._waiters.popleft()[1]
                 if not waiter.done():
                     self._busy += 1
                     waiter.set_result(conn)
@@ -122,7 +170,9 @@ class Pool:
         self._check_drained()
 
     def sweep(self, now: float) -> int:
-        """Close connections idle longer than the idle time; returns how many."""
+        """Close connections idle longer than the idle time (returns how many); expire waiters too."""
+        if self._waiters:
+            self._expire_waiters(now)
         limit = now - self._limits.idle_time_s
         stale = [c for c in self._idle if c.idle_since <= limit]
         if stale:
@@ -134,11 +184,14 @@ class Pool:
     def close(self) -> None:
         """Stop handing out connections; close idle ones now and busy ones when released (drain)."""
         self._closed = True
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
         idle, self._idle = self._idle, []
         for conn in idle:
             self._close_conn(conn)
         while self._waiters:
-            waiter = self._waiters.popleft()
+            waiter = self._waiters.popleft()[1]
             if not waiter.done():
                 waiter.set_exception(ConnectFailed(f"endpoint {self.label} was removed"))
         self._check_drained()
@@ -157,6 +210,7 @@ class Pool:
             waiters=len(self._waiters),
             opened=self.opened,
             closed=self.closed_count,
+            queue_timeouts=self.queue_timeouts,
         )
 
     @property
@@ -170,6 +224,32 @@ class Pool:
         return self._take_idle()
 
     # -- internals ----------------------------------------------------------------------------
+    def _expire_waiters(self, now: float) -> None:
+        """Fail every waiter that started waiting at least the queue timeout before `now`."""
+        timeout = self._limits.queue_timeout_s
+        if timeout is None:
+            return
+        waiters = self._waiters
+        while waiters and waiters[0][0] + timeout <= now:
+            waiter = waiters.popleft()[1]
+            if not waiter.done():
+                self.queue_timeouts += 1
+                waiter.set_exception(QueueTimeout(
+                    f"waited {timeout * 1000:.0f} ms for a connection to {self.label}: all "
+                    f"{self._limits.max_connections} connections busy (pool.queueTimeoutMs)"
+                ))
+
+    def _on_queue_timer(self) -> None:
+        self._queue_timer = None
+        timeout = self._limits.queue_timeout_s
+        if timeout is None or self._closed:
+            return
+        now = self._clock.now()
+        self._expire_waiters(now + _TIMER_SLACK_S)
+        if self._waiters:
+            delay = self._waiters[0][0] + timeout - now
+            self._queue_timer = asyncio.get_running_loop().call_later(max(delay, 0.0), self._on_queue_timer)
+
     def _take_idle(self) -> UpstreamConnection | None:
         idle = self._idle
         while idle:
@@ -187,6 +267,8 @@ class Pool:
                 self.host, self.port, lambda: UpstreamConnection(
                     self.label, self.release, self._lost_idle, max_head_bytes=self._limits.max_response_head_bytes,
                     response_idle_timeout_s=self._limits.response_idle_timeout_s,
+                    response_head_timeout_s=self._limits.response_head_timeout_s,
+                    max_headers=self._limits.max_response_headers,
                 )
             )
         except BaseException:
@@ -215,7 +297,7 @@ class Pool:
     def _hand_slot(self) -> None:
         """A slot became free: let the oldest waiter dial with it."""
         while self._waiters and self._busy + len(self._idle) + self._dialing < self._limits.max_connections:
-            waiter = self._waiters.popleft()
+            waiter = self._waiters.popleft()[1]
             if not waiter.done():
                 self._dialing += 1
                 waiter.set_result(None)

@@ -232,6 +232,67 @@ async def test_upstream_stalling_mid_body_is_cut_after_response_idle_timeout(scr
     assert node.ejections == 1  # ...and counted as the endpoint's failure
 
 
+async def test_upstream_that_never_sends_a_response_head_is_504_after_response_head_timeout(scripted):
+    """Issue #13: no default bound on an upstream that reads the request and never answers (the
+    client waited forever). After `responseHeadTimeoutMs` the attempt fails as the endpoint's
+    failure, 504, and the upstream connection is closed."""
+    upstream_closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        await reader.read()  # returns when meshd closes the connection
+        upstream_closed.set()
+
+    up, mesh, conn = await scripted(silent, service=NO_RETRIES, client={
+        "responseHeadTimeoutMs": 200,
+        "failureAccrual": {"kind": "consecutiveFailures", "failures": 1},
+    })
+    resp = await asyncio.wait_for(conn.request("GET", "/"), 5)
+    assert resp.status == 504
+    assert resp.header("l5d-err") == (
+        f"127.0.0.1:{up.port} sent no response head within 200 ms of the request (responseHeadTimeoutMs)"
+    )
+    await asyncio.wait_for(upstream_closed.wait(), timeout=5)
+    (client,) = mesh.daemon.routers[0].clients.values()
+    (node,) = client.balancer.nodes()
+    assert node.pending == 0 and node.ejections == 1  # the endpoint's failure
+    (state,) = mesh.daemon.routers[0].services.values()
+    assert state.timeouts.attempt == 1  # counted with the attempt timeouts
+
+
+async def test_upstream_that_stops_reading_the_request_body_is_502_after_response_idle_timeout(scripted):
+    """Issue #13: nothing bounded how long an upstream may hold a request body. An upstream that
+    reads the head and then nothing: meshd's writes to it pause; after `responseIdleTimeoutMs`
+    without progress either way the attempt fails and the upstream connection is closed."""
+    async def stops_reading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.transport.pause_reading()  # read no more of the body: the socket buffers fill up
+        await asyncio.Event().wait()  # until the test ends
+
+    size = 64 * 1024 * 1024
+    up, mesh, conn = await scripted(stops_reading, service=NO_RETRIES, client={"responseIdleTimeoutMs": 300})
+    await conn.send(build_request("POST", "/upload", [("Content-Length", str(size))]))
+
+    async def upload() -> None:
+        with contextlib.suppress(ConnectionError):
+            for _ in range(size // 65536):
+                await conn.send(b"x" * 65536)
+
+    uploading = asyncio.create_task(upload())
+    resp = await asyncio.wait_for(conn.read_response(), 10)
+    assert resp.status == 502
+    assert resp.header("l5d-err") == (
+        f"127.0.0.1:{up.port} read nothing of the request body for 300 ms (responseIdleTimeoutMs)"
+    )
+    assert resp.header("connection") == "close"  # the rest of the body will never be read
+    (client,) = mesh.daemon.routers[0].clients.values()
+    stats = client.pool_statistics()
+    assert (stats.busy, stats.closed) == (0, 1)  # meshd closed the upstream connection
+    uploading.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await uploading
+
+
 async def test_malformed_upstream_response_is_502(scripted):
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_head(reader)
@@ -242,6 +303,75 @@ async def test_malformed_upstream_response_is_502(scripted):
     resp = await conn.request("GET", "/")
     assert resp.status == 502
     assert (resp.header("l5d-err") or "").startswith(f"malformed response from 127.0.0.1:{up.port}")
+
+
+def _answer_each_with(*heads: bytes) -> Callable[..., Awaitable[None]]:
+    """A script answering the requests of one connection with `heads`, in order (no bodies)."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for head in heads:
+            await _read_head(reader)
+            writer.write(head)
+        await reader.read()
+
+    return script
+
+
+async def test_a_204_loses_its_content_length_and_the_connection_stays_in_step(scripted):
+    """RFC 9110 §8.6: a server must not send Content-Length in a 204. An upstream that does: the
+    header is not forwarded, no body is read for it, and the next response on the same upstream
+    connection is parsed correctly."""
+    up, mesh, conn = await scripted(_answer_each_with(
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-A: 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ), service=NO_RETRIES)
+    await conn.send(build_request("DELETE", "/thing"))
+    head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 204 No Content\r\n") and b"X-A: 1\r\n" in head
+    assert b"content-length" not in head.lower()
+    resp = await asyncio.wait_for(conn.request("GET", "/"), 5)
+    assert (resp.status, resp.body) == (200, b"ok")
+    assert up.connections == 1
+
+
+@pytest.mark.parametrize("method, status", [("HEAD", 200), ("GET", 304)])
+async def test_a_304_or_a_response_to_head_keeps_its_content_length(scripted, method: str, status: int):
+    """RFC 9110 §8.6 allows Content-Length there (the length a 200 to a GET would have had)."""
+    up, mesh, conn = await scripted(_answer_each_with(
+        b"HTTP/1.1 %d X\r\nContent-Length: 5\r\n\r\n" % status,
+    ), service=NO_RETRIES)
+    await conn.send(build_request(method, "/"))
+    head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 %d " % status) and b"\r\nContent-Length: 5\r\n" in head
+
+
+async def test_an_upstream_content_length_over_2_63_is_502_not_forwarded(scripted):
+    """2**64-1 used to be forwarded, then the body truncated; no client can hold it in 64 signed bits."""
+    up, mesh, conn = await scripted(_answer_each_with(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\nhello",
+    ), service=NO_RETRIES)
+    resp = await asyncio.wait_for(conn.request("GET", "/"), 5)
+    assert resp.status == 502
+    assert resp.header("l5d-err") == (
+        f"malformed response from 127.0.0.1:{up.port}: Content-Length 18446744073709551615 exceeds 2**63-1"
+    )
+
+
+async def test_an_upstream_response_with_more_than_100_headers_is_502_and_the_connection_closed(scripted):
+    closed = asyncio.Event()
+
+    async def many_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        lines = b"".join(b"X-H%d: v\r\n" % i for i in range(101))
+        writer.write(b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 2\r\n\r\nok")
+        await reader.read()  # returns when meshd closes the connection
+        closed.set()
+
+    up, mesh, conn = await scripted(many_headers, service=NO_RETRIES)
+    resp = await asyncio.wait_for(conn.request("GET", "/"), 5)
+    assert resp.status == 502
+    assert resp.header("l5d-err") == f"response from 127.0.0.1:{up.port} has more than 100 headers (maxResponseHeaders)"
+    await asyncio.wait_for(closed.wait(), 5)
 
 
 async def test_pool_exhausted_is_503_and_the_upstream_is_not_asked(make_mesh, make_upstream, client_conn):

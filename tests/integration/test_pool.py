@@ -13,6 +13,7 @@ from meshd.client import Client
 from meshd.testing.client import RawConnection, build_request
 from meshd.testing.upstreams import Received, Reply, ScriptedUpstream
 from meshd.testing.waiting import wait_until
+from tests.integration.test_metrics import scrape
 
 NO_RETRIES = {"retries": {"budget": {"minRetriesPerSec": 0, "percentCanRetry": 0.0}}}
 
@@ -174,3 +175,38 @@ async def test_each_endpoint_has_its_own_pool(make_mesh, make_upstream):
     pools = {e.label: e.pool.statistics() for e in _only_client(mesh).endpoints()}
     assert sorted(p.opened for p in pools.values()) == [1, 1]
     await conn.close()
+
+
+async def test_requests_waiting_behind_slow_request_bodies_get_503_after_the_queue_timeout(make_mesh, make_upstream):
+    """Issue #13, bug 2, the pool's side: clients that send a request head and 1 byte of a 1,000-byte
+    body hold every upstream connection; a normal GET to the service used to wait with no end.
+    It now fails after `pool.queueTimeoutMs` with 503, never written (a retry may requeue it)."""
+    up = await make_upstream()
+    mesh = await make_mesh(service=NO_RETRIES, client={"pool": {"maxConnections": 2, "queueTimeoutMs": 200}})
+    mesh.register("svc", up)
+    slow = [await RawConnection.open(mesh.port) for _ in range(2)]
+    for conn in slow:
+        await conn.send(build_request("POST", "/upload", [("Content-Length", "1000")]) + b"x")
+
+    def every_connection_busy() -> bool:
+        return bool(mesh.daemon.routers[0].clients) and _only_client(mesh).pool_statistics().busy == 2
+
+    await wait_until(every_connection_busy, timeout=5, message="the slow bodies to hold both connections")
+    normal = await RawConnection.open(mesh.port)
+    resp = await asyncio.wait_for(normal.request("GET", "/"), 5)
+    assert resp.status == 503
+    assert resp.header("l5d-err") == (
+        f"waited 200 ms for a connection to 127.0.0.1:{up.port}: all 2 connections busy (pool.queueTimeoutMs)"
+    )
+    stats = _only_client(mesh).pool_statistics()
+    assert (stats.queue_timeouts, stats.waiters, stats.busy) == (1, 0, 2)
+    assert up.requests == 0  # nothing of the GET reached the upstream
+    scraped = await scrape(mesh)
+    assert scraped.value("meshd_pool_queue_timeouts_total", router="outgoing", client="/#/fs/svc") == 1
+    # the slow clients finish their bodies: served as usual, and the pool serves again
+    for conn in slow:
+        await conn.send(b"x" * 999)
+        assert (await asyncio.wait_for(conn.read_response(), 5)).status == 200
+    assert (await asyncio.wait_for(normal.request("GET", "/"), 5)).status == 200
+    for conn in [*slow, normal]:
+        await conn.close()

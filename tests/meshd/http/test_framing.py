@@ -163,6 +163,21 @@ def test_response_head_without_reason_uses_the_standard_phrase():
     assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
 
 
+@pytest.mark.parametrize("status", [100, 103, 204])
+def test_a_1xx_or_204_never_carries_the_upstreams_content_length(status: int):
+    """RFC 9110 §8.6: a server must not send Content-Length in a 1xx or 204 response."""
+    head = serialize_response_head(status, b"", [], Framing.NONE, 5, keep_alive=True, client_version="1.1")
+    assert b"content-length" not in head.lower()
+
+
+@pytest.mark.parametrize("status", [200, 304])
+def test_a_304_or_a_response_to_head_keeps_the_upstreams_content_length(status: int):
+    """RFC 9110 §8.6 allows it there: the length a 200 to a GET would have had. (A response to HEAD
+    is framed NONE whatever its status.)"""
+    head = serialize_response_head(status, b"", [], Framing.NONE, 5, keep_alive=True, client_version="1.1")
+    assert b"\r\nContent-Length: 5\r\n" in head
+
+
 def test_reason_phrases():
     assert reason_phrase(404) == b"Not Found"
     assert reason_phrase(431) == b"Request Header Fields Too Large"

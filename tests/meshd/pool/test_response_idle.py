@@ -94,7 +94,7 @@ async def start(first: bytes) -> Exchange:
     releases: list[bool] = []
     conn = UpstreamConnection(
         "up:80", lambda c, reusable: releases.append(reusable), lambda c: None,
-        response_idle_timeout_s=TIMEOUT_S,
+        response_idle_timeout_s=TIMEOUT_S, response_head_timeout_s=None,  # the head timer: test_response_head.py
     )
     clock = LoopClock(asyncio.get_running_loop())
     conn._loop = clock  # type: ignore[assignment]  # the clock and timers under test
@@ -145,7 +145,9 @@ async def test_a_response_that_arrives_whole_arms_no_timer():
 
 
 async def test_no_timeout_configured_arms_no_timer():
-    conn = UpstreamConnection("up:80", lambda c, r: None, lambda c: None, response_idle_timeout_s=None)
+    conn = UpstreamConnection(
+        "up:80", lambda c, r: None, lambda c: None, response_idle_timeout_s=None, response_head_timeout_s=None
+    )
     clock = LoopClock(asyncio.get_running_loop())
     conn._loop = clock  # type: ignore[assignment]
     connect(conn)
