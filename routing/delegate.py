@@ -73,7 +73,7 @@ from routing.nametree import (
     show_weight,
     simplify,
 )
-from routing.parser import parse_dtab
+from routing.parser import DtabSyntaxError, parse_dtab
 from routing.path import Path
 
 DEFAULT_MAX_DEPTH: Final = 100
@@ -335,21 +335,28 @@ def parse_dtab_header(value: str) -> Dtab:
     """The local dtab carried by an `l5d-ctx-dtab` or `l5d-dtab` header value.
 
     Raises `DtabSyntaxError` (meshd answers 400). Parsed dtabs are cached by text, because
-    the same override usually arrives on many requests; the cache is bounded.
+    the same override usually arrives on many requests, and so are syntax errors (a client
+    repeating a malformed header is not parsed again); the cache is bounded. The size limits
+    (`MAX_LOCAL_DTAB_BYTES`, `MAX_LOCAL_DENTRIES`) are checked by the caller, which knows the
+    header's name.
     """
     cached = _HEADER_CACHE.get(value)
-    if cached is not None:
+    if cached is None:
+        try:
+            cached = parse_dtab(value)
+        except DtabSyntaxError as exc:
+            cached = (exc.reason, exc.offset)
+        if len(_HEADER_CACHE) >= HEADER_CACHE_SIZE:
+            _HEADER_CACHE.clear()
+        _HEADER_CACHE[value] = cached
+    if isinstance(cached, Dtab):
         return cached
-    dtab = parse_dtab(value)
-    if len(_HEADER_CACHE) >= HEADER_CACHE_SIZE:
-        _HEADER_CACHE.clear()
-    _HEADER_CACHE[value] = dtab
-    return dtab
+    raise DtabSyntaxError(cached[0], value, cached[1])  # a new exception: no traceback piles up
 
 
 # -- internals -------------------------------------------------------------------------------
 
-_HEADER_CACHE: dict[str, Dtab] = {}
+_HEADER_CACHE: dict[str, Dtab | tuple[str, int]] = {}
 
 
 @dataclass(frozen=True, slots=True)
