@@ -19,7 +19,6 @@ from meshd.config.model import RouterConfig
 from meshd.discovery.addr import Addr, Address, Bound, Failed
 from meshd.discovery.base import Namer
 from meshd.errors import NoSuchService
-from meshd.explain import namer_reasons
 from meshd.http.messages import Request, Response
 from meshd.listener import ListenerLimits
 from meshd.observable import Observable
@@ -36,11 +35,11 @@ from meshd.pool.pool import PoolLimits
 from meshd.retry.budget import RetryBudget
 from meshd.retry.deadline import WALL_CLOCK_NS
 from meshd.runtime import Runtime
-from routing.delegate import Chooser, DelegationError, bind, parse_dtab_header
+from routing.delegate import Chooser
 from routing.dtab import Dtab
 from routing.namer import BoundName, inet_address
 from routing.nametree import Empty, Fail
-from routing.parser import DtabSyntaxError, parse_dtab
+from routing.parser import parse_dtab
 from routing.path import Path
 
 log = logging.getLogger("meshd.router")
@@ -171,17 +170,7 @@ class Router:
         path = request.logical_path
         if path is None:
             return ""
-        dtab = self.dtab.get()
-        if request.local_dtab:
-            try:
-                dtab = dtab + parse_dtab_header(request.local_dtab)
-            except DtabSyntaxError:
-                return ""
-        try:
-            binding = bind(dtab, path, self._namers)
-        except DelegationError:
-            return ""
-        return "; ".join(namer_reasons(binding.trace, self._namers, answer="~"))
+        return self.binder.negative_reasons(path, request.local_dtab)
 
     # -- client level -------------------------------------------------------------------------
     def client_for(self, id: Path) -> Client:

@@ -23,6 +23,20 @@ recursive and every step is recorded in a `TraceNode`:
   Finagle) binding fails with "Max recursion level: 100 reached". As a guard against dtabs
   whose unions multiply (`/a => /a/x & /a/y`), binding also stops after `max_steps` nodes.
 
+Work is bounded, because a per-request dtab (`l5d-dtab`) is written by a client:
+- Within one `bind`, a path met again at the same depth is not delegated again: its result
+  (and trace) is reused, and costs one step. Binding is deterministic, so this changes no
+  result; it makes chains that repeat a name (`/x0 => /x1 | /x1; /x1 => /x2 | /x2; ...`,
+  exponential when bound naively, as in Finagle) cost one step per distinct path.
+- `max_work`, when given, bounds the work of the whole binding: one unit per node visited
+  (a reused path included), plus, for each dtab lookup, one per index probe and `*` prefix
+  compared and the node count of every tree the lookup rewrites. Bindings that involve a
+  per-request dtab get `LOCAL_DTAB_MAX_WORK` (meshd's binder passes it); past it binding
+  fails with a `DelegationError` that says so. A unit is a few hundred nanoseconds of CPU
+  (see docs/routing.md for measurements), so the limit bounds what a header can cost.
+- `trace=False` builds no trace (the request path needs only the result); the nodes are
+  then a placeholder and `Binding.trace` says only the path and dtab.
+
 A failure (the depth limit, an unknown `/$/` namer) raises `DelegationError`, which carries
 the trace up to that point. A result that is still pending gives `Binding.pending`.
 
@@ -59,11 +73,17 @@ from routing.nametree import (
     show_weight,
     simplify,
 )
-from routing.parser import parse_dtab
+from routing.parser import DtabSyntaxError, parse_dtab
 from routing.path import Path
 
 DEFAULT_MAX_DEPTH: Final = 100
 DEFAULT_MAX_STEPS: Final = 10_000
+#: The work limit of a binding that involves a per-request dtab (see the module docstring).
+LOCAL_DTAB_MAX_WORK: Final = 1_000
+#: Per-request dtab headers (`l5d-dtab`, `l5d-ctx-dtab`): at most this many bytes each (and
+#: together, as forwarded), and at most this many dentries in all.
+MAX_LOCAL_DTAB_BYTES: Final = 4096
+MAX_LOCAL_DENTRIES: Final = 100
 HEADER_CACHE_SIZE: Final = 256
 
 JsonValue: TypeAlias = "None | bool | int | float | str | list[JsonValue] | dict[str, JsonValue]"
@@ -197,12 +217,14 @@ class Binding:
     namers in `waiting_on` to change and bind again. `waiting_on` lists every namer prefix
     that answered `None`, even when the result did not depend on it (a union serves its
     known branches meanwhile, as Finagle does); re-bind when those namers change.
+    `work` is the work the binding took, as `max_work` counts it.
     """
 
     tree: NameTree[BoundName]
     pending: bool
     trace: Trace
     waiting_on: tuple[Path, ...] = field(default=())
+    work: int = 0
 
 
 def bind(
@@ -212,24 +234,41 @@ def bind(
     *,
     max_depth: int = DEFAULT_MAX_DEPTH,
     max_steps: int = DEFAULT_MAX_STEPS,
+    max_work: int | None = None,
+    trace: bool = True,
+    memo: bool = True,
 ) -> Binding:
-    """Bind `path` through `dtab` and `namers` (prefix -> namer); see the module docstring."""
-    binder = _Binder(dtab, namers, max_depth, max_steps)
+    """Bind `path` through `dtab` and `namers` (prefix -> namer); see the module docstring.
+
+    `max_work` (None: unbounded) limits the work as the module docstring counts it; give
+    `LOCAL_DTAB_MAX_WORK` when `dtab` includes a per-request dtab. With `trace=False` no
+    trace is built (cheaper; `Binding.trace` and `DelegationError.trace` are then bare).
+    `memo=False` binds a path again each time it is met (only to check that reusing gives
+    the same results).
+    """
+    binder = _Binder(dtab, namers, max_depth, max_steps, max_work, trace, memo)
     try:
         result, root = binder.bind(Leaf(path), 0)
     except _TooManySteps:
         message = f"binding {path.show()} visited more than {max_steps} nodes; the dtab probably recurses"
         root = TraceNode("path", path.show(), 0, "error", f"error: {message}", note=message)
-        trace = Trace(path, dtab, root, f"error: {message}", error=message)
-        raise DelegationError(message, trace) from None
+        raise DelegationError(message, Trace(path, dtab, root, f"error: {message}", error=message)) from None
+    except _TooMuchWork:
+        message = (
+            f"binding {path.show()} needed more than {max_work} steps of work, the limit for a binding "
+            "with a per-request dtab (l5d-dtab, l5d-ctx-dtab)"
+        )
+        root = TraceNode("path", path.show(), 0, "error", f"error: {message}", note=message)
+        raise DelegationError(message, Trace(path, dtab, root, f"error: {message}", error=message)) from None
     waiting = tuple(binder.waiting_on)
     if isinstance(result, _Failed):
-        trace = Trace(path, dtab, root, f"error: {result.message}", error=result.message)
-        raise DelegationError(result.message, trace)
+        raise DelegationError(
+            result.message, Trace(path, dtab, root, f"error: {result.message}", error=result.message)
+        )
     if isinstance(result, _Pending):
-        return Binding(NEG, True, Trace(path, dtab, root, "pending", pending=True), waiting)
+        return Binding(NEG, True, Trace(path, dtab, root, "pending", pending=True), waiting, binder.work)
     tree = simplify(result)
-    return Binding(tree, False, Trace(path, dtab, root, describe(tree)), waiting)
+    return Binding(tree, False, Trace(path, dtab, root, describe(tree) if trace else ""), waiting, binder.work)
 
 
 def describe(tree: NameTree[BoundName]) -> str:
@@ -296,21 +335,28 @@ def parse_dtab_header(value: str) -> Dtab:
     """The local dtab carried by an `l5d-ctx-dtab` or `l5d-dtab` header value.
 
     Raises `DtabSyntaxError` (meshd answers 400). Parsed dtabs are cached by text, because
-    the same override usually arrives on many requests; the cache is bounded.
+    the same override usually arrives on many requests, and so are syntax errors (a client
+    repeating a malformed header is not parsed again); the cache is bounded. The size limits
+    (`MAX_LOCAL_DTAB_BYTES`, `MAX_LOCAL_DENTRIES`) are checked by the caller, which knows the
+    header's name.
     """
     cached = _HEADER_CACHE.get(value)
-    if cached is not None:
+    if cached is None:
+        try:
+            cached = parse_dtab(value)
+        except DtabSyntaxError as exc:
+            cached = (exc.reason, exc.offset)
+        if len(_HEADER_CACHE) >= HEADER_CACHE_SIZE:
+            _HEADER_CACHE.clear()
+        _HEADER_CACHE[value] = cached
+    if isinstance(cached, Dtab):
         return cached
-    dtab = parse_dtab(value)
-    if len(_HEADER_CACHE) >= HEADER_CACHE_SIZE:
-        _HEADER_CACHE.clear()
-    _HEADER_CACHE[value] = dtab
-    return dtab
+    raise DtabSyntaxError(cached[0], value, cached[1])  # a new exception: no traceback piles up
 
 
 # -- internals -------------------------------------------------------------------------------
 
-_HEADER_CACHE: dict[str, Dtab] = {}
+_HEADER_CACHE: dict[str, Dtab | tuple[str, int]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +379,14 @@ class _TooManySteps(Exception):
     pass
 
 
+class _TooMuchWork(Exception):
+    pass
+
+
+#: The placeholder node of a binding made with `trace=False`.
+_NO_TRACE: Final = TraceNode("path", "", 0, "neg", "", note="not traced")
+
+
 @dataclass(frozen=True, slots=True)
 class _Described:
     """A bound name that shows itself with its residual (for trace texts)."""
@@ -344,21 +398,42 @@ class _Described:
 
 
 class _Binder:
-    """The state of one `bind` call: the inputs, a step counter and the pending namers."""
+    """The state of one `bind` call: the inputs, the step and work counters, the paths already
+    bound (by path and depth) and the pending namers."""
 
-    def __init__(self, dtab: Dtab, namers: Mapping[Path, Namer], max_depth: int, max_steps: int) -> None:
+    def __init__(
+        self,
+        dtab: Dtab,
+        namers: Mapping[Path, Namer],
+        max_depth: int,
+        max_steps: int,
+        max_work: int | None,
+        tracing: bool,
+        memo: bool = True,
+    ) -> None:
         self.dtab = dtab
         # Longest prefix first; `sorted` is stable, so equal lengths keep the mapping's order.
         self.namers = sorted(namers.items(), key=lambda item: -len(item[0]))
         self.max_depth = max_depth
         self.max_steps = max_steps
+        self.max_work = max_work if max_work is not None else -1
+        self.tracing = tracing
+        self.memo = memo
         self.steps = 0
+        self.work = 0
+        self.done: dict[tuple[Path, int], tuple[_Result, TraceNode]] = {}
         self.waiting_on: list[Path] = []
+
+    def charge(self, work: int) -> None:
+        self.work += work
+        if self.work > self.max_work >= 0:
+            raise _TooMuchWork
 
     def bind(self, tree: NameTree[Path | BoundName], depth: int) -> tuple[_Result, TraceNode]:
         self.steps += 1
         if self.steps > self.max_steps:
             raise _TooManySteps
+        self.charge(1)
         if depth > self.max_depth:
             at = show(tree)
             if len(at) > 120:
@@ -367,33 +442,49 @@ class _Binder:
                 f"Max recursion level: {self.max_depth} reached in Namer lookup "
                 f"(at {at}; do the dtab's rules rewrite into each other?)"
             )
+            if not self.tracing:
+                return _Failed(message), _NO_TRACE
             return _Failed(message), TraceNode(
                 _kind(tree), show(tree), depth, "error", f"error: {message}", note=message
             )
         if isinstance(tree, Leaf):
             value = tree.value
             if isinstance(value, BoundName):
+                if not self.tracing:
+                    return Leaf(value), _NO_TRACE
                 text = value.describe()
                 return Leaf(value), TraceNode("bound", text, depth, "bound", text)
-            return self.bind_path(value, depth)
+            if not self.memo:
+                return self.bind_path(value, depth)
+            key = (value, depth)
+            done = self.done.get(key)
+            if done is None:
+                done = self.done[key] = self.bind_path(value, depth)
+            return done
         if isinstance(tree, Alt):
             if len(tree.trees) == 1:
                 return self.bind(tree.trees[0], depth)
             return self.bind_alt(tree, depth)
         if isinstance(tree, Union):
             if not tree.branches:  # Finagle: Union() binds to Neg
+                if not self.tracing:
+                    return NEG, _NO_TRACE
                 return NEG, TraceNode(
                     "union", show(tree), depth, "neg", "~", note="an empty union is negative"
                 )
             if len(tree.branches) == 1:
                 return self.bind(tree.branches[0].tree, depth)
             return self.bind_union(tree, depth)
+        if not self.tracing:
+            return tree, _NO_TRACE
         return tree, TraceNode(_kind(tree), show(tree), depth, _outcome(tree), _result_text(tree))
 
     def bind_path(self, path: Path, depth: int) -> tuple[_Result, TraceNode]:
-        text = path.show()
-        found = self.dtab.matches(path)
-        dentries = tuple(DentryStep(m.index, m.dentry.show(), show(m.rewrite)) for m in found)
+        found, work = self.dtab.matches_with_work(path)
+        self.charge(work)
+        tracing = self.tracing
+        text = path.show() if tracing else ""
+        dentries = tuple(DentryStep(m.index, m.dentry.show(), show(m.rewrite)) for m in found) if tracing else ()
         if not found:
             rewritten: NameTree[Path] = NEG
         elif len(found) == 1:
@@ -402,6 +493,8 @@ class _Binder:
             rewritten = Alt(tuple(m.rewrite for m in found))
         if not isinstance(rewritten, Neg):
             result, child = self.bind(rewritten, depth + 1)
+            if not tracing:
+                return result, _NO_TRACE
             return result, _node("path", text, depth, result, dentries=dentries, children=(child,))
 
         note = "" if not found else "the dtab gives ~ here, so the namers are asked"
@@ -412,16 +505,21 @@ class _Binder:
             rest = path.drop(len(prefix))
             answer = namer.lookup(rest)
             if answer is None:
-                asked.append(NamerStep(prefix, rest, "pending"))
                 if prefix not in self.waiting_on:
                     self.waiting_on.append(prefix)
+                if not tracing:
+                    return _PENDING, _NO_TRACE
+                asked.append(NamerStep(prefix, rest, "pending"))
                 return _PENDING, _node(
                     "path", text, depth, _PENDING, dentries=dentries, namers=tuple(asked), note=note
                 )
-            asked.append(NamerStep(prefix, rest, describe(answer)))
+            if tracing:
+                asked.append(NamerStep(prefix, rest, describe(answer)))
             if isinstance(answer, Neg):
                 continue
             result, child = self.bind(answer, depth + 1)
+            if not tracing:
+                return result, _NO_TRACE
             return result, _node(
                 "path",
                 text,
@@ -437,13 +535,17 @@ class _Binder:
             try:
                 answer = SYSTEM_NAMER.lookup(rest)
             except SystemNamerError as exc:
-                asked.append(NamerStep(SYSTEM_PREFIX, rest, f"error: {exc}"))
                 failed = _Failed(str(exc))
+                if not tracing:
+                    return failed, _NO_TRACE
+                asked.append(NamerStep(SYSTEM_PREFIX, rest, f"error: {exc}"))
                 return failed, _node(
                     "path", text, depth, failed, dentries=dentries, namers=tuple(asked), note=note
                 )
-            asked.append(NamerStep(SYSTEM_PREFIX, rest, describe(answer)))
             result, child = self.bind(answer, depth + 1)
+            if not tracing:
+                return result, _NO_TRACE
+            asked.append(NamerStep(SYSTEM_PREFIX, rest, describe(answer)))
             return result, _node(
                 "path",
                 text,
@@ -454,6 +556,8 @@ class _Binder:
                 children=(child,),
                 note=note,
             )
+        if not tracing:
+            return NEG, _NO_TRACE
         ending = "no namer knows this name" if asked else "no namer serves this path"
         note = f"{note}; {ending}" if note else ending
         return NEG, _node("path", text, depth, NEG, dentries=dentries, namers=tuple(asked), note=note)
@@ -466,6 +570,8 @@ class _Binder:
             children.append(child)
             if not isinstance(result, Neg):
                 break
+        if not self.tracing:
+            return result, _NO_TRACE
         skipped = tuple(show(t) for t in tree.trees[len(children) :])
         if isinstance(result, Neg):
             note = "every alternative is negative"
@@ -497,6 +603,8 @@ class _Binder:
             union_result = first_failure
         else:
             union_result = _PENDING
+        if not self.tracing:
+            return union_result, _NO_TRACE
         dropped = sum(1 for c in children if c.outcome in ("neg", "fail", "pending", "error"))
         note = (
             f"{dropped} of {len(children)} branches dropped (neg, fail, pending or error)" if dropped else ""

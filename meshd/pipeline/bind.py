@@ -7,26 +7,48 @@ or vanished). Endpoint-set changes do not invalidate bindings: clients follow th
 A binding that waits on a namer (pending) is retried when that namer changes, up to the binding
 timeout. Requests keep the chooser they started with, so a reload never changes a request's
 rules mid-way (its retries included).
+
+A request's local dtab (`l5d-dtab`, `l5d-ctx-dtab`) is written by a client, so a binding that
+involves one is bounded (`LOCAL_DTAB_MAX_WORK`, about a millisecond of CPU at most) and built
+without a trace. Failures are cached like successes (a malformed header, a binding past the
+work or depth limit), so a client repeating a costly header costs a dict lookup per request.
+The caches are bounded apart: base bindings (no local dtab) up to `MAX_CACHED_BINDINGS`,
+bindings with a local dtab up to `MAX_CACHED_LOCAL_BINDINGS`, failures up to
+`MAX_CACHED_FAILURES`; past a bound the oldest entry of that cache goes, so clients inventing
+local dtabs never evict the base bindings.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Mapping
 from typing import Protocol
 
-from meshd.errors import BadRequest, NoSuchService, RequestTimeout
+from meshd.errors import BadRequest, MeshdError, NoSuchService, RequestTimeout
 from meshd.explain import namer_reasons
 from meshd.http.messages import Request, Response
 from meshd.observable import Observable
 from meshd.pipeline.stack import Service
-from routing.delegate import Binding, Chooser, DelegationError, bind, compile_choice, parse_dtab_header
+from routing.delegate import (
+    LOCAL_DTAB_MAX_WORK,
+    Binding,
+    Chooser,
+    DelegationError,
+    bind,
+    compile_choice,
+    parse_dtab_header,
+)
 from routing.dtab import Dtab
 from routing.namer import Namer
 from routing.parser import DtabSyntaxError
 from routing.path import Path
 
 MAX_CACHED_BINDINGS = 10000
+MAX_CACHED_LOCAL_BINDINGS = 1000
+MAX_CACHED_FAILURES = 1000
+
+_Key = tuple[Path, str]
 
 
 class Binder:
@@ -43,6 +65,14 @@ class Binder:
         self._versions = versions
         self._binding_timeout_s = binding_timeout_s
         self._cache: dict[tuple[Path, str], Chooser] = {}
+        # insertion order of the cached keys, to evict the oldest (each key is in one deque once)
+        self._base_keys: deque[_Key] = deque()
+        self._local_keys: deque[_Key] = deque()
+        # failed bindings: the error's class and message, raised again without binding again
+        self._failed: dict[_Key, tuple[type[MeshdError], str]] = {}
+        self._failed_keys: deque[_Key] = deque()
+        # why the namers said no, for bindings with a local dtab that gave ~ (error path only)
+        self._reasons: dict[_Key, str] = {}
         self.epoch = 0
         self._unsubscribe = [base_dtab.subscribe(self._invalidate, replay=False)]
         self._unsubscribe += [v.subscribe(self._invalidate, replay=False) for v in versions]
@@ -64,6 +94,11 @@ class Binder:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
 
+    @property
+    def failures(self) -> Mapping[tuple[Path, str], tuple[type[MeshdError], str]]:
+        """The failed bindings cached (read-only; for tests and the admin)."""
+        return self._failed
+
     def cached(self, path: Path, local_dtab: str) -> Chooser | None:
         return self._cache.get((path, local_dtab))
 
@@ -72,40 +107,100 @@ class Binder:
         chooser = self._cache.get(key)
         if chooser is not None:
             return chooser
+        failed = self._failed.get(key)
+        if failed is not None:
+            raise failed[0](failed[1])
         epoch = self.epoch
         dtab = self._base.get()
         if local_dtab:
             try:
                 dtab = dtab + parse_dtab_header(local_dtab)
             except DtabSyntaxError as exc:
-                raise BadRequest(f"malformed l5d-dtab / l5d-ctx-dtab header: {exc.short}") from None
+                raise self._fail(
+                    key, epoch, BadRequest, f"malformed l5d-dtab / l5d-ctx-dtab header: {exc.short}"
+                ) from None
+        max_work = LOCAL_DTAB_MAX_WORK if local_dtab else None
         binding: Binding | None = None
         try:
             async with asyncio.timeout(self._binding_timeout_s):
                 while True:
                     try:
-                        binding = bind(dtab, path, self._namers)
+                        binding = bind(dtab, path, self._namers, max_work=max_work, trace=False)
                     except DelegationError as exc:
-                        raise NoSuchService(f"cannot bind {path.show()}: {exc}") from None
+                        raise self._fail(key, epoch, NoSuchService, f"cannot bind {path.show()}: {exc}") from None
                     if not binding.pending:
                         break
                     await self._wait_any_change()
         except TimeoutError:
-            reasons = namer_reasons(binding.trace, self._namers, answer="pending") if binding is not None else []
-            why = "; ".join(reasons) if reasons else "a namer has not answered yet"
+            why = "a namer has not answered yet"
+            if binding is not None:  # the error path: bind once more, with a trace, to say why
+                try:
+                    traced = bind(dtab, path, self._namers, max_work=max_work)
+                except DelegationError:
+                    traced = binding
+                reasons = namer_reasons(traced.trace, self._namers, answer="pending")
+                why = "; ".join(reasons) if reasons else why
             raise RequestTimeout(
                 f"binding {path.show()} did not complete within {self._binding_timeout_s * 1000:.0f} ms: {why}"
             ) from None
         chooser = compile_choice(binding.tree)
         if self.epoch == epoch:
-            if len(self._cache) >= MAX_CACHED_BINDINGS:
-                self._cache.clear()
+            keys = self._local_keys if local_dtab else self._base_keys
+            if len(keys) >= (MAX_CACHED_LOCAL_BINDINGS if local_dtab else MAX_CACHED_BINDINGS):
+                self._cache.pop(keys.popleft(), None)
+            keys.append(key)
             self._cache[key] = chooser
         return chooser
+
+    def negative_reasons(self, path: Path, local_dtab: str) -> str:
+        """On the error path only: why the namers said no to `path` (bind again with a trace).
+
+        With a local dtab the binding is bounded as the request's was, and the answer is
+        cached until the dtab or a namer changes: a client repeating a header that binds to
+        `~` costs a lookup, not a traced binding, per request.
+        """
+        key = (path, local_dtab)
+        if local_dtab:
+            cached = self._reasons.get(key)
+            if cached is not None:
+                return cached
+        epoch = self.epoch
+        dtab = self._base.get()
+        if local_dtab:
+            try:
+                dtab = dtab + parse_dtab_header(local_dtab)
+            except DtabSyntaxError:
+                return ""
+        try:
+            binding = bind(dtab, path, self._namers, max_work=LOCAL_DTAB_MAX_WORK if local_dtab else None)
+        except DelegationError:
+            reasons = ""
+        else:
+            reasons = "; ".join(namer_reasons(binding.trace, self._namers, answer="~"))
+        if local_dtab and self.epoch == epoch:
+            if len(self._reasons) >= MAX_CACHED_FAILURES:
+                self._reasons.clear()  # only explanations of local-dtab failures: cheap to rebuild
+            self._reasons[key] = reasons
+        return reasons
+
+    def _fail(self, key: _Key, epoch: int, error: type[MeshdError], message: str) -> MeshdError:
+        """The error for a binding that failed, remembered (if nothing changed meanwhile) so
+        that the same name and local dtab fail again at the cost of a lookup."""
+        if self.epoch == epoch and key not in self._failed:
+            if len(self._failed_keys) >= MAX_CACHED_FAILURES:
+                self._failed.pop(self._failed_keys.popleft(), None)
+            self._failed_keys.append(key)
+            self._failed[key] = (error, message)
+        return error(message)
 
     def _invalidate(self, _value: object) -> None:
         self.epoch += 1
         self._cache.clear()
+        self._base_keys.clear()
+        self._local_keys.clear()
+        self._failed.clear()
+        self._failed_keys.clear()
+        self._reasons.clear()
 
     async def _wait_any_change(self) -> None:
         waits = [asyncio.ensure_future(v.wait_changed()) for v in self._versions]

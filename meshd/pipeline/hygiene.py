@@ -5,6 +5,9 @@ they are honoured only from trusted sources (by default loopback: the services o
 from anyone else they are stripped. Trusted context is folded into the request (local dtab,
 incoming deadline) and re-emitted downstream as `l5d-ctx-*`, so it follows the whole call tree;
 a trusted but malformed `l5d-dtab` or `l5d-ctx-dtab` is a 400 naming the header, line and column.
+A per-request dtab is also bounded in size, because binding it costs CPU on the event loop: each
+header at most `MAX_LOCAL_DTAB_BYTES` (4096) bytes, 431 otherwise, and at most
+`MAX_LOCAL_DENTRIES` (100) dentries in all, 400 otherwise (the binder then bounds the work).
 Every request gets an `l5d-reqid` (kept from a trusted caller), `Via` and `X-Forwarded-For`.
 """
 
@@ -15,11 +18,11 @@ import os
 from collections.abc import Sequence
 from typing import Final
 
-from meshd.errors import BadRequest, LoopDetected
+from meshd.errors import BadRequest, HeadersTooLarge, LoopDetected
 from meshd.http.headers import L5D_CTX_DTAB, L5D_DTAB, L5D_REQID, append_forwarded_for, append_via
 from meshd.http.messages import Request
 from meshd.pipeline.stack import Filter
-from routing.delegate import parse_dtab_header
+from routing.delegate import MAX_LOCAL_DENTRIES, MAX_LOCAL_DTAB_BYTES, parse_dtab_header
 from routing.parser import DtabSyntaxError
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -133,17 +136,40 @@ def local_dtab(ctx: bytes | None, local: bytes | None) -> str:
     the result is printed canonically rather than joined as text: a `#` comment at the end of
     the first value would otherwise swallow the second, and the result travels on downstream
     as one `l5d-ctx-dtab` header value.
+
+    Limits (checked before parsing where they can be): each value at most
+    `MAX_LOCAL_DTAB_BYTES`, and the combined value too, since it is forwarded as one header
+    that the next meshd checks (431); at most `MAX_LOCAL_DENTRIES` dentries in all (400).
     """
     texts: list[str] = []
+    given: list[str] = []
+    dentries = 0
     for name, value in ((L5D_CTX_DTAB, ctx), (L5D_DTAB, local)):
         if value is None:
             continue
+        if len(value) > MAX_LOCAL_DTAB_BYTES:
+            raise HeadersTooLarge(
+                f"{name} header is {len(value)} bytes; a per-request dtab may have at most "
+                f"{MAX_LOCAL_DTAB_BYTES} bytes"
+            )
         text = value.decode("latin-1")
         try:
-            parse_dtab_header(text)
+            dentries += len(parse_dtab_header(text))
         except DtabSyntaxError as exc:
             raise BadRequest(f"malformed {name} header: {exc.short}") from None
         texts.append(text)
+        given.append(name)
+    if dentries > MAX_LOCAL_DENTRIES:
+        names = f"{given[0]} and {given[1]} have" if len(given) == 2 else f"{given[0]} header has"
+        raise BadRequest(
+            f"{names} {dentries} dentries; a per-request dtab may have at most {MAX_LOCAL_DENTRIES}"
+        )
     if len(texts) == 1:
         return texts[0]
-    return (parse_dtab_header(texts[0]) + parse_dtab_header(texts[1])).show()
+    combined = (parse_dtab_header(texts[0]) + parse_dtab_header(texts[1])).show()
+    if len(combined) > MAX_LOCAL_DTAB_BYTES:
+        raise HeadersTooLarge(
+            f"{L5D_CTX_DTAB} and {L5D_DTAB} together are {len(combined)} bytes as forwarded; a per-request "
+            f"dtab may have at most {MAX_LOCAL_DTAB_BYTES} bytes"
+        )
+    return combined

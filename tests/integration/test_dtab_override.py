@@ -17,7 +17,7 @@ import asyncio
 
 import pytest
 
-from meshd.testing.client import RawConnection, RawResponse
+from meshd.testing.client import RawConnection, RawResponse, build_request
 from meshd.testing.upstreams import Received, Reply, Upstream
 from tests.integration.test_canary import drive, start_accounts
 
@@ -165,3 +165,99 @@ async def test_override_to_an_inet_address_reaches_it(make_mesh, make_upstream, 
 
     assert (response.status, response.body) == (200, b"v2")
     assert v2[0].received[0].header("l5d-dst-client") == f"/$/{namer}/127.0.0.1/{v2[0].port}"
+
+
+# -- hostile per-request dtabs (issue 13, bug 5) ------------------------------------------------
+
+
+def alternations(n: int, tag: int) -> str:
+    """The header of the issue: `/xi => /x(i+1) | /x(i+1)`, 2**n nodes when bound naively. The
+    unused first dentry makes every request's header different, so no cache helps."""
+    links = "; ".join(f"/x{i} => /x{i + 1} | /x{i + 1}" for i in range(n))
+    return f"/unused{tag} => /z; /svc/accounts => /x0; {links}"
+
+
+def diverging(n: int, tag: int) -> str:
+    """The same shape with paths that all differ (`/x1/a`, `/x1/b`, `/x2/a/a`, ...)."""
+    links = "; ".join(f"/x{i} => /x{i + 1}/a | /x{i + 1}/b" for i in range(n))
+    return f"/unused{tag} => /z; /svc/accounts => /x0; {links}"
+
+
+WORK_LIMIT_ERR = (
+    "cannot bind /svc/accounts: binding /svc/accounts needed more than 1000 steps of work, "
+    "the limit for a binding with a per-request dtab (l5d-dtab, l5d-ctx-dtab)"
+)
+
+
+@pytest.mark.parametrize(
+    ("craft", "status", "l5d_err"),
+    [
+        # `/x0` binds to `~` (no namer knows `/x40`), so the request falls back to `/svc => /#/fs`
+        (alternations, 200, None),
+        (diverging, 502, WORK_LIMIT_ERR),
+    ],
+)
+async def test_crafted_l5d_dtabs_are_answered_promptly_and_do_not_stall_a_normal_request(
+    make_mesh, make_upstream, craft, status, l5d_err
+):
+    mesh = await make_mesh()
+    v1, v2 = await start_accounts(make_upstream, mesh, replicas=1)
+    assert (await call(mesh.port, "accounts")).status == 200  # the normal binding and client exist
+    crafted = [await RawConnection.open(mesh.port) for _ in range(20)]
+    normal = await RawConnection.open(mesh.port)
+    loop = asyncio.get_running_loop()
+    try:
+        for tag, conn in enumerate(crafted):
+            header = craft(40, tag)
+            await conn.send(build_request("GET", "/balance", [("l5d-dtab", header)], host="accounts"))
+        started = loop.time()
+        plain = await normal.request("GET", "/balance", host="accounts")
+        elapsed = loop.time() - started
+        answers = [await conn.read_response() for conn in crafted]
+    finally:
+        for conn in [*crafted, normal]:
+            await conn.close()
+
+    assert (plain.status, plain.body) == (200, b"v1")
+    assert elapsed < 0.2, f"a normal request took {elapsed * 1000:.0f} ms behind 20 crafted l5d-dtab headers"
+    assert [a.status for a in answers] == [status] * 20
+    assert [a.header("l5d-err") for a in answers] == [l5d_err] * 20
+    assert v2[0].requests == 0
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "l5d_err"),
+    [
+        (
+            [("l5d-dtab", "/svc/accounts => /#/fs/accounts-v2; " + "#" * 4100)],
+            431,
+            "l5d-dtab header is 4136 bytes; a per-request dtab may have at most 4096 bytes",
+        ),
+        (
+            [("l5d-ctx-dtab", ";".join(f"/a{i}=>/b" for i in range(101)))],
+            400,
+            "l5d-ctx-dtab header has 101 dentries; a per-request dtab may have at most 100",
+        ),
+        (
+            [("l5d-ctx-dtab", ";".join(f"/a{i}=>/b" for i in range(60))), ("l5d-dtab", ";".join(f"/c{i}=>/d" for i in range(41)))],
+            400,
+            "l5d-ctx-dtab and l5d-dtab have 101 dentries; a per-request dtab may have at most 100",
+        ),
+        (
+            [("l5d-ctx-dtab", "/svc/accounts=>/#/fs/" + "a" * 2500), ("l5d-dtab", "/svc/accounts=>/#/fs/" + "b" * 2500)],
+            431,
+            "l5d-ctx-dtab and l5d-dtab together are 5043 bytes as forwarded; a per-request dtab may have at most 4096 bytes",
+        ),
+    ],
+)
+async def test_oversized_per_request_dtabs_are_refused_with_the_limit_named(make_mesh, make_upstream, headers, status, l5d_err):
+    mesh = await make_mesh()
+    v1, v2 = await start_accounts(make_upstream, mesh, replicas=1)
+
+    response = await call(mesh.port, "accounts", headers)
+    at_the_limit = await call(mesh.port, "accounts", [("l5d-dtab", ";".join(f"/a{i}=>/b" for i in range(99)) + ";" + OVERRIDE)])
+
+    assert response.status == status
+    assert response.header("l5d-err") == l5d_err
+    assert (at_the_limit.status, at_the_limit.body) == (200, b"v2")  # 100 dentries are fine
+    assert (v1[0].requests, v2[0].requests) == (0, 1)  # the refused request reached no upstream

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+
 from routing.dtab import EMPTY_DTAB, Dentry, Dtab, Prefix
-from routing.nametree import NEG, Alt, Leaf, show
+from routing.nametree import NEG, Alt, Leaf, NameTree, show
 from routing.path import Path
+from tests.routing.strategies import small_dtabs, small_paths
 
 
 def lookup(dtab: str, path: str) -> str:
@@ -63,3 +66,31 @@ def test_dentry_read_and_prefix_of_path() -> None:
     assert Prefix.read("/a/*").show() == "/a/*"
     assert d.rewrite(Path.read("/svc/a")) == Leaf(Path.read("/#/fs/a"))
     assert Dentry.read("/s => /x | ~").rewrite(Path.read("/s/y")) == Alt((Leaf(Path.read("/x/y")), NEG))
+
+
+# -- the lookup index ------------------------------------------------------------------------
+
+
+def naive_matches(dtab: Dtab, path: Path) -> list[tuple[int, Dentry, NameTree[Path]]]:
+    """Every dentry compared with the path, last first: what lookup did before the index."""
+    return [
+        (i, d, d.rewrite(path)) for i, d in reversed(list(enumerate(dtab.dentries))) if d.prefix.matches(path)
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(small_dtabs, small_paths)
+def test_indexed_lookup_finds_what_comparing_every_dentry_finds(dtab: Dtab, path: Path) -> None:
+    found, work = dtab.matches_with_work(path)
+    assert [(m.index, m.dentry, m.rewrite) for m in found] == naive_matches(dtab, path)
+    assert dtab.matches(path) == found  # the index is built once and reused
+    assert work >= len(path) + 1 + len(found)
+
+
+def test_lookup_work_counts_probes_wildcards_and_rewritten_trees() -> None:
+    dtab = Dtab.read("/svc => /a | /b; /*/x => /c; /other => /d")
+    found, work = dtab.matches_with_work(Path.read("/svc/x"))
+    assert [m.index for m in found] == [1, 0]
+    # 3 for the path (two labels, plus one) + 1 wildcard prefix + 3 nodes (/a | /b) + 1 node (/c)
+    assert work == 3 + 1 + 3 + 1
+    assert Dtab().matches_with_work(Path.read("/svc/x")) == ((), 3)
