@@ -90,7 +90,11 @@ class Daemon:
             router = Router(router_config, self.runtime, self.namers)
             self.routers.append(router)
             if router_config.routes:
-                watcher = RoutesWatcher(self.runtime.resolve_path(router_config.routes), router.set_routes_dtab)
+                watcher = RoutesWatcher(
+                    self.runtime.resolve_path(router_config.routes),
+                    router.set_routes_dtab,
+                    max_bytes=router_config.routes_max_bytes,
+                )
                 watcher.load_initial()
                 await watcher.start()
                 self.routes_watchers[router.label] = watcher
