@@ -98,6 +98,9 @@ def _run(args: argparse.Namespace) -> int:
         print("--workers must be at least 1", file=sys.stderr)
         return 2
     base = pathlib.Path(args.config).resolve().parent
+    from meshd.daemon import raise_open_file_limit
+
+    raise_open_file_limit()
     if args.workers > 1:
         from meshd.workers import run_workers
 

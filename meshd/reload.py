@@ -36,6 +36,7 @@ import asyncio
 import errno
 import logging
 import pathlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar
@@ -127,6 +128,8 @@ class RoutesWatcher:
         self.successes = 0
         self.errors = 0
         self.last_error: str | None = None
+        #: the thread that did the last parse (`threading.get_ident()`), for tests
+        self.last_parse_thread: int | None = None
 
     def load_initial(self) -> None:
         """Load the file at start-up; an invalid file here is a start-up error (RoutesError).
@@ -207,7 +210,7 @@ class RoutesWatcher:
             self._fail(seq, contents.message)
             return False
         try:
-            routes = await _off_loop(self._parse, contents, str(self.path))
+            routes = await _off_loop(self._parse_in_thread, contents)
         except RoutesError as exc:
             self._fail(seq, str(exc))
             return False
@@ -220,6 +223,10 @@ class RoutesWatcher:
         self.successes += 1
         log.info("routes reloaded from %s: %s", self.path, routes.dtab.show())
         return True
+
+    def _parse_in_thread(self, contents: bytes) -> Routes:
+        self.last_parse_thread = threading.get_ident()
+        return self._parse(contents, str(self.path))
 
     def _fail(self, seq: int, message: str) -> None:
         if seq < self._last_outcome:

@@ -32,6 +32,7 @@ import os
 import pathlib
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Final, Literal
 
@@ -164,9 +165,14 @@ def _metadata(tokens: list[str], number: int) -> dict[str, str]:
     return meta
 
 
+#: reads and parses one endpoints file within a size limit (a parameter so tests can slow it down)
+Loader = Callable[[pathlib.Path, int], frozenset[Address]]
+
+
 class FsNamer:
-    def __init__(self, config: FsNamerConfig, runtime: Runtime) -> None:
+    def __init__(self, config: FsNamerConfig, runtime: Runtime, *, loader: Loader = load_endpoints_file) -> None:
         self._config = config
+        self._load = loader
         self._prefix = Path.read(config.prefix)
         self._root = runtime.resolve_path(config.root_dir)
         self._interval = config.poll_interval_ms / 1000.0
@@ -320,7 +326,7 @@ class FsNamer:
             task.add_done_callback(self._loading.discard)
             return True
         try:
-            addresses = load_endpoints_file(path, self._max_bytes)
+            addresses = self._load(path, self._max_bytes)
         except (OSError, UnicodeDecodeError, FileFormatError, FileTooLarge) as exc:
             return self._loaded(name, seq, path, exc)
         return self._loaded(name, seq, path, addresses)
@@ -337,7 +343,7 @@ class FsNamer:
 
     def _load_in_thread(self, path: pathlib.Path) -> frozenset[Address]:
         self.last_load_thread = threading.get_ident()
-        return load_endpoints_file(path, self._max_bytes)
+        return self._load(path, self._max_bytes)
 
     def _loaded(self, name: str, seq: int, path: pathlib.Path, outcome: frozenset[Address] | Exception) -> bool:
         """Apply a load's outcome (on the event loop) unless a later load of the file has begun."""
