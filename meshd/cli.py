@@ -64,7 +64,7 @@ def _check(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     from meshd.config.model import MeshdConfig
-    from routing.rules import RoutesError, load_routes
+    from routing.rules import RoutesError, load_routes_file
 
     assert isinstance(config, MeshdConfig)
     base = pathlib.Path(args.config).resolve().parent
@@ -73,7 +73,7 @@ def _check(args: argparse.Namespace) -> int:
         if router.routes:
             routes_path = base / router.routes
             try:
-                load_routes(routes_path.read_text(encoding="utf-8"), str(routes_path))
+                load_routes_file(routes_path, router.routes_max_bytes)
             except (OSError, RoutesError) as exc:
                 print(f"routers[{router.label}].routes: {exc}", file=sys.stderr)
                 problems += 1
@@ -98,6 +98,9 @@ def _run(args: argparse.Namespace) -> int:
         print("--workers must be at least 1", file=sys.stderr)
         return 2
     base = pathlib.Path(args.config).resolve().parent
+    from meshd.daemon import raise_open_file_limit
+
+    raise_open_file_limit()
     if args.workers > 1:
         from meshd.workers import run_workers
 
@@ -139,7 +142,7 @@ async def _explain(config: object, base: pathlib.Path, path: str, label: str | N
     from meshd.explain import dentry_origins, explain
     from meshd.router import Router
     from meshd.runtime import Runtime
-    from routing.rules import Routes, RoutesError, load_routes
+    from routing.rules import Routes, RoutesError, load_routes_file
 
     assert isinstance(config, MeshdConfig)
     routers = [r for r in config.routers if label is None or r.label == label]
@@ -152,7 +155,7 @@ async def _explain(config: object, base: pathlib.Path, path: str, label: str | N
     if router_config.routes:
         routes_path = runtime.resolve_path(router_config.routes)
         try:
-            routes = load_routes(routes_path.read_text(encoding="utf-8"), str(routes_path))
+            routes = load_routes_file(routes_path, router_config.routes_max_bytes)
         except RoutesError as exc:
             return {"path": path, "router": router_config.label, "error": exc.short, "errorContext": str(exc)}
         except (OSError, UnicodeDecodeError) as exc:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import resource
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshd.config.model import MeshdConfig
@@ -53,6 +55,34 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
+def raise_open_file_limit(
+    getrlimit: Callable[[int], tuple[int, int]] = resource.getrlimit,
+    setrlimit: Callable[[int, tuple[int, int]], None] = resource.setrlimit,
+) -> int:
+    """Raise the soft limit on open files (RLIMIT_NOFILE) to the hard limit; return the result.
+
+    Every downstream connection, upstream connection and file read takes a descriptor, and the
+    usual soft limit (1,024) is far below what one meshd can serve; Envoy and nginx advise
+    raising it. An unlimited hard limit is capped at 1,048,576 (Linux's default `nr_open`). If
+    the raise is refused, the soft limit stays as it was. Called once at start (`meshd run`),
+    before worker processes are forked, so they inherit it.
+    """
+    soft, hard = getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else _UNLIMITED_NOFILE_CAP
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    log.info("open-file limit (RLIMIT_NOFILE): %s", "unlimited" if soft == resource.RLIM_INFINITY else soft)
+    return soft
+
+
+#: the soft limit used when the hard limit is unlimited (Linux's default fs.nr_open)
+_UNLIMITED_NOFILE_CAP = 1024 * 1024
+
+
 class Daemon:
     def __init__(
         self,
@@ -90,7 +120,11 @@ class Daemon:
             router = Router(router_config, self.runtime, self.namers)
             self.routers.append(router)
             if router_config.routes:
-                watcher = RoutesWatcher(self.runtime.resolve_path(router_config.routes), router.set_routes_dtab)
+                watcher = RoutesWatcher(
+                    self.runtime.resolve_path(router_config.routes),
+                    router.set_routes_dtab,
+                    max_bytes=router_config.routes_max_bytes,
+                )
                 watcher.load_initial()
                 await watcher.start()
                 self.routes_watchers[router.label] = watcher

@@ -9,6 +9,19 @@ same-size edits within one timestamp tick. A changed file is used only once two 
 (`echo > routes.yaml` truncates first; an empty file is valid and means "no rules") is never
 applied nor counted as an error; an edit therefore applies within `interval_s + settle_s`.
 
+The file may be at most `max_bytes` (`routesMaxBytes`, default 1 MiB). Its size is checked
+with fstat on the open file before anything is read, and at most `max_bytes + 1` bytes are
+read; a larger file is refused like an invalid one (logged with its size and the limit,
+counted as an error), never read into memory. Reading and parsing run in a worker thread
+(PyYAML takes about 20 ms for 64 KiB and 0.3 s for 1 MiB), so the event loop keeps serving
+requests meanwhile; only the result is applied on the loop. Each check takes a sequence
+number, and a result is applied only if no later check's result has been, so a slow parse of
+an old version can never overwrite a newer one.
+
+When meshd has run out of file descriptors (EMFILE, or ENFILE for the whole system) the file
+cannot be opened; that says nothing about the file, so it is not counted as an error: one
+warning is logged, the last good rules keep serving, and the next poll tries again.
+
 A settled change is parsed and validated with `routing.rules.load_routes`; on success the
 router's effective dtab becomes its own dtab followed by the file's entries (bindings are
 re-made on next use; requests already in flight keep the binding they started with, retries
@@ -20,17 +33,63 @@ same bad bytes are refused (and counted) once, not on every poll.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import pathlib
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, TypeVar
 
 from routing.dtab import Dtab
-from routing.rules import Routes, RoutesError, load_routes
+from routing.rules import (
+    ROUTES_MAX_BYTES,
+    Opener,
+    Routes,
+    RoutesError,
+    RoutesTooLarge,
+    load_routes,
+    open_binary,
+    read_routes_file,
+)
 
 log = logging.getLogger("meshd.reload")
 
-#: what a read found: the file's bytes, or None when it is missing
-_Contents = bytes | None
+#: errors that mean "this process (or system) has no file descriptor left", not "the file is bad"
+FD_EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE})
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class _TooLarge:
+    """A version of the file that is over the limit: told apart by (size, mtime_ns, inode)."""
+
+    stamp: tuple[int, int, int]
+    message: str
+
+
+#: what a read found: the file's bytes, an oversized version, or None when it is missing
+_Contents = bytes | _TooLarge | None
+
+
+def parse_routes(data: bytes, source: str) -> Routes:
+    """Decode and validate a routing file's bytes. Pure: runs in a worker thread."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RoutesError(source, "", 1, f"not UTF-8 text: {exc}") from None
+    return load_routes(text, source)
+
+
+def _read(path: pathlib.Path, max_bytes: int, opener: Opener) -> _Contents:
+    """One read of the file (in a worker thread)."""
+    try:
+        return read_routes_file(path, max_bytes, opener)
+    except FileNotFoundError:
+        return None
+    except RoutesTooLarge as exc:
+        return _TooLarge(exc.stamp, exc.short)
 
 
 class RoutesWatcher:
@@ -41,27 +100,44 @@ class RoutesWatcher:
         *,
         interval_s: float = 0.25,
         settle_s: float = 0.05,
+        max_bytes: int = ROUTES_MAX_BYTES,
+        opener: Opener = open_binary,
+        parse: Callable[[bytes, str], Routes] = parse_routes,
     ) -> None:
         self.path = path
+        self.max_bytes = max_bytes
         self._apply = apply
         self._interval = interval_s
         self._settle = settle_s
+        self._opener = opener
+        self._parse = parse
         #: the contents last acted on (applied, or refused), so each version is handled once
         self._seen: _Contents = None
         #: contents that differ from `_seen`, waiting for a second read to confirm them
         self._candidate: _Contents = None
         self._has_candidate = False
         self._unreadable = False
+        self._fd_exhausted = False
+        #: sequence numbers: of the last check started, of the last whose read was acted on,
+        #: and of the last whose outcome (applied or refused) was recorded
+        self._checks = 0
+        self._last_read = 0
+        self._last_outcome = 0
         self._task: asyncio.Task[None] | None = None
         self.current: Routes | None = None
         self.successes = 0
         self.errors = 0
         self.last_error: str | None = None
+        #: the thread that did the last parse (`threading.get_ident()`), for tests
+        self.last_parse_thread: int | None = None
 
     def load_initial(self) -> None:
-        """Load the file at start-up; an invalid file here is a start-up error (RoutesError)."""
-        data = self.path.read_bytes()
-        routes = load_routes(data.decode("utf-8"), str(self.path))
+        """Load the file at start-up; an invalid file here is a start-up error (RoutesError).
+
+        At start-up nothing is served yet, so this reads and parses on the calling thread.
+        """
+        data = read_routes_file(self.path, self.max_bytes, self._opener)
+        routes = parse_routes(data, str(self.path))
         self._seen = data
         self.current = routes
         self._apply(routes.dtab)
@@ -78,22 +154,43 @@ class RoutesWatcher:
             except asyncio.CancelledError:
                 pass
 
-    def check(self) -> bool:
+    async def check(self) -> bool:
         """Read the file; returns True when new rules were applied.
 
-        A change is acted on at the second consecutive call that reads the same new contents;
-        the first only records it (see the module docstring).
+        A change is acted on at the second consecutive check that reads the same new contents;
+        the first only records it (see the module docstring). Reading and parsing run in a
+        worker thread; checks may overlap, and the outcome of an older check never replaces
+        that of a newer one.
         """
+        self._checks += 1
+        seq = self._checks
         try:
-            contents: _Contents = self.path.read_bytes()
-        except FileNotFoundError:
-            contents = None
-        except OSError as exc:  # e.g. permissions: refused once, until it is readable again
+            contents = await _off_loop(_read, self.path, self.max_bytes, self._opener)
+        except OSError as exc:
+            if seq < self._last_read:
+                return False
+            self._last_read = seq
             self._has_candidate = False
-            if not self._unreadable:
+            if exc.errno in FD_EXHAUSTED:  # not the file's fault: keep the rules, retry next poll
+                if not self._fd_exhausted:
+                    self._fd_exhausted = True
+                    log.warning(
+                        "cannot open %s: %s; out of file descriptors, keeping the last good rules and"
+                        " retrying on the next poll",
+                        self.path,
+                        exc,
+                    )
+                return False
+            if not self._unreadable:  # e.g. permissions: refused once, until it is readable again
                 self._unreadable = True
-                self._fail(f"{self.path}: cannot read: {exc}")
+                self._fail(seq, f"{self.path}: cannot read: {exc}")
             return False
+        if seq < self._last_read:
+            return False  # a later check has already read the file
+        self._last_read = seq
+        if self._fd_exhausted:
+            self._fd_exhausted = False
+            log.info("%s can be opened again", self.path)
         if self._unreadable:
             self._unreadable = False
             self.last_error = None
@@ -107,16 +204,19 @@ class RoutesWatcher:
         self._has_candidate = False
         self._seen = contents
         if contents is None:
-            self._fail(f"{self.path}: file is missing; keeping the last good routes")
+            self._fail(seq, f"{self.path}: file is missing; keeping the last good routes")
+            return False
+        if isinstance(contents, _TooLarge):
+            self._fail(seq, contents.message)
             return False
         try:
-            routes = load_routes(contents.decode("utf-8"), str(self.path))
+            routes = await _off_loop(self._parse_in_thread, contents)
         except RoutesError as exc:
-            self._fail(str(exc))
+            self._fail(seq, str(exc))
             return False
-        except UnicodeDecodeError as exc:
-            self._fail(f"{self.path}: not UTF-8 text: {exc}")
-            return False
+        if seq < self._last_outcome:
+            return False  # a newer version was applied or refused while this one was parsed
+        self._last_outcome = seq
         self.current = routes
         self.last_error = None
         self._apply(routes.dtab)
@@ -124,7 +224,14 @@ class RoutesWatcher:
         log.info("routes reloaded from %s: %s", self.path, routes.dtab.show())
         return True
 
-    def _fail(self, message: str) -> None:
+    def _parse_in_thread(self, contents: bytes) -> Routes:
+        self.last_parse_thread = threading.get_ident()
+        return self._parse(contents, str(self.path))
+
+    def _fail(self, seq: int, message: str) -> None:
+        if seq < self._last_outcome:
+            return
+        self._last_outcome = seq
         self.errors += 1
         self.last_error = message
         log.error("routes reload refused, keeping the last good rules: %s", message)
@@ -133,6 +240,11 @@ class RoutesWatcher:
         while True:
             await asyncio.sleep(self._settle if self._has_candidate else self._interval)
             try:
-                self.check()
+                await self.check()
             except Exception:  # the watcher must survive anything
                 log.exception("routes watcher failed on %s", self.path)
+
+
+async def _off_loop(fn: Callable[..., _T], *args: object) -> _T:
+    """Run `fn(*args)` in the loop's default executor (a thread) and return its result."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)

@@ -29,8 +29,11 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
+import pathlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeVar
+from typing import BinaryIO, Final, Protocol, TypeVar
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -49,6 +52,13 @@ _NULL: Final = "tag:yaml.org,2002:null"
 _TOP_KEYS: Final = ("dtab", "rules")
 _RULE_KEYS: Final = ("name", "description", "prefix", "dst", "weights", "enabled")
 _X = TypeVar("_X", covariant=True)
+
+#: the default limit on a routing file's size (`routesMaxBytes`); a dtab of 1 MiB is thousands
+#: of rules, and PyYAML takes about 0.3 s of CPU to parse one that size
+ROUTES_MAX_BYTES: Final = 1024 * 1024
+
+#: opens a file for reading in binary; a parameter so tests can inject failures (EMFILE)
+Opener = Callable[[pathlib.Path], BinaryIO]
 
 
 class _Parse(Protocol[_X]):
@@ -71,6 +81,49 @@ class RoutesError(ValueError):
         located = f"{where} ({position})" if where else f"({position})"
         self.short = f"{source}: {located}: {reason}"
         super().__init__(self.short + (f"\n{context}" if context else ""))
+
+
+class RoutesTooLarge(RoutesError):
+    """A routing file over the size limit; it was not read. `stamp` is (size, mtime_ns, inode),
+    which tells one oversized version from the next without reading it."""
+
+    def __init__(self, source: str, size: int, limit: int, stamp: tuple[int, int, int]) -> None:
+        reason = f"the file is {size} bytes, over the limit of {limit} bytes (routesMaxBytes); it was not read"
+        super().__init__(source, "", 1, reason)
+        self.size = size
+        self.limit = limit
+        self.stamp = stamp
+        self.short = f"{source}: {reason}"
+        self.args = (self.short,)
+
+
+def open_binary(path: pathlib.Path) -> BinaryIO:
+    return open(path, "rb")  # noqa: SIM115 - the caller closes it
+
+
+def read_routes_file(path: pathlib.Path, max_bytes: int, opener: Opener = open_binary) -> bytes:
+    """The file's bytes, at most `max_bytes` of them: the size is checked with fstat on the open
+    file before reading, and at most `max_bytes + 1` bytes are read (a file that grew in between
+    is caught too). Raises RoutesTooLarge, or OSError. Pure: safe in a worker thread."""
+    with opener(path) as f:
+        st = os.fstat(f.fileno())
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if st.st_size > max_bytes:
+            raise RoutesTooLarge(str(path), st.st_size, max_bytes, stamp)
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise RoutesTooLarge(str(path), len(data), max_bytes, (len(data), st.st_mtime_ns, st.st_ino))
+    return data
+
+
+def load_routes_file(path: pathlib.Path, max_bytes: int = ROUTES_MAX_BYTES) -> Routes:
+    """Read (within the size limit), decode and validate a routing file. Raises RoutesError or OSError."""
+    data = read_routes_file(path, max_bytes)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RoutesError(str(path), "", 1, f"not UTF-8 text: {exc}") from None
+    return load_routes(text, str(path))
 
 
 @dataclass(frozen=True, slots=True)

@@ -196,6 +196,7 @@ class RouterConfig:
     identifier: IdentifierConfig = field(default_factory=HeaderIdentifierConfig, metadata={"registry": IDENTIFIERS})
     dtab: str = ""
     routes: str | None = None
+    routes_max_bytes: int = field(default=1024 * 1024, metadata={"min": 1})
     trusted_sources: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     binding_timeout_ms: int = field(default=10_000, metadata={"min": 1})
     service: ServiceConfig = field(default_factory=ServiceConfig)

@@ -6,6 +6,19 @@ symlinks, so Kubernetes ConfigMap volumes, whose files are symlinks swapped by t
 and re-reads only files whose (mtime, size, inode) changed. A file that fails to parse is logged
 and its last good contents keep serving; a file that disappears makes its name negative.
 
+Each file may be at most `maxFileBytes` (default 1 MiB, about 40,000 replica lines). Its size is
+checked with fstat on the open file before reading, and at most `maxFileBytes + 1` bytes are
+read; a larger file is refused like a file that does not parse: one error log line with its size
+and the limit, one count in `meshd_fs_reloads_total{result="error"}`, last good contents kept.
+A file up to 16 KiB (about 450 lines, 1.5 ms to parse) is read and parsed during the scan; a
+larger one is read and parsed in a worker thread and its result applied on the event loop, so a
+big file never stalls the proxy (a 900 KiB file takes about 90 ms to parse). Per file, only the
+result of the latest load is applied: a slow load of an older version is dropped when it ends.
+A new file still loading answers "pending" (binding waits for it, up to `bindingTimeoutMs`).
+When meshd has no file descriptor left (EMFILE/ENFILE), the directory or a file cannot be opened:
+that scan keeps every name and its contents as they were, logs a warning, and is not counted as
+an error; the next scan tries again.
+
 Polling rather than inotify: it needs no extra dependency, sees symlink swaps and network
 filesystems alike, and costs one `stat` per file per interval (about 1 ms for 1,000 files).
 """
@@ -13,13 +26,19 @@ filesystems alike, and costs one `stat` per file per interval (about 1 ms for 1,
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import pathlib
+import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Final
+from typing import ClassVar, Final, Literal
 
-from meshd.discovery.addr import Addr, Address, Bound, Failed, Neg
+from prometheus_client import CollectorRegistry, Counter
+
+from meshd.discovery.addr import PENDING, Addr, Address, Bound, Failed, Neg
 from meshd.observable import Observable
 from meshd.runtime import Runtime
 from routing.namer import BoundName
@@ -30,6 +49,16 @@ log = logging.getLogger("meshd.discovery.fs")
 
 #: the `key=value` tokens an endpoints line may carry after `host port [weight]`
 _METADATA_KEYS: Final = ("node", "zone")
+#: files up to this size are read and parsed during the scan; larger ones in a worker thread
+INLINE_BYTES: Final = 16 * 1024
+#: errno values that mean "no file descriptor left", not "the file is bad"
+_FD_EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE})
+
+# --- metrics: every metric this module exports, registered on `runtime.registry` ---------------
+RELOADS_TOTAL: Final = "meshd_fs_reloads_total"
+RELOADS_TOTAL_HELP: Final = "fs namer file loads, by result (success, error: unreadable, too large or not parseable)"
+ReloadResult = Literal["success", "error"]
+# ------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +69,7 @@ class FsNamerConfig:
     root_dir: str
     prefix: str = "/#/fs"
     poll_interval_ms: int = field(default=250, metadata={"min": 10, "max": 60000})
+    max_file_bytes: int = field(default=1024 * 1024, metadata={"min": 1})
 
     def __post_init__(self) -> None:
         try:
@@ -55,6 +85,28 @@ class FsNamerConfig:
 
 class FileFormatError(ValueError):
     pass
+
+
+class FileTooLarge(ValueError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the file is {size} bytes, over the limit of {limit} bytes (maxFileBytes); it was not read")
+        self.size = size
+        self.limit = limit
+
+
+def load_endpoints_file(path: pathlib.Path, max_bytes: int) -> frozenset[Address]:
+    """Read (fstat first, then at most `max_bytes + 1` bytes) and parse one endpoints file.
+
+    Raises FileTooLarge, OSError, UnicodeDecodeError or FileFormatError. Pure: safe in a thread.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise FileTooLarge(size, max_bytes)
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew between the fstat and the read
+        raise FileTooLarge(len(data), max_bytes)
+    return parse_endpoints_file(data.decode("utf-8"))
 
 
 def parse_endpoints_file(text: str) -> frozenset[Address]:
@@ -113,9 +165,14 @@ def _metadata(tokens: list[str], number: int) -> dict[str, str]:
     return meta
 
 
+#: reads and parses one endpoints file within a size limit (a parameter so tests can slow it down)
+Loader = Callable[[pathlib.Path, int], frozenset[Address]]
+
+
 class FsNamer:
-    def __init__(self, config: FsNamerConfig, runtime: Runtime) -> None:
+    def __init__(self, config: FsNamerConfig, runtime: Runtime, *, loader: Loader = load_endpoints_file) -> None:
         self._config = config
+        self._load = loader
         self._prefix = Path.read(config.prefix)
         self._root = runtime.resolve_path(config.root_dir)
         self._interval = config.poll_interval_ms / 1000.0
@@ -124,7 +181,18 @@ class FsNamer:
         self._contents: dict[str, frozenset[Address] | None] = {}
         self._addrs: dict[str, Observable[Addr]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._max_bytes = config.max_file_bytes
+        #: per file, the sequence number of its latest load; only that load's result is applied
+        self._latest: dict[str, int] = {}
+        self._loads = 0
+        #: loads running in a worker thread
+        self._loading: set[asyncio.Task[None]] = set()
+        self._fd_exhausted = False
+        self._reloads = _reload_counter(runtime.registry)
         self.scans = 0
+        self.errors = 0
+        #: the thread that did the last load off the event loop (`threading.get_ident()`), for tests
+        self.last_load_thread: int | None = None
 
     @property
     def prefix(self) -> Path:
@@ -172,7 +240,13 @@ class FsNamer:
         if not self._root.is_dir():
             log.warning("fs namer: %s is not a directory (yet); every name is negative until it is", self._root)
         self.scan()
+        await self.settled()  # the first scan is complete only once its big files are loaded
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"fs-namer {self._root}")
+
+    async def settled(self) -> None:
+        """Wait until every load running in a worker thread has been applied."""
+        while self._loading:
+            await asyncio.gather(*self._loading, return_exceptions=True)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -182,9 +256,12 @@ class FsNamer:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        for task in list(self._loading):
+            task.cancel()
+        self._loading.clear()
 
     def statistics(self) -> dict[str, object]:
-        return {"root": str(self._root), "services": len(self._stamps), "scans": self.scans}
+        return {"root": str(self._root), "services": len(self._stamps), "scans": self.scans, "errors": self.errors}
 
     # -- scanning -----------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -201,7 +278,10 @@ class FsNamer:
         seen: dict[str, tuple[int, int, int]] = {}
         try:
             entries = list(os.scandir(self._root))
-        except OSError:
+        except OSError as exc:
+            if exc.errno in _FD_EXHAUSTED:  # cannot open the directory: change nothing, retry next scan
+                self._out_of_fds(self._root, exc)
+                return
             entries = []
         for entry in entries:
             name = entry.name
@@ -216,10 +296,11 @@ class FsNamer:
             seen[name] = (st.st_mtime_ns, st.st_size, st.st_ino)
         names_changed = seen.keys() != self._stamps.keys()
         for name, stamp in seen.items():
-            if self._stamps.get(name) != stamp:
-                self._reload(name)
+            if self._stamps.get(name) != stamp and not self._reload(name, stamp[1]):
+                seen[name] = (-1, -1, -1)  # not loaded for want of a file descriptor: retry next scan
         for name in self._stamps.keys() - seen.keys():
             self._contents.pop(name, None)
+            self._latest.pop(name, None)  # a load still running for it is dropped when it ends
             obs = self._addrs.get(name)
             if obs is not None:
                 obs.set(Neg())
@@ -227,27 +308,82 @@ class FsNamer:
         if names_changed:
             self._version.set(self._version.get() + 1)
 
-    def _reload(self, name: str) -> None:
+    def _reload(self, name: str, size: int) -> bool:
+        """Load one changed file: at once when small, else in a worker thread.
+
+        Returns False when it could not be opened for want of a file descriptor.
+        """
+        self._loads += 1
+        seq = self._latest[name] = self._loads
         path = self._root / name
+        if size > self._max_bytes:  # refused on the scan's stat: not even opened
+            return self._loaded(name, seq, path, FileTooLarge(size, self._max_bytes))
+        if size > INLINE_BYTES:
+            task = asyncio.get_running_loop().create_task(
+                self._load_off_loop(name, seq, path), name=f"fs-namer load {path}"
+            )
+            self._loading.add(task)
+            task.add_done_callback(self._loading.discard)
+            return True
         try:
-            addresses = parse_endpoints_file(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, FileFormatError) as exc:
-            log.error("fs namer: %s: %s; keeping its last good contents", path, exc)
+            addresses = self._load(path, self._max_bytes)
+        except (OSError, UnicodeDecodeError, FileFormatError, FileTooLarge) as exc:
+            return self._loaded(name, seq, path, exc)
+        return self._loaded(name, seq, path, addresses)
+
+    async def _load_off_loop(self, name: str, seq: int, path: pathlib.Path) -> None:
+        loop = asyncio.get_running_loop()
+        outcome: frozenset[Address] | Exception
+        try:
+            outcome = await loop.run_in_executor(None, self._load_in_thread, path)
+        except (OSError, UnicodeDecodeError, FileFormatError, FileTooLarge) as exc:
+            outcome = exc
+        if not self._loaded(name, seq, path, outcome) and self._latest.get(name) == seq:
+            self._stamps[name] = (-1, -1, -1)  # out of file descriptors: retry on the next scan
+
+    def _load_in_thread(self, path: pathlib.Path) -> frozenset[Address]:
+        self.last_load_thread = threading.get_ident()
+        return self._load(path, self._max_bytes)
+
+    def _loaded(self, name: str, seq: int, path: pathlib.Path, outcome: frozenset[Address] | Exception) -> bool:
+        """Apply a load's outcome (on the event loop) unless a later load of the file has begun."""
+        if self._latest.get(name) != seq:
+            return True  # stale: the file changed again, or is gone
+        if isinstance(outcome, OSError) and outcome.errno in _FD_EXHAUSTED:
+            self._out_of_fds(path, outcome)
+            return False
+        self._fd_exhausted = False
+        if isinstance(outcome, Exception):
+            self.errors += 1
+            self._reloads.labels(result="error").inc()
+            log.error("fs namer: %s: %s; keeping its last good contents", path, outcome)
             if name not in self._contents:
                 self._contents[name] = None
                 obs = self._addrs.get(name)
                 if obs is not None:
-                    obs.set(Failed(f"{path}: {exc}"))
-            return
+                    obs.set(Failed(f"{path}: {outcome}"))
+            return True
+        self._reloads.labels(result="success").inc()
         old = self._contents.get(name)
-        self._contents[name] = addresses
+        self._contents[name] = outcome
         obs = self._addrs.get(name)
-        if obs is not None and addresses != old:
-            obs.set(Bound(addresses))
+        if obs is not None and outcome != old:
+            obs.set(Bound(outcome))
+        return True
+
+    def _out_of_fds(self, path: pathlib.Path, exc: OSError) -> None:
+        if not self._fd_exhausted:
+            self._fd_exhausted = True
+            log.warning(
+                "fs namer: cannot open %s: %s; out of file descriptors, keeping what is known and"
+                " retrying on the next scan",
+                path,
+                exc,
+            )
 
     def _current(self, name: str) -> Addr:
         if name not in self._contents:
-            return Neg()
+            return PENDING if name in self._latest else Neg()
         contents = self._contents[name]
         if contents is None:
             return Failed(f"{self._root / name}: unreadable")
@@ -255,3 +391,17 @@ class FsNamer:
 
     def __repr__(self) -> str:
         return f"<FsNamer {self._prefix.show()} root={self._root} services={len(self._stamps)}>"
+
+
+_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
+
+
+def _reload_counter(registry: CollectorRegistry) -> Counter:
+    """One counter per registry, shared by every fs namer registered on it."""
+    counter = _COUNTERS.get(registry)
+    if counter is None:
+        counter = Counter(RELOADS_TOTAL, RELOADS_TOTAL_HELP, ["result"], registry=registry)
+        for result in ("success", "error"):
+            counter.labels(result=result)
+        _COUNTERS[registry] = counter
+    return counter

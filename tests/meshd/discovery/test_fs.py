@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import pathlib
 
@@ -10,10 +11,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshd.discovery.addr import Addr, Address, Bound, Failed, Neg
-from meshd.discovery.fs import FileFormatError, FsNamer, FsNamerConfig, parse_endpoints_file
+from meshd.discovery.addr import Addr, Address, Bound, Failed, Neg, Pending
+from meshd.discovery.fs import (
+    INLINE_BYTES,
+    FileFormatError,
+    FileTooLarge,
+    FsNamer,
+    FsNamerConfig,
+    load_endpoints_file,
+    parse_endpoints_file,
+)
 from meshd.observable import Observable
 from meshd.runtime import Runtime
+from meshd.testing.waiting import wait_until
 from routing.namer import BoundName
 from routing.nametree import NEG, Leaf
 from routing.path import Path
@@ -264,3 +274,153 @@ def test_relative_root_resolves_against_the_config_directory(tmp_path):
     assert namer.root == tmp_path / "disco"
     assert namer.prefix == Path.read("/#/fs")
     assert "disco" in repr(namer)
+
+
+# -- size limits, loads off the event loop, running out of file descriptors ---------------------------
+
+
+def build(tmp_path: pathlib.Path, loader=load_endpoints_file, **config: object) -> FsNamer:
+    (tmp_path / "disco").mkdir(exist_ok=True)
+    return FsNamer(FsNamerConfig(root_dir="disco", poll_interval_ms=10, **config), Runtime(base_dir=tmp_path), loader=loader)
+
+
+def big_file(replicas: int) -> str:
+    text = "".join(f"10.0.{i // 250}.{i % 250} 8080\n" for i in range(replicas))
+    assert len(text) > INLINE_BYTES
+    return text
+
+
+async def test_a_file_over_max_file_bytes_is_refused_without_being_opened(tmp_path, caplog):
+    calls: list[pathlib.Path] = []
+
+    def loader(path: pathlib.Path, max_bytes: int) -> frozenset[Address]:
+        calls.append(path)
+        return load_endpoints_file(path, max_bytes)
+
+    namer = build(tmp_path, loader, max_file_bytes=100)
+    write(namer.root, "svc", "10.0.0.1 80\n")
+    await namer.start()
+    try:
+        write(namer.root, "svc", "10.0.0.2 80\n" + "#" * 100)
+        calls.clear()
+        namer.scan()
+        namer.scan()
+        assert calls == []  # refused on the scan's stat
+        assert namer.errors == 1
+        assert addr_of(namer, "svc").get() == Bound(frozenset({Address("10.0.0.1", 80)}))
+        (message,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert f"{namer.root / 'svc'}: the file is 112 bytes, over the limit of 100 bytes (maxFileBytes)" in message
+        write(namer.root, "fresh", "#" * 101)  # never good: failed, not negative
+        namer.scan()
+        assert isinstance(addr_of(namer, "fresh").get(), Failed)
+        assert namer.errors == 2
+    finally:
+        await namer.close()
+
+
+def test_load_endpoints_file_reads_at_most_the_limit(tmp_path):
+    path = tmp_path / "svc"
+    path.write_text("10.0.0.1 80\n" * 10)
+    assert load_endpoints_file(path, 120) == {Address("10.0.0.1", 80)}
+    with pytest.raises(FileTooLarge, match="the file is 120 bytes, over the limit of 119 bytes"):
+        load_endpoints_file(path, 119)
+
+
+async def test_a_large_file_loads_in_a_worker_thread_and_a_new_name_is_pending_meanwhile(tmp_path):
+    import threading
+
+    entered = threading.Event()
+    release = threading.Event()
+
+    def loader(path: pathlib.Path, max_bytes: int) -> frozenset[Address]:
+        entered.set()
+        release.wait(10)
+        return load_endpoints_file(path, max_bytes)
+
+    namer = build(tmp_path, loader)
+    await namer.start()
+    try:
+        write(namer.root, "big", big_file(2000))
+        namer.scan()  # returns at once: the load runs in a thread
+        await wait_until(entered.is_set, timeout=5, message="the load to start")
+        assert namer.lookup(Path.read("/big")) != NEG
+        assert isinstance(addr_of(namer, "big").get(), Pending)
+        release.set()
+        await namer.settled()
+        current = addr_of(namer, "big").get()
+        assert isinstance(current, Bound) and len(current.addresses) == 2000
+        assert namer.last_load_thread not in (None, threading.get_ident())
+    finally:
+        release.set()
+        await namer.close()
+
+
+async def test_a_slow_load_of_an_older_version_never_replaces_a_newer_one(tmp_path):
+    import threading
+
+    entered = threading.Event()
+    release = threading.Event()
+
+    def loader(path: pathlib.Path, max_bytes: int) -> frozenset[Address]:
+        data = path.read_text()
+        if data.startswith("10.0.0.0 8080"):  # the first version: slow
+            entered.set()
+            release.wait(10)
+        return load_endpoints_file(path, max_bytes)
+
+    namer = build(tmp_path, loader)
+    write(namer.root, "svc", "10.9.9.9 80\n")
+    await namer.start()
+    try:
+        seen: list[Addr] = []
+        addr_of(namer, "svc").subscribe(seen.append, replay=False)
+        write(namer.root, "svc", big_file(2000))  # v1: large, slow
+        namer.scan()
+        await wait_until(entered.is_set, timeout=5, message="the load to start")
+        write(namer.root, "svc", "10.1.1.1 80\n")  # v2: small, applied during the scan
+        namer.scan()
+        assert seen == [Bound(frozenset({Address("10.1.1.1", 80)}))]
+        release.set()
+        await namer.settled()  # v1's load ends last, and is dropped
+        assert seen == [Bound(frozenset({Address("10.1.1.1", 80)}))]
+        assert addr_of(namer, "svc").get() == Bound(frozenset({Address("10.1.1.1", 80)}))
+        assert namer.errors == 0
+    finally:
+        release.set()
+        await namer.close()
+
+
+async def test_out_of_file_descriptors_is_not_a_bad_file_and_the_next_scan_retries(tmp_path, caplog):
+    exhausted = True
+
+    def loader(path: pathlib.Path, max_bytes: int) -> frozenset[Address]:
+        if exhausted:
+            raise OSError(errno.EMFILE, "Too many open files", str(path))
+        return load_endpoints_file(path, max_bytes)
+
+    namer = build(tmp_path, loader)
+    write(namer.root, "svc", "10.0.0.1 80\n")
+    exhausted = False
+    await namer.start()
+    try:
+        exhausted = True
+        write(namer.root, "svc", "10.0.0.2 80\n")
+        write(namer.root, "new", "10.0.0.3 80\n")
+        namer.scan()
+        namer.scan()
+        assert namer.errors == 0
+        assert addr_of(namer, "svc").get() == Bound(frozenset({Address("10.0.0.1", 80)}))  # kept
+        assert isinstance(addr_of(namer, "new").get(), Pending)  # known to exist, not failed
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "out of file descriptors" in warnings[0]
+        assert not [r for r in caplog.records if r.levelname == "ERROR"]
+        exhausted = False
+        namer.scan()  # retried although the files did not change since
+        assert addr_of(namer, "svc").get() == Bound(frozenset({Address("10.0.0.2", 80)}))
+        assert addr_of(namer, "new").get() == Bound(frozenset({Address("10.0.0.3", 80)}))
+    finally:
+        await namer.close()
+
+
+def test_max_file_bytes_is_a_config_key():
+    assert FsNamerConfig(root_dir="d").max_file_bytes == 1024 * 1024
