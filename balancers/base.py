@@ -85,7 +85,10 @@ class Balancer(Protocol[M]):
     def pick(self, avoid: Node[M] | None = None) -> Node[M]:
         """Choose a node for one attempt; raise `NoNodesAvailable` if the member set is empty.
 
-        `avoid` (a retry's previous node) is passed over when another available node exists.
+        `avoid` (a retry's previous node) is passed over when another available node exists,
+        and is never returned while any other node exists: if it is the only available one,
+        the pick goes to an ejected node (counted in `all_ejected_picks`). A node of another
+        balancer (a retry that took another union branch) is ignored.
         """
         ...
 

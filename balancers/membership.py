@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Generic
 
 from balancers.accrual import AccrualPolicyFactory
+from balancers.alias import draw_pair
 from balancers.base import BalancerStatistics, Clock, M
 from balancers.node import EJECTED, LIVE, Node, _check_weight
 
@@ -146,9 +147,11 @@ class Membership(Generic[M]):
                 node._refresh(now)
 
     def _pick_available(self, avoid: Node[M] | None) -> Node[M]:
-        """A uniformly random available node, not `avoid` unless it is the only one.
+        """A uniformly random available node other than `avoid` (a node of this balancer).
 
-        Callers make sure at least one node is available.
+        If `avoid` is the only available node, a random other node, ejected (counted in
+        `all_ejected_picks`); `avoid` itself only when it is the only node. Callers make sure at
+        least one node is available.
         """
         available = self._available
         n = len(available)
@@ -156,6 +159,9 @@ class Membership(Generic[M]):
             i = int(self._random() * n)
             return available[i if i < n else n - 1]
         if n == 1:
+            if len(self._nodes) > 1:
+                self._all_ejected_picks += 1
+                return self._other_than(avoid)
             return avoid
         i = int(self._random() * (n - 1))
         if i >= n - 1:
@@ -163,6 +169,17 @@ class Membership(Generic[M]):
         if i >= avoid._slot:
             i += 1
         return available[i]
+
+    def _other_than(self, avoid: Node[M]) -> Node[M]:
+        """A uniformly random node other than `avoid`, ejected or not; needs at least two nodes.
+
+        Of two distinct uniform draws, the first unless it is `avoid`: each other node has
+        probability 1/n + 1/n * 1/(n - 1) = 1/(n - 1).
+        """
+        nodes = self._nodes
+        i, j = draw_pair(self._random, len(nodes))
+        node = nodes[i]
+        return nodes[j] if node is avoid else node
 
     # -- told by nodes ----------------------------------------------------------------------
 

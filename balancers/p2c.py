@@ -13,6 +13,10 @@ How a pick works (Finagle 21.4.0 `p2c/P2CPick.scala` and `Balancer.scala`, weigh
    `max_effort_exhausted` (Finagle's counter of the same name).
 4. When no node is available at all, compare any two as if none were ejected and count it
    in `all_ejected_picks` (linkerd behaviour: never fail a request because of ejections).
+   The same when the only available node is `avoid`: a retry never goes back to the node that
+   just failed it while any other node exists, ejected or not (the two drawn are distinct, so
+   one of them is not `avoid`). An `avoid` from another balancer (the previous attempt took
+   another union branch) is ignored.
 
 Where this departs from Finagle, and why: Finagle takes the healthier of the two at once
 (`Status.best`), so an ejected candidate hands the pick to its partner whatever the
@@ -66,6 +70,8 @@ class P2CBalancer(Membership[M]):
         n = len(nodes)
         if n == 0:
             raise NoNodesAvailable(f"the {self._kind} balancer has no endpoints")
+        if avoid is not None and avoid._owner is not self:
+            avoid = None  # the previous attempt went to another replica set (a union branch)
         now = self._clock()
         deadlines = self._deadlines
         if deadlines and deadlines[0][0] <= now:
@@ -99,7 +105,15 @@ class P2CBalancer(Membership[M]):
         available = self._available
         m = len(available)
         if m == 1:
-            return available[0]
+            only = available[0]
+            if only is avoid and len(self._nodes) > 1:
+                # The node that just failed this request is the only available one: every other
+                # node is ejected. Pick among those as when all are (step 4), never `avoid` again.
+                self._all_ejected_picks += 1
+                nodes = self._nodes
+                i, j = self._draw()
+                return _lighter(nodes[i], nodes[j], avoid, now)
+            return only
         i, j = draw_pair(self._random, m)
         return _lighter(available[i], available[j], avoid, now)
 

@@ -15,7 +15,9 @@ Ejections (Finagle `RoundRobinBalancer` skips non-Open nodes): when the node who
 is not available (ejected, or its probe is in flight), or is the retry's `avoid`, its turn goes
 to a uniformly random available node, so the ejected node's share is spread evenly instead of
 doubling its neighbour's. When no node is available the rotation continues as if none were
-ejected, counted in `all_ejected_picks`. The smooth state restarts from zero on every
+ejected, counted in `all_ejected_picks`; when the only available node is `avoid`, the pick goes
+to a random other node, ejected, counted the same way: a retry never goes back to the node that
+just failed it while another exists. The smooth state restarts from zero on every
 update (as nginx does on reload); when all weights are equal the rotation restarts at a
 random node, so frequent updates do not favour the first one.
 """
@@ -52,6 +54,8 @@ class RoundRobinBalancer(Membership[M]):
     def pick(self, avoid: Node[M] | None = None) -> Node[M]:
         if not self._nodes:
             raise NoNodesAvailable(f"the {self._kind} balancer has no endpoints")
+        if avoid is not None and avoid._owner is not self:
+            avoid = None  # the previous attempt went to another replica set (a union branch)
         now = self._clock()
         deadlines = self._deadlines
         if deadlines and deadlines[0][0] <= now:
@@ -64,6 +68,8 @@ class RoundRobinBalancer(Membership[M]):
             self._all_ejected_picks += 1
             if node is avoid and len(self._nodes) > 1:
                 node = self._next_turn()
+                if node is avoid:  # a heavy node can have two turns in a row
+                    node = self._other_than(avoid)
             return node
         return self._pick_available(avoid)
 

@@ -37,6 +37,7 @@ METRICS: Final[dict[str, str]] = {
     "meshd_all_ejected_picks_total": "Picks made while every endpoint was ejected (meshd picked anyway).",
     "meshd_retries_total": "Retries sent, by service and reason (response, error, requeue).",
     "meshd_retry_budget_exhausted_total": "Retries refused because the service's retry budget was empty.",
+    "meshd_retry_limit_reached_total": "Retries refused because the request had reached maxRetries or maxRequeues.",
     "meshd_retry_budget_balance": "Retries the service's budget would allow right now.",
     "meshd_timeouts_total": "Requests that timed out, by service and kind (total, deadline, attempt).",
     "meshd_config_reloads_total": "Routing-file reloads by result (success, error).",
@@ -70,6 +71,11 @@ class MeshdCollector(Collector):
         exhausted = CounterMetricFamily(
             "meshd_retry_budget_exhausted",
             METRICS["meshd_retry_budget_exhausted_total"],
+            labels=("router", "service"),
+        )
+        limit = CounterMetricFamily(
+            "meshd_retry_limit_reached",
+            METRICS["meshd_retry_limit_reached_total"],
             labels=("router", "service"),
         )
         balance = GaugeMetricFamily(
@@ -134,6 +140,7 @@ class MeshdCollector(Collector):
                 for reason in ("response", "error", "requeue"):
                     retries.add_metric((r, s, reason), getattr(c, reason))
                 exhausted.add_metric((r, s), c.budget_exhausted)
+                limit.add_metric((r, s), c.limit)
                 balance.add_metric((r, s), state_.budget.balance)
                 t = state_.timeouts
                 for kind in ("total", "deadline", "attempt"):
@@ -173,6 +180,7 @@ class MeshdCollector(Collector):
             duration,
             retries,
             exhausted,
+            limit,
             balance,
             timeouts,
             pool,

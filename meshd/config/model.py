@@ -102,6 +102,10 @@ class RetriesConfig:
 
     budget: RetryBudgetConfig = field(default_factory=RetryBudgetConfig)
     backoff: BackoffConfig = field(default_factory=JitteredBackoffConfig, metadata={"registry": BACKOFFS})
+    #: per request: retries after the request was written (5xx, errors after writing); docs/retries.md
+    max_retries: int = field(default=2, metadata={"min": 0, "max": 100})
+    #: per request: re-sends of a request that never reached an upstream (connect refused)
+    max_requeues: int = field(default=10, metadata={"min": 0, "max": 100})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -95,6 +95,8 @@ def service_stack(
                 timeouts,
                 add_success_class=config.add_success_class_header,
                 replay_limit=config.replay_buffer_bytes,
+                max_retries=config.retries.max_retries,
+                max_requeues=config.retries.max_requeues,
                 on_attempt=access_log.on_attempt if access_log is not None else None,
                 sleep=sleep,
             ),

@@ -4,7 +4,12 @@ How this works: every request deposits into the budget once; each retry must wit
 attempt is retried when the classifier calls it a retryable failure: a 5xx on a method it deems
 retryable, a transport error after writing on such a method, or any error before the request
 was written (connect refused, pool exhausted: nothing reached the upstream, so every method is
-safe). Each retry picks again (the balancer is asked to avoid the node that just failed) and may
+safe). Besides the budget, each request has two bounds of its own (`maxRetries` for retries
+after the request was written, `maxRequeues` for re-sends of a request that never reached an
+upstream): the budget's floor of `minRetriesPerSec` would otherwise let one request to a broken
+replica go round for ever at a few attempts a second. A request that reaches its bound gets
+its last failure, its `l5d-err` saying so; the common case (the first attempt succeeds) pays
+two local ints for them. Each retry picks again (the balancer is asked to avoid the node that just failed) and may
 bind to another union branch. Retries sit below the total timeout, so the whole loop, backoff
 included, is bounded by it; a retry whose backoff would end past the request's deadline is not
 attempted: the last failure is returned at once instead of a 504 later.
@@ -66,7 +71,7 @@ _SUCCESS = {cls: success_class(cls).encode("ascii") for cls in ResponseClass}
 class RetryCounters:
     """Per-service retry counts by reason, read by the metrics exporter."""
 
-    __slots__ = ("response", "error", "requeue", "budget_exhausted", "not_replayable", "deadline")
+    __slots__ = ("response", "error", "requeue", "budget_exhausted", "not_replayable", "deadline", "limit")
 
     def __init__(self) -> None:
         self.response = 0
@@ -76,6 +81,8 @@ class RetryCounters:
         self.not_replayable = 0
         #: retries not attempted because the backoff would end past the deadline
         self.deadline = 0
+        #: retries not attempted because the request reached `maxRetries` or `maxRequeues`
+        self.limit = 0
 
 
 class RetryDiscarded(Exception):
@@ -101,15 +108,20 @@ def retries_stage(
     *,
     add_success_class: bool,
     replay_limit: int | None = None,
+    max_retries: int = 2,
+    max_requeues: int = 10,
     on_attempt: AttemptHook | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> Stage:
-    """`replay_limit`: this service's `replayBufferBytes` (None: whatever the router's body kept)."""
+    """`replay_limit`: this service's `replayBufferBytes` (None: whatever the router's body kept);
+    `max_retries`, `max_requeues`: the per-request bounds (`maxRetries`, `maxRequeues`)."""
 
     def wrap(next_service: Service) -> Service:
         async def retry(request: Request) -> Response:
             budget.deposit()
             schedule = None
+            retried = 0  # retries after the request was written: at most max_retries
+            requeued = 0  # re-sends of a request never written: at most max_requeues
             while True:
                 request.attempts += 1
                 try:
@@ -121,7 +133,21 @@ def retries_stage(
                         if on_attempt is not None:
                             on_attempt(request, exc, None)
                         raise
-                    reason = "error" if exc.written else "requeue"
+                    if exc.written:
+                        reason = "error"
+                        at_limit = retried >= max_retries
+                    else:
+                        reason = "requeue"
+                        at_limit = requeued >= max_requeues
+                    if at_limit:
+                        counters.limit += 1
+                        if exc.written:
+                            _gave_up(exc, request.attempts, "maxRetries", max_retries)
+                        else:
+                            _gave_up(exc, request.attempts, "maxRequeues", max_requeues)
+                        if on_attempt is not None:
+                            on_attempt(request, exc, None)
+                        raise
                     if schedule is None:
                         schedule = backoff.schedule()
                     delay = next(schedule)
@@ -141,13 +167,16 @@ def retries_stage(
                         return response
                     hint = any(n.lower() == L5D_RETRYABLE and v.strip().lower() == b"true" for n, v in response.headers)
                     cls = classifier.classify_response(request.method, status, hint)
-                    if cls is ResponseClass.RETRYABLE_FAILURE:
+                    if cls is not ResponseClass.RETRYABLE_FAILURE:
+                        retrying = False
+                    elif retried >= max_retries:
+                        counters.limit += 1  # the upstream's own response goes back unchanged
+                        retrying = False
+                    else:
                         if schedule is None:
                             schedule = backoff.schedule()
                         delay = next(schedule)
                         retrying = _may_retry(request, True, delay, budget, counters, replay_limit)
-                    else:
-                        retrying = False
                     if not retrying:
                         if add_success_class:
                             response.headers.append((L5D_SUCCESS_CLASS, _SUCCESS[cls]))
@@ -158,12 +187,15 @@ def retries_stage(
                     if on_attempt is not None:
                         on_attempt(request, status, reason)
                     _discard(response.body)
-                if reason == "response":
-                    counters.response += 1
-                elif reason == "error":
-                    counters.error += 1
-                else:
+                if reason == "requeue":
                     counters.requeue += 1
+                    requeued += 1
+                else:
+                    retried += 1
+                    if reason == "response":
+                        counters.response += 1
+                    else:
+                        counters.error += 1
                 if delay > 0:
                     await sleep(delay)
 
@@ -208,6 +240,14 @@ def _may_retry(
             counters.not_replayable += 1
             return False
     return True
+
+
+def _gave_up(exc: MeshdError, attempts: int, key: str, bound: int) -> None:
+    """Say in the error's `l5d-err` that the request's own bound on attempts ended it (rare path:
+    the error is the one this request's last attempt raised, so changing it in place is safe)."""
+    plural = "attempt" if attempts == 1 else "attempts"
+    exc.message = f"{exc.message}; gave up after {attempts} {plural} ({key} {bound})"
+    exc.args = (exc.message,)
 
 
 class _DiscardSink:

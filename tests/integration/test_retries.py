@@ -168,7 +168,11 @@ async def fake_clock_mesh(tmp_path: pathlib.Path) -> AsyncIterator[tuple[Daemon,
     """meshd whose clock (retry budget, balancer) moves only when the test advances it."""
     clock = FakeClock()
     (tmp_path / "disco").mkdir()
-    cfg = load_config(yaml.safe_dump(base_config(service={"retries": {"backoff": NO_BACKOFF}})), MeshdConfig)
+    # maxRetries well above the default 2: these tests are about the budget, and with 2 retries a
+    # replica failing half of the answers would still fail 1 request in 8 on its own
+    cfg = load_config(
+        yaml.safe_dump(base_config(service={"retries": {"backoff": NO_BACKOFF, "maxRetries": 20}})), MeshdConfig
+    )
     daemon = Daemon(cfg, Runtime(clock=clock, base_dir=tmp_path, rng=random.Random(3)), admin=False)
     await daemon.start()
     yield daemon, clock, tmp_path / "disco"
@@ -205,7 +209,7 @@ async def test_retries_stop_at_the_budget_when_every_replica_fails(make_mesh, ma
     ups = [await make_upstream(always(503)) for _ in range(2)]
     mesh = await make_mesh(
         service={"retries": {"budget": {"ttlSecs": 10, "minRetriesPerSec": 5, "percentCanRetry": 0.2},
-                             "backoff": NO_BACKOFF}}
+                             "backoff": NO_BACKOFF, "maxRetries": 100}}  # the budget alone bounds them here
     )
     mesh.register("ledger", *ups)
     total = 500
@@ -559,7 +563,9 @@ async def test_a_retry_binds_again_and_can_take_the_other_union_branch(make_mesh
     stable = await make_upstream(name="v1")
     mesh = await make_mesh(
         dtab="/svc => /#/fs; /svc/accounts => 1 * /#/fs/accounts-v2 & 1 * /#/fs/accounts;",
-        service={"retries": {"backoff": NO_BACKOFF}},
+        # each attempt draws a branch 50/50: with the default maxRetries (2), 1 request in 8 would
+        # draw the broken branch three times and end on its 503
+        service={"retries": {"backoff": NO_BACKOFF, "maxRetries": 30}},
     )
     mesh.register("accounts", stable)
     mesh.register("accounts-v2", broken)

@@ -95,7 +95,9 @@ async def test_total_timeout_bounds_the_retries_too(make_mesh, make_upstream):
 
     up = await make_upstream(slow_503)
     mesh = await make_mesh(
-        service={"totalTimeoutMs": 350, "retries": {"budget": {"minRetriesPerSec": 1000}, "backoff": NO_BACKOFF}}
+        # (maxRetries above the default 2, so that the total timeout, not the bound, ends it)
+        service={"totalTimeoutMs": 350,
+                 "retries": {"budget": {"minRetriesPerSec": 1000}, "backoff": NO_BACKOFF, "maxRetries": 10}}
     )
     mesh.register("svc", up)
     resp, elapsed = await timed_get(mesh.port)
@@ -165,7 +167,8 @@ async def test_a_post_whose_attempt_timed_out_is_not_sent_again(make_mesh, make_
 async def test_attempt_timeouts_retried_until_the_total_timeout(make_mesh, make_upstream):
     up = await make_upstream(hangs())
     mesh = await make_mesh(
-        service={"totalTimeoutMs": 500, "retries": {"backoff": NO_BACKOFF}},
+        # (maxRetries above the default 2, so that the total timeout, not the bound, ends it)
+        service={"totalTimeoutMs": 500, "retries": {"backoff": NO_BACKOFF, "maxRetries": 10}},
         client={"requestAttemptTimeoutMs": 150},
     )
     mesh.register("svc", up)
