@@ -65,7 +65,7 @@ _STATES: Final = ("live", "ejected", "probing")
 _LE: Final = tuple(repr(bound) for bound in BUCKETS)
 
 #: A scrape renders for at most about this long before letting the event loop run other work.
-SLICE_S: Final = 0.002
+SLICE_S: Final = 0.001
 
 
 def _esc(value: str) -> str:
