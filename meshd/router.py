@@ -5,6 +5,16 @@ The router owns three levels of state, as linkerd's does (see docs/architecture.
 - service level, one per logical name (`/svc/accounts`): total timeout, retries and their budget;
 - client level, one per bound name (`/#/fs/accounts`): balancer, failure accrual, endpoint pools.
 Services and clients are created on first use. Clients follow their namer's address set.
+
+The service table is bounded, because a client can invent logical names (any Host header). The
+first `MAX_SERVICES` names (the ones the request stats label, see meshd/pipeline/stats.py) are
+*named* services: each has its own counters, exported under its name, and is kept for as long as
+meshd runs. Every later name is a *folded* service: its counters are shared by all folded
+services (exported under `_other`), it counts its requests in flight, and when the table holds
+`MAX_SERVICE_STATES` services the least recently used folded ones with nothing in flight are
+dropped, `EVICT_BATCH` at a time. A dropped name that comes back gets a fresh retry budget; no
+count is lost, and a named service (a real one, unless invented names came first) never loses
+its budget.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import logging
 import random
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from meshd.client import Client, ClientSettings
 from meshd.config.model import RouterConfig
@@ -28,7 +39,7 @@ from meshd.pipeline.bind import Binder, bind_service
 from meshd.pipeline.hygiene import RequestIds, TrustPolicy
 from meshd.pipeline.retries import RetryCounters
 from meshd.pipeline.stack import Service
-from meshd.pipeline.stats import RouterStats
+from meshd.pipeline.stats import OVERFLOW_SERVICE, RouterStats
 from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.pool.dialer import Dialer, TcpDialer
 from meshd.pool.pool import PoolLimits
@@ -44,16 +55,31 @@ from routing.path import Path
 
 log = logging.getLogger("meshd.router")
 
+#: Service-level states a router keeps (named and folded together); past this, folded ones are dropped.
+MAX_SERVICE_STATES: Final = 10_000
+#: Folded services dropped by one eviction: it then runs once per this many new names, not per name.
+EVICT_BATCH: Final = 1_000
+
 
 @dataclass(slots=True)
 class ServiceState:
-    """One logical name's service-level state: its pipeline, retry budget and counters."""
+    """One logical name's service-level state: its pipeline, retry budget and counters.
+
+    `label` is the `service` label its series are exported under: its name, or `_other` for a
+    folded service (whose `retries` and `timeouts` are then the router's shared folded counters).
+    """
 
     name: str
+    label: str
     service: Service
     budget: RetryBudget
     retries: RetryCounters
     timeouts: TimeoutCounters
+    folded: bool
+    #: the router's sweep tick (about one a second) when this service last took a request
+    used: int = 0
+    #: requests inside this service's pipeline now (counted for folded services only)
+    in_flight: int = 0
 
 
 class Router:
@@ -83,6 +109,18 @@ class Router:
         self._dialer = dialer
         self.transformers = [t.build(runtime, self._namers) for t in config.transformers]
         self.services: dict[Path, ServiceState] = {}
+        #: the named services by name: never evicted, at most MAX_SERVICES of them
+        self.named: dict[str, ServiceState] = {}
+        #: the counters every folded service shares (exported under `_other`)
+        self.folded_retries = RetryCounters()
+        self.folded_timeouts = TimeoutCounters()
+        #: folded services created, and dropped from the table, since start
+        self.folded_created = 0
+        self.evicted = 0
+        self._tick = 0
+        #: MAX_SERVICE_STATES and EVICT_BATCH (attributes so that tests can use small ones)
+        self.max_service_states = MAX_SERVICE_STATES
+        self.evict_batch = EVICT_BATCH
         self.clients: dict[Path, Client] = {}
         self.stack = router_stack(
             trust=TrustPolicy(config.trusted_sources),
@@ -118,13 +156,21 @@ class Router:
         state = self.services.get(path)
         if state is None:
             state = self._new_service(path)
+        state.used = self._tick  # one store per request: what eviction calls "recently used"
         return state.service
 
     def _new_service(self, path: Path) -> ServiceState:
         config = self.config.service_for(path)
         budget = config.retries.budget.build(self.runtime.clock.now)
-        counters = RetryCounters()
-        timeouts = TimeoutCounters()
+        name = path.show()
+        label = self.stats.label_for(name)
+        folded = label == OVERFLOW_SERVICE
+        if folded:
+            counters = self.folded_retries
+            timeouts = self.folded_timeouts
+        else:
+            counters = RetryCounters()
+            timeouts = TimeoutCounters()
         stack = service_stack(
             config=config,
             classifier=config.response_classifier.build(),
@@ -135,11 +181,29 @@ class Router:
             rng=self._rng,
             access_log=AccessLog(self.label, self.runtime.clock) if self.config.access_log else None,
         )
-        state = ServiceState(path.show(), stack.build(self._dispatch_choice), budget, counters, timeouts)
-        if len(self.services) >= 10_000:
-            self.services.clear()  # bounded: a client inventing names cannot grow memory forever
+        state = ServiceState(name, label, stack.build(self._dispatch_choice), budget, counters, timeouts, folded)
+        if folded:
+            # only folded services can be evicted, so only they pay for knowing what is in flight
+            state.service = _counting_in_flight(state, state.service)
+            self.folded_created += 1
+        else:
+            self.named[name] = state
+        if len(self.services) >= self.max_service_states:
+            self._evict(self.evict_batch)
         self.services[path] = state
         return state
+
+    def _evict(self, count: int) -> None:
+        """Drop up to `count` folded services: the least recently used first (oldest first among
+        equals), never one with a request in flight. Named services are never dropped, so the
+        table can outgrow MAX_SERVICE_STATES only by folded services that all have requests in
+        flight. A dropped service's requests still in its pipeline (none, by the rule above)
+        would finish unaffected; the name's next request builds a new state."""
+        idle = [(path, state) for path, state in self.services.items() if state.folded and state.in_flight == 0]
+        idle.sort(key=_last_used)  # stable: dict (creation) order among services used in the same tick
+        for path, _ in idle[:count]:
+            del self.services[path]
+        self.evicted += min(count, len(idle))
 
     def _dispatch_choice(self, request: Request) -> Awaitable[Response]:
         """Pick this attempt's destination and return its client's coroutine (a tail call)."""
@@ -221,7 +285,8 @@ class Router:
         return best.addr(id)
 
     def sweep(self) -> None:
-        """Expire idle pooled connections (called about once a second)."""
+        """Expire idle pooled connections and advance the service-use tick (called about once a second)."""
+        self._tick += 1
         now = self.runtime.clock.now()
         for client in self.clients.values():
             client.sweep(now)
@@ -237,3 +302,20 @@ class Router:
 
     def __repr__(self) -> str:
         return f"<Router {self.label} clients={len(self.clients)}>"
+
+
+def _last_used(item: tuple[Path, ServiceState]) -> int:
+    return item[1].used
+
+
+def _counting_in_flight(state: ServiceState, service: Service) -> Service:
+    """`service`, counting in `state.in_flight` the requests inside it (a folded service's pipeline)."""
+
+    async def counted(request: Request) -> Response:
+        state.in_flight += 1
+        try:
+            return await service(request)
+        finally:
+            state.in_flight -= 1
+
+    return counted

@@ -2,7 +2,8 @@
 /admin/endpoints, /admin/delegator and the dashboard.
 
 The admin server shares the event loop with the proxy but none of its hot path: it only reads
-counters and statistics when asked.
+counters and statistics when asked, and `/metrics` renders in short slices so a scrape never
+holds the loop for more than a few milliseconds (see meshd/admin/metrics.py).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import pathlib
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from meshd import __version__
-from meshd.admin.metrics import MeshdCollector
+from meshd.admin.metrics import Exporter
 from meshd.config.loader import to_yaml_dict
 from meshd.explain import dentry_origins, explain
 
@@ -24,12 +25,13 @@ if TYPE_CHECKING:
 
 DASHBOARD = pathlib.Path(__file__).parent / "dashboard"
 _DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+_EXPORTER: web.AppKey[Exporter] = web.AppKey("exporter")
 
 
 def build_app(daemon: Daemon) -> web.Application:
     app = web.Application()
     app[_DAEMON] = daemon
-    daemon.runtime.registry.register(MeshdCollector(daemon))
+    app[_EXPORTER] = Exporter(daemon, daemon.runtime.registry)
     app.add_routes(
         [
             web.get("/metrics", metrics),
@@ -78,8 +80,7 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    daemon = request.app[_DAEMON]
-    body = generate_latest(daemon.runtime.registry)
+    body = await request.app[_EXPORTER].scrape()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

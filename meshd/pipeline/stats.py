@@ -6,8 +6,12 @@ needed for it.
 
 Counting is on the hot path of every request, so it uses plain ints in lists (about 0.1 µs an
 increment) and leaves Prometheus formatting to scrape time (`meshd.admin.metrics` reads these).
-Latency is measured from the request head to the response head. The number of distinct service
-labels is bounded so a client inventing Host headers cannot grow memory without limit.
+Latency is measured from the request head to the response head.
+
+The number of distinct service labels is bounded (`MAX_SERVICES`), so a client inventing Host
+headers cannot grow memory or `/metrics` without limit: the first names seen keep their own
+label for as long as meshd runs, every later one is counted under `OVERFLOW_SERVICE`. The
+router's per-service series (retries, timeouts, budgets) use the same labels (`label_for`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from typing import Final
 #: Histogram bucket upper bounds, seconds (Prometheus `le`), +Inf implied.
 _BOUNDS: Final[list[float]] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 BUCKETS: Final = tuple(_BOUNDS)
+#: distinct `service` label values per router, in every per-service metric family
 MAX_SERVICES: Final = 1000
+#: the label value of every service past the first MAX_SERVICES (their counts add up in it)
 OVERFLOW_SERVICE: Final = "_other"
 
 
@@ -48,11 +54,13 @@ class RequestStats:
 
 
 class RouterStats:
-    __slots__ = ("router", "services")
+    __slots__ = ("router", "services", "max_services")
 
     def __init__(self, router: str) -> None:
         self.router = router
         self.services: dict[str, RequestStats] = {}
+        #: MAX_SERVICES (an attribute so that tests can use a small cap)
+        self.max_services = MAX_SERVICES
 
     def observe(self, name: str, status: int, seconds: float) -> None:
         """One response written to a client (the listener calls this for every response)."""
@@ -64,10 +72,23 @@ class RouterStats:
     def for_service(self, name: str) -> RequestStats:
         stats = self.services.get(name)
         if stats is None:
-            if len(self.services) >= MAX_SERVICES:
+            if len(self.services) >= self.max_services:
                 name = OVERFLOW_SERVICE
                 stats = self.services.get(name)
                 if stats is not None:
                     return stats
             stats = self.services[name] = RequestStats()
         return stats
+
+    def label_for(self, name: str) -> str:
+        """The `service` label `name`'s series are exported under: its own, or OVERFLOW_SERVICE.
+
+        A name given its own label here keeps it (its request stats slot is taken now, before
+        its first response is recorded), so all of a service's families agree on its label.
+        """
+        if name in self.services:
+            return name
+        if len(self.services) >= self.max_services:
+            return OVERFLOW_SERVICE
+        self.services[name] = RequestStats()
+        return name
