@@ -100,6 +100,15 @@ class PoolExhausted(MeshdError):
         super().__init__(message, written=False)
 
 
+class QueueTimeout(PoolExhausted):
+    """A request waited `pool.queueTimeoutMs` for a connection to its endpoint: 503, never written.
+
+    Error classes live here, in an interpreted module: a subclass compiled by mypyc does not
+    override an interpreted base's class attributes (`kind` would read the base's)."""
+
+    kind = "queue_timeout"
+
+
 class RequestTimeout(MeshdError):
     """A total, attempt or binding timeout, or an expired deadline: 504."""
 
@@ -147,6 +156,13 @@ class AttemptTimeout(RequestTimeout):
     """One attempt exceeded `requestAttemptTimeoutMs`: 504 unless a retry succeeds."""
 
     kind = "attempt_timeout"
+
+
+class ResponseHeadTimeout(AttemptTimeout):
+    """The upstream sent no response head within `client.responseHeadTimeoutMs` of the request
+    being fully written: 504, the endpoint's failure; written, so only idempotent requests retry."""
+
+    kind = "response_head_timeout"
 
 
 class LoopDetected(MeshdError):

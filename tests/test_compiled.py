@@ -77,6 +77,27 @@ def test_the_await_check_sees_awaits_in_except_and_finally() -> None:
     assert sorted(_awaits_while_handling(source)) == [5, 7]
 
 
+def test_no_compiled_module_defines_an_error_class() -> None:
+    # A mypyc-compiled subclass of an interpreted exception class does not override the base's
+    # class attributes: a `QueueTimeout(PoolExhausted)` defined in the compiled pool said
+    # kind="pool_exhausted". Error classes therefore live in meshd/errors.py (interpreted).
+    found = {}
+    for name in COMPILED_MODULES:
+        tree = ast.parse((ROOT / (name.replace(".", "/") + ".py")).read_text())
+        overriding = [
+            node.name
+            for node in tree.body
+            if isinstance(node, ast.ClassDef)
+            and node.bases
+            and any(isinstance(stmt, ast.Assign | ast.AnnAssign) for stmt in node.body)
+            and any(isinstance(b, ast.Name) and (b.id.endswith(("Error", "Timeout", "Failed", "Exhausted"))
+                                                 or b.id in {"Exception", "MeshdError"}) for b in node.bases)
+        ]
+        if overriding:
+            found[name] = overriding
+    assert not found, f"error classes with class attributes in compiled modules: {found}"
+
+
 def _checkout(tmp_path: Path) -> tuple[Path, Path, Path]:
     (tmp_path / ".git").mkdir()
     source = tmp_path / "meshd" / "listener.py"

@@ -20,7 +20,7 @@ from typing import Final, cast
 
 import httptools
 
-from meshd.errors import AttemptTimeout, MeshdError, UpstreamFailed
+from meshd.errors import MeshdError, ResponseHeadTimeout, UpstreamFailed
 from meshd.http.body import Body, Trailers
 from meshd.http.framing import Framing, encode_chunk, encode_last_chunk, request_framing
 from meshd.http.headers import HOP_BY_HOP, PLAIN_RESPONSE_FIELDS, connection_tokens
@@ -47,13 +47,6 @@ _EMPTY_BODY_0: Final = Body.empty(0)
 
 class StaleConnection(UpstreamFailed):
     """A reused keep-alive connection was closed by the upstream before any response byte."""
-
-
-class ResponseHeadTimeout(AttemptTimeout):
-    """The upstream sent no response head within `client.responseHeadTimeoutMs` of the request
-    being fully written: 504, the endpoint's failure; written, so only idempotent requests retry."""
-
-    kind = "response_head_timeout"
 
 
 class _StopAfterHead(Exception):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from meshd.clock import Clock
-from meshd.errors import ConnectFailed, PoolExhausted
+from meshd.errors import ConnectFailed, PoolExhausted, QueueTimeout
 from meshd.pool.connection import (
     DEFAULT_MAX_HEAD_BYTES,
     DEFAULT_MAX_HEADERS,
@@ -39,12 +39,6 @@ from meshd.pool.dialer import Dialer
 DEFAULT_QUEUE_TIMEOUT_S: Final = 5.0
 #: a waiter this close to its deadline when the timer fires is expired then (timers may fire early)
 _TIMER_SLACK_S: Final = 0.005
-
-
-class QueueTimeout(PoolExhausted):
-    """A request waited `pool.queueTimeoutMs` for a connection to its endpoint: 503, never written."""
-
-    kind = "queue_timeout"
 
 
 #: a request waiting for a connection: when it started waiting, and its future
