@@ -15,9 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshd.clock import MONOTONIC
-from meshd.errors import PoolExhausted
+from meshd.errors import PoolExhausted, QueueTimeout
 from meshd.pool.connection import UpstreamConnection
-from meshd.errors import QueueTimeout
 from meshd.pool.pool import Pool, PoolLimits
 from meshd.testing.clock import FakeClock
 from tests.meshd.pool.test_pool import ScriptedDialer, run, stats, turn

@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 
-from meshd.errors import AttemptTimeout, UpstreamFailed
+from meshd.errors import AttemptTimeout, ResponseHeadTimeout, UpstreamFailed
 from meshd.http.body import Body
 from meshd.http.messages import Request, Response
 from meshd.pipeline.retries import classify_error
-from meshd.errors import ResponseHeadTimeout
 from meshd.pool.connection import MAX_CONTENT_LENGTH, UpstreamConnection
 from meshd.retry.classifiers import ResponseClass, RetryableIdempotent5XXConfig
 from meshd.testing.transport import FakeTransport, connect
