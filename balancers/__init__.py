@@ -6,7 +6,12 @@ feeds it endpoint sets with `update()`, and for every attempt calls `pick()`, th
 """
 
 from balancers.accrual import AccrualPolicy
-from balancers.backoff import BackoffConfig, ConstantBackoffConfig, EqualJitteredBackoffConfig
+from balancers.backoff import (
+    BackoffConfig,
+    ConstantBackoffConfig,
+    ExponentialBackoffConfig,
+    JitteredBackoffConfig,
+)
 from balancers.base import Balancer, BalancerStatistics, Clock, Member, NodeState, NoNodesAvailable
 from balancers.configs import (
     AccrualConfig,
@@ -33,8 +38,9 @@ __all__ = [
     "Clock",
     "ConsecutiveFailuresConfig",
     "ConstantBackoffConfig",
-    "EqualJitteredBackoffConfig",
     "EwmaConfig",
+    "ExponentialBackoffConfig",
+    "JitteredBackoffConfig",
     "Member",
     "NoAccrualConfig",
     "NoNodesAvailable",

@@ -8,9 +8,9 @@ A policy is per node and only counts; the state machine that uses it lives in `n
 
 Policies, as Finagle 21.4.0 `liveness/FailureAccrualPolicy.scala` defines them:
 
-- `consecutiveFailures` (linkerd's default, 5 failures, jittered 5 s..300 s backoff,
-  `FailureAccrualConfig.defaultPolicy`): count failures, a success resets the count, eject
-  when the count reaches `failures`.
+- `consecutiveFailures` (linkerd's default, 5 failures, `exponential` (equal-jittered)
+  5 s..300 s backoff, `FailureAccrualConfig.defaultPolicy`): count failures, a success resets
+  the count, eject when the count reaches `failures`.
 - `successRate` (linkerd `io.l5d.successRate {successRate, requests}`): an `Ema` over the
   request count (stamp = requests seen, window = `requests`) of 1 per success and 0 per
   failure; a failure ejects once at least `requests` requests were seen and the average is

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from balancers.accrual import AccrualPolicyFactory, ConsecutiveFailures, NoAccrual, SuccessRate
-from balancers.backoff import BACKOFFS, BackoffConfig, EqualJitteredBackoffConfig
+from balancers.backoff import BACKOFFS, BackoffConfig, ExponentialBackoffConfig
 from balancers.base import Clock, M
 from balancers.least_loaded import LeastLoadedNode
 from balancers.membership import Membership, NodeFactory
@@ -38,7 +38,7 @@ class ConsecutiveFailuresConfig:
     KIND: ClassVar[str] = "consecutiveFailures"
 
     failures: int = 5
-    backoff: BackoffConfig = field(default_factory=EqualJitteredBackoffConfig, metadata={"registry": BACKOFFS})
+    backoff: BackoffConfig = field(default_factory=ExponentialBackoffConfig, metadata={"registry": BACKOFFS})
 
     def __post_init__(self) -> None:
         if self.failures < 1:
@@ -56,7 +56,7 @@ class SuccessRateConfig:
 
     success_rate: float = 0.8
     requests: int = 100
-    backoff: BackoffConfig = field(default_factory=EqualJitteredBackoffConfig, metadata={"registry": BACKOFFS})
+    backoff: BackoffConfig = field(default_factory=ExponentialBackoffConfig, metadata={"registry": BACKOFFS})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.success_rate <= 1.0:

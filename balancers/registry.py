@@ -6,7 +6,7 @@ YAML (`client:` section of a router), keys in camelCase of the config fields:
     failureAccrual:
       kind: consecutiveFailures
       failures: 5
-      backoff: {kind: jittered, minMs: 5000, maxMs: 300000}
+      backoff: {kind: exponential, startMs: 5000, maxMs: 300000}
 
 meshd's default balancer is `ewma` (linkerd 1's is `p2c`); see docs/load-balancing.md.
 """

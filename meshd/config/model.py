@@ -20,7 +20,7 @@ from typing import TypeVar
 from balancers.configs import ConsecutiveFailuresConfig, EwmaConfig, NoAccrualConfig, SuccessRateConfig
 from balancers.registry import ACCRUALS, BALANCERS, BalancerConfig
 from meshd.discovery.registry import NAMERS, NamerConfig
-from meshd.retry.backoff import BACKOFFS, BackoffConfig, JitteredBackoffConfig
+from meshd.retry.backoff import BACKOFFS, BackoffConfig, RetryJitteredBackoffConfig
 from meshd.retry.budget_config import RetryBudgetConfig
 from meshd.retry.classifiers import CLASSIFIERS, ResponseClassifierConfig, RetryableIdempotent5XXConfig
 from meshd.transformers import TRANSFORMERS, DaemonSetConfig, TransformerConfig
@@ -101,7 +101,7 @@ class RetriesConfig:
     """Retries of failed requests, within a budget, with backoff."""
 
     budget: RetryBudgetConfig = field(default_factory=RetryBudgetConfig)
-    backoff: BackoffConfig = field(default_factory=JitteredBackoffConfig, metadata={"registry": BACKOFFS})
+    backoff: BackoffConfig = field(default_factory=RetryJitteredBackoffConfig, metadata={"registry": BACKOFFS})
     #: per request: retries after the request was written (5xx, errors after writing); docs/retries.md
     max_retries: int = field(default=2, metadata={"min": 0, "max": 100})
     #: per request: re-sends of a request that never reached an upstream (connect refused)

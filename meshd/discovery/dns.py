@@ -7,9 +7,10 @@ entry's `Observable[Addr]`, and sleeps for the answer's TTL clamped to
 
 - records found        -> `Bound(addresses)`
 - NXDOMAIN / no record -> `Neg`
-- SERVFAIL, timeout    -> the last `Bound`/`Neg` is kept and the loop retries with jittered
-                          exponential backoff; only a name that never had an answer becomes
-                          `Failed(reason)`.
+- SERVFAIL, timeout    -> the last `Bound`/`Neg` is kept and the loop retries with equal-jittered
+                          exponential backoff (`balancers/backoff.py`, kind `exponential`) from
+                          `min_ttl_secs` up to `min(max_ttl_secs, 30 s)`; only a name that never
+                          had an answer becomes `Failed(reason)`.
 
 `lookup()` answers from the entry: `None` while `Pending`, `NEG` for `Neg`, otherwise a `Leaf`.
 Whenever that answer changes (first answer, name appears, name disappears) the namer bumps
@@ -31,12 +32,13 @@ import ipaddress
 import logging
 import random
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Literal, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 
+from balancers.backoff import Backoff, EqualJitteredBackoff, secs_to_ns
 from meshd.clock import Clock
 from meshd.discovery.addr import NEG, PENDING, Addr, Address, Bound, Failed, Neg, Pending
 from meshd.observable import Observable
@@ -201,7 +203,10 @@ class DnsNamer:
         self._config = config
         self._client = client
         self._clock = clock
-        self._rng = rng
+        cap = min(config.max_ttl_secs, _MAX_BACKOFF_SECS)
+        self._backoff: Backoff = EqualJitteredBackoff(
+            secs_to_ns(min(config.min_ttl_secs, cap)), secs_to_ns(cap), rng
+        )
         self._log = log
         self._sleep = sleep
         self._prefix = Path.read(config.prefix)
@@ -298,6 +303,7 @@ class DnsNamer:
     async def _refresh_loop(self, entry: _Entry) -> None:
         """Resolve, publish, sleep; until the entry has been idle for `idle_ttl_secs`."""
         failures = 0
+        backoff: Iterator[float] | None = None  # the delays of the current failure streak
         while True:
             try:
                 state, ttl = await resolve(self._client, entry.name)
@@ -305,9 +311,12 @@ class DnsNamer:
                 failures += 1
                 self._count("error")
                 self._publish_failure(entry, str(exc), failures)
-                delay = self._backoff(failures)
+                if backoff is None:
+                    backoff = self._backoff.delays()
+                delay = next(backoff)
             else:
                 failures = 0
+                backoff = None
                 self._count("ok" if isinstance(state, Bound) else "negative")
                 self._publish(entry, state)
                 delay = self._clamp(ttl)
@@ -355,12 +364,6 @@ class DnsNamer:
         if ttl is None:
             return self._config.min_ttl_secs
         return min(max(ttl, self._config.min_ttl_secs), self._config.max_ttl_secs)
-
-    def _backoff(self, failures: int) -> float:
-        """Exponential from `min_ttl_secs`, capped, with jitter so that many names do not retry together."""
-        cap = min(self._config.max_ttl_secs, _MAX_BACKOFF_SECS)
-        base = min(self._config.min_ttl_secs * 2.0 ** min(failures - 1, 16), cap)
-        return base * (0.5 + 0.5 * self._rng.random())
 
 
 class _Entry:

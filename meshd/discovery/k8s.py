@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import random
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -24,8 +25,9 @@ from typing import TYPE_CHECKING, ClassVar, Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter
 
+from balancers.backoff import NS_PER_MS, Backoff, EqualJitteredBackoff
 from meshd.discovery.addr import Addr, Failed
-from meshd.discovery.k8s_informer import MALFORMED, Backoff, KubeApiError
+from meshd.discovery.k8s_informer import MALFORMED, KubeApiError
 from meshd.discovery.k8s_model import parse_endpoint_slice, parse_endpoints, parse_service_name
 from meshd.discovery.k8s_watch import ServiceWatch, Sources, WatchStats
 from meshd.observable import Observable
@@ -79,7 +81,9 @@ ConnectionMode = Literal["url", "in_cluster", "kubeconfig"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class K8sBackoffConfig:
-    """Reconnect backoff: jittered exponential from `minMs` up to `maxMs`."""
+    """Reconnect backoff: equal-jittered exponential (kind `exponential` of `balancers/backoff.py`)
+    from `minMs` up to `maxMs`: `minMs`, then between `minMs * 2**(k-1)` and twice that, until a
+    delay would reach `maxMs`, then `maxMs`."""
 
     min_ms: int = 100
     max_ms: int = 30_000
@@ -89,6 +93,9 @@ class K8sBackoffConfig:
             raise ValueError(f"minMs must be positive, got {self.min_ms}")
         if self.max_ms < self.min_ms:
             raise ValueError(f"maxMs must be at least minMs ({self.min_ms}), got {self.max_ms}")
+
+    def build(self, rng: random.Random) -> Backoff:
+        return EqualJitteredBackoff(self.min_ms * NS_PER_MS, self.max_ms * NS_PER_MS, rng)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,7 +184,7 @@ class K8sNamer:
         self._service_account_dir = service_account_dir
         self._log = runtime.log.getChild("k8s")
         self._metrics = K8sMetrics.on(runtime.registry)
-        self._backoff = Backoff(config.backoff.min_ms / 1000, config.backoff.max_ms / 1000, runtime.rng)
+        self._backoff = config.backoff.build(runtime.rng)
         self._version: Observable[int] = Observable(0)
         self._watches: dict[tuple[str, str], ServiceWatch] = {}
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}

@@ -12,8 +12,10 @@ How this works (states: starting -> listing -> watching, with backoff in between
   every stream cannot make us spin).
 * 410 Expired (HTTP status or ERROR event): the RV is gone from the server's history, so drop
   it and list again; re-watching from the same RV could never succeed.
-* Any other failure (unreachable, timeout, 403, 500, garbage): jittered exponential backoff,
-  then resume. The state is kept as it was: an API hiccup never empties an address set.
+* Any other failure (unreachable, timeout, 403, 500, garbage): back off (the namer's
+  `backoff`, equal-jittered exponential, `balancers/backoff.py`), then resume. Each failure in
+  a row takes the next delay; a success restarts the sequence. The state is kept as it was:
+  an API hiccup never empties an address set.
 * A malformed object or line is logged and counted, then skipped.
 
 The informer knows nothing of kubernetes_asyncio: it talks to a `Collection` (implemented in
@@ -24,14 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Final, Generic, Literal, Protocol, TypeVar
 
+from balancers.backoff import Backoff
 from meshd.clock import Clock
-from meshd.discovery.k8s_model import MalformedObject, backoff_delay, object_name
+from meshd.discovery.k8s_model import MalformedObject, object_name
 
 T = TypeVar("T")
 
@@ -91,16 +93,6 @@ class InformerHooks(Protocol):
     def api_error(self, code: str) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    min_secs: float
-    max_secs: float
-    rng: random.Random
-
-    def delay(self, attempt: int) -> float:
-        return backoff_delay(attempt, self.min_secs, self.max_secs, self.rng)
-
-
 class Informer(Generic[T]):
     """The list/watch loop for one collection; `items` maps object name -> parsed object."""
 
@@ -130,6 +122,7 @@ class Informer(Generic[T]):
         self._state: InformerState = "starting"
         self._last_error: str | None = None
         self._failures = 0
+        self._delays: Iterator[float] | None = None  # the current failure streak's backoff
         self._last_event_at: float | None = None
 
     @property
@@ -206,7 +199,9 @@ class Informer(Generic[T]):
                 # last resort that keeps resolution alive if something unexpected slips through.
                 self._log.exception("k8s %s: unexpected error in watch loop", self.description)
                 self._fail(KubeApiError("internal", f"{type(exc).__name__}: {exc}"))
-            delay = self._backoff.delay(self._failures)
+            if self._delays is None:
+                self._delays = self._backoff.delays()
+            delay = next(self._delays)
             self._state = "backoff"
             self._on_change()
             await self._sleep(delay)
@@ -278,3 +273,4 @@ class Informer(Generic[T]):
         if self._failures:
             self._log.info("k8s %s: API calls succeed again after %d failures", self.description, self._failures)
         self._failures = 0
+        self._delays = None

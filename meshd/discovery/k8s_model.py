@@ -21,7 +21,6 @@ KeyError or TypeError, so one bad object cannot break a watch loop.
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -218,16 +217,6 @@ def explain_negative(port: str, service: ServiceSpec | None, groups: Iterable[En
         return f"the Service has no TCP port {port} (its ports: {known})"
     names = sorted({p.name for p in service.ports if p.name} if service is not None else set())
     return f"no port named {port!r} on the Service or its endpoints (named ports: {', '.join(names) or 'none'})"
-
-
-def backoff_delay(attempt: int, min_secs: float, max_secs: float, rng: random.Random) -> float:
-    """Jittered exponential backoff: the n-th consecutive failure waits in [d/2, d] for
-    d = min(max, min * 2**(n-1)), never below `min_secs`. Jitter spreads the reconnects of many
-    meshd pods after an API server restart instead of having them arrive in lockstep."""
-    if attempt <= 0:
-        return 0.0
-    ceiling = min(max_secs, min_secs * 2.0 ** min(attempt - 1, 62))
-    return rng.uniform(max(min_secs, ceiling / 2), ceiling) if ceiling > min_secs else min_secs
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,9 +24,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+from balancers.backoff import Backoff
 from meshd.clock import Clock
 from meshd.discovery.addr import PENDING, Addr, Bound, Failed, Neg
-from meshd.discovery.k8s_informer import Backoff, Collection, Informer, InformerHooks, KubeApiError
+from meshd.discovery.k8s_informer import Collection, Informer, InformerHooks, KubeApiError
 from meshd.discovery.k8s_model import EndpointGroup, ServiceSpec, explain_negative, parse_service, resolve
 from meshd.observable import Observable
 
@@ -161,6 +162,7 @@ class ServiceWatch:
             tg.create_task(self._service.run(), name=f"k8s service {self.namespace}/{self.service}")
 
     async def _setup(self) -> Sources:
+        delays = self._backoff.delays()  # each failure in a row waits the next delay
         while True:
             try:
                 return await self._open_sources()
@@ -171,7 +173,7 @@ class ServiceWatch:
                 self._log.warning("k8s %s/%s: %s (failure %d in a row)", self.namespace, self.service,
                                   self._setup_error, self._setup_failures)
                 self._publish()
-                await self._sleep(self._backoff.delay(self._setup_failures))
+                await self._sleep(next(delays))
 
     # -- internals ------------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Final
 
+from balancers.backoff import Backoff
 from meshd.errors import (
     AttemptTimeout,
     MeshdError,
@@ -51,7 +52,6 @@ from meshd.http.headers import L5D_RETRYABLE, L5D_SUCCESS_CLASS
 from meshd.http.messages import Request, Response
 from meshd.pipeline.stack import Service, Stage
 from meshd.pipeline.timeouts import TimeoutCounters
-from meshd.retry.backoff import BackoffPolicy
 from meshd.retry.budget import RetryBudget
 from meshd.retry.classifiers import ResponseClass, ResponseClassifier, success_class
 
@@ -102,7 +102,7 @@ def classify_error(classifier: ResponseClassifier, method: str, exc: MeshdError)
 def retries_stage(
     classifier: ResponseClassifier,
     budget: RetryBudget,
-    backoff: BackoffPolicy,
+    backoff: Backoff,
     counters: RetryCounters,
     timeouts: TimeoutCounters,
     *,
@@ -149,7 +149,7 @@ def retries_stage(
                             on_attempt(request, exc, None)
                         raise
                     if schedule is None:
-                        schedule = backoff.schedule()
+                        schedule = backoff.delays()
                     delay = next(schedule)
                     if not _may_retry(request, exc.written, delay, budget, counters, replay_limit):
                         if on_attempt is not None:
@@ -174,7 +174,7 @@ def retries_stage(
                         retrying = False
                     else:
                         if schedule is None:
-                            schedule = backoff.schedule()
+                            schedule = backoff.delays()
                         delay = next(schedule)
                         retrying = _may_retry(request, True, delay, budget, counters, replay_limit)
                     if not retrying:

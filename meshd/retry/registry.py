@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from meshd.retry.backoff import BACKOFFS, BackoffConfig, JitteredBackoffConfig
+from meshd.retry.backoff import BACKOFFS, BackoffConfig, RetryJitteredBackoffConfig
 from meshd.retry.budget_config import RetryBudgetConfig
 from meshd.retry.classifiers import CLASSIFIERS, ResponseClassifierConfig, RetryableIdempotent5XXConfig
 
@@ -26,5 +26,5 @@ __all__ = [
 ]
 
 DEFAULT_RESPONSE_CLASSIFIER: Final[ResponseClassifierConfig] = RetryableIdempotent5XXConfig()
-DEFAULT_BACKOFF: Final[BackoffConfig] = JitteredBackoffConfig()
+DEFAULT_BACKOFF: Final[BackoffConfig] = RetryJitteredBackoffConfig()
 DEFAULT_BUDGET: Final = RetryBudgetConfig()

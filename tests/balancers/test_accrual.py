@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from balancers.backoff import ConstantBackoffConfig, EqualJitteredBackoffConfig
+from balancers.backoff import ConstantBackoffConfig, ExponentialBackoffConfig, JitteredBackoffConfig
 from balancers.configs import ConsecutiveFailuresConfig, NoAccrualConfig, SuccessRateConfig
 
 from .fakes import KINDS, FakeClock, build, fail, state, succeed
@@ -24,7 +24,7 @@ def test_equal_jittered_delays_double_with_half_jitter_up_to_the_maximum(seed, m
     start, maximum = min_ms / 1000, min_ms * factor / 1000
     delays = list(
         itertools.islice(
-            EqualJitteredBackoffConfig(min_ms=min_ms, max_ms=min_ms * factor)
+            ExponentialBackoffConfig(start_ms=min_ms, max_ms=min_ms * factor)
             .build(random.Random(seed))
             .delays(),
             40,
@@ -38,11 +38,34 @@ def test_equal_jittered_delays_double_with_half_jitter_up_to_the_maximum(seed, m
 
 
 def test_linkerd_default_backoff_runs_5s_then_5_to_10s_then_10_to_20s():
-    delays = EqualJitteredBackoffConfig().build(random.Random(1)).delays()
+    delays = ConsecutiveFailuresConfig().backoff.build(random.Random(1)).delays()
     first, second, third = next(delays), next(delays), next(delays)
     assert first == 5.0
     assert 5.0 <= second < 10.0
     assert 10.0 <= third < 20.0
+
+
+class TopOfRange(random.Random):
+    """Every draw at the top of its range (`randrange(n)` is n - 1, `random()` just below 1)."""
+
+    def randrange(self, start, stop=None, step=1):
+        assert stop is None and step == 1
+        return start - 1
+
+    def random(self):
+        return 1.0 - 2**-53
+
+
+def test_jittered_means_decorrelated_jitter_for_failure_accrual_as_for_retries_and_in_linkerd():
+    # linkerd 1 builds `backoff: {kind: jittered}` as Backoff.decorrelatedJittered everywhere:
+    # each delay in [previous, 3 * previous). Equal jitter would stay below 2 * previous.
+    policy = ConsecutiveFailuresConfig(
+        failures=1, backoff=JitteredBackoffConfig(min_ms=1000, max_ms=100_000)
+    ).build(TopOfRange())()
+    first = policy.record_failure()
+    second, third = policy.next_backoff(), policy.next_backoff()
+    assert first == 1.0
+    assert second == pytest.approx(3.0) and third == pytest.approx(9.0)
 
 
 def test_constant_backoff_repeats():
@@ -97,8 +120,9 @@ def test_no_accrual_never_ejects():
         lambda: ConsecutiveFailuresConfig(failures=0),
         lambda: SuccessRateConfig(success_rate=1.5),
         lambda: SuccessRateConfig(requests=0),
-        lambda: EqualJitteredBackoffConfig(min_ms=0),
-        lambda: EqualJitteredBackoffConfig(min_ms=10, max_ms=5),
+        lambda: ExponentialBackoffConfig(start_ms=0),
+        lambda: ExponentialBackoffConfig(start_ms=10, max_ms=5),
+        lambda: JitteredBackoffConfig(min_ms=0),
         lambda: ConstantBackoffConfig(ms=-1),
     ],
 )
@@ -179,7 +203,7 @@ def test_a_successful_probe_revives_and_resets_the_policy(kind):
 def test_a_failed_probe_ejects_again_for_the_next_backoff(kind):
     clock = FakeClock()
     accrual = ConsecutiveFailuresConfig(
-        failures=1, backoff=EqualJitteredBackoffConfig(min_ms=5000, max_ms=300000)
+        failures=1, backoff=ExponentialBackoffConfig(start_ms=5000, max_ms=300000)
     )
     balancer = build(kind, clock, n=2, accrual=accrual)
     node = balancer.nodes()[0]

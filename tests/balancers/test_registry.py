@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from balancers.backoff import EqualJitteredBackoffConfig
+from balancers.backoff import ExponentialBackoffConfig
 from balancers.base import Balancer
 from balancers.configs import ConsecutiveFailuresConfig, EwmaConfig, P2CConfig, SuccessRateConfig
 from balancers.registry import ACCRUALS, BACKOFFS, BALANCERS, DEFAULT_ACCRUAL, DEFAULT_BALANCER
@@ -56,7 +56,7 @@ def test_defaults_follow_finagle_and_linkerd():
     assert EwmaConfig() == EwmaConfig(decay_time_ms=10000, max_effort=5)
     assert P2CConfig() == P2CConfig(max_effort=5)
     assert ConsecutiveFailuresConfig() == ConsecutiveFailuresConfig(
-        failures=5, backoff=EqualJitteredBackoffConfig(min_ms=5000, max_ms=300000)
+        failures=5, backoff=ExponentialBackoffConfig(start_ms=5000, max_ms=300000)
     )
     assert SuccessRateConfig().success_rate == 0.8
 

@@ -17,7 +17,7 @@ from meshd.config.errors import ConfigError
 from meshd.config.loader import load_config
 from meshd.config.model import MeshdConfig, PoolConfig, RouterConfig, ServerConfig
 from meshd.discovery.fs import FsNamerConfig
-from meshd.retry.backoff import JitteredBackoffConfig
+from meshd.retry.backoff import RetryJitteredBackoffConfig
 from meshd.retry.classifiers import RetryableIdempotent5XXConfig
 from routing.identifiers.header import HeaderIdentifierConfig
 from routing.identifiers.path import PathIdentifierConfig
@@ -65,7 +65,7 @@ def test_minimal_file_gets_linkerd_defaults_and_meshds_three_exceptions():
     # meshd's deliberate differences from linkerd 1
     assert isinstance(router.client.load_balancer, EwmaConfig)
     assert isinstance(router.service.response_classifier, RetryableIdempotent5XXConfig)
-    assert isinstance(router.service.retries.backoff, JitteredBackoffConfig)
+    assert isinstance(router.service.retries.backoff, RetryJitteredBackoffConfig)
 
 
 def test_data_plane_settings_load_from_camel_case_keys():

@@ -424,9 +424,17 @@ async def test_failure_keeps_the_last_answer_and_retries_with_growing_jittered_b
         await timer.wait_sleeps(n)
     assert obs.get() == bound
     backoffs = timer.delays[1:]
-    for i, delay in enumerate(backoffs):  # base 2, 4, 8, 16, 30, 30, 30 (capped), each jittered to 50-100 %
-        base = min(2.0 * 2**i, 30.0)
-        assert base / 2 <= delay <= base
+    # The `exponential` kind of balancers/backoff.py (equal jitter) from minTtlSecs up to 30 s:
+    # 2, then [2, 4), [4, 8), [8, 16), [16, 30) or 30 once a draw reaches it, then 30 for good.
+    assert backoffs[0] == 2.0
+    capped = False
+    for k, delay in enumerate(backoffs[1:], start=1):
+        if capped or delay == 30.0:
+            capped = True
+            assert delay == 30.0
+        else:
+            assert 2.0 * 2 ** (k - 1) <= delay < 2.0 * 2**k
+    assert backoffs[-2:] == [30.0, 30.0]
     assert namer.statistics().lookups_failed == 7
     assert registry.get_sample_value("meshd_dns_lookups_total", {"result": "error"}) == 7.0
     dns.set_ips("api.test", v4=("10.0.1.9",))

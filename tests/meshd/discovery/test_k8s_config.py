@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import pathlib
+import random
 import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from balancers.backoff import ExponentialBackoffConfig
 from meshd.discovery.k8s import K8sBackoffConfig, K8sMetrics, K8sNamer, K8sNamerConfig, KubeApiError
 from meshd.runtime import Runtime
 from routing.path import Path
@@ -57,6 +62,16 @@ def test_backoff_validation():
         K8sBackoffConfig(min_ms=0)
     with pytest.raises(ValueError, match="maxMs"):
         K8sBackoffConfig(min_ms=100, max_ms=10)
+
+
+@settings(max_examples=100, deadline=None)
+@given(min_ms=st.integers(1, 5000), span=st.integers(0, 100_000), seed=st.integers(0, 2**32))
+def test_reconnect_backoff_is_the_one_modules_exponential_kind(min_ms, span, seed):
+    # Discovery backs off with the same code as retries and failure accrual: equal jitter from
+    # minMs, each failure in a row in [minMs * 2**(k-1), minMs * 2**k), then maxMs.
+    ours = K8sBackoffConfig(min_ms=min_ms, max_ms=min_ms + span).build(random.Random(seed))
+    kind = ExponentialBackoffConfig(start_ms=min_ms, max_ms=min_ms + span).build(random.Random(seed))
+    assert list(itertools.islice(ours.delays(), 40)) == list(itertools.islice(kind.delays(), 40))
 
 
 def test_connection_mode(tmp_path: pathlib.Path):

@@ -1,4 +1,6 @@
-"""Pure rules of the k8s namer: parsing the API's objects, readiness, port mapping, backoff."""
+"""Pure rules of the k8s namer: parsing the API's objects, readiness, port mapping.
+
+Its reconnect backoff is the `exponential` kind of balancers/backoff.py (test_k8s_config.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ from meshd.discovery.k8s_model import (
     ServiceName,
     ServicePort,
     ServiceSpec,
-    backoff_delay,
     object_name,
     parse_endpoint_slice,
     parse_endpoints,
@@ -167,20 +168,3 @@ def test_resolution_is_the_ready_union_whatever_the_slice_order(groups, seed):
     ready = {ep.address for g in groups for ep in g.endpoints if ep.ready}
     assert {a.host for a in result.addresses} == ready
     assert len(result.addresses) == len(ready)  # one Address per ip:port, however many slices list it
-
-
-@settings(max_examples=300)
-@given(attempt=st.integers(min_value=1, max_value=200), min_ms=st.integers(1, 5000),
-       span=st.integers(0, 100_000), seed=st.integers())
-def test_backoff_stays_within_bounds_and_grows(attempt, min_ms, span, seed):
-    lo, hi = min_ms / 1000, (min_ms + span) / 1000
-    delay = backoff_delay(attempt, lo, hi, random.Random(seed))
-    assert lo <= delay <= hi
-    ceiling = min(hi, lo * 2 ** (attempt - 1))
-    assert delay >= min(ceiling / 2, hi) - 1e-12 or delay == lo
-
-
-def test_backoff_is_zero_before_any_failure_and_jittered():
-    assert backoff_delay(0, 0.1, 30, random.Random(1)) == 0.0
-    delays = {backoff_delay(10, 0.1, 30, random.Random(seed)) for seed in range(20)}
-    assert len(delays) > 10 and all(15 <= d <= 30 for d in delays)

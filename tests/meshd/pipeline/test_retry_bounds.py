@@ -21,7 +21,7 @@ from meshd.http.body import Body
 from meshd.http.messages import Request, Response
 from meshd.pipeline.retries import RetryCounters, retries_stage
 from meshd.pipeline.timeouts import TimeoutCounters
-from meshd.retry.backoff import JitteredBackoffConfig
+from meshd.retry.backoff import RetryJitteredBackoffConfig
 from meshd.retry.budget import RetryBudgetStatistics
 from meshd.retry.classifiers import RetryableIdempotent5XXConfig
 
@@ -83,7 +83,7 @@ async def run(outcomes: list[Outcome], method: str, max_retries: int, max_requeu
     stage = retries_stage(
         RetryableIdempotent5XXConfig().build(),
         budget,
-        JitteredBackoffConfig().build(random.Random(1)),
+        RetryJitteredBackoffConfig().build(random.Random(1)),
         counters,
         TimeoutCounters(),
         add_success_class=False,

@@ -1,151 +1,65 @@
-"""Backoff schedules: Finagle's decorrelated and equal jitter, bounds for any seed, fresh per request."""
+"""Retries' backoff kinds: the one implementation (balancers/backoff.py) with retries' defaults.
+
+The kinds' delays themselves are tested in tests/balancers/test_backoff.py; here: retries offer
+the same kinds as failure accrual, each meaning the same thing, and only the defaults differ.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
+from balancers.backoff import BACKOFFS as ACCRUAL_BACKOFFS
+from balancers.backoff import DecorrelatedJitteredBackoff, EqualJitteredBackoff
 from meshd.retry.backoff import (
     BACKOFFS,
-    ConstantBackoffConfig,
-    DecorrelatedJitteredBackoff,
-    EqualJitteredBackoff,
     ExponentialBackoffConfig,
-    JitteredBackoffConfig,
+    RetryConstantBackoffConfig,
+    RetryJitteredBackoffConfig,
 )
 
 MS = 1_000_000  # ns
 
 
 def take_ns(policy, n: int) -> list[int]:
-    """First n delays of a fresh schedule, back in integer nanoseconds (exact for these magnitudes)."""
-    return [round(d * 1e9) for d in itertools.islice(policy.schedule(), n)]
-
-
-class Highest(random.Random):
-    """randrange(n) always returns n - 1: the top of every jitter range."""
-
-    def randrange(self, start, stop=None, step=1):
-        assert stop is None and step == 1
-        return start - 1
-
-
-class Lowest(random.Random):
-    """randrange(n) always returns 0: the bottom of every jitter range."""
-
-    def randrange(self, start, stop=None, step=1):
-        assert stop is None and step == 1
-        return 0
-
-
-# --- constant --------------------------------------------------------------------------------------
+    return [round(d * 1e9) for d in itertools.islice(policy.delays(), n)]
 
 
 def test_constant_default_is_linkerds_zero_delay():
-    assert take_ns(ConstantBackoffConfig().build(random.Random(0)), 5) == [0] * 5
-
-
-def test_constant_repeats_its_delay():
-    assert take_ns(ConstantBackoffConfig(ms=250).build(random.Random(0)), 4) == [250 * MS] * 4
-
-
-# --- jittered (decorrelated) -----------------------------------------------------------------------
+    assert take_ns(RetryConstantBackoffConfig().build(random.Random(0)), 5) == [0] * 5
 
 
 def test_jittered_defaults_are_ten_ms_to_one_second_and_start_at_min():
-    config = JitteredBackoffConfig()
+    config = RetryJitteredBackoffConfig()
     assert (config.min_ms, config.max_ms) == (10, 1000)
+    assert isinstance(config.build(random.Random(1)), DecorrelatedJitteredBackoff)
     assert take_ns(config.build(random.Random(1)), 1) == [10 * MS]
-
-
-def test_jittered_top_of_range_triples_minus_one_tick_until_the_cap():
-    # Finagle: next = cur + rand[0, upper - cur), upper = max if cur >= max / 3 else 3 * cur.
-    policy = DecorrelatedJitteredBackoff(10 * MS, 1000 * MS, Highest())
-    a = 10 * MS
-    b = 3 * a - 1
-    c = 3 * b - 1
-    d = 3 * c - 1  # still below max / 3
-    e = 3 * d - 1  # now above max / 3
-    f = 1000 * MS - 1  # e >= max / 3, so upper = max and the draw stops one tick short of it
-    assert take_ns(policy, 7) == [a, b, c, d, e, f, f]
-
-
-def test_jittered_bottom_of_range_stays_at_min():
-    assert take_ns(DecorrelatedJitteredBackoff(10 * MS, 1000 * MS, Lowest()), 5) == [10 * MS] * 5
-
-
-def test_jittered_with_min_equal_to_max_is_constant():
-    assert take_ns(JitteredBackoffConfig(min_ms=40, max_ms=40).build(random.Random(3)), 4) == [40 * MS] * 4
-
-
-@settings(max_examples=200, deadline=None)
-@given(seed=st.integers(0, 2**32), min_ms=st.integers(1, 5_000), spread=st.integers(0, 100_000))
-def test_jittered_delays_grow_at_most_threefold_and_never_pass_max(seed, min_ms, spread):
-    max_ms = min_ms + spread
-    delays = take_ns(JitteredBackoffConfig(min_ms=min_ms, max_ms=max_ms).build(random.Random(seed)), 60)
-    assert delays[0] == min_ms * MS
-    for cur, nxt in itertools.pairwise(delays):
-        assert cur <= nxt <= max_ms * MS
-        assert nxt < 3 * cur or nxt == cur  # uniform in [cur, 3 * cur), or pinned at the cap
-    assert max(delays) <= max_ms * MS
-
-
-# --- exponential (equal jitter) --------------------------------------------------------------------
 
 
 def test_exponential_defaults_are_linkerds_failure_accrual_backoff():
     config = ExponentialBackoffConfig()
     assert (config.start_ms, config.max_ms) == (5_000, 300_000)
+    assert isinstance(config.build(random.Random(1)), EqualJitteredBackoff)
 
 
-def test_exponential_bottom_of_range_doubles_from_start_then_holds_max():
-    # start, then start * 2**(k-1) + rand[0, start * 2**(k-1)): with rand = 0 -> 5, 5, 10, 20, 40, ...
-    policy = EqualJitteredBackoff(5_000 * MS, 300_000 * MS, Lowest())
-    seconds = [5, 5, 10, 20, 40, 80, 160, 300, 300]
-    assert take_ns(policy, len(seconds)) == [s * 1000 * MS for s in seconds]
+def test_retries_offer_the_same_kinds_as_failure_accrual():
+    assert list(BACKOFFS) == list(ACCRUAL_BACKOFFS)
 
 
-def test_exponential_top_of_range_jumps_to_max_once_a_draw_would_reach_it():
-    policy = EqualJitteredBackoff(5_000 * MS, 300_000 * MS, Highest())
-    s = 1000 * MS
-    # 5, then 2*5-tick, 2*10-tick, ... ; 160 + 159.99.. >= 300 -> max.
-    assert take_ns(policy, 8) == [
-        5 * s,
-        10 * s - 1,
-        20 * s - 1,
-        40 * s - 1,
-        80 * s - 1,
-        160 * s - 1,
-        300 * s,
-        300 * s,
-    ]
-
-
-@settings(max_examples=200, deadline=None)
-@given(seed=st.integers(0, 2**32), start_ms=st.integers(1, 10_000), spread=st.integers(0, 1_000_000))
-def test_exponential_delays_stay_in_their_doubling_band_and_stick_at_max(seed, start_ms, spread):
-    start, maximum = start_ms * MS, (start_ms + spread) * MS
-    delays = take_ns(
-        ExponentialBackoffConfig(start_ms=start_ms, max_ms=start_ms + spread).build(random.Random(seed)), 40
-    )
-    assert delays[0] == min(start, maximum)
-    capped = False
-    for k, delay in enumerate(delays[1:], start=1):
-        assert delay <= maximum
-        if capped:
-            assert delay == maximum, "once at max, always max"
-        elif delay == maximum:
-            capped = True
-        else:
-            assert start * 2 ** (k - 1) <= delay < start * 2**k
-    assert capped or start * 2**38 < maximum
-
-
-# --- every kind ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", sorted(BACKOFFS))
+def test_each_kind_means_the_same_for_retries_and_failure_accrual(kind):
+    retry_class, accrual_class = BACKOFFS[kind], ACCRUAL_BACKOFFS.get(kind)
+    assert accrual_class is not None and issubclass(retry_class, accrual_class)  # only defaults differ
+    assert retry_class.KIND == accrual_class.KIND == kind
+    values = {f.name: getattr(accrual_class(), f.name) for f in dataclasses.fields(accrual_class)}
+    for seed in range(5):
+        from_retries = retry_class(**values).build(random.Random(seed))
+        from_accrual = accrual_class(**values).build(random.Random(seed))
+        assert type(from_retries) is type(from_accrual)
+        assert take_ns(from_retries, 30) == take_ns(from_accrual, 30)
 
 
 @pytest.mark.parametrize("kind", sorted(BACKOFFS))
@@ -160,28 +74,3 @@ def test_each_schedule_is_fresh_and_replays_with_the_same_seed(kind):
 @pytest.mark.parametrize("kind", sorted(BACKOFFS))
 def test_registry_kind_matches_class(kind):
     assert BACKOFFS[kind].KIND == kind
-
-
-@pytest.mark.parametrize(
-    ("factory", "message"),
-    [
-        (lambda: ConstantBackoffConfig(ms=-1), "ms"),
-        (lambda: ConstantBackoffConfig(ms=1.5), "ms"),  # type: ignore[arg-type]
-        (lambda: JitteredBackoffConfig(min_ms=0), "minMs"),
-        (lambda: JitteredBackoffConfig(min_ms=-5), "minMs"),
-        (lambda: JitteredBackoffConfig(min_ms=100, max_ms=99), "maxMs"),
-        (lambda: JitteredBackoffConfig(min_ms=True), "minMs"),
-        (lambda: ExponentialBackoffConfig(start_ms=0), "startMs"),
-        (lambda: ExponentialBackoffConfig(start_ms=10, max_ms=5), "maxMs"),
-    ],
-)
-def test_configs_reject_bad_values(factory, message):
-    with pytest.raises(ValueError, match=message):
-        factory()
-
-
-def test_policies_check_finagles_requirements():
-    with pytest.raises(ValueError):
-        DecorrelatedJitteredBackoff(0, 10, random.Random(0))
-    with pytest.raises(ValueError):
-        EqualJitteredBackoff(10, 5, random.Random(0))

@@ -10,7 +10,7 @@ import re
 import pytest
 import yaml
 
-from meshd.retry.backoff import ExponentialBackoffConfig, JitteredBackoffConfig
+from meshd.retry.backoff import ExponentialBackoffConfig, RetryJitteredBackoffConfig
 from meshd.retry.budget_config import RetryBudgetConfig
 from meshd.retry.classifiers import RetryableRead5XXConfig
 from meshd.retry.registry import (
@@ -42,12 +42,12 @@ def from_yaml(registry, text: str):
 
 def test_defaults_are_meshds():
     assert DEFAULT_RESPONSE_CLASSIFIER.KIND == "retryableIdempotent5XX"
-    assert DEFAULT_BACKOFF == JitteredBackoffConfig(min_ms=10, max_ms=1000)
+    assert DEFAULT_BACKOFF == RetryJitteredBackoffConfig(min_ms=10, max_ms=1000)
     assert DEFAULT_BUDGET == RetryBudgetConfig(ttl_secs=10, min_retries_per_sec=10, percent_can_retry=0.2)
     assert (
         DEFAULT_RESPONSE_CLASSIFIER.build().classify_response("PUT", 502, False).name == "RETRYABLE_FAILURE"
     )
-    assert next(DEFAULT_BACKOFF.build(random.Random(0)).schedule()) == 0.01
+    assert next(DEFAULT_BACKOFF.build(random.Random(0)).delays()) == 0.01
     assert DEFAULT_BUDGET.build(lambda: 0.0).balance == 100
 
 
@@ -59,7 +59,7 @@ def test_defaults_are_meshds():
             "{kind: retryableRead5XX, honorRetryableHeader: true}",
             RetryableRead5XXConfig(honor_retryable_header=True),
         ),
-        (BACKOFFS, "{kind: jittered, minMs: 20, maxMs: 2000}", JitteredBackoffConfig(min_ms=20, max_ms=2000)),
+        (BACKOFFS, "{kind: jittered, minMs: 20, maxMs: 2000}", RetryJitteredBackoffConfig(min_ms=20, max_ms=2000)),
         (
             BACKOFFS,
             "{kind: exponential, startMs: 100, maxMs: 800}",
