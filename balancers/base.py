@@ -10,30 +10,16 @@ be replayed in tests.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from balancers.node import Node
+from balancers.member import Clock, M, Member
+from balancers.node import Node, NodeState
 
-Clock = Callable[[], float]
-"""Monotonic seconds. meshd passes `clock.now`; tests pass a fake."""
-
-NodeState = Literal["live", "ejected", "probing"]
-
-
-class Member(Protocol):
-    """What a balancer needs to know about an endpoint: who it is and how much traffic it wants."""
-
-    @property
-    def key(self) -> Hashable: ...
-
-    @property
-    def weight(self) -> float: ...
-
-
-M = TypeVar("M", bound=Member)
+# `Clock`, `M`, `Member` (balancers/member.py) and `NodeState` (balancers/node.py) are defined
+# below this interface, which names them for meshd and the balancer kinds.
+__all__ = ["Balancer", "BalancerStatistics", "Clock", "M", "Member", "NoNodesAvailable", "Node", "NodeState"]
 
 
 class NoNodesAvailable(Exception):

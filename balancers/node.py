@@ -20,15 +20,31 @@ still counts its in-flight attempts but tells nobody.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Final, Generic
+from typing import Any, Final, Generic, Literal, Protocol
 
 from balancers.accrual import AccrualPolicy
-from balancers.base import Clock, M, NodeState
+from balancers.member import Clock, M
 
-if TYPE_CHECKING:
-    from balancers.membership import Membership
+__all__ = ["Node", "NodeOwner", "NodeState"]
 
-__all__ = ["Node"]
+NodeState = Literal["live", "ejected", "probing"]
+
+
+class NodeOwner(Protocol):
+    """What a node tells its balancer (`Membership`, balancers/membership.py) when its availability changes.
+
+    A protocol rather than the `Membership` class, so that the node sits below the membership
+    that holds it (no import cycle). The calls happen only on transitions (ejection, probe,
+    revival), never on a request's common path, which stays native calls on `Node`.
+    """
+
+    def _node_available(self, node: Node[Any]) -> None: ...
+
+    def _node_unavailable(self, node: Node[Any]) -> None: ...
+
+    def _node_ejected(self, node: Node[Any], *, from_live: bool) -> None: ...
+
+    def _node_revived(self, node: Node[Any]) -> None: ...
 
 LIVE: Final = 0
 EJECTED: Final = 1
@@ -55,7 +71,7 @@ class Node(Generic[M]):
         "_slot",
     )
 
-    def __init__(self, member: M, clock: Clock, policy: AccrualPolicy, owner: Membership[M] | None) -> None:
+    def __init__(self, member: M, clock: Clock, policy: AccrualPolicy, owner: NodeOwner | None) -> None:
         self._member = member
         self._key = member.key
         self._weight = _check_weight(member.weight)

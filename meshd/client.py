@@ -150,13 +150,13 @@ class Client:
                     conn.abort()
                     raise
                 if response is None:
-                    response = await resend(endpoint, request, head)
+                    response = await resend(endpoint.pool, request, head)
             elif self._attempt_timeout_s is None:
-                response = await dispatch(endpoint, request, head, conn)
+                response = await dispatch(endpoint.pool, request, head, conn)
             else:
                 try:
                     async with asyncio.timeout(self._attempt_timeout_s):
-                        response = await dispatch(endpoint, request, head, conn)
+                        response = await dispatch(endpoint.pool, request, head, conn)
                 except TimeoutError:
                     raise AttemptTimeout(
                         f"attempt to {endpoint.label} exceeded requestAttemptTimeoutMs "

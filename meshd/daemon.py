@@ -18,6 +18,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from meshd.admin.app import start_admin, start_admin_unix, stop_admin
 from meshd.config.model import MeshdConfig
 from meshd.discovery.base import Namer
 from meshd.listener import Listener
@@ -146,15 +147,15 @@ class Daemon:
                 port = server.sockets[0].getsockname()[1]
                 self.bound.append(Bound(router.label, index, server_config.ip, port, listener, server))
                 log.info("router %s listening on %s:%d", router.label, server_config.ip, port)
+        # the admin server reads the daemon through meshd.admin.view.MeshdView, which this class
+        # satisfies (mypy checks it here); the admin package never imports this module
         if self._with_admin:
-            from meshd.admin.app import start_admin
-
-            self._admin_runner, self.admin_port = await start_admin(self, self.config.admin.ip, self.config.admin.port)
+            self._admin_runner, self.admin_port = await start_admin(
+                self, self.runtime.registry, self.config.admin.ip, self.config.admin.port
+            )
             log.info("admin listening on %s:%d", self.config.admin.ip, self.admin_port)
         elif self._admin_unix_path is not None:
-            from meshd.admin.app import start_admin_unix
-
-            self._admin_runner = await start_admin_unix(self, self._admin_unix_path)
+            self._admin_runner = await start_admin_unix(self, self.runtime.registry, self._admin_unix_path)
         self._sweeper = loop.create_task(self._sweep(), name="pool-sweeper")
         if self._tune_gc:
             _tune_gc()
@@ -208,8 +209,6 @@ class Daemon:
         for namer in self.namers.values():
             await namer.close()
         if self._admin_runner is not None:
-            from meshd.admin.app import stop_admin
-
             await stop_admin(self._admin_runner)
         self._stopped.set()
 

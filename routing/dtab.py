@@ -46,12 +46,6 @@ class Prefix:
     elems: tuple[PrefixElem, ...] = ()
 
     @classmethod
-    def read(cls, text: str) -> Prefix:
-        from routing.parser import parse_prefix
-
-        return parse_prefix(text)
-
-    @classmethod
     def of_path(cls, path: Path) -> Prefix:
         return cls(tuple(path))
 
@@ -82,12 +76,6 @@ class Dentry:
 
     prefix: Prefix
     dst: NameTree[Path]
-
-    @classmethod
-    def read(cls, text: str) -> Dentry:
-        from routing.parser import parse_dentry
-
-        return parse_dentry(text)
 
     def show(self) -> str:
         """Finagle's form, `prefix=>tree`."""
@@ -137,13 +125,6 @@ class Dtab:
 
     dentries: tuple[Dentry, ...] = ()
     _index: list[_Index] = field(default_factory=list, init=False, repr=False, compare=False, hash=False)
-
-    @classmethod
-    def read(cls, text: str) -> Dtab:
-        """Parse dtab text (`/a => /b; /c => /d`); raises `parser.DtabSyntaxError`."""
-        from routing.parser import parse_dtab
-
-        return parse_dtab(text)
 
     def show(self) -> str:
         """Finagle's form: dentries joined by `;` (`/a=>/b;/c=>/d`)."""

@@ -10,28 +10,27 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.registry import CollectorRegistry
 
 from meshd import __version__
 from meshd.admin.metrics import Exporter
+from meshd.admin.view import MeshdView
 from meshd.config.loader import to_yaml_dict
 from meshd.explain import dentry_origins, explain
 
-if TYPE_CHECKING:
-    from meshd.daemon import Daemon
-
 DASHBOARD = pathlib.Path(__file__).parent / "dashboard"
-_DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+_DAEMON: web.AppKey[MeshdView] = web.AppKey("daemon")
 _EXPORTER: web.AppKey[Exporter] = web.AppKey("exporter")
 
 
-def build_app(daemon: Daemon) -> web.Application:
+def build_app(daemon: MeshdView, registry: CollectorRegistry) -> web.Application:
+    """The admin application over `daemon`'s read-only view; `/metrics` also serves `registry`."""
     app = web.Application()
     app[_DAEMON] = daemon
-    app[_EXPORTER] = Exporter(daemon, daemon.runtime.registry)
+    app[_EXPORTER] = Exporter(daemon, registry)
     app.add_routes(
         [
             web.get("/metrics", metrics),
@@ -51,8 +50,10 @@ def build_app(daemon: Daemon) -> web.Application:
     return app
 
 
-async def start_admin(daemon: Daemon, ip: str, port: int) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(build_app(daemon), access_log=None)
+async def start_admin(
+    daemon: MeshdView, registry: CollectorRegistry, ip: str, port: int
+) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(build_app(daemon, registry), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, ip, port, reuse_address=True)
     await site.start()
@@ -62,9 +63,9 @@ async def start_admin(daemon: Daemon, ip: str, port: int) -> tuple[web.AppRunner
     return runner, int(bound)
 
 
-async def start_admin_unix(daemon: Daemon, path: str) -> web.AppRunner:
+async def start_admin_unix(daemon: MeshdView, registry: CollectorRegistry, path: str) -> web.AppRunner:
     """A worker's admin server, on a Unix socket the supervisor aggregates (see workers.py)."""
-    runner = web.AppRunner(build_app(daemon), access_log=None)
+    runner = web.AppRunner(build_app(daemon, registry), access_log=None)
     await runner.setup()
     await web.UnixSite(runner, path).start()
     return runner

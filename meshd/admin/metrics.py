@@ -24,19 +24,17 @@ import math
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from prometheus_client import generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from meshd.admin.view import MetricsView
 from meshd.pipeline.retries import RetryCounters
 from meshd.pipeline.stats import BUCKETS, OVERFLOW_SERVICE
 from meshd.pipeline.timeouts import TimeoutCounters
-
-if TYPE_CHECKING:
-    from meshd.daemon import Daemon
 
 #: name -> help text; docs/metrics.md documents each, and a test checks it.
 METRICS: Final[dict[str, str]] = {
@@ -123,7 +121,7 @@ class _Text:
         return b"".join(out)
 
 
-def _steps(daemon: Daemon, text: _Text) -> Iterator[None]:
+def _steps(daemon: MetricsView, text: _Text) -> Iterator[None]:
     """Append every meshd series to `text`, yielding after each service, client and router:
     the points where a scrape may let the event loop run."""
     f = text.lines
@@ -219,7 +217,7 @@ def _service_counters(rs: str, c: RetryCounters, t: TimeoutCounters, text: _Text
     timeouts.append(f'meshd_timeouts_total{{kind="attempt",{rs}}} {_n(t.attempt)}\n')
 
 
-def render_now(daemon: Daemon) -> bytes:
+def render_now(daemon: MetricsView) -> bytes:
     """meshd's own families as Prometheus text, at once (tests, and the registry adapter below)."""
     text = _Text()
     for _ in _steps(daemon, text):
@@ -227,7 +225,7 @@ def render_now(daemon: Daemon) -> bytes:
     return text.render()
 
 
-async def render(daemon: Daemon, slice_s: float = SLICE_S) -> bytes:
+async def render(daemon: MetricsView, slice_s: float = SLICE_S) -> bytes:
     """meshd's own families as Prometheus text, letting the event loop run every `slice_s`."""
     text = _Text()
     clock = time.perf_counter
@@ -244,7 +242,7 @@ class MeshdCollector(Collector):
     """meshd's families on the runtime's Prometheus registry, for code that reads the registry
     (`registry.get_sample_value(...)`). `/metrics` does not go through it (see `Exporter`)."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: MetricsView) -> None:
         self._daemon = daemon
         self._hidden = False
 
@@ -267,7 +265,7 @@ class MeshdCollector(Collector):
 class Exporter:
     """What `/metrics` serves: meshd's families rendered in slices, then the namers' metrics."""
 
-    def __init__(self, daemon: Daemon, registry: CollectorRegistry) -> None:
+    def __init__(self, daemon: MetricsView, registry: CollectorRegistry) -> None:
         self._daemon = daemon
         self._registry = registry
         self._collector = MeshdCollector(daemon)

@@ -24,11 +24,10 @@ from meshd.retry.backoff import BACKOFFS, BackoffConfig, RetryJitteredBackoffCon
 from meshd.retry.budget_config import RetryBudgetConfig
 from meshd.retry.classifiers import CLASSIFIERS, ResponseClassifierConfig, RetryableIdempotent5XXConfig
 from meshd.transformers import TRANSFORMERS, DaemonSetConfig, TransformerConfig
-from routing.dtab import Prefix
 from routing.identifiers.base import IdentifierConfig
 from routing.identifiers.header import HeaderIdentifierConfig
 from routing.identifiers.registry import IDENTIFIERS
-from routing.parser import DtabSyntaxError, parse_dtab
+from routing.parser import DtabSyntaxError, parse_dtab, parse_prefix
 from routing.path import Path
 
 AccrualConfig = ConsecutiveFailuresConfig | SuccessRateConfig | NoAccrualConfig
@@ -167,7 +166,7 @@ class ClientOverride:
 
 def _check_prefix(text: str) -> None:
     try:
-        Prefix.read(text)
+        parse_prefix(text)
     except (DtabSyntaxError, ValueError) as exc:
         raise ValueError(f"prefix: {getattr(exc, 'short', exc)}") from None
 
@@ -185,7 +184,7 @@ def resolve_section(base: _Section, overrides: tuple[ServiceOverride, ...] | tup
     """The settings for `path`: `base` with every matching override applied in order."""
     result = base
     for override in overrides:
-        if Prefix.read(override.prefix).matches(path):
+        if parse_prefix(override.prefix).matches(path):
             result = _apply(override, result, ("prefix",))
     return result
 

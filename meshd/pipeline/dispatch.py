@@ -12,15 +12,13 @@ connection, which is then never reused.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from meshd.http.framing import request_framing, serialize_request_head
 from meshd.http.headers import L5D_DST_CLIENT, L5D_DST_SERVICE
 from meshd.http.messages import Request, Response
 from meshd.pool.connection import StaleConnection, UpstreamConnection
-
-if TYPE_CHECKING:
-    from meshd.client import Endpoint
+from meshd.pool.pool import Pool
 
 #: RFC 9110 §9.2.2 idempotent methods: safe to send again when the first try surely failed.
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -49,14 +47,12 @@ def can_resend(request: Request) -> bool:
     return request.method in IDEMPOTENT and request.body.replayable
 
 
-async def dispatch(
-    endpoint: Endpoint, request: Request, head: bytes, conn: UpstreamConnection | None = None
-) -> Response:
-    """Send one attempt on `conn` (or a connection from the endpoint's pool)."""
+async def dispatch(pool: Pool, request: Request, head: bytes, conn: UpstreamConnection | None = None) -> Response:
+    """Send one attempt on `conn` (or a connection from the endpoint's `pool`)."""
     if conn is None:
-        conn = endpoint.pool.try_acquire_idle()
+        conn = pool.try_acquire_idle()
         if conn is None:
-            conn = await endpoint.pool.acquire()
+            conn = await pool.acquire()
     try:
         return await conn.send(request, head)
     except StaleConnection:
@@ -65,13 +61,13 @@ async def dispatch(
     except asyncio.CancelledError:
         conn.abort()
         raise
-    return await resend(endpoint, request, head)
+    return await resend(pool, request, head)
 
 
-async def resend(endpoint: Endpoint, request: Request, head: bytes) -> Response:
+async def resend(pool: Pool, request: Request, head: bytes) -> Response:
     """Send again on a fresh connection (the pooled one was closed by the upstream unseen)."""
     request.body.rewind()
-    conn = await endpoint.pool.acquire(fresh=True)
+    conn = await pool.acquire(fresh=True)
     try:
         return await conn.send(request, head)
     except asyncio.CancelledError:

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from routing.delegate import Chooser, bind, compile_choice
-from routing.dtab import Dtab
 from routing.namer import BoundName
 from routing.nametree import EMPTY, FAIL, NEG, Alt, Leaf, NameTree, Union, Weighted
+from routing.parser import parse_dtab
 from routing.path import Path
 from tests.routing.fakes import FakeNamer, namers
 
@@ -49,7 +49,7 @@ def test_weights_are_relative() -> None:
 def test_dropped_branches_renormalise() -> None:
     fs = FakeNamer("/#/fs", ["a", "b"])
     binding = bind(
-        Dtab.read("/svc => 0.5*/#/fs/a & 0.3*/#/fs/b & 0.2*/#/fs/nope"), Path.read("/svc"), namers(fs)
+        parse_dtab("/svc => 0.5*/#/fs/a & 0.3*/#/fs/b & 0.2*/#/fs/nope"), Path.read("/svc"), namers(fs)
     )
     got = shares(compile_choice(binding.tree))
     assert set(got) == {"/#/fs/a", "/#/fs/b"}

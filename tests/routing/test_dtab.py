@@ -6,16 +6,17 @@ from hypothesis import given, settings
 
 from routing.dtab import EMPTY_DTAB, Dentry, Dtab, Prefix
 from routing.nametree import NEG, Alt, Leaf, NameTree, show
+from routing.parser import parse_dentry, parse_dtab, parse_prefix
 from routing.path import Path
 from tests.routing.strategies import small_dtabs, small_paths
 
 
 def lookup(dtab: str, path: str) -> str:
-    return show(Dtab.read(dtab).lookup(Path.read(path)))
+    return show(parse_dtab(dtab).lookup(Path.read(path)))
 
 
 def test_no_match_is_neg() -> None:
-    assert Dtab.read("/a => /b").lookup(Path.read("/c")) == NEG
+    assert parse_dtab("/a => /b").lookup(Path.read("/c")) == NEG
     assert EMPTY_DTAB.lookup(Path.read("/c")) == NEG
 
 
@@ -42,7 +43,7 @@ def test_empty_prefix_matches_everything() -> None:
 
 
 def test_matches_report_index_and_rewrite() -> None:
-    dtab = Dtab.read("/a => /1; /b => /2; /a => /3")
+    dtab = parse_dtab("/a => /1; /b => /2; /a => /3")
     found = dtab.matches(Path.read("/a/x"))
     assert [(m.index, m.dentry.show(), show(m.rewrite)) for m in found] == [
         (2, "/a=>/3", "/3/x"),
@@ -51,8 +52,8 @@ def test_matches_report_index_and_rewrite() -> None:
 
 
 def test_concatenation_and_show() -> None:
-    base = Dtab.read("/a => /b;")
-    local = Dtab.read("/c => /d")
+    base = parse_dtab("/a => /b;")
+    local = parse_dtab("/c => /d")
     both = base + local
     assert both.show() == "/a=>/b;/c=>/d"
     assert len(both) == 2 and list(both) == [*base, *local]
@@ -61,11 +62,11 @@ def test_concatenation_and_show() -> None:
 
 
 def test_dentry_read_and_prefix_of_path() -> None:
-    d = Dentry.read("/svc => /#/fs")
+    d = parse_dentry("/svc => /#/fs")
     assert d == Dentry(Prefix.of_path(Path.read("/svc")), Leaf(Path.read("/#/fs")))
-    assert Prefix.read("/a/*").show() == "/a/*"
+    assert parse_prefix("/a/*").show() == "/a/*"
     assert d.rewrite(Path.read("/svc/a")) == Leaf(Path.read("/#/fs/a"))
-    assert Dentry.read("/s => /x | ~").rewrite(Path.read("/s/y")) == Alt((Leaf(Path.read("/x/y")), NEG))
+    assert parse_dentry("/s => /x | ~").rewrite(Path.read("/s/y")) == Alt((Leaf(Path.read("/x/y")), NEG))
 
 
 # -- the lookup index ------------------------------------------------------------------------
@@ -88,7 +89,7 @@ def test_indexed_lookup_finds_what_comparing_every_dentry_finds(dtab: Dtab, path
 
 
 def test_lookup_work_counts_probes_wildcards_and_rewritten_trees() -> None:
-    dtab = Dtab.read("/svc => /a | /b; /*/x => /c; /other => /d")
+    dtab = parse_dtab("/svc => /a | /b; /*/x => /c; /other => /d")
     found, work = dtab.matches_with_work(Path.read("/svc/x"))
     assert [m.index for m in found] == [1, 0]
     # 3 for the path (two labels, plus one) + 1 wildcard prefix + 3 nodes (/a | /b) + 1 node (/c)

@@ -11,6 +11,7 @@ import pytest
 
 from routing.delegate import DelegationError, bind, describe, parse_dtab_header
 from routing.dtab import Dtab
+from routing.parser import parse_dtab
 from routing.path import Path
 from tests.routing.fakes import FakeNamer, k8s_namer, namers
 
@@ -150,7 +151,7 @@ VECTORS: list[tuple[str, str, str, str]] = [
 
 @pytest.mark.parametrize(("dtab", "path", "expected"), [v[1:] for v in VECTORS], ids=[v[0] for v in VECTORS])
 def test_delegation_vector(dtab: str, path: str, expected: str) -> None:
-    result = _result(Dtab.read(dtab), path)
+    result = _result(parse_dtab(dtab), path)
     if expected.startswith("error:"):
         assert result.startswith(expected)
     else:
@@ -165,18 +166,18 @@ def test_vector_table_is_big_enough_and_covers_the_reference() -> None:
 
 def test_e5_local_dtab_from_header_wins_over_the_base() -> None:
     local = parse_dtab_header("/svc/users => /srv/users-v2")
-    assert _result(Dtab.read(B) + local, "/svc/users") == f"{K}/users-v2"
+    assert _result(parse_dtab(B) + local, "/svc/users") == f"{K}/users-v2"
 
 
 def test_e5_ctx_dtab_then_dtab_header_order() -> None:
     ctx = parse_dtab_header("/svc/users => /srv/users-v2")
     own = parse_dtab_header("/svc/users => /srv/users")
-    assert _result(Dtab.read(B) + ctx + own, "/svc/users") == f"{K}/users"
+    assert _result(parse_dtab(B) + ctx + own, "/svc/users") == f"{K}/users"
 
 
 def test_depth_limit_is_exact() -> None:
     # /a (depth 0) -> /b (1) -> /c (2) -> /$/inet/h/1 (3) -> the bound name (4)
-    dtab = Dtab.read(CHAIN)
+    dtab = parse_dtab(CHAIN)
     assert describe(bind(dtab, Path.read("/a"), {}, max_depth=4).tree) == "/$/inet/h/1"
     with pytest.raises(DelegationError, match="Max recursion level: 3 reached"):
         bind(dtab, Path.read("/a"), {}, max_depth=3)
@@ -193,6 +194,6 @@ def _result(dtab: Dtab, path: str) -> str:
 
 def test_namer_is_asked_the_path_after_its_prefix() -> None:
     fs = FakeNamer("/#/fs", ["accounts"])
-    binding = bind(Dtab.read("/svc => /#/fs;"), Path.read("/svc/accounts/x"), namers(fs))
+    binding = bind(parse_dtab("/svc => /#/fs;"), Path.read("/svc/accounts/x"), namers(fs))
     assert fs.asked == [Path.read("/accounts/x")]
     assert describe(binding.tree) == "/#/fs/accounts (residual /x)"

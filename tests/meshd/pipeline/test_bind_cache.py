@@ -12,6 +12,7 @@ from meshd.pipeline.bind import MAX_CACHED_LOCAL_BINDINGS, Binder
 from routing.delegate import Binding, bind
 from routing.dtab import Dtab
 from routing.namer import BoundName
+from routing.parser import parse_dtab
 from routing.path import Path
 from tests.routing.fakes import FakeNamer, namers
 
@@ -40,7 +41,7 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> Counting:
 
 
 def make_binder() -> tuple[Binder, Observable[Dtab], Observable[int]]:
-    base = Observable(Dtab.read("/svc => /#/fs"))
+    base = Observable(parse_dtab("/svc => /#/fs"))
     version = Observable(0)
     binder = Binder(base, namers(FakeNamer("/#/fs", ["accounts"])), [version], binding_timeout_s=1.0)
     return binder, base, version
@@ -75,7 +76,7 @@ async def test_failures_are_forgotten_when_the_dtab_or_a_namer_changes(counting:
         await binder.bind(ACCOUNTS, DIVERGING)
 
     if change == "dtab":
-        base.set(Dtab.read("/svc => /#/fs;"))
+        base.set(parse_dtab("/svc => /#/fs;"))
     else:
         version.set(1)
 
@@ -103,7 +104,7 @@ async def test_a_base_binding_is_not_limited_like_a_local_one() -> None:
     """The operator's dtab keeps the node limit (10,000): the same rules that fail as a header
     bind when they are in the base dtab (here to `~`, after thousands of nodes)."""
     chain = "; ".join(f"/x{i} => /x{i + 1}/a | /x{i + 1}/b" for i in range(8))
-    base = Observable(Dtab.read("/svc => /#/fs; /svc/accounts => /x0; " + chain))
+    base = Observable(parse_dtab("/svc => /#/fs; /svc/accounts => /x0; " + chain))
     binder = Binder(base, namers(FakeNamer("/#/fs", ["accounts"])), [], binding_timeout_s=1.0)
 
     chooser = await binder.bind(ACCOUNTS, "")
