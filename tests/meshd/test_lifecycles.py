@@ -182,6 +182,7 @@ def test_an_idle_client_is_closed_and_releases_its_namer_watch_through_the_trans
     assert source.subscriber_count == 1  # the daemonset transformer's mapping
     assert router.transformers[0].statistics().clients == 2  # type: ignore[attr-defined]
 
+    quiet.forwarded = 4  # attempts sent to a forwarding meshd: the router keeps the count (a counter)
     # `busy` has an attempt pending on its replica: never dropped, however long it takes
     node = busy.balancer.nodes()[0]
     started = node.start()
@@ -190,7 +191,7 @@ def test_an_idle_client_is_closed_and_releases_its_namer_watch_through_the_trans
     assert namer.holders == {fake("upa"): 1}  # upb's watch released ...
     assert source.subscriber_count == 0  # ... after every transformer stopped following it
     assert router.transformers[0].statistics().clients == 1  # type: ignore[attr-defined]
-    assert router.idle_evicted_clients == 1
+    assert router.idle_evicted_clients == 1 and router.evicted_forwarded == 4
 
     node.finish(started, failure=False)
     idle(router, clock, 15)
