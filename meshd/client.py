@@ -14,6 +14,7 @@ pooled connection, and report the outcome to the balancer when the response ends
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from balancers.base import Balancer, NoNodesAvailable
@@ -67,6 +68,8 @@ class Client:
         settings: ClientSettings,
         runtime: Runtime,
         dialer: Dialer,
+        *,
+        release: Callable[[], None] | None = None,
     ) -> None:
         self.id = id
         self.label = id.show()
@@ -88,6 +91,10 @@ class Client:
         self._dst_lines: dict[str, bytes] = {}
         #: queue timeouts of endpoints since removed (the counter never goes back)
         self._removed_queue_timeouts = 0
+        #: the router's sweep tick when an attempt last went through this client (for idle eviction)
+        self.used = 0
+        #: called once the client is closed: releases the namer's watch (and transformers' mappings)
+        self._release = release
         self._unsubscribe = addr.subscribe(self._on_addr)
 
     # -- discovery -------------------------------------------------------------------------
@@ -202,9 +209,26 @@ class Client:
             endpoint.pool.sweep(now)
 
     def close(self) -> None:
+        """Stop following the address set, release it, and drain every pool (idle connections
+        close now, busy ones when their response ends)."""
         self._unsubscribe()
+        release, self._release = self._release, None
+        if release is not None:
+            release()
         for endpoint in self._endpoints.values():
             endpoint.pool.close()
+
+    def busy(self) -> bool:
+        """Whether anything is under way here: an attempt pending on a node, or a pool with a busy
+        or dialing connection or a waiter. A busy client is never evicted."""
+        for node in self.balancer.nodes():
+            if node.pending:
+                return True
+        for endpoint in self._endpoints.values():
+            s = endpoint.pool.statistics()
+            if s.busy or s.dialing or s.waiters:
+                return True
+        return False
 
     async def wait_drained(self) -> None:
         await asyncio.gather(*(e.pool.wait_drained() for e in self._endpoints.values()))

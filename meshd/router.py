@@ -8,20 +8,31 @@ Services and clients are created on first use. Clients follow their namer's addr
 
 The service table is bounded, because a client can invent logical names (any Host header). The
 first `MAX_SERVICES` names (the ones the request stats label, see meshd/pipeline/stats.py) are
-*named* services: each has its own counters, exported under its name, and is kept for as long as
-meshd runs. Every later name is a *folded* service: its counters are shared by all folded
+*named* services: each has its own counters, exported under its name, and is never dropped for
+room (only when idle, below). Every later name is a *folded* service: its counters are shared by all folded
 services (exported under `_other`), it counts its requests in flight, and when the table holds
 `MAX_SERVICE_STATES` services the least recently used folded ones with nothing in flight are
 dropped, `EVICT_BATCH` at a time. A dropped name that comes back gets a fresh retry budget; no
 count is lost, and a named service (a real one, unless invented names came first) never loses
 its budget.
+
+Lifecycles (`bindingCache.idleTtlSecs`, 600 s by default). Every sweep (about once a second)
+notes when its tick began; every `_scan_interval` seconds (10 s) the sweep drops what was not used for
+the idle time: folded services with nothing in flight, named services (their pipeline goes; their
+budget and counters stay in `named`, still exported, and are taken up again when the name comes
+back), the binder's cached bindings of the dropped names, and clients with nothing under way. A
+dropped client drains its pools, unsubscribes from its address set and releases it: through the
+transformers (`Transformer.release`) down to the namer (`Namer.release`), which closes its watch
+when no client of any router holds it. What "used" means costs one attribute store per request
+(the service) and per attempt (the client): the current sweep tick.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -46,6 +57,7 @@ from meshd.pool.pool import PoolLimits
 from meshd.retry.budget import RetryBudget
 from meshd.retry.deadline import WALL_CLOCK_NS
 from meshd.runtime import Runtime
+from meshd.transformers import Transformer
 from routing.delegate import Chooser
 from routing.dtab import Dtab
 from routing.namer import BoundName, inet_address
@@ -59,6 +71,8 @@ log = logging.getLogger("meshd.router")
 MAX_SERVICE_STATES: Final = 10_000
 #: Folded services dropped by one eviction: it then runs once per this many new names, not per name.
 EVICT_BATCH: Final = 1_000
+#: The longest time between two scans for idle services and clients (shorter for short idle times).
+IDLE_SCAN_INTERVAL_S: Final = 10.0
 
 
 @dataclass(slots=True)
@@ -109,7 +123,8 @@ class Router:
         self._dialer = dialer
         self.transformers = [t.build(runtime, self._namers) for t in config.transformers]
         self.services: dict[Path, ServiceState] = {}
-        #: the named services by name: never evicted, at most MAX_SERVICES of them
+        #: the named services by name, at most MAX_SERVICES of them, never forgotten: one dropped
+        #: from `services` while idle stays here with its budget and counters (no pipeline)
         self.named: dict[str, ServiceState] = {}
         #: the counters every folded service shares (exported under `_other`)
         self.folded_retries = RetryCounters()
@@ -122,6 +137,16 @@ class Router:
         self.max_service_states = MAX_SERVICE_STATES
         self.evict_batch = EVICT_BATCH
         self.clients: dict[Path, Client] = {}
+        #: idle eviction: the idle time, when the next scan runs, and when each recent tick began
+        self.idle_ttl_s = float(config.binding_cache.idle_ttl_secs)
+        self._scan_interval = min(IDLE_SCAN_INTERVAL_S, self.idle_ttl_s / 4)
+        self._next_scan = runtime.clock.now() + self._scan_interval
+        self._tick_starts: deque[tuple[int, float]] = deque([(0, runtime.clock.now())])
+        #: services and clients dropped for being idle, since start
+        self.idle_evicted_services = 0
+        self.idle_evicted_clients = 0
+        #: attempts that evicted clients sent to a forwarding meshd (their share of the counter)
+        self.evicted_forwarded = 0
         self.stack = router_stack(
             trust=TrustPolicy(config.trusted_sources),
             ids=RequestIds(),
@@ -161,16 +186,19 @@ class Router:
 
     def _new_service(self, path: Path) -> ServiceState:
         config = self.config.service_for(path)
-        budget = config.retries.budget.build(self.runtime.clock.now)
         name = path.show()
         label = self.stats.label_for(name)
         folded = label == OVERFLOW_SERVICE
-        if folded:
-            counters = self.folded_retries
-            timeouts = self.folded_timeouts
+        retained = None if folded else self.named.get(name)
+        if retained is not None:
+            # a named service dropped while idle: the same budget and counters, a new pipeline
+            budget, counters, timeouts = retained.budget, retained.retries, retained.timeouts
+        elif folded:
+            budget = config.retries.budget.build(self.runtime.clock.now)
+            counters, timeouts = self.folded_retries, self.folded_timeouts
         else:
-            counters = RetryCounters()
-            timeouts = TimeoutCounters()
+            budget = config.retries.budget.build(self.runtime.clock.now)
+            counters, timeouts = RetryCounters(), TimeoutCounters()
         stack = service_stack(
             config=config,
             classifier=config.response_classifier.build(),
@@ -183,7 +211,9 @@ class Router:
         )
         state = ServiceState(name, label, stack.build(self._dispatch_choice), budget, counters, timeouts, folded)
         if folded:
-            # only folded services can be evicted, so only they pay for knowing what is in flight
+            # only folded services lose their budget when dropped, so only they pay for knowing
+            # what is in flight (a named one dropped while idle keeps its budget and counters,
+            # which a request still inside its old pipeline goes on using)
             state.service = _counting_in_flight(state, state.service)
             self.folded_created += 1
         else:
@@ -195,7 +225,7 @@ class Router:
 
     def _evict(self, count: int) -> None:
         """Drop up to `count` folded services: the least recently used first (oldest first among
-        equals), never one with a request in flight. Named services are never dropped, so the
+        equals), never one with a request in flight. Named services are not dropped here, so the
         table can outgrow MAX_SERVICE_STATES only by folded services that all have requests in
         flight. A dropped service's requests still in its pipeline (none, by the rule above)
         would finish unaffected; the name's next request builds a new state."""
@@ -216,6 +246,7 @@ class Router:
             client = self.clients.get(choice.id)
             if client is None:
                 client = self.client_for(choice.id)
+            client.used = self._tick  # one store per attempt: what idle eviction calls "used"
             return client(request)
         if isinstance(choice, Fail):
             why = "the dtab says it fails (!)"
@@ -258,38 +289,100 @@ class Router:
                 attempt_timeout_ms=config.request_attempt_timeout_ms,
             )
             dialer = self._dialer or TcpDialer(pool.connect_timeout_ms / 1000.0)
-            client = Client(id, self.transformed_addr_of(id), settings, self.runtime, dialer)
+            addr, release = self.acquire_addr(id)
+            client = Client(id, addr, settings, self.runtime, dialer, release=release)
+            client.used = self._tick
             self.clients[id] = client
         return client
 
-    def transformed_addr_of(self, id: Path) -> Observable[Addr]:
-        """The address set a client uses: the namer's, through the router's transformers in order."""
-        addr = self.addr_of(id)
+    def acquire_addr(self, id: Path) -> tuple[Observable[Addr], Callable[[], None]]:
+        """The address set a client uses: the namer's, through the router's transformers in order;
+        and the function that gives it back (each transformer's mapping, then the namer's watch)."""
+        addr, release_source = self._namer_addr(id)
+        layers: list[tuple[Transformer, Observable[Addr]]] = []
         for transformer in self.transformers:
             addr = transformer.transform(id, addr)
-        return addr
+            layers.append((transformer, addr))
+        if not layers:
+            return addr, release_source
+
+        def release() -> None:
+            for transformer, output in reversed(layers):
+                transformer.release(id, output)
+            release_source()
+
+        return addr, release
 
     def addr_of(self, id: Path) -> Observable[Addr]:
+        """The namer's address set of `id` as it is now, for a look (delegator, admin): it holds
+        no watch open (the namer is told at once that this caller is done with it)."""
+        addr, release = self._namer_addr(id)
+        release()
+        return addr
+
+    def _namer_addr(self, id: Path) -> tuple[Observable[Addr], Callable[[], None]]:
+        """The address set of `id` from its namer (or the system namer for `/$/inet`), and the
+        function that releases it."""
+        fixed: Addr
         if len(id) >= 1 and id[0] == "$":
             # the system namer binds only inet ids (`/$/inet/...`, `/$/fixedinet/...`; rinet -> inet)
             host_port = inet_address(id)
             if host_port is None:
-                return Observable(Failed(f"{id.show()} is not an address (/$/inet/<host>/<port> or /$/inet/<port>)"))
-            return Observable(Bound(frozenset({Address(*host_port)})))
+                fixed = Failed(f"{id.show()} is not an address (/$/inet/<host>/<port> or /$/inet/<port>)")
+            else:
+                fixed = Bound(frozenset({Address(*host_port)}))
+            return Observable(fixed), _nothing
         best: Namer | None = None
         for prefix, namer in self._namers.items():
             if id.starts_with(prefix) and (best is None or len(prefix) > len(best.prefix)):
                 best = namer
         if best is None:
-            return Observable(Failed(f"no namer serves {id.show()}"))
-        return best.addr(id)
+            fixed = Failed(f"no namer serves {id.show()}")
+            return Observable(fixed), _nothing
+        chosen = best
+        return chosen.addr(id), lambda: chosen.release(id)
 
     def sweep(self) -> None:
-        """Expire idle pooled connections and advance the service-use tick (called about once a second)."""
+        """Expire idle pooled connections, advance the use tick, and now and then drop what was
+        idle for `bindingCache.idleTtlSecs` (called about once a second)."""
         self._tick += 1
         now = self.runtime.clock.now()
+        self._tick_starts.append((self._tick, now))
         for client in self.clients.values():
             client.sweep(now)
+        if now >= self._next_scan:
+            self._next_scan = now + self._scan_interval
+            self.evict_idle(now)
+
+    def evict_idle(self, now: float) -> None:
+        """Drop the services and clients not used since `now - idle_ttl_s` (see the module docstring)."""
+        horizon = now - self.idle_ttl_s
+        starts = self._tick_starts
+        while len(starts) >= 2 and starts[1][1] <= horizon:
+            starts.popleft()
+        if starts[0][1] > horizon:
+            return  # meshd has not run for the idle time yet
+        # used during a tick before `cutoff`, i.e. before `cutoff` began, at or before the horizon
+        cutoff = starts[0][0]
+        dropped = 0
+        for path, state in list(self.services.items()):
+            if state.used >= cutoff or state.in_flight:
+                continue
+            del self.services[path]
+            if not state.folded:
+                # keep its budget and counters (exported under its name); let the pipeline go
+                state.service = _dropped_service
+            dropped += 1
+        if dropped:
+            self.idle_evicted_services += dropped
+            self.binder.retain(self.services)
+        for id, client in list(self.clients.items()):
+            if client.used >= cutoff or client.busy():
+                continue
+            del self.clients[id]
+            self.evicted_forwarded += client.forwarded
+            client.close()
+            self.idle_evicted_clients += 1
 
     def close(self) -> None:
         self.binder.close()
@@ -302,6 +395,16 @@ class Router:
 
     def __repr__(self) -> str:
         return f"<Router {self.label} clients={len(self.clients)}>"
+
+
+def _nothing() -> None:
+    pass
+
+
+def _dropped_service(request: Request) -> Awaitable[Response]:
+    """The pipeline of a named service dropped while idle (never called: the table no longer
+    refers to it; only its budget and counters are kept, in `Router.named`)."""
+    raise AssertionError("a dropped service's pipeline was called")
 
 
 def _last_used(item: tuple[Path, ServiceState]) -> int:

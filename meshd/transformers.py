@@ -20,7 +20,9 @@ How this works: the mapping rules are pure functions (`through_daemons`, `on_nod
 observable plumbing recomputes a client's output whenever its input set or the daemon set
 changes, and publishes only real changes. `Pending`, `Neg` and `Failed` inputs pass through
 unchanged (a client keeps its last set on Pending/Failed). The daemon set follows the same rule
-as clients: `Failed` keeps the last known daemons; `Neg` means there are none.
+as clients: `Failed` keeps the last known daemons; `Neg` means there are none. When a client is
+evicted (idle, see meshd/router.py) the router calls `release()` with the set `transform()` gave
+it: the transformer stops following the input, so the namer's watch can be released in turn.
 
 Addresses that point at another meshd carry `(VIA, kind)` in their metadata; the client counts
 every attempt sent to one (`meshd_daemonset_forwarded_total{router}`).
@@ -48,6 +50,10 @@ VIA: Final = "via"
 
 class Transformer(Protocol):
     def transform(self, id: Path, addr: Observable[Addr]) -> Observable[Addr]: ...
+
+    def release(self, id: Path, output: Observable[Addr]) -> None:
+        """`output` (returned by `transform`) is no longer used: stop following its input."""
+        ...
 
 
 class TransformerConfig(Protocol):
@@ -82,7 +88,7 @@ class DaemonSetConfig:
         if namer is None:
             known = ", ".join(p.show() for p in namers) or "none"
             raise ValueError(f"daemonset transformer: no namer serves {self.path} (namer prefixes: {known})")
-        return DaemonSetTransformer(path, namer.addr(path), self.fallback)
+        return DaemonSetTransformer(path, namer.addr(path), self.fallback, release=lambda: namer.release(path))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,13 +182,17 @@ def namer_for(path: Path, namers: Mapping[Path, Namer]) -> Namer | None:
 class _Mapped:
     """One client's output: `rule(Bound set)` of its input, recomputed on input or `refresh()`."""
 
-    __slots__ = ("source", "output", "_rule")
+    __slots__ = ("source", "output", "_rule", "_unsubscribe")
 
     def __init__(self, source: Observable[Addr], rule: Callable[[frozenset[Address]], frozenset[Address]]) -> None:
         self.source = source
         self._rule = rule
         self.output: Observable[Addr] = Observable(self._compute(source.get()))
-        source.subscribe(self._on_source, replay=False)
+        self._unsubscribe = source.subscribe(self._on_source, replay=False)
+
+    def close(self) -> None:
+        """Stop following the source (its client is gone), so the source can be released."""
+        self._unsubscribe()
 
     def refresh(self) -> None:
         self._on_source(self.source.get())
@@ -210,17 +220,31 @@ class DaemonSetStatistics:
 class DaemonSetTransformer:
     """See `DaemonSetConfig` and the module docstring."""
 
-    def __init__(self, path: Path, daemons: Observable[Addr], fallback: Literal["direct", "drop"]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        daemons: Observable[Addr],
+        fallback: Literal["direct", "drop"],
+        *,
+        release: Callable[[], None] | None = None,
+    ) -> None:
         self.path = path
         self.fallback: Literal["direct", "drop"] = fallback
         self._daemons: frozenset[Address] | None = None
-        self._clients: list[_Mapped] = []
+        #: every client's mapping, by its output (an Observable hashes by identity)
+        self._clients: dict[Observable[Addr], _Mapped] = {}
         self._unsubscribe = daemons.subscribe(self._on_daemons)
+        self._release = release
 
     def transform(self, id: Path, addr: Observable[Addr]) -> Observable[Addr]:
         mapped = _Mapped(addr, lambda replicas: through_daemons(replicas, self._daemons, self.fallback))
-        self._clients.append(mapped)
+        self._clients[mapped.output] = mapped
         return mapped.output
+
+    def release(self, id: Path, output: Observable[Addr]) -> None:
+        mapped = self._clients.pop(output, None)
+        if mapped is not None:
+            mapped.close()
 
     def statistics(self) -> DaemonSetStatistics:
         daemons = self._daemons or frozenset()
@@ -234,6 +258,9 @@ class DaemonSetTransformer:
 
     def close(self) -> None:
         self._unsubscribe()
+        if self._release is not None:
+            self._release()  # the daemon set's own watch
+            self._release = None
 
     def _on_daemons(self, addr: Addr) -> None:
         if isinstance(addr, Bound):
@@ -251,7 +278,7 @@ class DaemonSetTransformer:
             log.warning("daemonset %s: no meshd daemons known; replicas are %s", self.path.show(),
                         "sent to directly" if self.fallback == "direct" else "unreachable (fallback: drop)")
         self._daemons = daemons
-        for client in self._clients:
+        for client in list(self._clients.values()):
             client.refresh()
 
     def __repr__(self) -> str:
@@ -265,6 +292,7 @@ class LocalNodeTransformer:
     def __init__(self, node: str, fallback: Literal["all", "none"]) -> None:
         self.node = node
         self.fallback: Literal["all", "none"] = fallback
+        self._clients: dict[Observable[Addr], _Mapped] = {}
 
     def transform(self, id: Path, addr: Observable[Addr]) -> Observable[Addr]:
         remote_only = False
@@ -282,7 +310,14 @@ class LocalNodeTransformer:
                     log.info("localnode: %s has replicas on node %s again", id.show(), self.node)
             return local
 
-        return _Mapped(addr, rule).output
+        mapped = _Mapped(addr, rule)
+        self._clients[mapped.output] = mapped
+        return mapped.output
+
+    def release(self, id: Path, output: Observable[Addr]) -> None:
+        mapped = self._clients.pop(output, None)
+        if mapped is not None:
+            mapped.close()
 
     def __repr__(self) -> str:
         return f"<LocalNodeTransformer node={self.node} fallback={self.fallback}>"

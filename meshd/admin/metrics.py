@@ -198,7 +198,8 @@ def _steps(daemon: MetricsView, text: _Text) -> Iterator[None]:
         accepted.append(f"meshd_connections_accepted_total{{{r}}} {_n(sum(lst.accepted for lst in listeners))}\n")
         open_conns.append(f"meshd_connections_open{{{r}}} {_n(sum(len(lst.connections) for lst in listeners))}\n")
         if router.transformers:
-            total = sum(c.forwarded for c in list(router.clients.values()))
+            # clients dropped while idle took their counts with them: the router kept those
+            total = router.evicted_forwarded + sum(c.forwarded for c in list(router.clients.values()))
             forwarded.append(f"meshd_daemonset_forwarded_total{{{r}}} {_n(total)}\n")
         yield
 

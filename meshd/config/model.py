@@ -190,6 +190,14 @@ def resolve_section(base: _Section, overrides: tuple[ServiceOverride, ...] | tup
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BindingCacheConfig:
+    """What a router keeps per name, and for how long (linkerd 1's `bindingCache`)."""
+
+    #: services, clients and bindings unused for this long are dropped (linkerd's 10 minutes)
+    idle_ttl_secs: int = field(default=600, metadata={"min": 1})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RouterConfig:
     """One router: listeners, how requests are named and bound, and the service and client stacks."""
 
@@ -202,6 +210,7 @@ class RouterConfig:
     routes_max_bytes: int = field(default=1024 * 1024, metadata={"min": 1})
     trusted_sources: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     binding_timeout_ms: int = field(default=10_000, metadata={"min": 1})
+    binding_cache: BindingCacheConfig = field(default_factory=BindingCacheConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     services: tuple[ServiceOverride, ...] = ()

@@ -6,8 +6,11 @@ now: a name tree of `BoundName`s (usually one `Leaf`), `NEG` when the name does 
 or `None` while it does not know yet (it starts whatever background work is needed to find
 out and bumps `version` when the answer may have changed). For every `BoundName.id` it
 returned, `addr(id)` gives the live address set as an `Observable[Addr]`; balancers subscribe
-to it. `release(id)` says a client no longer uses that id (watches may then be closed after an
-idle time).
+to it. Every `addr(id)` call is matched by one `release(id)` once its caller is done with the
+set (it has unsubscribed): the router does this when it drops an idle client, and right away
+for a one-off look (delegator, admin). A namer counts its holders per id and closes the watch
+when none is left (fs: at once, the directory scan goes on anyway; dns and k8s: after their
+`idleTtlSecs`, unless the name is looked up meanwhile).
 
 Namers never block the event loop and never raise out of `lookup()`/`addr()`: failures become
 `Failed(reason)` on the observable, and the last `Bound` set keeps serving meanwhile.
@@ -39,7 +42,9 @@ class Namer(Protocol):
 
     def addr(self, id: Path) -> Observable[Addr]: ...
 
-    def release(self, id: Path) -> None: ...
+    def release(self, id: Path) -> None:
+        """The caller of one earlier `addr(id)` no longer uses it (see the module docstring)."""
+        ...
 
     async def start(self) -> None: ...
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Container, Mapping
 from typing import Protocol
 
 from meshd.errors import BadRequest, MeshdError, NoSuchService, RequestTimeout
@@ -182,6 +182,18 @@ class Binder:
                 self._reasons.clear()  # only explanations of local-dtab failures: cheap to rebuild
             self._reasons[key] = reasons
         return reasons
+
+    def retain(self, paths: Container[Path]) -> None:
+        """Forget the bindings (and error-path explanations) of every logical name not in `paths`:
+        the router calls this with its live services after dropping idle ones. Cached failures
+        stay (at most MAX_CACHED_FAILURES, the oldest going first)."""
+        cache = self._cache  # changed in place: the bind step holds this dict
+        for key in [key for key in cache if key[0] not in paths]:
+            del cache[key]
+        self._base_keys = deque(key for key in self._base_keys if key in cache)
+        self._local_keys = deque(key for key in self._local_keys if key in cache)
+        for key in [key for key in self._reasons if key[0] not in paths]:
+            del self._reasons[key]
 
     def _fail(self, key: _Key, epoch: int, error: type[MeshdError], message: str) -> MeshdError:
         """The error for a binding that failed, remembered (if nothing changed meanwhile) so
