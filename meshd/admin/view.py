@@ -136,6 +136,11 @@ class RouterView(Protocol):
     @property
     def transformers(self) -> Sequence[object]: ...
 
+    @property
+    def evicted_forwarded(self) -> int:
+        """Attempts forwarded by clients since dropped as idle (keeps the forwarded count monotonic)."""
+        ...
+
     def addr_of(self, id: Path) -> Current[Addr]: ...
 
 
