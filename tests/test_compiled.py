@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import ast
 import configparser
+import fnmatch
 import importlib
 import os
 import re
 from pathlib import Path
 
 import pytest
-import setuptools
 
 import meshd
 from meshd import COMPILED_MODULES, _refuse_stale_compiled_modules, _stale_compiled_modules
@@ -140,12 +140,20 @@ def test_fresh_compiled_modules_and_installed_packages_are_accepted(tmp_path: Pa
 
 
 def _wheel_packages() -> list[str]:
-    """The packages setup.cfg gives the wheel (`packages = find:` with its include list)."""
+    """The packages setup.cfg gives the wheel: `packages = find:` (setuptools.find_packages) with its include list."""
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
     assert config["options"]["packages"].strip() == "find:"
     include = config["options.packages.find"]["include"].split()
-    return setuptools.find_packages(where=str(ROOT), include=include)
+    packages = []
+    for top in sorted(p for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for init in sorted(top.rglob("__init__.py")):
+            parts = init.parent.relative_to(ROOT).parts
+            # find_packages descends only through packages
+            if all((ROOT.joinpath(*parts[:i]) / "__init__.py").exists() for i in range(1, len(parts))):
+                if any(fnmatch.fnmatchcase(".".join(parts), pattern) for pattern in include):
+                    packages.append(".".join(parts))
+    return packages
 
 
 def test_the_wheel_installs_only_the_declared_top_level_names() -> None:
