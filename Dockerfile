@@ -1,35 +1,52 @@
-# meshd: a service-mesh proxy daemon. Build: docker build -t meshd:latest .
-# Runs `meshd run -c /etc/meshd/meshd.yaml` as an unprivileged user; mount the config (and routes
-# file) at /etc/meshd, e.g. from a ConfigMap (examples/kubernetes/).
-FROM python:3.11-slim AS build
+# meshd: a service-mesh proxy daemon. Build: `make image` (docker build -t meshd:latest .); try it:
+# `make image-test`. Runs `meshd run -c /etc/meshd/meshd.yaml` as an unprivileged user (uid 10001);
+# mount the config (and routes file) at /etc/meshd, e.g. from a ConfigMap (examples/kubernetes/).
+# `--target examples` builds meshd-examples:latest: the same install plus examples/ in /app.
+# BASE: the image both stages start from; any Debian-like image with Python 3.11 as `python`.
+ARG BASE=python:3.11-slim
+
+FROM ${BASE} AS build
 # gcc for mypyc, which compiles the hot path (meshd.COMPILED_MODULES) into C extensions; the
 # Python headers come with the python image.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml setup.cfg README.md ./
+COPY pyproject.toml setup.cfg setup.py README.md ./
 COPY meshd ./meshd
 COPY balancers ./balancers
 COPY routing ./routing
 COPY bench ./bench
-COPY examples ./examples
-# Compiled in the source tree (where mypy sees the project as make does), then the extensions
-# are copied beside the installed modules; mypyc's shared runtime module goes to the top level.
-RUN python -m venv /opt/meshd \
- && /opt/meshd/bin/pip install --no-cache-dir . "mypy>=2.4,<3" \
- && /opt/meshd/bin/mypyc $(/opt/meshd/bin/python -c 'import meshd; print(" ".join(m.replace(".", "/") + ".py" for m in meshd.COMPILED_MODULES))') \
- && SITE="$(/opt/meshd/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
- && cp ./*__mypyc.*.so "$SITE/" \
- && find meshd balancers -name '*.so' -exec cp --parents {} "$SITE/" \; \
- && cd / && /opt/meshd/bin/python -c 'import importlib, meshd; assert all(importlib.import_module(m).__file__.endswith(".so") for m in meshd.COMPILED_MODULES)' \
- && /opt/meshd/bin/pip uninstall -y mypy mypy_extensions
+# The wheel, as `pip wheel .` builds it anywhere: setup.py compiles the hot path with mypyc (pip
+# fetches mypy and the packages whose types it reads into the build's own environment). Then a
+# virtualenv with the wheel and its dependencies, without pip and setuptools, and a check, from
+# outside the source tree, that every hot-path module loads from its C extension (a build that
+# fell back to pure Python fails here).
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+ && python -m venv /opt/meshd \
+ && /opt/meshd/bin/pip install --no-cache-dir /wheels/meshd-*.whl \
+ && /opt/meshd/bin/pip uninstall -y pip setuptools \
+ && cd / && /opt/meshd/bin/python -c 'import importlib, meshd; pure = [m for m in meshd.COMPILED_MODULES if not str(importlib.import_module(m).__file__).endswith(".so")]; assert not pure, f"interpreted: {pure}"'
 
-FROM python:3.11-slim
+FROM ${BASE} AS runtime
 COPY --from=build /opt/meshd /opt/meshd
-ENV PATH=/opt/meshd/bin:$PATH
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin meshd \
+# No pip or setuptools at run time, in the base's Python either: nothing installs into a proxy.
+RUN if python -m pip --version >/dev/null 2>&1; then python -m pip uninstall -y pip setuptools wheel; fi \
+ && ! python -c 'import pip' 2>/dev/null && ! python -c 'import setuptools' 2>/dev/null \
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin meshd \
  && mkdir -p /etc/meshd && chown meshd /etc/meshd
+ENV PATH=/opt/meshd/bin:$PATH
 USER 10001
 # 4140 outgoing router, 4141 incoming router (DaemonSet mode), 9990 admin (metrics, readiness)
 EXPOSE 4140 4141 9990
 ENTRYPOINT ["meshd"]
 CMD ["run", "-c", "/etc/meshd/meshd.yaml"]
+
+# meshd-examples:latest, for the bank services of examples/kubernetes/40-bank.yaml
+# (`python -m examples.bank.accounts` and so on, from /app).
+FROM runtime AS examples
+COPY examples /app/examples
+WORKDIR /app
+ENTRYPOINT []
+CMD ["python", "-m", "examples.bank.demo"]
+
+# The default target: meshd:latest.
+FROM runtime AS meshd

@@ -8,11 +8,13 @@ RATE ?= 50
 DEBIAN_PACKAGES := nginx haproxy wrk dnsmasq chromium
 PROGRAMS := nginx haproxy wrk dnsmasq chromium
 
-.PHONY: FORCE install compile build-deps test lint typecheck unit demo bench bench-peers system-deps clean
+.PHONY: FORCE install compile build-deps test lint typecheck unit demo bench bench-peers system-deps clean \
+  docker-engine image image-test
 
-# The hot path, compiled with mypyc into C extensions next to their sources (docs/architecture.md,
-# "The compiled hot path"). The Python sources stay the code; MESHD_PURE=1 skips compiling (and
-# removes compiled modules), and meshd ignores a compiled module older than its source.
+# The hot path: `pip install` compiles it with mypyc (setup.py; docs/architecture.md, "Building and
+# packaging"). `make install` is an editable install, which builds the C extensions beside their
+# sources; this list makes it build them again when one of them changes (`import meshd` refuses
+# a build older than its source). MESHD_PURE=1 builds none (and removes the ones there are).
 # Keep in step with meshd.COMPILED_MODULES (a test checks).
 HOT := meshd/listener.py \
   meshd/pool/connection.py \
@@ -48,25 +50,25 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(VENV)/.installed: setup.cfg pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test,bench]'
+# Dependencies, and the build's own requirements (setuptools, wheel; mypy comes with the test
+# extras), so that rebuilding the hot path uses what `mypy --strict` checks against and no network.
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml | $(PY)
+	$(PY) -m pip install -q 'setuptools>=64' wheel
+	MESHD_PURE=1 $(PY) -m pip install -q --no-build-isolation -e '.[test,bench]'
 	touch $@
 
-# mypyc writes one shared runtime module at the project root: the .pth puts the root on sys.path.
-# The touch: mypyc reuses unchanged builds and copies them with their old times, which meshd's
-# stale-build check would take for builds older than their sources.
 # The stamp holds what was built (compiled or pure): asking for the other one rebuilds.
+# meshd-compiled.pth: what earlier versions of this Makefile used instead of a package build.
 BUILD_MODE := $(if $(filter 1,$(MESHD_PURE)),pure,compiled)
 BUILT_MODE := $(shell cat $(VENV)/.compiled 2>/dev/null)
 $(VENV)/.compiled: $(HOT) $(VENV)/.installed $(if $(filter $(BUILD_MODE),$(BUILT_MODE)),,FORCE) | build-deps
-	rm -f $@ $(addsuffix .*.so,$(basename $(HOT))) *__mypyc.*.so
-	@if [ "$(MESHD_PURE)" = 1 ]; then echo "MESHD_PURE=1: the hot path runs as pure Python"; \
-	elif command -v cc >/dev/null 2>&1; then \
-	  $(VENV)/bin/mypyc $(HOT) >build-mypyc.log 2>&1 || { cat build-mypyc.log; exit 1; }; \
-	  touch $(addsuffix .*.so,$(basename $(HOT))); \
-	  echo "$(CURDIR)" > "$(SITE)/meshd-compiled.pth"; echo "compiled with mypyc: $(HOT)"; \
-	  echo compiled > $@; \
-	elif [ "$$CI" = true ]; then echo "no C compiler (apt-get install gcc python3-dev)"; exit 1; \
+	rm -f $@ $(addsuffix .*.so,$(basename $(HOT))) *__mypyc.*.so "$(SITE)/meshd-compiled.pth"
+	MESHD_PURE=$(MESHD_PURE) $(PY) -m pip install -q --no-build-isolation --no-deps -e . \
+	  >build-mypyc.log 2>&1 || { cat build-mypyc.log; exit 1; }
+	@if ls $(addsuffix .*.so,$(basename $(firstword $(HOT)))) >/dev/null 2>&1; then \
+	  echo "compiled with mypyc: $(words $(HOT)) hot-path modules"; echo compiled > $@; \
+	elif [ "$(MESHD_PURE)" = 1 ]; then echo "MESHD_PURE=1: the hot path runs as pure Python"; \
+	elif [ "$$CI" = true ]; then cat build-mypyc.log; echo "no C compiler (apt-get install gcc python3-dev)"; exit 1; \
 	else echo "no C compiler: the hot path runs as pure Python (apt-get install gcc python3-dev to compile it)"; fi
 	@[ -s $@ ] || echo pure > $@
 
@@ -114,6 +116,26 @@ bench: install bench-peers
 
 bench-peers: install system-deps
 
+# The container image (Dockerfile): meshd:latest, and meshd-examples:latest (the same install plus
+# examples/, for examples/kubernetes/). BASE is the image both stages start from.
+IMAGE ?= meshd:latest
+EXAMPLES_IMAGE ?= meshd-examples:latest
+BASE ?= python:3.11-slim
+DOCKER ?= docker
+
+docker-engine:
+	@command -v $(DOCKER) >/dev/null 2>&1 || { echo "no '$(DOCKER)' command: install Docker (or set DOCKER=podman) to build the image"; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "no Docker engine reachable ('$(DOCKER) info' failed): start dockerd, or set DOCKER_HOST to one"; exit 1; }
+
+image: docker-engine
+	$(DOCKER) build --build-arg BASE=$(BASE) -t $(IMAGE) .
+	$(DOCKER) build --build-arg BASE=$(BASE) --target examples -t $(EXAMPLES_IMAGE) .
+
+# Runs the image, proxies a request through it to an upstream on the host's loopback, and checks
+# that meshd runs as uid 10001 with its compiled hot path loaded (.ci/image-test).
+image-test: image
+	DOCKER=$(DOCKER) IMAGE=$(IMAGE) .ci/image-test
+
 clean:
 	rm -f $(addsuffix .*.so,$(basename $(HOT))) *__mypyc.*.so build-mypyc.log
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .demo bench/results
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .demo bench/results

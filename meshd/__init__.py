@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Final
 
 __version__ = "0.1.0"
 
-#: The hot-path modules `make install` compiles with mypyc (C extensions beside their sources; see
-#: docs/architecture.md). The Makefile's HOT list must name the same files (a test checks).
+#: The hot-path modules the package build compiles with mypyc (setup.py; docs/architecture.md,
+#: "Building and packaging"). The Makefile's HOT list must name the same files (a test checks).
 COMPILED_MODULES: Final = (
     "meshd.listener",
     "meshd.pool.connection",
@@ -42,36 +41,41 @@ COMPILED_MODULES: Final = (
 )
 
 
-def _drop_stale_compiled_modules(root: Path | None = None) -> list[Path]:
-    """In a source checkout, remove the compiled modules if any is older than its source.
+def _stale_compiled_modules(root: Path | None = None) -> list[str]:
+    """In a source checkout, the compiled modules' sources that are newer than their builds.
 
     Python imports `listener.cpython-311-*.so` before `listener.py`: after an edit (or a `git
-    checkout`) a stale build would silently run the old code. They are compiled together (one
-    shared runtime, native classes used across them), so one stale build removes them all; the
-    sources then run as pure Python until `make install` compiles them again.
+    checkout`) a stale build would silently run the old code. An editable install (`make
+    install`) builds them in place, beside their sources; an installed wheel is built from what
+    it holds, so only a checkout is looked at. Nothing is changed here: the caller refuses.
     """
     if root is None:
         root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return []  # an installed package: its compiled modules were built from what is beside them
-    builds: list[Path] = []
     stale: list[str] = []
     for name in COMPILED_MODULES:
         source = root.joinpath(*name.split(".")).with_suffix(".py")
         for built in source.parent.glob(source.stem + ".*.so"):
-            builds.append(built)
             try:
                 if built.stat().st_mtime < source.stat().st_mtime:
-                    stale.append(source.name)
+                    stale.append(str(source.relative_to(root)))
             except OSError:
                 pass
-    if not stale:
-        return []
-    for built in builds:
-        built.unlink(missing_ok=True)
-    print(f"meshd: the compiled hot path is older than {', '.join(stale)}: removed, running the sources "
-          "(`make install` compiles them again)", file=sys.stderr)
-    return builds
+    return stale
 
 
-_drop_stale_compiled_modules()
+def _refuse_stale_compiled_modules(root: Path | None = None) -> None:
+    """Refuse to import a checkout whose compiled hot path is older than its sources."""
+    stale = _stale_compiled_modules(root)
+    if stale:
+        # They are compiled together (one shared runtime, native classes used across them), so
+        # running the edited sources beside the other builds is no way out either.
+        raise ImportError(
+            f"meshd: the compiled hot path is older than {', '.join(stale)}: Python would run the "
+            "old code. Run `make install` to compile it again, or `MESHD_PURE=1 make install` to "
+            "remove the compiled modules and run the sources."
+        )
+
+
+_refuse_stale_compiled_modules()

@@ -16,8 +16,8 @@ from meshd.config.loader import load_config
 from meshd.config.model import MeshdConfig
 from meshd.daemon import Daemon
 from meshd.runtime import Runtime
-from meshd.testing.clock import FakeClock
-from meshd.testing.upstreams import Handler, Upstream, ok_handler
+from tests.support.clock import FakeClock
+from tests.support.upstreams import Handler, Upstream, ok_handler
 
 # Under CI the property tests run a fixed set of examples, so a run is reproducible and a
 # red build means a change broke something; elsewhere they explore new examples each run (and

@@ -1,8 +1,10 @@
-"""The compiled hot path: the modules `make install` compiles with mypyc, and the stale-build guard."""
+"""The compiled hot path and the package: what the build compiles with mypyc, what the wheel installs, the stale-build refusal."""
 
 from __future__ import annotations
 
 import ast
+import configparser
+import fnmatch
 import importlib
 import os
 import re
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import meshd
-from meshd import COMPILED_MODULES, _drop_stale_compiled_modules
+from meshd import COMPILED_MODULES, _refuse_stale_compiled_modules, _stale_compiled_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,22 +116,75 @@ def _checkout(tmp_path: Path) -> tuple[Path, Path, Path]:
     return source, built, other
 
 
-def test_one_compiled_module_older_than_its_source_removes_them_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # They share one runtime and each other's native classes: a mix of builds and sources is unsafe.
+def test_a_compiled_module_older_than_its_source_refuses_the_import_and_changes_nothing(tmp_path: Path) -> None:
+    # Python would load the stale build before the edited source. `import meshd` says so and how to
+    # fix it; it deletes nothing (an import never changes files).
     source, built, other = _checkout(tmp_path)
     os.utime(built, (source.stat().st_mtime - 10, source.stat().st_mtime - 10))
-    assert sorted(_drop_stale_compiled_modules(tmp_path)) == sorted([built, other])
-    assert not built.exists() and not other.exists()
-    assert "older than listener.py" in capsys.readouterr().err
+    assert _stale_compiled_modules(tmp_path) == ["meshd/listener.py"]
+    with pytest.raises(ImportError, match=r"older than meshd/listener\.py.*`make install`.*`MESHD_PURE=1 make install`"):
+        _refuse_stale_compiled_modules(tmp_path)
+    assert built.exists() and other.exists() and source.exists()
 
 
-def test_fresh_compiled_modules_are_kept_and_installed_packages_are_left_alone(tmp_path: Path) -> None:
+def test_fresh_compiled_modules_and_installed_packages_are_accepted(tmp_path: Path) -> None:
     source, built, other = _checkout(tmp_path)
     os.utime(built, (source.stat().st_mtime + 10, source.stat().st_mtime + 10))
-    assert _drop_stale_compiled_modules(tmp_path) == []
-    assert built.exists() and other.exists()
+    assert _stale_compiled_modules(tmp_path) == []
+    _refuse_stale_compiled_modules(tmp_path)
     os.utime(built, (source.stat().st_mtime - 10, source.stat().st_mtime - 10))
     (tmp_path / ".git").rmdir()
-    assert _drop_stale_compiled_modules(tmp_path) == []  # not a checkout: never touched
-    assert built.exists()
+    assert _stale_compiled_modules(tmp_path) == []  # not a checkout: a wheel built from what it holds
+    _refuse_stale_compiled_modules(tmp_path)
     assert meshd.__version__
+
+
+def _wheel_packages() -> list[str]:
+    """The packages setup.cfg gives the wheel: `packages = find:` (setuptools.find_packages) with its include list."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    assert config["options"]["packages"].strip() == "find:"
+    include = config["options.packages.find"]["include"].split()
+    packages = []
+    for top in sorted(p for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for init in sorted(top.rglob("__init__.py")):
+            parts = init.parent.relative_to(ROOT).parts
+            # find_packages descends only through packages
+            if all((ROOT.joinpath(*parts[:i]) / "__init__.py").exists() for i in range(1, len(parts))):
+                if any(fnmatch.fnmatchcase(".".join(parts), pattern) for pattern in include):
+                    packages.append(".".join(parts))
+    return packages
+
+
+def test_the_wheel_installs_only_the_declared_top_level_names() -> None:
+    # docs/architecture.md ("Building and packaging") states these names and why; a new one, or
+    # examples or the tests, in site-packages is a deliberate change made there first.
+    packages = _wheel_packages()
+    assert {name.split(".")[0] for name in packages} == {"meshd", "routing", "balancers", "bench"}
+    assert not [name for name in packages if name.split(".")[-1] in {"testing", "tests", "examples"}]
+    assert "meshd__mypyc" in (ROOT / "docs" / "architecture.md").read_text()  # setup.py's GROUP
+    assert 'GROUP = "meshd"' in (ROOT / "setup.py").read_text()
+    assert {name for name in COMPILED_MODULES if name.rsplit(".", 1)[0] not in packages} == set()
+
+
+def test_installed_packages_never_import_what_the_wheel_leaves_out() -> None:
+    # tests/ and examples/ run from the source tree only: an installed meshd importing them would fail.
+    found = []
+    for package in ("meshd", "routing", "balancers", "bench"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+                found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in {"tests", "examples"}]
+    assert not found
+
+
+def test_the_image_is_built_from_a_base_argument_and_a_clean_context() -> None:
+    # The host's virtualenv, caches and host-compiled extensions stay out of the image's build.
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {".git", ".venv", "build", "**/*.so", "bench/results", ".mypy_cache", "**/__pycache__"} <= ignored
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert dockerfile.split("\nFROM ", 1)[0].rstrip().endswith("ARG BASE=python:3.11-slim")
+    stages = re.findall(r"^FROM (\S+) AS (\S+)$", dockerfile, re.MULTILINE)
+    assert [base for base, _ in stages][:2] == ["${BASE}", "${BASE}"]
+    assert "pip wheel" in dockerfile and "pip uninstall -y pip setuptools" in dockerfile

@@ -22,9 +22,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from meshd.testing.client import RawConnection
-from meshd.testing.upstreams import Received, Reply
-from meshd.testing.waiting import wait_until
+from tests.support.client import RawConnection
+from tests.support.upstreams import Received, Reply
+from tests.support.waiting import wait_until
 
 CHROMIUM_FLAGS = (
     "--headless",

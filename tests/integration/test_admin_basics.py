@@ -13,10 +13,10 @@ import pathlib
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshd.testing.client import RawConnection, RawResponse
-from meshd.testing.process import MeshdProcess, process_config
-from meshd.testing.upstreams import Received, Reply
-from meshd.testing.waiting import wait_until
+from tests.support.client import RawConnection, RawResponse
+from tests.support.process import MeshdProcess, process_config
+from tests.support.upstreams import Received, Reply
+from tests.support.waiting import wait_until
 
 
 async def _get(port: int, target: str) -> RawResponse:

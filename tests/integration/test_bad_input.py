@@ -13,8 +13,8 @@ import asyncio
 
 import pytest
 
-from meshd.testing.client import RawConnection, RawResponse, build_request
-from meshd.testing.waiting import wait_until
+from tests.support.client import RawConnection, RawResponse, build_request
+from tests.support.waiting import wait_until
 
 HOST = b"Host: svc\r\n"
 

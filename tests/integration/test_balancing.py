@@ -19,10 +19,10 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshd.client import Client
-from meshd.testing.client import RawConnection, RawResponse
-from meshd.testing.upstreams import Received, Reply, Upstream
-from meshd.testing.waiting import wait_until
 from routing.path import Path
+from tests.support.client import RawConnection, RawResponse
+from tests.support.upstreams import Received, Reply, Upstream
+from tests.support.waiting import wait_until
 
 SERVICE = "svc"
 

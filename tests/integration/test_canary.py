@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from meshd.testing.client import ConnectionClosed, RawConnection
-from meshd.testing.upstreams import Received, Reply, Upstream
-from meshd.testing.waiting import wait_until
+from tests.support.client import ConnectionClosed, RawConnection
+from tests.support.upstreams import Received, Reply, Upstream
+from tests.support.waiting import wait_until
 
 CONNECTIONS = 16
 PER_CONNECTION = 625

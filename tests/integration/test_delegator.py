@@ -7,8 +7,8 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from meshd.testing.waiting import wait_until
 from tests.integration.test_canary import CANARY_50_50, CANARY_95_5, start_accounts
+from tests.support.waiting import wait_until
 
 
 async def delegator(mesh, **query: str) -> tuple[int, dict[str, Any]]:

@@ -17,9 +17,9 @@ import asyncio
 
 import pytest
 
-from meshd.testing.client import RawConnection, RawResponse, build_request
-from meshd.testing.upstreams import Received, Reply, Upstream
 from tests.integration.test_canary import drive, start_accounts
+from tests.support.client import RawConnection, RawResponse, build_request
+from tests.support.upstreams import Received, Reply, Upstream
 
 OVERRIDE = "/svc/accounts => /#/fs/accounts-v2"
 REMOTE_IP = "127.0.0.2"

@@ -18,9 +18,9 @@ from typing import Any, NamedTuple
 import pytest
 
 from meshd.errors import MeshdError
-from meshd.testing.client import RawConnection, build_request
-from meshd.testing.upstreams import Received, Reply, ScriptedUpstream
-from meshd.testing.waiting import wait_until
+from tests.support.client import RawConnection, build_request
+from tests.support.upstreams import Received, Reply, ScriptedUpstream
+from tests.support.waiting import wait_until
 
 #: No retries at all, so one failure is one answer (retries are tested in tests/meshd/retry).
 NO_RETRIES = {"retries": {"budget": {"minRetriesPerSec": 0, "percentCanRetry": 0.0}}}

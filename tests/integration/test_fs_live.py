@@ -10,9 +10,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from meshd.testing.client import RawConnection
-from meshd.testing.upstreams import Received, Reply, Upstream
-from meshd.testing.waiting import wait_until
+from tests.support.client import RawConnection
+from tests.support.upstreams import Received, Reply, Upstream
+from tests.support.waiting import wait_until
 
 
 def _write(mesh, service: str, text: str) -> None:

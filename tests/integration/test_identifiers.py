@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from meshd.testing.client import RawConnection, build_request
-from meshd.testing.upstreams import Received, Reply, Upstream
+from tests.support.client import RawConnection, build_request
+from tests.support.upstreams import Received, Reply, Upstream
 
 
 async def _echo_target(req: Received) -> Reply:

@@ -18,10 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from meshd.pipeline.stats import MAX_SERVICES, OVERFLOW_SERVICE
 from meshd.router import MAX_SERVICE_STATES
-from meshd.testing.client import RawConnection, build_request
-from meshd.testing.upstreams import Received, Reply
-from meshd.testing.waiting import wait_until
 from routing.path import Path
+from tests.support.client import RawConnection, build_request
+from tests.support.upstreams import Received, Reply
+from tests.support.waiting import wait_until
 
 #: the longest the event loop may go without a turn, or a request may take, while a scrape runs
 #: (before the fix: about 500 ms for each on a 2-core box; after: a few milliseconds)

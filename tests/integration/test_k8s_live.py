@@ -25,8 +25,11 @@ import yaml
 from meshd.discovery.k8s import K8sNamer
 from meshd.discovery.k8s_watch import WatchStats
 from meshd.observable import Observable
-from meshd.testing.client import ConnectionClosed, RawConnection, RawResponse
-from meshd.testing.k8s_api import (
+from meshd.transformers import DaemonSetTransformer
+from routing.path import Path
+from tests.conftest import Mesh
+from tests.support.client import ConnectionClosed, RawConnection, RawResponse
+from tests.support.k8s_api import (
     FakeKubeApi,
     Fault,
     endpoint_slice,
@@ -35,11 +38,8 @@ from meshd.testing.k8s_api import (
     slice_endpoint,
     slice_port,
 )
-from meshd.testing.upstreams import Received, Reply, Upstream
-from meshd.testing.waiting import wait_until
-from meshd.transformers import DaemonSetTransformer
-from routing.path import Path
-from tests.conftest import Mesh
+from tests.support.upstreams import Received, Reply, Upstream
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

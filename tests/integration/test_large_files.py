@@ -17,8 +17,6 @@ import time
 from collections.abc import Iterator
 
 from meshd.discovery.addr import Bound
-from meshd.testing.client import RawConnection
-from meshd.testing.waiting import wait_until
 from routing.path import Path
 from tests.conftest import base_config
 from tests.integration.test_fs_live import _lines, _named_upstream, _served, _write
@@ -30,6 +28,8 @@ from tests.integration.test_routes_reload import (
     start_accounts,
     version_served,
 )
+from tests.support.client import RawConnection
+from tests.support.waiting import wait_until
 
 MiB = 1024 * 1024
 #: how late a 5 ms timer may run while meshd reloads a large file. Parsed on the loop, the files

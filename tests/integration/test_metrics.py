@@ -17,9 +17,9 @@ from collections import defaultdict
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshd.admin.metrics import METRICS
-from meshd.testing.client import RawConnection, RawResponse
-from meshd.testing.upstreams import Received, Reply
-from meshd.testing.waiting import wait_until
+from tests.support.client import RawConnection, RawResponse
+from tests.support.upstreams import Received, Reply
+from tests.support.waiting import wait_until
 
 Labels = tuple[tuple[str, str], ...]
 

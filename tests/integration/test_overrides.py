@@ -14,9 +14,9 @@ import pytest
 from meshd.config.errors import ConfigError
 from meshd.config.loader import load_config
 from meshd.config.model import MeshdConfig
-from meshd.testing.client import RawConnection, RawResponse
-from meshd.testing.upstreams import Handler, Received, Reply
 from tests.integration.test_retries import NO_BACKOFF, fail_first, metric, scrape, service_state
+from tests.support.client import RawConnection, RawResponse
+from tests.support.upstreams import Handler, Received, Reply
 
 EARLY = 0.005
 LATE = 0.5

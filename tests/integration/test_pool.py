@@ -10,10 +10,10 @@ import asyncio
 from typing import Any
 
 from meshd.client import Client
-from meshd.testing.client import RawConnection, build_request
-from meshd.testing.upstreams import Received, Reply, ScriptedUpstream
-from meshd.testing.waiting import wait_until
 from tests.integration.test_metrics import scrape
+from tests.support.client import RawConnection, build_request
+from tests.support.upstreams import Received, Reply, ScriptedUpstream
+from tests.support.waiting import wait_until
 
 NO_RETRIES = {"retries": {"budget": {"minRetriesPerSec": 0, "percentCanRetry": 0.0}}}
 

@@ -7,9 +7,9 @@ import gc
 
 from meshd.http.messages import Request, Response
 from meshd.listener import CONNECTION_TASK
-from meshd.testing.client import RawConnection, build_request
-from meshd.testing.upstreams import Received, Reply
-from meshd.testing.waiting import wait_until
+from tests.support.client import RawConnection, build_request
+from tests.support.upstreams import Received, Reply
+from tests.support.waiting import wait_until
 
 
 async def test_get_is_forwarded_with_forwarding_and_l5d_headers(make_mesh, make_upstream):

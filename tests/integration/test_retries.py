@@ -24,12 +24,12 @@ from meshd.daemon import Daemon
 from meshd.listener import CONNECTION_TASK
 from meshd.router import ServiceState
 from meshd.runtime import Runtime
-from meshd.testing.client import RawConnection, build_request
-from meshd.testing.clock import FakeClock
-from meshd.testing.upstreams import Handler, Received, Reply, ScriptedUpstream
-from meshd.testing.waiting import wait_until
 from routing.path import Path
 from tests.conftest import base_config
+from tests.support.client import RawConnection, build_request
+from tests.support.clock import FakeClock
+from tests.support.upstreams import Handler, Received, Reply, ScriptedUpstream
+from tests.support.waiting import wait_until
 
 NO_BACKOFF = {"kind": "constant", "ms": 0}
 

@@ -23,12 +23,12 @@ from meshd.config.model import MeshdConfig
 from meshd.daemon import Daemon
 from meshd.pool.dialer import TcpDialer
 from meshd.runtime import Runtime
-from meshd.testing.client import RawConnection, build_request
-from meshd.testing.upstreams import ScriptedUpstream
-from meshd.testing.waiting import wait_until
 from routing.path import Path
 from tests.conftest import base_config
 from tests.integration.test_retries import always, metric, refused_port, scrape
+from tests.support.client import RawConnection, build_request
+from tests.support.upstreams import ScriptedUpstream
+from tests.support.waiting import wait_until
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

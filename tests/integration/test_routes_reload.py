@@ -16,10 +16,10 @@ import pathlib
 import aiohttp
 import pytest
 
-from meshd.testing.client import RawConnection
-from meshd.testing.upstreams import Received, Reply
-from meshd.testing.waiting import wait_until
 from tests.integration.test_canary import start_accounts
+from tests.support.client import RawConnection
+from tests.support.upstreams import Received, Reply
+from tests.support.waiting import wait_until
 
 TO_V1 = """\
 rules:

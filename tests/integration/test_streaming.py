@@ -17,11 +17,11 @@ import socket
 from collections.abc import AsyncIterator, Callable
 
 from meshd.listener import CONNECTION_TASK
-from meshd.testing.client import RawConnection, build_request
-from meshd.testing.process import MeshdProcess, process_config
-from meshd.testing.upstreams import Received, Reply, ScriptedUpstream
-from meshd.testing.waiting import wait_until
 from routing.path import Path
+from tests.support.client import RawConnection, build_request
+from tests.support.process import MeshdProcess, process_config
+from tests.support.upstreams import Received, Reply, ScriptedUpstream
+from tests.support.waiting import wait_until
 
 MiB = 1 << 20
 #: What may sit in socket buffers and meshd's buffers between a stalled sender and its reader:

@@ -13,11 +13,11 @@ import time
 
 from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.retry.deadline import Deadline, format_deadline, parse_deadline
-from meshd.testing.client import RawConnection, RawResponse
-from meshd.testing.upstreams import Handler, Received, Reply
-from meshd.testing.waiting import wait_until
 from routing.path import Path
 from tests.integration.test_retries import NO_BACKOFF, metric, scrape
+from tests.support.client import RawConnection, RawResponse
+from tests.support.upstreams import Handler, Received, Reply
+from tests.support.waiting import wait_until
 
 EARLY = 0.005  # the event loop rounds timers to the millisecond
 LATE = 0.5  # generous: two cores shared with other test runs

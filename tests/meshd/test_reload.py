@@ -12,9 +12,9 @@ from typing import BinaryIO
 import pytest
 
 from meshd.reload import RoutesWatcher, parse_routes
-from meshd.testing.waiting import wait_until
 from routing.dtab import Dtab
 from routing.rules import Routes, RoutesTooLarge, open_binary
+from tests.support.waiting import wait_until
 
 V0 = "dtab: /svc => /#/fs/v0;\n"
 V1 = "dtab: /svc => /#/fs/v1;\n"

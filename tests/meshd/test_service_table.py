@@ -23,8 +23,8 @@ from meshd.http.messages import Request, Response
 from meshd.pipeline.stats import MAX_SERVICES, OVERFLOW_SERVICE, RouterStats
 from meshd.router import EVICT_BATCH, MAX_SERVICE_STATES, Router, ServiceState, _counting_in_flight
 from meshd.runtime import Runtime
-from meshd.testing.clock import FakeClock
 from routing.path import Path
+from tests.support.clock import FakeClock
 
 
 def make_router(base_dir: pathlib.Path = pathlib.Path(".")) -> Router:

@@ -28,9 +28,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshd.testing.client import RawConnection, RawResponse
-from meshd.testing.upstreams import Received, Reply, Upstream
-from meshd.testing.waiting import wait_until
+from tests.support.client import RawConnection, RawResponse
+from tests.support.upstreams import Received, Reply, Upstream
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import meshd
-from meshd.testing.waiting import wait_until_sync
+from tests.support.waiting import wait_until_sync
 
 ROOT = Path(meshd.__file__).resolve().parent.parent
 

@@ -13,10 +13,10 @@ import signal
 
 import pytest
 
-from meshd.testing.client import ConnectionClosed, RawConnection, build_request
-from meshd.testing.process import MeshdProcess, process_config
-from meshd.testing.upstreams import Received, Reply
-from meshd.testing.waiting import wait_until
+from tests.support.client import ConnectionClosed, RawConnection, build_request
+from tests.support.process import MeshdProcess, process_config
+from tests.support.upstreams import Received, Reply
+from tests.support.waiting import wait_until
 
 
 async def _refuses_connections(port: int) -> bool:

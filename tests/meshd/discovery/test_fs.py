@@ -23,10 +23,10 @@ from meshd.discovery.fs import (
 )
 from meshd.observable import Observable
 from meshd.runtime import Runtime
-from meshd.testing.waiting import wait_until
 from routing.namer import BoundName
 from routing.nametree import NEG, Leaf
 from routing.path import Path
+from tests.support.waiting import wait_until
 
 # -- the file format --------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import pytest
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from meshd.testing.k8s_api import (
+from tests.support.k8s_api import (
     ENDPOINTS_WARNING,
     FakeKubeApi,
     Fault,

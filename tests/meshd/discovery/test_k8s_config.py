@@ -98,7 +98,7 @@ async def test_missing_kubeconfig_fails_at_start_with_a_clear_error(tmp_path: pa
 
 
 async def test_api_url_mode_talks_plain_http_without_a_token():
-    from meshd.testing.k8s_api import FakeKubeApi, service, service_port
+    from tests.support.k8s_api import FakeKubeApi, service, service_port
 
     async with FakeKubeApi(token=None) as api:
         api.apply(service("shop", "web", [service_port("http", 80)]))

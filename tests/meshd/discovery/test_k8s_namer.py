@@ -20,7 +20,10 @@ from meshd.discovery.addr import Addr, Address, Bound, Failed, Neg
 from meshd.discovery.k8s import K8sBackoffConfig, K8sNamer, K8sNamerConfig
 from meshd.observable import Observable
 from meshd.runtime import Runtime
-from meshd.testing.k8s_api import (
+from routing.namer import BoundName
+from routing.nametree import NEG, Leaf
+from routing.path import Path
+from tests.support.k8s_api import (
     FakeKubeApi,
     Fault,
     RecordedRequest,
@@ -31,9 +34,6 @@ from meshd.testing.k8s_api import (
     slice_endpoint,
     slice_port,
 )
-from routing.namer import BoundName
-from routing.nametree import NEG, Leaf
-from routing.path import Path
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[3].parent / "shared" / "k8s-api" / "fixtures"
 SLICES = "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices"

@@ -35,7 +35,7 @@ from meshd.http.framing import (
 from meshd.http.messages import Request, Response
 from meshd.listener import Listener, ListenerLimits
 from meshd.pool.connection import UpstreamConnection
-from meshd.testing.transport import FakeTransport, connect
+from tests.support.transport import FakeTransport, connect
 
 T = TypeVar("T")
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")

@@ -12,8 +12,8 @@ from meshd.errors import BodyTimeout
 from meshd.http.body import Body
 from meshd.http.messages import Request, Response
 from meshd.listener import CLIENT_CLOSED_REQUEST, Listener, ListenerLimits, ServerProtocol
-from meshd.testing.clock import FakeClock
-from meshd.testing.transport import FakeTransport, connect
+from tests.support.clock import FakeClock
+from tests.support.transport import FakeTransport, connect
 
 HEAD = b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: 10\r\n\r\n"
 

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from meshd.errors import ConnectFailed, PoolExhausted
 from meshd.pool.connection import UpstreamConnection
 from meshd.pool.pool import Pool, PoolLimits, PoolStatistics
-from meshd.testing.clock import FakeClock
-from meshd.testing.transport import FakeTransport, connect
+from tests.support.clock import FakeClock
+from tests.support.transport import FakeTransport, connect
 
 pytestmark = pytest.mark.timeout(20)
 

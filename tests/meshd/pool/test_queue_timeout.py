@@ -18,8 +18,8 @@ from meshd.clock import MONOTONIC
 from meshd.errors import PoolExhausted, QueueTimeout
 from meshd.pool.connection import UpstreamConnection
 from meshd.pool.pool import Pool, PoolLimits
-from meshd.testing.clock import FakeClock
 from tests.meshd.pool.test_pool import ScriptedDialer, run, stats, turn
+from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.timeout(20)
 

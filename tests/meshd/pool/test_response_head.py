@@ -18,8 +18,8 @@ from meshd.http.messages import Request, Response
 from meshd.pipeline.retries import classify_error
 from meshd.pool.connection import MAX_CONTENT_LENGTH, UpstreamConnection
 from meshd.retry.classifiers import ResponseClass, RetryableIdempotent5XXConfig
-from meshd.testing.transport import FakeTransport, connect
 from tests.meshd.pool.test_response_idle import LoopClock
+from tests.support.transport import FakeTransport, connect
 
 HEAD_S = 2.0
 IDLE_S = 0.5

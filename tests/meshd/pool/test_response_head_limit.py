@@ -11,7 +11,7 @@ import pytest
 from meshd.http.body import Body
 from meshd.http.messages import Request, Response
 from meshd.pool.connection import UpstreamConnection
-from meshd.testing.transport import connect
+from tests.support.transport import connect
 
 LIMIT = 2048
 

@@ -13,7 +13,7 @@ from typing import Any
 from meshd.http.body import Body, Trailers
 from meshd.http.messages import Request, Response
 from meshd.pool.connection import UpstreamConnection
-from meshd.testing.transport import FakeTransport, connect
+from tests.support.transport import FakeTransport, connect
 
 TIMEOUT_S = 0.3
 

@@ -20,8 +20,8 @@ from typing import Final
 
 import yaml
 
-from meshd.testing.client import RawConnection
-from meshd.testing.waiting import wait_until
+from tests.support.client import RawConnection
+from tests.support.waiting import wait_until
 
 _ROOT: Final = pathlib.Path(__file__).resolve().parents[2]
 _ROUTER_PORT: Final = re.compile(r"router (\S+) listening on \S+:(\d+)")

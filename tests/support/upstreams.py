@@ -1,4 +1,4 @@
-"""Programmable HTTP/1.1 upstream servers on 127.0.0.1 for tests, examples and the bench.
+"""Programmable HTTP/1.1 upstream servers on 127.0.0.1 for the tests.
 
 An `Upstream` listens on port 0 and answers each request with a `Handler` (an async function
 from `Received` to `Reply`). It records what it received (method, target, headers, body) and

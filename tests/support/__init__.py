@@ -1,0 +1,1 @@
+"""Test support: fake clock, upstream servers, raw connections, waiting helpers, a Kubernetes API stand-in."""
