@@ -30,10 +30,10 @@ from meshd.pipeline.bind import MAX_CACHED_BINDINGS
 from meshd.pipeline.stats import MAX_SERVICES
 from meshd.router import MAX_SERVICE_STATES
 from meshd.runtime import Runtime
-from meshd.testing.client import RawConnection
-from meshd.testing.clock import FakeClock
 from routing.path import Path
 from tests.integration.test_invented_names import get, invent, samples, value
+from tests.support.client import RawConnection
+from tests.support.clock import FakeClock
 
 IDLE_TTL_S = 60
 NAMES = 100_000

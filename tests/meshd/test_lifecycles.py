@@ -21,11 +21,11 @@ from meshd.observable import Observable
 from meshd.pipeline.stats import MAX_SERVICES
 from meshd.router import Router
 from meshd.runtime import Runtime
-from meshd.testing.clock import FakeClock
 from meshd.transformers import DaemonSetTransformer, LocalNodeTransformer
 from routing.namer import BoundName
 from routing.nametree import NEG, Leaf, NameTree
 from routing.path import Path
+from tests.support.clock import FakeClock
 
 IDLE_TTL_S = 60
 
