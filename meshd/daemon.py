@@ -133,7 +133,8 @@ class Daemon:
         for router in self.routers:
             for index, server_config in enumerate(router.config.servers):
                 listener = Listener(
-                    router.service, router.listener_limits(index), label=router.label, observe=router.stats.observe
+                    router.service, router.listener_limits(index), label=router.label, observe=router.stats.observe,
+                    clock=self.runtime.clock,
                 )
                 server = await loop.create_server(
                     listener.protocol_factory,

@@ -24,7 +24,8 @@ How this works:
   timer runs from the first byte of a request until its head is complete (slow-header defence);
   a body timer bounds the silence between two reads while a request body is still arriving
   (slow-body defence; time with reading paused by back-pressure excluded). They read the
-  listener's clock (the loop's by default) and are armed with delays, so a fake clock drives them.
+  listener's clock (meshd.clock: `MONOTONIC` by default) and are armed on it, so a test's fake
+  clock drives them to the exact instant.
 - A client that leaves (FIN or reset) before its request's response has begun cancels it: the
   connection's task is cancelled (aborting the attempt in flight or a retry's backoff), requests
   pipelined after it are dropped, and it is counted under 499 (see `eof_received`).
@@ -47,6 +48,7 @@ from typing import Final, cast
 
 import httptools
 
+from meshd.clock import MONOTONIC, Clock, Timer
 from meshd.errors import (
     BadRequest,
     BodyTimeout,
@@ -130,13 +132,13 @@ class Listener:
         *,
         label: str = "",
         observe: Observe | None = None,
-        clock: Callable[[], float] | None = None,
+        clock: Clock = MONOTONIC,
     ) -> None:
         self.service = service
         self.limits = limits
         self.label = label
-        #: the timers' clock (seconds); the event loop's own by default. Timers are armed with
-        #: delays computed on this clock, so a test may drive them with a fake one.
+        #: the timers' clock (meshd.clock): `now` is read where a timestamp changes, its timers
+        #: armed lazily; a test passes the fake one and advances it.
         self.clock = clock
         #: called with (logical name, status, seconds from request head to response head) for
         #: every response this listener writes, meshd's own errors included (the router's stats)
@@ -177,8 +179,10 @@ class ServerProtocol(asyncio.Protocol):
     def __init__(self, listener: Listener) -> None:
         self._listener = listener
         self._limits = listener.limits
-        self._loop = loop = asyncio.get_running_loop()
-        self._clock: Callable[[], float] = listener.clock or loop.time
+        self._loop = asyncio.get_running_loop()
+        self._timers: Clock = listener.clock
+        #: `now` read once: for the production clock it is `time.monotonic` itself (no wrapper)
+        self._clock: Callable[[], float] = listener.clock.now
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._client_ip = ""
@@ -196,9 +200,9 @@ class ServerProtocol(asyncio.Protocol):
         self._write_paused = False
         # Timers are lazy: per request only timestamps change; a timer is armed when none is
         # pending and re-armed on firing if the deadline moved (no call_later per request).
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: Timer | None = None
+        self._header_timer: Timer | None = None
+        self._body_timer: Timer | None = None
         self._idle_since: float | None = None
         #: when the request body being read was last read from (or reading last resumed)
         self._body_read_at = 0.0
@@ -247,7 +251,7 @@ class ServerProtocol(asyncio.Protocol):
                 if self._head_started < 0.0:
                     self._head_started = self._clock()
                 if self._header_timer is None:
-                    self._header_timer = self._loop.call_later(
+                    self._header_timer = self._timers.call_later(
                         self._head_started + self._limits.header_timeout_s - self._clock(), self._on_header_timeout
                     )
             if self._body is not None:
@@ -255,7 +259,7 @@ class ServerProtocol(asyncio.Protocol):
                 # next one. A body that arrives with its head (or a bodiless request) costs nothing.
                 self._body_read_at = self._clock()
                 if self._body_timer is None:
-                    self._body_timer = self._loop.call_later(self._limits.body_idle_timeout_s, self._on_body_timeout)
+                    self._body_timer = self._timers.call_later(self._limits.body_idle_timeout_s, self._on_body_timeout)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, MeshdError):
@@ -341,7 +345,7 @@ class ServerProtocol(asyncio.Protocol):
                 # the time reading was paused (meshd's choice, not the client's) does not count
                 self._body_read_at = self._clock()
                 if self._body_timer is None:
-                    self._body_timer = self._loop.call_later(self._limits.body_idle_timeout_s, self._on_body_timeout)
+                    self._body_timer = self._timers.call_later(self._limits.body_idle_timeout_s, self._on_body_timeout)
 
     # -- httptools callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -688,7 +692,7 @@ class ServerProtocol(asyncio.Protocol):
         deadline = self._head_started + self._limits.header_timeout_s
         now = self._clock()
         if now + _TIMER_SLACK_S < deadline:  # a new head started since this timer was armed
-            self._header_timer = self._loop.call_later(deadline - now, self._on_header_timeout)
+            self._header_timer = self._timers.call_later(deadline - now, self._on_header_timeout)
             return
         if self._active is None and not self._queue:
             self._write_error_and_close(_header_timeout_error(self._limits.header_timeout_s))
@@ -703,7 +707,7 @@ class ServerProtocol(asyncio.Protocol):
         deadline = since + self._limits.idle_timeout_s
         now = self._clock()
         if now + _TIMER_SLACK_S < deadline:
-            self._idle_timer = self._loop.call_later(deadline - now, self._on_idle_timeout)
+            self._idle_timer = self._timers.call_later(deadline - now, self._on_idle_timeout)
         elif self._active is None and not self._queue:
             self._close()
 
@@ -715,7 +719,7 @@ class ServerProtocol(asyncio.Protocol):
         deadline = self._body_read_at + timeout
         now = self._clock()
         if now + _TIMER_SLACK_S < deadline:  # read since this timer was armed
-            self._body_timer = self._loop.call_later(deadline - now, self._on_body_timeout)
+            self._body_timer = self._timers.call_later(deadline - now, self._on_body_timeout)
             return
         # The body fails (an upstream exchange streaming it is aborted, its connection released)
         # and the 408 answers the request instead, unless its response has begun; then closed.
@@ -726,7 +730,7 @@ class ServerProtocol(asyncio.Protocol):
             return
         self._idle_since = self._clock()
         if self._idle_timer is None:
-            self._idle_timer = self._loop.call_later(self._limits.idle_timeout_s, self._on_idle_timeout)
+            self._idle_timer = self._timers.call_later(self._limits.idle_timeout_s, self._on_idle_timeout)
 
     def _cancel_timers(self) -> None:
         if self._idle_timer is not None:

@@ -1,7 +1,8 @@
 """The listener's request-body idle timer and a client leaving, on a fake clock and a fake transport.
 
-The timer is lazy (armed once, re-armed on firing if reads moved the deadline), so the tests fire
-it by hand after advancing the clock: what it does then depends only on the clock's reading.
+The timer is lazy (armed once, re-armed on firing if reads moved the deadline) and armed on the
+listener's clock: advancing the fake clock runs it at its exact due time, so the tests assert the
+instant a timeout happens, not a window around it.
 """
 
 from __future__ import annotations
@@ -50,11 +51,9 @@ class Conn:
         self.protocol: ServerProtocol = listener.protocol_factory()
         self.transport: FakeTransport = connect(self.protocol)
 
-    def fire_body_timer(self) -> None:
-        handle = self.protocol._body_timer
-        assert handle is not None, "the body timer is not armed"
-        handle.cancel()
-        self.protocol._on_body_timeout()
+    def advance(self, seconds: float) -> None:
+        """Move the fake clock on; the timers that fall due run, each at its own instant."""
+        self.clock.advance(seconds)
 
 
 async def _settle() -> None:
@@ -79,12 +78,13 @@ async def test_body_timer_fires_after_the_configured_silence_not_the_body_durati
     assert len(conn.service.requests) == 1
     conn.clock.advance(0.6)
     conn.protocol.data_received(b"b")
-    conn.clock.advance(0.6)  # 1.2 s since the body began, 0.6 s since the last read
-    conn.fire_body_timer()
+    conn.advance(0.6)  # 1.2 s since the body began, 0.6 s since the last read
     assert conn.transport.take() == b"" and not conn.transport.closing
     assert conn.protocol._body_timer is not None  # re-armed for the moved deadline
-    conn.clock.advance(0.5)  # 1.1 s of silence
-    conn.fire_body_timer()
+    assert conn.clock.pending[0].when == 1000.0 + 0.6 + 1.0  # the last read plus the timeout
+    conn.advance(0.399)  # 0.999 s of silence
+    assert conn.transport.take() == b"" and not conn.transport.closing
+    conn.advance(0.001)  # 1 s of silence, exactly
     written = conn.transport.take()
     assert written.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
     assert b"l5d-err: request body: nothing received for 1000 ms (bodyIdleTimeoutMs)\r\n" in written
@@ -100,17 +100,16 @@ async def test_time_with_reading_paused_by_meshd_does_not_count() -> None:
     conn.protocol.data_received(HEAD + b"a")
     await _settle()
     conn.protocol.pause_reading()  # back-pressure from the upstream side
-    conn.clock.advance(5.0)
-    conn.fire_body_timer()
+    conn.advance(5.0)
     assert conn.transport.take() == b"" and not conn.transport.closing
     assert conn.protocol._body_timer is None  # not re-armed while paused
     conn.protocol.resume_reading()
     assert conn.protocol._body_timer is not None
-    conn.clock.advance(0.9)
-    conn.fire_body_timer()
+    conn.advance(0.9)
     assert not conn.transport.closing
-    conn.clock.advance(0.2)
-    conn.fire_body_timer()
+    conn.advance(0.099)
+    assert not conn.transport.closing
+    conn.advance(0.001)  # 1 s since reading resumed, exactly
     assert conn.transport.take().startswith(b"HTTP/1.1 408 ")
     assert conn.transport.closing
 
