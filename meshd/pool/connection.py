@@ -20,6 +20,7 @@ from typing import Final, cast
 
 import httptools
 
+from meshd.clock import MONOTONIC, Clock, Timer
 from meshd.errors import MeshdError, ResponseHeadTimeout, UpstreamFailed
 from meshd.http.body import Body, Trailers
 from meshd.http.framing import Framing, encode_chunk, encode_last_chunk, request_framing
@@ -67,8 +68,13 @@ class UpstreamConnection(asyncio.Protocol):
         response_idle_timeout_s: float | None = DEFAULT_RESPONSE_IDLE_TIMEOUT_S,
         response_head_timeout_s: float | None = DEFAULT_RESPONSE_HEAD_TIMEOUT_S,
         max_headers: int = DEFAULT_MAX_HEADERS,
+        clock: Clock = MONOTONIC,
     ) -> None:
         self.label = label
+        # the timers' clock (meshd.clock); `now` read once (for the production clock it is
+        # `time.monotonic` itself), the timers called only on the lazy timer paths
+        self._timers: Clock = clock
+        self._now: Callable[[], float] = clock.now
         self._max_head_bytes = max_head_bytes
         self._max_headers = max_headers
         self._idle_timeout_s = response_idle_timeout_s
@@ -76,14 +82,14 @@ class UpstreamConnection(asyncio.Protocol):
         # message: a response body still arriving after the read that brought its head (a small
         # response never arms it), or a request body the upstream stopped reading (meshd's writes
         # paused). `_last_rx` is the last progress in either direction; re-armed lazily.
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: Timer | None = None
         self._last_rx = 0.0
         self._reading_paused = False
         self._writing_paused = False
         # The response-head timer: armed once per connection and re-armed only when it fires
         # (per request only `_sent_at` changes, when the request has been fully written).
         self._head_timeout_s = response_head_timeout_s
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_timer: Timer | None = None
         self._sent_at = 0.0
         self._on_release = on_release
         self._on_lost_idle = on_lost_idle
@@ -133,7 +139,7 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
         if self._idle_timer is not None:
-            self._last_rx = self._loop.time()
+            self._last_rx = self._now()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -163,8 +169,8 @@ class UpstreamConnection(asyncio.Protocol):
                 and self._response is not None
                 and not self._response_done
             ):
-                self._last_rx = now = self._loop.time()
-                self._idle_timer = self._loop.call_at(now + self._idle_timeout_s, self._on_response_idle)
+                self._last_rx = now = self._now()
+                self._idle_timer = self._timers.call_at(now + self._idle_timeout_s, self._on_response_idle)
 
     def eof_received(self) -> bool | None:
         return False
@@ -204,14 +210,14 @@ class UpstreamConnection(asyncio.Protocol):
         if request is not None:
             request.body.pause_producing()
             if not self._request_done and self._idle_timeout_s is not None:
-                self._last_rx = now = self._loop.time()
+                self._last_rx = now = self._now()
                 if self._idle_timer is None:
-                    self._idle_timer = self._loop.call_at(now + self._idle_timeout_s, self._on_response_idle)
+                    self._idle_timer = self._timers.call_at(now + self._idle_timeout_s, self._on_response_idle)
 
     def resume_writing(self) -> None:
         self._writing_paused = False
         if self._request is not None:
-            self._last_rx = self._loop.time()  # the upstream read: progress
+            self._last_rx = self._now()  # the upstream read: progress
             self._request.body.resume_producing()
 
     # -- FlowControl for the response body ---------------------------------------------------
@@ -224,7 +230,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def resume_reading(self) -> None:
         self._reading_paused = False
-        self._last_rx = self._loop.time()
+        self._last_rx = self._now()
         if self._transport is not None and not self.closed:
             self._transport.resume_reading()
 
@@ -237,12 +243,12 @@ class UpstreamConnection(asyncio.Protocol):
         held = self._writing_paused and not self._request_done
         if not (receiving or held):
             return
-        now = self._loop.time()
+        now = self._now()
         if self._reading_paused:
             self._last_rx = now  # the client is not reading: the silence is not the upstream's
         deadline = self._last_rx + timeout
         if now + _TIMER_SLACK_S < deadline:
-            self._idle_timer = self._loop.call_at(deadline, self._on_response_idle)
+            self._idle_timer = self._timers.call_at(deadline, self._on_response_idle)
             return
         if receiving:
             message = f"{self.label} sent nothing of the response body for {timeout * 1000:.0f} ms"
@@ -252,9 +258,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _arm_head_timer(self) -> None:
         """The request is fully written: the response head is due within the head timeout."""
-        self._sent_at = now = self._loop.time()
+        self._sent_at = now = self._now()
         if self._head_timer is None and self._head_timeout_s is not None:
-            self._head_timer = self._loop.call_at(now + self._head_timeout_s, self._on_head_timeout)
+            self._head_timer = self._timers.call_at(now + self._head_timeout_s, self._on_head_timeout)
 
     def _on_head_timeout(self) -> None:
         self._head_timer = None
@@ -262,8 +268,8 @@ class UpstreamConnection(asyncio.Protocol):
         if timeout is None or not self._busy or self.closed or not self._request_done or self._response is not None:
             return  # not waiting for a head now: the next fully written request arms it again
         deadline = self._sent_at + timeout
-        if self._loop.time() + _TIMER_SLACK_S < deadline:
-            self._head_timer = self._loop.call_at(deadline, self._on_head_timeout)
+        if self._now() + _TIMER_SLACK_S < deadline:
+            self._head_timer = self._timers.call_at(deadline, self._on_head_timeout)
             return
         self._fail(ResponseHeadTimeout(
             f"{self.label} sent no response head within {timeout * 1000:.0f} ms of the request "

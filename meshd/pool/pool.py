@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
-from meshd.clock import Clock
+from meshd.clock import Clock, Timer
 from meshd.errors import ConnectFailed, PoolExhausted, QueueTimeout
 from meshd.pool.connection import (
     DEFAULT_MAX_HEAD_BYTES,
@@ -88,7 +88,7 @@ class Pool:
         self._dialing = 0
         # (when it started waiting, its future), oldest first
         self._waiters: deque[Waiter] = deque()
-        self._queue_timer: asyncio.TimerHandle | None = None
+        self._queue_timer: Timer | None = None
         self._closed = False
         self.opened = 0
         self.closed_count = 0
@@ -122,7 +122,7 @@ class Pool:
         self._waiters.append(entry)
         timeout = self._limits.queue_timeout_s
         if self._queue_timer is None and timeout is not None:
-            self._queue_timer = loop.call_later(timeout, self._on_queue_timer)
+            self._queue_timer = self._clock.call_later(timeout, self._on_queue_timer)
         try:
             conn = await waiter
         except asyncio.CancelledError:
@@ -242,7 +242,7 @@ class Pool:
         self._expire_waiters(now + _TIMER_SLACK_S)
         if self._waiters:
             delay = self._waiters[0][0] + timeout - now
-            self._queue_timer = asyncio.get_running_loop().call_later(max(delay, 0.0), self._on_queue_timer)
+            self._queue_timer = self._clock.call_later(max(delay, 0.0), self._on_queue_timer)
 
     def _take_idle(self) -> UpstreamConnection | None:
         idle = self._idle
@@ -262,7 +262,7 @@ class Pool:
                     self.label, self.release, self._lost_idle, max_head_bytes=self._limits.max_response_head_bytes,
                     response_idle_timeout_s=self._limits.response_idle_timeout_s,
                     response_head_timeout_s=self._limits.response_head_timeout_s,
-                    max_headers=self._limits.max_response_headers,
+                    max_headers=self._limits.max_response_headers, clock=self._clock,
                 )
             )
         except BaseException:

@@ -28,12 +28,14 @@ class FakeTimer:
 
 
 class FakeClock:
-    __slots__ = ("_now", "_timers", "_seq")
+    __slots__ = ("_now", "_timers", "_seq", "calls")
 
     def __init__(self, start: float = 1000.0) -> None:
         self._now = start
         self._timers: list[tuple[float, int, FakeTimer]] = []
         self._seq = itertools.count()
+        #: how many timers were armed (call_at and call_later), fired or not
+        self.calls = 0
 
     def now(self) -> float:
         return self._now
@@ -42,6 +44,7 @@ class FakeClock:
         return self._now
 
     def call_at(self, when: float, callback: Callable[[], object]) -> FakeTimer:
+        self.calls += 1
         timer = FakeTimer(when, callback)
         heapq.heappush(self._timers, (when, next(self._seq), timer))
         return timer
@@ -66,6 +69,11 @@ class FakeClock:
     def pending(self) -> list[FakeTimer]:
         """The timers not yet run nor cancelled, soonest first."""
         return [t for _, _, t in sorted(self._timers) if not t.cancelled]
+
+    @property
+    def armed(self) -> int:
+        """How many timers are pending."""
+        return sum(1 for _, _, t in self._timers if not t.cancelled)
 
     def next_due(self) -> float | None:
         """When the soonest pending timer falls due, or None."""

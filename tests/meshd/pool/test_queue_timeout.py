@@ -2,7 +2,8 @@
 fails with 503 `QueueTimeout` (never written, so the retry stage may requeue it elsewhere).
 
 The waiters are expired by the pool's periodic `sweep(now)` (driven here by a FakeClock) and by
-one lazy timer per pool (checked here with the real clock and a short limit). The real-socket
+one lazy timer per pool (on the fake clock, to the exact instant; once more with the real clock and
+a short limit, as a smoke test of the production clock's timers). The real-socket
 case, slow request bodies holding every connection, is in tests/integration/test_pool.py.
 """
 
@@ -211,3 +212,32 @@ def test_every_waiter_is_served_in_order_or_expired_after_the_limit_never_before
         await turn()
 
     run(go)
+
+
+async def test_the_pools_own_timer_expires_each_waiter_at_its_exact_deadline():
+    # the same timer on the fake clock: each waiter fails at its own start + the queue timeout
+    # (1/1024 s units, so the sums are exact floats)
+    clock = FakeClock(start=0.0)
+    pool = make_pool(clock, queue_timeout_s=5.0)
+    conn = await pool.acquire()
+    first = asyncio.create_task(pool.acquire())
+    await turn()
+    clock.advance(3.0)
+    second = asyncio.create_task(pool.acquire())
+    await turn()
+    assert clock.armed == 1  # one timer for the pool, not one per waiter
+    clock.advance(2.0 - 1 / 1024)
+    await turn()
+    assert not first.done() and not second.done()
+    clock.advance(1 / 1024)  # 5 s after the first began waiting
+    await turn()
+    assert isinstance(first.exception(), QueueTimeout) and not second.done()
+    assert clock.next_due() == 8.0  # re-armed for the second waiter's deadline
+    clock.advance(3.0 - 1 / 1024)
+    await turn()
+    assert not second.done()
+    clock.advance(1 / 1024)
+    await turn()
+    assert isinstance(second.exception(), QueueTimeout)
+    assert pool.statistics().queue_timeouts == 2 and clock.armed == 0
+    pool.release(conn, True)

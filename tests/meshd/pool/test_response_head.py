@@ -6,9 +6,7 @@ impossible Content-Length). The real-socket cases are in tests/integration/test_
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
@@ -18,7 +16,7 @@ from meshd.http.messages import Request, Response
 from meshd.pipeline.retries import classify_error
 from meshd.pool.connection import MAX_CONTENT_LENGTH, UpstreamConnection
 from meshd.retry.classifiers import ResponseClass, RetryableIdempotent5XXConfig
-from tests.meshd.pool.test_response_idle import LoopClock
+from tests.support.clock import FakeClock
 from tests.support.transport import FakeTransport, connect
 
 HEAD_S = 2.0
@@ -26,32 +24,21 @@ IDLE_S = 0.5
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-class CountingClock(LoopClock):
-    """LoopClock that also counts `call_at`: the timers armed, fired or not."""
-
-    calls: int = 0
-
-    def call_at(self, when: float, callback: Callable[..., None], *args: Any) -> Any:
-        self.calls += 1
-        return super().call_at(when, callback, *args)
-
-
 @dataclass
 class Conn:
     conn: UpstreamConnection
     transport: FakeTransport
-    clock: CountingClock
+    clock: FakeClock  # counts the timers armed (`calls`) and pending (`armed`)
     releases: list[bool]
 
 
 def open_conn(*, head_s: float | None = HEAD_S, idle_s: float | None = IDLE_S, max_headers: int = 100) -> Conn:
     releases: list[bool] = []
+    clock = FakeClock()
     conn = UpstreamConnection(
         "up:80", lambda c, reusable: releases.append(reusable), lambda c: None,
-        response_idle_timeout_s=idle_s, response_head_timeout_s=head_s, max_headers=max_headers,
+        response_idle_timeout_s=idle_s, response_head_timeout_s=head_s, max_headers=max_headers, clock=clock,
     )
-    clock = CountingClock(asyncio.get_running_loop())
-    conn._loop = clock  # type: ignore[assignment]  # the clock and timers under test
     return Conn(conn, connect(conn), clock, releases)
 
 
@@ -73,7 +60,9 @@ async def test_no_response_head_within_the_timeout_fails_the_attempt_with_504():
     future = get(c)
     c.clock.advance(HEAD_S - 0.01)
     assert not future.done()
-    c.clock.advance(0.02)
+    assert c.clock.next_due() == 1000.0 + HEAD_S  # the request was written at 1000.0
+    c.clock.advance(0.01)  # the head timeout, exactly
+    assert future.done()
     with pytest.raises(ResponseHeadTimeout) as info:
         await future
     error = info.value

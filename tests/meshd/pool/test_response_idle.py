@@ -1,73 +1,30 @@
-"""The response idle timeout of an upstream connection (`client.responseIdleTimeoutMs`), on an
-injected clock: the timer is re-armed while body bytes keep coming, fires after a silence, and
+"""The response idle timeout of an upstream connection (`client.responseIdleTimeoutMs`), on the
+fake clock (tests/support/clock.py), which runs each timer at its exact due time: the timer is re-armed while body bytes keep coming, fires after a silence, and
 does not count time the client spends not reading (back-pressure). The real-socket case, with a
 stalled upstream and the client's connection cut, is in tests/integration/test_failures.py."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+
+import pytest
 
 from meshd.http.body import Body, Trailers
 from meshd.http.messages import Request, Response
 from meshd.pool.connection import UpstreamConnection
+from tests.support.clock import FakeClock
 from tests.support.transport import FakeTransport, connect
 
 TIMEOUT_S = 0.3
 
 
-@dataclass
-class _Timer:
-    when: float
-    callback: Callable[..., None]
-    args: tuple[Any, ...]
-    cancelled: bool = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-@dataclass
-class LoopClock:
-    """Stands in for the event loop's clock and timers; futures still come from the real loop."""
-
-    loop: asyncio.AbstractEventLoop
-    now: float = 1000.0
-    timers: list[_Timer] = field(default_factory=list)
-
-    def time(self) -> float:
-        return self.now
-
-    def call_at(self, when: float, callback: Callable[..., None], *args: Any) -> _Timer:
-        timer = _Timer(when, callback, args)
-        self.timers.append(timer)
-        return timer
-
-    def create_future(self) -> asyncio.Future[Any]:
-        return self.loop.create_future()
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        while True:
-            due = [t for t in self.timers if not t.cancelled and t.when <= self.now]
-            if not due:
-                return
-            for timer in due:
-                self.timers.remove(timer)
-                timer.callback(*timer.args)
-
-    @property
-    def armed(self) -> int:
-        return sum(1 for t in self.timers if not t.cancelled)
-
-
 class _Collect:
-    def __init__(self) -> None:
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
         self.data = b""
         self.ended = False
         self.error: BaseException | None = None
+        self.error_at: float | None = None  # the fake clock's reading when the body failed
 
     def on_data(self, data: bytes) -> None:
         self.data += data
@@ -77,13 +34,14 @@ class _Collect:
 
     def on_error(self, exc: BaseException) -> None:
         self.error = exc
+        self.error_at = self.clock.now()
 
 
 @dataclass
 class Exchange:
     conn: UpstreamConnection
     transport: FakeTransport
-    clock: LoopClock
+    clock: FakeClock
     releases: list[bool]
     response: Response
     body: _Collect
@@ -92,17 +50,17 @@ class Exchange:
 async def start(first: bytes) -> Exchange:
     """Send a GET and feed `first` (a head and some body) from the upstream."""
     releases: list[bool] = []
+    clock = FakeClock()
     conn = UpstreamConnection(
         "up:80", lambda c, reusable: releases.append(reusable), lambda c: None,
         response_idle_timeout_s=TIMEOUT_S, response_head_timeout_s=None,  # the head timer: test_response_head.py
+        clock=clock,
     )
-    clock = LoopClock(asyncio.get_running_loop())
-    conn._loop = clock  # type: ignore[assignment]  # the clock and timers under test
     transport = connect(conn)
     future = conn.send(Request("GET", "/", "1.1", [], Body.empty()), b"GET / HTTP/1.1\r\n\r\n")
     conn.data_received(first)
     response = await future
-    body = _Collect()
+    body = _Collect(clock)
     response.body.attach(body)
     return Exchange(conn, transport, clock, releases, response, body)
 
@@ -115,6 +73,7 @@ async def test_silence_after_part_of_the_body_fails_it_at_the_timeout():
     ex.clock.advance(0.02)
     assert ex.body.data == b"abc" and not ex.body.ended
     assert str(ex.body.error) == "up:80 sent nothing of the response body for 300 ms (responseIdleTimeoutMs)"
+    assert ex.body.error_at == 1000.0 + TIMEOUT_S  # at the timeout exactly, from the last byte
     assert ex.transport.aborted and ex.releases == [False]
 
 
@@ -133,10 +92,12 @@ async def test_time_the_client_is_not_reading_does_not_count():
     ex.clock.advance(10 * TIMEOUT_S)
     assert ex.body.error is None and not ex.transport.aborted
     ex.conn.resume_reading()
+    resumed = ex.clock.now()
     ex.clock.advance(TIMEOUT_S - 0.01)
     assert ex.body.error is None
     ex.clock.advance(0.02)  # silence after reading resumed does count
     assert ex.body.error is not None and ex.transport.aborted
+    assert ex.body.error_at == pytest.approx(resumed + TIMEOUT_S, abs=1e-9)  # exactly (but float sums)
 
 
 async def test_a_response_that_arrives_whole_arms_no_timer():
@@ -145,11 +106,11 @@ async def test_a_response_that_arrives_whole_arms_no_timer():
 
 
 async def test_no_timeout_configured_arms_no_timer():
+    clock = FakeClock()
     conn = UpstreamConnection(
-        "up:80", lambda c, r: None, lambda c: None, response_idle_timeout_s=None, response_head_timeout_s=None
+        "up:80", lambda c, r: None, lambda c: None, response_idle_timeout_s=None, response_head_timeout_s=None,
+        clock=clock,
     )
-    clock = LoopClock(asyncio.get_running_loop())
-    conn._loop = clock  # type: ignore[assignment]
     connect(conn)
     future = conn.send(Request("GET", "/", "1.1", [], Body.empty()), b"GET / HTTP/1.1\r\n\r\n")
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
