@@ -12,6 +12,7 @@ import uvloop
 import yaml
 from hypothesis import settings
 
+from meshd.clock import MONOTONIC, Clock
 from meshd.config.loader import load_config
 from meshd.config.model import MeshdConfig
 from meshd.daemon import Daemon
@@ -104,13 +105,20 @@ def base_config(**router: object) -> dict[str, object]:
 async def make_mesh(tmp_path: pathlib.Path) -> AsyncIterator[Callable[..., Awaitable[Mesh]]]:
     meshes: list[Mesh] = []
 
-    async def make(config: dict[str, object] | None = None, *, files: dict[str, str] | None = None, **router: object) -> Mesh:
+    async def make(
+        config: dict[str, object] | None = None,
+        *,
+        files: dict[str, str] | None = None,
+        clock: Clock = MONOTONIC,
+        **router: object,
+    ) -> Mesh:
+        """A meshd in-process; `clock=FakeClock()` puts its timers (listener, pool) on the test's clock."""
         root = tmp_path / f"mesh{len(meshes)}"
         (root / "disco").mkdir(parents=True)
         for name, text in (files or {}).items():
             (root / name).write_text(text)
         cfg = load_config(yaml.safe_dump(config or base_config(**router)), MeshdConfig)
-        daemon = Daemon(cfg, Runtime(base_dir=root, rng=random.Random(7)))
+        daemon = Daemon(cfg, Runtime(clock=clock, base_dir=root, rng=random.Random(7)))
         await daemon.start()
         mesh = Mesh(daemon, root)
         meshes.append(mesh)

@@ -13,7 +13,10 @@ import asyncio
 
 import pytest
 
+from meshd.listener import ServerProtocol
+from tests.conftest import Mesh
 from tests.support.client import RawConnection, RawResponse, build_request
+from tests.support.clock import FakeClock
 from tests.support.waiting import wait_until
 
 HOST = b"Host: svc\r\n"
@@ -297,52 +300,62 @@ async def test_slow_headers_are_dropped_after_the_header_timeout(make_mesh, make
 
 async def test_header_timer_follows_the_head_that_is_pending_when_it_fires(make_mesh, make_upstream):
     """One timer per connection, re-armed lazily: when it fires for a head that has since been
-    answered, the deadline it applies is that of the head arriving now, not of the first one."""
+    answered, the deadline it applies is that of the head arriving now, not of the first one.
+    Real sockets, the fake clock: each timer runs at its exact instant when the test advances."""
+    clock = FakeClock(start=0.0)
     up = await make_upstream()
-    mesh = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "headerTimeoutMs": 1000}])
+    mesh = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "headerTimeoutMs": 1000}], clock=clock)
     mesh.register("svc", up)
-    # A second meshd with a 200 ms header timeout is the test's clock: each probe that gets its
-    # 408 proves another 200 ms have passed (no sleeping).
-    clock = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "headerTimeoutMs": 200}])
-
-    async def tick() -> None:
-        await header_timeout_tick(clock.port)
-
     conn = await RawConnection.open(mesh.port)
-    await conn.send(b"GET /1 HTTP/1.1\r\nHost: svc\r\n")  # t0, in pieces: the timer is armed (t0 + 1 s)
-    await tick()  # the piece has surely been read on its own
+    await conn.send(b"GET /1 HTTP/1.1\r\nHost: svc\r\n")  # t = 0, in pieces: the timer is armed (1 s)
+    protocol = await _server_side(mesh)
+    await wait_until(lambda: protocol._header_timer is not None, timeout=5, message="the header timer")
+    clock.advance(0.25)
     await conn.send(b"\r\n")
     assert (await asyncio.wait_for(conn.read_response(), 5)).status == 200
-    for _ in range(2):
-        await tick()
-    await conn.send(b"GET /2 HTTP/1.1\r\nHost: svc\r\n")  # begins at about t0 + 0.6 s
-    for _ in range(3):
-        await tick()  # past t0 + 1 s, where the timer armed for the first head fired
+    clock.advance(0.5)
+    await conn.send(b"GET /2 HTTP/1.1\r\nHost: svc\r\n")  # begins at t = 0.75
+    await wait_until(lambda: protocol._head_started == 0.75, timeout=5, message="the second head read")
+    clock.advance(0.5)  # t = 1.25: the timer armed for the first head fired at 1 s...
+    assert not protocol._closing
+    assert clock.next_due() == 1.75  # ...and moved itself to the second head's deadline
+    clock.advance(0.5 - 1 / 1024)  # just before the second head's deadline
     await conn.send(b"\r\n")
     second = await asyncio.wait_for(conn.read_response(), 5)
     assert second.status == 200, second.header("l5d-err")
+    await conn.send(b"GET /3 HTTP/1.1\r\nHost: svc\r\n")  # and a third head, never finished
+    await wait_until(lambda: protocol._head_started == 1.75 - 1 / 1024, timeout=5, message="the third head read")
+    clock.advance(1.0 - 1 / 1024)
+    assert not protocol._closing
+    clock.advance(1 / 1024)  # 1 s after the third head began, exactly
+    third = await asyncio.wait_for(conn.read_response(), 5)
+    assert third.status == 408
     await conn.close()
 
 
 async def test_header_timer_does_not_cut_a_slow_body(make_mesh, make_upstream):
     """The header timeout covers the head only: a body may take longer."""
+    clock = FakeClock(start=0.0)
     up = await make_upstream(stream_request_body=True)
-    mesh = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "headerTimeoutMs": 100}])
+    mesh = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "headerTimeoutMs": 100}], clock=clock)
     mesh.register("svc", up)
     conn = await RawConnection.open(mesh.port)
     await conn.send(b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 4\r\n\r\nab")
     assert await asyncio.wait_for(up.body_chunks.get(), 5) == b"ab"
-    # Wait, without sleeping, until a header timeout has certainly passed: a second client that
-    # started an incomplete head after this body began is dropped with 408 first.
-    probe = await RawConnection.open(mesh.port)
-    await probe.send(b"GET / HTTP/1.1\r\nHost: svc\r\n")
-    assert (await asyncio.wait_for(probe.read_response(), 5)).status == 408
-    await probe.close()
+    clock.advance(10.0)  # 100 header timeouts (the body idle timeout is 30 s by default)
     await conn.send(b"cd")
     response = await asyncio.wait_for(conn.read_response(), 5)
     assert response.status == 200
     assert up.received[0].body == b"abcd"
     await conn.close()
+
+
+async def _server_side(mesh: Mesh) -> ServerProtocol:
+    """The listener's side of the one connection open to `mesh`."""
+    listener = mesh.daemon.bound[0].listener
+    await wait_until(lambda: len(listener.connections) == 1, timeout=5, message="the connection accepted")
+    (protocol,) = listener.connections
+    return protocol
 
 
 async def test_connect_is_not_proxied(make_mesh, make_upstream):
@@ -423,33 +436,33 @@ async def test_slow_request_bodies_are_cut_with_408_and_release_the_upstream_poo
 
 
 async def test_body_idle_timeout_counts_silence_between_reads_not_the_whole_body(make_mesh, make_upstream):
-    """A body that keeps arriving, each piece within the timeout, is never cut however long it takes."""
+    """A body that keeps arriving, each piece within the timeout, is never cut however long it
+    takes; the silence after the last piece is cut at the timeout exactly (fake clock, real sockets)."""
+    clock = FakeClock(start=0.0)
     up = await make_upstream(stream_request_body=True)
-    mesh = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "bodyIdleTimeoutMs": 1000}])
+    mesh = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "bodyIdleTimeoutMs": 1000}], clock=clock)
     mesh.register("svc", up)
-    # A second meshd with a 200 ms header timeout is the clock: each probe's 408 proves that
-    # another 200 ms have passed (no sleeping).
-    clock = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "headerTimeoutMs": 200}])
-
-    async def tick() -> None:
-        await header_timeout_tick(clock.port)
-
     conn = await RawConnection.open(mesh.port)
     await conn.send(b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 4\r\n\r\na")
+    assert await asyncio.wait_for(up.body_chunks.get(), 5) == b"a"
     for piece in (b"b", b"c", b"d"):
-        for _ in range(2):
-            await tick()  # >= 400 ms of silence, well under the 1000 ms allowed
-        await conn.send(piece)  # the body has now taken >= 1200 ms in all
+        clock.advance(1.0 - 1 / 1024)  # just under the 1000 ms allowed
+        await conn.send(piece)  # the body has now taken about 1 s more
+        assert await asyncio.wait_for(up.body_chunks.get(), 5) == piece
     response = await asyncio.wait_for(conn.read_response(), 5)
     assert response.status == 200, response.header("l5d-err")
     assert up.received[0].body == b"abcd"
     await conn.close()
-
-
-async def header_timeout_tick(port: int) -> None:
-    """One tick of a meshd used as the test's clock: a head left unfinished on `port` gets its 408
-    once that meshd's header timeout has passed, proving that much time went by (no sleeping)."""
-    probe = await RawConnection.open(port)
-    await probe.send(b"GET / HTTP/1.1\r\nHost: svc\r\n")
-    assert (await asyncio.wait_for(probe.read_response(), 5)).status == 408
-    await probe.close()
+    # and a body that falls silent: cut at 1 s of silence, not a moment before
+    conn = await RawConnection.open(mesh.port)
+    await conn.send(b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 4\r\n\r\na")
+    assert await asyncio.wait_for(up.body_chunks.get(), 5) == b"a"
+    protocol = await _server_side(mesh)
+    await wait_until(lambda: protocol._body_timer is not None, timeout=5, message="the body timer")
+    clock.advance(1.0 - 1 / 1024)
+    assert not protocol._closing
+    clock.advance(1 / 1024)
+    response = await asyncio.wait_for(conn.read_response(), 5)
+    assert response.status == 408
+    assert response.header("l5d-err") == "request body: nothing received for 1000 ms (bodyIdleTimeoutMs)"
+    await conn.close()
