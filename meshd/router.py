@@ -208,6 +208,7 @@ class Router:
             timeouts=timeouts,
             rng=self._rng,
             access_log=AccessLog(self.label, self.runtime.clock) if self.config.access_log else None,
+            clock=self.runtime.clock,
         )
         state = ServiceState(name, label, stack.build(self._dispatch_choice), budget, counters, timeouts, folded)
         if folded:

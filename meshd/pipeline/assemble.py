@@ -37,16 +37,16 @@ attempt; dispatch sends it over a pooled connection.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from typing import Final
 
+from meshd.clock import MONOTONIC, Clock
 from meshd.config.model import ServiceConfig
 from meshd.http.messages import Request
 from meshd.pipeline.access_log import AccessLog
 from meshd.pipeline.hygiene import RequestIds, TrustPolicy, hygiene_filter
 from meshd.pipeline.identify import identify_filter
-from meshd.pipeline.retries import RetryCounters, Sleep, retries_stage
+from meshd.pipeline.retries import RetryCounters, retries_stage
 from meshd.pipeline.stack import Filter, Stack
 from meshd.pipeline.timeouts import TimeoutCounters, timeout_stage
 from meshd.retry.budget import RetryBudget
@@ -77,14 +77,14 @@ def service_stack(
     timeouts: TimeoutCounters,
     rng: random.Random,
     access_log: AccessLog | None = None,
-    sleep: Sleep = asyncio.sleep,
+    clock: Clock = MONOTONIC,
 ) -> Stack:
     stack = Stack()
     if access_log is not None:
         stack.push("access_log", access_log.stage())
     return (
         stack.push_filter("classify", classify_filter(classifier))
-        .push("timeouts", timeout_stage(config.total_timeout_ms, wall, timeouts))
+        .push("timeouts", timeout_stage(config.total_timeout_ms, wall, timeouts, clock))
         .push(
             "retries",
             retries_stage(
@@ -98,7 +98,7 @@ def service_stack(
                 max_retries=config.retries.max_retries,
                 max_requeues=config.retries.max_requeues,
                 on_attempt=access_log.on_attempt if access_log is not None else None,
-                sleep=sleep,
+                clock=clock,
             ),
         )
     )

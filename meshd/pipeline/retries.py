@@ -34,11 +34,11 @@ the backoff sleep; the attempt in flight aborts its upstream connection (see dis
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Final
 
 from balancers.backoff import Backoff
+from meshd.clock import MONOTONIC, Clock
 from meshd.errors import (
     AttemptTimeout,
     MeshdError,
@@ -55,7 +55,6 @@ from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.retry.budget import RetryBudget
 from meshd.retry.classifiers import ResponseClass, ResponseClassifier, success_class
 
-Sleep = Callable[[float], Awaitable[None]]
 AttemptHook = Callable[[Request, "int | MeshdError", "str | None"], None]
 """Told of every attempt's outcome (a status or the error) and the retry reason, or None when the
 attempt is final. Only the access log uses it; without it the loop pays one `is None` check."""
@@ -111,10 +110,13 @@ def retries_stage(
     max_retries: int = 2,
     max_requeues: int = 10,
     on_attempt: AttemptHook | None = None,
-    sleep: Sleep = asyncio.sleep,
+    clock: Clock = MONOTONIC,
 ) -> Stage:
     """`replay_limit`: this service's `replayBufferBytes` (None: whatever the router's body kept);
-    `max_retries`, `max_requeues`: the per-request bounds (`maxRetries`, `maxRequeues`)."""
+    `max_retries`, `max_requeues`: the per-request bounds (`maxRetries`, `maxRequeues`);
+    `clock`: the backoff sleeps, the deadline check (`request.deadline` is on this clock) and the
+    drain timer of a discarded body."""
+    sleep = clock.sleep
 
     def wrap(next_service: Service) -> Service:
         async def retry(request: Request) -> Response:
@@ -151,7 +153,7 @@ def retries_stage(
                     if schedule is None:
                         schedule = backoff.delays()
                     delay = next(schedule)
-                    if not _may_retry(request, exc.written, delay, budget, counters, replay_limit):
+                    if not _may_retry(request, exc.written, delay, budget, counters, replay_limit, clock):
                         if on_attempt is not None:
                             on_attempt(request, exc, None)
                         raise
@@ -176,7 +178,7 @@ def retries_stage(
                         if schedule is None:
                             schedule = backoff.delays()
                         delay = next(schedule)
-                        retrying = _may_retry(request, True, delay, budget, counters, replay_limit)
+                        retrying = _may_retry(request, True, delay, budget, counters, replay_limit, clock)
                     if not retrying:
                         if add_success_class:
                             response.headers.append((L5D_SUCCESS_CLASS, _SUCCESS[cls]))
@@ -186,7 +188,7 @@ def retries_stage(
                     reason = "response"
                     if on_attempt is not None:
                         on_attempt(request, status, reason)
-                    _discard(response.body)
+                    _discard(response.body, clock)
                 if reason == "requeue":
                     counters.requeue += 1
                     requeued += 1
@@ -211,6 +213,7 @@ def _may_retry(
     budget: RetryBudget,
     counters: RetryCounters,
     replay_limit: int | None,
+    clock: Clock,
 ) -> bool:
     """Whether this retryable failure is retried; rewinds the body when it is. Cheap checks first,
     so that a retry that cannot happen never spends a budget token.
@@ -227,7 +230,7 @@ def _may_retry(
         counters.not_replayable += 1
         return False
     deadline = request.deadline
-    if deadline is not None and asyncio.get_running_loop().time() + delay >= deadline:
+    if deadline is not None and clock.now() + delay >= deadline:
         counters.deadline += 1
         return False
     if not budget.try_withdraw():
@@ -268,7 +271,7 @@ class _DiscardSink:
 _DISCARD: Final = _DiscardSink()
 
 
-def _discard(body: Body) -> None:
+def _discard(body: Body, clock: Clock) -> None:
     """Throw away the body of a response that is being retried, keeping its connection if cheap.
 
     Aborting costs the upstream a connection and meshd a handshake on the next attempt; reading a
@@ -283,7 +286,7 @@ def _discard(body: Body) -> None:
         return
     body.attach(_DISCARD)
     if not body.ended:
-        timer = asyncio.get_running_loop().call_later(
-            DRAIN_TIMEOUT_S, body.cancel, RetryDiscarded("discarded response body did not finish in time")
+        timer = clock.call_later(
+            DRAIN_TIMEOUT_S, lambda: body.cancel(RetryDiscarded("discarded response body did not finish in time"))
         )
         body.add_done_callback(lambda _error: timer.cancel())

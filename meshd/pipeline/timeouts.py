@@ -5,9 +5,11 @@ trusted source) and now + `totalTimeoutMs`. It is passed downstream in `l5d-ctx-
 chain of services never works past the original caller's deadline. A deadline that has already
 passed is refused with 504 before any upstream is called (and before the retry budget is touched).
 
-The deadline is read on the wall clock (it crosses hosts), then enforced on the event loop's
-clock with `asyncio.timeout_at`; `request.deadline` holds that loop-clock instant so the retry
-stage below can tell whether a backoff would end past it.
+The deadline is read on the wall clock (it crosses hosts), then enforced on meshd's clock
+(meshd.clock, injected: a test's fake clock fires it at the exact instant): a timer on that clock
+cancels the request's task, and the cancellation is turned into the 504, as `asyncio.timeout_at`
+does on the loop's clock. `request.deadline` holds that clock's instant so the retry stage below
+can tell whether a backoff would end past it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 
+from meshd.clock import MONOTONIC, Clock
 from meshd.errors import RequestTimeout
 from meshd.http.messages import Request, Response
 from meshd.pipeline.stack import Service, Stage
@@ -23,6 +26,22 @@ from meshd.retry.deadline import HEADER, Deadline, WallClock, combine, format_de
 
 log = logging.getLogger("meshd.timeouts")
 _HEADER_BYTES = HEADER.encode("ascii")
+
+
+class _Expiry:
+    """The timer callback of one bounded request: cancels its task, remembering that it did."""
+
+    __slots__ = ("task", "cancelling", "expired")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        #: the task's pending cancellations on entry: only one more than these is ours
+        self.cancelling = task.cancelling()
+        self.expired = False
+
+    def fire(self) -> None:
+        self.expired = True
+        self.task.cancel()
 
 
 class TimeoutCounters:
@@ -36,7 +55,9 @@ class TimeoutCounters:
         self.attempt = 0
 
 
-def timeout_stage(total_timeout_ms: int | None, wall: WallClock, counters: TimeoutCounters) -> Stage:
+def timeout_stage(
+    total_timeout_ms: int | None, wall: WallClock, counters: TimeoutCounters, clock: Clock = MONOTONIC
+) -> Stage:
     total_s = total_timeout_ms / 1000.0 if total_timeout_ms else None
 
     def wrap(next_service: Service) -> Service:
@@ -61,23 +82,28 @@ def timeout_stage(total_timeout_ms: int | None, wall: WallClock, counters: Timeo
                 counters.deadline += 1
                 raise RequestTimeout("the caller's deadline (l5d-ctx-deadline) had expired; upstream not called")
             request.headers.append((_HEADER_BYTES, format_deadline(deadline).encode("ascii")))
-            loop_deadline = asyncio.get_running_loop().time() + remaining
+            clock_deadline = clock.now() + remaining
             # the retry loop below reads this to skip a retry whose backoff would end too late
-            request.deadline = loop_deadline
-            scope = asyncio.timeout_at(loop_deadline)
+            request.deadline = clock_deadline
+            task = asyncio.current_task()
+            assert task is not None
+            expiry = _Expiry(task)
+            timer = clock.call_at(clock_deadline, expiry.fire)
             try:
-                async with scope:
-                    return await next_service(request)
-            except TimeoutError:
-                if not scope.expired():
-                    raise  # not ours (cannot happen today: inner timeouts raise MeshdErrors)
-                if from_caller:
-                    counters.deadline += 1
-                    raise RequestTimeout(
-                        f"the caller's deadline (l5d-ctx-deadline) expired after {remaining * 1000:.0f} ms"
-                    ) from None
-                counters.total += 1
-                raise RequestTimeout(f"request exceeded totalTimeoutMs ({total_timeout_ms} ms)") from None
+                return await next_service(request)
+            except asyncio.CancelledError:
+                # ours only if the timer fired and no one else also cancelled the task (as asyncio.timeout)
+                if not (expiry.expired and task.uncancel() <= expiry.cancelling):
+                    raise
+            finally:
+                timer.cancel()
+            if from_caller:
+                counters.deadline += 1
+                raise RequestTimeout(
+                    f"the caller's deadline (l5d-ctx-deadline) expired after {remaining * 1000:.0f} ms"
+                ) from None
+            counters.total += 1
+            raise RequestTimeout(f"request exceeded totalTimeoutMs ({total_timeout_ms} ms)") from None
 
         if total_s is not None:
             return bound

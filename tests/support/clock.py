@@ -4,7 +4,9 @@
 the order they were armed), with `now()` reading the timer's own due time while it runs; a timer
 armed by a callback runs in the same `advance` if it falls due within it. `sleep(delay)` awaits a
 future that the `advance` reaching its due time resolves (the sleeping task resumes when the test
-next yields to the event loop, e.g. `await asyncio.sleep(0)`).
+next yields to the event loop, e.g. `await asyncio.sleep(0)`). With `autoadvance=True` a sleep
+instead moves the clock on by its own delay at once (a test of code that sleeps, where nothing else
+needs the time to stand still). Every sleep's delay is recorded in `slept`.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ class FakeTimer:
 
 
 class FakeClock:
-    __slots__ = ("_now", "_timers", "_seq", "calls")
+    __slots__ = ("_now", "_timers", "_seq", "calls", "autoadvance", "slept")
 
-    def __init__(self, start: float = 1000.0) -> None:
+    def __init__(self, start: float = 1000.0, *, autoadvance: bool = False) -> None:
+        self.autoadvance = autoadvance
+        #: the delay of every sleep, in order
+        self.slept: list[float] = []
         self._now = start
         self._timers: list[tuple[float, int, FakeTimer]] = []
         self._seq = itertools.count()
@@ -53,6 +58,11 @@ class FakeClock:
         return self.call_at(self._now + delay, callback)
 
     async def sleep(self, delay: float) -> None:
+        self.slept.append(delay)
+        if self.autoadvance:
+            self.advance(max(delay, 0.0))
+            await asyncio.sleep(0)
+            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def wake() -> None:

@@ -24,6 +24,7 @@ from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.retry.backoff import RetryJitteredBackoffConfig
 from meshd.retry.budget import RetryBudgetStatistics
 from meshd.retry.classifiers import RetryableIdempotent5XXConfig
+from tests.support.clock import FakeClock
 
 Outcome = int | str
 #: error outcomes by name: (written, factory)
@@ -75,11 +76,7 @@ class Script:
 async def run(outcomes: list[Outcome], method: str, max_retries: int, max_requeues: int):
     counters = RetryCounters()
     budget = GenerousBudget()
-    slept: list[float] = []
-
-    async def fake_sleep(delay: float) -> None:
-        slept.append(delay)
-
+    clock = FakeClock(autoadvance=True)  # the backoff sleeps pass at once, recorded in clock.slept
     stage = retries_stage(
         RetryableIdempotent5XXConfig().build(),
         budget,
@@ -89,7 +86,7 @@ async def run(outcomes: list[Outcome], method: str, max_retries: int, max_requeu
         add_success_class=False,
         max_retries=max_retries,
         max_requeues=max_requeues,
-        sleep=fake_sleep,
+        clock=clock,
     )
     script = Script(outcomes)
     request = Request(method, "/", "1.1", [], Body.empty())
@@ -98,7 +95,7 @@ async def run(outcomes: list[Outcome], method: str, max_retries: int, max_requeu
         result = await stage(script)(request)
     except MeshdError as exc:
         result = exc
-    return script, request, counters, slept, result
+    return script, request, counters, clock.slept, result
 
 
 outcome = st.sampled_from([200, 404, 500, 503, "refused", "pool_exhausted", "reset", "attempt_timeout"])
