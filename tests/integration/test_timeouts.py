@@ -16,6 +16,7 @@ from meshd.retry.deadline import Deadline, format_deadline, parse_deadline
 from routing.path import Path
 from tests.integration.test_retries import NO_BACKOFF, metric, scrape
 from tests.support.client import RawConnection, RawResponse
+from tests.support.clock import FakeClock
 from tests.support.upstreams import Handler, Received, Reply
 from tests.support.waiting import wait_until
 
@@ -291,3 +292,59 @@ async def test_a_chain_of_meshds_never_works_past_the_first_callers_deadline(mak
     assert at_replica.deadline_ns - at_replica.timestamp_ns == 300_000_000
     # and nothing keeps working for A's caller after the deadline: B's attempt is dropped too
     await wait_until(lambda: replica.open_connections == 0, timeout=5, message="B dropped its attempt")
+
+
+# -- on the fake clock: the exact instants ---------------------------------------------------------
+# The tests above are the real-clock smoke tests (a window around the limit); these run the same
+# meshd on the fake clock (real sockets), so the 504 is asserted at its instant exactly.
+# (Times in 1/1024 s steps from 0.0, so that the sums are exact floats.)
+
+
+async def test_total_timeout_fires_at_the_limit_exactly_on_the_fake_clock(make_mesh, make_upstream):
+    clock = FakeClock(start=0.0)
+    up = await make_upstream(hangs())
+    mesh = await make_mesh(service={"totalTimeoutMs": 250}, clock=clock)
+    mesh.register("svc", up)
+    conn = await RawConnection.open(mesh.port)
+    await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+    await wait_until(lambda: up.requests == 1, timeout=5, message="the attempt to reach the upstream")
+    assert 0.25 in [t.when for t in clock.pending]  # the total timeout's timer, at the deadline
+    clock.advance(0.25 - 1 / 1024)
+    assert 0.25 in [t.when for t in clock.pending]  # not yet fired
+    clock.advance(1 / 1024)
+    resp = await asyncio.wait_for(conn.read_response(), 5)
+    await conn.close()
+    assert resp.status == 504
+    assert resp.header("l5d-err") == "request exceeded totalTimeoutMs (250 ms)"
+    assert (timeouts_of(mesh).total, up.requests) == (1, 1)
+
+
+async def test_the_backoff_sleeps_on_the_fake_clock_and_a_retry_past_the_deadline_is_skipped(make_mesh, make_upstream):
+    async def always_503(req: Received) -> Reply:
+        return Reply(503, [("X-From", "upstream")], b"down\n")
+
+    clock = FakeClock(start=0.0)
+    up = await make_upstream(always_503)
+    mesh = await make_mesh(
+        service={"totalTimeoutMs": 1000, "retries": {"backoff": {"kind": "constant", "ms": 375}, "maxRetries": 10}},
+        clock=clock,
+    )
+    mesh.register("svc", up)
+    conn = await RawConnection.open(mesh.port)
+    await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+    await wait_until(lambda: up.requests == 1, timeout=5, message="the first attempt")
+    # the retry waits its 375 ms backoff on the fake clock: nothing happens until it passes
+    await wait_until(lambda: 0.375 in [t.when for t in clock.pending], timeout=5, message="the backoff sleep")
+    clock.advance(0.375 - 1 / 1024)
+    assert 0.375 in [t.when for t in clock.pending] and up.requests == 1  # still sleeping
+    clock.advance(1 / 1024)
+    await wait_until(lambda: up.requests == 2, timeout=5, message="the retry at 375 ms")
+    await wait_until(lambda: 0.75 in [t.when for t in clock.pending], timeout=5, message="the second backoff")
+    clock.advance(0.375)
+    await wait_until(lambda: up.requests == 3, timeout=5, message="the retry at 750 ms")
+    # a third backoff would end at 1125 ms, past the 1000 ms deadline: the 503 is returned at once
+    resp = await asyncio.wait_for(conn.read_response(), 5)
+    await conn.close()
+    assert resp.status == 503 and resp.header("x-from") == "upstream"
+    assert up.requests == 3 and timeouts_of(mesh).total == 0
+    assert mesh.daemon.routers[0].services[Path.read("/svc/svc")].retries.deadline == 1
