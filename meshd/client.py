@@ -26,6 +26,7 @@ from meshd.errors import AttemptTimeout, MeshdError, NoEndpoints
 from meshd.http.messages import Request, Response
 from meshd.observable import Observable
 from meshd.pipeline.dispatch import can_resend, dispatch, dst_lines, request_head, resend
+from meshd.pipeline.timeouts import Expiry
 from meshd.pool.connection import StaleConnection
 from meshd.pool.dialer import Dialer
 from meshd.pool.pool import Pool, PoolLimits, PoolStatistics
@@ -161,14 +162,22 @@ class Client:
             elif self._attempt_timeout_s is None:
                 response = await dispatch(endpoint.pool, request, head, conn)
             else:
+                # bounded on the runtime's clock (meshd.clock): a timer cancels this task at the limit
+                task = asyncio.current_task()
+                assert task is not None
+                expiry = Expiry(task)
+                timer = self._runtime.clock.call_later(self._attempt_timeout_s, expiry.fire)
                 try:
-                    async with asyncio.timeout(self._attempt_timeout_s):
-                        response = await dispatch(endpoint.pool, request, head, conn)
-                except TimeoutError:
+                    response = await dispatch(endpoint.pool, request, head, conn)
+                except asyncio.CancelledError:
+                    if not (expiry.expired and task.uncancel() <= expiry.cancelling):
+                        raise
                     raise AttemptTimeout(
                         f"attempt to {endpoint.label} exceeded requestAttemptTimeoutMs "
                         f"({self._settings.attempt_timeout_ms} ms)"
                     ) from None
+                finally:
+                    timer.cancel()
         except MeshdError:
             node.finish(started, failure=True)
             raise

@@ -28,8 +28,10 @@ log = logging.getLogger("meshd.timeouts")
 _HEADER_BYTES = HEADER.encode("ascii")
 
 
-class _Expiry:
-    """The timer callback of one bounded request: cancels its task, remembering that it did."""
+class Expiry:
+    """The timer callback of one bounded await (a request's total timeout, an attempt's timeout):
+    cancels its task, remembering that it did. The caller turns that cancellation, and only that
+    one, into its timeout error: `expired and task.uncancel() <= cancelling` (as `asyncio.timeout`)."""
 
     __slots__ = ("task", "cancelling", "expired")
 
@@ -87,7 +89,7 @@ def timeout_stage(
             request.deadline = clock_deadline
             task = asyncio.current_task()
             assert task is not None
-            expiry = _Expiry(task)
+            expiry = Expiry(task)
             timer = clock.call_at(clock_deadline, expiry.fire)
             try:
                 return await next_service(request)

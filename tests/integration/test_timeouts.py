@@ -348,3 +348,28 @@ async def test_the_backoff_sleeps_on_the_fake_clock_and_a_retry_past_the_deadlin
     assert resp.status == 503 and resp.header("x-from") == "upstream"
     assert up.requests == 3 and timeouts_of(mesh).total == 0
     assert mesh.daemon.routers[0].services[Path.read("/svc/svc")].retries.deadline == 1
+
+
+async def test_attempt_timeouts_retried_until_the_total_timeout_exactly_on_the_fake_clock(make_mesh, make_upstream):
+    clock = FakeClock(start=0.0)
+    up = await make_upstream(hangs())
+    mesh = await make_mesh(
+        service={"totalTimeoutMs": 500, "retries": {"backoff": NO_BACKOFF, "maxRetries": 10}},
+        client={"requestAttemptTimeoutMs": 125},
+        clock=clock,
+    )
+    mesh.register("svc", up)
+    conn = await RawConnection.open(mesh.port)
+    await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+    await wait_until(lambda: up.requests == 1, timeout=5, message="the first attempt")
+    for attempt in (2, 3, 4):  # at 125, 250 and 375 ms exactly: each attempt's timer fires, then a retry
+        assert sorted(t.when for t in clock.pending)[:2] == [0.125 * (attempt - 1), 0.5]
+        clock.advance(0.125)
+        await wait_until(lambda n=attempt: up.requests == n, timeout=5, message=f"attempt {attempt}")
+    clock.advance(0.125)  # 500 ms: the total timeout ends the fourth attempt (its own timer is due then too)
+    resp = await asyncio.wait_for(conn.read_response(), 5)
+    await conn.close()
+    assert resp.status == 504
+    assert resp.header("l5d-err") == "request exceeded totalTimeoutMs (500 ms)"
+    t = timeouts_of(mesh)
+    assert (t.total, t.attempt, up.requests) == (1, 3, 4)
