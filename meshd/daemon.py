@@ -125,6 +125,7 @@ class Daemon:
                     self.runtime.resolve_path(router_config.routes),
                     router.set_routes_dtab,
                     max_bytes=router_config.routes_max_bytes,
+                    clock=self.runtime.clock,
                 )
                 watcher.load_initial()
                 await watcher.start()

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
+from meshd.clock import MONOTONIC, Clock
 from routing.dtab import Dtab
 from routing.rules import (
     ROUTES_MAX_BYTES,
@@ -103,8 +104,10 @@ class RoutesWatcher:
         max_bytes: int = ROUTES_MAX_BYTES,
         opener: Opener = open_binary,
         parse: Callable[[bytes, str], Routes] = parse_routes,
+        clock: Clock = MONOTONIC,
     ) -> None:
         self.path = path
+        self._clock = clock  # the poll interval and the settle time are slept on it
         self.max_bytes = max_bytes
         self._apply = apply
         self._interval = interval_s
@@ -238,7 +241,7 @@ class RoutesWatcher:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._settle if self._has_candidate else self._interval)
+            await self._clock.sleep(self._settle if self._has_candidate else self._interval)
             try:
                 await self.check()
             except Exception:  # the watcher must survive anything

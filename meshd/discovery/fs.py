@@ -176,6 +176,7 @@ class FsNamer:
         self._prefix = Path.read(config.prefix)
         self._root = runtime.resolve_path(config.root_dir)
         self._interval = config.poll_interval_ms / 1000.0
+        self._clock = runtime.clock  # the poll interval is slept on it
         self._version: Observable[int] = Observable(0)
         self._stamps: dict[str, tuple[int, int, int]] = {}
         self._contents: dict[str, frozenset[Address] | None] = {}
@@ -266,7 +267,7 @@ class FsNamer:
     # -- scanning -----------------------------------------------------------------------------
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            await self._clock.sleep(self._interval)
             try:
                 self.scan()
             except Exception:  # a scan must never kill the watcher

@@ -15,6 +15,7 @@ kubernetes_asyncio (~40 MB RSS) is imported only when the namer first connects.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import pathlib
 import random
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, ClassVar, Final, Literal
 from prometheus_client import CollectorRegistry, Counter
 
 from balancers.backoff import NS_PER_MS, Backoff, EqualJitteredBackoff
+from meshd.clock import Timer
 from meshd.discovery.addr import Addr, Failed
 from meshd.discovery.k8s_informer import MALFORMED, KubeApiError
 from meshd.discovery.k8s_model import parse_endpoint_slice, parse_endpoints, parse_service_name
@@ -172,14 +174,15 @@ class K8sNamer:
         config: K8sNamerConfig,
         runtime: Runtime,
         *,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
         environ: Mapping[str, str] = os.environ,
         service_account_dir: pathlib.Path = SERVICE_ACCOUNT_DIR,
     ) -> None:
         self._config = config
         self._runtime = runtime
         self._prefix = Path.read(config.prefix)
-        self._sleep = sleep
+        # backoff sleeps: the runtime's clock's (a test may record them instead with `sleep`)
+        self._sleep = sleep or runtime.clock.sleep
         self._environ = environ
         self._service_account_dir = service_account_dir
         self._log = runtime.log.getChild("k8s")
@@ -189,7 +192,7 @@ class K8sNamer:
         self._watches: dict[tuple[str, str], ServiceWatch] = {}
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._stopping: set[asyncio.Task[None]] = set()
-        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._timers: dict[tuple[str, str], Timer] = {}
         self._client: KubeClient | None = None
         self._client_lock = asyncio.Lock()
         self._use_slices: bool | None = config.use_endpoint_slices
@@ -315,7 +318,7 @@ class K8sNamer:
         old = self._timers.pop(key, None)
         if old is not None:
             old.cancel()
-        self._timers[key] = asyncio.get_running_loop().call_later(max(delay, 0.0), self._idle_check, key)
+        self._timers[key] = self._runtime.clock.call_later(max(delay, 0.0), functools.partial(self._idle_check, key))
 
     def _idle_check(self, key: tuple[str, str]) -> None:
         """Close the watch if nobody holds it and nobody looked it up for idleTtlSecs."""
