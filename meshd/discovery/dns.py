@@ -32,7 +32,7 @@ import ipaddress
 import logging
 import random
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Literal, Protocol, TypeVar
 
@@ -197,9 +197,8 @@ class DnsNamer:
         rng: random.Random,
         registry: CollectorRegistry,
         log: logging.Logger = _log,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        """`clock` and `sleep` must agree (the monotonic clock and `asyncio.sleep` in production)."""
+        """`clock` times the entries' idleness and sleeps their TTLs and backoffs (meshd.clock)."""
         self._config = config
         self._client = client
         self._clock = clock
@@ -208,7 +207,7 @@ class DnsNamer:
             secs_to_ns(min(config.min_ttl_secs, cap)), secs_to_ns(cap), rng
         )
         self._log = log
-        self._sleep = sleep
+        self._sleep = clock.sleep
         self._prefix = Path.read(config.prefix)
         self._version = Observable(0)
         self._names: dict[Path, _Entry] = {}

@@ -38,6 +38,7 @@ from routing.namer import BoundName
 from routing.nametree import NEG as NEG_TREE
 from routing.nametree import Leaf
 from routing.path import Path
+from tests.support.clock import FakeClock
 
 SRV = "_http._tcp.web.test"
 SRV_ID = Path.read(f"/#/dns/srv/{SRV}")
@@ -78,32 +79,18 @@ class FakeDns:
         return answer
 
 
-class FakeTimer:
-    """A clock plus a `sleep()` that returns only when `advance()` passes its deadline."""
+class FakeTimer(FakeClock):
+    """The fake clock, counting its sleeps: `sleep()` returns only when `advance()` passes its deadline."""
 
     def __init__(self) -> None:
-        self._now = 1000.0
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+        super().__init__(1000.0)
         self.delays: list[float] = []
         self.sleeps = Observable(0)  # counts sleep() calls: a test waits for the namer to settle
 
-    def now(self) -> float:
-        return self._now
-
     async def sleep(self, delay: float) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self._now + delay, fut))
         self.delays.append(delay)
         self.sleeps.set(self.sleeps.get() + 1)
-        await fut
-
-    def advance(self, secs: float) -> None:
-        self._now += secs
-        due = [fut for deadline, fut in self._sleepers if deadline <= self._now]
-        self._sleepers = [(d, f) for d, f in self._sleepers if d > self._now]
-        for fut in due:
-            if not fut.done():
-                fut.set_result(None)
+        await super().sleep(delay)
 
     async def wait_sleeps(self, count: int) -> None:
         """Wait until the namer has gone to sleep `count` times in total (its refresh is done)."""
@@ -146,7 +133,6 @@ async def make_namer(
             clock=timer,
             rng=random.Random(7),
             registry=registry,
-            sleep=timer.sleep,
         )
         namers.append(namer)
         return namer
@@ -572,7 +558,6 @@ async def test_a_crashed_refresh_loop_is_logged_not_silent(
         clock=timer,
         rng=random.Random(1),
         registry=CollectorRegistry(),
-        sleep=timer.sleep,
     )
     await namer.start()
     obs = namer.addr(SRV_ID)
