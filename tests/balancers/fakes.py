@@ -9,6 +9,7 @@ from balancers.base import Balancer, NodeState
 from balancers.configs import AccrualConfig, NoAccrualConfig
 from balancers.node import Node
 from balancers.registry import BALANCERS
+from tests.support import clock as support_clock
 
 
 @dataclass(frozen=True)
@@ -17,18 +18,13 @@ class Member:
     weight: float = 1.0
 
 
-class FakeClock:
-    """Monotonic seconds that move only when a test says so."""
+class FakeClock(support_clock.FakeClock):
+    """The one fake clock (tests/support/clock.py), starting at 100 s as these tests always have."""
 
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
+    __slots__ = ()
 
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.now += seconds
+    def __init__(self, start: float = 100.0) -> None:
+        super().__init__(start)
 
 
 def members(n: int, weight: float = 1.0) -> list[Member]:

@@ -147,7 +147,7 @@ def test_five_consecutive_failures_eject_and_four_do_not(kind):
     assert state(node) == "live"
     fail(node)
     assert state(node) == "ejected"
-    assert node.ejected_until == clock.now + 10.0
+    assert node.ejected_until == clock.now() + 10.0
     assert node.ejections == 1
     stats = balancer.statistics()
     assert (stats.live, stats.ejected, stats.probing, stats.ejections) == (2, 1, 0, 1)
@@ -208,22 +208,22 @@ def test_a_failed_probe_ejects_again_for_the_next_backoff(kind):
     balancer = build(kind, clock, n=2, accrual=accrual)
     node = balancer.nodes()[0]
     fail(node)
-    assert node.ejected_until == clock.now + 5.0
+    assert node.ejected_until == clock.now() + 5.0
     clock.advance(5.0)
     fail(node)
     until = node.ejected_until
-    assert until is not None and 5.0 <= until - clock.now < 10.0
-    clock.advance(until - clock.now)
+    assert until is not None and 5.0 <= until - clock.now() < 10.0
+    clock.advance(until - clock.now())
     fail(node)
     until = node.ejected_until
-    assert until is not None and 10.0 <= until - clock.now < 20.0
+    assert until is not None and 10.0 <= until - clock.now() < 20.0
     stats = balancer.statistics()
     assert (stats.ejections, stats.probe_failures) == (1, 2)
     # a success after that restarts the stream at its first delay
-    clock.advance(until - clock.now)
+    clock.advance(until - clock.now())
     succeed(node)
     fail(node)
-    assert node.ejected_until == clock.now + 5.0
+    assert node.ejected_until == clock.now() + 5.0
 
 
 @pytest.mark.parametrize("kind", KINDS)
