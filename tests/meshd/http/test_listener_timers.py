@@ -135,3 +135,62 @@ async def test_fin_on_an_idle_connection_closes_it_and_counts_nothing() -> None:
     assert conn.transport.take().startswith(b"HTTP/1.1 200 OK\r\n")
     assert conn.protocol.eof_received() is False  # the transport closes itself
     assert [status for _, status, _ in conn.observed] == [200]
+
+
+# -- the header and keep-alive idle timers, at their exact instants ---------------------------------
+# (Times in 1/1024 s steps, so that the sums are exact floats.)
+STEP = 1 / 1024
+
+
+def open_conn(limits: ListenerLimits) -> tuple[ServerProtocol, FakeTransport, FakeClock, HangingService]:
+    clock = FakeClock(start=0.0)
+    service = HangingService()
+    protocol: ServerProtocol = Listener(service, limits, clock=clock).protocol_factory()
+    return protocol, connect(protocol), clock, service
+
+
+async def test_a_head_in_pieces_gets_its_408_at_the_header_timeout_exactly() -> None:
+    protocol, transport, clock, _ = open_conn(ListenerLimits(header_timeout_s=1.0))
+    clock.advance(0.5)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: sv")  # the head begins at 0.5 s
+    clock.advance(0.5)
+    protocol.data_received(b"c\r\nX-Slow: 1\r\n")  # progress does not move the deadline
+    clock.advance(0.5 - STEP)
+    assert transport.take() == b"" and not transport.closing
+    clock.advance(STEP)  # 1.5 s: the head began 1 s ago
+    written = transport.take()
+    assert written.startswith(b"HTTP/1.1 408 ")
+    assert transport.closing
+
+
+async def test_the_header_timer_applies_the_deadline_of_the_head_pending_when_it_fires() -> None:
+    protocol, transport, clock, service = open_conn(ListenerLimits(header_timeout_s=1.0))
+    protocol.data_received(b"GET /1 HTTP/1.1\r\nHost: svc\r\n")  # at 0: the timer is armed for 1 s
+    clock.advance(0.25)
+    protocol.data_received(b"\r\n")
+    service.release.set()
+    await _settle()
+    assert transport.take().startswith(b"HTTP/1.1 200 OK\r\n")
+    clock.advance(0.5)
+    protocol.data_received(b"GET /2 HTTP/1.1\r\nHost: svc\r\n")  # the second head begins at 0.75 s
+    clock.advance(0.5)  # the timer fired at 1 s and moved itself to 1.75 s
+    assert not transport.closing and clock.next_due() == 1.75
+    clock.advance(0.5 - STEP)
+    assert not transport.closing
+    clock.advance(STEP)
+    assert transport.take().startswith(b"HTTP/1.1 408 ") and transport.closing
+
+
+async def test_an_idle_keep_alive_connection_closes_at_the_idle_timeout_exactly() -> None:
+    protocol, transport, clock, service = open_conn(ListenerLimits(idle_timeout_s=2.0))
+    clock.advance(1.0)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")  # busy at 1 s
+    clock.advance(5.0)  # the idle timer fires at 2 s while busy: nothing happens
+    assert not transport.closing
+    service.release.set()
+    await _settle()  # answered at 6 s: idle from now
+    assert transport.take().startswith(b"HTTP/1.1 200 OK\r\n")
+    clock.advance(2.0 - STEP)
+    assert not transport.closing
+    clock.advance(STEP)  # 2 s idle, exactly
+    assert transport.closing and transport.take() == b""
