@@ -112,7 +112,8 @@ async def make_mesh(tmp_path: pathlib.Path) -> AsyncIterator[Callable[..., Await
         clock: Clock = MONOTONIC,
         **router: object,
     ) -> Mesh:
-        """A meshd in-process; `clock=FakeClock()` puts its timers (listener, pool) on the test's clock."""
+        """A meshd in-process. `clock=FakeClock()` puts all its timers and sleeps on the test's clock
+        (listener, pool, timeouts, retries, and the fs namer's poll: it rescans only when advanced)."""
         root = tmp_path / f"mesh{len(meshes)}"
         (root / "disco").mkdir(parents=True)
         for name, text in (files or {}).items():
