@@ -74,7 +74,7 @@ class Request:
         self.logical_name: str = ""
         #: the local dtab text (l5d-ctx-dtab ++ l5d-dtab) when trusted, else ""
         self.local_dtab: str = ""
-        #: absolute deadline on the clock of the pipeline, or None
+        #: absolute deadline on meshd's clock (meshd.clock, `Runtime.clock`), or None
         self.deadline: float | None = None
         self.reqid: str = ""
         #: attempts made for this request (for the access log)
