@@ -92,8 +92,8 @@ class ConstantBackoff:
         return f"ConstantBackoff({self._delay_secs:g}s)"
 
 
-class DecorrelatedJitteredBackoff:
-    """Finagle's `Backoff.decorrelatedJittered(start, maximum)` (finagle-core `Backoff.scala`)."""
+class _RangeBackoff:
+    """A backoff between `start_ns` and `max_ns` that draws its jitter from `rng`."""
 
     __slots__ = ("_start_ns", "_max_ns", "_rng")
 
@@ -102,6 +102,12 @@ class DecorrelatedJitteredBackoff:
         self._start_ns = start_ns
         self._max_ns = max_ns
         self._rng = rng
+
+
+class DecorrelatedJitteredBackoff(_RangeBackoff):
+    """Finagle's `Backoff.decorrelatedJittered(start, maximum)` (finagle-core `Backoff.scala`)."""
+
+    __slots__ = ()
 
     def delays(self) -> Iterator[float]:
         cur, maximum, rng = self._start_ns, self._max_ns, self._rng
@@ -118,16 +124,10 @@ class DecorrelatedJitteredBackoff:
         return f"DecorrelatedJitteredBackoff(min={start:g}s, max={maximum:g}s)"
 
 
-class EqualJitteredBackoff:
+class EqualJitteredBackoff(_RangeBackoff):
     """Finagle's `Backoff.equalJittered(start, maximum)`: half of each doubling kept, half jittered."""
 
-    __slots__ = ("_start_ns", "_max_ns", "_rng")
-
-    def __init__(self, start_ns: int, max_ns: int, rng: random.Random) -> None:
-        _check_bounds(start_ns, max_ns)
-        self._start_ns = start_ns
-        self._max_ns = max_ns
-        self._rng = rng
+    __slots__ = ()
 
     def delays(self) -> Iterator[float]:
         start, maximum, rng = self._start_ns, self._max_ns, self._rng
