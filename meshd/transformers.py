@@ -206,6 +206,22 @@ class _Mapped:
         return Bound(self._rule(addr.addresses)) if isinstance(addr, Bound) else addr
 
 
+class _MappedOutputs:
+    """What a transformer keeps per client: the mapped address set it handed out, until released."""
+
+    def __init__(self) -> None:
+        self._clients: dict[Observable[Addr], _Mapped] = {}
+
+    def _track(self, mapped: _Mapped) -> Observable[Addr]:
+        self._clients[mapped.output] = mapped
+        return mapped.output
+
+    def release(self, id: Path, output: Observable[Addr]) -> None:
+        mapped = self._clients.pop(output, None)
+        if mapped is not None:
+            mapped.close()
+
+
 @dataclass(frozen=True, slots=True)
 class DaemonSetStatistics:
     """What a daemonset transformer knows: its daemon set and how many clients it rewrites."""
@@ -217,7 +233,7 @@ class DaemonSetStatistics:
     clients: int
 
 
-class DaemonSetTransformer:
+class DaemonSetTransformer(_MappedOutputs):
     """See `DaemonSetConfig` and the module docstring."""
 
     def __init__(
@@ -231,20 +247,13 @@ class DaemonSetTransformer:
         self.path = path
         self.fallback: Literal["direct", "drop"] = fallback
         self._daemons: frozenset[Address] | None = None
-        #: every client's mapping, by its output (an Observable hashes by identity)
-        self._clients: dict[Observable[Addr], _Mapped] = {}
+        super().__init__()  # every client's mapping, by its output (an Observable hashes by identity)
         self._unsubscribe = daemons.subscribe(self._on_daemons)
         self._release = release
 
     def transform(self, id: Path, addr: Observable[Addr]) -> Observable[Addr]:
         mapped = _Mapped(addr, lambda replicas: through_daemons(replicas, self._daemons, self.fallback))
-        self._clients[mapped.output] = mapped
-        return mapped.output
-
-    def release(self, id: Path, output: Observable[Addr]) -> None:
-        mapped = self._clients.pop(output, None)
-        if mapped is not None:
-            mapped.close()
+        return self._track(mapped)
 
     def statistics(self) -> DaemonSetStatistics:
         daemons = self._daemons or frozenset()
@@ -286,13 +295,13 @@ class DaemonSetTransformer:
         return f"<DaemonSetTransformer {self.path.show()} daemons={known} clients={len(self._clients)}>"
 
 
-class LocalNodeTransformer:
+class LocalNodeTransformer(_MappedOutputs):
     """See `LocalNodeConfig` and the module docstring."""
 
     def __init__(self, node: str, fallback: Literal["all", "none"]) -> None:
         self.node = node
         self.fallback: Literal["all", "none"] = fallback
-        self._clients: dict[Observable[Addr], _Mapped] = {}
+        super().__init__()
 
     def transform(self, id: Path, addr: Observable[Addr]) -> Observable[Addr]:
         remote_only = False
@@ -311,13 +320,7 @@ class LocalNodeTransformer:
             return local
 
         mapped = _Mapped(addr, rule)
-        self._clients[mapped.output] = mapped
-        return mapped.output
-
-    def release(self, id: Path, output: Observable[Addr]) -> None:
-        mapped = self._clients.pop(output, None)
-        if mapped is not None:
-            mapped.close()
+        return self._track(mapped)
 
     def __repr__(self) -> str:
         return f"<LocalNodeTransformer node={self.node} fallback={self.fallback}>"
