@@ -170,7 +170,7 @@ class Client:
                 try:
                     response = await dispatch(endpoint.pool, request, head, conn)
                 except asyncio.CancelledError:
-                    if not (expiry.expired and task.uncancel() <= expiry.cancelling):
+                    if not expiry.caused():
                         raise
                     raise AttemptTimeout(
                         f"attempt to {endpoint.label} exceeded requestAttemptTimeoutMs "

@@ -45,6 +45,11 @@ class Expiry:
         self.expired = True
         self.task.cancel()
 
+    def caused(self) -> bool:
+        """In an `except CancelledError`: whether this expiry is the cancellation's cause, and no
+        one else also cancelled the task (then the cancellation must go on). Call it once."""
+        return self.expired and self.task.uncancel() <= self.cancelling
+
 
 class TimeoutCounters:
     """Counts of timeouts by kind (`total`, `deadline`, `attempt`), read by the metrics exporter."""
@@ -94,8 +99,7 @@ def timeout_stage(
             try:
                 return await next_service(request)
             except asyncio.CancelledError:
-                # ours only if the timer fired and no one else also cancelled the task (as asyncio.timeout)
-                if not (expiry.expired and task.uncancel() <= expiry.cancelling):
+                if not expiry.caused():
                     raise
             finally:
                 timer.cancel()
