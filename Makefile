@@ -18,6 +18,7 @@ PROGRAMS := nginx haproxy wrk dnsmasq chromium
 # Keep in step with meshd.COMPILED_MODULES (a test checks).
 HOT := meshd/listener.py \
   meshd/pool/connection.py \
+  meshd/http/codec.py \
   meshd/http/body.py \
   meshd/http/framing.py \
   meshd/http/messages.py \

@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 COMPILED_MODULES: Final = (
     "meshd.listener",
     "meshd.pool.connection",
+    "meshd.http.codec",
     "meshd.http.body",
     "meshd.http.framing",
     "meshd.http.messages",

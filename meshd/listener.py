@@ -1,11 +1,11 @@
-"""Listener: one asyncio.Protocol per downstream connection; bytes in via httptools, responses out in order.
+"""Listener: one asyncio.Protocol per downstream connection; bytes in via the HTTP/1 codec, responses out in order.
 
 How this works:
-- httptools (llhttp) parses; its callbacks build a `Request` whose body is a streaming `Body`
-  fed as bytes arrive. llhttp in strict mode already rejects the smuggling shapes (Content-Length
-  with Transfer-Encoding, duplicate or conflicting lengths, a final coding that is not chunked, bad
-  chunk sizes, bare LF); we add the header-size limit, duplicate Host, Transfer-Encoding on
-  HTTP/1.0 (RFC 9112 §6.1), CONNECT/upgrade refusal.
+- The codec (meshd/http/codec.py `RequestCodec`, shared with the upstream side) turns each read
+  into events: a `Request` head (its streaming `Body` is then fed here as body bytes arrive), the
+  end of a message with its trailers, or a `ParseError`. It owns every parsing rule (smuggling
+  shapes, limits, hop-by-hop fields, trailers, 505 and 501); this class owns the connection:
+  ordering, timers, back-pressure, and writing responses.
 - Requests are answered strictly in order. The first request runs at once; pipelined ones queue
   behind it (their bodies buffer up to the body high-water mark, then reading pauses). A parse
   error queues a 400 after the requests before it and closes the connection after it.
@@ -15,9 +15,6 @@ How this works:
   (one per connection, see `_serve`) has been handed that request but has not run yet when the
   error is in the same read as the head (the usual case): it is cancelled, so nothing of the
   request reaches an upstream.
-- The header limit is checked per header as httptools reports them, and also per read while a
-  head is incomplete: httptools buffers a header until it ends, so one endless header would
-  otherwise grow without bound until the header timeout.
 - Back-pressure both ways: a request body pauses this transport when its consumer (the upstream
   connection) cannot keep up; a full write buffer here pauses the response body's producer.
 - Timers: an idle timer runs while no request is in progress (keep-alive idle timeout); a header
@@ -29,9 +26,6 @@ How this works:
 - A client that leaves (FIN or reset) before its request's response has begun cancels it: the
   connection's task is cancelled (aborting the attempt in flight or a retry's backoff), requests
   pipelined after it are dropped, and it is counted under 499 (see `eof_received`).
-- Trailers: `l5d-*`, hop-by-hop and the fields RFC 9110 §6.5.1 keeps out of trailers are dropped
-  (`TRAILER_DROPPED`); header fields and trailer fields together are bounded by `max_headers`.
-- Request lines with HTTP/2.0 or HTTP/0.9 (llhttp parses both) are answered 505.
 - Drain: `begin_drain()` closes idle connections now and makes busy ones close after their
   current response.
 """
@@ -46,20 +40,16 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Final, cast
 
-import httptools
-
 from meshd.clock import MONOTONIC, Clock, Timer
 from meshd.errors import (
     BadRequest,
     BodyTimeout,
-    HeadersTooLarge,
     HeaderTimeout,
     MeshdError,
-    NotImplementedMethod,
     RequestTimeout,
-    VersionNotSupported,
 )
 from meshd.http.body import Body, Trailers
+from meshd.http.codec import EndOfMessage, ParseError, RequestCodec
 from meshd.http.framing import (
     Framing,
     encode_chunk,
@@ -69,14 +59,9 @@ from meshd.http.framing import (
     serialize_response_head,
 )
 from meshd.http.headers import (
-    HOP_BY_HOP,
-    PLAIN_REQUEST_FIELDS,
-    TRAILER_DROPPED,
     append_via,
-    connection_tokens,
 )
 from meshd.http.messages import Headers, Request, Response
-from routing.identifiers.base import authority_of
 
 log = logging.getLogger("meshd.listener")
 
@@ -87,14 +72,11 @@ CONNECTION_TASK: Final = "meshd connection"
 #: the status a request is counted under when its client left before the response began (nginx's 499)
 CLIENT_CLOSED_REQUEST: Final = 499
 
-_SLASH: Final = ord("/")
 _VIA = (b"Via", b"1.1 meshd")
 #: uvloop timers have millisecond resolution and may fire a hair before their deadline; a lazily
 #: re-armed timer treats anything this close to its deadline as due, rather than re-arming.
 _TIMER_SLACK_S: Final = 0.005
 
-#: method names as str without a decode per request
-_METHODS: Final = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
 
 Service = Callable[[Request], Awaitable[Response]]
 
@@ -184,7 +166,13 @@ class ServerProtocol(asyncio.Protocol):
         #: `now` read once: for the production clock it is `time.monotonic` itself (no wrapper)
         self._clock: Callable[[], float] = listener.clock.now
         self._transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpRequestParser(self)
+        limits = listener.limits
+        self._codec = RequestCodec(
+            max_head_bytes=limits.max_header_bytes,
+            max_headers=limits.max_headers,
+            replay_limit=limits.replay_limit,
+            producer=self,
+        )
         self._client_ip = ""
         self._queue: deque[_Item] = deque()
         self._active: Request | None = None
@@ -208,23 +196,9 @@ class ServerProtocol(asyncio.Protocol):
         self._body_read_at = 0.0
         #: when `_serve` began running the active request (-1: not yet); for a client that leaves
         self._served_since = -1.0
-        self._reading_head = False
-        self._head_started = 0.0
-        # per-message parse state
-        self._url = b""
-        self._headers: Headers = []
-        self._l5d: dict[str, bytes] = {}
-        self._header_bytes = 0
-        self._header_count = 0
-        self._host: bytes | None = None
-        self._content_length: int | None = None
-        self._chunked = False
-        self._conn_tokens: list[bytes] = []
-        self._expect_continue = False
-        self._head_spill = 0
-        self._forwarded = False
-        self._in_body = False
-        self._trailers: Trailers | None = None
+        #: when the head being read began (-1: a head arriving whole needs no timestamp)
+        self._head_started = -1.0
+        #: the body of the last request parsed, while it is still arriving
         self._body: Body | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -232,6 +206,7 @@ class ServerProtocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        self._codec.client_ip = self._client_ip
         self._listener.connections.add(self)
         self._listener.accepted += 1
         if self._listener.draining:
@@ -241,10 +216,26 @@ class ServerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        in_head = self._reading_head
-        try:
-            self._parser.feed_data(data)
-            if self._reading_head and (self._header_timer is None or self._head_started < 0.0):
+        for event in self._codec.feed(data):
+            if isinstance(event, Request):
+                self._on_request(event)
+            elif isinstance(event, bytes):
+                body = self._body
+                if body is not None:
+                    body.feed(event)
+            elif isinstance(event, EndOfMessage):
+                body = self._body
+                self._body = None
+                if body is not None and not body.ended:
+                    body.end(event.trailers)
+            elif isinstance(event, ParseError):
+                if event.abandons:
+                    self._abandon_last_request()
+                self._parse_failed(event.error)
+                return
+        if self._codec.in_head:
+            self._idle_since = None
+            if self._header_timer is None or self._head_started < 0.0:
                 # A request head arrived in pieces: bound how long the rest may take. The clock is
                 # read here, not when the head began: a head that arrives whole (nearly all of
                 # them) costs no clock read; one that began in this read began microseconds ago.
@@ -254,32 +245,12 @@ class ServerProtocol(asyncio.Protocol):
                     self._header_timer = self._timers.call_later(
                         self._head_started + self._limits.header_timeout_s - self._clock(), self._on_header_timeout
                     )
-            if self._body is not None:
-                # A request body is still arriving after this read: bound the silence until the
-                # next one. A body that arrives with its head (or a bodiless request) costs nothing.
-                self._body_read_at = self._clock()
-                if self._body_timer is None:
-                    self._body_timer = self._timers.call_later(self._limits.body_idle_timeout_s, self._on_body_timeout)
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, MeshdError):
-                self._parse_failed(cause)
-            else:
-                log.exception("listener callback failed", exc_info=cause)
-                self._parse_failed(BadRequest("malformed request"))
-        except httptools.HttpParserUpgrade:
-            # llhttp stops after the head of a request asking to switch protocols; that request
-            # is answered 501 instead of being forwarded without its Upgrade.
-            self._abandon_last_request()
-            self._parse_failed(NotImplementedMethod("protocol upgrades (Upgrade, CONNECT) are not supported"))
-        except httptools.HttpParserError as exc:
-            self._parse_failed(BadRequest(f"malformed request: {exc}"))
-        else:
-            if in_head and self._reading_head:
-                # All of `data` belongs to a head that is still not complete (see the module doc).
-                self._head_spill += len(data)
-                if self._head_spill > self._limits.max_header_bytes:
-                    self._parse_failed(_headers_too_large(self._limits.max_header_bytes))
+        if self._body is not None:
+            # A request body is still arriving after this read: bound the silence until the
+            # next one. A body that arrives with its head (or a bodiless request) costs nothing.
+            self._body_read_at = self._clock()
+            if self._body_timer is None:
+                self._body_timer = self._timers.call_later(self._limits.body_idle_timeout_s, self._on_body_timeout)
 
     def eof_received(self) -> bool | None:
         # The client closed its side. Idle (or in the middle of a head): close, nothing is lost.
@@ -347,139 +318,17 @@ class ServerProtocol(asyncio.Protocol):
                 if self._body_timer is None:
                     self._body_timer = self._timers.call_later(self._limits.body_idle_timeout_s, self._on_body_timeout)
 
-    # -- httptools callbacks ------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._l5d = {}
-        self._header_bytes = 0
-        self._header_count = 0
-        self._host = None
-        self._content_length = None
-        self._chunked = False
-        self._conn_tokens = []
-        self._expect_continue = False
-        self._head_spill = 0
-        self._forwarded = False
-        self._in_body = False
-        self._trailers = None
+    # -- codec events ---------------------------------------------------------------------
+    def _on_request(self, request: Request) -> None:
+        """A request head was parsed: it is queued (or run) at once; its body follows."""
         self._idle_since = None
-        self._reading_head = True
-        self._head_started = -1.0  # read in data_received if the head does not arrive whole
-
-    def on_url(self, url: bytes) -> None:
-        self._header_bytes += len(url)
-        if self._header_bytes > self._limits.max_header_bytes:
-            raise _headers_too_large(self._limits.max_header_bytes)
-        self._url = self._url + url if self._url else url  # llhttp may report it in pieces
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self._limits.max_header_bytes:
-            raise _headers_too_large(self._limits.max_header_bytes)
-        self._header_count += 1
-        if self._header_count > self._limits.max_headers:
-            raise HeadersTooLarge(f"more than {self._limits.max_headers} header fields (maxHeaders)")
-        if self._in_body:
-            # Trailers: the routing and trust decisions were made on the head, so nothing that
-            # steers routing, framing or authentication may follow in them (see TRAILER_DROPPED).
-            lname = name.lower()
-            if lname in TRAILER_DROPPED or lname.startswith(b"l5d-"):
-                return
-            if self._trailers is None:
-                self._trailers = []
-            self._trailers.append((name, value))
-            return
-        if name in PLAIN_REQUEST_FIELDS:
-            self._headers.append((name, value))
-            return
-        lname = name.lower()
-        if lname == b"host":
-            if self._host is not None:
-                raise BadRequest("more than one Host header")
-            self._host = value
-            self._headers.append((name, value))
-        elif lname == b"content-length":
-            self._content_length = int(value)  # llhttp has validated the digits and duplicates
-        elif lname == b"transfer-encoding":
-            self._chunked = True  # llhttp has checked that the final coding is chunked
-        elif lname == b"connection":
-            self._conn_tokens += connection_tokens(value)
-        elif lname == b"expect":
-            if value.lower() == b"100-continue":
-                self._expect_continue = True
-            else:
-                self._headers.append((name, value))
-        elif lname in HOP_BY_HOP:
-            pass
-        elif lname.startswith(b"l5d-"):
-            self._l5d[lname.decode("latin-1")] = value
-        else:
-            if lname == b"via" or lname == b"x-forwarded-for":
-                self._forwarded = True
-            self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        self._reading_head = False
-        parser = self._parser
-        raw_method = parser.get_method()
-        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        if method == "CONNECT":
-            raise NotImplementedMethod("CONNECT is not supported")
-        keep_alive = parser.should_keep_alive()
-        version = request_version(parser, keep_alive, bool(self._conn_tokens))
-        if version != "1.1" and version != "1.0":
-            # llhttp accepts 0.9 and 2.0 in a request line; neither is HTTP/1 (nginx answers 505).
-            raise VersionNotSupported(f"HTTP/{version} is not supported: meshd speaks HTTP/1.1 and HTTP/1.0 here")
-        if self._chunked and version == "1.0":
-            # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
-            raise BadRequest("malformed request: Transfer-Encoding in an HTTP/1.0 request")
-        headers = self._headers
-        tokens = self._conn_tokens
-        if tokens:
-            named = {t for t in tokens if t not in (b"close", b"keep-alive")}
-            if named:
-                headers = [(n, v) for n, v in headers if n.lower() not in named]
-                self._l5d = {k: v for k, v in self._l5d.items() if k.encode("latin-1") not in named}
-        if self._chunked:
-            body = Body(chunked=True, replay_limit=self._limits.replay_limit, producer=self)
-        elif self._content_length:
-            body = Body(length=self._content_length, replay_limit=self._limits.replay_limit, producer=self)
-        else:
-            body = Body.empty(self._content_length)
-        self._in_body = True
-        self._body = body
-        url = self._url
-        host = self._host
-        if url[0] != _SLASH and url != b"*":  # absolute-form (origin-form is the usual case)
-            host = _absolute_form_host(url, headers, host)
-        request = Request(
-            method,
-            url.decode("latin-1"),
-            version,
-            headers,
-            body,
-            l5d=self._l5d,
-            keep_alive=keep_alive,
-            host=host.decode("latin-1") if host is not None else None,
-            client_ip=self._client_ip,
-            expect_continue=self._expect_continue,
-        )
-        request.forwarded = self._forwarded
-        if self._expect_continue and not body.ended:
-            body.on_first_attach(self._send_continue)
+        self._head_started = -1.0  # the next head that arrives in pieces is timed from its first read
+        body = request.body
+        if not body.ended:
+            self._body = body
+            if request.expect_continue:
+                body.on_first_attach(self._send_continue)
         self._enqueue(request)
-
-    def on_body(self, data: bytes) -> None:
-        if self._body is not None:
-            self._body.feed(data)
-
-    def on_message_complete(self) -> None:
-        self._in_body = False
-        body = self._body
-        self._body = None
-        if body is not None and not body.ended:
-            body.end(self._trailers)
 
     # -- exchanges ----------------------------------------------------------------------------
     def _enqueue(self, item: _Item) -> None:
@@ -634,7 +483,6 @@ class ServerProtocol(asyncio.Protocol):
     def _parse_failed(self, error: MeshdError) -> None:
         if self._transport is not None:
             self._transport.pause_reading()
-        self._reading_head = False
         body = self._body
         self._body = None
         if body is not None and not body.ended:
@@ -687,7 +535,7 @@ class ServerProtocol(asyncio.Protocol):
 
     def _on_header_timeout(self) -> None:
         self._header_timer = None
-        if not self._reading_head or self._closing:
+        if not self._codec.in_head or self._closing:
             return
         deadline = self._head_started + self._limits.header_timeout_s
         now = self._clock()
@@ -820,36 +668,6 @@ def error_response(error: MeshdError, *, close: bool = False) -> Response:
 
 def _header_safe(text: bytes) -> bytes:
     return text.replace(b"\r", b" ").replace(b"\n", b" ")
-
-
-def _absolute_form_host(url: bytes, headers: Headers, host: bytes | None) -> bytes | None:
-    """RFC 9112 §3.2.2: a proxy replaces Host with the authority of an absolute-form target."""
-    authority = authority_of(url.decode("latin-1"))
-    if authority is None:
-        return host
-    value = authority.encode("latin-1")
-    for i, (name, _) in enumerate(headers):
-        if len(name) == 4 and name.lower() == b"host":
-            headers[i] = (name, value)
-            return value
-    headers.append((b"Host", value))
-    return value
-
-
-def request_version(parser: httptools.HttpRequestParser, keep_alive: bool, has_connection_header: bool) -> str:
-    """The request's HTTP version ("1.1", "1.0", ...), without asking llhttp when it is implied.
-
-    httptools formats the version string with `str.format` on every call, about 1% of the CPU of
-    a proxied request. llhttp accepts only 0.9, 1.0, 1.1 and 2.0, and for a request it calls
-    the connection persistent without a Connection header only in HTTP/1.1 (1.x with x > 0).
-    """
-    if keep_alive and not has_connection_header:
-        return "1.1"
-    return parser.get_http_version()
-
-
-def _headers_too_large(limit: int) -> HeadersTooLarge:
-    return HeadersTooLarge(f"request line and headers exceed {limit} bytes")
 
 
 def _header_timeout_error(timeout_s: float) -> MeshdError:

@@ -1,4 +1,4 @@
-"""One upstream HTTP/1.1 connection: one request at a time, response parsed with httptools.
+"""One upstream HTTP/1.1 connection: one request at a time, its response read by the HTTP/1 codec.
 
 How this works: `send()` writes the request head (with whatever body is already buffered) and
 attaches the request body so the rest streams as it arrives; it returns a future that resolves
@@ -6,8 +6,10 @@ with the `Response` as soon as the response head is parsed. The response body is
 `data_received`. When BOTH the request body has been fully written and the response has fully
 arrived, the connection goes back to its pool — reusable only if the upstream kept it alive.
 
-Interim 1xx responses are skipped (meshd answers `100 Continue` to clients itself). For HEAD
-requests llhttp would wait for a body, so the parser is stopped after the head and replaced.
+Parsing is the codec's (meshd/http/codec.py `ResponseCodec`, the same code that reads requests
+on the listener's side): this class turns its events into the exchange's state. Interim 1xx
+responses are skipped there (meshd answers `100 Continue` to clients itself), and the response
+to a HEAD ends with its head.
 A connection lost before any response byte on a *reused* connection is reported as `stale`, so
 the caller may transparently send the request again on a fresh connection.
 """
@@ -18,16 +20,13 @@ import asyncio
 from collections.abc import Callable
 from typing import Final, cast
 
-import httptools
-
 from meshd.clock import MONOTONIC, Clock, Timer
 from meshd.errors import MeshdError, ResponseHeadTimeout, UpstreamFailed
 from meshd.http.body import Body, Trailers
+from meshd.http.codec import EndOfMessage, Event, ParseError, ResponseCodec
 from meshd.http.framing import Framing, encode_chunk, encode_last_chunk, request_framing
-from meshd.http.headers import HOP_BY_HOP, PLAIN_RESPONSE_FIELDS, connection_tokens
-from meshd.http.messages import Headers, Request, Response
+from meshd.http.messages import Request, Response
 
-_NO_BODY_STATUS: Final = frozenset({204, 304})
 #: the default limit on a response's status line and headers (`client.maxResponseHeaderBytes`)
 DEFAULT_MAX_HEAD_BYTES: Final = 64 * 1024
 #: the default for `client.responseIdleTimeoutMs`, as Envoy's stream idle timeout
@@ -36,10 +35,6 @@ DEFAULT_RESPONSE_IDLE_TIMEOUT_S: Final = 300.0
 DEFAULT_RESPONSE_HEAD_TIMEOUT_S: Final = 60.0
 #: the default for `client.maxResponseHeaders`, as Envoy's `max_headers_count`
 DEFAULT_MAX_HEADERS: Final = 100
-#: the largest response Content-Length meshd forwards: 2**63 - 1, the largest signed 64-bit integer,
-#: which is what nginx, Go's net/http and curl (`curl_off_t`) can hold. A larger value is not a real
-#: body and a client could not parse it, so it is refused rather than forwarded and then truncated.
-MAX_CONTENT_LENGTH: Final = 2**63 - 1
 #: uvloop timers have millisecond resolution and may fire a hair early (see listener.py)
 _TIMER_SLACK_S: Final = 0.005
 _EMPTY_BODY: Final = Body.empty()
@@ -48,10 +43,6 @@ _EMPTY_BODY_0: Final = Body.empty(0)
 
 class StaleConnection(UpstreamFailed):
     """A reused keep-alive connection was closed by the upstream before any response byte."""
-
-
-class _StopAfterHead(Exception):
-    """Raised inside the parser callback to stop llhttp after a HEAD response's head."""
 
 
 ReleaseCallback = Callable[["UpstreamConnection", bool], None]
@@ -75,8 +66,6 @@ class UpstreamConnection(asyncio.Protocol):
         # `time.monotonic` itself), the timers called only on the lazy timer paths
         self._timers: Clock = clock
         self._now: Callable[[], float] = clock.now
-        self._max_head_bytes = max_head_bytes
-        self._max_headers = max_headers
         self._idle_timeout_s = response_idle_timeout_s
         # The idle timer runs only while the exchange waits on the upstream in the middle of a
         # message: a response body still arriving after the read that brought its head (a small
@@ -95,38 +84,18 @@ class UpstreamConnection(asyncio.Protocol):
         self._on_lost_idle = on_lost_idle
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        self._codec = ResponseCodec(label, max_head_bytes=max_head_bytes, max_headers=max_headers, producer=self)
         self.closed = False
         self.uses = 0
         self.idle_since = 0.0
         self._busy = False
         self._future: asyncio.Future[Response] | None = None
         self._request: Request | None = None
-        self._method = ""
         self._got_bytes = False
         self._request_done = True
         self._response_done = True
         self._response: Response | None = None
         self._keep_alive = True
-        self._until_close = False
-        # per-response parse state
-        # Two counts, each checked against the limit (as the listener does): the header lines
-        # httptools reported, and the bytes of reads that ended inside the head (httptools keeps
-        # an unfinished line to itself, so one endless header only shows there). One count for
-        # both would count a head arriving in pieces twice.
-        self._head_bytes = 0
-        self._head_count = 0
-        self._head_spill = 0
-        self._reading_head = False  # a response head is expected and not complete yet
-        self._reason = b""
-        self._headers: Headers = []
-        self._content_length: int | None = None
-        self._chunked = False
-        self._conn_close = False
-        self._conn_named: set[bytes] | None = None
-        self._has_via = False
-        self._in_body = False
-        self._trailers: Trailers | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -140,37 +109,32 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = True
         if self._idle_timer is not None:
             self._last_rx = self._now()
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, _StopAfterHead):
-                self._parser = httptools.HttpResponseParser(self)
-                self._message_complete()
-                return
-            if isinstance(cause, MeshdError):
-                self._fail(cause)
-                return
-            self._fail(UpstreamFailed(f"malformed response from {self.label}: {cause}"))
-        except httptools.HttpParserError as exc:
-            self._fail(UpstreamFailed(f"malformed response from {self.label}: {exc}"))
-        except httptools.HttpParserUpgrade:
-            self._fail(UpstreamFailed(f"{self.label} switched protocols unexpectedly"))
-        else:
-            if self._reading_head:
-                # All of `data` belongs to a head that is still not complete: httptools buffers
-                # a header line until it ends, so one endless header is only seen here.
-                self._head_spill += len(data)
-                if self._head_spill > self._max_head_bytes:
-                    self._fail(self._head_too_large())
-            elif (
-                self._idle_timer is None
-                and self._idle_timeout_s is not None
-                and self._response is not None
-                and not self._response_done
-            ):
-                self._last_rx = now = self._now()
-                self._idle_timer = self._timers.call_at(now + self._idle_timeout_s, self._on_response_idle)
+        if self._apply(self._codec.feed(data)):
+            return
+        if (
+            self._idle_timer is None
+            and self._idle_timeout_s is not None
+            and self._response is not None
+            and not self._response_done
+        ):
+            self._last_rx = now = self._now()
+            self._idle_timer = self._timers.call_at(now + self._idle_timeout_s, self._on_response_idle)
+
+    def _apply(self, events: list[Event]) -> bool:
+        """Act on the codec's events; True when the exchange failed (nothing more to do)."""
+        for event in events:
+            if isinstance(event, Response):
+                self._on_response(event)
+            elif isinstance(event, bytes):
+                response = self._response
+                if response is not None:
+                    response.body.feed(event)
+            elif isinstance(event, EndOfMessage):
+                self._message_complete(event.trailers)
+            elif isinstance(event, ParseError):
+                self._fail(event.error)
+                return True
+        return False
 
     def eof_received(self) -> bool | None:
         return False
@@ -195,8 +159,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         response = self._response
         if response is not None and not self._response_done:
-            if self._until_close and exc is None:
-                self._message_complete()
+            if exc is None and self._codec.until_close:
+                self._apply(self._codec.eof())
                 return
             response.body.fail(UpstreamFailed(f"{self.label} reset the connection mid-response"))
             self._response_done = True
@@ -284,16 +248,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._busy = True
         self.uses += 1
         self._request = request
-        self._method = request.method
         self._got_bytes = False
         self._response = None
         self._response_done = False
-        self._until_close = False
         self._keep_alive = True
-        self._reading_head = True
-        self._head_bytes = 0
-        self._head_count = 0
-        self._head_spill = 0
+        self._codec.expect(request.method)
         future: asyncio.Future[Response] = self._loop.create_future()
         self._future = future
         body = request.body
@@ -342,113 +301,25 @@ class UpstreamConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    # -- httptools callbacks ------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._headers = []
-        self._reason = b""
-        self._content_length = None
-        self._chunked = False
-        self._conn_close = False
-        self._conn_named = None
-        self._has_via = False
-        self._in_body = False
-        self._trailers = None
-
-    def on_status(self, status: bytes) -> None:
-        self._reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self._max_head_bytes:
-            raise self._head_too_large()
-        self._head_count += 1
-        if self._head_count > self._max_headers:
-            raise UpstreamFailed(
-                f"response from {self.label} has more than {self._max_headers} headers (maxResponseHeaders)"
-            )
-        if self._in_body:
-            if self._trailers is None:
-                self._trailers = []
-            self._trailers.append((name, value))
-            return
-        if name in PLAIN_RESPONSE_FIELDS:
-            self._headers.append((name, value))
-            return
-        lname = name.lower()
-        if lname == b"content-length":
-            length = int(value)  # llhttp has validated the digits, duplicates and 64-bit overflow
-            if length > MAX_CONTENT_LENGTH:
-                raise UpstreamFailed(
-                    f"malformed response from {self.label}: Content-Length {length} exceeds 2**63-1"
-                )
-            self._content_length = length
-        elif lname == b"transfer-encoding":
-            self._chunked = True
-        elif lname == b"connection":
-            if value == b"keep-alive" or value == b"Keep-Alive":
-                return  # the usual value: nothing to remember (keep-alive is HTTP/1.1's default)
-            tokens = connection_tokens(value)
-            if b"close" in tokens:
-                self._conn_close = True
-            named = {t for t in tokens if t not in (b"close", b"keep-alive")}
-            if named:
-                self._conn_named = named if self._conn_named is None else self._conn_named | named
-        elif lname not in HOP_BY_HOP:
-            if lname == b"via":
-                self._has_via = True
-            self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        parser = self._parser
-        status = parser.get_status_code()
-        if status < 200:
-            return  # interim response: skipped; the real one follows
-        self._reading_head = False
-        headers = self._headers
-        if self._conn_named:
-            named = self._conn_named
-            headers = [(n, v) for n, v in headers if n.lower() not in named]
-        self._keep_alive = parser.should_keep_alive() and not self._conn_close
-        is_head = self._method == "HEAD"
-        if is_head or status in _NO_BODY_STATUS:
-            body = Body.empty()
-        elif self._chunked:
-            body = Body(chunked=True, producer=self)
-        elif self._content_length is not None:
-            body = Body(length=self._content_length, producer=self) if self._content_length else Body.empty(0)
-        else:
-            body = Body(producer=self)
-            self._until_close = True
-            self._keep_alive = False
+    # -- codec events -----------------------------------------------------------------------
+    def _on_response(self, response: Response) -> None:
+        """The response head arrived: the caller's future resolves now; the body follows."""
+        self._keep_alive = self._codec.keep_alive
+        body = response.body
         if not body.ended:
             body.set_canceller(self.abort)
-        self._in_body = True
-        response = Response(status, self._reason, headers, body, content_length=self._content_length)
-        response.has_via = self._has_via
         self._response = response
         future = self._future
         if future is not None and not future.done():
             future.set_result(response)
-        if is_head:
-            raise _StopAfterHead()
 
-    def on_body(self, data: bytes) -> None:
-        if self._response is not None:
-            self._response.body.feed(data)
-
-    def on_message_complete(self) -> None:
-        if self._response is None:
-            return  # end of an interim response
-        self._message_complete()
-
-    def _message_complete(self) -> None:
-        self._in_body = False
+    def _message_complete(self, trailers: Trailers | None) -> None:
         response = self._response
         if response is None or self._response_done:
             return
         self._response_done = True
         if not response.body.ended:
-            response.body.end(self._trailers)
+            response.body.end(trailers)
         if self._request_done:
             self._finish(reusable=self._keep_alive)
         elif not self._keep_alive:
@@ -459,11 +330,6 @@ class UpstreamConnection(asyncio.Protocol):
             self._finish(reusable=False)
 
     # -- internals ----------------------------------------------------------------------------
-    def _head_too_large(self) -> UpstreamFailed:
-        return UpstreamFailed(
-            f"response head from {self.label} exceeds {self._max_head_bytes} bytes (maxResponseHeaderBytes)"
-        )
-
     def _fail(self, error: MeshdError) -> None:
         future = self._future
         if future is not None and not future.done():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httptools
 import pytest
 
-from meshd.listener import request_version
+from meshd.http.codec import request_version
 
 
 class _Head:

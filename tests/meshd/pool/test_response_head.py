@@ -12,9 +12,10 @@ import pytest
 
 from meshd.errors import AttemptTimeout, ResponseHeadTimeout, UpstreamFailed
 from meshd.http.body import Body
+from meshd.http.codec import MAX_CONTENT_LENGTH
 from meshd.http.messages import Request, Response
 from meshd.pipeline.retries import classify_error
-from meshd.pool.connection import MAX_CONTENT_LENGTH, UpstreamConnection
+from meshd.pool.connection import UpstreamConnection
 from meshd.retry.classifiers import ResponseClass, RetryableIdempotent5XXConfig
 from tests.support.clock import FakeClock
 from tests.support.transport import FakeTransport, connect
