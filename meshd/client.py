@@ -21,12 +21,12 @@ from balancers.base import Balancer, NoNodesAvailable
 from balancers.configs import AccrualConfig
 from balancers.node import Node
 from balancers.registry import BalancerConfig
+from meshd.clock import Expiry
 from meshd.discovery.addr import Addr, Address, Bound, Neg
 from meshd.errors import AttemptTimeout, MeshdError, NoEndpoints
 from meshd.http.messages import Request, Response
 from meshd.observable import Observable
 from meshd.pipeline.dispatch import can_resend, dispatch, dst_lines, request_head, resend
-from meshd.pipeline.timeouts import Expiry
 from meshd.pool.connection import StaleConnection
 from meshd.pool.dialer import Dialer
 from meshd.pool.pool import Pool, PoolLimits, PoolStatistics

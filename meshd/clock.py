@@ -2,7 +2,8 @@
 
 One interface, `Clock`: `now()` (monotonic seconds), `call_at(when, callback)` and
 `call_later(delay, callback)` (timers, each returning a handle with `cancel()`), and
-`async sleep(delay)`. Production uses `MONOTONIC`, whose time base is `time.monotonic()`: its timers
+`async sleep(delay)`; `timeout(delay)` bounds an awaited block on it (`async with clock.timeout(1.0):`
+raises `TimeoutError` at the limit, as `asyncio.timeout` does on the loop's clock). Production uses `MONOTONIC`, whose time base is `time.monotonic()`: its timers
 run on the running event loop, converted to delays on that same base, so a deadline computed from
 `now()` and one passed to `call_at` are on one clock. Tests use one fake clock
 (tests/support/clock.py) whose `advance(seconds)` runs the timers that fall due, in order, with
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from types import TracebackType
 from typing import Protocol
 
 
@@ -38,6 +40,70 @@ class Clock(Protocol):
 
     async def sleep(self, delay: float) -> None: ...
 
+    def timeout(self, delay: float) -> Timeout: ...
+
+
+class Expiry:
+    """The timer callback of one bounded await (a request's total timeout, an attempt's timeout, a
+    `Timeout` block): cancels its task, remembering that it did. The caller turns that cancellation,
+    and only that one, into its timeout error: `expired and task.uncancel() <= cancelling` (the rule
+    `asyncio.timeout` follows)."""
+
+    __slots__ = ("task", "cancelling", "expired")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        #: the task's pending cancellations on entry: only one more than these is ours
+        self.cancelling = task.cancelling()
+        self.expired = False
+
+    def fire(self) -> None:
+        self.expired = True
+        self.task.cancel()
+
+    def caused(self) -> bool:
+        """In an `except CancelledError`: whether this expiry is the cancellation's cause, and no
+        one else also cancelled the task (then the cancellation must go on). Call it once."""
+        return self.expired and self.task.uncancel() <= self.cancelling
+
+
+class Timeout:
+    """`async with clock.timeout(delay):` -- the block is cancelled `delay` seconds after entry on
+    `clock`, and the cancellation leaves the block as `TimeoutError`; a cancellation from anyone
+    else goes on as `CancelledError` (as with `asyncio.timeout`). `expired` says whether the timer
+    fired. One use per instance."""
+
+    __slots__ = ("_clock", "_delay", "_expiry", "_timer")
+
+    def __init__(self, clock: Clock, delay: float) -> None:
+        self._clock = clock
+        self._delay = delay
+        self._expiry: Expiry | None = None
+        self._timer: Timer | None = None
+
+    @property
+    def expired(self) -> bool:
+        return self._expiry is not None and self._expiry.expired
+
+    async def __aenter__(self) -> Timeout:
+        if self._expiry is not None:
+            raise RuntimeError("a Timeout is entered once")
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("Timeout must be used inside a task")
+        self._expiry = expiry = Expiry(task)
+        self._timer = self._clock.call_later(self._delay, expiry.fire)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # never suspends: compiled callers exit this on their exception path (docs/architecture.md)
+        assert self._expiry is not None and self._timer is not None
+        self._timer.cancel()
+        if self._expiry.caused() and isinstance(exc, asyncio.CancelledError):
+            raise TimeoutError from exc
+
 
 class MonotonicClock:
     """The production clock: `time.monotonic()`, with timers on the running event loop.
@@ -60,6 +126,9 @@ class MonotonicClock:
 
     async def sleep(self, delay: float) -> None:
         await asyncio.sleep(delay)
+
+    def timeout(self, delay: float) -> Timeout:
+        return Timeout(self, delay)
 
 
 MONOTONIC = MonotonicClock()

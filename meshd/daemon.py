@@ -195,7 +195,7 @@ class Daemon:
         for b in self.bound:
             b.listener.begin_drain()
         try:
-            async with asyncio.timeout(drain_timeout_s):
+            async with self.runtime.clock.timeout(drain_timeout_s):
                 await asyncio.gather(*(b.listener.wait_closed() for b in self.bound))
         except TimeoutError:
             open_count = sum(len(b.listener.connections) for b in self.bound)

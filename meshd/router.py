@@ -119,6 +119,7 @@ class Router:
             self._namers,
             [n.version for n in self._namers.values()],
             binding_timeout_s=config.binding_timeout_ms / 1000.0,
+            clock=runtime.clock,
         )
         self._dialer = dialer
         self.transformers = [t.build(runtime, self._namers) for t in config.transformers]
@@ -289,7 +290,7 @@ class Router:
                 ),
                 attempt_timeout_ms=config.request_attempt_timeout_ms,
             )
-            dialer = self._dialer or TcpDialer(pool.connect_timeout_ms / 1000.0)
+            dialer = self._dialer or TcpDialer(pool.connect_timeout_ms / 1000.0, self.runtime.clock)
             addr, release = self.acquire_addr(id)
             client = Client(id, addr, settings, self.runtime, dialer, release=release)
             client.used = self._tick

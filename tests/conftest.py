@@ -17,7 +17,7 @@ from meshd.config.loader import load_config
 from meshd.config.model import MeshdConfig
 from meshd.daemon import Daemon
 from meshd.runtime import Runtime
-from tests.support.clock import FakeClock
+from tests.support.clock import FakeClock, settle
 from tests.support.upstreams import Handler, Upstream, ok_handler
 
 # Under CI the property tests run a fixed set of examples, so a run is reproducible and a
@@ -126,5 +126,5 @@ async def make_mesh(tmp_path: pathlib.Path) -> AsyncIterator[Callable[..., Await
         return mesh
 
     yield make
-    for mesh in meshes:
-        await mesh.daemon.shutdown(drain_timeout_s=2.0)
+    for mesh in meshes:  # (the drain timeout is on the mesh's clock: `settle` lets it pass on a fake one)
+        await settle(mesh.daemon.runtime.clock, mesh.daemon.shutdown(drain_timeout_s=2.0), 2.0)

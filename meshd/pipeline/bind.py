@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Container, Mapping
 from typing import Protocol
 
+from meshd.clock import MONOTONIC, Clock
 from meshd.errors import BadRequest, MeshdError, NoSuchService, RequestTimeout
 from meshd.explain import namer_reasons
 from meshd.http.messages import Request, Response
@@ -59,11 +60,13 @@ class Binder:
         versions: list[Observable[int]],
         *,
         binding_timeout_s: float,
+        clock: Clock = MONOTONIC,
     ) -> None:
         self._base = base_dtab
         self._namers = dict(namers)
         self._versions = versions
         self._binding_timeout_s = binding_timeout_s
+        self._clock = clock
         self._cache: dict[tuple[Path, str], Chooser] = {}
         # insertion order of the cached keys, to evict the oldest (each key is in one deque once)
         self._base_keys: deque[_Key] = deque()
@@ -122,7 +125,7 @@ class Binder:
         max_work = LOCAL_DTAB_MAX_WORK if local_dtab else None
         binding: Binding | None = None
         try:
-            async with asyncio.timeout(self._binding_timeout_s):
+            async with self._clock.timeout(self._binding_timeout_s):
                 while True:
                     try:
                         binding = bind(dtab, path, self._namers, max_work=max_work, trace=False)

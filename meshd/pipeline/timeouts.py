@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 
-from meshd.clock import MONOTONIC, Clock
+from meshd.clock import MONOTONIC, Clock, Expiry
 from meshd.errors import RequestTimeout
 from meshd.http.messages import Request, Response
 from meshd.pipeline.stack import Service, Stage
@@ -26,29 +26,6 @@ from meshd.retry.deadline import HEADER, Deadline, WallClock, combine, format_de
 
 log = logging.getLogger("meshd.timeouts")
 _HEADER_BYTES = HEADER.encode("ascii")
-
-
-class Expiry:
-    """The timer callback of one bounded await (a request's total timeout, an attempt's timeout):
-    cancels its task, remembering that it did. The caller turns that cancellation, and only that
-    one, into its timeout error: `expired and task.uncancel() <= cancelling` (as `asyncio.timeout`)."""
-
-    __slots__ = ("task", "cancelling", "expired")
-
-    def __init__(self, task: asyncio.Task[object]) -> None:
-        self.task = task
-        #: the task's pending cancellations on entry: only one more than these is ours
-        self.cancelling = task.cancelling()
-        self.expired = False
-
-    def fire(self) -> None:
-        self.expired = True
-        self.task.cancel()
-
-    def caused(self) -> bool:
-        """In an `except CancelledError`: whether this expiry is the cancellation's cause, and no
-        one else also cancelled the task (then the cancellation must go on). Call it once."""
-        return self.expired and self.task.uncancel() <= self.cancelling
 
 
 class TimeoutCounters:

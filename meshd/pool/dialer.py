@@ -7,6 +7,7 @@ import socket
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+from meshd.clock import MONOTONIC, Clock
 from meshd.errors import ConnectFailed
 
 P = TypeVar("P", bound=asyncio.Protocol)
@@ -17,17 +18,18 @@ class Dialer(Protocol):
 
 
 class TcpDialer:
-    """The real dialer: `loop.create_connection` with a connect timeout, TCP_NODELAY on."""
+    """The real dialer: `loop.create_connection` with a connect timeout (on `clock`), TCP_NODELAY on."""
 
-    __slots__ = ("connect_timeout_s",)
+    __slots__ = ("connect_timeout_s", "clock")
 
-    def __init__(self, connect_timeout_s: float = 1.0) -> None:
+    def __init__(self, connect_timeout_s: float = 1.0, clock: Clock = MONOTONIC) -> None:
         self.connect_timeout_s = connect_timeout_s
+        self.clock = clock
 
     async def dial(self, host: str, port: int, factory: Callable[[], P]) -> P:
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.connect_timeout_s):
+            async with self.clock.timeout(self.connect_timeout_s):
                 transport, protocol = await loop.create_connection(factory, host, port)
         except TimeoutError as exc:
             raise ConnectFailed(f"connect to {host}:{port} timed out after {self.connect_timeout_s:g} s") from exc

@@ -1,4 +1,5 @@
-"""Test doubles for balancer tests: a settable clock and a minimal member type."""
+"""Test doubles for balancer tests: a minimal member type and builders (the clock is the one
+FakeClock, tests/support/clock.py, re-exported here)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,15 @@ from balancers.base import Balancer, NodeState
 from balancers.configs import AccrualConfig, NoAccrualConfig
 from balancers.node import Node
 from balancers.registry import BALANCERS
-from tests.support import clock as support_clock
+from tests.support.clock import FakeClock
+
+__all__ = ["FakeClock", "Member", "build", "members", "state", "fail", "succeed", "KINDS"]
 
 
 @dataclass(frozen=True)
 class Member:
     key: str
     weight: float = 1.0
-
-
-class FakeClock(support_clock.FakeClock):
-    """The one fake clock (tests/support/clock.py), starting at 100 s as these tests always have."""
-
-    __slots__ = ()
-
-    def __init__(self, start: float = 100.0) -> None:
-        super().__init__(start)
 
 
 def members(n: int, weight: float = 1.0) -> list[Member]:

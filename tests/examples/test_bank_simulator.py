@@ -18,37 +18,7 @@ from examples.bank.simulator import (
     percentile,
     plan_traffic,
 )
-
-
-class FakeClock:
-    """Time moves only when the test calls advance(); `sleeping` is set whenever someone starts to sleep."""
-
-    def __init__(self) -> None:
-        self.current = 0.0
-        self.sleeping = asyncio.Event()
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-
-    def now(self) -> float:
-        return self.current
-
-    async def sleep_until(self, deadline: float) -> None:
-        if deadline <= self.current:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sleepers.append((deadline, future))
-        self.sleeping.set()
-        await future
-
-    async def wait_for_sleeper(self) -> None:
-        await self.sleeping.wait()
-        self.sleeping.clear()
-
-    def advance(self, seconds: float) -> None:
-        self.current += seconds
-        for deadline, future in list(self._sleepers):
-            if deadline <= self.current:
-                self._sleepers.remove((deadline, future))
-                future.set_result(None)
+from tests.support.clock import FakeClock
 
 
 def request(n: int) -> AuthRequest:
@@ -60,7 +30,7 @@ def plan(*times: float) -> list[PlannedAuth]:
 
 
 async def test_a_stall_shows_up_in_the_latency_of_every_request_it_delayed():
-    clock = FakeClock()
+    clock = FakeClock(start=0.0)  # the simulator sleeps until each send on it
     first_answered = asyncio.Event()
 
     class Immediate:
@@ -70,14 +40,14 @@ async def test_a_stall_shows_up_in_the_latency_of_every_request_it_delayed():
 
     run = asyncio.create_task(Simulator(Immediate(), clock).run(plan(0.0, 0.1, 0.2)))
     await first_answered.wait()
-    await clock.wait_for_sleeper()
+    await clock.wait_sleeps(1)
     clock.advance(1.0)  # the process stalls for a second: the sends due at 0.1 and 0.2 leave at 1.0
     results = await run
     assert [round(result.latency_ms) for result in results] == [0, 900, 800]
 
 
 async def test_a_slow_answer_does_not_delay_later_sends():
-    clock = FakeClock()
+    clock = FakeClock(start=0.0)  # the simulator sleeps until each send on it
     release, all_sent = asyncio.Event(), asyncio.Event()
     sent_at: list[float] = []
 
@@ -91,8 +61,8 @@ async def test_a_slow_answer_does_not_delay_later_sends():
             return Reply(outcome="declined", reason="insufficient_funds")
 
     run = asyncio.create_task(Simulator(SlowFirst(), clock).run(plan(0.0, 0.5, 1.0)))
-    for _ in range(2):
-        await clock.wait_for_sleeper()
+    for sleeps in (1, 2):
+        await clock.wait_sleeps(sleeps)
         clock.advance(0.5)
     await all_sent.wait()
     clock.advance(0.25)
@@ -108,7 +78,7 @@ async def test_a_slow_answer_does_not_delay_later_sends():
 
 
 async def test_stop_event_ends_the_run_early():
-    clock = FakeClock()
+    clock = FakeClock(start=0.0)  # the simulator sleeps until each send on it
     stop = asyncio.Event()
 
     class Stopper:
@@ -117,7 +87,7 @@ async def test_stop_event_ends_the_run_early():
             return Reply(outcome="approved")
 
     run = asyncio.create_task(Simulator(Stopper(), clock).run(plan(0.0, 1.0, 2.0), stop=stop))
-    await clock.wait_for_sleeper()
+    await clock.wait_sleeps(1)
     clock.advance(1.0)
     assert len(await run) == 1
 

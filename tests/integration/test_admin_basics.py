@@ -13,7 +13,9 @@ import pathlib
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from meshd.clock import Expiry
 from tests.support.client import RawConnection, RawResponse
+from tests.support.clock import FakeClock
 from tests.support.process import MeshdProcess, process_config
 from tests.support.upstreams import Received, Reply
 from tests.support.waiting import wait_until
@@ -55,6 +57,40 @@ async def test_ready_turns_off_while_draining(make_mesh, make_upstream):
     assert (await held.read_response()).body == b"done"
     await draining
     await held.close()
+
+
+async def test_the_drain_timeout_aborts_what_is_left_exactly_at_its_limit_on_the_fake_clock(make_mesh, make_upstream):
+    never = asyncio.Event()
+
+    async def hangs(req: Received) -> Reply:
+        await never.wait()
+        return Reply(200, [], b"never")
+
+    clock = FakeClock(start=0.0)
+    up = await make_upstream(hangs)
+    mesh = await make_mesh(clock=clock)
+    mesh.register("svc", up)
+    held = await RawConnection.open(mesh.port)
+    await held.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+    await asyncio.wait_for(up.request_event.wait(), 5)
+    draining = asyncio.create_task(mesh.daemon.shutdown(drain_timeout_s=0.5))
+    await wait_until(lambda: not mesh.daemon.ready, timeout=5, message="the drain to begin")
+    listener = mesh.daemon.bound[0].listener
+    assert drain_timers(clock) == [0.5]
+    clock.advance(0.5 - 1 / 1024)
+    await asyncio.sleep(0)
+    assert drain_timers(clock) == [0.5] and not draining.done()  # still draining
+    assert len(listener.connections) == 1
+    clock.advance(1 / 1024)
+    await asyncio.wait_for(draining, 5)  # the drain timeout ended the drain: what was left is aborted
+    assert len(listener.connections) == 0
+    assert await asyncio.wait_for(held.read_eof(), 5) == b""
+    await held.close()
+
+
+def drain_timers(clock: FakeClock) -> list[float]:
+    """When the pending `clock.timeout` timers fall due (the drain's, here)."""
+    return [t.when for t in clock.pending if isinstance(getattr(t.callback, "__self__", None), Expiry)]
 
 
 async def test_ready_in_a_fresh_process_means_a_known_name_is_served_at_once(

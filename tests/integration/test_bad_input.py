@@ -280,7 +280,7 @@ async def test_one_endless_header_is_refused_once_it_passes_the_limit(make_mesh,
     assert up.connections == 0
 
 
-async def test_slow_headers_are_dropped_after_the_header_timeout(make_mesh, make_upstream):
+async def test_slow_headers_are_dropped_after_the_header_timeout_smoke(make_mesh, make_upstream):
     up = await make_upstream()
     mesh = await make_mesh(servers=[{"ip": "127.0.0.1", "port": 0, "headerTimeoutMs": 200}])
     mesh.register("svc", up)
@@ -402,7 +402,7 @@ async def test_header_count_limit_admits_exactly_max_headers_and_counts_trailers
     assert up.requests == 1  # only the first request reached the upstream
 
 
-async def test_slow_request_bodies_are_cut_with_408_and_release_the_upstream_pool(make_mesh, make_upstream):
+async def test_slow_request_bodies_are_cut_with_408_and_release_the_upstream_pool_smoke(make_mesh, make_upstream):
     """Issue 13, bug 2 at small scale: clients that send a head and 1 byte of a 1000-byte body held
     every upstream connection (`maxConnections`) and a normal request then waited without end."""
     up = await make_upstream(stream_request_body=True)  # the upstream waits for whole bodies

@@ -33,7 +33,7 @@ from meshd.runtime import Runtime
 from routing.path import Path
 from tests.integration.test_invented_names import get, invent, samples, value
 from tests.support.client import RawConnection
-from tests.support.clock import FakeClock
+from tests.support.clock import FakeClock, settle
 
 IDLE_TTL_S = 60
 NAMES = 100_000
@@ -128,4 +128,4 @@ async def test_100000_host_names_then_quiet_leave_only_the_working_set(make_upst
         m = samples((await get(admin, "/metrics", host="admin"))[1].decode())
         assert value(m, "meshd_requests", service="/svc/real5", status_class="2xx") == 2
     finally:
-        await daemon.shutdown(drain_timeout_s=2.0)
+        await settle(clock, daemon.shutdown(drain_timeout_s=2.0), 2.0)

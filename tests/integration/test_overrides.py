@@ -7,7 +7,6 @@ the stricter (or looser) behaviour and the others keep the router's defaults.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -15,11 +14,11 @@ from meshd.config.errors import ConfigError
 from meshd.config.loader import load_config
 from meshd.config.model import MeshdConfig
 from tests.integration.test_retries import NO_BACKOFF, fail_first, metric, scrape, service_state
+from tests.integration.test_timeouts import timeout_timers
 from tests.support.client import RawConnection, RawResponse
+from tests.support.clock import FakeClock
 from tests.support.upstreams import Handler, Received, Reply
-
-EARLY = 0.005
-LATE = 0.5
+from tests.support.waiting import wait_until
 
 
 def never_answers() -> Handler:
@@ -32,15 +31,20 @@ def never_answers() -> Handler:
     return handler
 
 
-async def get(port: int, host: str, method: str = "GET", body: bytes = b"") -> tuple[RawResponse, float]:
+async def get(port: int, host: str, method: str = "GET", body: bytes = b"") -> RawResponse:
     conn = await RawConnection.open(port)
-    start = time.monotonic()
     try:
         resp = await conn.request(method, "/", host=host, body=body)
     finally:
-        elapsed = time.monotonic() - start
         await conn.close()
-    return resp, elapsed
+    return resp
+
+
+async def send(port: int, host: str) -> RawConnection:
+    """A GET sent on a new connection; the test reads the answer once its clock has moved."""
+    conn = await RawConnection.open(port)
+    await conn.send(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    return conn
 
 
 async def test_payments_is_stricter_than_the_default_service(make_mesh, make_upstream):
@@ -52,8 +56,8 @@ async def test_payments_is_stricter_than_the_default_service(make_mesh, make_ups
     )
     mesh.register("accounts", accounts)
     mesh.register("payments", payments)
-    a, _ = await get(mesh.port, "accounts")
-    p, _ = await get(mesh.port, "payments")
+    a = await get(mesh.port, "accounts")
+    p = await get(mesh.port, "payments")
     assert (a.status, accounts.requests) == (200, 2)
     assert (p.status, payments.requests) == (503, 1)
     # keys the override does not set are inherited from `service`
@@ -64,20 +68,33 @@ async def test_payments_is_stricter_than_the_default_service(make_mesh, make_ups
 
 
 async def test_total_timeout_for_one_prefix_only(make_mesh, make_upstream):
+    clock = FakeClock(start=0.0)
+
     async def slow(req: Received) -> Reply:
-        await asyncio.sleep(0.3)  # a slow replica: the behaviour under test
+        await clock.sleep(0.375)  # a slow replica (on the test's clock): the behaviour under test
         return Reply(200, [], b"slow but fine")
 
     up = await make_upstream(slow)
-    mesh = await make_mesh(services=[{"prefix": "/svc/payments", "totalTimeoutMs": 100}])
+    mesh = await make_mesh(services=[{"prefix": "/svc/payments", "totalTimeoutMs": 125}], clock=clock)
     mesh.register("payments", up)
     mesh.register("accounts", up)
-    p, p_elapsed = await get(mesh.port, "payments")
-    a, a_elapsed = await get(mesh.port, "accounts")
-    assert p.status == 504 and p.header("l5d-err") == "request exceeded totalTimeoutMs (100 ms)"
-    assert 0.1 - EARLY <= p_elapsed < 0.1 + LATE
+    conn = await send(mesh.port, "payments")
+    await wait_until(lambda: up.requests == 1, timeout=5, message="the payments request")
+    assert timeout_timers(clock) == {0.125}
+    clock.advance_to(0.125 - 1 / 1024)
+    assert timeout_timers(clock) == {0.125}  # not yet
+    clock.advance_to(0.125)
+    p = await asyncio.wait_for(conn.read_response(), 5)
+    await conn.close()
+    assert p.status == 504 and p.header("l5d-err") == "request exceeded totalTimeoutMs (125 ms)"
+    conn = await send(mesh.port, "accounts")
+    await wait_until(lambda: up.requests == 2, timeout=5, message="the accounts request")
+    await wait_until(lambda: 0.5 in [t.when for t in clock.pending], timeout=5, message="the replica's sleep")
+    assert timeout_timers(clock) == set()  # no total timeout for accounts
+    clock.advance_to(0.5)  # the replica answers after its 375 ms: accounts waited for it
+    a = await asyncio.wait_for(conn.read_response(), 5)
+    await conn.close()
     assert a.status == 200 and a.body == b"slow but fine"
-    assert a_elapsed >= 0.3 - EARLY
 
 
 async def test_wildcard_prefix_and_file_order(make_mesh, make_upstream):
@@ -93,7 +110,7 @@ async def test_wildcard_prefix_and_file_order(make_mesh, make_upstream):
     )
     for name, up in ups.items():
         mesh.register(name, up)
-    statuses = {name: (await get(mesh.port, name))[0].status for name in ups}
+    statuses = {name: (await get(mesh.port, name)).status for name in ups}
     assert statuses == {"payments": 503, "ledger": 200, "accounts": 503}
     assert {name: up.requests for name, up in ups.items()} == {"payments": 1, "ledger": 2, "accounts": 1}
 
@@ -113,27 +130,41 @@ async def test_each_service_has_its_own_retry_budget(make_mesh, make_upstream):
     for _ in range(10):
         await get(mesh.port, "noisy")
     assert service_state(mesh, "/svc/noisy").budget.balance == 0  # the noisy service spent its own
-    q, _ = await get(mesh.port, "quiet")
+    q = await get(mesh.port, "quiet")
     assert q.status == 200 and quiet.requests == 2  # ...and not the quiet one's
 
 
 async def test_client_override_sets_the_attempt_timeout_of_one_replica_set(make_mesh, make_upstream):
+    clock = FakeClock(start=0.0)
     ledger = await make_upstream(never_answers())
     mesh = await make_mesh(
-        service={"responseClassifier": {"kind": "nonRetryable5XX"}, "totalTimeoutMs": 600},
-        clients=[{"prefix": "/#/fs/ledger", "requestAttemptTimeoutMs": 150}],
+        service={"responseClassifier": {"kind": "nonRetryable5XX"}, "totalTimeoutMs": 625},
+        clients=[{"prefix": "/#/fs/ledger", "requestAttemptTimeoutMs": 125}],
+        clock=clock,
     )
     mesh.register("ledger", ledger)
-    resp, elapsed = await get(mesh.port, "ledger")
+    conn = await send(mesh.port, "ledger")
+    await wait_until(lambda: ledger.requests == 1, timeout=5, message="the ledger request")
+    assert timeout_timers(clock) == {0.125, 0.625}  # the attempt's and the total's
+    clock.advance_to(0.125 - 1 / 1024)
+    assert timeout_timers(clock) == {0.125, 0.625}
+    clock.advance_to(0.125)
+    resp = await asyncio.wait_for(conn.read_response(), 5)
+    await conn.close()
     assert resp.status == 504
-    assert "requestAttemptTimeoutMs (150 ms)" in (resp.header("l5d-err") or "")
-    assert 0.15 - EARLY <= elapsed < 0.15 + LATE
+    assert "requestAttemptTimeoutMs (125 ms)" in (resp.header("l5d-err") or "")
     other = await make_upstream(never_answers())
     mesh.register("accounts", other)
-    resp, elapsed = await get(mesh.port, "accounts")
-    assert resp.status == 504  # no attempt timeout here: the 600 ms total timeout ends it
-    assert resp.header("l5d-err") == "request exceeded totalTimeoutMs (600 ms)"
-    assert elapsed >= 0.6 - EARLY
+    conn = await send(mesh.port, "accounts")
+    await wait_until(lambda: other.requests == 1, timeout=5, message="the accounts request")
+    assert timeout_timers(clock) == {0.75}  # no attempt timeout here: only the total, 625 ms on
+    clock.advance_to(0.75 - 1 / 1024)
+    assert timeout_timers(clock) == {0.75}
+    clock.advance_to(0.75)
+    resp = await asyncio.wait_for(conn.read_response(), 5)
+    await conn.close()
+    assert resp.status == 504
+    assert resp.header("l5d-err") == "request exceeded totalTimeoutMs (625 ms)"
 
 
 async def test_smaller_replay_buffer_for_one_prefix(make_mesh, make_upstream):
@@ -146,8 +177,8 @@ async def test_smaller_replay_buffer_for_one_prefix(make_mesh, make_upstream):
     mesh.register("uploads", uploads)
     mesh.register("docs", docs)
     body = b"b" * 500
-    u, _ = await get(mesh.port, "uploads", "PUT", body)
-    d, _ = await get(mesh.port, "docs", "PUT", body)
+    u = await get(mesh.port, "uploads", "PUT", body)
+    d = await get(mesh.port, "docs", "PUT", body)
     assert (u.status, uploads.requests) == (503, 1)  # beyond its 100-byte buffer: never retried
     assert (d.status, docs.requests) == (200, 2)
     assert docs.received[1].body == body

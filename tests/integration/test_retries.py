@@ -27,7 +27,7 @@ from meshd.runtime import Runtime
 from routing.path import Path
 from tests.conftest import base_config
 from tests.support.client import RawConnection, build_request
-from tests.support.clock import FakeClock
+from tests.support.clock import FakeClock, settle
 from tests.support.upstreams import Handler, Received, Reply, ScriptedUpstream
 from tests.support.waiting import wait_until
 
@@ -176,7 +176,7 @@ async def fake_clock_mesh(tmp_path: pathlib.Path) -> AsyncIterator[tuple[Daemon,
     daemon = Daemon(cfg, Runtime(clock=clock, base_dir=tmp_path, rng=random.Random(3)), admin=False)
     await daemon.start()
     yield daemon, clock, tmp_path / "disco"
-    await daemon.shutdown(drain_timeout_s=2.0)
+    await settle(clock, daemon.shutdown(drain_timeout_s=2.0), 2.0)
 
 
 async def test_single_replica_failing_half_of_gets_at_a_rate_the_budget_covers(fake_clock_mesh, make_upstream):

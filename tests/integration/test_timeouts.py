@@ -1,9 +1,13 @@
 """Timeouts and deadlines in the running proxy: totalTimeoutMs, requestAttemptTimeoutMs, l5d-ctx-deadline.
 
-Slow replicas are simulated inside the upstream handlers (an event that is never set, or is set
-by the test); the test body never sleeps. Moments are measured with the monotonic clock around
-the request and checked against a tolerant window: never earlier than the limit (less the event
-loop's millisecond rounding), and not much later than it.
+Slow replicas are simulated inside the upstream handlers (an event that is never set, or a sleep
+on the test's clock); the test body never sleeps. Most tests run meshd on the fake clock
+(`make_mesh(clock=FakeClock(start=0.0))`, real sockets): a limit is asserted at its instant
+exactly, nothing at `limit - 1/1024` s, the timeout at `limit`. One real-clock test per behaviour
+stays as a smoke test of the production timers (`..._smoke`: the total timeout, the attempt
+timeout, the caller's deadline); those measure the moment with the monotonic clock around the
+request against a tolerant window: never earlier than the limit (less the event loop's
+millisecond rounding), and not much later than it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from meshd.pipeline.timeouts import Expiry, TimeoutCounters
+from meshd.clock import Expiry
+from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.retry.deadline import Deadline, format_deadline, parse_deadline
 from routing.path import Path
 from tests.integration.test_retries import NO_BACKOFF, metric, scrape
@@ -74,7 +79,7 @@ def wall_ns() -> int:
 # -- totalTimeoutMs -------------------------------------------------------------------------------
 
 
-async def test_total_timeout_answers_504_at_the_limit_and_drops_the_attempt(make_mesh, make_upstream):
+async def test_total_timeout_answers_504_at_the_limit_and_drops_the_attempt_smoke(make_mesh, make_upstream):
     up = await make_upstream(hangs())
     mesh = await make_mesh(service={"totalTimeoutMs": 300})
     mesh.register("svc", up)
@@ -90,45 +95,62 @@ async def test_total_timeout_answers_504_at_the_limit_and_drops_the_attempt(make
 
 
 async def test_total_timeout_bounds_the_retries_too(make_mesh, make_upstream):
+    clock = FakeClock(start=0.0)
+
     async def slow_503(req: Received) -> Reply:
-        await asyncio.sleep(0.1)  # a slow, failing replica: the behaviour under test
+        await clock.sleep(0.125)  # a slow, failing replica (on the test's clock): the behaviour under test
         return Reply(503, [], b"")
 
     up = await make_upstream(slow_503)
     mesh = await make_mesh(
         # (maxRetries above the default 2, so that the total timeout, not the bound, ends it)
-        service={"totalTimeoutMs": 350,
-                 "retries": {"budget": {"minRetriesPerSec": 1000}, "backoff": NO_BACKOFF, "maxRetries": 10}}
+        service={"totalTimeoutMs": 450,
+                 "retries": {"budget": {"minRetriesPerSec": 1000}, "backoff": NO_BACKOFF, "maxRetries": 10}},
+        clock=clock,
     )
     mesh.register("svc", up)
-    resp, elapsed = await timed_get(mesh.port)
+    conn = await RawConnection.open(mesh.port)
+    await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+    for attempt in (1, 2, 3, 4):  # answered (503) at 125, 250 and 375 ms, each retried at once
+        await wait_until(lambda n=attempt: up.requests == n, timeout=5, message=f"attempt {attempt}")
+        due = 0.125 * attempt
+        await wait_until(lambda d=due: d in [t.when for t in clock.pending], timeout=5, message="the replica's sleep")
+        if attempt < 4:
+            clock.advance_to(due)
+    clock.advance_to(0.45 - 1 / 1024)
+    assert timeout_timers(clock) == {0.45} and up.requests == 4  # the fourth attempt still running
+    clock.advance_to(0.45)  # the total timeout cuts it off, before its answer at 500 ms
+    resp = await asyncio.wait_for(conn.read_response(), 5)
+    await conn.close()
     assert resp.status == 504
-    assert resp.header("l5d-err") == "request exceeded totalTimeoutMs (350 ms)"
-    assert 0.35 - EARLY <= elapsed < 0.35 + LATE
-    # answered at about 100, 200 and 300 ms, the fourth cut off at 350 (one fewer on a busy machine)
-    assert 3 <= up.requests <= 4
+    assert resp.header("l5d-err") == "request exceeded totalTimeoutMs (450 ms)"
+    assert up.requests == 4
     state = mesh.daemon.routers[0].services[Path.read("/svc/svc")]
-    assert state.retries.response == up.requests - 1 and state.timeouts.total == 1
+    assert state.retries.response == 3 and state.timeouts.total == 1
 
 
 async def test_a_backoff_that_would_end_past_the_deadline_returns_the_failure_at_once(make_mesh, make_upstream):
     async def always_503(req: Received) -> Reply:
         return Reply(503, [("X-From", "upstream")], b"down\n")
 
+    clock = FakeClock(start=0.0)
     up = await make_upstream(always_503)
-    mesh = await make_mesh(service={"totalTimeoutMs": 1000, "retries": {"backoff": {"kind": "constant", "ms": 5000}}})
+    mesh = await make_mesh(
+        service={"totalTimeoutMs": 1000, "retries": {"backoff": {"kind": "constant", "ms": 5000}}}, clock=clock
+    )
     mesh.register("svc", up)
-    resp, elapsed = await timed_get(mesh.port)
+    resp, _ = await timed_get(mesh.port)
     assert resp.status == 503 and resp.header("x-from") == "upstream"  # not a 504 a second later
-    assert elapsed < 0.5
+    assert clock.now() == 0.0  # at once: answered without the clock moving at all
     assert up.requests == 1
     assert timeouts_of(mesh).total == 0
+    assert mesh.daemon.routers[0].services[Path.read("/svc/svc")].retries.deadline == 1
 
 
 # -- requestAttemptTimeoutMs ---------------------------------------------------------------------
 
 
-async def test_attempt_timeout_that_is_not_retried_answers_504(make_mesh, make_upstream):
+async def test_attempt_timeout_that_is_not_retried_answers_504_smoke(make_mesh, make_upstream):
     up = await make_upstream(hangs())
     mesh = await make_mesh(service={"responseClassifier": {"kind": "nonRetryable5XX"}},
                            client={"requestAttemptTimeoutMs": 200})
@@ -143,12 +165,22 @@ async def test_attempt_timeout_that_is_not_retried_answers_504(make_mesh, make_u
 
 
 async def test_attempt_timeout_is_retried_and_the_retry_answers(make_mesh, make_upstream):
+    clock = FakeClock(start=0.0)
     up = await make_upstream(hangs_first(1))
-    mesh = await make_mesh(service={"retries": {"backoff": NO_BACKOFF}}, client={"requestAttemptTimeoutMs": 200})
+    mesh = await make_mesh(
+        service={"retries": {"backoff": NO_BACKOFF}}, client={"requestAttemptTimeoutMs": 250}, clock=clock
+    )
     mesh.register("svc", up)
-    resp, elapsed = await timed_get(mesh.port)
+    conn = await RawConnection.open(mesh.port)
+    await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+    await wait_until(lambda: up.requests == 1, timeout=5, message="the first attempt")
+    assert timeout_timers(clock) == {0.25}
+    clock.advance(0.25 - 1 / 1024)
+    assert timeout_timers(clock) == {0.25} and up.requests == 1  # the first attempt still running
+    clock.advance(1 / 1024)
+    resp = await asyncio.wait_for(conn.read_response(), 5)  # the retry, sent at 250 ms, answers
+    await conn.close()
     assert resp.status == 200
-    assert 0.2 - EARLY <= elapsed < 0.2 + LATE
     assert up.requests == 2
     state = mesh.daemon.routers[0].services[Path.read("/svc/svc")]
     assert state.timeouts.attempt == 1 and state.retries.error == 1
@@ -163,23 +195,6 @@ async def test_a_post_whose_attempt_timed_out_is_not_sent_again(make_mesh, make_
     await conn.close()
     assert resp.status == 504
     assert up.requests == 1
-
-
-async def test_attempt_timeouts_retried_until_the_total_timeout(make_mesh, make_upstream):
-    up = await make_upstream(hangs())
-    mesh = await make_mesh(
-        # (maxRetries above the default 2, so that the total timeout, not the bound, ends it)
-        service={"totalTimeoutMs": 500, "retries": {"backoff": NO_BACKOFF, "maxRetries": 10}},
-        client={"requestAttemptTimeoutMs": 150},
-    )
-    mesh.register("svc", up)
-    resp, elapsed = await timed_get(mesh.port)
-    assert resp.status == 504
-    assert resp.header("l5d-err") == "request exceeded totalTimeoutMs (500 ms)"
-    assert 0.5 - EARLY <= elapsed < 0.5 + LATE
-    assert 3 <= up.requests <= 4  # at 0, 150, 300 and 450 ms (one fewer on a busy machine)
-    t = timeouts_of(mesh)
-    assert (t.total, t.attempt) == (1, up.requests - 1)
 
 
 # -- l5d-ctx-deadline -----------------------------------------------------------------------------
@@ -225,22 +240,23 @@ async def test_a_callers_later_deadline_is_shortened_to_our_total_timeout(make_m
 
 
 async def test_an_expired_incoming_deadline_is_refused_without_calling_the_upstream(make_mesh, make_upstream):
+    clock = FakeClock(start=0.0)
     up = await make_upstream()
-    mesh = await make_mesh()  # no totalTimeoutMs: the caller's deadline alone applies
+    mesh = await make_mesh(clock=clock)  # no totalTimeoutMs: the caller's deadline alone applies
     mesh.register("svc", up)
     now = wall_ns()
     expired = Deadline(now - 2_000_000_000, now - 1_000_000)
-    resp, elapsed = await timed_get(mesh.port, [("l5d-ctx-deadline", format_deadline(expired))])
+    resp, _ = await timed_get(mesh.port, [("l5d-ctx-deadline", format_deadline(expired))])
     assert resp.status == 504
     assert "deadline" in (resp.header("l5d-err") or "")
-    assert elapsed < LATE
+    assert clock.now() == 0.0 and timeout_timers(clock) == set()  # at once: no time passed, no timer armed
     assert up.requests == 0 and up.connections == 0
     state = mesh.daemon.routers[0].services[Path.read("/svc/svc")]
     assert state.timeouts.deadline == 1
     assert state.budget.statistics().deposits == 0  # refused before the retry budget was touched
 
 
-async def test_the_callers_deadline_expiring_mid_request_answers_504(make_mesh, make_upstream):
+async def test_the_callers_deadline_expiring_mid_request_answers_504_smoke(make_mesh, make_upstream):
     up = await make_upstream(hangs())
     mesh = await make_mesh()
     mesh.register("svc", up)
@@ -277,27 +293,40 @@ async def test_malformed_deadline_is_ignored(make_mesh, make_upstream):
 
 
 async def test_a_chain_of_meshds_never_works_past_the_first_callers_deadline(make_mesh, make_upstream):
-    # client -> meshd A (totalTimeoutMs 300) -> meshd B (no timeout of its own) -> hanging replica
+    # client -> meshd A (totalTimeoutMs 250) -> meshd B (no timeout of its own) -> hanging replica,
+    # each meshd on a fake clock of its own (they are two hosts)
+    clock_a, clock_b = FakeClock(start=0.0), FakeClock(start=0.0)
     replica = await make_upstream(hangs())
-    mesh_b = await make_mesh()
+    mesh_b = await make_mesh(clock=clock_b)
     mesh_b.register("svc", replica)
-    mesh_a = await make_mesh(service={"totalTimeoutMs": 300})
+    mesh_a = await make_mesh(service={"totalTimeoutMs": 250}, clock=clock_a)
     mesh_a.register("svc", f"127.0.0.1 {mesh_b.port}")
-    resp, elapsed = await timed_get(mesh_a.port)
-    assert resp.status == 504
-    assert 0.3 - EARLY <= elapsed < 0.3 + LATE
+    conn = await RawConnection.open(mesh_a.port)
+    await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+    await wait_until(lambda: replica.requests == 1, timeout=5, message="the request to reach the replica")
     # B received A's deadline and passed the very same instant on to the replica
     at_replica = parse_deadline(replica.received[0].header("l5d-ctx-deadline") or "")
     assert at_replica is not None
-    assert at_replica.deadline_ns - at_replica.timestamp_ns == 300_000_000
-    # and nothing keeps working for A's caller after the deadline: B's attempt is dropped too
+    assert at_replica.deadline_ns - at_replica.timestamp_ns == 250_000_000
+    assert timeout_timers(clock_a) == {0.25}
+    # B enforces what is left of A's deadline (read on the wall clock, so less the real time the
+    # request took to reach B): its timer is due no later than A's
+    [b_due] = timeout_timers(clock_b)
+    assert 0.25 - LATE < b_due <= 0.25
+    clock_a.advance(0.25 - 1 / 1024)
+    assert timeout_timers(clock_a) == {0.25}  # A still waiting
+    clock_a.advance(1 / 1024)
+    resp = await asyncio.wait_for(conn.read_response(), 5)
+    await conn.close()
+    assert resp.status == 504
+    assert resp.header("l5d-err") == "request exceeded totalTimeoutMs (250 ms)"
+    # and nothing keeps working for A's caller after the deadline: B's attempt is dropped too (A's
+    # hanging up on B reaches it before B's own timer, which has not needed to move)
     await wait_until(lambda: replica.open_connections == 0, timeout=5, message="B dropped its attempt")
 
 
-# -- on the fake clock: the exact instants ---------------------------------------------------------
-# The tests above are the real-clock smoke tests (a window around the limit); these run the same
-# meshd on the fake clock (real sockets), so the 504 is asserted at its instant exactly.
-# (Times in 1/1024 s steps from 0.0, so that the sums are exact floats.)
+# -- more on the fake clock -------------------------------------------------------------------------
+# (Times in 1/1024 s steps, or eighths, from 0.0, so that the sums are exact floats.)
 
 
 def timeout_timers(clock: FakeClock) -> set[float]:
@@ -356,7 +385,7 @@ async def test_the_backoff_sleeps_on_the_fake_clock_and_a_retry_past_the_deadlin
     assert mesh.daemon.routers[0].services[Path.read("/svc/svc")].retries.deadline == 1
 
 
-async def test_attempt_timeouts_retried_until_the_total_timeout_exactly_on_the_fake_clock(make_mesh, make_upstream):
+async def test_attempt_timeouts_retried_until_the_total_timeout(make_mesh, make_upstream):
     clock = FakeClock(start=0.0)
     up = await make_upstream(hangs())
     mesh = await make_mesh(

@@ -130,3 +130,96 @@ async def test_monotonic_timers_run_on_the_loop_on_the_monotonic_base() -> None:
     MONOTONIC.call_later(0.0, lambda: cancelled.append(1)).cancel()
     await MONOTONIC.sleep(0.01)
     assert cancelled == []
+
+
+# -- clock.timeout: a bounded await on the clock ----------------------------------------------------
+
+
+async def test_a_timeout_block_ends_with_timeout_error_exactly_at_its_limit() -> None:
+    clock = FakeClock(start=0.0)
+    never = asyncio.Event()
+    outcome: list[str] = []
+
+    async def bounded() -> None:
+        try:
+            async with clock.timeout(0.25) as timeout:
+                await never.wait()
+        except TimeoutError:
+            outcome.append(f"timed out at {clock.now()} expired={timeout.expired}")
+
+    task = asyncio.create_task(bounded())
+    await asyncio.sleep(0)
+    assert clock.next_due() == 0.25
+    clock.advance(0.25 - 1 / 1024)
+    await asyncio.sleep(0)
+    assert not task.done() and outcome == []
+    clock.advance(1 / 1024)
+    await task
+    assert outcome == ["timed out at 0.25 expired=True"]
+    assert task.cancelling() == 0  # the timer's own cancellation was taken back
+
+
+async def test_a_block_that_finishes_in_time_disarms_its_timer() -> None:
+    clock = FakeClock(start=0.0)
+    async with clock.timeout(1.0) as timeout:
+        await asyncio.sleep(0)
+    assert clock.pending == [] and not timeout.expired
+    clock.advance(2.0)  # nothing fires later
+
+
+async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
+    clock = FakeClock(start=0.0)
+    never = asyncio.Event()
+
+    async def bounded() -> None:
+        async with clock.timeout(1.0):
+            await never.wait()
+
+    task = asyncio.create_task(bounded())
+    await asyncio.sleep(0)
+    task.cancel()
+    results = await asyncio.gather(task, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert clock.pending == []
+
+
+async def test_a_cancellation_from_elsewhere_at_the_same_instant_as_the_limit_goes_on() -> None:
+    # as asyncio.timeout: when someone else also cancelled the task, the block must not swallow it
+    clock = FakeClock(start=0.0)
+    never = asyncio.Event()
+
+    async def bounded() -> None:
+        async with clock.timeout(1.0):
+            await never.wait()
+
+    task = asyncio.create_task(bounded())
+    await asyncio.sleep(0)
+    clock.advance(1.0)
+    task.cancel()
+    results = await asyncio.gather(task, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError)
+
+
+async def test_the_monotonic_clock_bounds_a_block_too() -> None:
+    never = asyncio.Event()
+    started = MONOTONIC.now()
+    try:
+        async with MONOTONIC.timeout(0.02):
+            await never.wait()
+    except TimeoutError:
+        pass
+    else:
+        raise AssertionError("the block was not bounded")
+    assert MONOTONIC.now() - started >= 0.02 - 0.005  # uvloop timers have millisecond resolution
+
+
+async def test_sleep_until_and_wait_sleeps() -> None:
+    clock = FakeClock(start=0.0)
+    await clock.sleep_until(0.0)  # not in the future: at once, no sleep recorded
+    assert clock.slept == []
+    task = asyncio.create_task(clock.sleep_until(1.5))
+    await clock.wait_sleeps(1)
+    assert clock.slept == [1.5] and clock.next_due() == 1.5
+    clock.advance_to(1.5)
+    await task
+    assert clock.now() == 1.5

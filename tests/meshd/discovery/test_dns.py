@@ -1,7 +1,8 @@
 """Unit tests of the dns namer: config, name parsing, SRV/A resolution and the refresh state machine.
 
-DNS is a scripted `FakeDns`; time is a `FakeTimer` whose `sleep()` wakes only when the test
-advances it, so TTLs, backoff and idle expiry are checked exactly and instantly. The same namer
+DNS is a scripted `FakeDns`; time is the one `FakeClock` (tests/support/clock.py), whose
+`sleep()` wakes only when the test advances it (`slept` lists the delays, `wait_sleeps(n)` waits
+until the namer has gone to sleep n times, i.e. settled), so TTLs, backoff and idle expiry are checked exactly and instantly. The same namer
 against a real DNS server (dnsmasq) is in test_dns_dnsmasq.py.
 """
 
@@ -79,24 +80,6 @@ class FakeDns:
         return answer
 
 
-class FakeTimer(FakeClock):
-    """The fake clock, counting its sleeps: `sleep()` returns only when `advance()` passes its deadline."""
-
-    def __init__(self) -> None:
-        super().__init__(1000.0)
-        self.delays: list[float] = []
-        self.sleeps = Observable(0)  # counts sleep() calls: a test waits for the namer to settle
-
-    async def sleep(self, delay: float) -> None:
-        self.delays.append(delay)
-        self.sleeps.set(self.sleeps.get() + 1)
-        await super().sleep(delay)
-
-    async def wait_sleeps(self, count: int) -> None:
-        """Wait until the namer has gone to sleep `count` times in total (its refresh is done)."""
-        await wait_until(self.sleeps, lambda n: n >= count)
-
-
 @pytest.fixture
 def dns() -> FakeDns:
     fake = FakeDns()
@@ -107,8 +90,8 @@ def dns() -> FakeDns:
 
 
 @pytest.fixture
-def timer() -> FakeTimer:
-    return FakeTimer()
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
 
 
 @pytest.fixture
@@ -121,7 +104,7 @@ NamerFactory = Callable[..., DnsNamer]
 
 @pytest.fixture
 async def make_namer(
-    dns: FakeDns, timer: FakeTimer, registry: CollectorRegistry
+    dns: FakeDns, clock: FakeClock, registry: CollectorRegistry
 ) -> AsyncIterator[NamerFactory]:
     namers: list[DnsNamer] = []
 
@@ -130,7 +113,7 @@ async def make_namer(
         namer = DnsNamer(
             DnsNamerConfig(**settings_),  # type: ignore[arg-type]
             dns,
-            clock=timer,
+            clock=clock,
             rng=random.Random(7),
             registry=registry,
         )
@@ -321,7 +304,7 @@ async def test_srv_property_addresses_come_only_from_the_lowest_priority_group(
 
 
 async def test_lookup_is_pending_until_the_first_answer_then_a_leaf_with_the_residual(
-    make_namer: NamerFactory, timer: FakeTimer
+    make_namer: NamerFactory, clock: FakeClock
 ) -> None:
     namer = await started(make_namer())
     path = Path.read(f"/srv/{SRV}/users/42")
@@ -353,7 +336,7 @@ async def test_nxdomain_is_neg(make_namer: NamerFactory, dns: FakeDns) -> None:
 
 
 async def test_nothing_is_resolved_before_start(
-    make_namer: NamerFactory, dns: FakeDns, timer: FakeTimer
+    make_namer: NamerFactory, dns: FakeDns, clock: FakeClock
 ) -> None:
     namer = make_namer()
     obs = namer.addr(API_ID)
@@ -363,53 +346,53 @@ async def test_nothing_is_resolved_before_start(
 
 
 async def test_refresh_waits_the_ttl_clamped_to_min_and_max(
-    make_namer: NamerFactory, dns: FakeDns, timer: FakeTimer
+    make_namer: NamerFactory, dns: FakeDns, clock: FakeClock
 ) -> None:
     namer = await started(make_namer(min_ttl_secs=5, max_ttl_secs=60))
     dns.set_ips("api.test", v4=("10.0.1.1",), ttl=1.0)
     namer.addr(API_ID)
-    await timer.wait_sleeps(1)
+    await clock.wait_sleeps(1)
     dns.set_ips("api.test", v4=("10.0.1.1",), ttl=3600.0)
-    timer.advance(5)
-    await timer.wait_sleeps(2)
+    clock.advance(5)
+    await clock.wait_sleeps(2)
     dns.answers.pop(("api.test", "A"))  # negative answer without an SOA: refreshed at the min TTL
     dns.answers.pop(("api.test", "AAAA"))
-    timer.advance(60)
-    await timer.wait_sleeps(3)
-    assert timer.delays == [5.0, 60.0, 5.0]
+    clock.advance(60)
+    await clock.wait_sleeps(3)
+    assert clock.slept == [5.0, 60.0, 5.0]
 
 
 async def test_address_changes_are_published_and_same_answers_are_not(
-    make_namer: NamerFactory, dns: FakeDns, timer: FakeTimer
+    make_namer: NamerFactory, dns: FakeDns, clock: FakeClock
 ) -> None:
     namer = await started(make_namer())
     obs = namer.addr(API_ID)
-    await timer.wait_sleeps(1)
+    await clock.wait_sleeps(1)
     seen: list[Addr] = []
     obs.subscribe(seen.append, replay=False)
-    timer.advance(20)
-    await timer.wait_sleeps(2)
+    clock.advance(20)
+    await clock.wait_sleeps(2)
     assert seen == []  # same answer: no update, subscribers are not woken
     dns.set_ips("api.test", v4=("10.0.1.2", "10.0.1.3"))
-    timer.advance(20)
-    await timer.wait_sleeps(3)
+    clock.advance(20)
+    await clock.wait_sleeps(3)
     assert seen == [Bound(frozenset({Address("10.0.1.2", 80), Address("10.0.1.3", 80)}))]
     assert namer.version.get() == 1  # still a Leaf: bindings need not be redone
 
 
 async def test_failure_keeps_the_last_answer_and_retries_with_growing_jittered_backoff(
-    make_namer: NamerFactory, dns: FakeDns, timer: FakeTimer, registry: CollectorRegistry
+    make_namer: NamerFactory, dns: FakeDns, clock: FakeClock, registry: CollectorRegistry
 ) -> None:
     namer = await started(make_namer(min_ttl_secs=2, max_ttl_secs=300))
     obs = namer.addr(API_ID)
     bound = await wait_until(obs, lambda a: isinstance(a, Bound))
-    await timer.wait_sleeps(1)
+    await clock.wait_sleeps(1)
     dns.fail("api.test", "A", "SERVFAIL")
     for n in range(2, 9):
-        timer.advance(timer.delays[-1])
-        await timer.wait_sleeps(n)
+        clock.advance(clock.slept[-1])
+        await clock.wait_sleeps(n)
     assert obs.get() == bound
-    backoffs = timer.delays[1:]
+    backoffs = clock.slept[1:]
     # The `exponential` kind of balancers/backoff.py (equal jitter) from minTtlSecs up to 30 s:
     # 2, then [2, 4), [4, 8), [8, 16), [16, 30) or 30 once a draw reaches it, then 30 for good.
     assert backoffs[0] == 2.0
@@ -424,12 +407,12 @@ async def test_failure_keeps_the_last_answer_and_retries_with_growing_jittered_b
     assert namer.statistics().lookups_failed == 7
     assert registry.get_sample_value("meshd_dns_lookups_total", {"result": "error"}) == 7.0
     dns.set_ips("api.test", v4=("10.0.1.9",))
-    timer.advance(30)
+    clock.advance(30)
     assert await wait_until(obs, lambda a: a != bound) == Bound(frozenset({Address("10.0.1.9", 80)}))
 
 
 async def test_failure_with_nothing_known_is_failed_then_recovers(
-    make_namer: NamerFactory, dns: FakeDns, timer: FakeTimer
+    make_namer: NamerFactory, dns: FakeDns, clock: FakeClock
 ) -> None:
     dns.fail("api.test", "A", "timed out")
     namer = await started(make_namer())
@@ -440,96 +423,96 @@ async def test_failure_with_nothing_known_is_failed_then_recovers(
     assert namer.version.get() == 1
     assert namer.lookup(Path.read("/a/api.test/80")) == Leaf(BoundName(id=API_ID, residual=Path()))
     dns.set_ips("api.test", v4=("10.0.1.1",))
-    timer.advance(30)
+    clock.advance(30)
     assert await wait_until(obs, lambda a: isinstance(a, Bound))
     assert namer.version.get() == 1  # Failed and Bound both bind to a Leaf
 
 
 async def test_a_name_that_disappears_becomes_neg_and_bumps_version_and_can_come_back(
-    make_namer: NamerFactory, dns: FakeDns, timer: FakeTimer
+    make_namer: NamerFactory, dns: FakeDns, clock: FakeClock
 ) -> None:
     namer = await started(make_namer())
     obs = namer.addr(SRV_ID)
     await wait_until(obs, lambda a: isinstance(a, Bound))
     assert namer.version.get() == 1
     dns.answers.pop((SRV, "SRV"))
-    timer.advance(30)
+    clock.advance(30)
     assert await wait_until(obs, lambda a: a == NEG)
     assert namer.version.get() == 2
     assert namer.lookup(Path.read(f"/srv/{SRV}")) == NEG_TREE
     dns.answers[(SRV, "SRV")] = Records((SrvRecord(0, 1, 1, "web1.test."),), 30.0)
-    timer.advance(5)
+    clock.advance(5)
     assert await wait_until(obs, lambda a: isinstance(a, Bound))
     assert namer.version.get() == 3
 
 
 async def test_one_refresh_loop_per_name_shared_by_all_holders(
-    make_namer: NamerFactory, dns: FakeDns, timer: FakeTimer
+    make_namer: NamerFactory, dns: FakeDns, clock: FakeClock
 ) -> None:
     namer = await started(make_namer())
     first = namer.addr(API_ID)
     second = namer.addr(API_ID)
     namer.lookup(Path.read("/a/api.test/80/residual"))
     assert first is second
-    await timer.wait_sleeps(1)
+    await clock.wait_sleeps(1)
     assert dns.queries == [("api.test", "A"), ("api.test", "AAAA")]
     assert namer.statistics().names == 1
 
 
 async def test_released_names_stop_after_the_idle_ttl_and_bump_version(
-    make_namer: NamerFactory, dns: FakeDns, timer: FakeTimer
+    make_namer: NamerFactory, dns: FakeDns, clock: FakeClock
 ) -> None:
     namer = await started(make_namer(idle_ttl_secs=100))
     namer.addr(API_ID)
     namer.addr(API_ID)
-    await timer.wait_sleeps(1)
+    await clock.wait_sleeps(1)
     namer.release(API_ID)
-    timer.advance(200)  # still held once: refreshes go on
-    await timer.wait_sleeps(2)
+    clock.advance(200)  # still held once: refreshes go on
+    await clock.wait_sleeps(2)
     namer.release(API_ID)
-    timer.advance(20)
-    await timer.wait_sleeps(3)
-    assert timer.delays[-1] == 20.0  # the next wake-up is the refresh (TTL 20) ...
-    timer.advance(20)
-    await timer.wait_sleeps(4)
+    clock.advance(20)
+    await clock.wait_sleeps(3)
+    assert clock.slept[-1] == 20.0  # the next wake-up is the refresh (TTL 20) ...
+    clock.advance(20)
+    await clock.wait_sleeps(4)
     assert namer.statistics().names == 1
-    timer.advance(60)  # ... then the idle deadline, 100 s after the release
+    clock.advance(60)  # ... then the idle deadline, 100 s after the release
     await wait_until(namer.version, lambda v: v >= 2)
     assert namer.statistics().names == 0
     queries = len(dns.queries)
-    timer.advance(1000)
+    clock.advance(1000)
     assert namer.lookup(Path.read("/a/api.test/80")) is None  # forgotten: asked again from scratch
-    await timer.wait_sleeps(5)
+    await clock.wait_sleeps(5)
     assert len(dns.queries) == queries + 2
 
 
 async def test_a_name_only_looked_up_expires_unless_looked_up_again(
-    make_namer: NamerFactory, dns: FakeDns, timer: FakeTimer
+    make_namer: NamerFactory, dns: FakeDns, clock: FakeClock
 ) -> None:
     namer = await started(make_namer(idle_ttl_secs=50, min_ttl_secs=30))
     namer.lookup(Path.read("/a/nope.test/80"))
-    await timer.wait_sleeps(1)
-    timer.advance(30)
-    await timer.wait_sleeps(2)
+    await clock.wait_sleeps(1)
+    clock.advance(30)
+    await clock.wait_sleeps(2)
     namer.lookup(Path.read("/a/nope.test/80"))  # used again at t+30: idle deadline is now t+80
-    timer.advance(30)
-    await timer.wait_sleeps(3)
+    clock.advance(30)
+    await clock.wait_sleeps(3)
     assert namer.statistics().names == 1
-    timer.advance(20)
+    clock.advance(20)
     await wait_until(namer.version, lambda v: v >= 2)
     assert namer.statistics().names == 0
 
 
 async def test_close_cancels_every_refresh_loop(
-    make_namer: NamerFactory, dns: FakeDns, timer: FakeTimer
+    make_namer: NamerFactory, dns: FakeDns, clock: FakeClock
 ) -> None:
     namer = await started(make_namer())
     namer.addr(API_ID)
     namer.addr(SRV_ID)
-    await timer.wait_sleeps(2)
+    await clock.wait_sleeps(2)
     await namer.close()
     queries = len(dns.queries)
-    timer.advance(1000)
+    clock.advance(1000)
     await asyncio.sleep(0)
     assert len(dns.queries) == queries
     assert namer.lookup(Path.read("/a/other.test/80")) is None  # no new loops after close
@@ -546,7 +529,7 @@ async def test_addr_of_a_foreign_id_is_failed_not_an_exception(make_namer: Namer
 
 
 async def test_a_crashed_refresh_loop_is_logged_not_silent(
-    make_namer: NamerFactory, dns: FakeDns, timer: FakeTimer, caplog: pytest.LogCaptureFixture
+    make_namer: NamerFactory, dns: FakeDns, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     class Broken(FakeDns):
         async def query_srv(self, name: str) -> Records[SrvRecord]:
@@ -555,7 +538,7 @@ async def test_a_crashed_refresh_loop_is_logged_not_silent(
     namer = DnsNamer(
         DnsNamerConfig(),
         Broken(),
-        clock=timer,
+        clock=clock,
         rng=random.Random(1),
         registry=CollectorRegistry(),
     )

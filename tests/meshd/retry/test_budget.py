@@ -20,6 +20,7 @@ percent is 0) and reserve = min_retries_per_sec * ttl_secs * w:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -36,22 +37,28 @@ from meshd.retry.budget import (
     unlimited,
 )
 from meshd.retry.budget_config import RetryBudgetConfig
+from tests.support.clock import FakeClock
 
 
-class FakeClock:
-    """Monotonic seconds, moved by the test in whole milliseconds."""
-
-    def __init__(self, start_ms: int = 0) -> None:
-        self.ms = start_ms
-
-    def __call__(self) -> float:
-        return self.ms / 1000
-
-    def advance_ms(self, ms: int) -> None:
-        self.ms += ms
+def at_ms(ms: int) -> FakeClock:
+    """The one fake clock (tests/support/clock.py), at a whole millisecond."""
+    return FakeClock(start=ms / 1000)
 
 
-def make_budget(clock: FakeClock, ttl_secs: int = 10, min_retries_per_sec: int = 10, percent: float = 0.2):
+def ms_of(clock: FakeClock) -> int:
+    return round(clock.now() * 1000)
+
+
+def set_ms(clock: FakeClock, ms: int) -> None:
+    """Move the clock to a whole millisecond (as `ms / 1000`: no summed float error)."""
+    clock.advance_to(ms / 1000)
+
+
+def advance_ms(clock: FakeClock, ms: int) -> None:
+    set_ms(clock, ms_of(clock) + ms)
+
+
+def make_budget(clock: Callable[[], float], ttl_secs: int = 10, min_retries_per_sec: int = 10, percent: float = 0.2):
     return TokenRetryBudget(
         ttl_secs=ttl_secs, min_retries_per_sec=min_retries_per_sec, percent_can_retry=percent, clock=clock
     )
@@ -70,14 +77,14 @@ def drain(budget) -> int:
 
 
 def test_default_budget_costs_match_finagle():
-    budget = make_budget(FakeClock())
+    budget = make_budget(FakeClock(start=0.0))
     assert budget.deposit_amount == 1000
     assert budget.withdrawal_amount == 5000
     assert budget.reserve == 10 * 10 * 5000
 
 
 def test_zero_percent_makes_deposits_worthless_and_retries_cost_one_token():
-    budget = make_budget(FakeClock(), min_retries_per_sec=3, percent=0.0)
+    budget = make_budget(FakeClock(start=0.0), min_retries_per_sec=3, percent=0.0)
     assert (budget.deposit_amount, budget.withdrawal_amount, budget.reserve) == (0, 1, 30)
     for _ in range(1000):
         budget.deposit()
@@ -86,14 +93,14 @@ def test_zero_percent_makes_deposits_worthless_and_retries_cost_one_token():
 
 
 def test_fresh_budget_grants_the_floor_of_min_retries_times_ttl():
-    budget = make_budget(FakeClock(5_000))
+    budget = make_budget(at_ms(5_000))
     assert budget.balance == 100
     assert drain(budget) == 100
     assert budget.balance == 0
 
 
 def test_every_five_requests_buy_one_retry_at_twenty_percent():
-    budget = make_budget(FakeClock(), min_retries_per_sec=0)
+    budget = make_budget(FakeClock(start=0.0), min_retries_per_sec=0)
     assert drain(budget) == 0
     for _ in range(4):
         budget.deposit()
@@ -105,7 +112,7 @@ def test_every_five_requests_buy_one_retry_at_twenty_percent():
 
 def test_truncated_withdrawal_rounds_the_percentage_in_the_clients_favour():
     # int(1000 / 0.3) = 3333, so 3333 requests earn 1000 retries (30.003 %), not 999.
-    budget = make_budget(FakeClock(), min_retries_per_sec=0, percent=0.3)
+    budget = make_budget(FakeClock(start=0.0), min_retries_per_sec=0, percent=0.3)
     assert budget.withdrawal_amount == 3333
     for _ in range(3333):
         budget.deposit()
@@ -114,23 +121,22 @@ def test_truncated_withdrawal_rounds_the_percentage_in_the_clients_favour():
 
 def test_finagle_range_allows_more_retries_than_requests_outside_config():
     # The working class accepts Finagle's 0..1000; only RetryBudgetConfig refuses > 1.
-    budget = make_budget(FakeClock(), min_retries_per_sec=0, percent=5.0)
+    budget = make_budget(FakeClock(start=0.0), min_retries_per_sec=0, percent=5.0)
     budget.deposit()
     assert drain(budget) == 5
 
 
 def test_worked_example_from_docs():
     """docs/retries.md: defaults, 50 requests/s for 10 s, then an outage, then silence."""
-    clock = FakeClock(0)
+    clock = at_ms(0)
     budget = make_budget(clock)
-    for _ in range(500):  # 50 rps for 10 s: t = 0.00, 0.02, ..., 9.98
+    for i in range(500):  # 50 rps for 10 s: t = 0.00, 0.02, ..., 9.98
+        set_ms(clock, i * 20)
         budget.deposit()
-        clock.advance_ms(20)
-    clock.ms = 9_980
     assert budget.balance == 200  # 20 % of 500 + 10/s * 10 s
     assert drain(budget) == 200
     assert budget.statistics().retries_refused == 1
-    clock.advance_ms(10_000)  # ten quiet seconds: the window has emptied
+    advance_ms(clock, 10_000)  # ten quiet seconds: the window has emptied
     assert budget.balance == 100
 
 
@@ -138,67 +144,68 @@ def test_worked_example_from_docs():
 
 
 def test_withdrawal_is_forgotten_exactly_ten_slices_later():
-    clock = FakeClock(7_000)  # ttl 10 s: slices of 1 s, slice 7 starts here
+    clock = at_ms(7_000)  # ttl 10 s: slices of 1 s, slice 7 starts here
     budget = make_budget(clock)
     assert drain(budget) == 100
-    clock.ms = 16_999  # still slice 16: slices 7..16 in the window
+    set_ms(clock, 16_999)  # still slice 16: slices 7..16 in the window
     assert budget.balance == 0
-    clock.ms = 17_000  # slice 17: slice 7 has left the window
+    set_ms(clock, 17_000)  # slice 17: slice 7 has left the window
     assert budget.balance == 100
 
 
 def test_withdrawal_late_in_a_slice_is_forgotten_after_nine_and_a_bit_slices():
-    clock = FakeClock(7_999)  # last millisecond of slice 7
+    clock = at_ms(7_999)  # last millisecond of slice 7
     budget = make_budget(clock)
     drain(budget)
-    clock.ms = 17_000  # 9.001 s later: a whole window of slices has passed
+    set_ms(clock, 17_000)  # 9.001 s later: a whole window of slices has passed
     assert budget.balance == 100
 
 
 def test_deposits_expire_with_their_slice():
-    clock = FakeClock(0)
+    clock = at_ms(0)
     budget = make_budget(clock, min_retries_per_sec=0)
     for _ in range(50):
         budget.deposit()
     assert budget.balance == 10
-    clock.ms = 9_999
+    set_ms(clock, 9_999)
     assert budget.balance == 10
-    clock.ms = 10_000
+    set_ms(clock, 10_000)
     assert budget.balance == 0
 
 
 def test_balance_never_goes_negative_when_spent_credit_expires():
-    clock = FakeClock(0)
+    clock = at_ms(0)
     budget = make_budget(clock, min_retries_per_sec=0)
     for _ in range(10):
         budget.deposit()
-    clock.ms = 9_000
+    set_ms(clock, 9_000)
     assert drain(budget) == 2
-    clock.ms = 10_000  # the deposits left, the withdrawals have not: tokens are negative
+    set_ms(clock, 10_000)  # the deposits left, the withdrawals have not: tokens are negative
     assert budget.balance == 0
     for _ in range(10):
         budget.deposit()
     assert not budget.try_withdraw(), "new credit first pays back the debt"
-    clock.ms = 19_000
+    set_ms(clock, 19_000)
     assert budget.balance == 2
 
 
 def test_clock_reading_is_rounded_to_the_millisecond_so_float_error_cannot_move_a_boundary():
     # 32.3 * 1000 == 32299.999999999996: truncating would put this reading in the previous slice.
-    clock = FakeClock(31_300)  # slice 313
+    clock = at_ms(31_300)  # slice 313
     budget = make_budget(clock, ttl_secs=1)  # slices of 100 ms
     assert drain(budget) == 10
-    clock.ms = 32_300  # slice 323: slice 313 has just left the window
+    set_ms(clock, 32_300)  # slice 323: slice 313 has just left the window
     assert budget.balance == 10
 
 
 def test_clock_stepping_back_does_not_rewind_the_window():
-    clock = FakeClock(20_000)
-    budget = make_budget(clock)
+    # (no Clock steps back, the fake one included: the budget's defence is tested with bare readings)
+    readings = [20.0]
+    budget = make_budget(lambda: readings[0])
     drain(budget)
-    clock.ms = 5_000
+    readings[0] = 5.0
     assert budget.balance == 0
-    clock.ms = 30_000
+    readings[0] = 30.0
     assert budget.balance == 100
 
 
@@ -246,7 +253,7 @@ class Model:
 def test_budget_matches_model_and_never_exceeds_percent_plus_floor(
     ops, start_ms, ttl_secs, min_retries, percent
 ):
-    clock = FakeClock(start_ms)
+    clock = at_ms(start_ms)
     budget = make_budget(clock, ttl_secs=ttl_secs, min_retries_per_sec=min_retries, percent=percent)
     w, dep, reserve = budget.withdrawal_amount, budget.deposit_amount, budget.reserve
     slice_ms = ttl_secs * 100
@@ -254,8 +261,8 @@ def test_budget_matches_model_and_never_exceeds_percent_plus_floor(
     deposits = granted = refused = 0
 
     for advance, op in ops:
-        clock.advance_ms(advance)
-        now_slice = clock.ms // slice_ms
+        advance_ms(clock, advance)
+        now_slice = ms_of(clock) // slice_ms
         if op == "deposit":
             budget.deposit()
             model.events.append((now_slice, "deposit"))
@@ -300,10 +307,10 @@ def test_budget_matches_model_and_never_exceeds_percent_plus_floor(
     percent=PERCENTS,
 )
 def test_balance_is_what_try_withdraw_grants_now(ops, start_ms, ttl_secs, min_retries, percent):
-    clock = FakeClock(start_ms)
+    clock = at_ms(start_ms)
     budget = make_budget(clock, ttl_secs=ttl_secs, min_retries_per_sec=min_retries, percent=percent)
     for advance, op in ops:
-        clock.advance_ms(advance)
+        advance_ms(clock, advance)
         if op == "deposit":
             budget.deposit()
         else:
@@ -324,15 +331,15 @@ def test_balance_is_what_try_withdraw_grants_now(ops, start_ms, ttl_secs, min_re
 def test_budget_refills_to_the_floor_one_ttl_after_the_last_request(
     ops, start_ms, ttl_secs, min_retries, percent
 ):
-    clock = FakeClock(start_ms)
+    clock = at_ms(start_ms)
     budget = make_budget(clock, ttl_secs=ttl_secs, min_retries_per_sec=min_retries, percent=percent)
     for advance, op in ops:
-        clock.advance_ms(advance)
+        advance_ms(clock, advance)
         if op == "deposit":
             budget.deposit()
         else:
             budget.try_withdraw()
-    clock.advance_ms(ttl_secs * 1000)
+    advance_ms(clock, ttl_secs * 1000)
     assert budget.balance == min_retries * ttl_secs
     assert drain(budget) == min_retries * ttl_secs
 
@@ -368,13 +375,13 @@ def test_shared_fixed_budgets():
 def test_config_defaults_are_finagles_and_build_a_working_budget():
     config = RetryBudgetConfig()
     assert (config.ttl_secs, config.min_retries_per_sec, config.percent_can_retry) == (10, 10, 0.2)
-    budget = config.build(FakeClock())
+    budget = config.build(FakeClock(start=0.0))
     assert budget.balance == 100
     assert "percent_can_retry=0.2" in repr(budget)
 
 
 def test_config_with_no_floor_and_no_percentage_builds_a_refusing_budget():
-    budget = RetryBudgetConfig(min_retries_per_sec=0, percent_can_retry=0).build(FakeClock())
+    budget = RetryBudgetConfig(min_retries_per_sec=0, percent_can_retry=0).build(FakeClock(start=0.0))
     for _ in range(100):
         budget.deposit()
     assert not budget.try_withdraw()
@@ -382,8 +389,8 @@ def test_config_with_no_floor_and_no_percentage_builds_a_refusing_budget():
 
 
 def test_config_accepts_the_edges():
-    RetryBudgetConfig(ttl_secs=1, min_retries_per_sec=0, percent_can_retry=1.0).build(FakeClock())
-    RetryBudgetConfig(ttl_secs=60, min_retries_per_sec=0, percent_can_retry=1).build(FakeClock())
+    RetryBudgetConfig(ttl_secs=1, min_retries_per_sec=0, percent_can_retry=1.0).build(FakeClock(start=0.0))
+    RetryBudgetConfig(ttl_secs=60, min_retries_per_sec=0, percent_can_retry=1).build(FakeClock(start=0.0))
 
 
 @pytest.mark.parametrize(
@@ -420,7 +427,7 @@ def test_config_rejects_bad_values_with_the_yaml_key_in_the_message(kwargs, mess
 def test_working_budget_enforces_finagles_requirements(kwargs):
     args = {"ttl_secs": 10, "min_retries_per_sec": 10, "percent_can_retry": 0.2} | kwargs
     with pytest.raises(ValueError):
-        TokenRetryBudget(clock=FakeClock(), **args)
+        TokenRetryBudget(clock=FakeClock(start=0.0), **args)
 
 
 @given(st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-10**6, 10**6).map(lambda n: n + 0.5)))
