@@ -36,6 +36,7 @@ HOT := meshd/listener.py \
   meshd/client.py \
   meshd/pool/pool.py \
   meshd/retry/budget.py \
+  meshd/expiry.py \
   balancers/base.py \
   balancers/node.py \
   balancers/p2c.py \

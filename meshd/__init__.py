@@ -30,6 +30,7 @@ COMPILED_MODULES: Final = (
     "meshd.client",
     "meshd.pool.pool",
     "meshd.retry.budget",
+    "meshd.expiry",
     "balancers.base",
     "balancers.node",
     "balancers.p2c",

@@ -21,9 +21,9 @@ from balancers.base import Balancer, NoNodesAvailable
 from balancers.configs import AccrualConfig
 from balancers.node import Node
 from balancers.registry import BalancerConfig
-from meshd.clock import Expiry
 from meshd.discovery.addr import Addr, Address, Bound, Neg
 from meshd.errors import AttemptTimeout, MeshdError, NoEndpoints
+from meshd.expiry import Expiry
 from meshd.http.messages import Request, Response
 from meshd.observable import Observable
 from meshd.pipeline.dispatch import can_resend, dispatch, dst_lines, request_head, resend

@@ -18,8 +18,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 
-from meshd.clock import MONOTONIC, Clock, Expiry
+from meshd.clock import MONOTONIC, Clock
 from meshd.errors import RequestTimeout
+from meshd.expiry import Expiry
 from meshd.http.messages import Request, Response
 from meshd.pipeline.stack import Service, Stage
 from meshd.retry.deadline import HEADER, Deadline, WallClock, combine, format_deadline, parse_deadline

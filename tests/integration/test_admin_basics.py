@@ -13,7 +13,7 @@ import pathlib
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshd.clock import Expiry
+from meshd.expiry import Expiry
 from tests.support.client import RawConnection, RawResponse
 from tests.support.clock import FakeClock
 from tests.support.process import MeshdProcess, process_config

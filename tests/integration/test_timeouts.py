@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from meshd.clock import Expiry
+from meshd.expiry import Expiry
 from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.retry.deadline import Deadline, format_deadline, parse_deadline
 from routing.path import Path
