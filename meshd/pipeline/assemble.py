@@ -15,7 +15,7 @@ Service level (one chain per logical name):
 (`access_log`, only when the router has `accessLog: true` — absent otherwise, so a disabled log
    costs nothing.) Outermost at this level, so it sees the request's final outcome: the response
    the client gets after every retry, or the error (a total-timeout or deadline 504 included)
-   that the error responder will turn into one, together with `request.attempts` and, through
+   that the error responder will turn into one, together with `ctx.attempts` and, through
    the retry stage's attempt hook, where each attempt went. It sits at the service level
    rather than the router level because it needs the service's retry stage to report attempts;
    requests that fail before a service is chosen (unidentified, unbound) are not logged.
@@ -42,8 +42,8 @@ from typing import Final
 
 from meshd.clock import MONOTONIC, Clock
 from meshd.config.model import ServiceConfig
-from meshd.http.messages import Request
 from meshd.pipeline.access_log import AccessLog
+from meshd.pipeline.context import RouteContext
 from meshd.pipeline.hygiene import RequestIds, TrustPolicy, hygiene_filter
 from meshd.pipeline.identify import identify_filter
 from meshd.pipeline.retries import RetryCounters, retries_stage
@@ -105,7 +105,7 @@ def service_stack(
 
 
 def classify_filter(classifier: ResponseClassifier) -> Filter:
-    def classify(request: Request) -> None:
-        request.classifier = classifier
+    def classify(ctx: RouteContext) -> None:
+        ctx.classifier = classifier
 
     return classify
