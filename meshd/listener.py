@@ -98,6 +98,7 @@ _TIMER_SLACK_S: Final = 0.005
 #: method names as str without a decode per request
 _METHODS: Final = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
 
+
 @dataclass(frozen=True, slots=True)
 class ListenerLimits:
     max_header_bytes: int = 64 * 1024
