@@ -23,6 +23,7 @@ HOT := meshd/listener.py \
   meshd/http/framing.py \
   meshd/http/messages.py \
   meshd/http/headers.py \
+  meshd/pipeline/context.py \
   meshd/pipeline/stack.py \
   meshd/pipeline/hygiene.py \
   meshd/pipeline/identify.py \

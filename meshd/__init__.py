@@ -17,6 +17,7 @@ COMPILED_MODULES: Final = (
     "meshd.http.framing",
     "meshd.http.messages",
     "meshd.http.headers",
+    "meshd.pipeline.context",
     "meshd.pipeline.stack",
     "meshd.pipeline.hygiene",
     "meshd.pipeline.identify",

@@ -7,8 +7,9 @@ handing out connections, idle ones close now, busy ones close when their request
 `Pending` and `Failed` answers keep the last known set (never drop to empty because discovery
 hiccuped); `Neg` empties it.
 
-Calling the client sends one attempt: pick a node (O(1)), count it as started, dispatch on a
-pooled connection, and report the outcome to the balancer when the response ends.
+Calling the client with a request's `RouteContext` sends one attempt: pick a node (O(1), avoiding
+the context's `last_node`), count it as started, dispatch the wire request on a pooled
+connection, and report the outcome to the balancer when the response ends.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from dataclasses import dataclass
 
 from balancers.base import Balancer, NoNodesAvailable
 from balancers.configs import AccrualConfig
-from balancers.node import Node
 from balancers.registry import BalancerConfig
 from meshd.discovery.addr import Addr, Address, Bound, Neg
 from meshd.errors import AttemptTimeout, MeshdError, NoEndpoints
 from meshd.expiry import Expiry
-from meshd.http.messages import Request, Response
+from meshd.http.messages import Response
 from meshd.observable import Observable
+from meshd.pipeline.context import RouteContext
 from meshd.pipeline.dispatch import can_resend, dispatch, dst_lines, request_head, resend
 from meshd.pool.connection import StaleConnection
 from meshd.pool.dialer import Dialer
@@ -131,19 +132,19 @@ class Client:
             self._removed_queue_timeouts += removed.pool.queue_timeouts
 
     # -- one attempt ------------------------------------------------------------------------
-    async def __call__(self, request: Request) -> Response:
-        avoid = request.last_node
+    async def __call__(self, ctx: RouteContext) -> Response:
         try:
-            node = self.balancer.pick(avoid if isinstance(avoid, Node) else None)
+            node = self.balancer.pick(ctx.last_node)
         except NoNodesAvailable:
             raise NoEndpoints(f"no endpoints available for {self.label}", written=False) from None
-        request.last_node = node
+        ctx.last_node = node
         endpoint = node.member
         if endpoint.forwarded:
             self.forwarded += 1
+        request = ctx.request
         started = node.start()
         try:
-            head = request_head(request, self._dst_headers(request.logical_name))
+            head = request_head(request, self._dst_headers(ctx.logical_name))
             conn = endpoint.pool.try_acquire_idle()
             if self._attempt_timeout_s is None and conn is not None:
                 # The common case inline: a warm pooled connection and no attempt timeout (one
@@ -187,8 +188,8 @@ class Client:
         status = response.status
         if status < 500:
             failure = False  # every classifier calls anything but a 5xx a success
-        elif request.classifier is not None:
-            failure = request.classifier.classify_response(request.method, status, False).is_failure
+        elif ctx.classifier is not None:
+            failure = ctx.classifier.classify_response(request.method, status, False).is_failure
         else:
             failure = True
         body = response.body

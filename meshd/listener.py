@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from time import monotonic
 from typing import Final, cast
@@ -62,6 +62,8 @@ from meshd.http.headers import (
     append_via,
 )
 from meshd.http.messages import Headers, Request, Response
+from meshd.pipeline.context import RouteContext
+from meshd.pipeline.stack import Service
 
 log = logging.getLogger("meshd.listener")
 
@@ -77,8 +79,6 @@ _VIA = (b"Via", b"1.1 meshd")
 #: re-armed timer treats anything this close to its deadline as due, rather than re-arming.
 _TIMER_SLACK_S: Final = 0.005
 
-
-Service = Callable[[Request], Awaitable[Response]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +176,8 @@ class ServerProtocol(asyncio.Protocol):
         self._client_ip = ""
         self._queue: deque[_Item] = deque()
         self._active: Request | None = None
+        #: the route context `_serve` made for the active request (None until it runs it)
+        self._route: RouteContext | None = None
         self._active_response: Response | None = None
         #: the connection's task (see `_serve`), created with its first request
         self._task: asyncio.Task[None] | None = None
@@ -363,6 +365,7 @@ class ServerProtocol(asyncio.Protocol):
         service = self._listener.service
         observe = self._listener.observe
         request: Request | None = None
+        ctx: RouteContext | None = None
         response: Response | None = None
         while True:
             request = self._next
@@ -371,6 +374,9 @@ class ServerProtocol(asyncio.Protocol):
                 request = await waiter
             else:
                 self._next = None
+            # The pipeline's per-request state (meshd/pipeline/context.py): the one object made
+            # per request here; every stage reads and writes it, the wire request inside it.
+            self._route = ctx = RouteContext(request)
             # Stats are taken here rather than in a pipeline stage: outermost by construction,
             # and one coroutine frame less per request.
             #
@@ -380,7 +386,7 @@ class ServerProtocol(asyncio.Protocol):
             # counted.
             self._served_since = started = monotonic()
             try:
-                response = await service(request)
+                response = await service(ctx)
             except MeshdError as exc:
                 if not request.body.ended:
                     # the body will never be read now: the connection is closed after this response
@@ -391,7 +397,8 @@ class ServerProtocol(asyncio.Protocol):
             except Exception:
                 log.exception("unhandled error in the request pipeline")
                 response = error_response(MeshdError("internal error in meshd"), close=True)
-            observe(request.logical_name or UNIDENTIFIED, response.status, monotonic() - started)
+            observe(ctx.logical_name or UNIDENTIFIED, response.status, monotonic() - started)
+            self._route = None
             if self._closing:
                 response.body.cancel(ConnectionClosed("client disconnected"))
                 return
@@ -399,7 +406,7 @@ class ServerProtocol(asyncio.Protocol):
             if self._closing:
                 return
             # keep nothing of this exchange while the connection waits for its next request
-            request = response = None
+            request = ctx = response = None
 
     def _write_response(self, request: Request, response: Response) -> None:
         transport = self._transport
@@ -501,6 +508,7 @@ class ServerProtocol(asyncio.Protocol):
         elif self._active is not None and self._active_response is None:
             task, self._task = self._task, None
             self._active = None
+            self._route = None
             self._next = None
             self._waiter = None
             if task is not None:
@@ -517,7 +525,9 @@ class ServerProtocol(asyncio.Protocol):
         if request is None or self._active_response is not None:
             return
         since = self._served_since
+        ctx = self._route
         self._active = None
+        self._route = None
         self._served_since = -1.0
         self._next = None
         self._waiter = None
@@ -525,7 +535,9 @@ class ServerProtocol(asyncio.Protocol):
         if task is not None:
             task.cancel()
         seconds = monotonic() - since if since >= 0.0 else 0.0
-        self._listener.observe(request.logical_name or UNIDENTIFIED, CLIENT_CLOSED_REQUEST, seconds)
+        # the name identify gave it (none if `_serve` had not run it yet)
+        name = ctx.logical_name if ctx is not None and ctx.request is request else ""
+        self._listener.observe(name or UNIDENTIFIED, CLIENT_CLOSED_REQUEST, seconds)
 
     def _write_error_and_close(self, error: MeshdError) -> None:
         if self._transport is not None and not self._closing:

@@ -41,12 +41,13 @@ from meshd.config.model import RouterConfig
 from meshd.discovery.addr import Addr, Address, Bound, Failed
 from meshd.discovery.base import Namer
 from meshd.errors import NoSuchService
-from meshd.http.messages import Request, Response
+from meshd.http.messages import Response
 from meshd.listener import ListenerLimits
 from meshd.observable import Observable
 from meshd.pipeline.access_log import AccessLog
 from meshd.pipeline.assemble import router_stack, service_stack
 from meshd.pipeline.bind import Binder, bind_service
+from meshd.pipeline.context import RouteContext
 from meshd.pipeline.hygiene import RequestIds, TrustPolicy
 from meshd.pipeline.retries import RetryCounters
 from meshd.pipeline.stack import Service
@@ -237,9 +238,9 @@ class Router:
             del self.services[path]
         self.evicted += min(count, len(idle))
 
-    def _dispatch_choice(self, request: Request) -> Awaitable[Response]:
+    def _dispatch_choice(self, ctx: RouteContext) -> Awaitable[Response]:
         """Pick this attempt's destination and return its client's coroutine (a tail call)."""
-        chooser: Chooser | None = request.chooser
+        chooser: Chooser | None = ctx.chooser
         assert chooser is not None
         choice = chooser.single
         if choice is None:
@@ -249,25 +250,25 @@ class Router:
             if client is None:
                 client = self.client_for(choice.id)
             client.used = self._tick  # one store per attempt: what idle eviction calls "used"
-            return client(request)
+            return client(ctx)
         if isinstance(choice, Fail):
             why = "the dtab says it fails (!)"
         elif isinstance(choice, Empty):
             why = "the dtab binds it to nothing ($)"
         else:
-            why = self._negative_reasons(request) or "no dtab entry or namer knows it"
+            why = self._negative_reasons(ctx) or "no dtab entry or namer knows it"
         raise NoSuchService(
-            f"No hosts are available for {request.logical_name}: {why}; "
-            f"Dtab.base=[{self.binder.base_dtab.show()}], Dtab.local=[{request.local_dtab}]",
+            f"No hosts are available for {ctx.logical_name}: {why}; "
+            f"Dtab.base=[{self.binder.base_dtab.show()}], Dtab.local=[{ctx.local_dtab}]",
             written=False,
         )
 
-    def _negative_reasons(self, request: Request) -> str:
+    def _negative_reasons(self, ctx: RouteContext) -> str:
         """On the error path only: bind again with a trace and ask the namers why they said no."""
-        path = request.logical_path
+        path = ctx.logical_path
         if path is None:
             return ""
-        return self.binder.negative_reasons(path, request.local_dtab)
+        return self.binder.negative_reasons(path, ctx.local_dtab)
 
     # -- client level -------------------------------------------------------------------------
     def client_for(self, id: Path) -> Client:
@@ -403,7 +404,7 @@ def _nothing() -> None:
     pass
 
 
-def _dropped_service(request: Request) -> Awaitable[Response]:
+def _dropped_service(ctx: RouteContext) -> Awaitable[Response]:
     """The pipeline of a named service dropped while idle (never called: the table no longer
     refers to it; only its budget and counters are kept, in `Router.named`)."""
     raise AssertionError("a dropped service's pipeline was called")
@@ -416,10 +417,10 @@ def _last_used(item: tuple[Path, ServiceState]) -> int:
 def _counting_in_flight(state: ServiceState, service: Service) -> Service:
     """`service`, counting in `state.in_flight` the requests inside it (a folded service's pipeline)."""
 
-    async def counted(request: Request) -> Response:
+    async def counted(ctx: RouteContext) -> Response:
         state.in_flight += 1
         try:
-            return await service(request)
+            return await service(ctx)
         finally:
             state.in_flight -= 1
 

@@ -71,3 +71,22 @@ def test_an_import_cycle_breaks_the_cycle_and_layer_contracts(tmp_path: Path) ->
         assert f"{CONTRACTS[broken]} BROKEN" in result.stdout
     assert "No cycles are allowed in meshd" in result.stdout
     assert "meshd.pool.connection -> meshd.pipeline.dispatch" in result.stdout
+
+
+def test_routing_state_on_the_wire_message_breaks_the_wire_without_routing_contract(tmp_path: Path) -> None:
+    tree = copy_of_the_tree(tmp_path)
+    messages_py = tree / "meshd" / "http" / "messages.py"
+    # what issue #14 found: the wire Request typed its routing fields with routing's and retry's
+    # classes (TYPE_CHECKING only); that state is the pipeline's RouteContext now
+    messages_py.write_text(
+        messages_py.read_text()
+        + "\n\nfrom typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
+        + "    from meshd.retry.classifiers import ResponseClassifier\n"
+        + "    from routing.delegate import Chooser\n"
+    )
+    result = lint_imports(tree)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{CONTRACTS['wire-without-routing']} BROKEN" in result.stdout
+    assert "meshd.http.messages -> routing.delegate" in result.stdout
+    assert "meshd.http.messages -> meshd.retry.classifiers" in result.stdout
+    assert f"{CONTRACTS['wire-below-pipeline']} KEPT" in result.stdout

@@ -1,22 +1,16 @@
-"""Request and Response as they travel through the pipeline.
+"""Request and Response: the HTTP messages as they cross the wire, and nothing else.
 
 Headers are lists of `(name, value)` byte pairs in arrival order with the original case of names.
 The parser removes hop-by-hop and framing headers (Content-Length, Transfer-Encoding) as it reads
 them and records framing on the `Body`; `l5d-*` headers are held apart in `l5d` (lower-case name ->
-value) so the hygiene stage decides which travel on. Per-request routing context (logical name,
-local dtab, deadline) lives on the request too, so every stage sees one object.
+value) so the hygiene stage decides which travel on. What routing learns about a request (logical
+name, local dtab, binding, deadline, attempts) is not here: it is the pipeline's `RouteContext`
+(meshd/pipeline/context.py), which holds the request.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from meshd.http.body import Body
-
-if TYPE_CHECKING:
-    from meshd.retry.classifiers import ResponseClassifier
-    from routing.delegate import Chooser
-    from routing.path import Path
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -33,16 +27,6 @@ class Request:
         "host",
         "client_ip",
         "expect_continue",
-        "logical_name",
-        "local_dtab",
-        "deadline",
-        "reqid",
-        "attempts",
-        "logical_path",
-        "chooser",
-        "dst_client",
-        "classifier",
-        "last_node",
         "forwarded",
     )
 
@@ -70,25 +54,6 @@ class Request:
         self.host = host
         self.client_ip = client_ip
         self.expect_continue = expect_continue
-        #: set by the identifier
-        self.logical_name: str = ""
-        #: the local dtab text (l5d-ctx-dtab ++ l5d-dtab) when trusted, else ""
-        self.local_dtab: str = ""
-        #: absolute deadline on meshd's clock (meshd.clock, `Runtime.clock`), or None
-        self.deadline: float | None = None
-        self.reqid: str = ""
-        #: attempts made for this request (for the access log)
-        self.attempts: int = 0
-        #: the logical name as a Path (set by the identifier)
-        self.logical_path: Path | None = None
-        #: picks the bound destination of each attempt (set by the binder)
-        self.chooser: Chooser | None = None
-        #: the bound name of the current attempt, for `l5d-dst-client`
-        self.dst_client: str = ""
-        #: the service's response classifier (failure accrual and retries use it)
-        self.classifier: ResponseClassifier | None = None
-        #: the balancer node of the previous attempt (a retry prefers another)
-        self.last_node: object | None = None
         #: the request arrived with Via or X-Forwarded-For (so they must be extended, not added)
         self.forwarded = False
 

@@ -1,1 +1,56 @@
-"""The request pipeline: small stages composed in one order (see assemble.py for the order and why)."""
+"""The request pipeline: small stages composed in one order (see assemble.py for the order and why).
+
+Two objects travel down the path. The wire `Request` (meshd/http/messages.py: method, target,
+headers, `l5d-*` headers, body) is built by the HTTP/1 codec and is what the upstream
+connection writes. The `RouteContext` (context.py) is made by the listener when it runs the
+request; it holds the wire request and what the pipeline learns on the way (request id, local
+dtab, logical name, chooser, classifier, deadline, attempts, the last node tried). Stages,
+filters and the client take the context; the pool and the connection take the wire request.
+
+The path of one request, in the order its code runs (a test imports each module:function
+named here, so the list follows the code). Stages are closures built once per router or per
+logical name by `Stack.build` (stack.py); the function named is the one that builds the step,
+and the closure it returns is named after the arrow.
+
+1. `meshd.listener:ServerProtocol.data_received` - bytes from the client's socket go to the
+   HTTP/1 codec, `meshd.http.codec:RequestCodec.feed` (llhttp underneath), which returns events.
+2. `meshd.listener:ServerProtocol._on_request` - a complete head (the codec built the wire
+   `Request` in `RequestCodec.on_headers_complete`): its `Body` is fed from later events as
+   bytes arrive, and the request is queued.
+3. `meshd.listener:ServerProtocol._enqueue` - answered in order: the request runs now, or waits
+   behind the ones before it on this connection.
+4. `meshd.listener:ServerProtocol._start` - hands the request to the connection's task.
+5. `meshd.listener:ServerProtocol._serve` - the connection's task makes the `RouteContext` and
+   awaits the router's service with it; stats and the error responder (a `MeshdError` becomes a
+   response with `l5d-err`) are here, not stages.
+6. `meshd.pipeline.stack:_filtered` -> `two` - the router-level filters, run in one plain
+   function (no coroutine frame): the next two steps.
+7. `meshd.pipeline.hygiene:hygiene_filter` -> `clean` - trusts or strips `l5d-*`; sets
+   `ctx.local_dtab` and `ctx.reqid`; adds `l5d-reqid`, `Via`, `X-Forwarded-For`.
+8. `meshd.pipeline.identify:identify_filter` -> `identify` - the identifier reads the wire
+   request; sets `ctx.logical_path` and `ctx.logical_name`.
+9. `meshd.pipeline.bind:bind_service` -> `bind_request` - sets `ctx.chooser` from the binding
+   cache (or `Binder.bind`, which delegates through the dtab), then calls the next step.
+10. `meshd.router:Router.service_for` - the logical name's service chain, built on its first
+    request by `Router._new_service` from `assemble.service_stack`.
+11. `meshd.pipeline.access_log:AccessLog.stage` -> `log_request` - only with `accessLog: true`.
+12. `meshd.pipeline.assemble:classify_filter` -> `classify` - sets `ctx.classifier`.
+13. `meshd.pipeline.timeouts:timeout_stage` -> `bound` - sets `ctx.deadline`, bounds the rest;
+    without a total timeout or a caller's deadline it is a plain tail call.
+14. `meshd.pipeline.retries:retries_stage` -> `retry` - counts `ctx.attempts`, classifies each
+    attempt's outcome, backs off and calls the next step again while a retry is allowed.
+15. `meshd.router:Router._dispatch_choice` - `ctx.chooser` picks this attempt's bound name;
+    its `Client` is called (created on first use by `Router.client_for`).
+16. `meshd.client:Client.__call__` - the balancer picks a node (avoiding `ctx.last_node`),
+    counts it started, serialises the head, and sends the wire request; the attempt timeout
+    (when set) bounds this step.
+17. `meshd.pipeline.dispatch:request_head` - the head for this attempt, with `l5d-dst-*`.
+18. `meshd.pool.pool:Pool.try_acquire_idle` - a warm keep-alive connection, the common case;
+    otherwise `meshd.pipeline.dispatch:dispatch` waits for one from `Pool.acquire`.
+19. `meshd.pool.connection:UpstreamConnection.send` - writes the head and attaches the body; the
+    returned future resolves with the response head, its body streaming behind it.
+
+And back: the response returns through the same calls (the retry stage classifies it, the client
+tells the balancer when its body ends) to `_serve`, which records it and calls
+`meshd.listener:ServerProtocol._write_response` to write the head and stream the body.
+"""

@@ -24,7 +24,8 @@ from typing import Final
 
 from meshd.clock import Clock
 from meshd.errors import MeshdError, NoEndpoints, NoSuchService
-from meshd.http.messages import Request, Response
+from meshd.http.messages import Response
+from meshd.pipeline.context import RouteContext
 from meshd.pipeline.stack import Service, Stage
 
 LOGGER: Final = logging.getLogger("meshd.access")
@@ -39,12 +40,12 @@ class AccessLog:
         self._router = router
         self._clock = clock
         self._logger = logger
-        #: attempts of the requests in flight, by id(request) (the request is alive while listed)
+        #: attempts of the requests in flight, by id(ctx) (the context is alive while listed)
         self._tries: dict[int, list[str]] = {}
 
-    def on_attempt(self, request: Request, outcome: int | MeshdError, retry_reason: str | None) -> None:
+    def on_attempt(self, ctx: RouteContext, outcome: int | MeshdError, retry_reason: str | None) -> None:
         """The retry stage's attempt hook: remember where this attempt went and how it ended."""
-        tries = self._tries.get(id(request))
+        tries = self._tries.get(id(ctx))
         if tries is None:
             return  # a request that did not pass through this log's stage
         if isinstance(outcome, MeshdError):
@@ -53,8 +54,8 @@ class AccessLog:
         else:
             picked = True
             what = str(outcome)
-        node = request.last_node if picked else None
-        endpoint = getattr(getattr(node, "member", None), "label", "-")
+        node = ctx.last_node if picked else None
+        endpoint = getattr(node.member, "label", "-") if node is not None else "-"
         entry = f"{endpoint} {what}" if retry_reason is None else f"{endpoint} {what} retry={retry_reason}"
         tries.append(entry)
 
@@ -62,13 +63,13 @@ class AccessLog:
         def wrap(next_service: Service) -> Service:
             now = self._clock.now
 
-            async def log_request(request: Request) -> Response:
-                key = id(request)
+            async def log_request(ctx: RouteContext) -> Response:
+                key = id(ctx)
                 self._tries[key] = []
                 start = now()
                 status = "error"
                 try:
-                    response = await next_service(request)
+                    response = await next_service(ctx)
                 except MeshdError as exc:
                     status = str(exc.status)
                     raise
@@ -81,17 +82,18 @@ class AccessLog:
                 finally:
                     tries = self._tries.pop(key, [])
                     if self._logger.isEnabledFor(logging.INFO):
-                        self._logger.info("%s", self._line(request, status, tries, now() - start))
+                        self._logger.info("%s", self._line(ctx, status, tries, now() - start))
 
             return log_request
 
         return wrap
 
-    def _line(self, request: Request, status: str, tries: list[str], seconds: float) -> str:
+    def _line(self, ctx: RouteContext, status: str, tries: list[str], seconds: float) -> str:
+        request = ctx.request
         return (
-            f"router={self._router} reqid={request.reqid or '-'} client={request.client_ip or '-'} "
-            f"method={request.method} target={_quote(request.target)} service={request.logical_name or '-'} "
-            f"status={status} attempts={request.attempts} tries={_quote(_collapse(tries))} "
+            f"router={self._router} reqid={ctx.reqid or '-'} client={request.client_ip or '-'} "
+            f"method={request.method} target={_quote(request.target)} service={ctx.logical_name or '-'} "
+            f"status={status} attempts={ctx.attempts} tries={_quote(_collapse(tries))} "
             f"duration_ms={seconds * 1000:.1f}"
         )
 

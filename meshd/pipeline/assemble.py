@@ -1,38 +1,48 @@
 """The canonical order of the request pipeline, and why each stage sits where it does.
 
+Every stage takes the request's `RouteContext` (context.py), made by the listener: the wire
+request plus what the stages learn; each stage below says which of its fields it sets. The path
+of one request, function by function from the listener's socket to the upstream connection, is
+written out in meshd/pipeline/__init__.py.
+
 Router level (one chain per router, in this order, outermost first):
 1. (stats and errors) — not stages: the listener records every response it writes, by router,
    service, status class and latency, meshd's own errors and its 400s to malformed requests
    included; and it is the error responder: every MeshdError raised below becomes a response
    carrying `l5d-err`, so nothing below needs to build error responses.
 2. `hygiene` (a filter) — before anything reads `l5d-*` headers: untrusted ones are stripped, trusted
-   context (local dtab, deadline) is adopted, forwarding headers and the request id are added.
-3. `identify` (a filter) — the identifier names the logical service (`/svc/accounts`).
-Then the terminal `bind` step binds the name through the dtab (cached) and hands the request to
-that logical name's service chain.
+   context is adopted (`ctx.local_dtab`; the deadline header is left for `timeouts`), forwarding
+   headers and the request id (`ctx.reqid`) are added.
+3. `identify` (a filter) — the identifier names the logical service (`/svc/accounts`):
+   `ctx.logical_path`, `ctx.logical_name`.
+Then the terminal `bind` step binds the name through the dtab (cached) into `ctx.chooser` and
+hands the context to that logical name's service chain.
 
 Service level (one chain per logical name):
 (`access_log`, only when the router has `accessLog: true` — absent otherwise, so a disabled log
    costs nothing.) Outermost at this level, so it sees the request's final outcome: the response
    the client gets after every retry, or the error (a total-timeout or deadline 504 included)
-   that the error responder will turn into one, together with `request.attempts` and, through
+   that the error responder will turn into one, together with `ctx.attempts` and, through
    the retry stage's attempt hook, where each attempt went. It sits at the service level
    rather than the router level because it needs the service's retry stage to report attempts;
    requests that fail before a service is chosen (unidentified, unbound) are not logged.
-4. `classify` (a filter) — attaches the service's response classifier, which failure accrual below uses too.
-5. `timeouts` — total timeout and deadline propagation; above retries, so the whole retry loop
+4. `classify` (a filter) — attaches the service's response classifier (`ctx.classifier`), which
+   failure accrual below uses too.
+5. `timeouts` — total timeout and deadline propagation (`ctx.deadline`); above retries, so the whole retry loop
    (backoff included) is bounded by the caller's deadline, and an expired incoming deadline is
    refused before the retry budget or any upstream is touched.
 6. `retries` — above the choice of destination, so every attempt picks again: another union
-   branch (canary) and, in the client, another endpoint.
-Then the terminal step picks the bound destination for this attempt and calls its client.
+   branch (canary) and, in the client, another endpoint (`ctx.last_node` is avoided). Counts
+   `ctx.attempts`.
+Then the terminal step picks the bound destination for this attempt with `ctx.chooser` and calls
+its client.
 
 Filters (sync request-only stages) run inside one coroutine in front of the next stage; see
 `stack.py` for why.
 
 Client level (one per bound name, see meshd/client.py): the balancer picks an endpoint (P2C over
 Peak EWMA by default) and failure accrual skips ejected ones; the attempt timeout bounds one
-attempt; dispatch sends it over a pooled connection.
+attempt; dispatch sends the wire request (`ctx.request`) over a pooled connection.
 """
 
 from __future__ import annotations
@@ -42,8 +52,8 @@ from typing import Final
 
 from meshd.clock import MONOTONIC, Clock
 from meshd.config.model import ServiceConfig
-from meshd.http.messages import Request
 from meshd.pipeline.access_log import AccessLog
+from meshd.pipeline.context import RouteContext
 from meshd.pipeline.hygiene import RequestIds, TrustPolicy, hygiene_filter
 from meshd.pipeline.identify import identify_filter
 from meshd.pipeline.retries import RetryCounters, retries_stage
@@ -105,7 +115,7 @@ def service_stack(
 
 
 def classify_filter(classifier: ResponseClassifier) -> Filter:
-    def classify(request: Request) -> None:
-        request.classifier = classifier
+    def classify(ctx: RouteContext) -> None:
+        ctx.classifier = classifier
 
     return classify

@@ -5,8 +5,8 @@ local dtab) so the hot path does no delegation work. The cache is dropped whenev
 changes (routing file reload) or a namer says its answers may have changed (a service appeared
 or vanished). Endpoint-set changes do not invalidate bindings: clients follow those themselves.
 A binding that waits on a namer (pending) is retried when that namer changes, up to the binding
-timeout. Requests keep the chooser they started with, so a reload never changes a request's
-rules mid-way (its retries included).
+timeout. A request keeps the chooser it started with (on its `RouteContext`), so a reload never
+changes a request's rules mid-way (its retries included).
 
 A request's local dtab (`l5d-dtab`, `l5d-ctx-dtab`) is written by a client, so a binding that
 involves one is bounded (`LOCAL_DTAB_MAX_WORK`, about a millisecond of CPU at most) and built
@@ -28,8 +28,9 @@ from typing import Protocol
 from meshd.clock import MONOTONIC, Clock
 from meshd.errors import BadRequest, MeshdError, NoSuchService, RequestTimeout
 from meshd.explain import namer_reasons
-from meshd.http.messages import Request, Response
+from meshd.http.messages import Response
 from meshd.observable import Observable
+from meshd.pipeline.context import RouteContext
 from meshd.pipeline.stack import Service
 from routing.delegate import (
     LOCAL_DTAB_MAX_WORK,
@@ -240,18 +241,18 @@ def bind_service(binder: Binder, services: ServiceLookup) -> Service:
     cache = binder.cache
     service_for = services.service_for
 
-    def bind_request(request: Request) -> Awaitable[Response]:
-        path = request.logical_path
+    def bind_request(ctx: RouteContext) -> Awaitable[Response]:
+        path = ctx.logical_path
         assert path is not None, "the identifier runs before the binder"
-        local = request.local_dtab
+        local = ctx.local_dtab
         chooser = cache.get((path, local))
         if chooser is None:
-            return bind_then_serve(request, path, local)
-        request.chooser = chooser
-        return service_for(path)(request)  # a tail call: no coroutine frame for this step
+            return bind_then_serve(ctx, path, local)
+        ctx.chooser = chooser
+        return service_for(path)(ctx)  # a tail call: no coroutine frame for this step
 
-    async def bind_then_serve(request: Request, path: Path, local: str) -> Response:
-        request.chooser = await binder.bind(path, local)
-        return await service_for(path)(request)
+    async def bind_then_serve(ctx: RouteContext, path: Path, local: str) -> Response:
+        ctx.chooser = await binder.bind(path, local)
+        return await service_for(path)(ctx)
 
     return bind_request

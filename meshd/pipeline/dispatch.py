@@ -1,5 +1,9 @@
 """Dispatch: send one attempt to one endpoint over a pooled keep-alive connection.
 
+This is where the pipeline hands over to the wire: the client (meshd/client.py) is the last step
+that holds the request's `RouteContext`; these functions take only the wire `Request`, which
+is what `UpstreamConnection.send` writes (meshd.pool knows nothing of the pipeline).
+
 The request head is serialised per attempt (the bound destination differs between attempts);
 `l5d-dst-service` and `l5d-dst-client` are added here (their lines come serialised from the
 client, which keeps them per logical name). If the pool handed out a reused

@@ -2,8 +2,8 @@
 
 `l5d-*` request headers steer routing (`l5d-dtab` overrides) and bound the work (deadlines), so
 they are honoured only from trusted sources (by default loopback: the services on this host);
-from anyone else they are stripped. Trusted context is folded into the request (local dtab,
-incoming deadline) and re-emitted downstream as `l5d-ctx-*`, so it follows the whole call tree;
+from anyone else they are stripped. Trusted context is folded into the route context (local
+dtab; the incoming deadline is read by the timeouts stage) and re-emitted downstream as `l5d-ctx-*`, so it follows the whole call tree;
 a trusted but malformed `l5d-dtab` or `l5d-ctx-dtab` is a 400 naming the header, line and column.
 A per-request dtab is also bounded in size, because binding it costs CPU on the event loop: each
 header at most `MAX_LOCAL_DTAB_BYTES` (4096) bytes, 431 otherwise, and at most
@@ -20,7 +20,7 @@ from typing import Final
 
 from meshd.errors import BadRequest, HeadersTooLarge, LoopDetected
 from meshd.http.headers import L5D_CTX_DTAB, L5D_DTAB, L5D_REQID, append_forwarded_for, append_via
-from meshd.http.messages import Request
+from meshd.pipeline.context import RouteContext
 from meshd.pipeline.stack import Filter
 from routing.delegate import MAX_LOCAL_DENTRIES, MAX_LOCAL_DTAB_BYTES, parse_dtab_header
 from routing.parser import DtabSyntaxError
@@ -84,16 +84,17 @@ def hygiene_filter(trust: TrustPolicy, ids: RequestIds) -> Filter:
     #: the X-Forwarded-For header of each client address, built once (a node's clients are few)
     xff_values: dict[str, tuple[bytes, bytes]] = {}
 
-    def clean(request: Request) -> None:
+    def clean(ctx: RouteContext) -> None:
+        request = ctx.request
         l5d = request.l5d
         headers = request.headers
         reqid = ""
         if l5d:
             if trust.is_trusted(request.client_ip):
-                ctx = l5d.get(L5D_CTX_DTAB)
+                inherited = l5d.get(L5D_CTX_DTAB)
                 local = l5d.get(L5D_DTAB)
-                if ctx is not None or local is not None:
-                    request.local_dtab = local_dtab(ctx, local)
+                if inherited is not None or local is not None:
+                    ctx.local_dtab = local_dtab(inherited, local)
                 given = l5d.get("l5d-reqid")
                 if given:
                     reqid = given.decode("latin-1")
@@ -104,10 +105,10 @@ def hygiene_filter(trust: TrustPolicy, ids: RequestIds) -> Filter:
                 request.l5d = {}
         if not reqid:
             reqid = ids.next()
-        request.reqid = reqid
+        ctx.reqid = reqid
         headers.append((L5D_REQID, reqid.encode("latin-1")))
-        if request.local_dtab:
-            headers.append((L5D_CTX_DTAB.encode("latin-1"), request.local_dtab.encode("latin-1")))
+        if ctx.local_dtab:
+            headers.append((L5D_CTX_DTAB.encode("latin-1"), ctx.local_dtab.encode("latin-1")))
         if request.forwarded:
             hops = sum(v.count(b"meshd") for n, v in headers if n.lower() == b"via")
             if hops >= MAX_MESHD_HOPS:

@@ -1,11 +1,16 @@
-"""Identify: the identifier names the request's logical service (`Host: accounts` -> `/svc/accounts`)."""
+"""Identify: the identifier names the request's logical service (`Host: accounts` -> `/svc/accounts`).
+
+The identifier (routing/identifiers) reads the wire request through the `RequestHead` protocol;
+the name goes on the route context (`logical_path`, `logical_name`), a rewritten target on the
+request itself.
+"""
 
 from __future__ import annotations
 
 from typing import Final
 
 from meshd.errors import IdentificationFailed
-from meshd.http.messages import Request
+from meshd.pipeline.context import RouteContext
 from meshd.pipeline.stack import Filter
 from routing.identifiers.base import IdentificationError, Identifier
 from routing.identifiers.header import HeaderIdentifier
@@ -24,25 +29,26 @@ def identify_filter(identifier: Identifier) -> Filter:
     by_host = isinstance(identifier, HeaderIdentifier) and identifier.identifies_by_host
     hosts: dict[str, tuple[Path, str]] = {}
 
-    def identify(request: Request) -> None:
+    def identify(ctx: RouteContext) -> None:
+        request = ctx.request
         host = request.host
         if by_host and host is not None and request.target[:1] == "/":
             known = hosts.get(host)
             if known is not None:
-                request.logical_path, request.logical_name = known
+                ctx.logical_path, ctx.logical_name = known
                 return
         try:
             identified = identify_request(request)
         except IdentificationError as exc:
             raise IdentificationFailed(f"cannot identify the destination service: {exc}") from None
         path = identified.path
-        request.logical_path = path
+        ctx.logical_path = path
         name = names.get(path)
         if name is None:
             if len(names) > MAX_REMEMBERED:
                 names.clear()
             name = names[path] = path.show()
-        request.logical_name = name
+        ctx.logical_name = name
         if identified.target is not None:
             request.target = identified.target
         elif by_host and host is not None and request.target[:1] == "/":

@@ -49,13 +49,14 @@ from meshd.errors import (
 )
 from meshd.http.body import Body, NotReplayable, Trailers
 from meshd.http.headers import L5D_RETRYABLE, L5D_SUCCESS_CLASS
-from meshd.http.messages import Request, Response
+from meshd.http.messages import Response
+from meshd.pipeline.context import RouteContext
 from meshd.pipeline.stack import Service, Stage
 from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.retry.budget import RetryBudget
 from meshd.retry.classifiers import ResponseClass, ResponseClassifier, success_class
 
-AttemptHook = Callable[[Request, "int | MeshdError", "str | None"], None]
+AttemptHook = Callable[[RouteContext, "int | MeshdError", "str | None"], None]
 """Told of every attempt's outcome (a status or the error) and the retry reason, or None when the
 attempt is final. Only the access log uses it; without it the loop pays one `is None` check."""
 
@@ -114,26 +115,27 @@ def retries_stage(
 ) -> Stage:
     """`replay_limit`: this service's `replayBufferBytes` (None: whatever the router's body kept);
     `max_retries`, `max_requeues`: the per-request bounds (`maxRetries`, `maxRequeues`);
-    `clock`: the backoff sleeps, the deadline check (`request.deadline` is on this clock) and the
+    `clock`: the backoff sleeps, the deadline check (`RouteContext.deadline` is on this clock) and the
     drain timer of a discarded body."""
     sleep = clock.sleep
 
     def wrap(next_service: Service) -> Service:
-        async def retry(request: Request) -> Response:
+        async def retry(ctx: RouteContext) -> Response:
+            method = ctx.request.method
             budget.deposit()
             schedule = None
             retried = 0  # retries after the request was written: at most max_retries
             requeued = 0  # re-sends of a request never written: at most max_requeues
             while True:
-                request.attempts += 1
+                ctx.attempts += 1
                 try:
-                    response = await next_service(request)
+                    response = await next_service(ctx)
                 except MeshdError as exc:
                     if isinstance(exc, AttemptTimeout):
                         timeouts.attempt += 1
-                    if classify_error(classifier, request.method, exc) is not ResponseClass.RETRYABLE_FAILURE:
+                    if classify_error(classifier, method, exc) is not ResponseClass.RETRYABLE_FAILURE:
                         if on_attempt is not None:
-                            on_attempt(request, exc, None)
+                            on_attempt(ctx, exc, None)
                         raise
                     if exc.written:
                         reason = "error"
@@ -144,31 +146,31 @@ def retries_stage(
                     if at_limit:
                         counters.limit += 1
                         if exc.written:
-                            _gave_up(exc, request.attempts, "maxRetries", max_retries)
+                            _gave_up(exc, ctx.attempts, "maxRetries", max_retries)
                         else:
-                            _gave_up(exc, request.attempts, "maxRequeues", max_requeues)
+                            _gave_up(exc, ctx.attempts, "maxRequeues", max_requeues)
                         if on_attempt is not None:
-                            on_attempt(request, exc, None)
+                            on_attempt(ctx, exc, None)
                         raise
                     if schedule is None:
                         schedule = backoff.delays()
                     delay = next(schedule)
-                    if not _may_retry(request, exc.written, delay, budget, counters, replay_limit, clock):
+                    if not _may_retry(ctx, exc.written, delay, budget, counters, replay_limit, clock):
                         if on_attempt is not None:
-                            on_attempt(request, exc, None)
+                            on_attempt(ctx, exc, None)
                         raise
                     if on_attempt is not None:
-                        on_attempt(request, exc, reason)
+                        on_attempt(ctx, exc, reason)
                 else:
                     status = response.status
                     if status < 500:
                         if add_success_class:
                             response.headers.append((L5D_SUCCESS_CLASS, b"1.0"))
                         if on_attempt is not None:
-                            on_attempt(request, status, None)
+                            on_attempt(ctx, status, None)
                         return response
                     hint = any(n.lower() == L5D_RETRYABLE and v.strip().lower() == b"true" for n, v in response.headers)
-                    cls = classifier.classify_response(request.method, status, hint)
+                    cls = classifier.classify_response(method, status, hint)
                     if cls is not ResponseClass.RETRYABLE_FAILURE:
                         retrying = False
                     elif retried >= max_retries:
@@ -178,16 +180,16 @@ def retries_stage(
                         if schedule is None:
                             schedule = backoff.delays()
                         delay = next(schedule)
-                        retrying = _may_retry(request, True, delay, budget, counters, replay_limit, clock)
+                        retrying = _may_retry(ctx, True, delay, budget, counters, replay_limit, clock)
                     if not retrying:
                         if add_success_class:
                             response.headers.append((L5D_SUCCESS_CLASS, _SUCCESS[cls]))
                         if on_attempt is not None:
-                            on_attempt(request, status, None)
+                            on_attempt(ctx, status, None)
                         return response
                     reason = "response"
                     if on_attempt is not None:
-                        on_attempt(request, status, reason)
+                        on_attempt(ctx, status, reason)
                     _discard(response.body, clock)
                 if reason == "requeue":
                     counters.requeue += 1
@@ -207,7 +209,7 @@ def retries_stage(
 
 
 def _may_retry(
-    request: Request,
+    ctx: RouteContext,
     written: bool,
     delay: float,
     budget: RetryBudget,
@@ -221,7 +223,7 @@ def _may_retry(
     A failure before the request was written never took a byte of the body (it is still all
     buffered, or not yet sent by the client), so it needs no replay copy and no rewind.
     """
-    body = request.body
+    body = ctx.request.body
     if written and (
         not body.ended
         or not body.replayable
@@ -229,7 +231,7 @@ def _may_retry(
     ):
         counters.not_replayable += 1
         return False
-    deadline = request.deadline
+    deadline = ctx.deadline
     if deadline is not None and clock.now() + delay >= deadline:
         counters.deadline += 1
         return False

@@ -1,8 +1,9 @@
 """Stage and Stack: how the request pipeline is composed.
 
-A service is an async callable from request to response. A stage wraps the next service and
-returns a new one. A *filter* is a stage that only looks at or changes the request on its way in
-(hygiene, identification): a plain synchronous function. A `Stack` is an ordered list of named
+A service is an async callable from a request's `RouteContext` (meshd/pipeline/context.py: the
+wire request and what routing has learnt about it) to a response. A stage wraps the next service
+and returns a new one. A *filter* is a stage that only looks at or changes the context on its way
+in (hygiene, identification): a plain synchronous function. A `Stack` is an ordered list of named
 layers (outermost first) that tests and features can change by role (`insert_before`,
 `replace`, `remove`) without editing the assembly.
 
@@ -18,11 +19,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from meshd.http.messages import Request, Response
+from meshd.http.messages import Response
+from meshd.pipeline.context import RouteContext
 
-Service = Callable[[Request], Awaitable[Response]]
+Service = Callable[[RouteContext], Awaitable[Response]]
 Stage = Callable[[Service], Service]
-Filter = Callable[[Request], None]
+Filter = Callable[[RouteContext], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,24 +103,24 @@ def _filtered(filters: tuple[Filter, ...], next_service: Service) -> Service:
     if len(filters) == 1:
         (only,) = filters
 
-        def one(request: Request) -> Awaitable[Response]:
-            only(request)
-            return next_service(request)
+        def one(ctx: RouteContext) -> Awaitable[Response]:
+            only(ctx)
+            return next_service(ctx)
 
         return one
     if len(filters) == 2:
         first, second = filters
 
-        def two(request: Request) -> Awaitable[Response]:
-            first(request)
-            second(request)
-            return next_service(request)
+        def two(ctx: RouteContext) -> Awaitable[Response]:
+            first(ctx)
+            second(ctx)
+            return next_service(ctx)
 
         return two
 
-    def many(request: Request) -> Awaitable[Response]:
+    def many(ctx: RouteContext) -> Awaitable[Response]:
         for f in filters:
-            f(request)
-        return next_service(request)
+            f(ctx)
+        return next_service(ctx)
 
     return many

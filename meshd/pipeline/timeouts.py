@@ -8,7 +8,7 @@ passed is refused with 504 before any upstream is called (and before the retry b
 The deadline is read on the wall clock (it crosses hosts), then enforced on meshd's clock
 (meshd.clock, injected: a test's fake clock fires it at the exact instant): a timer on that clock
 cancels the request's task, and the cancellation is turned into the 504, as `asyncio.timeout_at`
-does on the loop's clock. `request.deadline` holds that clock's instant so the retry stage below
+does on the loop's clock. The route context's `deadline` holds that clock's instant so the retry stage below
 can tell whether a backoff would end past it.
 """
 
@@ -21,7 +21,8 @@ from collections.abc import Awaitable
 from meshd.clock import MONOTONIC, Clock
 from meshd.errors import RequestTimeout
 from meshd.expiry import Expiry
-from meshd.http.messages import Request, Response
+from meshd.http.messages import Response
+from meshd.pipeline.context import RouteContext
 from meshd.pipeline.stack import Service, Stage
 from meshd.retry.deadline import HEADER, Deadline, WallClock, combine, format_deadline, parse_deadline
 
@@ -46,7 +47,8 @@ def timeout_stage(
     total_s = total_timeout_ms / 1000.0 if total_timeout_ms else None
 
     def wrap(next_service: Service) -> Service:
-        async def bound(request: Request) -> Response:
+        async def bound(ctx: RouteContext) -> Response:
+            request = ctx.request
             incoming_raw = request.l5d.get(HEADER) if request.l5d else None
             incoming: Deadline | None = None
             if incoming_raw is not None:
@@ -54,7 +56,7 @@ def timeout_stage(
                 if incoming is None:
                     log.info("ignoring malformed l5d-ctx-deadline %r", incoming_raw)
             if incoming is None and total_s is None:
-                return await next_service(request)
+                return await next_service(ctx)
             now = wall()
             if total_s is not None:
                 deadline = combine(incoming, Deadline.of_timeout(now, total_s))
@@ -69,13 +71,13 @@ def timeout_stage(
             request.headers.append((_HEADER_BYTES, format_deadline(deadline).encode("ascii")))
             clock_deadline = clock.now() + remaining
             # the retry loop below reads this to skip a retry whose backoff would end too late
-            request.deadline = clock_deadline
+            ctx.deadline = clock_deadline
             task = asyncio.current_task()
             assert task is not None
             expiry = Expiry(task)
             timer = clock.call_at(clock_deadline, expiry.fire)
             try:
-                return await next_service(request)
+                return await next_service(ctx)
             except asyncio.CancelledError:
                 if not expiry.caused():
                     raise
@@ -92,12 +94,13 @@ def timeout_stage(
         if total_s is not None:
             return bound
 
-        def bound_if_deadline(request: Request) -> Awaitable[Response]:
+        def bound_if_deadline(ctx: RouteContext) -> Awaitable[Response]:
             # No total timeout configured: only a request carrying a deadline needs the bounded
             # coroutine; every other one goes straight on (a tail call, no coroutine frame).
-            if request.l5d and HEADER in request.l5d:
-                return bound(request)
-            return next_service(request)
+            l5d = ctx.request.l5d
+            if l5d and HEADER in l5d:
+                return bound(ctx)
+            return next_service(ctx)
 
         return bound_if_deadline
 

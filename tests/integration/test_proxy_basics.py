@@ -7,6 +7,7 @@ import gc
 
 from meshd.http.messages import Request, Response
 from meshd.listener import CONNECTION_TASK
+from meshd.pipeline.context import RouteContext
 from tests.support.client import RawConnection, build_request
 from tests.support.upstreams import Received, Reply
 from tests.support.waiting import wait_until
@@ -105,7 +106,7 @@ async def test_idle_keep_alive_connections_hold_no_request_or_response(make_mesh
         assert resp.status == 200
     assert len(serve_tasks()) == 5
     gc.collect()
-    assert [o for o in gc.get_objects() if isinstance(o, Request | Response)] == []
+    assert [o for o in gc.get_objects() if isinstance(o, Request | Response | RouteContext)] == []
     for conn in conns:
         await conn.close()
 

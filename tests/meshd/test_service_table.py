@@ -20,6 +20,7 @@ from meshd.config.loader import load_config
 from meshd.config.model import MeshdConfig
 from meshd.http.body import Body
 from meshd.http.messages import Request, Response
+from meshd.pipeline.context import RouteContext
 from meshd.pipeline.stats import MAX_SERVICES, OVERFLOW_SERVICE, RouterStats
 from meshd.router import EVICT_BATCH, MAX_SERVICE_STATES, Router, ServiceState, _counting_in_flight
 from meshd.runtime import Runtime
@@ -136,14 +137,14 @@ async def test_in_flight_counts_requests_inside_a_folded_services_pipeline_until
     assert state.folded
     release = asyncio.Event()
 
-    async def inner(request: Request) -> Response:
+    async def inner(ctx: RouteContext) -> Response:
         await release.wait()
         return Response(200, b"OK", [], Body.empty(0))
 
     service = _counting_in_flight(state, inner)
-    request = Request("GET", "/", "1.1", [], Body.empty())
-    first = asyncio.create_task(service(request))
-    second = asyncio.create_task(service(request))
+    ctx = RouteContext(Request("GET", "/", "1.1", [], Body.empty()))
+    first = asyncio.create_task(service(ctx))
+    second = asyncio.create_task(service(ctx))
     await asyncio.sleep(0)  # let both enter (no wall-clock wait: one loop turn)
     assert state.in_flight == 2
     second.cancel()

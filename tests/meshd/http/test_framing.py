@@ -34,6 +34,7 @@ from meshd.http.framing import (
 )
 from meshd.http.messages import Request, Response
 from meshd.listener import Listener, ListenerLimits
+from meshd.pipeline.context import RouteContext
 from meshd.pool.connection import UpstreamConnection
 from tests.support.transport import FakeTransport, connect
 
@@ -280,7 +281,8 @@ class RecordingService:
         self.seen: list[Message] = []
         self._count = asyncio.Event()
 
-    async def __call__(self, request: Request) -> Response:
+    async def __call__(self, ctx: RouteContext) -> Response:
+        request = ctx.request
         done: asyncio.Future[tuple[bytes, Trailers]] = asyncio.get_running_loop().create_future()
         request.body.attach(_Collect(done))
         body, trailers = await done

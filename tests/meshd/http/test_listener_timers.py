@@ -13,6 +13,7 @@ from meshd.errors import BodyTimeout
 from meshd.http.body import Body
 from meshd.http.messages import Request, Response
 from meshd.listener import CLIENT_CLOSED_REQUEST, Listener, ListenerLimits, ServerProtocol
+from meshd.pipeline.context import RouteContext
 from tests.support.clock import FakeClock
 from tests.support.transport import FakeTransport, connect
 
@@ -20,15 +21,19 @@ HEAD = b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: 10\r\n\r\n"
 
 
 class HangingService:
-    """Takes each request and answers only when released; records cancellations."""
+    """Takes each request and answers only when released; records cancellations. With `name`, it
+    first names the request's logical service on its route context, as the identify stage does."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
         self.requests: list[Request] = []
         self.cancelled = 0
         self.release = asyncio.Event()
+        self.name = name
 
-    async def __call__(self, request: Request) -> Response:
-        self.requests.append(request)
+    async def __call__(self, ctx: RouteContext) -> Response:
+        self.requests.append(ctx.request)
+        if self.name:
+            ctx.logical_name = self.name
         try:
             await self.release.wait()
         except asyncio.CancelledError:
@@ -38,9 +43,9 @@ class HangingService:
 
 
 class Conn:
-    def __init__(self, timeout_s: float = 1.0) -> None:
+    def __init__(self, timeout_s: float = 1.0, name: str = "") -> None:
         self.clock = FakeClock()
-        self.service = HangingService()
+        self.service = HangingService(name)
         self.observed: list[tuple[str, int, float]] = []
         listener = Listener(
             self.service,
@@ -125,6 +130,26 @@ async def test_fin_before_the_response_cancels_the_request_and_counts_499() -> N
     assert conn.service.cancelled == 1
     assert [r.target for r in conn.service.requests] == ["/a"]  # /b, pipelined, was dropped
     assert [(name, status) for name, status, _ in conn.observed] == [("_unidentified", CLIENT_CLOSED_REQUEST)]
+
+
+async def test_a_client_leaving_an_identified_request_is_counted_under_its_logical_name() -> None:
+    # the listener reads the name from the RouteContext it made for the request (`_client_left`),
+    # and answers with it when the service returns (`_serve`)
+    conn = Conn(name="/svc/up")
+    conn.protocol.data_received(b"GET /a HTTP/1.1\r\nHost: svc\r\n\r\n")
+    await _settle()
+    conn.clock.advance(2.0)
+    conn.protocol.eof_received()
+    await _settle()
+    assert conn.service.cancelled == 1
+    assert [(name, status) for name, status, _ in conn.observed] == [("/svc/up", CLIENT_CLOSED_REQUEST)]
+    assert conn.protocol._route is None  # nothing of the request is kept
+    served = Conn(name="/svc/up")
+    served.protocol.data_received(b"GET /a HTTP/1.1\r\nHost: svc\r\n\r\n")
+    served.service.release.set()
+    await _settle()
+    assert [(name, status) for name, status, _ in served.observed] == [("/svc/up", 200)]
+    assert served.protocol._route is None
 
 
 async def test_fin_on_an_idle_connection_closes_it_and_counts_nothing() -> None:

@@ -19,6 +19,7 @@ from meshd.config.model import RetriesConfig
 from meshd.errors import AttemptTimeout, ConnectFailed, MeshdError, PoolExhausted, UpstreamFailed
 from meshd.http.body import Body
 from meshd.http.messages import Request, Response
+from meshd.pipeline.context import RouteContext
 from meshd.pipeline.retries import RetryCounters, retries_stage
 from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.retry.backoff import RetryJitteredBackoffConfig
@@ -65,7 +66,7 @@ class Script:
         self.outcomes = outcomes
         self.calls = 0
 
-    async def __call__(self, request: Request) -> Response:
+    async def __call__(self, ctx: RouteContext) -> Response:
         outcome = self.outcomes[self.calls] if self.calls < len(self.outcomes) else 200
         self.calls += 1
         if isinstance(outcome, str):
@@ -89,13 +90,13 @@ async def run(outcomes: list[Outcome], method: str, max_retries: int, max_requeu
         clock=clock,
     )
     script = Script(outcomes)
-    request = Request(method, "/", "1.1", [], Body.empty())
+    ctx = RouteContext(Request(method, "/", "1.1", [], Body.empty()))
     result: Response | MeshdError
     try:
-        result = await stage(script)(request)
+        result = await stage(script)(ctx)
     except MeshdError as exc:
         result = exc
-    return script, request, counters, clock.slept, result
+    return script, ctx, counters, clock.slept, result
 
 
 outcome = st.sampled_from([200, 404, 500, 503, "refused", "pool_exhausted", "reset", "attempt_timeout"])
@@ -109,13 +110,13 @@ outcome = st.sampled_from([200, 404, 500, 503, "refused", "pool_exhausted", "res
     max_requeues=st.integers(0, 12),
 )
 def test_attempts_never_exceed_one_plus_both_bounds(outcomes, method, max_retries, max_requeues):
-    script, request, counters, slept, result = asyncio.run(run(outcomes, method, max_retries, max_requeues))
-    assert script.calls == request.attempts
-    assert request.attempts <= 1 + max_retries + max_requeues
+    script, ctx, counters, slept, result = asyncio.run(run(outcomes, method, max_retries, max_requeues))
+    assert script.calls == ctx.attempts
+    assert ctx.attempts <= 1 + max_retries + max_requeues
     assert counters.response + counters.error <= max_retries
     assert counters.requeue <= max_requeues
-    assert request.attempts == 1 + counters.response + counters.error + counters.requeue
-    assert len(slept) <= request.attempts - 1
+    assert ctx.attempts == 1 + counters.response + counters.error + counters.requeue
+    assert len(slept) <= ctx.attempts - 1
     # replay the script to know how the request ended, and check the loop stopped for that reason
     played = [script.outcomes[i] if i < len(script.outcomes) else 200 for i in range(script.calls)]
     last = played[-1]
@@ -130,7 +131,7 @@ def test_attempts_never_exceed_one_plus_both_bounds(outcomes, method, max_retrie
         assert isinstance(result, MeshdError)
         if last_retryable:
             bound = "maxRequeues" if last in ("refused", "pool_exhausted") else "maxRetries"
-            n = request.attempts
+            n = ctx.attempts
             assert result.l5d_err.endswith(
                 f"; gave up after {n} attempt{'s' if n != 1 else ''} "
                 f"({bound} {max_requeues if bound == 'maxRequeues' else max_retries})"
@@ -143,10 +144,10 @@ def test_attempts_never_exceed_one_plus_both_bounds(outcomes, method, max_retrie
 def test_the_defaults_give_three_attempts_after_writing_and_eleven_before():
     defaults = RetriesConfig()
     assert (defaults.max_retries, defaults.max_requeues) == (2, 10)
-    script, request, counters, _, result = asyncio.run(run([503] * 50, "GET", 2, 10))
+    script, ctx, counters, _, result = asyncio.run(run([503] * 50, "GET", 2, 10))
     assert script.calls == 3 and counters.response == 2 and counters.limit == 1
     assert isinstance(result, Response) and result.status == 503
-    script, request, counters, _, result = asyncio.run(run(["refused"] * 50, "POST", 2, 10))
+    script, ctx, counters, _, result = asyncio.run(run(["refused"] * 50, "POST", 2, 10))
     assert script.calls == 11 and counters.requeue == 10 and counters.limit == 1
     assert isinstance(result, ConnectFailed)
     assert result.l5d_err == (
@@ -157,6 +158,6 @@ def test_the_defaults_give_three_attempts_after_writing_and_eleven_before():
 
 @pytest.mark.parametrize(("outcomes", "calls"), [(["refused", "refused", 503, 503, 503], 5), ([503, "refused", 503, "refused", "reset"], 5)])
 def test_requeues_and_retries_are_counted_apart(outcomes, calls):
-    script, request, counters, _, result = asyncio.run(run(outcomes, "GET", 2, 2))
+    script, ctx, counters, _, result = asyncio.run(run(outcomes, "GET", 2, 2))
     assert script.calls == calls
     assert counters.limit == 1
