@@ -2,25 +2,35 @@
 # `make image-test`. Runs `meshd run -c /etc/meshd/meshd.yaml` as an unprivileged user (uid 10001);
 # mount the config (and routes file) at /etc/meshd, e.g. from a ConfigMap (examples/kubernetes/).
 # `--target examples` builds meshd-examples:latest: the same install plus examples/ in /app.
-# BASE: the image both stages start from; any Debian-like image with Python 3.11 as `python`.
+# BASE: the image both stages start from; any Debian-like image with Python 3.11 as `python` and
+# its venv module. Where python:3.11-slim cannot be pulled, `make image` builds a stand-in from
+# Debian's packages (.ci/standin-base) and passes it here.
 ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS build
 # gcc for mypyc, which compiles the hot path (meshd.COMPILED_MODULES) into C extensions; the
-# Python headers come with the python image.
-RUN apt-get update && apt-get install -y --no-install-recommends gcc && rm -rf /var/lib/apt/lists/*
+# Python headers come with the python image, and from python3-dev on a plain Debian base.
+RUN headers=$(python -c 'import os, sysconfig; print("" if os.path.exists(sysconfig.get_paths()["include"] + "/Python.h") else "python3-dev")') \
+ && apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev $headers && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.cfg setup.py README.md ./
 COPY meshd ./meshd
 COPY balancers ./balancers
 COPY routing ./routing
 COPY bench ./bench
+# A build machine behind a TLS-intercepting proxy: `make image` puts the CA bundle the host's pip
+# trusts (pip's `cert` setting or PIP_CERT) here, and pip in this stage uses it. Empty otherwise;
+# never in the runtime image.
+COPY .image-ca /tmp/image-ca
 # The wheel, as `pip wheel .` builds it anywhere: setup.py compiles the hot path with mypyc (pip
-# fetches mypy and the packages whose types it reads into the build's own environment). Then a
-# virtualenv with the wheel and its dependencies, without pip and setuptools, and a check, from
-# outside the source tree, that every hot-path module loads from its C extension (a build that
-# fell back to pure Python fails here).
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+# fetches mypy and the packages whose types it reads into the build's own environment; pip comes
+# from a throwaway virtualenv, as a plain Debian Python has none). Then a virtualenv with the
+# wheel and its dependencies, without pip and setuptools, and a check, from outside the source
+# tree, that every hot-path module loads from its C extension (a build that fell back to pure
+# Python fails here).
+RUN if [ -s /tmp/image-ca/ca.crt ]; then export PIP_CERT=/tmp/image-ca/ca.crt; fi \
+ && python -m venv /opt/build \
+ && /opt/build/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/meshd \
  && /opt/meshd/bin/pip install --no-cache-dir /wheels/meshd-*.whl \
  && /opt/meshd/bin/pip uninstall -y pip setuptools \

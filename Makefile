@@ -120,25 +120,45 @@ bench: install bench-peers
 bench-peers: install system-deps
 
 # The container image (Dockerfile): meshd:latest, and meshd-examples:latest (the same install plus
-# examples/, for examples/kubernetes/). BASE is the image both stages start from.
+# examples/, for examples/kubernetes/). BASE is the image both stages start from. When BASE is
+# neither present nor pullable (no registry reachable), a stand-in is built from Debian's packages
+# (.ci/standin-base: debootstrap, Python 3.11) and used instead, and the build says so. The build
+# uses the host's network (--network host), as a build machine may have no NAT for containers.
 IMAGE ?= meshd:latest
 EXAMPLES_IMAGE ?= meshd-examples:latest
 BASE ?= python:3.11-slim
+STANDIN_BASE ?= meshd-base:bookworm
 DOCKER ?= docker
 
+# The Docker engine: dockerd is started (as root, from Debian's docker.io when missing) if none answers.
 docker-engine:
-	@command -v $(DOCKER) >/dev/null 2>&1 || { echo "no '$(DOCKER)' command: install Docker (or set DOCKER=podman) to build the image"; exit 1; }
-	@$(DOCKER) info >/dev/null 2>&1 || { echo "no Docker engine reachable ('$(DOCKER) info' failed): start dockerd, or set DOCKER_HOST to one"; exit 1; }
+	@if ! $(DOCKER) info >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "no Docker engine reachable ('$(DOCKER) info' failed): start dockerd, or set DOCKER_HOST to one"; exit 1; fi; \
+	  command -v dockerd >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >/dev/null; }; \
+	  echo "starting dockerd (log: /tmp/meshd-dockerd.log)"; \
+	  (setsid dockerd >/tmp/meshd-dockerd.log 2>&1 &); \
+	  for i in $$(seq 1 300); do $(DOCKER) info >/dev/null 2>&1 && break; sleep 0.1; done; \
+	  $(DOCKER) info >/dev/null 2>&1 || { tail -20 /tmp/meshd-dockerd.log; echo "dockerd did not start"; exit 1; }; \
+	fi
 
 image: docker-engine
-	$(DOCKER) build --build-arg BASE=$(BASE) -t $(IMAGE) .
-	$(DOCKER) build --build-arg BASE=$(BASE) --target examples -t $(EXAMPLES_IMAGE) .
+	@base='$(BASE)'; \
+	if ! $(DOCKER) image inspect "$$base" >/dev/null 2>&1 && ! timeout 60 $(DOCKER) pull -q "$$base" >/dev/null 2>&1; then \
+	  echo "cannot pull $$base: building the stand-in base $(STANDIN_BASE) from Debian packages"; \
+	  DOCKER=$(DOCKER) .ci/standin-base $(STANDIN_BASE) || exit 1; base='$(STANDIN_BASE)'; \
+	fi; \
+	mkdir -p .image-ca && rm -f .image-ca/ca.crt; \
+	cert="$${PIP_CERT:-$$(python3 -m pip config get global.cert 2>/dev/null || true)}"; \
+	if [ -n "$$cert" ] && [ -f "$$cert" ]; then cp "$$cert" .image-ca/ca.crt; echo "the build stage's pip trusts $$cert (pip's cert setting here)"; fi; \
+	echo "building $(IMAGE) and $(EXAMPLES_IMAGE) from $$base"; \
+	$(DOCKER) build --network host --build-arg BASE="$$base" -t $(IMAGE) . && \
+	$(DOCKER) build --network host --build-arg BASE="$$base" --target examples -t $(EXAMPLES_IMAGE) .
 
 # Runs the image, proxies a request through it to an upstream on the host's loopback, and checks
-# that meshd runs as uid 10001 with its compiled hot path loaded (.ci/image-test).
+# that meshd runs as uid 10001 with its compiled hot path loaded, without pip (.ci/image-test).
 image-test: image
 	DOCKER=$(DOCKER) IMAGE=$(IMAGE) .ci/image-test
 
 clean:
 	rm -f $(addsuffix .*.so,$(basename $(HOT))) *__mypyc.*.so build-mypyc.log
-	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .demo bench/results
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .demo bench/results .image-ca/ca.crt
