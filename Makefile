@@ -38,6 +38,7 @@ HOT := meshd/listener.py \
   meshd/pool/pool.py \
   meshd/retry/budget.py \
   meshd/expiry.py \
+  meshd/admission.py \
   balancers/base.py \
   balancers/node.py \
   balancers/p2c.py \

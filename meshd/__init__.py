@@ -32,6 +32,7 @@ COMPILED_MODULES: Final = (
     "meshd.pool.pool",
     "meshd.retry.budget",
     "meshd.expiry",
+    "meshd.admission",
     "balancers.base",
     "balancers.node",
     "balancers.p2c",

@@ -135,7 +135,7 @@ class Daemon:
             for index, server_config in enumerate(router.config.servers):
                 listener = Listener(
                     router.service, router.listener_limits(index), label=router.label, observe=router.stats.observe,
-                    clock=self.runtime.clock,
+                    clock=self.runtime.clock, admission=router.admission,
                 )
                 server = await loop.create_server(
                     listener.protocol_factory,

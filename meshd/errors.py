@@ -16,6 +16,8 @@ class MeshdError(Exception):
     reason: str = "Bad Gateway"
     #: short machine-friendly name, exported as the `kind` label on error metrics.
     kind: str = "error"
+    #: header lines the error's response carries besides `l5d-err` (e.g. `Retry-After`)
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def __init__(self, message: str, *, written: bool = True) -> None:
         super().__init__(message)
@@ -107,6 +109,19 @@ class QueueTimeout(PoolExhausted):
     override an interpreted base's class attributes (`kind` would read the base's)."""
 
     kind = "queue_timeout"
+
+
+class Overloaded(MeshdError):
+    """The router serves `maxConcurrentRequests` already and its queue is full, or the request waited
+    `pendingTimeoutMs` for a turn: 503 with `Retry-After: 1`, at once, never sent upstream."""
+
+    status = 503
+    reason = "Service Unavailable"
+    kind = "overloaded"
+    headers = ((b"Retry-After", b"1"),)
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, written=False)
 
 
 class RequestTimeout(MeshdError):

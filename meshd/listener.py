@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Final, cast
 
+from meshd.admission import Admission
 from meshd.clock import MONOTONIC, Clock, Timer
 from meshd.errors import (
     BadRequest,
@@ -115,6 +116,7 @@ class Listener:
         label: str = "",
         observe: Observe | None = None,
         clock: Clock = MONOTONIC,
+        admission: Admission | None = None,
     ) -> None:
         self.service = service
         self.limits = limits
@@ -124,6 +126,8 @@ class Listener:
         self.clock = clock
         #: called with (logical name, status, seconds from request head to response head) for
         #: every response this listener writes, meshd's own errors included (the router's stats)
+        #: the router's admission control (meshd/admission.py), shared by its listeners
+        self.admission = admission if admission is not None else Admission(label, clock=clock)
         self.observe: Observe = observe or _ignore
         self.connections: set[ServerProtocol] = set()
         self.draining = False
@@ -364,6 +368,7 @@ class ServerProtocol(asyncio.Protocol):
         """
         service = self._listener.service
         observe = self._listener.observe
+        admission = self._listener.admission
         request: Request | None = None
         ctx: RouteContext | None = None
         response: Response | None = None
@@ -385,7 +390,13 @@ class ServerProtocol(asyncio.Protocol):
             # failure, meshd's own included, is answered with a status and an explanation, and
             # counted.
             self._served_since = started = monotonic()
+            # Admission first (meshd/admission.py): one comparison on the common path; past
+            # `maxConcurrentRequests` the request waits for a turn or is refused (503).
+            admitted = admission.enter()
             try:
+                if not admitted:
+                    await admission.wait()
+                    admitted = True
                 response = await service(ctx)
             except MeshdError as exc:
                 if not request.body.ended:
@@ -397,6 +408,9 @@ class ServerProtocol(asyncio.Protocol):
             except Exception:
                 log.exception("unhandled error in the request pipeline")
                 response = error_response(MeshdError("internal error in meshd"), close=True)
+            finally:
+                if admitted:
+                    admission.leave()
             observe(ctx.logical_name or UNIDENTIFIED, response.status, monotonic() - started)
             self._route = None
             if self._closing:
@@ -669,6 +683,8 @@ def error_response(error: MeshdError, *, close: bool = False) -> Response:
     text = error.l5d_err.encode("latin-1", "replace")
     body = text + b"\n"
     headers: Headers = [(b"l5d-err", _header_safe(text)), (b"Content-Type", b"text/plain")]
+    if error.headers:
+        headers += error.headers
     return Response(
         error.status,
         reason_phrase(error.status),

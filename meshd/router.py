@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from meshd.admission import Admission
 from meshd.client import Client, ClientSettings
 from meshd.config.model import RouterConfig
 from meshd.discovery.addr import Addr, Address, Bound, Failed
@@ -112,6 +113,14 @@ class Router:
         self._rng: random.Random = runtime.rng
         self._namers = dict(namers)
         self.stats = RouterStats(config.label)
+        #: admission control, shared by this router's listeners (meshd/admission.py)
+        self.admission = Admission(
+            config.label,
+            max_concurrent=config.max_concurrent_requests,
+            max_pending=config.max_pending_requests,
+            pending_timeout_s=config.pending_timeout_ms / 1000.0,
+            clock=runtime.clock,
+        )
         self.own_dtab = parse_dtab(config.dtab)
         #: the effective base dtab: the router's own dtab followed by the routes file's entries
         self.dtab: Observable[Dtab] = Observable(self.own_dtab)

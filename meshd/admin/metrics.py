@@ -57,6 +57,10 @@ METRICS: Final[dict[str, str]] = {
     "meshd_config_reloads_total": "Routing-file reloads by result (success, error).",
     "meshd_connections_accepted_total": "Downstream connections accepted, per router.",
     "meshd_connections_open": "Downstream connections open now, per router.",
+    "meshd_requests_in_flight": "Requests a router is serving now (admitted, response head not yet written).",
+    "meshd_requests_pending": "Requests waiting for a turn now, past maxConcurrentRequests.",
+    "meshd_requests_queued_total": "Requests that had to wait for a turn (maxConcurrentRequests reached).",
+    "meshd_overloaded_total": "Requests refused with 503 by admission control, by reason (queue_full, pending_timeout).",
     "meshd_daemonset_forwarded_total": "Attempts a router sent to another node's meshd (daemonset transformer).",
 }
 
@@ -197,6 +201,13 @@ def _steps(daemon: MetricsView, text: _Text) -> Iterator[None]:
         listeners = daemon.listeners_of(router.label)
         accepted.append(f"meshd_connections_accepted_total{{{r}}} {_n(sum(lst.accepted for lst in listeners))}\n")
         open_conns.append(f"meshd_connections_open{{{r}}} {_n(sum(len(lst.connections) for lst in listeners))}\n")
+        adm = router.admission
+        f["meshd_requests_in_flight"].append(f"meshd_requests_in_flight{{{r}}} {_n(adm.inflight)}\n")
+        f["meshd_requests_pending"].append(f"meshd_requests_pending{{{r}}} {_n(adm.pending)}\n")
+        f["meshd_requests_queued_total"].append(f"meshd_requests_queued_total{{{r}}} {_n(adm.queued)}\n")
+        overloaded = f["meshd_overloaded_total"]
+        overloaded.append(f'meshd_overloaded_total{{reason="queue_full",{r}}} {_n(adm.rejected_full)}\n')
+        overloaded.append(f'meshd_overloaded_total{{reason="pending_timeout",{r}}} {_n(adm.rejected_timeout)}\n')
         if router.transformers:
             # clients dropped while idle took their counts with them: the router kept those
             total = router.evicted_forwarded + sum(c.forwarded for c in list(router.clients.values()))

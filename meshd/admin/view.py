@@ -119,6 +119,9 @@ class RouterView(Protocol):
     def stats(self) -> RouterStatsView: ...
 
     @property
+    def admission(self) -> AdmissionView: ...
+
+    @property
     def named(self) -> Mapping[str, ServiceStateView]: ...
 
     @property
@@ -142,6 +145,25 @@ class RouterView(Protocol):
         ...
 
     def addr_of(self, id: Path) -> Current[Addr]: ...
+
+
+class AdmissionView(Protocol):
+    """A router's admission control (meshd/admission.py): gauges and counters."""
+
+    @property
+    def inflight(self) -> int: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    @property
+    def rejected_full(self) -> int: ...
+
+    @property
+    def rejected_timeout(self) -> int: ...
 
 
 class ListenerView(Protocol):

@@ -217,6 +217,10 @@ class RouterConfig:
     clients: tuple[ClientOverride, ...] = ()
     access_log: bool = False
     transformers: tuple[TransformerConfig, ...] = field(default=(), metadata={"registry": TRANSFORMERS})
+    #: admission control (meshd/admission.py): requests served at once, waiting for a turn, how long
+    max_concurrent_requests: int = field(default=10_000, metadata={"min": 1})
+    max_pending_requests: int = field(default=1_000, metadata={"min": 0})
+    pending_timeout_ms: int = field(default=1_000, metadata={"min": 1})
 
     def service_for(self, path: Path) -> ServiceConfig:
         return resolve_section(self.service, self.services, path)
