@@ -52,6 +52,12 @@ class BalancerStatistics:
     probe_failures: int
     updates: int
     removed: int
+    #: picks made in panic mode (fewer than the panic threshold available: health ignored)
+    panic_picks: int = 0
+    #: ejections failure accrual asked for and `max_ejection_percent` refused
+    ejections_prevented: int = 0
+    #: the balancer is in panic mode now
+    panic: bool = False
 
 
 class Balancer(Protocol[M]):
@@ -81,3 +87,7 @@ class Balancer(Protocol[M]):
     def nodes(self) -> Sequence[Node[M]]: ...
 
     def statistics(self) -> BalancerStatistics: ...
+
+    def set_health_limits(self, *, max_ejection_percent: float, panic_threshold_percent: float) -> None:
+        """Cap ejections and set the panic threshold (see `Membership.set_health_limits`)."""
+        ...

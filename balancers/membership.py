@@ -61,10 +61,49 @@ class Membership(Generic[M]):
         self._probe_failures = 0
         self._updates = 0
         self._removed = 0
+        # Health limits (`set_health_limits`): by default no cap on ejections and no panic mode
+        # beyond "no node available" (Finagle's behaviour).
+        self._max_ejection_percent = 100.0
+        self._panic_threshold_percent = 0.0
+        #: nodes not live now (ejected or probing), kept incrementally
+        self._unhealthy = 0
+        #: a pick ignores health while fewer than this many nodes are available (at least 1)
+        self._panic_below = 1
+        self._panic_picks = 0
+        self._ejections_prevented = 0
 
     @property
     def kind(self) -> str:
         return self._kind
+
+    def set_health_limits(self, *, max_ejection_percent: float, panic_threshold_percent: float) -> None:
+        """Cap failure accrual's ejections and set the panic threshold (Envoy's outlier detection
+        `max_ejection_percent` and `healthy_panic_threshold`).
+
+        At most `max_ejection_percent` of the nodes (rounded down, but at least one) are out at
+        once (ejected or probing); a node that would pass the cap stays in. While fewer than
+        `panic_threshold_percent` of the nodes (rounded up, at least one) are available, a pick
+        ignores health and spreads over all nodes (panic mode). 100 and 0 are Finagle's behaviour.
+        """
+        if not 0.0 <= max_ejection_percent <= 100.0 or not 0.0 <= panic_threshold_percent <= 100.0:
+            raise ValueError("health limits are percentages between 0 and 100")
+        self._max_ejection_percent = max_ejection_percent
+        self._panic_threshold_percent = panic_threshold_percent
+        self._set_panic_below()
+
+    @property
+    def in_panic(self) -> bool:
+        """Whether a pick now ignores health (too few nodes available)."""
+        self._wake(self._clock())
+        return bool(self._nodes) and len(self._available) < self._panic_below
+
+    def _set_panic_below(self) -> None:
+        n = len(self._nodes)
+        share = n * self._panic_threshold_percent / 100.0
+        below = int(share)
+        if below < share:
+            below += 1  # rounded up: 50% of 3 nodes is 2 available
+        self._panic_below = below if below > 1 else 1
 
     def update(self, members: Sequence[M]) -> list[M]:
         """Replace the member set; stayers keep their state, leavers are returned.
@@ -94,11 +133,14 @@ class Membership(Generic[M]):
         removed = [node for key, node in old.items() if key not in by_key]
         for node in removed:
             self._node_unavailable(node)
+            if node._state != LIVE:
+                self._unhealthy -= 1
             node._detach()
         self._nodes = nodes
         self._by_key = by_key
         self._updates += 1
         self._removed += len(removed)
+        self._set_panic_below()
         self._rebuilt()
         return [node.member for node in removed]
 
@@ -131,6 +173,9 @@ class Membership(Generic[M]):
             probe_failures=self._probe_failures,
             updates=self._updates,
             removed=self._removed,
+            panic_picks=self._panic_picks,
+            ejections_prevented=self._ejections_prevented,
+            panic=bool(self._nodes) and len(self._available) < self._panic_below,
         )
 
     # -- for the kinds ----------------------------------------------------------------------
@@ -204,12 +249,24 @@ class Membership(Generic[M]):
         heapq.heappush(self._deadlines, (node._until, self._seq, node))
         if from_live:
             self._ejections += 1
+            self._unhealthy += 1
         else:
             self._probe_failures += 1
 
     def _node_revived(self, node: Node[M]) -> None:
         self._node_available(node)
         self._revivals += 1
+        self._unhealthy -= 1
+
+    def _may_eject(self) -> bool:
+        """May one more node be ejected under `max_ejection_percent`? Counts a refusal."""
+        if self._max_ejection_percent >= 100.0:
+            return True
+        allowed = int(len(self._nodes) * self._max_ejection_percent / 100.0)
+        if self._unhealthy < (allowed if allowed > 1 else 1):
+            return True
+        self._ejections_prevented += 1
+        return False
 
     def __repr__(self) -> str:
         return (

@@ -46,6 +46,8 @@ class NodeOwner(Protocol):
 
     def _node_revived(self, node: Node[Any]) -> None: ...
 
+    def _may_eject(self) -> bool: ...
+
 LIVE: Final = 0
 EJECTED: Final = 1
 PROBE_OPEN: Final = 2
@@ -167,8 +169,14 @@ class Node(Generic[M]):
             if failure:
                 delay = self._policy.record_failure()
                 if delay is not None:
-                    self._ejections += 1
-                    self._eject(now, delay, from_live=True)
+                    owner = self._owner
+                    if owner is not None and not owner._may_eject():
+                        # `maxEjectionPercent` of the set is out already: this node stays in and
+                        # its policy starts over, as after a revival (counted by the owner)
+                        self._policy.revived()
+                    else:
+                        self._ejections += 1
+                        self._eject(now, delay, from_live=True)
             else:
                 self._policy.record_success()
         elif state == PROBE_TAKEN:

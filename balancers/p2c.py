@@ -12,7 +12,9 @@ How a pick works (Finagle 21.4.0 `p2c/P2CPick.scala` and `Balancer.scala`, weigh
    node over `avoid`. If the draws met no available node at all although one exists, count
    `max_effort_exhausted` (Finagle's counter of the same name).
 4. When no node is available at all, compare any two as if none were ejected and count it
-   in `all_ejected_picks` (linkerd behaviour: never fail a request because of ejections).
+   in `all_ejected_picks` (linkerd behaviour: never fail a request because of ejections). The
+   same, counted in `panic_picks`, while fewer nodes than the panic threshold are available
+   (`set_health_limits`, Envoy's panic mode; by default the threshold is "none available").
    The same when the only available node is `avoid`: a retry never goes back to the node that
    just failed it while any other node exists, ejected or not (the two drawn are distinct, so
    one of them is not `avoid`). An `avoid` from another balancer (the previous attempt took
@@ -77,8 +79,12 @@ class P2CBalancer(Membership[M]):
         if deadlines and deadlines[0][0] <= now:
             self._wake(now)
         self._picks += 1
-        if not self._available:
-            self._all_ejected_picks += 1
+        if len(self._available) < self._panic_below:
+            # Panic mode (fewer available than the panic threshold; by default: none): health is
+            # ignored and the pick compares any two nodes, as if none were ejected.
+            self._panic_picks += 1
+            if not self._available:
+                self._all_ejected_picks += 1
             if n == 1:
                 return nodes[0]
             i, j = self._draw()

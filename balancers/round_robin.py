@@ -62,10 +62,14 @@ class RoundRobinBalancer(Membership[M]):
             self._wake(now)
         self._picks += 1
         node = self._next_turn()
-        if node._slot >= 0 and node is not avoid:
+        available = len(self._available)
+        if available >= self._panic_below and node._slot >= 0 and node is not avoid:
             return node
-        if not self._available:
-            self._all_ejected_picks += 1
+        if available < self._panic_below:
+            # panic mode (by default: no node available): the turn is taken whatever its health
+            self._panic_picks += 1
+            if not available:
+                self._all_ejected_picks += 1
             if node is avoid and len(self._nodes) > 1:
                 node = self._next_turn()
                 if node is avoid:  # a heavy node can have two turns in a row

@@ -60,6 +60,8 @@ class ClientSettings:
     accrual: AccrualConfig
     pool: PoolLimits
     attempt_timeout_ms: int | None
+    max_ejection_percent: int = 50
+    panic_threshold_percent: int = 50
 
 
 class Client:
@@ -83,6 +85,10 @@ class Client:
             runtime.clock.now,
             runtime.rng,
             settings.accrual,
+        )
+        self.balancer.set_health_limits(
+            max_ejection_percent=settings.max_ejection_percent,
+            panic_threshold_percent=settings.panic_threshold_percent,
         )
         self._endpoints: dict[tuple[str, int], Endpoint] = {}
         self._addr = addr
@@ -272,6 +278,9 @@ class Client:
                 "probing": stats.probing,
                 "ejections": stats.ejections,
                 "allEjectedPicks": stats.all_ejected_picks,
+                "panic": stats.panic,
+                "panicPicks": stats.panic_picks,
+                "ejectionsPrevented": stats.ejections_prevented,
             },
             "endpoints": [
                 {

@@ -299,6 +299,8 @@ class Router:
                     max_response_headers=config.max_response_headers,
                 ),
                 attempt_timeout_ms=config.request_attempt_timeout_ms,
+                max_ejection_percent=config.max_ejection_percent,
+                panic_threshold_percent=config.panic_threshold_percent,
             )
             dialer = self._dialer or TcpDialer(pool.connect_timeout_ms / 1000.0, self.runtime.clock)
             addr, release = self.acquire_addr(id)

@@ -49,6 +49,9 @@ METRICS: Final[dict[str, str]] = {
     "meshd_endpoint_state": "1 for the endpoint's current failure-accrual state (live, ejected, probing).",
     "meshd_ejections_total": "Endpoints ejected by failure accrual, per client.",
     "meshd_all_ejected_picks_total": "Picks made while every endpoint was ejected (meshd picked anyway).",
+    "meshd_panic_picks_total": "Picks made in panic mode: fewer endpoints available than panicThresholdPercent.",
+    "meshd_balancer_panic": "1 while a client's balancer is in panic mode (ignores health), else 0.",
+    "meshd_ejections_prevented_total": "Ejections failure accrual asked for and maxEjectionPercent refused.",
     "meshd_retries_total": "Retries sent, by service and reason (response, error, requeue).",
     "meshd_retry_budget_exhausted_total": "Retries refused because the service's retry budget was empty.",
     "meshd_retry_limit_reached_total": "Retries refused because the request had reached maxRetries or maxRequeues.",
@@ -193,6 +196,11 @@ def _steps(daemon: MetricsView, text: _Text) -> Iterator[None]:
             bs = client.balancer.statistics()
             ejections.append(f"meshd_ejections_total{{{rc}}} {_n(bs.ejections)}\n")
             all_ejected.append(f"meshd_all_ejected_picks_total{{{rc}}} {_n(bs.all_ejected_picks)}\n")
+            f["meshd_panic_picks_total"].append(f"meshd_panic_picks_total{{{rc}}} {_n(bs.panic_picks)}\n")
+            f["meshd_balancer_panic"].append(f"meshd_balancer_panic{{{rc}}} {1 if bs.panic else 0}\n")
+            f["meshd_ejections_prevented_total"].append(
+                f"meshd_ejections_prevented_total{{{rc}}} {_n(bs.ejections_prevented)}\n"
+            )
             yield
         watcher = daemon.routes_watchers.get(router.label)
         if watcher is not None:

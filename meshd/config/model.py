@@ -93,6 +93,10 @@ class ClientConfig:
     response_idle_timeout_ms: int = field(default=300_000, metadata={"min": 1})
     response_head_timeout_ms: int = field(default=60_000, metadata={"min": 1})
     max_response_headers: int = field(default=100, metadata={"min": 1, "max": 10_000})
+    #: failure accrual never takes more than this share of the replica set out (at least one node)
+    max_ejection_percent: int = field(default=50, metadata={"min": 0, "max": 100})
+    #: below this share of the replica set available, picks ignore health (panic mode)
+    panic_threshold_percent: int = field(default=50, metadata={"min": 0, "max": 100})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -371,9 +371,11 @@ async def test_replica_refusing_connections_is_ejected_and_comes_back_when_liste
 
 
 async def test_when_every_replica_is_ejected_requests_still_go_somewhere(make_mesh, make_upstream):
+    # linkerd's behaviour, with no ejection cap and no panic mode before "none available"
     ups = [await make_upstream(Switch(failing=True)) for _ in range(2)]
     mesh = await make_mesh(
-        client={"failureAccrual": accrual(failures=2, backoff_ms=60_000)},
+        client={"failureAccrual": accrual(failures=2, backoff_ms=60_000),
+                "maxEjectionPercent": 100, "panicThresholdPercent": 0},
         service={"responseClassifier": {"kind": "nonRetryable5XX"}},
     )
     mesh.register(SERVICE, *ups)
@@ -395,6 +397,53 @@ async def test_when_every_replica_is_ejected_requests_still_go_somewhere(make_me
     labels = (("client", f"/#/fs/{SERVICE}"), ("router", "outgoing"))
     assert samples[("meshd_all_ejected_picks_total", labels)] == 10
     assert samples[("meshd_ejections_total", labels)] == 2
+
+
+async def test_by_default_accrual_never_ejects_more_than_half_a_replica_set(make_mesh, make_upstream):
+    ups = [await make_upstream(Switch(failing=True)) for _ in range(4)]
+    mesh = await make_mesh(
+        client={"failureAccrual": accrual(failures=2, backoff_ms=60_000)},
+        service={"responseClassifier": {"kind": "nonRetryable5XX"}},
+    )
+    mesh.register(SERVICE, *ups)
+    await send_until(mesh.port, lambda: client_of(mesh).balancer.statistics().ejections_prevented >= 2)
+    states = sorted(node_of(mesh, u).state for u in ups)
+    assert states == ["ejected", "ejected", "live", "live"]  # 50% of 4: the other two stay in
+    stats = client_of(mesh).balancer.statistics()
+    assert stats.ejections == 2 and stats.ejections_prevented >= 2 and not stats.panic
+    samples = await scrape(mesh)
+    labels = (("client", f"/#/fs/{SERVICE}"), ("router", "outgoing"))
+    assert samples[("meshd_ejections_prevented_total", labels)] == stats.ejections_prevented
+    assert samples[("meshd_balancer_panic", labels)] == 0
+
+
+async def test_below_the_panic_threshold_requests_spread_over_every_replica(make_mesh, make_upstream):
+    failing = [await make_upstream(Switch(failing=True)) for _ in range(3)]
+    healthy = await make_upstream()
+    mesh = await make_mesh(
+        client={"failureAccrual": accrual(failures=1, backoff_ms=60_000), "maxEjectionPercent": 100},
+        service={"responseClassifier": {"kind": "nonRetryable5XX"}},
+    )
+    mesh.register(SERVICE, *failing, healthy)
+    await send_until(mesh.port, lambda: all(node_of(mesh, u).state == "ejected" for u in failing))
+    # 1 of 4 available, under the default 50%: panic mode, every replica gets a share again
+    before = [u.requests for u in failing]
+    await send_until(mesh.port, lambda: all(u.requests > b for u, b in zip(failing, before, strict=True)))
+    stats = client_of(mesh).balancer.statistics()
+    assert stats.panic and stats.panic_picks > 0
+    samples = await scrape(mesh)
+    labels = (("client", f"/#/fs/{SERVICE}"), ("router", "outgoing"))
+    assert samples[("meshd_balancer_panic", labels)] == 1
+    assert samples[("meshd_panic_picks_total", labels)] >= stats.panic_picks
+    clients = (await admin_json(mesh, "/admin/endpoints"))[0]["clients"]
+    (entry,) = [c for c in clients if c["client"] == f"/#/fs/{SERVICE}"]
+    assert entry["statistics"]["panic"] is True
+
+
+async def admin_json(mesh, target: str) -> Any:
+    resp = await admin_get(mesh, target)
+    assert resp.status == 200
+    return json.loads(resp.body)
 
 
 async def test_upstream_reset_mid_body_counts_as_a_failure(make_mesh, make_upstream):

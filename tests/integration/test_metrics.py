@@ -244,7 +244,10 @@ async def test_admin_endpoints_lists_each_clients_endpoints_with_load_cost_and_s
     assert set(clients) == {"/#/fs/accounts", "/#/fs/ledger"}
     accounts = clients["/#/fs/accounts"]
     assert accounts["balancer"] == "ewma" and accounts["addr"] == "bound"
-    assert accounts["statistics"] == {"live": 2, "ejected": 0, "probing": 0, "ejections": 0, "allEjectedPicks": 0}
+    assert accounts["statistics"] == {
+        "live": 2, "ejected": 0, "probing": 0, "ejections": 0, "allEjectedPicks": 0,
+        "panic": False, "panicPicks": 0, "ejectionsPrevented": 0,
+    }
     endpoints = {e["address"]: e for e in accounts["endpoints"]}
     assert set(endpoints) == {f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"}
     assert endpoints[f"127.0.0.1:{b.port}"]["weight"] == 2.0

@@ -181,7 +181,8 @@ async def test_bounds_set_per_prefix_apply_to_their_names_only(make_mesh, make_u
 @pytest.mark.parametrize("balancer", ["roundRobin", "ewma"])
 async def test_a_retry_is_not_sent_back_to_the_replica_that_just_failed_it(make_mesh, make_upstream, balancer):
     # b and c failed earlier and are ejected; a is the only live replica, and now a fails. A retry
-    # must go to b or c (back up since) rather than to a again: another replica exists.
+    # must go to b or c (back up since) rather than to a again: another replica exists. (Two of
+    # three ejected needs `maxEjectionPercent: 100`; no panic mode, so a alone takes the picks.)
     a = await make_upstream(name="a")
     b = await make_upstream(always(503), name="b")
     c = await make_upstream(always(503), name="c")
@@ -191,6 +192,8 @@ async def test_a_retry_is_not_sent_back_to_the_replica_that_just_failed_it(make_
             "loadBalancer": {"kind": balancer},
             "failureAccrual": {"kind": "consecutiveFailures", "failures": 2,
                                "backoff": {"kind": "constant", "ms": 600_000}},
+            "maxEjectionPercent": 100,
+            "panicThresholdPercent": 0,
         },
     )
     mesh.register("accounts", a, b, c)
