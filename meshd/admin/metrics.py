@@ -64,6 +64,8 @@ METRICS: Final[dict[str, str]] = {
     "meshd_requests_pending": "Requests waiting for a turn now, past maxConcurrentRequests.",
     "meshd_requests_queued_total": "Requests that had to wait for a turn (maxConcurrentRequests reached).",
     "meshd_overloaded_total": "Requests refused with 503 by admission control, by reason (queue_full, pending_timeout).",
+    "meshd_discovery_last_update_age_seconds": "Seconds since a namer last knew the data it serves for a name to be current.",
+    "meshd_discovery_stale": "1 while a namer serves last-known-good data for a name after a failure, else 0.",
     "meshd_daemonset_forwarded_total": "Attempts a router sent to another node's meshd (daemonset transformer).",
 }
 
@@ -221,6 +223,25 @@ def _steps(daemon: MetricsView, text: _Text) -> Iterator[None]:
             total = router.evicted_forwarded + sum(c.forwarded for c in list(router.clients.values()))
             forwarded.append(f"meshd_daemonset_forwarded_total{{{r}}} {_n(total)}\n")
         yield
+    _discovery(daemon, text)
+    yield
+
+
+def _discovery(daemon: MetricsView, text: _Text) -> None:
+    """Each namer's freshness per name (namers without `freshness()` export nothing)."""
+    age = text.lines["meshd_discovery_last_update_age_seconds"]
+    stale = text.lines["meshd_discovery_stale"]
+    now = daemon.runtime.clock.now()
+    for prefix, namer in list(daemon.namers.items()):
+        freshness = getattr(namer, "freshness", None)
+        if freshness is None:
+            continue
+        n = _esc(prefix.show())
+        for entry in freshness():
+            labels = f'namer="{n}",name="{_esc(entry.name)}"'
+            if entry.confirmed_at is not None:
+                age.append(f"meshd_discovery_last_update_age_seconds{{{labels}}} {max(now - entry.confirmed_at, 0.0):.3f}\n")
+            stale.append(f"meshd_discovery_stale{{{labels}}} {1 if entry.stale else 0}\n")
 
 
 def _service_counters(rs: str, c: RetryCounters, t: TimeoutCounters, text: _Text) -> None:

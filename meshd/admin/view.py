@@ -25,6 +25,7 @@ from meshd.pipeline.retries import RetryCounters
 from meshd.pipeline.stats import RequestStats
 from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.pool.pool import PoolStatistics
+from meshd.runtime import Runtime
 from routing.dtab import Dtab
 from routing.path import Path
 from routing.rules import Routes
@@ -204,6 +205,12 @@ class MetricsView(Protocol):
 
     def listeners_of(self, router: str) -> Sequence[ListenerView]: ...
 
+    @property
+    def namers(self) -> Mapping[Path, Namer]: ...
+
+    @property
+    def runtime(self) -> Runtime: ...
+
 
 class MeshdView(MetricsView, Protocol):
     """Everything the admin endpoints read: the metrics' view, readiness, config, namers."""
@@ -213,8 +220,5 @@ class MeshdView(MetricsView, Protocol):
 
     @property
     def config(self) -> MeshdConfig: ...
-
-    @property
-    def namers(self) -> Mapping[Path, Namer]: ...
 
     def router(self, label: str) -> RouterView: ...

@@ -13,11 +13,14 @@ when none is left (fs: at once, the directory scan goes on anyway; dns and k8s: 
 `idleTtlSecs`, unless the name is looked up meanwhile).
 
 Namers never block the event loop and never raise out of `lookup()`/`addr()`: failures become
-`Failed(reason)` on the observable, and the last `Bound` set keeps serving meanwhile.
+`Failed(reason)` on the observable, and the last `Bound` set keeps serving meanwhile. A namer may
+also have `freshness() -> list[Freshness]` (every built-in one does): how old the data it serves
+is, per name, for `meshd_discovery_last_update_age_seconds` and `meshd_discovery_stale`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from meshd.discovery.addr import Addr
@@ -25,6 +28,21 @@ from meshd.observable import Observable
 from routing.namer import BoundName
 from routing.nametree import NameTree
 from routing.path import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """How current one name's data is, as a namer's optional `freshness()` reports it.
+
+    `confirmed_at` is the instant (on the runtime's clock) at which the data the namer serves for
+    `name` was last known to be current: the last successful scan (fs), resolution (dns), or the
+    moment a healthy watch stopped being healthy (k8s: a live watch is current now). None: never
+    confirmed. `stale`: the namer is serving last-known-good data after a failure.
+    """
+
+    name: str
+    confirmed_at: float | None
+    stale: bool
 
 
 class Namer(Protocol):

@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter
 from balancers.backoff import Backoff, EqualJitteredBackoff, secs_to_ns
 from meshd.clock import Clock
 from meshd.discovery.addr import NEG, PENDING, Addr, Address, Bound, Failed, Neg, Pending
+from meshd.discovery.base import Freshness
 from meshd.observable import Observable
 from meshd.runtime import Runtime
 from routing.namer import BoundName
@@ -273,6 +274,14 @@ class DnsNamer:
             lookups_failed=self._counts["error"],
         )
 
+    def freshness(self) -> list[Freshness]:
+        """Each name as of its last resolution; stale while resolving fails and its last answer
+        keeps serving."""
+        return [
+            Freshness(entry.id.show(), entry.resolved_at, entry.failing and entry.resolved_at is not None)
+            for entry in sorted(self._names.values(), key=lambda e: e.id.show())
+        ]
+
     def __repr__(self) -> str:
         return f"DnsNamer(prefix={self._prefix.show()}, names={len(self._names)})"
 
@@ -308,6 +317,7 @@ class DnsNamer:
                 state, ttl = await resolve(self._client, entry.name)
             except DnsFailure as exc:
                 failures += 1
+                entry.failing = True
                 self._count("error")
                 self._publish_failure(entry, str(exc), failures)
                 if backoff is None:
@@ -316,6 +326,8 @@ class DnsNamer:
             else:
                 failures = 0
                 backoff = None
+                entry.resolved_at = self._clock.now()
+                entry.failing = False
                 self._count("ok" if isinstance(state, Bound) else "negative")
                 self._publish(entry, state)
                 delay = self._clamp(ttl)
@@ -368,7 +380,7 @@ class DnsNamer:
 class _Entry:
     """One name being resolved: its published state, who holds it, and its refresh task."""
 
-    __slots__ = ("id", "name", "addr", "holders", "last_used", "task")
+    __slots__ = ("id", "name", "addr", "holders", "last_used", "task", "resolved_at", "failing")
 
     def __init__(self, id: Path, name: DnsName, now: float) -> None:
         self.id = id
@@ -377,6 +389,9 @@ class _Entry:
         self.holders = 0
         self.last_used = now
         self.task: asyncio.Task[None] | None = None
+        #: when the name last resolved (an answer or a negative one), and whether it fails since
+        self.resolved_at: float | None = None
+        self.failing = False
 
 
 # --- resolution: DNS answers -> Addr, pure apart from the client --------------------------------

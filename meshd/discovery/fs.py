@@ -39,6 +39,7 @@ from typing import ClassVar, Final, Literal
 from prometheus_client import CollectorRegistry, Counter
 
 from meshd.discovery.addr import PENDING, Addr, Address, Bound, Failed, Neg
+from meshd.discovery.base import Freshness
 from meshd.observable import Observable
 from meshd.runtime import Runtime
 from routing.namer import BoundName
@@ -194,6 +195,10 @@ class FsNamer:
         self.errors = 0
         #: the thread that did the last load off the event loop (`threading.get_ident()`), for tests
         self.last_load_thread: int | None = None
+        #: when the directory was last listed (the clock's time), and since when each file that
+        #: fails to load has failed (its last good contents keep serving): for `freshness()`
+        self._scanned_at: float | None = None
+        self._failing_since: dict[str, float] = {}
 
     @property
     def prefix(self) -> Path:
@@ -264,6 +269,18 @@ class FsNamer:
     def statistics(self) -> dict[str, object]:
         return {"root": str(self._root), "services": len(self._stamps), "scans": self.scans, "errors": self.errors}
 
+    def freshness(self) -> list[Freshness]:
+        """Each file's data is as current as the last scan of the directory, unless its last load
+        failed: then as of its failure, stale if earlier contents keep serving."""
+        out: list[Freshness] = []
+        for name in sorted(self._stamps):
+            since = self._failing_since.get(name)
+            if since is None:
+                out.append(Freshness(name, self._scanned_at, False))
+            else:
+                out.append(Freshness(name, since, self._contents.get(name) is not None))
+        return out
+
     # -- scanning -----------------------------------------------------------------------------
     async def _run(self) -> None:
         while True:
@@ -284,6 +301,8 @@ class FsNamer:
                 self._out_of_fds(self._root, exc)
                 return
             entries = []
+        else:
+            self._scanned_at = self._clock.now()
         for entry in entries:
             name = entry.name
             if name.startswith("."):
@@ -301,6 +320,7 @@ class FsNamer:
                 seen[name] = (-1, -1, -1)  # not loaded for want of a file descriptor: retry next scan
         for name in self._stamps.keys() - seen.keys():
             self._contents.pop(name, None)
+            self._failing_since.pop(name, None)
             self._latest.pop(name, None)  # a load still running for it is dropped when it ends
             obs = self._addrs.get(name)
             if obs is not None:
@@ -355,6 +375,7 @@ class FsNamer:
             return False
         self._fd_exhausted = False
         if isinstance(outcome, Exception):
+            self._failing_since.setdefault(name, self._clock.now())
             self.errors += 1
             self._reloads.labels(result="error").inc()
             log.error("fs namer: %s: %s; keeping its last good contents", path, outcome)
@@ -365,6 +386,7 @@ class FsNamer:
                     obs.set(Failed(f"{path}: {outcome}"))
             return True
         self._reloads.labels(result="success").inc()
+        self._failing_since.pop(name, None)
         old = self._contents.get(name)
         self._contents[name] = outcome
         obs = self._addrs.get(name)

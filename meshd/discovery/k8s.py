@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter
 from balancers.backoff import NS_PER_MS, Backoff, EqualJitteredBackoff
 from meshd.clock import Timer
 from meshd.discovery.addr import Addr, Failed
+from meshd.discovery.base import Freshness
 from meshd.discovery.k8s_informer import MALFORMED, KubeApiError
 from meshd.discovery.k8s_model import parse_endpoint_slice, parse_endpoints, parse_service_name
 from meshd.discovery.k8s_watch import ServiceWatch, Sources, WatchStats
@@ -283,6 +284,15 @@ class K8sNamer:
         source = None if self._use_slices is None else ("endpointslices" if self._use_slices else "endpoints")
         watches = tuple(w.statistics() for _, w in sorted(self._watches.items()))
         return K8sNamerStats(connected=self._client is not None, source=source, watches=watches)
+
+    def freshness(self) -> list[Freshness]:
+        """Each watched service (`namespace/service`): current while its watches are healthy."""
+        now = self._runtime.clock.now()
+        out = []
+        for (namespace, service), watch in sorted(self._watches.items()):
+            confirmed_at, stale = watch.freshness(now)
+            out.append(Freshness(f"{namespace}/{service}", confirmed_at, stale))
+        return out
 
     def state_dump(self) -> dict[str, object]:
         """`statistics()` as plain JSON-able data, for /admin."""

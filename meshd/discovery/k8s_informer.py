@@ -124,6 +124,8 @@ class Informer(Generic[T]):
         self._failures = 0
         self._delays: Iterator[float] | None = None  # the current failure streak's backoff
         self._last_event_at: float | None = None
+        #: when the current streak of API failures began (None: the last call succeeded)
+        self._failing_since: float | None = None
 
     @property
     def items(self) -> Mapping[str, T]:
@@ -179,6 +181,8 @@ class Informer(Generic[T]):
                     continue
                 # An empty stream that ended at once: something in the path closes every watch.
                 # Back off so that it cannot make us spin.
+                if self._failures == 0:
+                    self._failing_since = self._clock.now()
                 self._failures += 1
             except KubeApiError as exc:
                 watching = self._state == "watching"
@@ -230,6 +234,7 @@ class Informer(Generic[T]):
             async for event in events:
                 progressed = True
                 self._last_event_at = self._clock.now()
+                self._failing_since = None  # an event (a bookmark too) proves the watch is live
                 self._apply(event)
         return progressed
 
@@ -262,7 +267,14 @@ class Informer(Generic[T]):
         self._hooks.event(MALFORMED)
         self._log.warning("k8s %s: ignoring malformed %s", self.description, what)
 
+    @property
+    def failing_since(self) -> float | None:
+        """When the current streak of API failures began, on the clock; None while calls succeed."""
+        return self._failing_since
+
     def _fail(self, exc: KubeApiError) -> None:
+        if self._failures == 0:
+            self._failing_since = self._clock.now()
         self._failures += 1
         self._hooks.api_error(exc.code)
         self._last_error = f"{exc.code}: {exc}"
@@ -273,4 +285,5 @@ class Informer(Generic[T]):
         if self._failures:
             self._log.info("k8s %s: API calls succeed again after %d failures", self.description, self._failures)
         self._failures = 0
+        self._failing_since = None
         self._delays = None

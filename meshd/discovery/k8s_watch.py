@@ -185,6 +185,18 @@ class ServiceWatch:
         return (self._endpoints is not None and self._endpoints.synced
                 and self._service is not None and self._service.synced)
 
+    def freshness(self, now: float) -> tuple[float | None, bool]:
+        """(when the data served was last known current, whether it is last-known-good after a
+        failure). A listed service whose watches are healthy is current now; while an API call
+        fails, its data is as of the first failure. (None, False) until both lists succeed."""
+        informers = [i for i in (self._endpoints, self._service) if i is not None]
+        if len(informers) < 2 or not all(i.synced for i in informers):
+            return None, False
+        failing = [since for i in informers if (since := i.failing_since) is not None]
+        if failing:
+            return min(failing), True
+        return now, False
+
     def _state(self) -> str:
         if self._endpoints is None or self._service is None:
             return "connecting" if self._setup_error is None else "backoff"

@@ -138,7 +138,15 @@ async def test_every_metric_family_appears_with_sane_values_after_traffic(make_m
         assert family.type == expected, name
         assert family.samples, f"{name} has no samples"
         assert all(s.value >= 0 for s in family.samples), name
-        assert all(s.labels.get("router") == "outgoing" for s in family.samples), name
+        if name.startswith("meshd_discovery_"):  # a namer's, shared by every router
+            assert all(s.labels.get("namer") == "/#/fs" for s in family.samples), name
+        else:
+            assert all(s.labels.get("router") == "outgoing" for s in family.samples), name
+
+    # discovery freshness: the fs namer scanned its directory moments ago, nothing is stale
+    fresh = (("name", "accounts"), ("namer", "/#/fs"))
+    assert 0 <= m.samples[("meshd_discovery_last_update_age_seconds", fresh)] < 5
+    assert m.samples[("meshd_discovery_stale", fresh)] == 0
 
     r = {"router": "outgoing"}
     accounts = {**r, "service": "/svc/accounts"}

@@ -13,16 +13,19 @@ from prometheus_client.utils import floatToGoString
 
 from meshd.admin.metrics import METRICS, Exporter, _esc, _n, render, render_now
 from meshd.pipeline.stats import OVERFLOW_SERVICE
+from meshd.runtime import Runtime
 from routing.path import Path
 from tests.meshd.test_service_table import make_router
 
 
 class FakeDaemon:
-    """What the renderer reads of a daemon: its routers, routes watchers and listeners."""
+    """What the renderer reads of a daemon: its routers, routes watchers, listeners, namers, clock."""
 
     def __init__(self, *routers: object) -> None:
         self.routers = list(routers)
         self.routes_watchers: dict[str, object] = {}
+        self.namers: dict[Path, object] = {}
+        self.runtime = Runtime()
 
     def listeners_of(self, label: str) -> list[object]:
         return []

@@ -551,3 +551,38 @@ async def test_a_crashed_refresh_loop_is_logged_not_silent(
     assert "crashed" in caplog.records[0].getMessage()
     assert obs.get() == PENDING
     await namer.close()
+
+
+# --- freshness (meshd_discovery_last_update_age_seconds, meshd_discovery_stale) --------------------
+
+
+async def test_freshness_is_the_last_resolution_and_stale_while_failing_with_an_answer_kept(
+    make_namer: NamerFactory, dns: FakeDns, clock: FakeClock
+) -> None:
+    namer = await started(make_namer(min_ttl_secs=20, max_ttl_secs=20))
+    obs = namer.addr(API_ID)
+    await wait_until(obs, lambda a: isinstance(a, Bound))
+    await clock.wait_sleeps(1)
+    (entry,) = namer.freshness()
+    assert (entry.name, entry.confirmed_at, entry.stale) == (API_ID.show(), 1000.0, False)
+    dns.fail("api.test", "A", "SERVFAIL")
+    clock.advance(20)  # the refresh at 1020 fails: the answer of 1000 keeps serving
+    await clock.wait_sleeps(2)
+    (entry,) = namer.freshness()
+    assert (entry.confirmed_at, entry.stale) == (1000.0, True)
+    dns.set_ips("api.test", v4=("10.0.1.1",))
+    clock.advance(clock.slept[-1])
+    await clock.wait_sleeps(3)
+    (entry,) = namer.freshness()
+    assert (entry.confirmed_at, entry.stale) == (clock.now(), False)
+
+
+async def test_a_name_that_never_resolved_has_no_age_and_is_not_stale(
+    make_namer: NamerFactory, dns: FakeDns, clock: FakeClock
+) -> None:
+    dns.fail("api.test", "A", "timed out")
+    namer = await started(make_namer())
+    obs = namer.addr(API_ID)
+    await wait_until(obs, lambda a: isinstance(a, Failed))
+    (entry,) = namer.freshness()
+    assert (entry.confirmed_at, entry.stale) == (None, False)

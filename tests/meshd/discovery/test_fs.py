@@ -424,3 +424,39 @@ async def test_out_of_file_descriptors_is_not_a_bad_file_and_the_next_scan_retri
 
 def test_max_file_bytes_is_a_config_key():
     assert FsNamerConfig(root_dir="d").max_file_bytes == 1024 * 1024
+
+
+# -- freshness (meshd_discovery_last_update_age_seconds, meshd_discovery_stale) -----------------------
+
+
+def test_freshness_is_the_last_scan_and_a_broken_file_is_stale_from_its_failure(tmp_path: pathlib.Path):
+    from tests.support.clock import FakeClock
+
+    clock = FakeClock(start=100.0)
+    (tmp_path / "disco").mkdir()
+    namer = FsNamer(FsNamerConfig(root_dir="disco"), Runtime(base_dir=tmp_path, clock=clock))
+    write(namer.root, "accounts", "10.0.0.1 80\n")
+    write(namer.root, "ledger", "10.0.0.2 80\n")
+    namer.scan()
+    assert [(f.name, f.confirmed_at, f.stale) for f in namer.freshness()] == [
+        ("accounts", 100.0, False), ("ledger", 100.0, False),
+    ]
+    clock.advance(5.0)
+    write(namer.root, "ledger", "not an endpoint\n")
+    namer.scan()  # ledger fails to parse at 105: its last good contents keep serving
+    assert [(f.name, f.confirmed_at, f.stale) for f in namer.freshness()] == [
+        ("accounts", 105.0, False), ("ledger", 105.0, True),
+    ]
+    clock.advance(5.0)
+    namer.scan()  # unchanged: still broken since 105
+    assert [(f.name, f.confirmed_at, f.stale) for f in namer.freshness()] == [
+        ("accounts", 110.0, False), ("ledger", 105.0, True),
+    ]
+    write(namer.root, "ledger", "10.0.0.3 80\n")
+    namer.scan()
+    assert [(f.name, f.confirmed_at, f.stale) for f in namer.freshness()] == [
+        ("accounts", 110.0, False), ("ledger", 110.0, False),
+    ]
+    write(namer.root, "fresh-but-broken", "garbage\n")
+    namer.scan()  # never loaded: failing, but nothing old is served, so not stale
+    assert ("fresh-but-broken", 110.0, False) in [(f.name, f.confirmed_at, f.stale) for f in namer.freshness()]

@@ -34,6 +34,7 @@ from tests.support.k8s_api import (
     slice_endpoint,
     slice_port,
 )
+from tests.support.waiting import wait_until as poll_until
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[3].parent / "shared" / "k8s-api" / "fixtures"
 SLICES = "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices"
@@ -470,16 +471,30 @@ async def test_outage_keeps_last_endpoints_then_recovers(namer: K8sNamer, api: F
                                                          runtime: Runtime):
     http = namer.addr(web_id())
     await value(http, is_bound_to("10.244.1.17:8080", "10.244.2.9:8080"))
+    asked = runtime.clock.now()
+    (fresh,) = namer.freshness()  # a healthy watch: current now
+    assert (fresh.name, fresh.stale) == ("shop/web", False)
+    assert fresh.confirmed_at is not None and asked <= fresh.confirmed_at <= runtime.clock.now()
     seen: list[Addr] = []
     http.subscribe(seen.append, replay=False)
     async with api.outage():
+        broke = runtime.clock.now()
         api.delete("endpointslices", "shop", "web-q9z4m")
         await sleeps.wait_for_more(3)  # the namer failed to reconnect several times
         assert hosts(http.get()) == {"10.244.1.17:8080", "10.244.2.9:8080"}
         assert namer.lookup(Path.read("/shop/http/web")) == Leaf(BoundName(id=web_id()))
         stats = namer.statistics().watches[0]
         assert stats.consecutive_failures >= 1 and "unreachable" in (stats.last_error or "")
+        (stale,) = namer.freshness()  # last-known-good, as of the first failure
+        assert stale.stale and stale.confirmed_at is not None and broke <= stale.confirmed_at < runtime.clock.now()
     await value(http, is_bound_to("10.244.1.17:8080"))
+    # both watches (endpoints and service) back: current again once each has had an event; the
+    # service's has none of its own, so the API's bookmarks (about once a minute) prove it live
+    def current() -> bool:
+        api.send_bookmarks()
+        return not namer.freshness()[0].stale
+
+    await poll_until(current, timeout=5, message="the watches are current again")
     assert seen == [Bound(frozenset({Address("10.244.1.17", 8080, node_name="node-a", zone="us-east-1a",
                                              meta=(("pod", "web-5d8f7c9b6-2xkqv"),))}))]  # nothing in between
     assert metric(runtime, "meshd_k8s_api_errors_total", code="unreachable") >= 3
