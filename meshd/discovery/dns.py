@@ -428,12 +428,32 @@ async def resolve(client: DnsClient, name: DnsName) -> tuple[Bound | Neg, float 
 async def _resolve_host(
     client: DnsClient, host: str, port: int, weight: float
 ) -> tuple[Bound | Neg, float | None]:
-    v4, v6 = await _gather([client.query_ips(host, "A"), client.query_ips(host, "AAAA")])
+    v4, v6 = await asyncio.gather(
+        _or_failure(client.query_ips(host, "A")), _or_failure(client.query_ips(host, "AAAA"))
+    )
+    if isinstance(v4, DnsFailure) or isinstance(v6, DnsFailure):
+        # One family failed (REFUSED, SERVFAIL, a timeout). If the other answered with addresses,
+        # resolve to those, and ask again at the TTL floor (`ttl` 0 is clamped up to
+        # `minTtlSecs`) so the failed family is soon retried; if it answered nothing, nothing can
+        # be concluded (the name may have only addresses of the failed family): the failure stands.
+        answered = v6 if isinstance(v4, DnsFailure) else v4
+        if isinstance(answered, DnsFailure) or not answered.values:
+            raise v4 if isinstance(v4, DnsFailure) else v6  # type: ignore[misc]
+        return Bound(frozenset(Address(ip, port, weight) for ip in answered.values)), 0.0
     found = [r for r in (v4, v6) if r.values]
     if not found:
         return NEG, _min_ttl([v4.ttl_secs, v6.ttl_secs])
     addresses = frozenset(Address(ip, port, weight) for r in found for ip in r.values)
     return Bound(addresses), _min_ttl([r.ttl_secs for r in found])
+
+
+async def _or_failure(query: Coroutine[Any, Any, Records[str]]) -> Records[str] | DnsFailure:
+    """The query's records, or the DnsFailure it raised (so one family's failure does not cancel
+    the other's query)."""
+    try:
+        return await query
+    except DnsFailure as exc:
+        return exc
 
 
 async def _gather(coros: list[Coroutine[Any, Any, T]]) -> list[T]:

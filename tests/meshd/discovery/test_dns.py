@@ -264,10 +264,42 @@ async def test_a_name_merges_a_and_aaaa_and_negative_only_when_both_are_empty(dn
     assert await resolve(dns, HostName("none.test", 80)) == (NEG, 3.0)
 
 
-async def test_a_failure_of_any_query_fails_the_whole_resolution(dns: FakeDns) -> None:
-    dns.fail("api.test", "AAAA", "timeout")
-    with pytest.raises(DnsFailure, match="timeout"):
+async def test_one_family_failing_resolves_to_the_other_familys_answers_and_retries_soon(dns: FakeDns) -> None:
+    # (This once failed the whole resolution; issue #17 asks for the answers that were got.)
+    dns.fail("api.test", "AAAA", "SERVFAIL")
+    assert await resolve(dns, HostName("api.test", 80)) == (Bound(frozenset({Address("10.0.1.1", 80)})), 0.0)
+    dns.set_ips("api.test", v4=(), v6=("fd00::1",), ttl=20.0)
+    dns.fail("api.test", "A", "REFUSED")
+    assert await resolve(dns, HostName("api.test", 80)) == (Bound(frozenset({Address("fd00::1", 80)})), 0.0)
+
+
+async def test_one_family_failing_and_the_other_empty_is_a_failure_not_a_negative(dns: FakeDns) -> None:
+    dns.set_ips("api.test", v4=(), v6=())
+    dns.fail("api.test", "AAAA", "timed out")
+    with pytest.raises(DnsFailure, match="timed out"):
         await resolve(dns, HostName("api.test", 80))
+
+
+async def test_both_families_failing_fails(dns: FakeDns) -> None:
+    dns.fail("api.test", "A", "SERVFAIL")
+    dns.fail("api.test", "AAAA", "SERVFAIL")
+    with pytest.raises(DnsFailure, match="SERVFAIL"):
+        await resolve(dns, HostName("api.test", 80))
+
+
+async def test_a_partial_answer_is_served_and_refreshed_at_the_ttl_floor(
+    make_namer: NamerFactory, dns: FakeDns, clock: FakeClock
+) -> None:
+    dns.fail("api.test", "AAAA", "SERVFAIL")
+    namer = await started(make_namer(min_ttl_secs=5, max_ttl_secs=300))
+    obs = namer.addr(API_ID)
+    assert await wait_until(obs, lambda a: isinstance(a, Bound)) == Bound(frozenset({Address("10.0.1.1", 80)}))
+    await clock.wait_sleeps(1)
+    assert clock.slept == [5.0]  # not the answer's 20 s TTL: the failed family is asked again soon
+    dns.set_ips("api.test", v4=("10.0.1.1",), v6=("fd00::1",), ttl=20.0)
+    clock.advance(5.0)
+    both = Bound(frozenset({Address("10.0.1.1", 80), Address("fd00::1", 80)}))
+    assert await wait_until(obs, lambda a: a == both) == both
 
 
 @settings(max_examples=60, deadline=None)
@@ -388,6 +420,7 @@ async def test_failure_keeps_the_last_answer_and_retries_with_growing_jittered_b
     bound = await wait_until(obs, lambda a: isinstance(a, Bound))
     await clock.wait_sleeps(1)
     dns.fail("api.test", "A", "SERVFAIL")
+    dns.fail("api.test", "AAAA", "SERVFAIL")  # both families: one alone still resolves
     for n in range(2, 9):
         clock.advance(clock.slept[-1])
         await clock.wait_sleeps(n)
@@ -415,6 +448,7 @@ async def test_failure_with_nothing_known_is_failed_then_recovers(
     make_namer: NamerFactory, dns: FakeDns, clock: FakeClock
 ) -> None:
     dns.fail("api.test", "A", "timed out")
+    dns.fail("api.test", "AAAA", "timed out")  # both families: one alone still resolves
     namer = await started(make_namer())
     assert namer.lookup(Path.read("/a/api.test/80")) is None
     obs = namer.addr(API_ID)
@@ -566,6 +600,7 @@ async def test_freshness_is_the_last_resolution_and_stale_while_failing_with_an_
     (entry,) = namer.freshness()
     assert (entry.name, entry.confirmed_at, entry.stale) == (API_ID.show(), 1000.0, False)
     dns.fail("api.test", "A", "SERVFAIL")
+    dns.fail("api.test", "AAAA", "SERVFAIL")  # both families: one alone still resolves
     clock.advance(20)  # the refresh at 1020 fails: the answer of 1000 keeps serving
     await clock.wait_sleeps(2)
     (entry,) = namer.freshness()
@@ -581,6 +616,7 @@ async def test_a_name_that_never_resolved_has_no_age_and_is_not_stale(
     make_namer: NamerFactory, dns: FakeDns, clock: FakeClock
 ) -> None:
     dns.fail("api.test", "A", "timed out")
+    dns.fail("api.test", "AAAA", "timed out")  # both families: one alone still resolves
     namer = await started(make_namer())
     obs = namer.addr(API_ID)
     await wait_until(obs, lambda a: isinstance(a, Failed))
