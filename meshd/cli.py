@@ -104,14 +104,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.workers > 1:
         from meshd.workers import run_workers
 
-        code: int = run_workers(config, base, args.workers)
+        code: int = run_workers(config, base, args.workers, config_path=pathlib.Path(args.config).resolve())
         return code
     import uvloop
 
     from meshd.daemon import Daemon
     from meshd.runtime import Runtime
 
-    daemon = Daemon(config, Runtime(base_dir=base), tune_gc=True)
+    daemon = Daemon(config, Runtime(base_dir=base), tune_gc=True, config_path=pathlib.Path(args.config).resolve())
     try:
         uvloop.run(daemon.run_until_signalled())
     except Exception as exc:  # start-up failures (port in use, bad routing file): one clear line

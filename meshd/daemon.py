@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import logging
+import pathlib
 import resource
 import signal
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from meshd.admin.app import start_admin, start_admin_unix, stop_admin
-from meshd.config.model import MeshdConfig
+from meshd.config.errors import ConfigError, ConfigProblem
+from meshd.config.loader import load_config, to_yaml_dict
+from meshd.config.model import MeshdConfig, RouterConfig
 from meshd.discovery.base import Namer
 from meshd.listener import Listener
 from meshd.reload import RoutesWatcher
@@ -40,6 +46,23 @@ class Bound:
     port: int
     listener: Listener
     server: asyncio.base_events.Server
+    #: the port in the config (0: any free port, so `port` is what the OS chose)
+    configured_port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    """What a whole-config reload did: `applied`, `unchanged` or `refused`, and why."""
+
+    result: str
+    message: str
+    version: str
+
+
+def config_version(config: MeshdConfig) -> str:
+    """A short hash of the effective config (what `/admin/config` shows), the same for the same
+    settings whatever the file's layout or comments."""
+    return hashlib.sha256(repr(to_yaml_dict(config)).encode()).hexdigest()[:16]
 
 
 def _tune_gc() -> None:
@@ -84,6 +107,15 @@ def raise_open_file_limit(
 _UNLIMITED_NOFILE_CAP = 1024 * 1024
 
 
+def load_config_path(path: pathlib.Path) -> MeshdConfig:
+    """Read and validate a config file, as `meshd check` does (in a worker thread)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigProblem("", None, f"cannot read the file: {exc}")], source=str(path)) from exc
+    return load_config(text, MeshdConfig, source=str(path))
+
+
 class Daemon:
     def __init__(
         self,
@@ -94,8 +126,20 @@ class Daemon:
         admin: bool = True,
         admin_unix_path: str | None = None,
         tune_gc: bool = False,
+        config_path: pathlib.Path | None = None,
     ) -> None:
         self.config = config
+        #: the file `reload_from_file` reads again (SIGHUP, POST /admin/reload); None: not reloadable
+        self.config_path = config_path
+        self.config_version = config_version(config)
+        #: when the active config was loaded (Unix time, for /admin/config)
+        self.config_loaded_at = time.time()
+        #: whole-config reloads by result (`meshd_config_file_reloads_total`)
+        self.config_reloads: dict[str, int] = {"applied": 0, "unchanged": 0, "refused": 0}
+        self.config_last_error: str | None = None
+        self._reload_lock = asyncio.Lock()
+        #: background tasks of reloads (retiring what a reload replaced, SIGHUP reloads)
+        self._retiring: set[asyncio.Task[Any]] = set()
         self.runtime = runtime
         self._reuse_port = reuse_port
         self._with_admin = admin
@@ -118,37 +162,15 @@ class Daemon:
             await namer.start()
             self.namers[namer.prefix] = namer
         for router_config in self.config.routers:
-            router = Router(router_config, self.runtime, self.namers)
+            router, watcher = self._new_router(router_config, self.namers)
             self.routers.append(router)
-            if router_config.routes:
-                watcher = RoutesWatcher(
-                    self.runtime.resolve_path(router_config.routes),
-                    router.set_routes_dtab,
-                    max_bytes=router_config.routes_max_bytes,
-                    clock=self.runtime.clock,
-                )
-                watcher.load_initial()
+            if watcher is not None:
                 await watcher.start()
                 self.routes_watchers[router.label] = watcher
         loop = asyncio.get_running_loop()
         for router in self.routers:
-            for index, server_config in enumerate(router.config.servers):
-                listener = Listener(
-                    router.service, router.listener_limits(index), label=router.label, observe=router.stats.observe,
-                    clock=self.runtime.clock, admission=router.admission,
-                )
-                server = await loop.create_server(
-                    listener.protocol_factory,
-                    server_config.ip,
-                    server_config.port,
-                    reuse_address=True,
-                    reuse_port=self._reuse_port,
-                    backlog=2048,
-                    family=socket.AF_INET6 if ":" in server_config.ip else socket.AF_INET,
-                )
-                port = server.sockets[0].getsockname()[1]
-                self.bound.append(Bound(router.label, index, server_config.ip, port, listener, server))
-                log.info("router %s listening on %s:%d", router.label, server_config.ip, port)
+            for index in range(len(router.config.servers)):
+                self.bound.append(await self._listen(router, index))
         # the admin server reads the daemon through meshd.admin.view.MeshdView, which this class
         # satisfies (mypy checks it here); the admin package never imports this module
         if self._with_admin:
@@ -162,6 +184,40 @@ class Daemon:
         if self._tune_gc:
             _tune_gc()
         self.ready = True
+
+    async def _listen(self, router: Router, index: int) -> Bound:
+        """Open the listening socket of `router`'s server `index`."""
+        server_config = router.config.servers[index]
+        listener = Listener(
+            router.service, router.listener_limits(index), label=router.label, observe=router.stats.observe,
+            clock=self.runtime.clock, admission=router.admission,
+        )
+        server = await asyncio.get_running_loop().create_server(
+            listener.protocol_factory,
+            server_config.ip,
+            server_config.port,
+            reuse_address=True,
+            reuse_port=self._reuse_port,
+            backlog=2048,
+            family=socket.AF_INET6 if ":" in server_config.ip else socket.AF_INET,
+        )
+        port = server.sockets[0].getsockname()[1]
+        log.info("router %s listening on %s:%d", router.label, server_config.ip, port)
+        return Bound(router.label, index, server_config.ip, port, listener, server, server_config.port)
+
+    def _new_router(self, config: RouterConfig, namers: dict[Path, Namer]) -> tuple[Router, RoutesWatcher | None]:
+        """A router and its routing-file watcher (loaded: a bad routing file raises here)."""
+        router = Router(config, self.runtime, namers)
+        watcher = None
+        if config.routes:
+            watcher = RoutesWatcher(
+                self.runtime.resolve_path(config.routes),
+                router.set_routes_dtab,
+                max_bytes=config.routes_max_bytes,
+                clock=self.runtime.clock,
+            )
+            watcher.load_initial()
+        return router, watcher
 
     def port_of(self, router: str, index: int = 0) -> int:
         for b in self.bound:
@@ -184,6 +240,176 @@ class Daemon:
             for router in self.routers:
                 router.sweep()
 
+    # -- whole-config reload ----------------------------------------------------------------------
+    async def reload_from_file(self) -> ReloadOutcome:
+        """Read `config_path` again and apply it (SIGHUP, `POST /admin/reload`); see `reload`.
+
+        The file is read and parsed in a worker thread: a large or slow file never holds the loop.
+        """
+        if self.config_path is None:
+            return self._refused("this meshd was not started from a config file")
+        path = self.config_path
+        try:
+            config = await asyncio.to_thread(load_config_path, path)
+        except ConfigError as exc:
+            return self._refused(f"{path}: {exc}")
+        return await self.reload(config)
+
+    async def reload(self, config: MeshdConfig) -> ReloadOutcome:
+        """Apply a new, already validated config without dropping a request.
+
+        Routers whose settings are unchanged (and all of them, if the namers are unchanged) keep
+        everything: clients, pools, budgets, counters. A changed router is built anew, with its
+        routing file loaded, and takes over its listeners: a server that stays (same address and
+        port) keeps its socket and its open connections, whose next request goes to the new
+        router; new servers open; removed ones stop accepting and drain. The old router keeps
+        serving the requests it had until they are answered (at most `drainTimeoutMs`), then its
+        clients close. Changed namers are started anew and every router rebuilt on them. Nothing
+        changes unless everything new could be built (a bad routing file, a port in use, a namer
+        that cannot start: the reload is refused and the running config keeps serving).
+        `admin` cannot change without a restart: a new value is reported and ignored.
+        """
+        async with self._reload_lock:
+            if config == self.config:
+                self.config_reloads["unchanged"] += 1
+                return ReloadOutcome("unchanged", "the config is unchanged", self.config_version)
+            old = self.config
+            new_namers: dict[Path, Namer] | None = None
+            built: list[tuple[Router, RoutesWatcher | None]] = []
+            opened: list[Bound] = []
+            kept: dict[str, Router] = {}
+            try:
+                if config.namers != old.namers:
+                    new_namers = {}
+                    for namer_config in config.namers:
+                        namer = namer_config.build(self.runtime)
+                        new_namers[namer.prefix] = namer  # closed below if the reload fails
+                        await namer.start()
+                namers = new_namers if new_namers is not None else self.namers
+                current = {r.label: r for r in self.routers}
+                for router_config in config.routers:
+                    same = current.get(router_config.label)
+                    if same is not None and new_namers is None and same.config == router_config:
+                        kept[router_config.label] = same
+                    else:
+                        built.append(self._new_router(router_config, namers))
+                # sockets for servers that are new (a staying server keeps its socket)
+                for router, _ in built:
+                    for index in range(len(router.config.servers)):
+                        if self._staying(router, index) is None:
+                            opened.append(await self._listen(router, index))
+            except Exception as exc:
+                for b in opened:
+                    b.server.close()
+                for router, _ in built:
+                    router.close()
+                for started in (new_namers or {}).values():
+                    await started.close()
+                return self._refused(f"the new config could not be applied: {exc}")
+            self._switch(config, kept, built, opened, new_namers)
+            for router, watcher in built:
+                if watcher is not None:
+                    await watcher.start()
+                    self.routes_watchers[router.label] = watcher
+            if config.admin != old.admin:
+                log.warning("config reload: admin settings change only at restart; keeping %s:%d",
+                            old.admin.ip, old.admin.port)
+            self.config_reloads["applied"] += 1
+            self.config_last_error = None
+            changed = sorted(r.label for r, _ in built)
+            message = f"applied: routers rebuilt: {', '.join(changed) or 'none'}"
+            log.info("config reload %s (version %s)", message, self.config_version)
+            return ReloadOutcome("applied", message, self.config_version)
+
+    def _staying(self, router: Router, index: int) -> Bound | None:
+        """The listening socket the new `router`'s server `index` takes over, if one stays."""
+        server = router.config.servers[index]
+        for b in self.bound:
+            if b.router != router.label or b.ip != server.ip or b.configured_port != server.port:
+                continue
+            if server.port != 0 or b.index == index:  # port 0 (tests): the same entry by position
+                return b
+        return None
+
+    def _switch(
+        self,
+        config: MeshdConfig,
+        kept: dict[str, Router],
+        built: list[tuple[Router, RoutesWatcher | None]],
+        opened: list[Bound],
+        new_namers: dict[Path, Namer] | None,
+    ) -> None:
+        """Swap the new routers in (synchronously: no request sees half of it) and retire the old."""
+        retired = [r for r in self.routers if kept.get(r.label) is not r]
+        retired_watchers = [w for label, w in self.routes_watchers.items() if label not in kept]
+        for label in [label for label in self.routes_watchers if label not in kept]:
+            del self.routes_watchers[label]
+        bound: list[Bound] = [b for b in self.bound if b.router in kept]
+        for router, _ in built:
+            for index in range(len(router.config.servers)):
+                b = self._staying(router, index)
+                if b is not None:
+                    listener = b.listener
+                    listener.service = router.service
+                    listener.limits = router.listener_limits(index)
+                    listener.observe = router.stats.observe
+                    listener.admission = router.admission
+                    b.index = index
+                    bound.append(b)
+        bound += opened
+        dropped = [b for b in self.bound if b not in bound]
+        self.bound = bound
+        routers = {r.label: r for r in [*kept.values(), *(r for r, _ in built)]}
+        self.routers = [routers[rc.label] for rc in config.routers]
+        old_namers = None
+        if new_namers is not None:
+            old_namers, self.namers = self.namers, new_namers
+        self.config = config
+        self.config_version = config_version(config)
+        self.config_loaded_at = time.time()
+        task = asyncio.get_running_loop().create_task(
+            self._retire(retired, retired_watchers, dropped, old_namers, config.drain_timeout_ms / 1000.0),
+            name="config reload: retire",
+        )
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(
+        self,
+        routers: list[Router],
+        watchers: list[RoutesWatcher],
+        dropped: list[Bound],
+        namers: dict[Path, Namer] | None,
+        drain_timeout_s: float,
+    ) -> None:
+        """Drain what a reload replaced: removed listeners, then the old routers once their requests
+        are answered (or the drain timeout passes), then the old namers."""
+        for watcher in watchers:
+            await watcher.close()
+        for b in dropped:
+            b.server.close()
+            b.listener.begin_drain()
+        clock = self.runtime.clock
+        deadline = clock.now() + drain_timeout_s
+        try:
+            while clock.now() < deadline and (
+                any(r.admission.inflight for r in routers) or any(b.listener.connections for b in dropped)
+            ):
+                await clock.sleep(0.05)
+        finally:  # cancelled by shutdown: close at once
+            for b in dropped:
+                b.listener.abort_all()
+            for router in routers:
+                router.close()
+            for namer in (namers or {}).values():
+                await namer.close()
+
+    def _refused(self, reason: str) -> ReloadOutcome:
+        self.config_reloads["refused"] += 1
+        self.config_last_error = reason
+        log.error("config reload refused, the running config keeps serving: %s", reason)
+        return ReloadOutcome("refused", reason, self.config_version)
+
     # -- stop -----------------------------------------------------------------------------------
     async def shutdown(self, drain_timeout_s: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish (up to the drain timeout), then close all."""
@@ -204,6 +430,9 @@ class Daemon:
                 b.listener.abort_all()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        for task in list(self._retiring):  # a reload still retiring what it replaced
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for watcher in self.routes_watchers.values():
             await watcher.close()
         for router in self.routers:
@@ -214,12 +443,19 @@ class Daemon:
             await stop_admin(self._admin_runner)
         self._stopped.set()
 
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP: reloading %s", self.config_path)
+        task = asyncio.get_running_loop().create_task(self.reload_from_file(), name="config reload")
+        self._retiring.add(task)  # kept referenced until done
+        task.add_done_callback(self._retiring.discard)
+
     async def run_until_signalled(self) -> None:
         """Start, then serve until SIGTERM or SIGINT, then drain and stop."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await self.start()
         await stop.wait()
         log.info("signal received: draining (up to %d ms)", self.config.drain_timeout_ms)

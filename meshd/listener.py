@@ -366,9 +366,7 @@ class ServerProtocol(asyncio.Protocol):
         registering it in asyncio's task set) costs about a microsecond per request. Cancelling
         the task (client gone, request abandoned) ends it; the connection closes then anyway.
         """
-        service = self._listener.service
-        observe = self._listener.observe
-        admission = self._listener.admission
+        listener = self._listener
         request: Request | None = None
         ctx: RouteContext | None = None
         response: Response | None = None
@@ -379,6 +377,11 @@ class ServerProtocol(asyncio.Protocol):
                 request = await waiter
             else:
                 self._next = None
+            # Read per request, not per connection: a config reload swaps the listener's router
+            # (meshd/daemon.py) and a keep-alive connection's next request goes to the new one.
+            service = listener.service
+            observe = listener.observe
+            admission = listener.admission
             # The pipeline's per-request state (meshd/pipeline/context.py): the one object made
             # per request here; every stage reads and writes it, the wire request inside it.
             self._route = ctx = RouteContext(request)

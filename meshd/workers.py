@@ -34,18 +34,26 @@ from meshd.config.model import MeshdConfig
 log = logging.getLogger("meshd.workers")
 
 
-def run_workers(config: MeshdConfig, base_dir: pathlib.Path, count: int) -> int:
+def run_workers(
+    config: MeshdConfig, base_dir: pathlib.Path, count: int, *, config_path: pathlib.Path | None = None
+) -> int:
     rundir = pathlib.Path(tempfile.mkdtemp(prefix="meshd-workers-"))
     sockets = [rundir / f"worker-{i}.sock" for i in range(count)]
     pids: dict[int, int] = {}
     for index in range(count):
-        pids[_spawn(config, base_dir, sockets[index], index)] = index
+        pids[_spawn(config, base_dir, sockets[index], index, config_path)] = index
     import uvloop
 
-    return uvloop.run(_supervise(config, base_dir, sockets, pids))
+    return uvloop.run(_supervise(config, base_dir, sockets, pids, config_path))
 
 
-def _spawn(config: MeshdConfig, base_dir: pathlib.Path, socket_path: pathlib.Path, index: int) -> int:
+def _spawn(
+    config: MeshdConfig,
+    base_dir: pathlib.Path,
+    socket_path: pathlib.Path,
+    index: int,
+    config_path: pathlib.Path | None = None,
+) -> int:
     pid = os.fork()
     if pid:
         return pid
@@ -58,6 +66,16 @@ def _spawn(config: MeshdConfig, base_dir: pathlib.Path, socket_path: pathlib.Pat
         from meshd.runtime import Runtime
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; SIGTERM drains
+        if config_path is not None and index >= 0:
+            # A worker restarted after a crash starts from the file as it is now, so that it runs
+            # what its siblings reloaded (SIGHUP); a file that no longer loads keeps the old config.
+            from meshd.config.errors import ConfigError
+            from meshd.daemon import load_config_path
+
+            try:
+                config = load_config_path(config_path)
+            except ConfigError as exc:
+                logging.getLogger("meshd").error("worker %d: %s; starting with the config it had", index, exc)
         daemon = Daemon(
             config,
             Runtime(base_dir=base_dir, rng=random.Random()),
@@ -65,6 +83,7 @@ def _spawn(config: MeshdConfig, base_dir: pathlib.Path, socket_path: pathlib.Pat
             admin=False,
             admin_unix_path=str(socket_path),
             tune_gc=True,
+            config_path=config_path,
         )
         uvloop.run(daemon.run_until_signalled())
         code = 0
@@ -75,12 +94,27 @@ def _spawn(config: MeshdConfig, base_dir: pathlib.Path, socket_path: pathlib.Pat
 
 
 async def _supervise(
-    config: MeshdConfig, base_dir: pathlib.Path, sockets: list[pathlib.Path], pids: dict[int, int]
+    config: MeshdConfig,
+    base_dir: pathlib.Path,
+    sockets: list[pathlib.Path],
+    pids: dict[int, int],
+    config_path: pathlib.Path | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+
+    def reload_workers() -> None:
+        # each worker reloads the file itself (and refuses a bad one itself)
+        log.info("SIGHUP: passing it on to %d workers", len(pids))
+        for pid in list(pids):
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
+    loop.add_signal_handler(signal.SIGHUP, reload_workers)
     supervisor = Supervisor(sockets)
     runner = web.AppRunner(supervisor.app(), access_log=None)
     await runner.setup()
@@ -95,7 +129,7 @@ async def _supervise(
             if index is None:
                 continue
             log.error("worker %d (pid %d) exited with status %d; restarting it", index, pid, status)
-            pids[_spawn(config, base_dir, sockets[index], index)] = index
+            pids[_spawn(config, base_dir, sockets[index], index, config_path)] = index
     for pid in list(pids):
         try:
             os.kill(pid, signal.SIGTERM)

@@ -37,6 +37,7 @@ def build_app(daemon: MeshdView, registry: CollectorRegistry) -> web.Application
             web.get("/admin/ping", ping),
             web.get("/admin/ready", ready),
             web.get("/admin/config", config),
+            web.post("/admin/reload", reload),
             web.get("/admin/routes", routes),
             web.get("/admin/endpoints", endpoints),
             web.get("/admin/delegator", delegator),
@@ -100,7 +101,24 @@ async def version(request: web.Request) -> web.Response:
 
 
 async def config(request: web.Request) -> web.Response:
-    return _json(to_yaml_dict(request.app[_DAEMON].config))
+    """The running config, with its version (a hash of its settings), load time and the last
+    refused reload's reason."""
+    daemon = request.app[_DAEMON]
+    return _json({
+        "version": daemon.config_version,
+        "loadedAt": daemon.config_loaded_at,
+        "lastReloadError": daemon.config_last_error,
+        "config": to_yaml_dict(daemon.config),
+    })
+
+
+async def reload(request: web.Request) -> web.Response:
+    """`POST /admin/reload`: read meshd.yaml again and apply it (as SIGHUP); from loopback only."""
+    if request.remote not in ("127.0.0.1", "::1"):
+        return _json({"error": "POST /admin/reload is accepted from loopback only"}, status=403)
+    outcome = await request.app[_DAEMON].reload_from_file()
+    status = 200 if outcome.result != "refused" else 422
+    return _json({"result": outcome.result, "message": outcome.message, "version": outcome.version}, status=status)
 
 
 async def routes(request: web.Request) -> web.Response:

@@ -64,6 +64,8 @@ METRICS: Final[dict[str, str]] = {
     "meshd_requests_pending": "Requests waiting for a turn now, past maxConcurrentRequests.",
     "meshd_requests_queued_total": "Requests that had to wait for a turn (maxConcurrentRequests reached).",
     "meshd_overloaded_total": "Requests refused with 503 by admission control, by reason (queue_full, pending_timeout).",
+    "meshd_config_file_reloads_total": "Whole-config reloads (SIGHUP, POST /admin/reload), by result: applied, unchanged, refused.",
+    "meshd_config_loaded_timestamp_seconds": "When the running meshd.yaml was loaded (Unix time).",
     "meshd_discovery_last_update_age_seconds": "Seconds since a namer last knew the data it serves for a name to be current.",
     "meshd_discovery_stale": "1 while a namer serves last-known-good data for a name after a failure, else 0.",
     "meshd_daemonset_forwarded_total": "Attempts a router sent to another node's meshd (daemonset transformer).",
@@ -224,6 +226,12 @@ def _steps(daemon: MetricsView, text: _Text) -> Iterator[None]:
             forwarded.append(f"meshd_daemonset_forwarded_total{{{r}}} {_n(total)}\n")
         yield
     _discovery(daemon, text)
+    reloads_total = f["meshd_config_file_reloads_total"]
+    for result, count in sorted(daemon.config_reloads.items()):
+        reloads_total.append(f'meshd_config_file_reloads_total{{result="{result}"}} {_n(count)}\n')
+    f["meshd_config_loaded_timestamp_seconds"].append(
+        f"meshd_config_loaded_timestamp_seconds {_n(daemon.config_loaded_at)}\n"
+    )
     yield
 
 

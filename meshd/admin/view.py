@@ -211,6 +211,25 @@ class MetricsView(Protocol):
     @property
     def runtime(self) -> Runtime: ...
 
+    @property
+    def config_reloads(self) -> Mapping[str, int]: ...
+
+    @property
+    def config_loaded_at(self) -> float: ...
+
+
+class ReloadOutcomeView(Protocol):
+    """What a whole-config reload did (meshd/daemon.py `ReloadOutcome`)."""
+
+    @property
+    def result(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
 
 class MeshdView(MetricsView, Protocol):
     """Everything the admin endpoints read: the metrics' view, readiness, config, namers."""
@@ -222,3 +241,11 @@ class MeshdView(MetricsView, Protocol):
     def config(self) -> MeshdConfig: ...
 
     def router(self, label: str) -> RouterView: ...
+
+    @property
+    def config_version(self) -> str: ...
+
+    @property
+    def config_last_error(self) -> str | None: ...
+
+    async def reload_from_file(self) -> ReloadOutcomeView: ...

@@ -26,6 +26,8 @@ class FakeDaemon:
         self.routes_watchers: dict[str, object] = {}
         self.namers: dict[Path, object] = {}
         self.runtime = Runtime()
+        self.config_reloads = {"applied": 0, "unchanged": 0, "refused": 0}
+        self.config_loaded_at = 0.0
 
     def listeners_of(self, label: str) -> list[object]:
         return []
