@@ -32,6 +32,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, help="the meshd YAML config file")
     run.add_argument("--workers", type=int, default=1, help="worker processes sharing the listen ports (default 1)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--handover-socket",
+        metavar="PATH",
+        help="serve a zero-downtime upgrade: a newer meshd started with --takeover PATH takes the "
+        "listening sockets over, then this one drains and exits (docs/operations.md)",
+    )
+    run.add_argument(
+        "--takeover",
+        metavar="PATH",
+        help="start by taking the listening sockets over from the meshd serving --handover-socket PATH",
+    )
 
     check = commands.add_parser("check", help="validate a config file (exit 0 if valid)")
     check.add_argument("-c", "--config", required=True)
@@ -101,6 +112,9 @@ def _run(args: argparse.Namespace) -> int:
     from meshd.daemon import raise_open_file_limit
 
     raise_open_file_limit()
+    if args.workers > 1 and (args.handover_socket or args.takeover):
+        print("--handover-socket and --takeover need a single process (no --workers)", file=sys.stderr)
+        return 2
     if args.workers > 1:
         from meshd.workers import run_workers
 
@@ -111,7 +125,23 @@ def _run(args: argparse.Namespace) -> int:
     from meshd.daemon import Daemon
     from meshd.runtime import Runtime
 
-    daemon = Daemon(config, Runtime(base_dir=base), tune_gc=True, config_path=pathlib.Path(args.config).resolve())
+    inherited = None
+    if args.takeover:
+        from meshd.handover import HandoverError, take_over
+
+        try:
+            inherited = take_over(pathlib.Path(args.takeover))
+        except HandoverError as exc:
+            print(f"meshd: {exc}", file=sys.stderr)
+            return 1
+    daemon = Daemon(
+        config,
+        Runtime(base_dir=base),
+        tune_gc=True,
+        config_path=pathlib.Path(args.config).resolve(),
+        inherited=inherited,
+        handover_path=pathlib.Path(args.handover_socket) if args.handover_socket else None,
+    )
     try:
         uvloop.run(daemon.run_until_signalled())
     except Exception as exc:  # start-up failures (port in use, bad routing file): one clear line

@@ -27,6 +27,7 @@ from meshd.config.errors import ConfigError, ConfigProblem
 from meshd.config.loader import load_config, to_yaml_dict
 from meshd.config.model import MeshdConfig, RouterConfig
 from meshd.discovery.base import Namer
+from meshd.handover import Inherited, Listening, serve_handover
 from meshd.listener import Listener
 from meshd.reload import RoutesWatcher
 from meshd.router import Router
@@ -127,8 +128,16 @@ class Daemon:
         admin_unix_path: str | None = None,
         tune_gc: bool = False,
         config_path: pathlib.Path | None = None,
+        inherited: Inherited | None = None,
+        handover_path: pathlib.Path | None = None,
     ) -> None:
         self.config = config
+        #: listening sockets taken over from the meshd this one replaces (meshd/handover.py)
+        self._inherited = inherited
+        #: where this meshd hands its sockets over to a newer one (`--handover-socket`)
+        self._handover_path = handover_path
+        self._handover_server: asyncio.AbstractServer | None = None
+        self._stop_requested = asyncio.Event()
         #: the file `reload_from_file` reads again (SIGHUP, POST /admin/reload); None: not reloadable
         self.config_path = config_path
         self.config_version = config_version(config)
@@ -181,9 +190,14 @@ class Daemon:
         elif self._admin_unix_path is not None:
             self._admin_runner = await start_admin_unix(self, self.runtime.registry, self._admin_unix_path)
         self._sweeper = loop.create_task(self._sweep(), name="pool-sweeper")
+        if self._handover_path is not None:
+            self._handover_server = await serve_handover(self._handover_path, self._listening, self._handed_over)
         if self._tune_gc:
             _tune_gc()
         self.ready = True
+        if self._inherited is not None:
+            self._inherited.ready()  # the previous meshd drains now
+            self._inherited = None
 
     async def _listen(self, router: Router, index: int) -> Bound:
         """Open the listening socket of `router`'s server `index`."""
@@ -192,15 +206,25 @@ class Daemon:
             router.service, router.listener_limits(index), label=router.label, observe=router.stats.observe,
             clock=self.runtime.clock, admission=router.admission,
         )
-        server = await asyncio.get_running_loop().create_server(
-            listener.protocol_factory,
-            server_config.ip,
-            server_config.port,
-            reuse_address=True,
-            reuse_port=self._reuse_port,
-            backlog=2048,
-            family=socket.AF_INET6 if ":" in server_config.ip else socket.AF_INET,
+        loop = asyncio.get_running_loop()
+        inherited = (
+            self._inherited.take(router.label, index, server_config.ip, server_config.port)
+            if self._inherited is not None
+            else None
         )
+        if inherited is not None:
+            # the very socket the previous meshd listened on, accept queue and all
+            server = await loop.create_server(listener.protocol_factory, sock=inherited, backlog=2048)
+        else:
+            server = await loop.create_server(
+                listener.protocol_factory,
+                server_config.ip,
+                server_config.port,
+                reuse_address=True,
+                reuse_port=self._reuse_port,
+                backlog=2048,
+                family=socket.AF_INET6 if ":" in server_config.ip else socket.AF_INET,
+            )
         port = server.sockets[0].getsockname()[1]
         log.info("router %s listening on %s:%d", router.label, server_config.ip, port)
         return Bound(router.label, index, server_config.ip, port, listener, server, server_config.port)
@@ -218,6 +242,17 @@ class Daemon:
             )
             watcher.load_initial()
         return router, watcher
+
+    def _listening(self) -> list[tuple[Listening, int]]:
+        """The listening sockets to hand over to a newer meshd, with their descriptors."""
+        return [
+            (Listening(b.router, b.index, b.ip, b.port, b.configured_port), b.server.sockets[0].fileno())
+            for b in self.bound
+        ]
+
+    def _handed_over(self) -> None:
+        """A newer meshd serves on our sockets: drain and stop, as on SIGTERM."""
+        self._stop_requested.set()
 
     def port_of(self, router: str, index: int = 0) -> int:
         for b in self.bound:
@@ -441,6 +476,8 @@ class Daemon:
             await namer.close()
         if self._admin_runner is not None:
             await stop_admin(self._admin_runner)
+        if self._handover_server is not None:
+            self._handover_server.close()
         self._stopped.set()
 
     def _on_sighup(self) -> None:
@@ -452,11 +489,16 @@ class Daemon:
     async def run_until_signalled(self) -> None:
         """Start, then serve until SIGTERM or SIGINT, then drain and stop."""
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
+        stop = self._stop_requested
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            if self._inherited is not None:
+                self._inherited.abandon()  # the previous meshd serves on
+            raise
         await stop.wait()
         log.info("signal received: draining (up to %d ms)", self.config.drain_timeout_ms)
         await self.shutdown()

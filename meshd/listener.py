@@ -72,6 +72,8 @@ log = logging.getLogger("meshd.listener")
 UNIDENTIFIED: Final = "_unidentified"
 #: the name of each downstream connection's task (see `ServerProtocol._serve`)
 CONNECTION_TASK: Final = "meshd connection"
+#: how long a drain waits for the first request of a connection that has sent nothing yet
+DRAIN_GRACE_S: Final = 1.0
 #: the status a request is counted under when its client left before the response began (nginx's 499)
 CLIENT_CLOSED_REQUEST: Final = 499
 
@@ -206,6 +208,8 @@ class ServerProtocol(asyncio.Protocol):
         self._head_started = -1.0
         #: the body of the last request parsed, while it is still arriving
         self._body: Body | None = None
+        #: a response was written on this connection (a drain closes it at once when idle)
+        self._answered = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -477,6 +481,7 @@ class ServerProtocol(asyncio.Protocol):
             body.pause_producing()
 
     def _exchange_done(self, keep_alive: bool) -> None:
+        self._answered = True
         self._active_response = None
         request = self._active
         self._active = None
@@ -631,6 +636,17 @@ class ServerProtocol(asyncio.Protocol):
     def drain(self) -> None:
         self._draining = True
         if self._active is None and not self._queue and self._body is None:
+            if self._answered or self._codec.in_head:
+                self._close()  # idle keep-alive (a client retries on a new connection), or mid-head
+            else:
+                # Accepted but nothing received yet: the client has sent, or is about to send,
+                # its first request (a hand-over or a drain races with its connect). Closing now
+                # would lose that request; it is answered (with `Connection: close`) if it
+                # arrives within the grace period, else the connection closes then.
+                self._timers.call_later(DRAIN_GRACE_S, self._close_if_unused)
+
+    def _close_if_unused(self) -> None:
+        if self._active is None and not self._queue and self._body is None and not self._codec.in_head:
             self._close()
 
     def abort(self) -> None:

@@ -15,7 +15,7 @@ import pathlib
 import re
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import yaml
@@ -49,12 +49,19 @@ class MeshdProcess:
     """One meshd subprocess: `async with MeshdProcess(workdir, config) as mesh:` runs it, then kills it."""
 
     def __init__(
-        self, workdir: pathlib.Path, config: Mapping[str, object], *, log_level: str = "info"
+        self,
+        workdir: pathlib.Path,
+        config: Mapping[str, object],
+        *,
+        log_level: str = "info",
+        args: Sequence[str] = (),
+        name: str = "meshd",
     ) -> None:
         self.workdir = workdir
         self.disco = workdir / "disco"
         self.config_path = workdir / "meshd.yaml"
-        self.log_path = workdir / "meshd.log"
+        self.log_path = workdir / f"{name}.log"
+        self._args = tuple(args)
         self._config = config
         self._log_level = log_level
         self._process: asyncio.subprocess.Process | None = None
@@ -92,6 +99,7 @@ class MeshdProcess:
                 str(self.config_path),
                 "--log-level",
                 self._log_level,
+                *self._args,
                 cwd=self.workdir,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
