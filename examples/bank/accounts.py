@@ -25,7 +25,7 @@ from typing import Final, Literal
 from aiohttp import web
 
 from examples.bank.authorisation import FUNDING_ACCOUNT, INCOME_TOPIC, customer_ledger_account
-from examples.bank.consumer import Event, Handler, attach_consumer
+from examples.bank.consumer import Event, Handler, Unavailable, attach_consumer
 from examples.bank.ledger_book import transfer
 from examples.bank.mesh import MESH, attach_mesh
 from examples.bank.options import ServiceOptions
@@ -125,8 +125,10 @@ def _income_handler(app: web.Application) -> Handler:
         legs = transfer(FUNDING_ACCOUNT, customer_ledger_account(account_id), amount)
         body: dict[str, object] = {"legs": [leg.to_json() for leg in legs]}
         reply = await app[MESH].call("ledger", "PUT", f"/transactions/income:{event.id}", body=body)
+        if reply.status >= 500:
+            raise Unavailable(f"ledger answered {reply.status} for income {event.id}")
         if reply.status not in (200, 201):
-            raise RuntimeError(f"ledger answered {reply.status} for income {event.id}")
+            raise RuntimeError(f"ledger answered {reply.status} for income {event.id}: {reply.body}")
 
         def credit(db: sqlite3.Connection) -> bool:
             cursor = db.execute(

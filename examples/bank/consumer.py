@@ -2,9 +2,11 @@
 
 How this works: the loop asks `events` (through meshd, `Host: events`) for a batch of its group's events,
 long-polling up to a second when there are none, hands each to the service's handler, then acknowledges the
-batch. A handler that fails (raises) leaves its event unacknowledged and tells the log at once (`nack`), so it
-is delivered again, and after `--max-deliveries` failures it goes to the dead-letter topic instead of
-stalling the group. A consumer that dies mid-batch loses nothing: whatever it did not acknowledge is
+batch. A handler that finds a peer down (the log, the ledger: it raises `Unavailable`) is retried in place with
+backoff, and if the peer stays down the rest of the batch is left to come back after the ack wait: an outage
+never spends an event's deliveries. A handler that fails otherwise (the event itself is bad) refuses it
+(`nack`): it is delivered again, and after `--max-deliveries` failures it goes to the dead-letter topic
+instead of stalling the group. A consumer that dies mid-batch loses nothing: whatever it did not acknowledge is
 delivered again after the ack wait. Deliveries are at least once, so every handler is idempotent by event id
 (the authorisation id), and reports whether the event was new to it: `duplicates` counts the events that
 were delivered again after their work was already done, which the demo shows.
@@ -28,6 +30,7 @@ FETCH_BATCH: Final = 50
 FETCH_WAIT_MS: Final = 1000
 FIRST_BACKOFF_SECS: Final = 0.05
 MAX_BACKOFF_SECS: Final = 2.0
+TRANSIENT_ATTEMPTS: Final = 6
 
 _log = logging.getLogger(__name__)
 
@@ -42,7 +45,8 @@ class Event:
 
 
 Handler = Callable[[Event], Awaitable[bool]]
-"""Does the event's work; answers True if it was new, False if it had been done before. Raises to refuse."""
+"""Does the event's work; answers True if it was new, False if it had been done before. Raises Unavailable
+when a peer is down (retried in place), anything else to refuse the event (it counts toward dead-lettering)."""
 
 
 class ConsumerStats:
@@ -51,6 +55,7 @@ class ConsumerStats:
         self.duplicates = 0
         self.redelivered = 0
         self.failures = 0
+        self.retries = 0
 
     def __repr__(self) -> str:
         return f"ConsumerStats({self.to_json()})"
@@ -61,6 +66,7 @@ class ConsumerStats:
             "duplicates": self.duplicates,
             "redelivered": self.redelivered,
             "failures": self.failures,
+            "retries": self.retries,
         }
 
 
@@ -92,8 +98,15 @@ class EventConsumer:
         refused: list[str] = []
         for event, receipt in events:
             try:
-                new = await self._handler(event)
-            except Exception as exc:  # the event is refused and comes back; the loop goes on
+                new = await self._handle_retrying(event)
+            except Unavailable as exc:
+                # A peer or the log is down, not the event at fault: leave this event and the rest of the batch
+                # unsettled (they come back after the ack wait) rather than spend their deliveries.
+                _log.warning("%s/%s: giving up on the batch for now: %s", self.topic, self.group, exc)
+                break
+            except (
+                Exception
+            ) as exc:  # the event itself fails: refused, it comes back, and dead-letters in the end
                 self.stats.failures += 1
                 _log.warning("%s/%s: event %s failed: %s", self.topic, self.group, event.id, exc)
                 refused.append(receipt)
@@ -107,6 +120,21 @@ class EventConsumer:
         if refused:
             await self._settle(f"{base}/nack", refused)
         return len(done)
+
+    async def _handle_retrying(self, event: Event) -> bool:
+        """Run the handler; while it reports Unavailable (or cannot reach meshd), retry in place with backoff
+        (50 ms doubling, TRANSIENT_ATTEMPTS tries, about 6 s), then raise Unavailable."""
+        backoff = FIRST_BACKOFF_SECS
+        for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+            try:
+                return await self._handler(event)
+            except (Unavailable, MeshUnavailable) as exc:
+                self.stats.retries += 1
+                if attempt == TRANSIENT_ATTEMPTS:
+                    raise Unavailable(str(exc)) from exc
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECS)
+        raise AssertionError("unreachable")
 
     async def run(self) -> None:
         backoff = FIRST_BACKOFF_SECS
@@ -128,6 +156,11 @@ class EventConsumer:
 
 class ConsumeFailed(Exception):
     """The log answered a fetch or an acknowledgement with an error."""
+
+
+class Unavailable(Exception):
+    """Raised by a handler when a peer it needs (the log, the ledger) is down or answered 5xx: the event is
+    retried in place, and never counted as a failed delivery."""
 
 
 def _event(topic: str, item: object) -> tuple[Event, str]:

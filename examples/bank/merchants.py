@@ -15,7 +15,7 @@ from typing import Final
 from aiohttp import web
 
 from examples.bank.authorisation import DECISIONS_TOPIC, ENRICHED_TOPIC
-from examples.bank.consumer import Event, Handler, attach_consumer
+from examples.bank.consumer import Event, Handler, Unavailable, attach_consumer
 from examples.bank.mesh import MESH, attach_mesh
 from examples.bank.options import ServiceOptions
 from examples.bank.payloads import field_str, read_object
@@ -103,8 +103,10 @@ def _enrichment_handler(app: web.Application) -> Handler:
         enriched = dict(event.payload) | {"merchant_name": name, "category": category}
         body: dict[str, object] = {"events": [{"id": event.id, "payload": enriched}]}
         reply = await app[MESH].call("events", "POST", f"/topics/{ENRICHED_TOPIC}", body=body)
+        if reply.status >= 500:
+            raise Unavailable(f"publishing the enriched event answered {reply.status}")
         if not reply.ok:
-            raise RuntimeError(f"publishing the enriched event answered {reply.status}")
+            raise RuntimeError(f"publishing the enriched event answered {reply.status}: {reply.body}")
         published = reply.body.get("published")
         return not (isinstance(published, list) and published and published[0].get("duplicate") is True)
 

@@ -155,3 +155,25 @@ async def test_income_events_credit_the_account_and_the_ledger_once(bank):
     ledger = await get_json(f"{bank.url('ledger')}/balances/customer:c-1")
     assert ledger["balance"] == 2_000  # the opening balance was never posted in this test; the income was
     assert (await authorise(bank, "a-2", "c-1", 1_500))["decision"] == "approved"
+
+
+async def test_a_peer_outage_is_retried_in_place_and_never_dead_letters_an_event(bank):
+    await open_account(bank, "c-1", 1_000)
+    bank.router.fail("ledger")  # the income consumer needs the ledger
+    salary = {"id": "salary-1", "payload": {"account_id": "c-1", "amount": 2_000}}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{bank.router_url}/topics/income", json={"events": [salary]}, headers={"Host": "events"}
+        ) as response:
+            assert response.status == 200
+
+    async def retried() -> bool:
+        return (await consumer_stats(bank, "accounts"))["retries"] >= 2
+
+    await wait_until(retried, timeout=10, message="the income consumer to retry against the dead ledger")
+    bank.router.heal("ledger")
+    await settle(bank)
+    stats = await consumer_stats(bank, "accounts")
+    assert (stats["handled"], stats["failures"]) == (1, 0)
+    assert (await get_json(f"{bank.url('accounts')}/accounts/c-1"))["credited"] == 2_000
+    assert (await get_json(f"{bank.url('events')}/topics/dlq.income.accounts/events"))["events"] == []
