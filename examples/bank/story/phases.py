@@ -140,19 +140,38 @@ class Story:
 
     async def _chaos(self, start: float, end: float) -> tuple[int, list[str]]:
         layout, interval = self._cluster.layout, self._plan.kill_interval_secs
-        ledgers, accounts = itertools.cycle(layout.of("ledger")), itertools.cycle(layout.of("accounts"))
-        kills = 0
+        # Consumers of the event log die too, mid-batch: what they had not acknowledged is delivered again.
+        groups = (
+            layout.of("ledger"),
+            layout.of("accounts"),
+            (*layout.of("merchants"), *layout.of("feed"), *layout.of("notifications")),
+        )
+        pools = [itertools.cycle(group) for group in groups if group]
+        brokers = itertools.cycle(layout.brokers) if layout.brokers else None
+        kills = broker_kills = rounds = 0
         tick = start + interval / 2
         while tick < end - interval / 4:  # four rounds, the last one with time left to restart
             await self._clock.sleep_until(tick)
-            victims = (next(ledgers), next(accounts))
-            self._log(f"  SIGKILL {victims[0].name} and {victims[1].name}, then restart them")
-            await asyncio.gather(*(self._cluster.crash_and_restart(victim) for victim in victims))
+            victims = tuple(next(pool) for pool in pools)
+            crashes = [self._cluster.crash_and_restart(victim) for victim in victims]
+            names = [victim.name for victim in victims]
+            if brokers is not None and rounds % 2 == 0:  # a broker node every other round: one down at a time
+                broker = next(brokers)
+                crashes.append(self._cluster.crash_and_restart_broker(broker))
+                names.append(broker.name)
+                broker_kills += 1
+            self._log(f"  SIGKILL {', '.join(names)}, then restart them")
+            await asyncio.gather(*crashes)
             kills += len(victims)
+            rounds += 1
             tick += interval
-        return kills, [
-            f"{kills} replicas SIGKILLed and restarted, about every {interval:.1f}s; disco files untouched"
+        notes = [
+            f"{kills} replicas SIGKILLed and restarted (ledger, accounts and a consumer of the event log each "
+            f"round), about every {interval:.1f}s; disco files untouched"
         ]
+        if broker_kills:
+            notes.append(f"{broker_kills} NATS nodes SIGKILLed and restarted (one of 3 at a time)")
+        return kills, notes
 
     async def _slow(self, start: float, end: float) -> tuple[SlowReplicaReport, list[str]]:
         layout = self._cluster.layout
