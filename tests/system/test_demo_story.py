@@ -139,3 +139,5 @@ def test_the_event_log_side_caught_up_and_customers_stay_solvent(story):
     rates = [p["approval_rate"] for p in story["phases"]]
     assert min(rates) >= 0.8, rates
     assert any(p["max_lag"] is not None for p in story["phases"]), story["phases"]
+    chaos = phase(story, "chaos")
+    assert any("took over the outbox relay" in note for note in chaos["notes"]), chaos["notes"]

@@ -24,6 +24,7 @@ import aiohttp
 import examples
 from examples.bank.authorisation import FUNDING_ACCOUNT, customer_ledger_account
 from examples.bank.ledger_book import transfer
+from examples.bank.relay import RELAY_LOCK
 from examples.bank.story.canary import routes_document
 from examples.bank.story.metrics import MeshCounters, scrape
 from examples.bank.story.probing import StartupError, http_status, wait_until
@@ -87,6 +88,25 @@ class Cluster:
             )
         except TimeoutError as exc:
             raise StartupError(f"{exc}\n{self.supervisor.log_tail(broker.name)}") from None
+
+    def write_disco(self, service: str, replicas: Sequence[Replica]) -> None:
+        """Rewrite the fs namer's file for `service` (meshd re-reads it within its poll interval)."""
+        lines = "".join(f"127.0.0.1 {replica.port}\n" for replica in replicas)
+        write_atomically(self.layout.disco_dir / service, lines)
+
+    async def relay_lease(self) -> dict[str, object] | None:
+        """Who holds the outbox relay's lock right now (read from a locks replica directly), or None."""
+        locks = self.layout.of("locks")
+        if not locks:
+            return None
+        try:
+            async with self.session.get(f"{locks[0].url}/locks/{RELAY_LOCK}") as response:
+                if response.status != 200:
+                    return None
+                lease: dict[str, object] = await response.json()
+                return lease
+        except aiohttp.ClientError:
+            return None
 
     async def set_chaos(self, replica: Replica, *, latency_ms: float = 0.0, fail_rate: float = 0.0) -> None:
         body = {"latency_ms": latency_ms, "fail_rate": fail_rate}
