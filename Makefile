@@ -3,10 +3,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DURATION ?= 60
 RATE ?= 50
+# The bank's event log: sqlite (embedded) or nats (a 3-node JetStream cluster the demo starts).
+BUS ?= sqlite
 # Debian packages the test suite and benchmarks run for real: nginx, HAProxy and wrk (bench),
-# dnsmasq (dns namer), chromium (dashboard).
-DEBIAN_PACKAGES := nginx haproxy wrk dnsmasq chromium
-PROGRAMS := nginx haproxy wrk dnsmasq chromium
+# dnsmasq (dns namer), chromium (dashboard), nats-server and etcd-server (the bank's event log and
+# locks, docs/events.md).
+DEBIAN_PACKAGES := nginx haproxy wrk dnsmasq chromium nats-server etcd-server
+PROGRAMS := nginx haproxy wrk dnsmasq chromium nats-server etcd
 
 .PHONY: FORCE install compile build-deps test lint typecheck unit demo bench bench-peers system-deps clean \
   docker-engine image image-test
@@ -112,8 +115,8 @@ typecheck: install
 test: install system-deps lint typecheck
 	MESHD_BENCH_SMOKE_MESHD=1 $(PY) -m pytest
 
-demo: install
-	$(PY) -m examples.bank.demo --duration $(DURATION) --rate $(RATE)
+demo: install $(if $(filter nats,$(BUS)),system-deps)
+	$(PY) -m examples.bank.demo --duration $(DURATION) --rate $(RATE) --bus $(BUS)
 
 bench: install bench-peers
 	$(VENV)/bin/meshd-bench all

@@ -24,6 +24,10 @@ from typing import Final, Literal
 
 from aiohttp import web
 
+from examples.bank.authorisation import FUNDING_ACCOUNT, INCOME_TOPIC, customer_ledger_account
+from examples.bank.consumer import Event, Handler, Unavailable, attach_consumer
+from examples.bank.ledger_book import transfer
+from examples.bank.mesh import MESH, attach_mesh
 from examples.bank.options import ServiceOptions
 from examples.bank.payloads import field_int, field_str, read_object
 from examples.bank.replica import create_replica_app
@@ -48,6 +52,13 @@ CREATE TABLE IF NOT EXISTS holds (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS holds_by_account ON holds (account_id, status);
+CREATE TABLE IF NOT EXISTS credits (
+    credit_id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS credits_by_account ON credits (account_id);
 """
 
 
@@ -62,10 +73,12 @@ class AccountView:
     opening_balance: int
     held: int
     captured: int
+    credited: int = 0
+    """Income received (salary, top-ups): credited from the `income` topic with `--events`."""
 
     @property
     def available(self) -> int:
-        return self.opening_balance - self.held - self.captured
+        return self.opening_balance + self.credited - self.held - self.captured
 
     def to_json(self) -> dict[str, object]:
         return {**asdict(self), "available": self.available}
@@ -92,7 +105,41 @@ def create_app(options: ServiceOptions) -> web.Application:
     app.router.add_put("/holds/{auth_id}", _place_hold)
     app.router.add_delete("/holds/{auth_id}", _release_hold)
     app.router.add_put("/holds/{auth_id}/capture", _capture_hold)
+    if options.events:
+        attach_mesh(app, options.meshd)
+        attach_consumer(app, INCOME_TOPIC, "accounts", _income_handler)
     return app
+
+
+def _income_handler(app: web.Application) -> Handler:
+    """Income as a consumer: an event `{"account_id", "amount"}` on `income` (id: the payment's own id) is
+    posted to the ledger as `income:<id>` (from the bank's funding account, through meshd; the key makes a
+    redelivery harmless) and then credited here under the same id, at most once. The ledger first: a crash in
+    between is finished by the redelivery, and the account never shows money the ledger has not got."""
+
+    async def handle(event: Event) -> bool:
+        account_id = field_str(event.payload, "account_id")
+        amount = field_int(event.payload, "amount", minimum=1)
+        if await app[DATABASE].read(lambda db: _account(db, account_id)) is None:
+            raise LookupError(f"income {event.id} for unknown account {account_id}")
+        legs = transfer(FUNDING_ACCOUNT, customer_ledger_account(account_id), amount)
+        body: dict[str, object] = {"legs": [leg.to_json() for leg in legs]}
+        reply = await app[MESH].call("ledger", "PUT", f"/transactions/income:{event.id}", body=body)
+        if reply.status >= 500:
+            raise Unavailable(f"ledger answered {reply.status} for income {event.id}")
+        if reply.status not in (200, 201):
+            raise RuntimeError(f"ledger answered {reply.status} for income {event.id}: {reply.body}")
+
+        def credit(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO credits (credit_id, account_id, amount, created_at) VALUES (?, ?, ?, ?)",
+                (event.id, account_id, amount, time.time()),
+            )
+            return cursor.rowcount == 1
+
+        return await app[DATABASE].write(credit)
+
+    return handle
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -210,7 +257,8 @@ async def _capture_hold(request: web.Request) -> web.Response:
 _ACCOUNT_QUERY: Final = """
 SELECT a.id, a.opening_balance,
        COALESCE(SUM(CASE WHEN h.status = 'held' THEN h.amount END), 0) AS held,
-       COALESCE(SUM(CASE WHEN h.status = 'captured' THEN h.amount END), 0) AS captured
+       COALESCE(SUM(CASE WHEN h.status = 'captured' THEN h.amount END), 0) AS captured,
+       (SELECT COALESCE(SUM(c.amount), 0) FROM credits c WHERE c.account_id = a.id) AS credited
 FROM accounts a LEFT JOIN holds h ON h.account_id = a.id
 """
 
@@ -225,7 +273,13 @@ def _all_accounts(db: sqlite3.Connection) -> list[AccountView]:
 
 
 def _account_view(row: sqlite3.Row) -> AccountView:
-    return AccountView(str(row["id"]), int(row["opening_balance"]), int(row["held"]), int(row["captured"]))
+    return AccountView(
+        str(row["id"]),
+        int(row["opening_balance"]),
+        int(row["held"]),
+        int(row["captured"]),
+        int(row["credited"]),
+    )
 
 
 def _hold(db: sqlite3.Connection, auth_id: str) -> Hold | None:

@@ -150,3 +150,29 @@ def notification_text(request: AuthRequest, decision: str, reason: str, merchant
     if decision == "approved":
         return f"You paid {amount} at {where}."
     return f"A card payment of {amount} at {where} was declined ({reason})."
+
+
+DECISIONS_TOPIC: Final = "authorisations"
+"""Payments publishes one event per decided authorisation here (id: the authorisation id)."""
+ENRICHED_TOPIC: Final = "authorisations-enriched"
+"""Merchants republishes each decision here with the merchant's name and category, for feed and notifications."""
+INCOME_TOPIC: Final = "income"
+"""Salaries and top-ups (`{"account_id", "amount"}`), credited by the accounts service."""
+
+
+def decision_event(request: AuthRequest, outcome: Outcome) -> dict[str, object]:
+    """The payload of the decision event: the request, the decision, and whether the ledger still needs it."""
+    return request.to_json() | {
+        "decision": outcome.decision,
+        "reason": outcome.reason,
+        "ledger_posted": "ledger" not in outcome.steps,
+    }
+
+
+def request_of_event(payload: JsonObject) -> AuthRequest:
+    """The authorisation a decision event is about (InvalidPayload if the event is malformed)."""
+    return AuthRequest.from_json(payload)
+
+
+def event_decision(payload: JsonObject) -> tuple[str, str]:
+    return field_str(payload, "decision"), str(payload.get("reason", ""))

@@ -29,8 +29,17 @@ from typing import Final
 
 import aiohttp
 
+from examples.bank.authorisation import DECISIONS_TOPIC
 from examples.bank.simulator import Cardholders, LoopClock, MeshAuthoriser, Simulator, plan_traffic
 from examples.bank.story.cluster import running_cluster
+from examples.bank.story.eventlog import (
+    LagSamples,
+    PayrollPlan,
+    PayrollResult,
+    replay_into_fresh_group,
+    run_payroll,
+    sample_lag,
+)
 from examples.bank.story.integrity import check_integrity, read_bank_state
 from examples.bank.story.phases import Story, StoryPlan
 from examples.bank.story.probing import StartupError
@@ -55,6 +64,7 @@ class DemoOptions:
     meshd_command: tuple[str, ...] = (sys.executable, "-m", "meshd")
     startup_timeout_secs: float = 30.0
     json_out: Path | None = None
+    bus: str = "sqlite"
 
     def __post_init__(self) -> None:
         if self.duration_secs <= 0:
@@ -65,6 +75,8 @@ class DemoOptions:
             raise ValueError(f"cardholders must be at least 1, got {self.cardholders}")
         if not self.meshd_command:
             raise ValueError("meshd command must not be empty")
+        if self.bus not in ("sqlite", "nats"):
+            raise ValueError(f"bus must be sqlite or nats, got {self.bus!r}")
         if self.startup_timeout_secs <= 0:
             raise ValueError(f"startup timeout must be positive, got {self.startup_timeout_secs}")
 
@@ -72,7 +84,7 @@ class DemoOptions:
 async def run_demo(options: DemoOptions, *, log: Log) -> DemoResult:
     rng = random.Random(options.seed)
     cardholders = Cardholders.generate(options.cardholders, random.Random(options.seed))
-    layout = plan_layout(options.workdir / time.strftime(f"run-%Y%m%d-%H%M%S-{os.getpid()}"))
+    layout = plan_layout(options.workdir / time.strftime(f"run-%Y%m%d-%H%M%S-{os.getpid()}"), bus=options.bus)
     plan = StoryPlan.for_duration(options.duration_secs)
     log(
         f"work directory {layout.workdir}; story of {plan.total_secs:.0f}s at {options.rate:g} authorisations/s"
@@ -86,13 +98,14 @@ async def run_demo(options: DemoOptions, *, log: Log) -> DemoResult:
     ) as cluster:
         clock = LoopClock()
         start = clock.now() + TRAFFIC_LEAD_SECS
+        run_id = f"{time.strftime('%H%M%S')}{rng.randrange(16**4):04x}"
         traffic = plan_traffic(
             rate_per_sec=options.rate,
             duration_secs=plan.total_secs,
             start=start,
             cardholders=cardholders,
             rng=rng,
-            run_id=f"{time.strftime('%H%M%S')}{rng.randrange(16**4):04x}",
+            run_id=run_id,
         )
         story = Story(
             cluster,
@@ -102,15 +115,45 @@ async def run_demo(options: DemoOptions, *, log: Log) -> DemoResult:
             account_ids=cardholders.account_ids,
             log=log,
         )
+        payroll_plan = PayrollPlan.for_traffic(
+            rate=options.rate, customers=len(cardholders.account_ids), duration_secs=plan.total_secs
+        )
+        payroll, lags = PayrollResult(), LagSamples()
         # No connection limit: an open-loop client must never queue requests behind slow ones.
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             simulator = Simulator(MeshAuthoriser(session, layout.meshd_url), clock)
-            async with asyncio.TaskGroup() as group:
-                told = group.create_task(story.run(start))
-                sent = group.create_task(simulator.run(traffic))
+            events_urls = [replica.url for replica in layout.of("events")]
+            sampler = asyncio.create_task(sample_lag(session, events_urls, clock, lags))
+            try:
+                async with asyncio.TaskGroup() as group:
+                    told = group.create_task(story.run(start))
+                    sent = group.create_task(simulator.run(traffic))
+                    group.create_task(
+                        run_payroll(
+                            session,
+                            layout.meshd_url,
+                            clock,
+                            plan=payroll_plan,
+                            account_ids=cardholders.account_ids,
+                            run_id=run_id,
+                            start=start,
+                            end=start + plan.total_secs,
+                            result=payroll,
+                        )
+                    )
+            finally:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
         outcome, results = told.result(), sent.result()
+        log(f"{payroll.salaries} salaries paid on {payroll.paydays} paydays")
         log(f"{len(results)} authorisations answered; checking the books")
         state = await read_bank_state(cluster.session, layout)
+        replay_group = f"replay-{run_id}"
+        log(f"replaying {DECISIONS_TOPIC} from offset 1 into a fresh group, {replay_group}")
+        replay = await replay_into_fresh_group(
+            cluster.session, layout.meshd_url, DECISIONS_TOPIC, replay_group
+        )
     phases = tuple(
         summarise_phase(
             window.name,
@@ -119,6 +162,7 @@ async def run_demo(options: DemoOptions, *, log: Log) -> DemoResult:
             results=results,
             counters=window.counters,
             notes=window.notes,
+            max_lag=lags.max_between(window.start, window.end),
         )
         for window in outcome.windows
     )
@@ -130,7 +174,16 @@ async def run_demo(options: DemoOptions, *, log: Log) -> DemoResult:
         phases=phases,
         slow_replica=outcome.slow_replica,
         canary=outcome.canary,
-        integrity=check_integrity(results, state, cardholders.opening_balances),
+        integrity=check_integrity(results, state, cardholders.opening_balances, replay=replay),
+        payroll={
+            "paydays": payroll.paydays,
+            "salaries": payroll.salaries,
+            "cents": payroll.cents,
+            "failed_batches": payroll.failed_batches,
+            "period_secs": round(payroll_plan.period_secs, 1),
+            "salary_cents": payroll_plan.salary_cents,
+        },
+        replay=replay.to_json(),
     )
 
 
@@ -185,6 +238,12 @@ def _parse(argv: Sequence[str] | None) -> DemoOptions:
     )
     parser.add_argument("--startup-timeout", type=float, default=30.0, help="seconds to wait for each start")
     parser.add_argument("--json-out", type=Path, default=None, help="write the result as JSON here")
+    parser.add_argument(
+        "--bus",
+        choices=("sqlite", "nats"),
+        default="sqlite",
+        help="the event log's engine: embedded SQLite, or a 3-node NATS JetStream cluster the demo starts",
+    )
     args = parser.parse_args(argv)
     try:
         return DemoOptions(
@@ -196,6 +255,7 @@ def _parse(argv: Sequence[str] | None) -> DemoOptions:
             meshd_command=tuple(shlex.split(args.meshd_command)),
             startup_timeout_secs=args.startup_timeout,
             json_out=args.json_out,
+            bus=args.bus,
         )
     except ValueError as exc:
         parser.error(str(exc))

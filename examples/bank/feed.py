@@ -17,11 +17,14 @@ from typing import Final
 
 from aiohttp import web
 
+from examples.bank.authorisation import ENRICHED_TOPIC, event_decision, request_of_event
+from examples.bank.consumer import Event, Handler, attach_consumer
+from examples.bank.mesh import attach_mesh
 from examples.bank.options import ServiceOptions
 from examples.bank.payloads import field_int, field_str, read_object
 from examples.bank.replica import create_replica_app
 from examples.bank.serve import serve
-from examples.bank.storage import DATABASE, attach_database
+from examples.bank.storage import DATABASE, Database, attach_database
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -44,6 +47,9 @@ def create_app(options: ServiceOptions) -> web.Application:
     app.router.add_put("/feed/{customer_id}/{auth_id}", _put_entry)
     app.router.add_get("/feed/{customer_id}", _customer_feed)
     app.router.add_get("/feed", _all_entries)
+    if options.events:
+        attach_mesh(app, options.meshd)
+        attach_consumer(app, ENRICHED_TOPIC, "feed", _feed_handler)
     return app
 
 
@@ -62,13 +68,39 @@ async def _put_entry(request: web.Request) -> web.Response:
         field_str(body, "category"),
         time.time(),
     )
+    created = await record_entry(request.app[DATABASE], entry)
+    return web.json_response({"auth_id": auth_id, "created": created}, status=201 if created else 200)
+
+
+async def record_entry(database: Database, entry: tuple[str, str, int, str, str, float]) -> bool:
+    """Insert the entry unless its authorisation id has one already; answers whether it was new."""
 
     def work(db: sqlite3.Connection) -> bool:
         cursor = db.execute(f"INSERT OR IGNORE INTO entries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", entry)
         return cursor.rowcount == 1
 
-    created = await request.app[DATABASE].write(work)
-    return web.json_response({"auth_id": auth_id, "created": created}, status=201 if created else 200)
+    return await database.write(work)
+
+
+def _feed_handler(app: web.Application) -> Handler:
+    """The feed as a consumer of enriched decisions: an approved card payment becomes one entry."""
+
+    async def handle(event: Event) -> bool:
+        decision, _ = event_decision(event.payload)
+        if decision != "approved":
+            return True
+        request = request_of_event(event.payload)
+        entry = (
+            request.auth_id,
+            request.account_id,
+            request.amount,
+            field_str(event.payload, "merchant_name"),
+            field_str(event.payload, "category"),
+            time.time(),
+        )
+        return await record_entry(app[DATABASE], entry)
+
+    return handle
 
 
 async def _customer_feed(request: web.Request) -> web.Response:

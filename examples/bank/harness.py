@@ -20,13 +20,18 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from examples.bank import accounts, feed, ledger, merchants, notifications, payments
+from examples.bank import accounts, feed, ledger, locks, merchants, notifications, payments
+from examples.bank.events import service as events_service
 from examples.bank.options import ServiceOptions
 from examples.bank.outbox import RetryPolicy
 
 AppFactory = Callable[[ServiceOptions], web.Application]
 
 SERVICES: Final[tuple[str, ...]] = ("accounts", "ledger", "payments", "merchants", "feed", "notifications")
+"""Without the event log: the after-answer work runs as calls from the payments outbox."""
+SERVICES_ON_THE_LOG: Final[tuple[str, ...]] = ("events", "locks", *SERVICES)
+"""With `events=True`: the events service (embedded SQLite) and the locks service (the relay's leader
+election) start first, and the others use them."""
 
 _HOP_BY_HOP: Final = frozenset({"host", "connection", "keep-alive", "transfer-encoding", "content-length"})
 
@@ -143,10 +148,12 @@ async def running_bank(
     *,
     replicas: Mapping[str, int] | None = None,
     retry_policy: RetryPolicy | None = None,
+    events: bool = False,
 ) -> AsyncIterator[BankHarness]:
     """Start every service (one replica each unless `replicas` says otherwise) with its database under
-    `directory`; replicas of a service share its database file, as they do in the demo."""
-    counts = {service: 1 for service in SERVICES} | dict(replicas or {})
+    `directory`; replicas of a service share its database file, as they do in the demo. `events=True` runs
+    the after-answer work on the event log (the services' `--events`)."""
+    counts = {service: 1 for service in (SERVICES_ON_THE_LOG if events else SERVICES)} | dict(replicas or {})
     factories = _factories(retry_policy)
     router = HostRouter()
     async with AsyncExitStack() as stack:
@@ -160,6 +167,7 @@ async def running_bank(
                         db=directory / f"{service}.db",
                         replica=f"{service}-{index + 1}",
                         meshd=router_url,
+                        events=events,
                     )
                 )
                 for index in range(count)
@@ -180,4 +188,6 @@ def _factories(retry_policy: RetryPolicy | None) -> dict[str, AppFactory]:
         "merchants": merchants.create_app,
         "feed": feed.create_app,
         "notifications": notifications.create_app,
+        "events": events_service.create_app,
+        "locks": locks.create_app,
     }

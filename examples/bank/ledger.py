@@ -22,12 +22,15 @@ from typing import Final
 
 from aiohttp import web
 
-from examples.bank.ledger_book import balance_changes, fingerprint, parse_legs
+from examples.bank.authorisation import DECISIONS_TOPIC, event_decision, request_of_event
+from examples.bank.consumer import Event, Handler, attach_consumer
+from examples.bank.ledger_book import Leg, balance_changes, fingerprint, parse_legs
+from examples.bank.mesh import attach_mesh
 from examples.bank.options import ServiceOptions
 from examples.bank.payloads import read_object
 from examples.bank.replica import create_replica_app
 from examples.bank.serve import serve
-from examples.bank.storage import DATABASE, attach_database
+from examples.bank.storage import DATABASE, Database, attach_database
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS transactions (
@@ -58,6 +61,9 @@ def create_app(options: ServiceOptions) -> web.Application:
     app.router.add_get("/transactions", _list_transactions)
     app.router.add_get("/balances", _balances)
     app.router.add_get("/balances/{account}", _balance)
+    if options.events:
+        attach_mesh(app, options.meshd)
+        attach_consumer(app, DECISIONS_TOPIC, "ledger", _catch_up_handler)
     return app
 
 
@@ -68,6 +74,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 async def _post_transaction(request: web.Request) -> web.Response:
     key = request.match_info["key"]
     legs = parse_legs((await read_object(request)).get("legs"))
+    status, payload = await post_transaction(request.app[DATABASE], key, legs)
+    return web.json_response(payload, status=status)
+
+
+async def post_transaction(
+    database: Database, key: str, legs: Sequence[Leg]
+) -> tuple[int, dict[str, object]]:
+    """Post under `key` once: 201 posted, 200 the same legs again (nothing posted), 409 other legs."""
     digest = fingerprint(legs)
 
     def work(db: sqlite3.Connection) -> tuple[int, dict[str, object]]:
@@ -92,8 +106,24 @@ async def _post_transaction(request: web.Request) -> web.Response:
         )
         return 201, {"key": key, "status": "posted", "legs": document}
 
-    status, payload = await request.app[DATABASE].write(work)
-    return web.json_response(payload, status=status)
+    return await database.write(work)
+
+
+def _catch_up_handler(app: web.Application) -> Handler:
+    """Ledger catch-up, as a consumer of decisions: an approval whose posting could not be made while the card
+    network waited is posted now, under the same key (so a posting that did land after all is not doubled)."""
+
+    async def handle(event: Event) -> bool:
+        decision, _ = event_decision(event.payload)
+        if decision != "approved" or event.payload.get("ledger_posted") is True:
+            return True
+        request = request_of_event(event.payload)
+        status, answer = await post_transaction(app[DATABASE], request.ledger_key, request.ledger_legs())
+        if status == 409:
+            raise ValueError(str(answer["error"]))
+        return status == 201
+
+    return handle
 
 
 async def _get_transaction(request: web.Request) -> web.Response:

@@ -14,6 +14,9 @@ from typing import Final
 
 from aiohttp import web
 
+from examples.bank.authorisation import DECISIONS_TOPIC, ENRICHED_TOPIC
+from examples.bank.consumer import Event, Handler, Unavailable, attach_consumer
+from examples.bank.mesh import MESH, attach_mesh
 from examples.bank.options import ServiceOptions
 from examples.bank.payloads import field_str, read_object
 from examples.bank.replica import create_replica_app
@@ -53,6 +56,9 @@ def create_app(options: ServiceOptions) -> web.Application:
     app.cleanup_ctx.append(_load_catalogue)
     app.router.add_get("/merchants/{merchant_id}", _get_merchant)
     app.router.add_put("/merchants/{merchant_id}", _put_merchant)
+    if options.events:
+        attach_mesh(app, options.meshd)
+        attach_consumer(app, DECISIONS_TOPIC, "merchants", _enrichment_handler)
     return app
 
 
@@ -79,6 +85,32 @@ async def _get_merchant(request: web.Request) -> web.Response:
     if row is None:
         return web.json_response({"error": f"no merchant {merchant_id}"}, status=404)
     return web.json_response({"id": row["id"], "name": row["name"], "category": row["category"]})
+
+
+def _enrichment_handler(app: web.Application) -> Handler:
+    """Enrichment, as a consumer of decisions: each decision is published again on the enriched topic with the
+    merchant's name and category (an unknown merchant keeps its raw id, category `unknown`), under the same
+    event id, so a redelivered decision is stored there once."""
+
+    async def handle(event: Event) -> bool:
+        merchant_id = field_str(event.payload, "merchant_id")
+        row = await app[DATABASE].read(
+            lambda db: db.execute(
+                "SELECT name, category FROM merchants WHERE id = ?", (merchant_id,)
+            ).fetchone()
+        )
+        name, category = (merchant_id, "unknown") if row is None else (str(row["name"]), str(row["category"]))
+        enriched = dict(event.payload) | {"merchant_name": name, "category": category}
+        body: dict[str, object] = {"events": [{"id": event.id, "payload": enriched}]}
+        reply = await app[MESH].call("events", "POST", f"/topics/{ENRICHED_TOPIC}", body=body)
+        if reply.status >= 500:
+            raise Unavailable(f"publishing the enriched event answered {reply.status}")
+        if not reply.ok:
+            raise RuntimeError(f"publishing the enriched event answered {reply.status}: {reply.body}")
+        published = reply.body.get("published")
+        return not (isinstance(published, list) and published and published[0].get("duplicate") is True)
+
+    return handle
 
 
 async def _put_merchant(request: web.Request) -> web.Response:

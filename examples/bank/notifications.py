@@ -15,11 +15,14 @@ from typing import Final
 
 from aiohttp import web
 
+from examples.bank.authorisation import ENRICHED_TOPIC, event_decision, notification_text, request_of_event
+from examples.bank.consumer import Event, Handler, attach_consumer
+from examples.bank.mesh import attach_mesh
 from examples.bank.options import ServiceOptions
 from examples.bank.payloads import field_str, read_object
 from examples.bank.replica import create_replica_app
 from examples.bank.serve import serve
-from examples.bank.storage import DATABASE, attach_database
+from examples.bank.storage import DATABASE, Database, attach_database
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS pushes (
@@ -36,6 +39,9 @@ def create_app(options: ServiceOptions) -> web.Application:
     attach_database(app, options.db, SCHEMA)
     app.router.add_put("/notifications/{auth_id}", _push)
     app.router.add_get("/notifications", _list)
+    if options.events:
+        attach_mesh(app, options.meshd)
+        attach_consumer(app, ENRICHED_TOPIC, "notifications", _push_handler)
     return app
 
 
@@ -47,6 +53,12 @@ async def _push(request: web.Request) -> web.Response:
     auth_id = request.match_info["auth_id"]
     body = await read_object(request)
     push = (auth_id, field_str(body, "customer_id"), field_str(body, "message"), time.time())
+    created = await record_push(request.app[DATABASE], push)
+    return web.json_response({"auth_id": auth_id, "created": created}, status=201 if created else 200)
+
+
+async def record_push(database: Database, push: tuple[str, str, str, float]) -> bool:
+    """Record the push unless its authorisation id has one already; answers whether it was new."""
 
     def work(db: sqlite3.Connection) -> bool:
         cursor = db.execute(
@@ -54,8 +66,20 @@ async def _push(request: web.Request) -> web.Response:
         )
         return cursor.rowcount == 1
 
-    created = await request.app[DATABASE].write(work)
-    return web.json_response({"auth_id": auth_id, "created": created}, status=201 if created else 200)
+    return await database.write(work)
+
+
+def _push_handler(app: web.Application) -> Handler:
+    """Notifications as a consumer of enriched decisions: one push per approved or declined card payment."""
+
+    async def handle(event: Event) -> bool:
+        decision, reason = event_decision(event.payload)
+        request = request_of_event(event.payload)
+        merchant = event.payload.get("merchant_name")
+        text = notification_text(request, decision, reason, merchant if isinstance(merchant, str) else None)
+        return await record_push(app[DATABASE], (request.auth_id, request.account_id, text, time.time()))
+
+    return handle
 
 
 async def _list(request: web.Request) -> web.Response:

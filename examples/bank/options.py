@@ -26,6 +26,8 @@ class ServiceOptions:
     host: str = "127.0.0.1"
     version: str = "v1"
     meshd: str = DEFAULT_MESHD
+    events: bool = False
+    """Do the after-answer work on the event log (payments publishes, the others consume), not by calls."""
 
     def __post_init__(self) -> None:
         if not self.service:
@@ -51,6 +53,9 @@ def parse_options(service: str, argv: Sequence[str] | None = None) -> ServiceOpt
     parser.add_argument("--replica", required=True, help="this replica's name, reported in /_stats")
     parser.add_argument("--version", default="v1", help="version reported in the x-version header")
     parser.add_argument("--meshd", default=DEFAULT_MESHD, help="the local meshd's outgoing router")
+    parser.add_argument(
+        "--events", action="store_true", help="after-answer work on the event log (the events service)"
+    )
     args = parser.parse_args(argv)
     try:
         return ServiceOptions(
@@ -61,6 +66,7 @@ def parse_options(service: str, argv: Sequence[str] | None = None) -> ServiceOpt
             host=args.host,
             version=args.version,
             meshd=args.meshd,
+            events=args.events,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -17,21 +17,30 @@ cannot take the posting in time, the card is still approved (the hold reserves t
 the first after-response step. `POST /outbox/replay` re-runs whatever after-response work is still pending;
 `GET /outbox` shows it.
 
-Run `python -m examples.bank.payments --port P --db payments.db --replica payments-1 --meshd URL`.
+With `--events` (what the demo runs) steps 5-6 go through the event log instead: the decision and its event
+are written in one transaction (a transactional outbox), a relay (relay.py) publishes the event to the
+`events` service through meshd, and ledger catch-up, enrichment, the feed and the push are consumers of it
+(consumer.py). Publishing never blocks an answer: when the log is down the events wait and the relay catches up.
+
+Run `python -m examples.bank.payments --port P --db payments.db --replica payments-1 --meshd URL [--events]`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Final
 
 from aiohttp import web
 
 from examples.bank.authorisation import (
+    DECISIONS_TOPIC,
     AuthRequest,
     Outcome,
+    Step,
     approved,
+    decision_event,
     declined,
     failed_before_writes,
     failed_during_hold,
@@ -42,6 +51,7 @@ from examples.bank.options import ServiceOptions
 from examples.bank.outbox import AfterWork, Outbox, RetryPolicy, StepRunner
 from examples.bank.payloads import read_object
 from examples.bank.payments_store import SCHEMA, AuthorisationRecord, PaymentsStore
+from examples.bank.relay import EventRelay, Leadership
 from examples.bank.replica import create_replica_app
 from examples.bank.serve import serve
 from examples.bank.storage import DATABASE, attach_database
@@ -49,6 +59,8 @@ from examples.bank.storage import DATABASE, attach_database
 STORE: Final = web.AppKey("payments_store", PaymentsStore)
 OUTBOX: Final = web.AppKey("outbox", Outbox)
 AFTER_WORK: Final = web.AppKey("after_work", AfterWork)
+RELAY: Final = web.AppKey("event_relay", EventRelay)
+ON_THE_LOG: Final = web.AppKey("on_the_log", bool)
 
 SYNC_CALL_TIMEOUT_SECS: Final = 2.0
 
@@ -108,6 +120,7 @@ def create_app(options: ServiceOptions, *, retry_policy: RetryPolicy | None = No
     attach_database(app, options.db, SCHEMA)
     attach_mesh(app, options.meshd, timeout_secs=SYNC_CALL_TIMEOUT_SECS)
     policy = retry_policy if retry_policy is not None else RetryPolicy()
+    app[ON_THE_LOG] = options.events
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = PaymentsStore(app[DATABASE])
@@ -115,7 +128,12 @@ def create_app(options: ServiceOptions, *, retry_policy: RetryPolicy | None = No
         app[FLOW] = AuthorisationFlow(app[MESH])
         app[OUTBOX] = Outbox(store, StepRunner(app[MESH], store), policy)
         app[AFTER_WORK] = AfterWork(app[OUTBOX])
+        leadership = Leadership(app[MESH], options.replica) if options.events else None
+        app[RELAY] = EventRelay(store, app[MESH], leadership=leadership)
+        if options.events:
+            app[RELAY].start()
         yield
+        await app[RELAY].aclose()
         await app[AFTER_WORK].aclose()
 
     app.cleanup_ctx.append(lifecycle)
@@ -151,12 +169,27 @@ async def _authorise(request: web.Request) -> web.StreamResponse:
         return web.json_response(
             {"auth_id": auth.auth_id, "decision": outcome.decision, "reason": outcome.reason}, status=503
         )
-    record = await store.finish(auth, outcome)
+    on_the_log = request.app[ON_THE_LOG]
+    if on_the_log:
+        # The decision and its event in one transaction; only payments' own compensation (releasing a hold
+        # that got no clear answer) stays a step of its own outbox.
+        events = (
+            []
+            if outcome.decision == "failed"
+            else [(DECISIONS_TOPIC, auth.auth_id, decision_event(auth, outcome))]
+        )
+        steps: tuple[Step, ...] = tuple(step for step in outcome.steps if step == "release")
+        record = await store.finish(auth, dataclasses.replace(outcome, steps=steps), events=events)
+    else:
+        steps = outcome.steps
+        record = await store.finish(auth, outcome)
     response = _answer(record, replayed=record.decision != outcome.decision)
     # Put the answer on the wire first: the card network must not wait for enrichment or the feed.
     await response.prepare(request)
     await response.write_eof()
-    if outcome.steps:
+    if on_the_log:
+        request.app[RELAY].wake()
+    if steps:
         request.app[AFTER_WORK].spawn(auth.auth_id, context_headers(request.headers, keep_deadline=False))
     return response
 
@@ -176,8 +209,14 @@ async def _replay_outbox(request: web.Request) -> web.Response:
 async def _show_outbox(request: web.Request) -> web.Response:
     store = request.app[STORE]
     pending = await store.all_pending(limit=100)
+    relay = request.app[RELAY]
     return web.json_response(
-        {"counts": await store.outbox_counts(), "pending": [row.to_json() for row in pending]}
+        {
+            "counts": await store.outbox_counts(),
+            "pending": [row.to_json() for row in pending],
+            "events": await store.event_outbox_counts(),
+            "relay": None if relay.leadership is None else relay.leadership.to_json(),
+        }
     )
 
 

@@ -14,13 +14,15 @@ ever deleted, so a failed step is visible in `GET /outbox` and `POST /outbox/rep
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
 from examples.bank.authorisation import STEP_ORDER, AuthRequest, Outcome, Step
+from examples.bank.payloads import JsonObject
 from examples.bank.storage import Database
 
 SCHEMA: Final = """
@@ -48,6 +50,19 @@ CREATE TABLE IF NOT EXISTS outbox (
     PRIMARY KEY (auth_id, step)
 );
 CREATE INDEX IF NOT EXISTS outbox_by_status ON outbox (status, auth_id);
+CREATE TABLE IF NOT EXISTS event_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    published_at REAL,
+    UNIQUE (topic, event_id)
+);
+CREATE INDEX IF NOT EXISTS event_outbox_by_status ON event_outbox (status, seq);
 """
 
 PENDING: Final = "pending"
@@ -74,6 +89,16 @@ class AuthorisationRecord:
 class Claim:
     kind: ClaimKind
     record: AuthorisationRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEvent:
+    """An event written with the decision, for the relay to publish: `seq` orders them."""
+
+    seq: int
+    topic: str
+    event_id: str
+    payload: dict[str, object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +142,12 @@ class PaymentsStore:
                     return claim
                 await asyncio.sleep(CLAIM_POLL_SECS)
 
-    async def finish(self, request: AuthRequest, outcome: Outcome) -> AuthorisationRecord:
-        """Record the decision and queue its steps, unless another request finished first; answers the record
-        that stands."""
+    async def finish(
+        self, request: AuthRequest, outcome: Outcome, *, events: Sequence[tuple[str, str, JsonObject]] = ()
+    ) -> AuthorisationRecord:
+        """Record the decision and queue its steps and its events (topic, id, payload), unless another request
+        finished first; answers the record that stands. All of it is one transaction: the transactional
+        outbox, so an event exists exactly when its decision does."""
         now = self._now()
 
         def work(db: sqlite3.Connection) -> AuthorisationRecord:
@@ -132,6 +160,14 @@ class PaymentsStore:
                 db.executemany(
                     "INSERT INTO outbox (auth_id, step, position, status, updated_at) VALUES (?, ?, ?, ?, ?)",
                     [(request.auth_id, step, STEP_ORDER.index(step), PENDING, now) for step in outcome.steps],
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO event_outbox (topic, event_id, payload, status, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (topic, event_id, json.dumps(payload), PENDING, now)
+                        for topic, event_id, payload in events
+                    ],
                 )
             record = _record(db, request.auth_id)
             if record is None:
@@ -183,6 +219,36 @@ class PaymentsStore:
 
     async def mark_failed(self, auth_id: str, step: Step, attempts: int, error: str) -> None:
         await self._update_step(auth_id, step, PENDING, attempts, error)
+
+    async def unpublished_events(self, limit: int) -> list[OutgoingEvent]:
+        rows = await self._db.read(
+            lambda db: db.execute(
+                "SELECT seq, topic, event_id, payload FROM event_outbox WHERE status = ? ORDER BY seq LIMIT ?",
+                (PENDING, limit),
+            ).fetchall()
+        )
+        return [
+            OutgoingEvent(int(r["seq"]), str(r["topic"]), str(r["event_id"]), json.loads(r["payload"]))
+            for r in rows
+        ]
+
+    async def mark_events(self, seqs: Sequence[int], status: str, error: str = "") -> None:
+        """`published`, `rejected` (the log refused them as malformed: kept, shown, never retried), or still
+        `pending` with the error of a failed attempt."""
+        now = self._now()
+        await self._db.write(
+            lambda db: db.executemany(
+                "UPDATE event_outbox SET status = ?, attempts = attempts + 1, last_error = ?, "
+                "published_at = CASE WHEN ? = 'published' THEN ? ELSE published_at END WHERE seq = ?",
+                [(status, error, status, now, seq) for seq in seqs],
+            )
+        )
+
+    async def event_outbox_counts(self) -> dict[str, int]:
+        rows = await self._db.read(
+            lambda db: db.execute("SELECT status, COUNT(*) AS n FROM event_outbox GROUP BY status").fetchall()
+        )
+        return {str(row["status"]): int(row["n"]) for row in rows}
 
     async def outbox_counts(self) -> dict[str, int]:
         rows = await self._db.read(

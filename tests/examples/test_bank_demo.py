@@ -83,7 +83,7 @@ async def test_missing_meshd_is_reported_clearly_and_nothing_is_left_running(tmp
     assert "meshd: no such module" in message  # the tail of meshd's own log
     assert json.loads(result.read_text())["ok"] is False
     pids = started_pids(tmp_path)
-    assert len(pids) == 13  # twelve service replicas and meshd
+    assert len(pids) == 16  # fifteen service replicas (events x2 and locks among them) and meshd
     await wait_dead(*pids.values())
     assert ports_in_use(tmp_path) == []
 

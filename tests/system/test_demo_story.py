@@ -129,3 +129,15 @@ def test_slow_replica_gets_under_ten_percent_once_warmed_up(story):
 def test_nothing_the_demo_started_is_left_running(story):
     assert story["_pids"], "the demo recorded no processes"
     assert [pid for pid in story["_pids"] if is_alive(pid)] == []
+
+
+def test_the_event_log_side_caught_up_and_customers_stay_solvent(story):
+    integrity = story["integrity"]
+    assert integrity["on_the_log"] is True, story["_output"]
+    assert integrity["events"] >= integrity["approved"] + integrity["declined"], integrity
+    assert story["payroll"]["salaries"] > 0 and story["payroll"]["failed_batches"] == 0, story["payroll"]
+    rates = [p["approval_rate"] for p in story["phases"]]
+    assert min(rates) >= 0.8, rates
+    assert any(p["max_lag"] is not None for p in story["phases"]), story["phases"]
+    chaos = phase(story, "chaos")
+    assert any("took over the outbox relay" in note for note in chaos["notes"]), chaos["notes"]

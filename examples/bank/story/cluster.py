@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import shutil
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,11 +24,12 @@ import aiohttp
 import examples
 from examples.bank.authorisation import FUNDING_ACCOUNT, customer_ledger_account
 from examples.bank.ledger_book import transfer
+from examples.bank.relay import RELAY_LOCK
 from examples.bank.story.canary import routes_document
 from examples.bank.story.metrics import MeshCounters, scrape
 from examples.bank.story.probing import StartupError, http_status, wait_until
 from examples.bank.story.processes import Supervisor
-from examples.bank.story.topology import Layout, Replica, write_atomically, write_mesh_files
+from examples.bank.story.topology import BrokerNode, Layout, Replica, write_atomically, write_mesh_files
 
 MESHD: Final = "meshd"
 SEED_CONCURRENCY: Final = 16
@@ -63,6 +65,49 @@ class Cluster:
         await self.supervisor.restart(replica.name)
         await self.wait_healthy(replica)
 
+    async def crash_and_restart_broker(self, broker: BrokerNode) -> None:
+        """SIGKILL a NATS node and start it again on the same store; JetStream catches it up from its peers."""
+        await self.supervisor.kill(broker.name)
+        await self.supervisor.restart(broker.name)
+        await self.wait_broker(broker)
+
+    async def wait_broker(self, broker: BrokerNode) -> None:
+        async def listening() -> bool:
+            if self.supervisor.returncode(broker.name) is not None:
+                raise StartupError(self.exit_report(broker.name, f"{broker.name} exited"))
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+            except OSError:
+                return False
+            writer.close()
+            return True
+
+        try:
+            await wait_until(
+                listening, timeout_secs=self.startup_timeout_secs, what=f"{broker.name} to listen"
+            )
+        except TimeoutError as exc:
+            raise StartupError(f"{exc}\n{self.supervisor.log_tail(broker.name)}") from None
+
+    def write_disco(self, service: str, replicas: Sequence[Replica]) -> None:
+        """Rewrite the fs namer's file for `service` (meshd re-reads it within its poll interval)."""
+        lines = "".join(f"127.0.0.1 {replica.port}\n" for replica in replicas)
+        write_atomically(self.layout.disco_dir / service, lines)
+
+    async def relay_lease(self) -> dict[str, object] | None:
+        """Who holds the outbox relay's lock right now (read from a locks replica directly), or None."""
+        locks = self.layout.of("locks")
+        if not locks:
+            return None
+        try:
+            async with self.session.get(f"{locks[0].url}/locks/{RELAY_LOCK}") as response:
+                if response.status != 200:
+                    return None
+                lease: dict[str, object] = await response.json()
+                return lease
+        except aiohttp.ClientError:
+            return None
+
     async def set_chaos(self, replica: Replica, *, latency_ms: float = 0.0, fail_rate: float = 0.0) -> None:
         body = {"latency_ms": latency_ms, "fail_rate": fail_rate}
         async with self.session.post(f"{replica.url}/_chaos", json=body) as response:
@@ -95,6 +140,13 @@ async def running_cluster(
     try:
         async with aiohttp.ClientSession() as session:
             cluster = Cluster(layout, supervisor, session, startup_timeout_secs)
+            if layout.brokers:
+                binary = nats_server_binary()
+                log(f"starting a {len(layout.brokers)}-node NATS JetStream cluster ({binary})")
+                for broker in layout.brokers:
+                    broker.store.mkdir(parents=True, exist_ok=True)
+                    await supervisor.start(broker.name, broker.command(binary), cwd=layout.workdir)
+                await asyncio.gather(*(cluster.wait_broker(broker) for broker in layout.brokers))
             log(f"starting {len(layout.replicas)} service replicas")
             for replica in layout.replicas:
                 await supervisor.start(replica.name, replica.command(layout.meshd_url), cwd=layout.workdir)
@@ -156,6 +208,13 @@ async def _seed(session: aiohttp.ClientSession, layout: Layout, opening_balances
                 r.raise_for_status()
 
     await asyncio.gather(*(seed_one(account_id, balance) for account_id, balance in opening_balances.items()))
+
+
+def nats_server_binary() -> str:
+    for candidate in (shutil.which("nats-server"), "/usr/sbin/nats-server", "/usr/bin/nats-server"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise StartupError("--bus nats needs nats-server: apt-get install nats-server (make system-deps does)")
 
 
 def _child_environment() -> dict[str, str]:

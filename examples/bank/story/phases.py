@@ -36,6 +36,9 @@ from examples.bank.story.traffic import read_counts, served_between
 SLOW_LATENCY_MS: Final = 100.0
 PROBE_WORKERS: Final = 2
 MAX_RELOAD_WAIT_SECS: Final = 3.0
+RELAY_HANDOVER_TIMEOUT_SECS: Final = 30.0
+RELAY_DRAIN_SECS: Final = 1.0
+"""How long the relay leader is out of meshd's rotation before it is killed: four fs-namer polls (250 ms)."""
 
 Log = Callable[[str], None]
 T = TypeVar("T")
@@ -140,19 +143,90 @@ class Story:
 
     async def _chaos(self, start: float, end: float) -> tuple[int, list[str]]:
         layout, interval = self._cluster.layout, self._plan.kill_interval_secs
-        ledgers, accounts = itertools.cycle(layout.of("ledger")), itertools.cycle(layout.of("accounts"))
-        kills = 0
+        # Consumers of the event log die too, mid-batch: what they had not acknowledged is delivered again.
+        groups = (
+            layout.of("ledger"),
+            layout.of("accounts"),
+            (*layout.of("merchants"), *layout.of("feed"), *layout.of("notifications")),
+        )
+        pools = [itertools.cycle(group) for group in groups if group]
+        brokers = itertools.cycle(layout.brokers) if layout.brokers else None
+        kills = broker_kills = rounds = 0
+        handover = asyncio.create_task(self._relay_handover())
         tick = start + interval / 2
         while tick < end - interval / 4:  # four rounds, the last one with time left to restart
             await self._clock.sleep_until(tick)
-            victims = (next(ledgers), next(accounts))
-            self._log(f"  SIGKILL {victims[0].name} and {victims[1].name}, then restart them")
-            await asyncio.gather(*(self._cluster.crash_and_restart(victim) for victim in victims))
+            victims = tuple(next(pool) for pool in pools)
+            crashes = [self._cluster.crash_and_restart(victim) for victim in victims]
+            names = [victim.name for victim in victims]
+            if brokers is not None and rounds % 2 == 0:  # a broker node every other round: one down at a time
+                broker = next(brokers)
+                crashes.append(self._cluster.crash_and_restart_broker(broker))
+                names.append(broker.name)
+                broker_kills += 1
+            self._log(f"  SIGKILL {', '.join(names)}, then restart them")
+            await asyncio.gather(*crashes)
             kills += len(victims)
+            rounds += 1
             tick += interval
-        return kills, [
-            f"{kills} replicas SIGKILLed and restarted, about every {interval:.1f}s; disco files untouched"
+        relay_note = await handover
+        notes = [
+            f"{kills} replicas SIGKILLed and restarted (ledger, accounts and a consumer of the event log each "
+            f"round), about every {interval:.1f}s; disco files untouched"
         ]
+        if relay_note:
+            notes.append(relay_note)
+        if broker_kills:
+            notes.append(f"{broker_kills} NATS nodes SIGKILLed and restarted (one of 3 at a time)")
+        return kills, notes
+
+    async def _relay_handover(self) -> str | None:
+        """SIGKILL the payments replica that leads the outbox relay, and time until another replica holds the
+        relay lock. The leader is first taken out of meshd's rotation (its fs file rewritten without it) so
+        that no card authorisation is in flight on it when it dies: this kill is about the relay, not the
+        card network, whose own chaos is the rest of the phase."""
+        cluster, layout = self._cluster, self._cluster.layout
+        payments = layout.of("payments")
+        if len(payments) < 2:
+            return None
+        lease = await cluster.relay_lease()
+        if lease is None:
+            return "relay: nobody held the relay lock at the start of chaos"
+        old = layout.replica(str(lease["holder"]))
+        cluster.write_disco("payments", [replica for replica in payments if replica is not old])
+        await self._clock.sleep_until(self._clock.now() + RELAY_DRAIN_SECS)
+        self._log(f"  SIGKILL {old.name}, the outbox relay's leader (term {lease['term']}), drained first")
+        await cluster.supervisor.kill(old.name)
+        killed_at = self._clock.now()
+        taken: list[dict[str, object]] = []
+
+        async def handed_over() -> bool:
+            current = await cluster.relay_lease()
+            if current is not None and current["holder"] != old.name:
+                taken.append(current)
+                return True
+            return False
+
+        try:
+            await wait_until(
+                handed_over, timeout_secs=RELAY_HANDOVER_TIMEOUT_SECS, what="the relay hand-over"
+            )
+        except TimeoutError:
+            pass
+        took = self._clock.now() - killed_at
+        await cluster.supervisor.restart(old.name)
+        await cluster.wait_healthy(old)
+        cluster.write_disco("payments", payments)
+        if not taken:
+            return (
+                f"relay leader {old.name} SIGKILLed: NO other replica took over the relay within {took:.0f}s"
+            )
+        new = taken[0]
+        self._log(f"  {new['holder']} took over the outbox relay after {took:.1f}s (term {new['term']})")
+        return (
+            f"relay leader {old.name} (term {lease['term']}) SIGKILLed after draining; {new['holder']} "
+            f"took over the outbox relay {took:.1f}s later (term {new['term']})"
+        )
 
     async def _slow(self, start: float, end: float) -> tuple[SlowReplicaReport, list[str]]:
         layout = self._cluster.layout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from examples.bank.simulator import AuthResult, percentile
 from examples.bank.story.metrics import MeshCounters
@@ -23,10 +23,20 @@ class PhaseReport:
     retries: float
     ejections: float
     notes: tuple[str, ...] = ()
+    max_lag: int | None = None
+    """The largest total consumer lag sampled during the phase (None: not on the log, or no sample)."""
+
+    @property
+    def approval_rate(self) -> float:
+        """Approved among the decided (approved + declined): failures are not the customers' doing."""
+        decided = self.approved + self.declined
+        return self.approved / decided if decided else math.nan
 
     def to_json(self) -> dict[str, object]:
         return {
             "name": self.name,
+            "approval_rate": _finite(self.approval_rate),
+            "max_lag": self.max_lag,
             "seconds": round(self.seconds, 3),
             "requests": self.requests,
             "approved": self.approved,
@@ -99,6 +109,10 @@ class IntegrityReport:
     ledger_transactions: int
     outbox_pending: int
     mismatches: tuple[str, ...]
+    on_the_log: bool = False
+    events: int = 0
+    duplicates_delivered: int = 0
+    catch_up_secs: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -113,6 +127,10 @@ class IntegrityReport:
             "ledger_transactions": self.ledger_transactions,
             "outbox_pending": self.outbox_pending,
             "mismatches": list(self.mismatches),
+            "on_the_log": self.on_the_log,
+            "events": self.events,
+            "duplicates_delivered": self.duplicates_delivered,
+            "catch_up_secs": round(self.catch_up_secs, 3),
         }
 
 
@@ -126,6 +144,8 @@ class DemoResult:
     slow_replica: SlowReplicaReport
     canary: tuple[CanaryStepReport, ...]
     integrity: IntegrityReport
+    payroll: dict[str, object] = field(default_factory=dict)
+    replay: dict[str, object] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -143,6 +163,8 @@ class DemoResult:
             "slow_replica": self.slow_replica.to_json(),
             "canary": [step.to_json() for step in self.canary],
             "integrity": self.integrity.to_json(),
+            "payroll": dict(self.payroll),
+            "replay": dict(self.replay),
         }
 
 
@@ -154,6 +176,7 @@ def summarise_phase(
     results: Sequence[AuthResult],
     counters: MeshCounters,
     notes: Sequence[str] = (),
+    max_lag: int | None = None,
 ) -> PhaseReport:
     """The phase's row: the authorisations *intended* to be sent during it, and meshd's counter deltas."""
     mine = [result for result in results if start <= result.intended_at < end]
@@ -170,6 +193,7 @@ def summarise_phase(
         retries=counters.retries,
         ejections=counters.ejections,
         notes=tuple(notes),
+        max_lag=max_lag,
     )
 
 
@@ -177,16 +201,28 @@ def render(result: DemoResult) -> str:
     lines = [
         "",
         f"{'phase':<8} {'secs':>5} {'requests':>8} {'approved':>8} {'declined':>8} {'failed':>6} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'retries':>7} {'ejections':>9}",
+        f"{'p50 ms':>7} {'p99 ms':>7} {'retries':>7} {'ejections':>9} {'approve%':>8} {'lag max':>7}",
     ]
     for phase in result.phases:
+        lag = "-" if phase.max_lag is None else str(phase.max_lag)
         lines.append(
             f"{phase.name:<8} {phase.seconds:>5.1f} {phase.requests:>8} {phase.approved:>8} {phase.declined:>8} "
-            f"{phase.failed:>6} {phase.p50_ms:>7.1f} {phase.p99_ms:>7.1f} {phase.retries:>7.0f} {phase.ejections:>9.0f}"
+            f"{phase.failed:>6} {phase.p50_ms:>7.1f} {phase.p99_ms:>7.1f} {phase.retries:>7.0f} {phase.ejections:>9.0f} "
+            f"{phase.approval_rate:>8.1%} {lag:>7}"
         )
         lines += [f"{'':<8} - {note}" for note in phase.notes]
     slow = result.slow_replica
     lines += [
+        "",
+        *(
+            [
+                f"income: {result.payroll['salaries']} salaries on {result.payroll['paydays']} paydays "
+                f"(every {result.payroll['period_secs']}s, {result.payroll['salary_cents']} cents each), "
+                "published to the income topic through meshd"
+            ]
+            if result.payroll
+            else []
+        ),
         "",
         f"slow replica: {slow.replica} (+{slow.added_latency_ms:.0f} ms) served {slow.slow_requests} of "
         f"{slow.accounts_requests} accounts requests ({slow.share:.1%}) after a {slow.warmup_secs:.1f}s warm-up",
@@ -207,6 +243,18 @@ def render(result: DemoResult) -> str:
             f"integrity: OK - {integrity.approved} approved authorisations each in the ledger exactly once, "
             f"{integrity.declined} declined ones nowhere, balances add up, no after-response work pending"
         )
+        if integrity.on_the_log:
+            lines.append(
+                f"event log: OK - {integrity.events} decision events, none lost; every consumer caught up "
+                f"{integrity.catch_up_secs:.1f}s after the traffic stopped; {integrity.duplicates_delivered} "
+                "duplicate deliveries ignored by id; no dead letters"
+            )
+        if result.replay:
+            lines.append(
+                f"replay: {result.replay['topic']} from offset 1 into the fresh group {result.replay['group']}: "
+                f"{result.replay['events']} deliveries of {result.replay['ids']} distinct events in "
+                f"{result.replay['seconds']}s (the integrity check compares them with the topic)"
+            )
     else:
         lines.append(f"integrity: {len(integrity.mismatches)} MISMATCHES")
         lines += [f"  - {mismatch}" for mismatch in integrity.mismatches]

@@ -7,6 +7,7 @@ the canary `accounts-v2` shares `accounts.db`) and a log file per process.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sys
@@ -29,9 +30,15 @@ class ServiceSpec:
     replicas: int
     database: str
     version: str = "v1"
+    args: tuple[str, ...] = ()
+    """Options of this service's own, appended to the shared ones."""
 
 
 BANK: Final[tuple[ServiceSpec, ...]] = (
+    # The ack wait is 10 s rather than 30 s so that a consumer SIGKILLed mid-batch is caught up within the
+    # demo's final check.
+    ServiceSpec("events", "examples.bank.events", 2, "events", args=("--ack-wait", "10")),
+    ServiceSpec("locks", "examples.bank.locks", 1, "locks"),
     ServiceSpec("accounts", "examples.bank.accounts", 3, "accounts"),
     ServiceSpec("accounts-v2", "examples.bank.accounts", 1, "accounts", version="v2"),
     ServiceSpec("ledger", "examples.bank.ledger", 3, "ledger"),
@@ -50,6 +57,7 @@ class Replica:
     version: str
     port: int
     db: Path
+    args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -70,6 +78,43 @@ class Replica:
             self.version,
             "--meshd",
             meshd_url,
+            "--events",
+            *self.args,
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerNode:
+    """One nats-server of the demo's 3-node JetStream cluster (`--bus nats`)."""
+
+    name: str
+    port: int
+    cluster_port: int
+    routes: tuple[int, ...]
+    store: Path
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def command(self, binary: str) -> list[str]:
+        return [
+            binary,
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            str(self.store),
+            "--server_name",
+            self.name,
+            "--cluster_name",
+            "bank",
+            "--cluster",
+            f"nats://127.0.0.1:{self.cluster_port}",
+            "--routes",
+            ",".join(f"nats://127.0.0.1:{port}" for port in self.routes),
         ]
 
 
@@ -79,6 +124,7 @@ class Layout:
     replicas: tuple[Replica, ...]
     router_port: int
     admin_port: int
+    brokers: tuple[BrokerNode, ...] = ()
 
     @property
     def meshd_url(self) -> str:
@@ -136,10 +182,39 @@ def free_ports(count: int) -> list[int]:
             probe.close()
 
 
-def plan_layout(workdir: Path, specs: Iterable[ServiceSpec] = BANK) -> Layout:
+BROKERS: Final = 3
+
+
+def plan_layout(workdir: Path, specs: Iterable[ServiceSpec] = BANK, *, bus: str = "sqlite") -> Layout:
+    """`bus="nats"` adds a 3-node NATS JetStream cluster and points the events replicas at it (3 replicas of
+    every stream); `"sqlite"` keeps the events service's embedded log."""
+    if bus not in ("sqlite", "nats"):
+        raise ValueError(f"bus must be sqlite or nats, got {bus!r}")
+    workdir = workdir.resolve()
     specs = tuple(specs)
-    ports: Iterator[int] = iter(free_ports(2 + sum(spec.replicas for spec in specs)))
+    broker_count = BROKERS if bus == "nats" else 0
+    ports: Iterator[int] = iter(free_ports(2 + 2 * broker_count + sum(spec.replicas for spec in specs)))
     router_port, admin_port = next(ports), next(ports)
+    client_ports = [next(ports) for _ in range(broker_count)]
+    cluster_ports = [next(ports) for _ in range(broker_count)]
+    brokers = tuple(
+        BrokerNode(
+            name=f"nats-{index + 1}",
+            port=client_ports[index],
+            cluster_port=cluster_ports[index],
+            routes=tuple(port for other, port in enumerate(cluster_ports) if other != index),
+            store=workdir / "data" / f"nats-{index + 1}",
+        )
+        for index in range(broker_count)
+    )
+    if brokers:
+        nats_args = ["--backend", "nats", "--stream-replicas", str(broker_count)]
+        for broker in brokers:
+            nats_args += ["--nats", broker.url]
+        specs = tuple(
+            dataclasses.replace(spec, args=(*spec.args, *nats_args)) if spec.name == "events" else spec
+            for spec in specs
+        )
     replicas = tuple(
         Replica(
             service=spec.name,
@@ -148,11 +223,12 @@ def plan_layout(workdir: Path, specs: Iterable[ServiceSpec] = BANK) -> Layout:
             version=spec.version,
             port=next(ports),
             db=workdir / "data" / f"{spec.database}.db",
+            args=spec.args,
         )
         for spec in specs
         for index in range(1, spec.replicas + 1)
     )
-    return Layout(workdir.resolve(), replicas, router_port, admin_port)
+    return Layout(workdir, replicas, router_port, admin_port, brokers)
 
 
 def meshd_config(layout: Layout) -> dict[str, object]:
