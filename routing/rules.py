@@ -18,20 +18,21 @@ dentries, so a rule takes precedence over the text for the paths it matches, and
 matching dentries remain its fallbacks (a rule whose destinations are all unknown falls
 back to them). A rule with `enabled: false` is kept, shown, and not applied.
 
-Every problem is a `RoutesError` naming the file, the YAML path and the line in the file
-(`routes.yaml: rules[1].weights["/#/fs/b"] (line 12): ...`); for errors inside dtab text it
+A file that cannot be used raises one `RoutesError` listing every problem found, each with
+the YAML path and the line in the file, in the format of meshd's config errors
+(`routes.yaml: rules[1].weights["/#/fs/b"]: line 12: ...`); for errors inside dtab text it
 also gives the column, counted in the file, and shows the line with a caret. Line numbers
-are exact for block literals (`dtab: |`), the recommended form; for other scalar styles
-they point at the scalar's first line.
+are exact for block literals (`dtab: |`), the recommended form, and for one-line scalars;
+for other multi-line scalar styles they point at the scalar's first line.
 """
 
 from __future__ import annotations
 
-import difflib
+import json
 import math
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Final, Protocol, TypeVar
 
@@ -43,6 +44,7 @@ from routing.dtab import Dentry, Dtab, Prefix
 from routing.nametree import Leaf, NameTree, Union, Weighted, show
 from routing.parser import DtabSyntaxError, context_lines, parse_dtab, parse_path, parse_prefix, parse_tree
 from routing.path import Path
+from routing.suggest import closest, did_you_mean
 
 _STR: Final = "tag:yaml.org,2002:str"
 _INT: Final = "tag:yaml.org,2002:int"
@@ -65,22 +67,59 @@ class _Parse(Protocol[_X]):
     def __call__(self, text: str, /) -> _X: ...
 
 
+@dataclass(frozen=True, slots=True)
+class RoutesProblem:
+    """One thing wrong with a routing file: the YAML path (`rules[0].dst`, "" for the file
+    itself), the 1-based line in the file, the column when known, and the reason.
+
+    `str()` is written exactly as meshd's config problems are: `rules[0].dst: line 4, column
+    12: reason`, so `meshd check` reports both kinds of file in one format.
+    """
+
+    where: str
+    line: int
+    reason: str
+    column: int | None = None
+
+    def __str__(self) -> str:
+        position = f"line {self.line}" if self.column is None else f"line {self.line}, column {self.column}"
+        return f"{self.where}: {position}: {self.reason}" if self.where else f"{position}: {self.reason}"
+
+
 class RoutesError(ValueError):
-    """A routing file that cannot be used. `where` is the YAML path, `line` (1-based) the
-    line in the file, `column` the column when known."""
+    """A routing file that cannot be used, with every problem found in it (`problems`, in file
+    order). `where`, `line`, `column` and `reason` are the first problem's.
+
+    `short` is one line per problem, each `<source>: <problem>`; `str()` adds, under each
+    problem that has a column, the lines of the file around it with a caret.
+    """
 
     def __init__(
-        self, source: str, where: str, line: int, reason: str, *, column: int | None = None, context: str = ""
+        self,
+        source: str,
+        where: str = "",
+        line: int = 1,
+        reason: str = "",
+        *,
+        column: int | None = None,
+        context: str = "",
+        problems: Sequence[RoutesProblem] = (),
+        text: str = "",
     ) -> None:
         self.source = source
-        self.where = where
-        self.line = line
-        self.column = column
-        self.reason = reason
-        position = f"line {line}" if column is None else f"line {line}, column {column}"
-        located = f"{where} ({position})" if where else f"({position})"
-        self.short = f"{source}: {located}: {reason}"
-        super().__init__(self.short + (f"\n{context}" if context else ""))
+        self.problems: tuple[RoutesProblem, ...] = tuple(problems) or (RoutesProblem(where, line, reason, column),)
+        self.text = text
+        first = self.problems[0]
+        self.where, self.line, self.column, self.reason = first.where, first.line, first.column, first.reason
+        self.short = "\n".join(f"{source}: {p}" for p in self.problems)
+        blocks: list[str] = []
+        for problem in self.problems:
+            blocks.append(f"{source}: {problem}")
+            if problems and text and problem.column is not None:
+                blocks.append(context_lines(text, problem.line, problem.column))
+            elif not problems and context:
+                blocks.append(context)
+        super().__init__("\n".join(blocks))
 
 
 class RoutesTooLarge(RoutesError):
@@ -181,9 +220,15 @@ def load_routes(text: str, source: str) -> Routes:
 
 
 class _Loader:
+    """One load of a routing file: every problem is collected, none stops the others from
+    being found; `load()` raises one RoutesError listing them all, in file order."""
+
     def __init__(self, text: str, source: str) -> None:
         self.text = text
         self.source = source
+        self.problems: list[RoutesProblem] = []
+        #: the keys that the unknown keys of the last mapping were taken to mean
+        self.meant: set[str] = set()
 
     def load(self) -> Routes:
         try:
@@ -192,103 +237,129 @@ class _Loader:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else 1
             column = mark.column + 1 if mark is not None else None
-            reason = f"not valid YAML: {exc.problem or exc.context}"
-            raise self.error("", line, reason, column=column, show_context=column is not None) from None
+            self.report("", line, f"not valid YAML: {exc.problem or exc.context}", column=column)
+            raise self.failure() from None
         except yaml.YAMLError as exc:
             raise RoutesError(self.source, "", 1, f"not valid YAML: {exc}") from None
         if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL):
             return Routes(Dtab(), (), Dtab(), self.source)
         if not isinstance(root, MappingNode):
-            raise self.error(
-                "", _line(root), "the routing file must be a mapping with the keys dtab and rules"
-            )
+            self.report("", _line(root), "the routing file must be a mapping with the keys dtab and rules")
+            raise self.failure()
         fields = self.mapping(root, "", _TOP_KEYS)
         text_dtab = Dtab()
         if "dtab" in fields:
-            text_dtab = self.dtab(fields["dtab"][1])
+            text_dtab = self.dtab(fields["dtab"][1]) or Dtab()
         rules: tuple[Rule, ...] = ()
         if "rules" in fields:
             rules = self.rules(fields["rules"][1])
+        if self.problems:
+            raise self.failure()
         applied = tuple(r.dentry for r in rules if r.enabled)
         return Routes(text_dtab + Dtab(applied), rules, text_dtab, self.source)
 
     # -- sections ------------------------------------------------------------------------
 
-    def dtab(self, node: Node) -> Dtab:
+    def dtab(self, node: Node) -> Dtab | None:
         if isinstance(node, ScalarNode) and node.tag == _NULL:
             return Dtab()
-        text = self.string(node, "dtab")
-        try:
-            return parse_dtab(text)
-        except DtabSyntaxError as exc:
-            raise self.text_error("dtab", node, exc) from None
+        return self.parsed(node, "dtab", parse_dtab)
 
     def rules(self, node: Node) -> tuple[Rule, ...]:
         if isinstance(node, ScalarNode) and node.tag == _NULL:
             return ()
         if not isinstance(node, SequenceNode):
-            raise self.error("rules", _line(node), "must be a list of rules")
+            self.report("rules", _line(node), f"expected a list of rules, got {_describe(node)}")
+            return ()
         rules: list[Rule] = []
         seen: dict[str, int] = {}
         for i, item in enumerate(node.value):
             where = f"rules[{i}]"
             rule = self.rule(item, where)
-            if rule.name in seen:
-                raise self.error(
-                    f"{where}.name",
-                    rule.line,
-                    f"rule name {rule.name!r} is already used on line {seen[rule.name]}",
-                )
-            seen[rule.name] = rule.line
-            rules.append(rule)
+            name_node = _value_of(item, "name")
+            if isinstance(name_node, ScalarNode) and name_node.tag == _STR and name_node.value.strip():
+                name = str(name_node.value).strip()
+                if name in seen:
+                    self.report(
+                        f"{where}.name", _line(name_node), f'rule name "{name}" is already used (first at line {seen[name]})'
+                    )
+                    continue
+                seen[name] = _line(name_node)
+            if rule is not None:
+                rules.append(rule)
         return tuple(rules)
 
-    def rule(self, node: Node, where: str) -> Rule:
+    def rule(self, node: Node, where: str) -> Rule | None:
         if not isinstance(node, MappingNode):
-            raise self.error(
-                where, _line(node), "a rule must be a mapping with name, prefix and dst or weights"
+            self.report(
+                where, _line(node), f"expected a rule (a mapping with name, prefix and dst or weights), got {_describe(node)}"
             )
+            return None
+        before = len(self.problems)
+        self.meant = set()
         fields = self.mapping(node, where, _RULE_KEYS)
+        # a misspelled key (`dts`) is one mistake: it is not also reported as the key missing
         for required in ("name", "prefix"):
-            if required not in fields:
-                raise self.error(where, _line(node), f"a rule needs {required!r}")
-        if ("dst" in fields) == ("weights" in fields):
-            raise self.error(where, _line(node), "a rule needs exactly one of 'dst' and 'weights'")
+            if required not in fields and required not in self.meant:
+                self.report(where, _line(node), f'missing required key "{required}"')
+        misspelled = bool(self.meant & {"dst", "weights"})
+        if ("dst" in fields) == ("weights" in fields) and not (misspelled and "dst" not in fields and "weights" not in fields):
+            self.report(where, _line(node), 'a rule needs exactly one of "dst" and "weights"')
 
-        name_node = fields["name"][1]
-        name = self.string(name_node, f"{where}.name").strip()
-        if not name:
-            raise self.error(f"{where}.name", _line(name_node), "must not be empty")
+        name: str | None = None
+        name_line = _line(node)
+        if "name" in fields:
+            name_node = fields["name"][1]
+            name_line = _line(name_node)
+            name = self.string(name_node, f"{where}.name")
+            if name is not None:
+                name = name.strip()
+                if not name:
+                    self.report(f"{where}.name", name_line, "must not be empty")
         description = ""
         if "description" in fields:
-            description = self.string(fields["description"][1], f"{where}.description")
-        enabled = True
+            description = self.string(fields["description"][1], f"{where}.description") or ""
+        enabled: bool | None = True
         if "enabled" in fields:
             enabled = self.boolean(fields["enabled"][1], f"{where}.enabled")
-
-        prefix_node = fields["prefix"][1]
-        prefix = self.parsed(prefix_node, f"{where}.prefix", parse_prefix)
-        dst: NameTree[Path]
+        prefix = self.parsed(fields["prefix"][1], f"{where}.prefix", parse_prefix) if "prefix" in fields else None
+        dst: NameTree[Path] | None = None
         if "dst" in fields:
             dst = self.parsed(fields["dst"][1], f"{where}.dst", parse_tree)
-        else:
+        elif "weights" in fields:
             dst = self.weights(fields["weights"][1], f"{where}.weights")
-        return Rule(name, prefix, dst, description, enabled, _line(name_node))
+        if len(self.problems) > before or name is None or prefix is None or dst is None or enabled is None:
+            return None
+        return Rule(name, prefix, dst, description, enabled, name_line)
 
-    def weights(self, node: Node, where: str) -> NameTree[Path]:
+    def weights(self, node: Node, where: str) -> NameTree[Path] | None:
         if not isinstance(node, MappingNode) or not node.value:
-            raise self.error(where, _line(node), "must be a mapping from destination path to weight")
+            self.report(
+                where, _line(node), f"expected a mapping from destination path to weight, got {_describe(node)}"
+            )
+            return None
         branches: list[Weighted[Path]] = []
+        seen: dict[Path, int] = {}
+        ok = True
         for key_node, value_node in node.value:
             key_text = self.string(key_node, where)
-            at = f"{where}[{key_text!r}]"
+            if key_text is None:
+                ok = False
+                continue
+            at = f"{where}[{json.dumps(key_text, ensure_ascii=False)}]"
             path = self.parsed(key_node, at, parse_path)
             weight = self.number(value_node, at)
+            if path is None or weight is None:
+                ok = False
+                continue
+            if path in seen:
+                self.report(at, _line(key_node), f"destination {path.show()} is listed twice (first at line {seen[path]})")
+                ok = False
+                continue
+            seen[path] = _line(key_node)
             branches.append(Weighted(weight, Leaf(path)))
-        paths = [b.tree for b in branches]
-        for i, p in enumerate(paths):
-            if p in paths[:i]:
-                raise self.error(where, _line(node.value[i][0]), f"destination {show(p)} is listed twice")
+        if not ok:
+            return None
         if len(branches) == 1:
             return branches[0].tree
         total = sum(b.weight for b in branches)
@@ -298,64 +369,78 @@ class _Loader:
 
     # -- scalars and mappings --------------------------------------------------------------
 
-    def mapping(
-        self, node: MappingNode, where: str, allowed: tuple[str, ...]
-    ) -> dict[str, tuple[Node, Node]]:
+    def mapping(self, node: MappingNode, where: str, allowed: tuple[str, ...]) -> dict[str, tuple[Node, Node]]:
+        """The mapping's known keys; unknown and repeated keys are reported, and the others kept."""
         fields: dict[str, tuple[Node, Node]] = {}
         for key_node, value_node in node.value:
-            key = self.string(key_node, where or "(top level)")
+            key = self.string(key_node, where)
+            if key is None:
+                continue
             at = f"{where}.{key}" if where else key
             if key not in allowed:
-                hint = difflib.get_close_matches(key, allowed, n=1)
-                suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(allowed)}"
-                raise self.error(at, _line(key_node), f"unknown key {key!r}{suggestion}")
+                meant = closest(key, allowed)
+                if meant is not None:
+                    self.meant.add(meant)
+                suggestion = did_you_mean(key, allowed) or f"; known keys: {', '.join(allowed)}"
+                self.report(at, _line(key_node), f'unknown key "{key}"{suggestion}')
+                continue
             if key in fields:
-                raise self.error(
-                    at, _line(key_node), f"{key!r} is given twice (first on line {_line(fields[key][0])})"
-                )
+                self.report(at, _line(key_node), f'duplicate key "{key}" (first at line {_line(fields[key][0])})')
+                continue
             fields[key] = (key_node, value_node)
         return fields
 
-    def string(self, node: Node, where: str) -> str:
+    def string(self, node: Node, where: str) -> str | None:
         if not isinstance(node, ScalarNode) or node.tag != _STR:
-            raise self.error(where, _line(node), f"must be text, got {_describe(node)}")
+            self.report(where, _line(node), f"expected text, got {_describe(node)}")
+            return None
         return str(node.value)
 
-    def boolean(self, node: Node, where: str) -> bool:
+    def boolean(self, node: Node, where: str) -> bool | None:
         if not isinstance(node, ScalarNode) or node.tag != _BOOL:
-            raise self.error(where, _line(node), f"must be true or false, got {_describe(node)}")
+            self.report(where, _line(node), f"expected true or false, got {_describe(node)}")
+            return None
         return bool(yaml.constructor.SafeConstructor().construct_object(node))
 
-    def number(self, node: Node, where: str) -> float:
+    def number(self, node: Node, where: str) -> float | None:
         if not isinstance(node, ScalarNode) or node.tag not in (_INT, _FLOAT):
-            raise self.error(where, _line(node), f"weight must be a number, got {_describe(node)}")
+            self.report(where, _line(node), f"weight must be a number, got {_describe(node)}")
+            return None
         value = float(yaml.constructor.SafeConstructor().construct_object(node))
         if not (value >= 0 and math.isfinite(value)):
-            raise self.error(where, _line(node), f"weight must be a finite number >= 0, got {node.value}")
+            self.report(where, _line(node), f"weight must be a finite number >= 0, got {node.value}")
+            return None
         return value
 
-    def parsed(self, node: Node, where: str, parse: _Parse[_X]) -> _X:
+    def parsed(self, node: Node, where: str, parse: _Parse[_X]) -> _X | None:
         """A scalar parsed with dtab syntax; syntax errors point into the file."""
         text = self.string(node, where)
+        if text is None:
+            return None
         try:
             return parse(text)
         except DtabSyntaxError as exc:
-            raise self.text_error(where, node, exc) from None
+            line, column = scalar_position(self.text, node, exc.line, exc.column)
+            self.report(where, line, exc.reason, column=column)
+            return None
 
     # -- errors ------------------------------------------------------------------------------
 
-    def error(
-        self, where: str, line: int, reason: str, *, column: int | None = None, show_context: bool = False
-    ) -> RoutesError:
-        context = ""
-        if show_context and column is not None:
-            context = context_lines(self.text, line, column)
-        return RoutesError(self.source, where, line, reason, column=column, context=context)
+    def report(self, where: str, line: int, reason: str, *, column: int | None = None) -> None:
+        self.problems.append(RoutesProblem(where, line, reason, column))
 
-    def text_error(self, where: str, node: Node, exc: DtabSyntaxError) -> RoutesError:
-        """Map a syntax error inside a scalar's text to a line and column of the file."""
-        line, column = _file_position(self.text, node, exc.line, exc.column)
-        return self.error(where, line, exc.reason, column=column, show_context=True)
+    def failure(self) -> RoutesError:
+        ordered = sorted(dict.fromkeys(self.problems), key=lambda p: (p.line, p.column or 0))
+        return RoutesError(self.source, problems=ordered, text=self.text)
+
+
+def _value_of(node: Node, key: str) -> Node | None:
+    """The value of `key` in a mapping node (the first one), or None."""
+    if isinstance(node, MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, ScalarNode) and key_node.value == key and isinstance(value_node, Node):
+                return value_node
+    return None
 
 
 def _line(node: Node) -> int:
@@ -363,21 +448,22 @@ def _line(node: Node) -> int:
 
 
 def _describe(node: Node) -> str:
+    """What the user wrote, as meshd's config errors show it: text in double quotes, other
+    scalars as written, `a mapping`, `a list` or `null`."""
     if isinstance(node, MappingNode):
         return "a mapping"
     if isinstance(node, SequenceNode):
         return "a list"
     if isinstance(node, ScalarNode) and node.tag == _NULL:
-        return "nothing"
+        return "null"
     if isinstance(node, ScalarNode):
-        kind = {_INT: "a number", _FLOAT: "a number", _BOOL: "true/false", _STR: "text"}.get(
-            node.tag, "a value"
-        )
-        return f"{kind} ({node.value})"
+        text = str(node.value)
+        text = text if len(text) <= 40 else text[:37] + "..."
+        return json.dumps(text, ensure_ascii=False) if node.tag == _STR else text
     return "a value"
 
 
-def _file_position(text: str, node: Node, line: int, column: int) -> tuple[int, int]:
+def scalar_position(text: str, node: Node, line: int, column: int) -> tuple[int, int]:
     """Where (line, column) of a scalar's value sits in the file (1-based).
 
     Exact for literal blocks (`|`): the value's line k is the k-th line after the indicator,
