@@ -19,10 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshd.admin.app import start_admin, start_admin_unix, stop_admin
-from meshd.config.model import MeshdConfig
+from meshd.config.model import MeshdConfig, RoutesConfigMapConfig
 from meshd.discovery.base import Namer
+from meshd.discovery.k8s import K8sNamer
 from meshd.listener import Listener
-from meshd.reload import RoutesWatcher
+from meshd.reload import ConfigMapRoutesWatcher, RoutesWatcher
 from meshd.router import Router
 from meshd.runtime import Runtime
 from routing.path import Path
@@ -103,7 +104,7 @@ class Daemon:
         self._tune_gc = tune_gc
         self.namers: dict[Path, Namer] = {}
         self.routers: list[Router] = []
-        self.routes_watchers: dict[str, RoutesWatcher] = {}
+        self.routes_watchers: dict[str, RoutesWatcher | ConfigMapRoutesWatcher] = {}
         self.bound: list[Bound] = []
         self.ready = False
         self.admin_port: int | None = None
@@ -130,6 +131,8 @@ class Daemon:
                 watcher.load_initial()
                 await watcher.start()
                 self.routes_watchers[router.label] = watcher
+            elif router_config.routes_config_map is not None:
+                await self._watch_config_map(router, router_config.routes_config_map)
         loop = asyncio.get_running_loop()
         for router in self.routers:
             for index, server_config in enumerate(router.config.servers):
@@ -162,6 +165,26 @@ class Daemon:
         if self._tune_gc:
             _tune_gc()
         self.ready = True
+
+    async def _watch_config_map(self, router: Router, cm: RoutesConfigMapConfig) -> None:
+        """Start watching a router's routes ConfigMap, and wait (up to the router's
+        bindingTimeoutMs) for its first version, so that meshd starts with its rules."""
+        namer = next(
+            n for prefix, n in self.namers.items()
+            if isinstance(n, K8sNamer) and (cm.namer is None or prefix == Path.read(cm.namer))
+        )
+        cm_watcher = ConfigMapRoutesWatcher(
+            namer, cm.namespace, cm.name, cm.key, router.set_routes_dtab, max_bytes=router.config.routes_max_bytes,
+            clock=self.runtime.clock,
+        )
+        await cm_watcher.start()
+        self.routes_watchers[router.label] = cm_watcher
+        timeout_s = router.config.binding_timeout_ms / 1000.0
+        if not await cm_watcher.wait_first(timeout_s):
+            log.warning(
+                "router %s: no version of %s within %.1f s (%s); serving the router's own dtab until one arrives",
+                router.label, cm_watcher.source, timeout_s, cm_watcher.last_error or "no answer yet",
+            )
 
     def port_of(self, router: str, index: int = 0) -> int:
         for b in self.bound:

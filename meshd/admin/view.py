@@ -13,7 +13,6 @@ are plain data and are named by their own types.
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol, TypeVar
 
@@ -153,10 +152,21 @@ class ListenerView(Protocol):
 
 
 class RoutesWatcherView(Protocol):
-    """A router's routing-file watcher: the file, the routes in force, reload counts."""
+    """A router's routing-file watcher (a file, or a ConfigMap): the routes in force, their version, reload counts."""
 
     @property
-    def path(self) -> pathlib.Path: ...
+    def source(self) -> str:
+        """The file's path, or `configmap <namespace>/<name> key <key>`."""
+        ...
+
+    @property
+    def version(self) -> str | None: ...
+
+    @property
+    def digest(self) -> str | None: ...
+
+    @property
+    def loaded_at(self) -> float | None: ...
 
     @property
     def current(self) -> Routes | None: ...
