@@ -27,6 +27,7 @@ from meshd.reload import ConfigMapRoutesWatcher, RoutesWatcher
 from meshd.router import Router
 from meshd.runtime import Runtime
 from routing.path import Path
+from routing.rules import Routes
 
 log = logging.getLogger("meshd")
 
@@ -127,6 +128,7 @@ class Daemon:
                     router.set_routes_dtab,
                     max_bytes=router_config.routes_max_bytes,
                     clock=self.runtime.clock,
+                    on_routes=_match_rules_of(router),
                 )
                 watcher.load_initial()
                 await watcher.start()
@@ -175,7 +177,7 @@ class Daemon:
         )
         cm_watcher = ConfigMapRoutesWatcher(
             namer, cm.namespace, cm.name, cm.key, router.set_routes_dtab, max_bytes=router.config.routes_max_bytes,
-            clock=self.runtime.clock,
+            clock=self.runtime.clock, on_routes=_match_rules_of(router),
         )
         await cm_watcher.start()
         self.routes_watchers[router.label] = cm_watcher
@@ -247,3 +249,8 @@ class Daemon:
         await stop.wait()
         log.info("signal received: draining (up to %d ms)", self.config.drain_timeout_ms)
         await self.shutdown()
+
+
+def _match_rules_of(router: Router) -> Callable[[Routes], None]:
+    """What a routes watcher calls with each version applied: install its rules with `match:`."""
+    return lambda routes: router.set_match_rules(routes.match_rules)

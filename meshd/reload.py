@@ -114,8 +114,11 @@ class RoutesWatcher:
         opener: Opener = open_binary,
         parse: Callable[[bytes, str], Routes] = parse_routes,
         clock: Clock = MONOTONIC,
+        on_routes: Callable[[Routes], None] | None = None,
     ) -> None:
         self.path = path
+        #: told every version applied, after `apply` (the router's rules with `match:`)
+        self._on_routes = on_routes
         self._clock = clock  # the poll interval and the settle time are slept on it
         self.max_bytes = max_bytes
         self._apply = apply
@@ -163,6 +166,8 @@ class RoutesWatcher:
         self._seen = data
         self.current = routes
         self._apply(routes.dtab)
+        if self._on_routes is not None:
+            self._on_routes(routes)
         self.successes += 1
         self.version = self.digest = digest(data)
         self.loaded_at = time.time()
@@ -244,6 +249,8 @@ class RoutesWatcher:
         self.current = routes
         self.last_error = None
         self._apply(routes.dtab)
+        if self._on_routes is not None:
+            self._on_routes(routes)
         self.successes += 1
         self.version = self.digest = digest(contents)
         self.loaded_at = time.time()
@@ -323,8 +330,10 @@ class ConfigMapRoutesWatcher:
         max_bytes: int = ROUTES_MAX_BYTES,
         parse: Callable[[bytes, str], Routes] = parse_routes,
         clock: Clock = MONOTONIC,
+        on_routes: Callable[[Routes], None] | None = None,
     ) -> None:
         self._source = source
+        self._on_routes = on_routes
         self._clock = clock  # the start-up wait is timed on it
         self.namespace = namespace
         self.name = name
@@ -416,6 +425,8 @@ class ConfigMapRoutesWatcher:
         self.current = routes
         self.last_error = None
         self._apply(routes.dtab)
+        if self._on_routes is not None:
+            self._on_routes(routes)
         self.successes += 1
         self.version = _resource_version(state.obj)
         self.digest = digest(contents)

@@ -61,6 +61,7 @@ from meshd.runtime import Runtime
 from meshd.transformers import Transformer
 from routing.delegate import Chooser
 from routing.dtab import Dtab
+from routing.match import MatchRule, MatchRules
 from routing.namer import BoundName, inet_address
 from routing.nametree import Empty, Fail
 from routing.parser import parse_dtab
@@ -154,7 +155,9 @@ class Router:
             ids=RequestIds(),
             identifier=config.identifier.build(),
         )
-        self.service: Service = self.stack.build(bind_service(self.binder, self))
+        #: the routing file's rules with `match:` (empty: the request path tests this and goes on)
+        self.match_rules = MatchRules()
+        self.service: Service = self.stack.build(bind_service(self.binder, self, self.match_rules))
 
     # -- limits for this router's listeners ----------------------------------------------------
     def listener_limits(self, index: int) -> ListenerLimits:
@@ -177,6 +180,10 @@ class Router:
     def set_routes_dtab(self, routes: Dtab) -> None:
         """Install the routes file's entries after the router's own dtab (so they take precedence)."""
         self.dtab.set(self.own_dtab + routes)
+
+    def set_match_rules(self, rules: tuple[MatchRule, ...]) -> None:
+        """Install the routing file's rules with `match:` (applied per request; see routing.match)."""
+        self.match_rules.rules = rules
 
     # -- service level ------------------------------------------------------------------------
     def service_for(self, path: Path) -> Service:

@@ -41,6 +41,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from routing.delegate import JsonValue
 from routing.dtab import Dentry, Dtab, Prefix
+from routing.match import HeaderMatch, Match, MatchRule
 from routing.nametree import Leaf, NameTree, Union, Weighted, show
 from routing.parser import DtabSyntaxError, context_lines, parse_dtab, parse_path, parse_prefix, parse_tree
 from routing.path import Path
@@ -52,7 +53,10 @@ _FLOAT: Final = "tag:yaml.org,2002:float"
 _BOOL: Final = "tag:yaml.org,2002:bool"
 _NULL: Final = "tag:yaml.org,2002:null"
 _TOP_KEYS: Final = ("dtab", "rules")
-_RULE_KEYS: Final = ("name", "description", "prefix", "dst", "weights", "enabled")
+_RULE_KEYS: Final = ("name", "description", "prefix", "match", "dst", "weights", "enabled")
+_MATCH_KEYS: Final = ("headers", "method", "pathPrefix")
+_HEADER_MATCH_KEYS: Final = ("exact", "prefix", "regex")
+_TOKEN_CHARS: Final = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _X = TypeVar("_X", covariant=True)
 
 #: the default limit on a routing file's size (`routesMaxBytes`); a dtab of 1 MiB is thousands
@@ -175,13 +179,15 @@ class Rule:
     description: str = ""
     enabled: bool = True
     line: int = 0
+    #: conditions on the request; a rule with a match applies per request, not in the dtab
+    match: Match | None = None
 
     @property
     def dentry(self) -> Dentry:
         return Dentry(self.prefix, self.dst)
 
     def to_json(self) -> dict[str, JsonValue]:
-        return {
+        out: dict[str, JsonValue] = {
             "name": self.name,
             "description": self.description,
             "prefix": self.prefix.show(),
@@ -189,6 +195,9 @@ class Rule:
             "enabled": self.enabled,
             "line": self.line,
         }
+        if self.match is not None:
+            out["match"] = self.match.to_json()  # type: ignore[assignment]
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,11 +210,21 @@ class Routes:
     text_dtab: Dtab
     source: str = ""
 
+    @property
+    def dtab_rules(self) -> tuple[Rule, ...]:
+        """The enabled rules whose dentries are in `dtab` (those without `match`), in order."""
+        return tuple(r for r in self.rules if r.enabled and r.match is None)
+
+    @property
+    def match_rules(self) -> tuple[MatchRule, ...]:
+        """The enabled rules with `match`, as the request path applies them."""
+        return tuple(
+            MatchRule(r.prefix, r.match, r.dentry.show(), r.name) for r in self.rules if r.enabled and r.match is not None
+        )
+
     def to_json(self) -> dict[str, JsonValue]:
         dentries: list[JsonValue] = [{"dentry": d.show(), "from": "dtab"} for d in self.text_dtab.dentries]
-        dentries.extend(
-            {"dentry": r.dentry.show(), "from": f"rule {r.name}"} for r in self.rules if r.enabled
-        )
+        dentries.extend({"dentry": r.dentry.show(), "from": f"rule {r.name}"} for r in self.dtab_rules)
         return {
             "source": self.source,
             "dtab": self.dtab.show(),
@@ -255,7 +274,7 @@ class _Loader:
             rules = self.rules(fields["rules"][1])
         if self.problems:
             raise self.failure()
-        applied = tuple(r.dentry for r in rules if r.enabled)
+        applied = tuple(r.dentry for r in rules if r.enabled and r.match is None)
         return Routes(text_dtab + Dtab(applied), rules, text_dtab, self.source)
 
     # -- sections ------------------------------------------------------------------------
@@ -328,9 +347,81 @@ class _Loader:
             dst = self.parsed(fields["dst"][1], f"{where}.dst", parse_tree)
         elif "weights" in fields:
             dst = self.weights(fields["weights"][1], f"{where}.weights")
+        match: Match | None = None
+        if "match" in fields:
+            match = self.match(fields["match"][1], f"{where}.match")
         if len(self.problems) > before or name is None or prefix is None or dst is None or enabled is None:
             return None
-        return Rule(name, prefix, dst, description, enabled, name_line)
+        return Rule(name, prefix, dst, description, enabled, name_line, match)
+
+    def match(self, node: Node, where: str) -> Match | None:
+        if not isinstance(node, MappingNode):
+            self.report(where, _line(node), f"expected a mapping with headers, method or pathPrefix, got {_describe(node)}")
+            return None
+        before = len(self.problems)
+        fields = self.mapping(node, where, _MATCH_KEYS)
+        if not fields and len(self.problems) == before:
+            self.report(where, _line(node), "give at least one of headers, method and pathPrefix")
+        headers: list[HeaderMatch] = []
+        if "headers" in fields:
+            headers = self.header_matches(fields["headers"][1], f"{where}.headers")
+        method: str | None = None
+        if "method" in fields:
+            method_node = fields["method"][1]
+            method = self.string(method_node, f"{where}.method")
+            if method is not None and (not method or any(c not in _TOKEN_CHARS for c in method) or method != method.upper()):
+                self.report(f"{where}.method", _line(method_node), f'expected an HTTP method in capitals (GET, POST, ...), got "{method}"')
+        path_prefix: str | None = None
+        if "pathPrefix" in fields:
+            prefix_node = fields["pathPrefix"][1]
+            path_prefix = self.string(prefix_node, f"{where}.pathPrefix")
+            if path_prefix is not None and (not path_prefix.startswith("/") or any(c in path_prefix for c in " ?#")):
+                self.report(f"{where}.pathPrefix", _line(prefix_node), f'expected a path starting with "/" (no query), got "{path_prefix}"')
+        if len(self.problems) > before:
+            return None
+        return Match(tuple(headers), method, path_prefix)
+
+    def header_matches(self, node: Node, where: str) -> list[HeaderMatch]:
+        if not isinstance(node, MappingNode) or not node.value:
+            self.report(where, _line(node), f"expected a mapping from header name to value, got {_describe(node)}")
+            return []
+        out: list[HeaderMatch] = []
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            name = self.string(key_node, where)
+            if name is None:
+                continue
+            at = f"{where}.{name}"
+            if not name or any(c not in _TOKEN_CHARS for c in name):
+                self.report(at, _line(key_node), f'expected a header name, got "{name}"')
+                continue
+            if name.lower() in seen:
+                self.report(at, _line(key_node), f'header "{name}" is given twice')
+                continue
+            seen.add(name.lower())
+            if isinstance(value_node, ScalarNode) and value_node.tag in (_STR, _INT):
+                out.append(HeaderMatch(name.lower(), str(value_node.value)))  # `x-user: 42` means the text 42
+                continue
+            if not isinstance(value_node, MappingNode):
+                self.report(at, _line(value_node), f"expected a value, or {{exact: ...}} or {{prefix: ...}}, got {_describe(value_node)}")
+                continue
+            how_fields = self.mapping(value_node, at, _HEADER_MATCH_KEYS)
+            if "regex" in how_fields:
+                self.report(f"{at}.regex", _line(how_fields["regex"][0]),
+                            "regular expressions are not matched (a regex can make matching slow); use exact or prefix")
+                continue
+            if len(how_fields) != 1:
+                if how_fields:
+                    self.report(at, _line(value_node), "give one of exact and prefix")
+                elif not value_node.value:
+                    self.report(at, _line(value_node), "give one of exact and prefix")
+                continue
+            ((how, (_k, text_node)),) = how_fields.items()
+            if not (isinstance(text_node, ScalarNode) and text_node.tag in (_STR, _INT)):
+                self.report(f"{at}.{how}", _line(text_node), f"expected text, got {_describe(text_node)}")
+                continue
+            out.append(HeaderMatch(name.lower(), str(text_node.value), "exact" if how == "exact" else "prefix"))
+        return out
 
     def weights(self, node: Node, where: str) -> NameTree[Path] | None:
         if not isinstance(node, MappingNode) or not node.value:

@@ -42,6 +42,7 @@ from routing.delegate import (
     parse_dtab_header,
 )
 from routing.dtab import Dtab
+from routing.match import MatchRules, matched_dtab
 from routing.namer import Namer
 from routing.parser import DtabSyntaxError
 from routing.path import Path
@@ -235,16 +236,26 @@ class ServiceLookup(Protocol):
     def service_for(self, path: Path) -> Service: ...
 
 
-def bind_service(binder: Binder, services: ServiceLookup) -> Service:
-    """The innermost router-level step: bind, then hand over to the logical name's service stack."""
+def bind_service(binder: Binder, services: ServiceLookup, matching: MatchRules | None = None) -> Service:
+    """The innermost router-level step: bind, then hand over to the logical name's service stack.
+
+    `matching` holds the routing file's rules with `match:`; the dentries of those that hold for
+    a request are added after its local dtab for binding (not forwarded downstream). With no
+    such rules a request costs one attribute test here.
+    """
 
     cache = binder.cache
     service_for = services.service_for
+    held = matching if matching is not None else MatchRules()
 
     def bind_request(ctx: RouteContext) -> Awaitable[Response]:
         path = ctx.logical_path
         assert path is not None, "the identifier runs before the binder"
         local = ctx.local_dtab
+        if held.rules:
+            extra = matched_dtab(held.rules, path, ctx.request)
+            if extra:
+                local = local + ";" + extra if local else extra
         chooser = cache.get((path, local))
         if chooser is None:
             return bind_then_serve(ctx, path, local)
