@@ -253,4 +253,4 @@ class Daemon:
 
 def _match_rules_of(router: Router) -> Callable[[Routes], None]:
     """What a routes watcher calls with each version applied: install its rules with `match:`."""
-    return lambda routes: router.set_match_rules(routes.match_rules)
+    return lambda routes: router.set_match_rules(routes.match_rules, routes.fault_rules)

@@ -157,7 +157,9 @@ class Router:
         )
         #: the routing file's rules with `match:` (empty: the request path tests this and goes on)
         self.match_rules = MatchRules()
-        self.service: Service = self.stack.build(bind_service(self.binder, self, self.match_rules))
+        self.service: Service = self.stack.build(
+            bind_service(self.binder, self, self.match_rules, rng=self._rng, clock=runtime.clock)
+        )
 
     # -- limits for this router's listeners ----------------------------------------------------
     def listener_limits(self, index: int) -> ListenerLimits:
@@ -181,9 +183,17 @@ class Router:
         """Install the routes file's entries after the router's own dtab (so they take precedence)."""
         self.dtab.set(self.own_dtab + routes)
 
-    def set_match_rules(self, rules: tuple[MatchRule, ...]) -> None:
-        """Install the routing file's rules with `match:` (applied per request; see routing.match)."""
-        self.match_rules.rules = rules
+    def set_match_rules(self, rules: tuple[MatchRule, ...], faults: tuple[MatchRule, ...] = ()) -> None:
+        """Install the routing file's rules with `match:` and its fault rules (applied per request;
+        see routing.match). Fault injection is announced loudly: one warning per rule on."""
+        self.match_rules.set(rules, faults)
+        for rule in faults:
+            assert rule.fault is not None
+            when = f" when {rule.match.show()}" if rule.match.show() else ""
+            log.warning(
+                "router %s: FAULT INJECTION ON: rule %s: %s under %s%s",
+                self.label, rule.name, rule.fault.show(), rule.prefix.show(), when,
+            )
 
     # -- service level ------------------------------------------------------------------------
     def service_for(self, path: Path) -> Service:

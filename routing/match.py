@@ -107,20 +107,69 @@ def _under(path: str, prefix: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class Fault:
+    """Fault injection (for game days): for `share` of the matching requests, answer `abort`
+    (a status) at once, or wait `delay_ms` before routing them."""
+
+    share: float
+    abort: int | None = None
+    delay_ms: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return "abort" if self.abort is not None else "delay"
+
+    def show(self) -> str:
+        what = f"abort {self.abort}" if self.abort is not None else f"delay {self.delay_ms} ms"
+        return f"{what} for {self.share:.0%} of matching requests"
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"share": self.share}
+        if self.abort is not None:
+            out["abort"] = self.abort
+        if self.delay_ms is not None:
+            out["delayMs"] = self.delay_ms
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class MatchRule:
-    """A rule as the request path uses it: the names it applies to, its conditions, its dentry."""
+    """A rule as the request path uses it: the names it applies to, its conditions, and its
+    dentry (a match rule) or its fault (a fault rule)."""
 
     prefix: Prefix
     match: Match
-    dentry: str  # the dentry as dtab text (`/svc/accounts=>/#/fs/accounts-v2`)
+    dentry: str  # the dentry as dtab text (`/svc/accounts=>/#/fs/accounts-v2`); "" for a fault rule
     name: str = ""
+    fault: Fault | None = None
 
 
 @dataclass(slots=True)
 class MatchRules:
-    """The router's current match rules (replaced whole on a routing-file reload)."""
+    """The router's current match and fault rules (replaced whole on a routing-file reload).
+
+    `active` is true when there is any: the request path tests it and nothing else otherwise.
+    `injected` counts the faults injected, by (rule name, kind).
+    """
 
     rules: tuple[MatchRule, ...] = field(default=())
+    faults: tuple[MatchRule, ...] = field(default=())
+    active: bool = False
+    injected: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def set(self, rules: tuple[MatchRule, ...], faults: tuple[MatchRule, ...]) -> None:
+        self.rules = rules
+        self.faults = faults
+        self.active = bool(rules or faults)
+
+
+def fault_for(faults: Sequence[MatchRule], path: Path, request: RequestView, draw: float) -> MatchRule | None:
+    """The first fault rule that applies to this request and whose share `draw` (in [0, 1)) falls in."""
+    for rule in faults:
+        fault = rule.fault
+        if fault is not None and draw < fault.share and rule.prefix.matches(path) and rule.match.holds(request):
+            return rule
+    return None
 
 
 def matched_dtab(rules: Sequence[MatchRule], path: Path, request: RequestView) -> str:

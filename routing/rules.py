@@ -41,8 +41,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from routing.delegate import JsonValue
 from routing.dtab import Dentry, Dtab, Prefix
-from routing.match import HeaderMatch, Match, MatchRule
-from routing.nametree import Leaf, NameTree, Union, Weighted, show
+from routing.match import Fault, HeaderMatch, Match, MatchRule
+from routing.nametree import NEG, Leaf, NameTree, Union, Weighted, show
 from routing.parser import DtabSyntaxError, context_lines, parse_dtab, parse_path, parse_prefix, parse_tree
 from routing.path import Path
 from routing.suggest import closest, did_you_mean
@@ -53,7 +53,8 @@ _FLOAT: Final = "tag:yaml.org,2002:float"
 _BOOL: Final = "tag:yaml.org,2002:bool"
 _NULL: Final = "tag:yaml.org,2002:null"
 _TOP_KEYS: Final = ("dtab", "rules")
-_RULE_KEYS: Final = ("name", "description", "prefix", "match", "dst", "weights", "enabled")
+_RULE_KEYS: Final = ("name", "description", "prefix", "match", "dst", "weights", "fault", "enabled")
+_FAULT_KEYS: Final = ("share", "abort", "delayMs")
 _MATCH_KEYS: Final = ("headers", "method", "pathPrefix")
 _HEADER_MATCH_KEYS: Final = ("exact", "prefix", "regex")
 _TOKEN_CHARS: Final = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -181,6 +182,8 @@ class Rule:
     line: int = 0
     #: conditions on the request; a rule with a match applies per request, not in the dtab
     match: Match | None = None
+    #: fault injection; a fault rule has no destination (its `dst` is `~`) and is not in the dtab
+    fault: Fault | None = None
 
     @property
     def dentry(self) -> Dentry:
@@ -197,6 +200,9 @@ class Rule:
         }
         if self.match is not None:
             out["match"] = self.match.to_json()  # type: ignore[assignment]
+        if self.fault is not None:
+            del out["dst"]
+            out["fault"] = self.fault.to_json()  # type: ignore[assignment]
         return out
 
 
@@ -212,14 +218,23 @@ class Routes:
 
     @property
     def dtab_rules(self) -> tuple[Rule, ...]:
-        """The enabled rules whose dentries are in `dtab` (those without `match`), in order."""
-        return tuple(r for r in self.rules if r.enabled and r.match is None)
+        """The enabled rules whose dentries are in `dtab` (no `match`, no `fault`), in order."""
+        return tuple(r for r in self.rules if r.enabled and r.match is None and r.fault is None)
 
     @property
     def match_rules(self) -> tuple[MatchRule, ...]:
-        """The enabled rules with `match`, as the request path applies them."""
+        """The enabled rules with `match` (and a destination), as the request path applies them."""
         return tuple(
-            MatchRule(r.prefix, r.match, r.dentry.show(), r.name) for r in self.rules if r.enabled and r.match is not None
+            MatchRule(r.prefix, r.match, r.dentry.show(), r.name)
+            for r in self.rules
+            if r.enabled and r.match is not None and r.fault is None
+        )
+
+    @property
+    def fault_rules(self) -> tuple[MatchRule, ...]:
+        """The enabled fault rules, as the request path applies them (no `match`: every request)."""
+        return tuple(
+            MatchRule(r.prefix, r.match or Match(), "", r.name, r.fault) for r in self.rules if r.enabled and r.fault
         )
 
     def to_json(self) -> dict[str, JsonValue]:
@@ -274,7 +289,7 @@ class _Loader:
             rules = self.rules(fields["rules"][1])
         if self.problems:
             raise self.failure()
-        applied = tuple(r.dentry for r in rules if r.enabled and r.match is None)
+        applied = tuple(r.dentry for r in rules if r.enabled and r.match is None and r.fault is None)
         return Routes(text_dtab + Dtab(applied), rules, text_dtab, self.source)
 
     # -- sections ------------------------------------------------------------------------
@@ -321,8 +336,13 @@ class _Loader:
         for required in ("name", "prefix"):
             if required not in fields and required not in self.meant:
                 self.report(where, _line(node), f'missing required key "{required}"')
-        misspelled = bool(self.meant & {"dst", "weights"})
-        if ("dst" in fields) == ("weights" in fields) and not (misspelled and "dst" not in fields and "weights" not in fields):
+        misspelled = bool(self.meant & {"dst", "weights", "fault"})
+        if "fault" in fields:
+            if "dst" in fields or "weights" in fields:
+                self.report(where, _line(node), 'a fault rule has no destination: give "fault" or "dst"/"weights", not both')
+        elif ("dst" in fields) == ("weights" in fields) and not (
+            misspelled and "dst" not in fields and "weights" not in fields
+        ):
             self.report(where, _line(node), 'a rule needs exactly one of "dst" and "weights"')
 
         name: str | None = None
@@ -350,9 +370,42 @@ class _Loader:
         match: Match | None = None
         if "match" in fields:
             match = self.match(fields["match"][1], f"{where}.match")
+        fault: Fault | None = None
+        if "fault" in fields:
+            fault = self.fault(fields["fault"][1], f"{where}.fault")
+            dst = NEG
         if len(self.problems) > before or name is None or prefix is None or dst is None or enabled is None:
             return None
-        return Rule(name, prefix, dst, description, enabled, name_line, match)
+        return Rule(name, prefix, dst, description, enabled, name_line, match, fault)
+
+    def fault(self, node: Node, where: str) -> Fault | None:
+        if not isinstance(node, MappingNode):
+            self.report(where, _line(node), f"expected a mapping with share and abort or delayMs, got {_describe(node)}")
+            return None
+        before = len(self.problems)
+        fields = self.mapping(node, where, _FAULT_KEYS)
+        if "share" not in fields:
+            self.report(where, _line(node), 'missing required key "share" (the fraction of matching requests, e.g. 0.1)')
+        if ("abort" in fields) == ("delayMs" in fields):
+            self.report(where, _line(node), 'give exactly one of "abort" (a status) and "delayMs"')
+        share = self.number(fields["share"][1], f"{where}.share", what="share") if "share" in fields else None
+        if share is not None and not 0 < share <= 1:
+            self.report(f"{where}.share", _line(fields["share"][1]), f"expected a fraction > 0 and <= 1, got {share:g}")
+        abort = self.integer(fields["abort"][1], f"{where}.abort", 400, 599) if "abort" in fields else None
+        delay = self.integer(fields["delayMs"][1], f"{where}.delayMs", 1, 60_000) if "delayMs" in fields else None
+        if len(self.problems) > before or share is None:
+            return None
+        return Fault(share, abort, delay)
+
+    def integer(self, node: Node, where: str, low: int, high: int) -> int | None:
+        if not isinstance(node, ScalarNode) or node.tag != _INT:
+            self.report(where, _line(node), f"expected an integer {low}-{high}, got {_describe(node)}")
+            return None
+        value = int(yaml.constructor.SafeConstructor().construct_object(node))
+        if not low <= value <= high:
+            self.report(where, _line(node), f"expected an integer {low}-{high}, got {value}")
+            return None
+        return value
 
     def match(self, node: Node, where: str) -> Match | None:
         if not isinstance(node, MappingNode):
@@ -493,13 +546,13 @@ class _Loader:
             return None
         return bool(yaml.constructor.SafeConstructor().construct_object(node))
 
-    def number(self, node: Node, where: str) -> float | None:
+    def number(self, node: Node, where: str, *, what: str = "weight") -> float | None:
         if not isinstance(node, ScalarNode) or node.tag not in (_INT, _FLOAT):
-            self.report(where, _line(node), f"weight must be a number, got {_describe(node)}")
+            self.report(where, _line(node), f"{what} must be a number, got {_describe(node)}")
             return None
         value = float(yaml.constructor.SafeConstructor().construct_object(node))
         if not (value >= 0 and math.isfinite(value)):
-            self.report(where, _line(node), f"weight must be a finite number >= 0, got {node.value}")
+            self.report(where, _line(node), f"{what} must be a finite number >= 0, got {node.value}")
             return None
         return value
 

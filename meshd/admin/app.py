@@ -119,6 +119,10 @@ async def routes(request: web.Request) -> web.Response:
                 "version": watcher.version if watcher else None,
                 "digest": watcher.digest if watcher else None,
                 "loadedAt": _timestamp(watcher.loaded_at) if watcher else None,
+                "faultsActive": [
+                    {"rule": rule.name, "prefix": rule.prefix.show(), "fault": rule.fault.to_json() if rule.fault else None}
+                    for rule in router.match_rules.faults
+                ],
                 "reloads": {"success": watcher.successes, "error": watcher.errors} if watcher else None,
                 "lastError": watcher.last_error if watcher else None,
             }

@@ -25,6 +25,7 @@ from meshd.pipeline.stats import RequestStats
 from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.pool.pool import PoolStatistics
 from routing.dtab import Dtab
+from routing.match import MatchRules
 from routing.path import Path
 from routing.rules import Routes
 
@@ -110,6 +111,11 @@ class RouterView(Protocol):
 
     @property
     def own_dtab(self) -> Dtab: ...
+
+    @property
+    def match_rules(self) -> MatchRules:
+        """The routing file's rules with `match:` and fault rules, with the faults injected."""
+        ...
 
     @property
     def dtab(self) -> Current[Dtab]: ...

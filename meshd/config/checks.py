@@ -208,7 +208,7 @@ def _routes_sites(routes: Routes, text: str) -> Iterator[_Site]:
     root = _compose(text)
     yield from _dtab_sites(routes.text_dtab, "dtab", _at(root, ("dtab",)))
     for i, rule in enumerate(routes.rules):
-        if not rule.enabled:
+        if not rule.enabled or rule.fault is not None:  # a fault rule has no destination
             continue
         weights = _at(root, ("rules", i, "weights"))
         if isinstance(weights, MappingNode) and isinstance(rule.dst, Union):

@@ -90,3 +90,33 @@ def test_path_prefix_matches_whole_segments(prefix: list[str], path: list[str]) 
     match = Match(path_prefix="/" + "/".join(prefix))
     holds = match.holds(Req(target="/" + "/".join(path)))
     assert holds == (path[: len(prefix)] == prefix)
+
+
+def fault_rule(fault: str, extra: str = "") -> str:
+    return f"rules:\n  - name: f\n    prefix: /svc/a\n    fault: {fault}\n{extra}"
+
+
+def test_a_fault_rule_has_no_destination_and_is_not_in_the_dtab() -> None:
+    routes = load_routes(fault_rule("{share: 0.1, abort: 503}"), "r.yaml")
+    assert routes.dtab.show() == "" and routes.match_rules == ()
+    (rule,) = routes.fault_rules
+    assert rule.fault is not None and (rule.fault.share, rule.fault.abort, rule.fault.kind) == (0.1, 503, "abort")
+    assert routes.rules[0].to_json()["fault"] == {"share": 0.1, "abort": 503} and "dst" not in routes.rules[0].to_json()
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "reason"),
+    [
+        (fault_rule("{share: 0.1, abort: 503}", "    dst: /x\n"), "rules[0]", "a fault rule has no destination"),
+        (fault_rule("{share: 0, abort: 503}"), "rules[0].fault.share", "expected a fraction > 0 and <= 1, got 0"),
+        (fault_rule("{share: 2, abort: 503}"), "rules[0].fault.share", "expected a fraction > 0 and <= 1, got 2"),
+        (fault_rule("{share: 0.5, abort: 200}"), "rules[0].fault.abort", "expected an integer 400-599, got 200"),
+        (fault_rule("{share: 0.5, abort: 503, delayMs: 5}"), "rules[0].fault", 'give exactly one of "abort"'),
+        (fault_rule("{abort: 503}"), "rules[0].fault", 'missing required key "share"'),
+        (fault_rule("{share: 0.5, delayMs: 0}"), "rules[0].fault.delayMs", "expected an integer 1-60000, got 0"),
+    ],
+)
+def test_fault_mistakes(text: str, where: str, reason: str) -> None:
+    with pytest.raises(RoutesError) as info:
+        load_routes(text, "r.yaml")
+    assert [(p.where, p.reason[: len(reason)]) for p in info.value.problems] == [(where, reason)]
