@@ -1,4 +1,4 @@
-"""The `meshd` command: `run`, `check`, `dtab explain`, `--version`. Parsing only; no logic here."""
+"""The `meshd` command: `run`, `check`, `dtab explain`, `routes diff`, `convert`, `--version`. Parsing only; no logic here."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"run": _run, "check": _check, "dtab": _dtab}[args.command]
+    handler = {"run": _run, "check": _check, "dtab": _dtab, "routes": _routes, "convert": _convert}[args.command]
     return handler(args)
 
 
@@ -44,8 +44,24 @@ def _parser() -> argparse.ArgumentParser:
         help="start by taking the listening sockets over from the meshd serving --handover-socket PATH",
     )
 
-    check = commands.add_parser("check", help="validate a config file (exit 0 if valid)")
-    check.add_argument("-c", "--config", required=True)
+    check = commands.add_parser(
+        "check",
+        help="validate a config file and its routing files (exit 0 if valid)",
+        description="Report every problem of a meshd.yaml and the routing files its routers name (or of one "
+        "routing file given with --routes), in one run and one format: the YAML path, the file's line and "
+        "column, the reason. Warnings (a weighted branch or a rule's destination that can never bind with "
+        "the namers configured) do not fail the check unless --strict is given.",
+    )
+    check.add_argument("-c", "--config", help="the meshd YAML config file")
+    check.add_argument(
+        "--routes",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a routing file to check (repeatable); with -c, against that config's first router and namers",
+    )
+    check.add_argument("--router", help="with --routes: the router whose dtab and namers to check against")
+    check.add_argument("--strict", action="store_true", help="warnings fail the check too (exit 1), for CI")
 
     dtab = commands.add_parser("dtab", help="dtab tools")
     dtab_commands = dtab.add_subparsers(dest="dtab_command", required=True)
@@ -55,6 +71,31 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--router", help="router label (default: the first)")
     explain.add_argument("--dtab", default="", help="extra dentries, as an l5d-dtab header would add")
     explain.add_argument("--json", action="store_true", help="print JSON instead of text")
+    convert = commands.add_parser(
+        "convert",
+        help="translate a linkerd 1 config into a meshd.yaml",
+        description="Read a linkerd 1 config (or a Kubernetes manifest with a ConfigMap holding one) and print "
+        "a meshd.yaml. What could not be carried over is listed on stderr and as comments at the top.",
+    )
+    convert.add_argument("linkerd", help="the linkerd 1 config file")
+    convert.add_argument("-o", "--output", help="write the meshd.yaml here instead of to stdout")
+
+    routes = commands.add_parser("routes", help="routing-file tools")
+    routes_commands = routes.add_subparsers(dest="routes_command", required=True)
+    diff = routes_commands.add_parser(
+        "diff",
+        help="where traffic goes for a set of names, with the old and with the new routing file",
+        description="Bind each name through the router's dtab followed by OLD's entries, then NEW's, with the "
+        "config's namers, and show each destination's share of requests before and after. The names are "
+        "those given, or every rule prefix and dtab prefix (without '*') of the two files.",
+    )
+    diff.add_argument("old", help="the routing file in force")
+    diff.add_argument("new", help="the edited routing file")
+    diff.add_argument("names", nargs="*", help="logical names to compare, e.g. /svc/accounts (default: see above)")
+    diff.add_argument("-c", "--config", required=True, help="the meshd YAML config file (namers, router dtab)")
+    diff.add_argument("--router", help="router label (default: the first)")
+    diff.add_argument("--json", action="store_true", help="print JSON instead of text")
+    diff.add_argument("--exit-code", action="store_true", help="exit 1 when some name's traffic changes")
     return parser
 
 
@@ -71,27 +112,84 @@ def _load(path: str) -> object:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from meshd.config.checks import run_check
+
+    if args.config is None and not args.routes:
+        print("meshd check: give -c meshd.yaml, --routes routes.yaml, or both", file=sys.stderr)
+        return 2
+    report = run_check(args.config, args.routes, router=args.router)
+    for block in report.blocks:
+        print(block, file=sys.stderr)
+    if report.errors or (args.strict and report.warnings):
+        if args.strict and report.warnings and not report.errors:
+            count = report.warnings
+            print(f"--strict: {count} warning{'s' if count != 1 else ''} fail the check", file=sys.stderr)
+        return 1
+    for name in report.checked:
+        print(f"{name}: ok")
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.warnings:
+        count = report.warnings
+        print(f"{count} warning{'s' if count != 1 else ''} (shown above); --strict makes warnings fail the check")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from meshd.convert import ConvertError, convert
+
+    try:
+        text = pathlib.Path(args.linkerd).read_text(encoding="utf-8")
+        result = convert(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"{args.linkerd}: cannot read the file: {exc}", file=sys.stderr)
+        return 1
+    except ConvertError as exc:
+        print(f"{args.linkerd}: {exc}", file=sys.stderr)
+        return 1
+    output = result.to_yaml(args.linkerd)
+    if args.output:
+        pathlib.Path(args.output).write_text(output, encoding="utf-8")
+    else:
+        sys.stdout.write(output)
+    count = len(result.notes)
+    print(f"{args.linkerd}: converted; {count} thing{'s' if count != 1 else ''} not carried over"
+          + (":" if count else ""), file=sys.stderr)
+    for note in result.notes:
+        print(f"  {note}", file=sys.stderr)
+    return 0
+
+
+def _routes(args: argparse.Namespace) -> int:
+    from meshd.config.model import MeshdConfig
+    from meshd.routes_diff import default_names, diff, load_pair, render
+
     config = _load(args.config)
     if config is None:
-        return 1
-    from meshd.config.model import MeshdConfig
-    from routing.rules import RoutesError, load_routes_file
-
+        return 2
     assert isinstance(config, MeshdConfig)
+    routers = [r for r in config.routers if args.router is None or r.label == args.router]
+    if not routers:
+        print(f"no router {args.router!r} (routers: {', '.join(r.label for r in config.routers)})", file=sys.stderr)
+        return 2
+    router = routers[0]
+    old, new, report = load_pair(args.old, args.new, router.routes_max_bytes)
+    if old is None or new is None:
+        for block in report.blocks:
+            print(block, file=sys.stderr)
+        return 2
+    names = list(args.names) or default_names(old, new)
+    for name in names:
+        if not name.startswith("/"):
+            print(f"{name}: a logical name starts with '/', e.g. /svc/accounts", file=sys.stderr)
+            return 2
     base = pathlib.Path(args.config).resolve().parent
-    problems = 0
-    for router in config.routers:
-        if router.routes:
-            routes_path = base / router.routes
-            try:
-                load_routes_file(routes_path, router.routes_max_bytes)
-            except (OSError, RoutesError) as exc:
-                print(f"routers[{router.label}].routes: {exc}", file=sys.stderr)
-                problems += 1
-    if problems:
-        return 1
-    print(f"{args.config}: ok")
-    return 0
+    diffs = asyncio.run(diff(config, router, base, old, new, names))
+    if args.json:
+        print(json.dumps({"router": router.label, "names": [d.to_json() for d in diffs]}, indent=2))
+    else:
+        print(render(router.label, diffs))
+    return 1 if args.exit_code and any(d.changed for d in diffs) else 0
 
 
 def _run(args: argparse.Namespace) -> int:

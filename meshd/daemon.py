@@ -25,14 +25,16 @@ from typing import Any
 from meshd.admin.app import start_admin, start_admin_unix, stop_admin
 from meshd.config.errors import ConfigError, ConfigProblem
 from meshd.config.loader import load_config, to_yaml_dict
-from meshd.config.model import MeshdConfig, RouterConfig
+from meshd.config.model import MeshdConfig, RouterConfig, RoutesConfigMapConfig
 from meshd.discovery.base import Namer
+from meshd.discovery.k8s import K8sNamer
 from meshd.handover import Inherited, Listening, serve_handover
 from meshd.listener import Listener
-from meshd.reload import RoutesWatcher
+from meshd.reload import ConfigMapRoutesWatcher, RoutesWatcher
 from meshd.router import Router
 from meshd.runtime import Runtime
 from routing.path import Path
+from routing.rules import Routes
 
 log = logging.getLogger("meshd")
 
@@ -156,7 +158,7 @@ class Daemon:
         self._tune_gc = tune_gc
         self.namers: dict[Path, Namer] = {}
         self.routers: list[Router] = []
-        self.routes_watchers: dict[str, RoutesWatcher] = {}
+        self.routes_watchers: dict[str, RoutesWatcher | ConfigMapRoutesWatcher] = {}
         self.bound: list[Bound] = []
         self.ready = False
         self.admin_port: int | None = None
@@ -176,6 +178,8 @@ class Daemon:
             if watcher is not None:
                 await watcher.start()
                 self.routes_watchers[router.label] = watcher
+            elif router_config.routes_config_map is not None:
+                await self._watch_config_map(router, router_config.routes_config_map)
         loop = asyncio.get_running_loop()
         for router in self.routers:
             for index in range(len(router.config.servers)):
@@ -239,6 +243,7 @@ class Daemon:
                 router.set_routes_dtab,
                 max_bytes=config.routes_max_bytes,
                 clock=self.runtime.clock,
+                on_routes=_match_rules_of(router),
             )
             watcher.load_initial()
         return router, watcher
@@ -253,6 +258,26 @@ class Daemon:
     def _handed_over(self) -> None:
         """A newer meshd serves on our sockets: drain and stop, as on SIGTERM."""
         self._stop_requested.set()
+
+    async def _watch_config_map(self, router: Router, cm: RoutesConfigMapConfig) -> None:
+        """Start watching a router's routes ConfigMap, and wait (up to the router's
+        bindingTimeoutMs) for its first version, so that meshd starts with its rules."""
+        namer = next(
+            n for prefix, n in self.namers.items()
+            if isinstance(n, K8sNamer) and (cm.namer is None or prefix == Path.read(cm.namer))
+        )
+        cm_watcher = ConfigMapRoutesWatcher(
+            namer, cm.namespace, cm.name, cm.key, router.set_routes_dtab, max_bytes=router.config.routes_max_bytes,
+            clock=self.runtime.clock, on_routes=_match_rules_of(router),
+        )
+        await cm_watcher.start()
+        self.routes_watchers[router.label] = cm_watcher
+        timeout_s = router.config.binding_timeout_ms / 1000.0
+        if not await cm_watcher.wait_first(timeout_s):
+            log.warning(
+                "router %s: no version of %s within %.1f s (%s); serving the router's own dtab until one arrives",
+                router.label, cm_watcher.source, timeout_s, cm_watcher.last_error or "no answer yet",
+            )
 
     def port_of(self, router: str, index: int = 0) -> int:
         for b in self.bound:
@@ -346,6 +371,8 @@ class Daemon:
                 if watcher is not None:
                     await watcher.start()
                     self.routes_watchers[router.label] = watcher
+                elif router.config.routes_config_map is not None:
+                    await self._watch_config_map(router, router.config.routes_config_map)
             if config.admin != old.admin:
                 log.warning("config reload: admin settings change only at restart; keeping %s:%d",
                             old.admin.ip, old.admin.port)
@@ -412,7 +439,7 @@ class Daemon:
     async def _retire(
         self,
         routers: list[Router],
-        watchers: list[RoutesWatcher],
+        watchers: list[RoutesWatcher | ConfigMapRoutesWatcher],
         dropped: list[Bound],
         namers: dict[Path, Namer] | None,
         drain_timeout_s: float,
@@ -502,3 +529,8 @@ class Daemon:
         await stop.wait()
         log.info("signal received: draining (up to %d ms)", self.config.drain_timeout_ms)
         await self.shutdown()
+
+
+def _match_rules_of(router: Router) -> Callable[[Routes], None]:
+    """What a routes watcher calls with each version applied: install its rules with `match:`."""
+    return lambda routes: router.set_match_rules(routes.match_rules, routes.fault_rules)

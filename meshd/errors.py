@@ -180,6 +180,17 @@ class ResponseHeadTimeout(AttemptTimeout):
     kind = "response_head_timeout"
 
 
+class FaultInjected(MeshdError):
+    """A fault rule of the routing file answered this request with its `abort` status (game days):
+    the status the rule gives, not forwarded, not retried."""
+
+    kind = "fault_injected"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message, written=False)
+        self.status = status
+
+
 class LoopDetected(MeshdError):
     """The request already passed through too many meshd hops (its `Via` says so): 508, not forwarded.
 

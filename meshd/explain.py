@@ -94,7 +94,7 @@ def dentry_origins(router_label: str, own: Dtab, routes: Routes | None) -> list[
     if routes is not None:
         source = routes.source or "routes file"
         origins += [f"{source}: dtab"] * len(routes.text_dtab.dentries)
-        origins += [f"{source}: rule {rule.name} (line {rule.line})" for rule in routes.rules if rule.enabled]
+        origins += [f"{source}: rule {rule.name} (line {rule.line})" for rule in routes.dtab_rules]
     return origins
 
 

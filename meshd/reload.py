@@ -34,14 +34,17 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import logging
 import pathlib
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final, Protocol, TypeVar
 
 from meshd.clock import MONOTONIC, Clock
+from meshd.discovery.k8s import ConfigMapState
 from routing.dtab import Dtab
 from routing.rules import (
     ROUTES_MAX_BYTES,
@@ -53,6 +56,7 @@ from routing.rules import (
     open_binary,
     read_routes_file,
 )
+from routing.suggest import did_you_mean
 
 log = logging.getLogger("meshd.reload")
 
@@ -72,6 +76,11 @@ class _TooLarge:
 
 #: what a read found: the file's bytes, an oversized version, or None when it is missing
 _Contents = bytes | _TooLarge | None
+
+
+def digest(data: bytes) -> str:
+    """A routing file's content version: the first 12 hex digits of the SHA-256 of its bytes."""
+    return hashlib.sha256(data).hexdigest()[:12]
 
 
 def parse_routes(data: bytes, source: str) -> Routes:
@@ -105,8 +114,11 @@ class RoutesWatcher:
         opener: Opener = open_binary,
         parse: Callable[[bytes, str], Routes] = parse_routes,
         clock: Clock = MONOTONIC,
+        on_routes: Callable[[Routes], None] | None = None,
     ) -> None:
         self.path = path
+        #: told every version applied, after `apply` (the router's rules with `match:`)
+        self._on_routes = on_routes
         self._clock = clock  # the poll interval and the settle time are slept on it
         self.max_bytes = max_bytes
         self._apply = apply
@@ -131,8 +143,18 @@ class RoutesWatcher:
         self.successes = 0
         self.errors = 0
         self.last_error: str | None = None
+        #: the version in force: for a file, the first 12 hex digits of its bytes' SHA-256 (the same
+        #: bytes give the same version on every node); `digest` is that too; `loaded_at` is the wall
+        #: time (seconds since the epoch) it was applied
+        self.version: str | None = None
+        self.digest: str | None = None
+        self.loaded_at: float | None = None
         #: the thread that did the last parse (`threading.get_ident()`), for tests
         self.last_parse_thread: int | None = None
+
+    @property
+    def source(self) -> str:
+        return str(self.path)
 
     def load_initial(self) -> None:
         """Load the file at start-up; an invalid file here is a start-up error (RoutesError).
@@ -144,7 +166,11 @@ class RoutesWatcher:
         self._seen = data
         self.current = routes
         self._apply(routes.dtab)
+        if self._on_routes is not None:
+            self._on_routes(routes)
         self.successes += 1
+        self.version = self.digest = digest(data)
+        self.loaded_at = time.time()
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"routes {self.path}")
@@ -223,8 +249,12 @@ class RoutesWatcher:
         self.current = routes
         self.last_error = None
         self._apply(routes.dtab)
+        if self._on_routes is not None:
+            self._on_routes(routes)
         self.successes += 1
-        log.info("routes reloaded from %s: %s", self.path, routes.dtab.show())
+        self.version = self.digest = digest(contents)
+        self.loaded_at = time.time()
+        log.info("routes reloaded from %s (version %s): %s", self.path, self.version, routes.dtab.show())
         return True
 
     def _parse_in_thread(self, contents: bytes) -> Routes:
@@ -251,3 +281,187 @@ class RoutesWatcher:
 async def _off_loop(fn: Callable[..., _T], *args: object) -> _T:
     """Run `fn(*args)` in the loop's default executor (a thread) and return its result."""
     return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+# --- routes from a Kubernetes ConfigMap ------------------------------------------------------
+
+
+class ConfigMapSource(Protocol):
+    """Who watches the ConfigMap: a k8s namer (`K8sNamer.watch_config_map`), with its API connection."""
+
+    async def watch_config_map(self, namespace: str, name: str, on_change: Callable[[ConfigMapState], None]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A version that cannot be used and was not parsed (missing object or key, too large)."""
+
+    message: str
+
+
+class ConfigMapRoutesWatcher:
+    """A router's routing file kept in a ConfigMap: list+watch through the Kubernetes API.
+
+    How this works: a k8s namer's `watch_config_map` lists and watches the one ConfigMap (by
+    name) and calls `_changed` with what the API says after every list, event and failure; a
+    consumer task handles the latest state, one at a time (so versions apply in order and a
+    burst of edits costs one parse of the last). The routing file is `data[key]`. A version is
+    identified by its text: the same text again does nothing. New text is parsed in a worker
+    thread with `parse_routes`, exactly as a file is; a valid version is applied, and a broken
+    one, a deleted ConfigMap, a missing key or text over `max_bytes` is refused once (logged,
+    counted in `errors`, shown in `last_error`) while the last good rules keep serving. API
+    failures (unreachable, 403 forbidden, 5xx) are not versions: they are logged by the
+    informer, counted in `meshd_k8s_api_errors_total`, shown in `last_error` while they last,
+    and retried with the namer's backoff; the last good rules keep serving meanwhile.
+
+    `version` is the ConfigMap's `metadata.resourceVersion` (the same on every node, since
+    they all read it from the API), `digest` the first 12 hex digits of the text's SHA-256,
+    `loaded_at` the wall time it was applied.
+    """
+
+    def __init__(
+        self,
+        source: ConfigMapSource,
+        namespace: str,
+        name: str,
+        key: str,
+        apply: Callable[[Dtab], None],
+        *,
+        max_bytes: int = ROUTES_MAX_BYTES,
+        parse: Callable[[bytes, str], Routes] = parse_routes,
+        clock: Clock = MONOTONIC,
+        on_routes: Callable[[Routes], None] | None = None,
+    ) -> None:
+        self._source = source
+        self._on_routes = on_routes
+        self._clock = clock  # the start-up wait is timed on it
+        self.namespace = namespace
+        self.name = name
+        self.key = key
+        self.source = f"configmap {namespace}/{name} key {key}"
+        self._apply = apply
+        self.max_bytes = max_bytes
+        self._parse = parse
+        self._latest: ConfigMapState | None = None
+        self._dirty = asyncio.Event()
+        self._first = asyncio.Event()
+        self._seen: bytes | _Refused | None = None
+        self._api_error: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.current: Routes | None = None
+        self.successes = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self.version: str | None = None
+        self.digest: str | None = None
+        self.loaded_at: float | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._source.watch_config_map(self.namespace, self.name, self._changed),
+                             name=f"routes {self.source} watch"),
+            loop.create_task(self._consume(), name=f"routes {self.source}"),
+        ]
+
+    async def wait_first(self, timeout_s: float) -> bool:
+        """Wait until a first version was applied or refused; False if none came within `timeout_s`."""
+        try:
+            async with self._clock.timeout(timeout_s):
+                await self._first.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def _changed(self, state: ConfigMapState) -> None:
+        self._latest = state
+        self._dirty.set()
+
+    async def _consume(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            state = self._latest
+            if state is None:
+                continue
+            try:
+                await self._handle(state)
+            except Exception:  # the watcher must survive anything
+                log.exception("routes watcher failed on %s", self.source)
+
+    async def _handle(self, state: ConfigMapState) -> None:
+        if state.error is not None:
+            message = f"{self.source}: Kubernetes API call failed: {state.error}; keeping the last good routes"
+            if self._api_error is None:
+                log.error("routes from %s: %s", self.source, message)
+            self._api_error = message
+            self.last_error = message
+            return
+        if not state.synced:
+            return
+        if self._api_error is not None:
+            log.info("routes from %s: the Kubernetes API answers again", self.source)
+            if self.last_error == self._api_error:
+                self.last_error = None
+            self._api_error = None
+        contents = self._contents(state.obj)
+        if contents == self._seen:
+            return
+        self._seen = contents
+        if isinstance(contents, _Refused):
+            self._fail(contents.message)
+            return
+        try:
+            routes = await _off_loop(self._parse, contents, self.source)
+        except RoutesError as exc:
+            self._fail(str(exc))
+            return
+        self.current = routes
+        self.last_error = None
+        self._apply(routes.dtab)
+        if self._on_routes is not None:
+            self._on_routes(routes)
+        self.successes += 1
+        self.version = _resource_version(state.obj)
+        self.digest = digest(contents)
+        self.loaded_at = time.time()
+        self._first.set()
+        log.info("routes reloaded from %s (version %s): %s", self.source, self.version, routes.dtab.show())
+
+    def _contents(self, obj: Mapping[str, object] | None) -> bytes | _Refused:
+        where = f"{self.source}: "
+        if obj is None:
+            return _Refused(f"{where}the ConfigMap {self.namespace}/{self.name} does not exist (deleted?); keeping the "
+                            "last good routes")
+        data = obj.get("data")
+        data = data if isinstance(data, Mapping) else {}
+        text = data.get(self.key)
+        if not isinstance(text, str):
+            binary = obj.get("binaryData")
+            if isinstance(binary, Mapping) and self.key in binary:
+                return _Refused(f'{where}the key "{self.key}" is in binaryData; put the routing file in data, as text')
+            keys = ", ".join(sorted(str(k) for k in data)) or "none"
+            return _Refused(f'{where}the ConfigMap has no key "{self.key}" in data (keys: {keys}){did_you_mean(self.key, [str(k) for k in data])}')
+        raw = text.encode("utf-8")
+        if len(raw) > self.max_bytes:
+            return _Refused(f"{where}the routing file is {len(raw)} bytes, over the limit of {self.max_bytes} bytes "
+                            "(routesMaxBytes)")
+        return raw
+
+    def _fail(self, message: str) -> None:
+        self.errors += 1
+        self.last_error = message
+        self._first.set()
+        log.error("routes reload refused, keeping the last good rules: %s", message)
+
+
+def _resource_version(obj: Mapping[str, object] | None) -> str | None:
+    meta = obj.get("metadata") if obj is not None else None
+    rv = meta.get("resourceVersion") if isinstance(meta, Mapping) else None
+    return rv if isinstance(rv, str) else None

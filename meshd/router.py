@@ -62,6 +62,7 @@ from meshd.runtime import Runtime
 from meshd.transformers import Transformer
 from routing.delegate import Chooser
 from routing.dtab import Dtab
+from routing.match import MatchRule, MatchRules
 from routing.namer import BoundName, inet_address
 from routing.nametree import Empty, Fail
 from routing.parser import parse_dtab
@@ -163,7 +164,11 @@ class Router:
             ids=RequestIds(),
             identifier=config.identifier.build(),
         )
-        self.service: Service = self.stack.build(bind_service(self.binder, self))
+        #: the routing file's rules with `match:` (empty: the request path tests this and goes on)
+        self.match_rules = MatchRules()
+        self.service: Service = self.stack.build(
+            bind_service(self.binder, self, self.match_rules, rng=self._rng, clock=runtime.clock)
+        )
 
     # -- limits for this router's listeners ----------------------------------------------------
     def listener_limits(self, index: int) -> ListenerLimits:
@@ -186,6 +191,18 @@ class Router:
     def set_routes_dtab(self, routes: Dtab) -> None:
         """Install the routes file's entries after the router's own dtab (so they take precedence)."""
         self.dtab.set(self.own_dtab + routes)
+
+    def set_match_rules(self, rules: tuple[MatchRule, ...], faults: tuple[MatchRule, ...] = ()) -> None:
+        """Install the routing file's rules with `match:` and its fault rules (applied per request;
+        see routing.match). Fault injection is announced loudly: one warning per rule on."""
+        self.match_rules.set(rules, faults)
+        for rule in faults:
+            assert rule.fault is not None
+            when = f" when {rule.match.show()}" if rule.match.show() else ""
+            log.warning(
+                "router %s: FAULT INJECTION ON: rule %s: %s under %s%s",
+                self.label, rule.name, rule.fault.show(), rule.prefix.show(), when,
+            )
 
     # -- service level ------------------------------------------------------------------------
     def service_for(self, path: Path) -> Service:

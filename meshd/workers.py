@@ -233,6 +233,11 @@ class Supervisor:
         return web.Response(body=body, status=status, headers={"Content-Type": content_type})
 
 
+#: gauges that say which version each worker serves, and since when: the same in every worker
+#: once they agree, so the merged value is the largest, not the sum
+_NOT_SUMMED = frozenset({"meshd_routes_version", "meshd_routes_loaded_timestamp_seconds"})
+
+
 class _Merged(Collector):
     """Sums the samples of identical series across the workers' exposition texts."""
 
@@ -249,9 +254,13 @@ class _Merged(Collector):
                     merged = families[family.name] = Metric(family.name, family.documentation, family.type)
                     sums[family.name] = {}
                 bucket = sums[family.name]
+                keep_max = family.name in _NOT_SUMMED
                 for sample in family.samples:
                     key = (sample.name, tuple(sorted(sample.labels.items())))
-                    bucket[key] = bucket.get(key, 0.0) + sample.value
+                    if keep_max:
+                        bucket[key] = max(bucket.get(key, sample.value), sample.value)
+                    else:
+                        bucket[key] = bucket.get(key, 0.0) + sample.value
         for name, family in families.items():
             for (sample_name, labels), value in sums[name].items():
                 family.add_sample(sample_name, dict(labels), value)

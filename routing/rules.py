@@ -18,20 +18,21 @@ dentries, so a rule takes precedence over the text for the paths it matches, and
 matching dentries remain its fallbacks (a rule whose destinations are all unknown falls
 back to them). A rule with `enabled: false` is kept, shown, and not applied.
 
-Every problem is a `RoutesError` naming the file, the YAML path and the line in the file
-(`routes.yaml: rules[1].weights["/#/fs/b"] (line 12): ...`); for errors inside dtab text it
+A file that cannot be used raises one `RoutesError` listing every problem found, each with
+the YAML path and the line in the file, in the format of meshd's config errors
+(`routes.yaml: rules[1].weights["/#/fs/b"]: line 12: ...`); for errors inside dtab text it
 also gives the column, counted in the file, and shows the line with a caret. Line numbers
-are exact for block literals (`dtab: |`), the recommended form; for other scalar styles
-they point at the scalar's first line.
+are exact for block literals (`dtab: |`), the recommended form, and for one-line scalars;
+for other multi-line scalar styles they point at the scalar's first line.
 """
 
 from __future__ import annotations
 
-import difflib
+import json
 import math
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Final, Protocol, TypeVar
 
@@ -40,9 +41,11 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from routing.delegate import JsonValue
 from routing.dtab import Dentry, Dtab, Prefix
-from routing.nametree import Leaf, NameTree, Union, Weighted, show
+from routing.match import Fault, HeaderMatch, Match, MatchRule
+from routing.nametree import NEG, Leaf, NameTree, Union, Weighted, show
 from routing.parser import DtabSyntaxError, context_lines, parse_dtab, parse_path, parse_prefix, parse_tree
 from routing.path import Path
+from routing.suggest import closest, did_you_mean
 
 _STR: Final = "tag:yaml.org,2002:str"
 _INT: Final = "tag:yaml.org,2002:int"
@@ -50,7 +53,11 @@ _FLOAT: Final = "tag:yaml.org,2002:float"
 _BOOL: Final = "tag:yaml.org,2002:bool"
 _NULL: Final = "tag:yaml.org,2002:null"
 _TOP_KEYS: Final = ("dtab", "rules")
-_RULE_KEYS: Final = ("name", "description", "prefix", "dst", "weights", "enabled")
+_RULE_KEYS: Final = ("name", "description", "prefix", "match", "dst", "weights", "fault", "enabled")
+_FAULT_KEYS: Final = ("share", "abort", "delayMs")
+_MATCH_KEYS: Final = ("headers", "method", "pathPrefix")
+_HEADER_MATCH_KEYS: Final = ("exact", "prefix", "regex")
+_TOKEN_CHARS: Final = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _X = TypeVar("_X", covariant=True)
 
 #: the default limit on a routing file's size (`routesMaxBytes`); a dtab of 1 MiB is thousands
@@ -65,22 +72,59 @@ class _Parse(Protocol[_X]):
     def __call__(self, text: str, /) -> _X: ...
 
 
+@dataclass(frozen=True, slots=True)
+class RoutesProblem:
+    """One thing wrong with a routing file: the YAML path (`rules[0].dst`, "" for the file
+    itself), the 1-based line in the file, the column when known, and the reason.
+
+    `str()` is written exactly as meshd's config problems are: `rules[0].dst: line 4, column
+    12: reason`, so `meshd check` reports both kinds of file in one format.
+    """
+
+    where: str
+    line: int
+    reason: str
+    column: int | None = None
+
+    def __str__(self) -> str:
+        position = f"line {self.line}" if self.column is None else f"line {self.line}, column {self.column}"
+        return f"{self.where}: {position}: {self.reason}" if self.where else f"{position}: {self.reason}"
+
+
 class RoutesError(ValueError):
-    """A routing file that cannot be used. `where` is the YAML path, `line` (1-based) the
-    line in the file, `column` the column when known."""
+    """A routing file that cannot be used, with every problem found in it (`problems`, in file
+    order). `where`, `line`, `column` and `reason` are the first problem's.
+
+    `short` is one line per problem, each `<source>: <problem>`; `str()` adds, under each
+    problem that has a column, the lines of the file around it with a caret.
+    """
 
     def __init__(
-        self, source: str, where: str, line: int, reason: str, *, column: int | None = None, context: str = ""
+        self,
+        source: str,
+        where: str = "",
+        line: int = 1,
+        reason: str = "",
+        *,
+        column: int | None = None,
+        context: str = "",
+        problems: Sequence[RoutesProblem] = (),
+        text: str = "",
     ) -> None:
         self.source = source
-        self.where = where
-        self.line = line
-        self.column = column
-        self.reason = reason
-        position = f"line {line}" if column is None else f"line {line}, column {column}"
-        located = f"{where} ({position})" if where else f"({position})"
-        self.short = f"{source}: {located}: {reason}"
-        super().__init__(self.short + (f"\n{context}" if context else ""))
+        self.problems: tuple[RoutesProblem, ...] = tuple(problems) or (RoutesProblem(where, line, reason, column),)
+        self.text = text
+        first = self.problems[0]
+        self.where, self.line, self.column, self.reason = first.where, first.line, first.column, first.reason
+        self.short = "\n".join(f"{source}: {p}" for p in self.problems)
+        blocks: list[str] = []
+        for problem in self.problems:
+            blocks.append(f"{source}: {problem}")
+            if problems and text and problem.column is not None:
+                blocks.append(context_lines(text, problem.line, problem.column))
+            elif not problems and context:
+                blocks.append(context)
+        super().__init__("\n".join(blocks))
 
 
 class RoutesTooLarge(RoutesError):
@@ -136,13 +180,17 @@ class Rule:
     description: str = ""
     enabled: bool = True
     line: int = 0
+    #: conditions on the request; a rule with a match applies per request, not in the dtab
+    match: Match | None = None
+    #: fault injection; a fault rule has no destination (its `dst` is `~`) and is not in the dtab
+    fault: Fault | None = None
 
     @property
     def dentry(self) -> Dentry:
         return Dentry(self.prefix, self.dst)
 
     def to_json(self) -> dict[str, JsonValue]:
-        return {
+        out: dict[str, JsonValue] = {
             "name": self.name,
             "description": self.description,
             "prefix": self.prefix.show(),
@@ -150,6 +198,12 @@ class Rule:
             "enabled": self.enabled,
             "line": self.line,
         }
+        if self.match is not None:
+            out["match"] = self.match.to_json()  # type: ignore[assignment]
+        if self.fault is not None:
+            del out["dst"]
+            out["fault"] = self.fault.to_json()  # type: ignore[assignment]
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,11 +216,30 @@ class Routes:
     text_dtab: Dtab
     source: str = ""
 
+    @property
+    def dtab_rules(self) -> tuple[Rule, ...]:
+        """The enabled rules whose dentries are in `dtab` (no `match`, no `fault`), in order."""
+        return tuple(r for r in self.rules if r.enabled and r.match is None and r.fault is None)
+
+    @property
+    def match_rules(self) -> tuple[MatchRule, ...]:
+        """The enabled rules with `match` (and a destination), as the request path applies them."""
+        return tuple(
+            MatchRule(r.prefix, r.match, r.dentry.show(), r.name)
+            for r in self.rules
+            if r.enabled and r.match is not None and r.fault is None
+        )
+
+    @property
+    def fault_rules(self) -> tuple[MatchRule, ...]:
+        """The enabled fault rules, as the request path applies them (no `match`: every request)."""
+        return tuple(
+            MatchRule(r.prefix, r.match or Match(), "", r.name, r.fault) for r in self.rules if r.enabled and r.fault
+        )
+
     def to_json(self) -> dict[str, JsonValue]:
         dentries: list[JsonValue] = [{"dentry": d.show(), "from": "dtab"} for d in self.text_dtab.dentries]
-        dentries.extend(
-            {"dentry": r.dentry.show(), "from": f"rule {r.name}"} for r in self.rules if r.enabled
-        )
+        dentries.extend({"dentry": r.dentry.show(), "from": f"rule {r.name}"} for r in self.dtab_rules)
         return {
             "source": self.source,
             "dtab": self.dtab.show(),
@@ -181,9 +254,15 @@ def load_routes(text: str, source: str) -> Routes:
 
 
 class _Loader:
+    """One load of a routing file: every problem is collected, none stops the others from
+    being found; `load()` raises one RoutesError listing them all, in file order."""
+
     def __init__(self, text: str, source: str) -> None:
         self.text = text
         self.source = source
+        self.problems: list[RoutesProblem] = []
+        #: the keys that the unknown keys of the last mapping were taken to mean
+        self.meant: set[str] = set()
 
     def load(self) -> Routes:
         try:
@@ -192,103 +271,239 @@ class _Loader:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else 1
             column = mark.column + 1 if mark is not None else None
-            reason = f"not valid YAML: {exc.problem or exc.context}"
-            raise self.error("", line, reason, column=column, show_context=column is not None) from None
+            self.report("", line, f"not valid YAML: {exc.problem or exc.context}", column=column)
+            raise self.failure() from None
         except yaml.YAMLError as exc:
             raise RoutesError(self.source, "", 1, f"not valid YAML: {exc}") from None
         if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL):
             return Routes(Dtab(), (), Dtab(), self.source)
         if not isinstance(root, MappingNode):
-            raise self.error(
-                "", _line(root), "the routing file must be a mapping with the keys dtab and rules"
-            )
+            self.report("", _line(root), "the routing file must be a mapping with the keys dtab and rules")
+            raise self.failure()
         fields = self.mapping(root, "", _TOP_KEYS)
         text_dtab = Dtab()
         if "dtab" in fields:
-            text_dtab = self.dtab(fields["dtab"][1])
+            text_dtab = self.dtab(fields["dtab"][1]) or Dtab()
         rules: tuple[Rule, ...] = ()
         if "rules" in fields:
             rules = self.rules(fields["rules"][1])
-        applied = tuple(r.dentry for r in rules if r.enabled)
+        if self.problems:
+            raise self.failure()
+        applied = tuple(r.dentry for r in rules if r.enabled and r.match is None and r.fault is None)
         return Routes(text_dtab + Dtab(applied), rules, text_dtab, self.source)
 
     # -- sections ------------------------------------------------------------------------
 
-    def dtab(self, node: Node) -> Dtab:
+    def dtab(self, node: Node) -> Dtab | None:
         if isinstance(node, ScalarNode) and node.tag == _NULL:
             return Dtab()
-        text = self.string(node, "dtab")
-        try:
-            return parse_dtab(text)
-        except DtabSyntaxError as exc:
-            raise self.text_error("dtab", node, exc) from None
+        return self.parsed(node, "dtab", parse_dtab)
 
     def rules(self, node: Node) -> tuple[Rule, ...]:
         if isinstance(node, ScalarNode) and node.tag == _NULL:
             return ()
         if not isinstance(node, SequenceNode):
-            raise self.error("rules", _line(node), "must be a list of rules")
+            self.report("rules", _line(node), f"expected a list of rules, got {_describe(node)}")
+            return ()
         rules: list[Rule] = []
         seen: dict[str, int] = {}
         for i, item in enumerate(node.value):
             where = f"rules[{i}]"
             rule = self.rule(item, where)
-            if rule.name in seen:
-                raise self.error(
-                    f"{where}.name",
-                    rule.line,
-                    f"rule name {rule.name!r} is already used on line {seen[rule.name]}",
-                )
-            seen[rule.name] = rule.line
-            rules.append(rule)
+            name_node = _value_of(item, "name")
+            if isinstance(name_node, ScalarNode) and name_node.tag == _STR and name_node.value.strip():
+                name = str(name_node.value).strip()
+                if name in seen:
+                    self.report(
+                        f"{where}.name", _line(name_node), f'rule name "{name}" is already used (first at line {seen[name]})'
+                    )
+                    continue
+                seen[name] = _line(name_node)
+            if rule is not None:
+                rules.append(rule)
         return tuple(rules)
 
-    def rule(self, node: Node, where: str) -> Rule:
+    def rule(self, node: Node, where: str) -> Rule | None:
         if not isinstance(node, MappingNode):
-            raise self.error(
-                where, _line(node), "a rule must be a mapping with name, prefix and dst or weights"
+            self.report(
+                where, _line(node), f"expected a rule (a mapping with name, prefix and dst or weights), got {_describe(node)}"
             )
+            return None
+        before = len(self.problems)
+        self.meant = set()
         fields = self.mapping(node, where, _RULE_KEYS)
+        # a misspelled key (`dts`) is one mistake: it is not also reported as the key missing
         for required in ("name", "prefix"):
-            if required not in fields:
-                raise self.error(where, _line(node), f"a rule needs {required!r}")
-        if ("dst" in fields) == ("weights" in fields):
-            raise self.error(where, _line(node), "a rule needs exactly one of 'dst' and 'weights'")
+            if required not in fields and required not in self.meant:
+                self.report(where, _line(node), f'missing required key "{required}"')
+        misspelled = bool(self.meant & {"dst", "weights", "fault"})
+        if "fault" in fields:
+            if "dst" in fields or "weights" in fields:
+                self.report(where, _line(node), 'a fault rule has no destination: give "fault" or "dst"/"weights", not both')
+        elif ("dst" in fields) == ("weights" in fields) and not (
+            misspelled and "dst" not in fields and "weights" not in fields
+        ):
+            self.report(where, _line(node), 'a rule needs exactly one of "dst" and "weights"')
 
-        name_node = fields["name"][1]
-        name = self.string(name_node, f"{where}.name").strip()
-        if not name:
-            raise self.error(f"{where}.name", _line(name_node), "must not be empty")
+        name: str | None = None
+        name_line = _line(node)
+        if "name" in fields:
+            name_node = fields["name"][1]
+            name_line = _line(name_node)
+            name = self.string(name_node, f"{where}.name")
+            if name is not None:
+                name = name.strip()
+                if not name:
+                    self.report(f"{where}.name", name_line, "must not be empty")
         description = ""
         if "description" in fields:
-            description = self.string(fields["description"][1], f"{where}.description")
-        enabled = True
+            description = self.string(fields["description"][1], f"{where}.description") or ""
+        enabled: bool | None = True
         if "enabled" in fields:
             enabled = self.boolean(fields["enabled"][1], f"{where}.enabled")
-
-        prefix_node = fields["prefix"][1]
-        prefix = self.parsed(prefix_node, f"{where}.prefix", parse_prefix)
-        dst: NameTree[Path]
+        prefix = self.parsed(fields["prefix"][1], f"{where}.prefix", parse_prefix) if "prefix" in fields else None
+        dst: NameTree[Path] | None = None
         if "dst" in fields:
             dst = self.parsed(fields["dst"][1], f"{where}.dst", parse_tree)
-        else:
+        elif "weights" in fields:
             dst = self.weights(fields["weights"][1], f"{where}.weights")
-        return Rule(name, prefix, dst, description, enabled, _line(name_node))
+        match: Match | None = None
+        if "match" in fields:
+            match = self.match(fields["match"][1], f"{where}.match")
+        fault: Fault | None = None
+        if "fault" in fields:
+            fault = self.fault(fields["fault"][1], f"{where}.fault")
+            dst = NEG
+        if len(self.problems) > before or name is None or prefix is None or dst is None or enabled is None:
+            return None
+        return Rule(name, prefix, dst, description, enabled, name_line, match, fault)
 
-    def weights(self, node: Node, where: str) -> NameTree[Path]:
+    def fault(self, node: Node, where: str) -> Fault | None:
+        if not isinstance(node, MappingNode):
+            self.report(where, _line(node), f"expected a mapping with share and abort or delayMs, got {_describe(node)}")
+            return None
+        before = len(self.problems)
+        fields = self.mapping(node, where, _FAULT_KEYS)
+        if "share" not in fields:
+            self.report(where, _line(node), 'missing required key "share" (the fraction of matching requests, e.g. 0.1)')
+        if ("abort" in fields) == ("delayMs" in fields):
+            self.report(where, _line(node), 'give exactly one of "abort" (a status) and "delayMs"')
+        share = self.number(fields["share"][1], f"{where}.share", what="share") if "share" in fields else None
+        if share is not None and not 0 < share <= 1:
+            self.report(f"{where}.share", _line(fields["share"][1]), f"expected a fraction > 0 and <= 1, got {share:g}")
+        abort = self.integer(fields["abort"][1], f"{where}.abort", 400, 599) if "abort" in fields else None
+        delay = self.integer(fields["delayMs"][1], f"{where}.delayMs", 1, 60_000) if "delayMs" in fields else None
+        if len(self.problems) > before or share is None:
+            return None
+        return Fault(share, abort, delay)
+
+    def integer(self, node: Node, where: str, low: int, high: int) -> int | None:
+        if not isinstance(node, ScalarNode) or node.tag != _INT:
+            self.report(where, _line(node), f"expected an integer {low}-{high}, got {_describe(node)}")
+            return None
+        value = int(yaml.constructor.SafeConstructor().construct_object(node))
+        if not low <= value <= high:
+            self.report(where, _line(node), f"expected an integer {low}-{high}, got {value}")
+            return None
+        return value
+
+    def match(self, node: Node, where: str) -> Match | None:
+        if not isinstance(node, MappingNode):
+            self.report(where, _line(node), f"expected a mapping with headers, method or pathPrefix, got {_describe(node)}")
+            return None
+        before = len(self.problems)
+        fields = self.mapping(node, where, _MATCH_KEYS)
+        if not fields and len(self.problems) == before:
+            self.report(where, _line(node), "give at least one of headers, method and pathPrefix")
+        headers: list[HeaderMatch] = []
+        if "headers" in fields:
+            headers = self.header_matches(fields["headers"][1], f"{where}.headers")
+        method: str | None = None
+        if "method" in fields:
+            method_node = fields["method"][1]
+            method = self.string(method_node, f"{where}.method")
+            if method is not None and (not method or any(c not in _TOKEN_CHARS for c in method) or method != method.upper()):
+                self.report(f"{where}.method", _line(method_node), f'expected an HTTP method in capitals (GET, POST, ...), got "{method}"')
+        path_prefix: str | None = None
+        if "pathPrefix" in fields:
+            prefix_node = fields["pathPrefix"][1]
+            path_prefix = self.string(prefix_node, f"{where}.pathPrefix")
+            if path_prefix is not None and (not path_prefix.startswith("/") or any(c in path_prefix for c in " ?#")):
+                self.report(f"{where}.pathPrefix", _line(prefix_node), f'expected a path starting with "/" (no query), got "{path_prefix}"')
+        if len(self.problems) > before:
+            return None
+        return Match(tuple(headers), method, path_prefix)
+
+    def header_matches(self, node: Node, where: str) -> list[HeaderMatch]:
         if not isinstance(node, MappingNode) or not node.value:
-            raise self.error(where, _line(node), "must be a mapping from destination path to weight")
+            self.report(where, _line(node), f"expected a mapping from header name to value, got {_describe(node)}")
+            return []
+        out: list[HeaderMatch] = []
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            name = self.string(key_node, where)
+            if name is None:
+                continue
+            at = f"{where}.{name}"
+            if not name or any(c not in _TOKEN_CHARS for c in name):
+                self.report(at, _line(key_node), f'expected a header name, got "{name}"')
+                continue
+            if name.lower() in seen:
+                self.report(at, _line(key_node), f'header "{name}" is given twice')
+                continue
+            seen.add(name.lower())
+            if isinstance(value_node, ScalarNode) and value_node.tag in (_STR, _INT):
+                out.append(HeaderMatch(name.lower(), str(value_node.value)))  # `x-user: 42` means the text 42
+                continue
+            if not isinstance(value_node, MappingNode):
+                self.report(at, _line(value_node), f"expected a value, or {{exact: ...}} or {{prefix: ...}}, got {_describe(value_node)}")
+                continue
+            how_fields = self.mapping(value_node, at, _HEADER_MATCH_KEYS)
+            if "regex" in how_fields:
+                self.report(f"{at}.regex", _line(how_fields["regex"][0]),
+                            "regular expressions are not matched (a regex can make matching slow); use exact or prefix")
+                continue
+            if len(how_fields) != 1:
+                if how_fields:
+                    self.report(at, _line(value_node), "give one of exact and prefix")
+                elif not value_node.value:
+                    self.report(at, _line(value_node), "give one of exact and prefix")
+                continue
+            ((how, (_k, text_node)),) = how_fields.items()
+            if not (isinstance(text_node, ScalarNode) and text_node.tag in (_STR, _INT)):
+                self.report(f"{at}.{how}", _line(text_node), f"expected text, got {_describe(text_node)}")
+                continue
+            out.append(HeaderMatch(name.lower(), str(text_node.value), "exact" if how == "exact" else "prefix"))
+        return out
+
+    def weights(self, node: Node, where: str) -> NameTree[Path] | None:
+        if not isinstance(node, MappingNode) or not node.value:
+            self.report(
+                where, _line(node), f"expected a mapping from destination path to weight, got {_describe(node)}"
+            )
+            return None
         branches: list[Weighted[Path]] = []
+        seen: dict[Path, int] = {}
+        ok = True
         for key_node, value_node in node.value:
             key_text = self.string(key_node, where)
-            at = f"{where}[{key_text!r}]"
+            if key_text is None:
+                ok = False
+                continue
+            at = f"{where}[{json.dumps(key_text, ensure_ascii=False)}]"
             path = self.parsed(key_node, at, parse_path)
             weight = self.number(value_node, at)
+            if path is None or weight is None:
+                ok = False
+                continue
+            if path in seen:
+                self.report(at, _line(key_node), f"destination {path.show()} is listed twice (first at line {seen[path]})")
+                ok = False
+                continue
+            seen[path] = _line(key_node)
             branches.append(Weighted(weight, Leaf(path)))
-        paths = [b.tree for b in branches]
-        for i, p in enumerate(paths):
-            if p in paths[:i]:
-                raise self.error(where, _line(node.value[i][0]), f"destination {show(p)} is listed twice")
+        if not ok:
+            return None
         if len(branches) == 1:
             return branches[0].tree
         total = sum(b.weight for b in branches)
@@ -298,64 +513,78 @@ class _Loader:
 
     # -- scalars and mappings --------------------------------------------------------------
 
-    def mapping(
-        self, node: MappingNode, where: str, allowed: tuple[str, ...]
-    ) -> dict[str, tuple[Node, Node]]:
+    def mapping(self, node: MappingNode, where: str, allowed: tuple[str, ...]) -> dict[str, tuple[Node, Node]]:
+        """The mapping's known keys; unknown and repeated keys are reported, and the others kept."""
         fields: dict[str, tuple[Node, Node]] = {}
         for key_node, value_node in node.value:
-            key = self.string(key_node, where or "(top level)")
+            key = self.string(key_node, where)
+            if key is None:
+                continue
             at = f"{where}.{key}" if where else key
             if key not in allowed:
-                hint = difflib.get_close_matches(key, allowed, n=1)
-                suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(allowed)}"
-                raise self.error(at, _line(key_node), f"unknown key {key!r}{suggestion}")
+                meant = closest(key, allowed)
+                if meant is not None:
+                    self.meant.add(meant)
+                suggestion = did_you_mean(key, allowed) or f"; known keys: {', '.join(allowed)}"
+                self.report(at, _line(key_node), f'unknown key "{key}"{suggestion}')
+                continue
             if key in fields:
-                raise self.error(
-                    at, _line(key_node), f"{key!r} is given twice (first on line {_line(fields[key][0])})"
-                )
+                self.report(at, _line(key_node), f'duplicate key "{key}" (first at line {_line(fields[key][0])})')
+                continue
             fields[key] = (key_node, value_node)
         return fields
 
-    def string(self, node: Node, where: str) -> str:
+    def string(self, node: Node, where: str) -> str | None:
         if not isinstance(node, ScalarNode) or node.tag != _STR:
-            raise self.error(where, _line(node), f"must be text, got {_describe(node)}")
+            self.report(where, _line(node), f"expected text, got {_describe(node)}")
+            return None
         return str(node.value)
 
-    def boolean(self, node: Node, where: str) -> bool:
+    def boolean(self, node: Node, where: str) -> bool | None:
         if not isinstance(node, ScalarNode) or node.tag != _BOOL:
-            raise self.error(where, _line(node), f"must be true or false, got {_describe(node)}")
+            self.report(where, _line(node), f"expected true or false, got {_describe(node)}")
+            return None
         return bool(yaml.constructor.SafeConstructor().construct_object(node))
 
-    def number(self, node: Node, where: str) -> float:
+    def number(self, node: Node, where: str, *, what: str = "weight") -> float | None:
         if not isinstance(node, ScalarNode) or node.tag not in (_INT, _FLOAT):
-            raise self.error(where, _line(node), f"weight must be a number, got {_describe(node)}")
+            self.report(where, _line(node), f"{what} must be a number, got {_describe(node)}")
+            return None
         value = float(yaml.constructor.SafeConstructor().construct_object(node))
         if not (value >= 0 and math.isfinite(value)):
-            raise self.error(where, _line(node), f"weight must be a finite number >= 0, got {node.value}")
+            self.report(where, _line(node), f"{what} must be a finite number >= 0, got {node.value}")
+            return None
         return value
 
-    def parsed(self, node: Node, where: str, parse: _Parse[_X]) -> _X:
+    def parsed(self, node: Node, where: str, parse: _Parse[_X]) -> _X | None:
         """A scalar parsed with dtab syntax; syntax errors point into the file."""
         text = self.string(node, where)
+        if text is None:
+            return None
         try:
             return parse(text)
         except DtabSyntaxError as exc:
-            raise self.text_error(where, node, exc) from None
+            line, column = scalar_position(self.text, node, exc.line, exc.column)
+            self.report(where, line, exc.reason, column=column)
+            return None
 
     # -- errors ------------------------------------------------------------------------------
 
-    def error(
-        self, where: str, line: int, reason: str, *, column: int | None = None, show_context: bool = False
-    ) -> RoutesError:
-        context = ""
-        if show_context and column is not None:
-            context = context_lines(self.text, line, column)
-        return RoutesError(self.source, where, line, reason, column=column, context=context)
+    def report(self, where: str, line: int, reason: str, *, column: int | None = None) -> None:
+        self.problems.append(RoutesProblem(where, line, reason, column))
 
-    def text_error(self, where: str, node: Node, exc: DtabSyntaxError) -> RoutesError:
-        """Map a syntax error inside a scalar's text to a line and column of the file."""
-        line, column = _file_position(self.text, node, exc.line, exc.column)
-        return self.error(where, line, exc.reason, column=column, show_context=True)
+    def failure(self) -> RoutesError:
+        ordered = sorted(dict.fromkeys(self.problems), key=lambda p: (p.line, p.column or 0))
+        return RoutesError(self.source, problems=ordered, text=self.text)
+
+
+def _value_of(node: Node, key: str) -> Node | None:
+    """The value of `key` in a mapping node (the first one), or None."""
+    if isinstance(node, MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, ScalarNode) and key_node.value == key and isinstance(value_node, Node):
+                return value_node
+    return None
 
 
 def _line(node: Node) -> int:
@@ -363,21 +592,22 @@ def _line(node: Node) -> int:
 
 
 def _describe(node: Node) -> str:
+    """What the user wrote, as meshd's config errors show it: text in double quotes, other
+    scalars as written, `a mapping`, `a list` or `null`."""
     if isinstance(node, MappingNode):
         return "a mapping"
     if isinstance(node, SequenceNode):
         return "a list"
     if isinstance(node, ScalarNode) and node.tag == _NULL:
-        return "nothing"
+        return "null"
     if isinstance(node, ScalarNode):
-        kind = {_INT: "a number", _FLOAT: "a number", _BOOL: "true/false", _STR: "text"}.get(
-            node.tag, "a value"
-        )
-        return f"{kind} ({node.value})"
+        text = str(node.value)
+        text = text if len(text) <= 40 else text[:37] + "..."
+        return json.dumps(text, ensure_ascii=False) if node.tag == _STR else text
     return "a value"
 
 
-def _file_position(text: str, node: Node, line: int, column: int) -> tuple[int, int]:
+def scalar_position(text: str, node: Node, line: int, column: int) -> tuple[int, int]:
     """Where (line, column) of a scalar's value sits in the file (1-based).
 
     Exact for literal blocks (`|`): the value's line k is the k-th line after the indicator,

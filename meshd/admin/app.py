@@ -8,6 +8,7 @@ holds the loop for more than a few milliseconds (see meshd/admin/metrics.py).
 
 from __future__ import annotations
 
+import datetime
 import json
 import pathlib
 
@@ -131,13 +132,28 @@ async def routes(request: web.Request) -> web.Response:
                 "router": router.label,
                 "dtab": router.own_dtab.show(),
                 "effectiveDtab": router.dtab.get().show(),
-                "routesFile": str(watcher.path) if watcher else None,
+                "routesFile": watcher.source if watcher else None,
                 "routes": watcher.current.to_json() if watcher and watcher.current else None,
+                "version": watcher.version if watcher else None,
+                "digest": watcher.digest if watcher else None,
+                "loadedAt": _timestamp(watcher.loaded_at) if watcher else None,
+                "faultsActive": [
+                    {"rule": rule.name, "prefix": rule.prefix.show(), "fault": rule.fault.to_json() if rule.fault else None}
+                    for rule in router.match_rules.faults
+                ],
                 "reloads": {"success": watcher.successes, "error": watcher.errors} if watcher else None,
                 "lastError": watcher.last_error if watcher else None,
             }
         )
     return _json(out)
+
+
+def _timestamp(when: float | None) -> str | None:
+    """Wall time as RFC 3339 UTC with milliseconds (`2026-12-02T01:30:00.123Z`)."""
+    if when is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(when, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 async def endpoints(request: web.Request) -> web.Response:

@@ -58,6 +58,10 @@ METRICS: Final[dict[str, str]] = {
     "meshd_retry_budget_balance": "Retries the service's budget would allow right now.",
     "meshd_timeouts_total": "Requests that timed out, by service and kind (total, deadline, attempt).",
     "meshd_config_reloads_total": "Routing-file reloads by result (success, error).",
+    "meshd_routes_version": "1 for the routing-file version a router serves (labels: source, version, digest).",
+    "meshd_routes_loaded_timestamp_seconds": "When the routing-file version in force was applied (Unix time).",
+    "meshd_fault_rules_active": "Fault-injection rules in force (routing file); anything but 0 means requests fail on purpose.",
+    "meshd_faults_injected_total": "Requests a fault-injection rule aborted or delayed, by rule and kind (abort, delay).",
     "meshd_connections_accepted_total": "Downstream connections accepted, per router.",
     "meshd_connections_open": "Downstream connections open now, per router.",
     "meshd_requests_in_flight": "Requests a router is serving now (admitted, response head not yet written).",
@@ -149,6 +153,10 @@ def _steps(daemon: MetricsView, text: _Text) -> Iterator[None]:
     ejections = f["meshd_ejections_total"]
     all_ejected = f["meshd_all_ejected_picks_total"]
     reloads = f["meshd_config_reloads_total"]
+    routes_version = f["meshd_routes_version"]
+    routes_loaded = f["meshd_routes_loaded_timestamp_seconds"]
+    faults_active = f["meshd_fault_rules_active"]
+    faults_injected = f["meshd_faults_injected_total"]
     accepted = f["meshd_connections_accepted_total"]
     open_conns = f["meshd_connections_open"]
     forwarded = f["meshd_daemonset_forwarded_total"]
@@ -210,6 +218,17 @@ def _steps(daemon: MetricsView, text: _Text) -> Iterator[None]:
         if watcher is not None:
             reloads.append(f'meshd_config_reloads_total{{result="success",{r}}} {_n(watcher.successes)}\n')
             reloads.append(f'meshd_config_reloads_total{{result="error",{r}}} {_n(watcher.errors)}\n')
+            if watcher.version is not None and watcher.loaded_at is not None:
+                labels = (f'{r},source="{_esc(watcher.source)}",version="{_esc(watcher.version)}",'
+                          f'digest="{_esc(watcher.digest or "")}"')
+                routes_version.append(f"meshd_routes_version{{{labels}}} 1.0\n")
+                routes_loaded.append(f"meshd_routes_loaded_timestamp_seconds{{{r}}} {_n(watcher.loaded_at)}\n")
+        if watcher is not None:
+            held = router.match_rules
+            faults_active.append(f"meshd_fault_rules_active{{{r}}} {_n(len(held.faults))}\n")
+            for (rule, kind), count in list(held.injected.items()):
+                labels = f'{r},rule="{_esc(rule)}",kind="{kind}"'
+                faults_injected.append(f"meshd_faults_injected_total{{{labels}}} {_n(count)}\n")
         listeners = daemon.listeners_of(router.label)
         accepted.append(f"meshd_connections_accepted_total{{{r}}} {_n(sum(lst.accepted for lst in listeners))}\n")
         open_conns.append(f"meshd_connections_open{{{r}}} {_n(sum(len(lst.connections) for lst in listeners))}\n")

@@ -13,7 +13,6 @@ are plain data and are named by their own types.
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol, TypeVar
 
@@ -27,6 +26,7 @@ from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.pool.pool import PoolStatistics
 from meshd.runtime import Runtime
 from routing.dtab import Dtab
+from routing.match import MatchRules
 from routing.path import Path
 from routing.rules import Routes
 
@@ -114,6 +114,11 @@ class RouterView(Protocol):
     def own_dtab(self) -> Dtab: ...
 
     @property
+    def match_rules(self) -> MatchRules:
+        """The routing file's rules with `match:` and fault rules, with the faults injected."""
+        ...
+
+    @property
     def dtab(self) -> Current[Dtab]: ...
 
     @property
@@ -176,10 +181,21 @@ class ListenerView(Protocol):
 
 
 class RoutesWatcherView(Protocol):
-    """A router's routing-file watcher: the file, the routes in force, reload counts."""
+    """A router's routing-file watcher (a file, or a ConfigMap): the routes in force, their version, reload counts."""
 
     @property
-    def path(self) -> pathlib.Path: ...
+    def source(self) -> str:
+        """The file's path, or `configmap <namespace>/<name> key <key>`."""
+        ...
+
+    @property
+    def version(self) -> str | None: ...
+
+    @property
+    def digest(self) -> str | None: ...
+
+    @property
+    def loaded_at(self) -> float | None: ...
 
     @property
     def current(self) -> Routes | None: ...

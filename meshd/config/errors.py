@@ -18,16 +18,22 @@ class ConfigProblem:
 
     `path` is the YAML path of the offending value ("" for the document itself), `line` is
     1-based (None when the problem has no place in the text, e.g. an unreadable file) and
-    `column` is set only for YAML syntax errors, where the line alone can be ambiguous.
+    `column` is set when the place is known to the character: YAML syntax errors, and mistakes
+    inside dtab text (counted in the file, inside `dtab: |` blocks too).
     """
 
     path: str
     line: int | None
     message: str
     column: int | None = None
+    #: "error" makes the file unusable; "warning" (from `meshd check`'s routing checks) does not,
+    #: unless `meshd check --strict` is asked for
+    severity: str = "error"
 
     def __str__(self) -> str:
-        parts = [self.path] if self.path else []
+        parts = ["warning"] if self.severity == "warning" else []
+        if self.path:
+            parts.append(self.path)
         if self.line is not None:
             parts.append(
                 f"line {self.line}" if self.column is None else f"line {self.line}, column {self.column}"
@@ -59,7 +65,9 @@ class ConfigError(Exception):
     def format(self) -> str:
         """Render a report for humans: a heading, then each problem with the YAML line it is about."""
         count = len(self.problems)
-        out = [f"{self.source}: {count} problem{'s' if count != 1 else ''} found:"]
+        warnings = sum(1 for p in self.problems if p.severity == "warning")
+        note = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
+        out = [f"{self.source}: {count} problem{'s' if count != 1 else ''} found{note}:"]
         for problem in self.problems:
             out.append(f"  {problem}")
             if problem.line is not None and 1 <= problem.line <= len(self._lines):

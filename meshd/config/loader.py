@@ -24,7 +24,11 @@ The contract with config classes (it is generic: any tree following it loads):
   The YAML mapping's `kind:` picks the class; without `kind:` the class of the field's
   default is used, and with no default it is an error. `kind` is not a field of the class
   (the class names itself in `KIND: ClassVar[str]`). The registry also applies to each
-  element of `tuple[...]`, each value of `Mapping[...]` and to `X | None`.
+  element of `tuple[...]`, each value of `Mapping[...]` and to `X | None`. `"check"` is a
+  function of the field's value that raises ValueError when the value is unacceptable on its
+  own; it runs even when other keys of the same mapping have problems (so one mistake does
+  not hide another), and an error with `line`/`column` attributes relative to the value's
+  text (a DtabSyntaxError) is reported at that line and column of the file.
 * Invariants: `__post_init__` raises `ValueError("plain message")`. The problem is reported
   at the path and line of the mapping that built the object, except when the message starts
   with a key of that mapping followed by ": " (`"port: must not be 0"`; the YAML key or the
@@ -38,7 +42,6 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
-import difflib
 import enum
 import functools
 import json
@@ -47,7 +50,7 @@ import pathlib
 import re
 import types
 import typing
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import Field
 from typing import Any, Literal, NamedTuple, TypeVar
 
@@ -56,6 +59,8 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from meshd.config.errors import ConfigError, ConfigProblem
+from routing.rules import scalar_position
+from routing.suggest import did_you_mean as _did_you_mean
 
 T = TypeVar("T")
 
@@ -98,7 +103,7 @@ def load_config(text: str, root: type[T], *, source: str = "<config>") -> T:
         raise ConfigError([_syntax_problem(exc, text)], source=source, text=text) from exc
     if node is None:  # an empty file, or only comments: every field takes its default
         node = MappingNode(_MAP_TAG, [])
-    walker = _Walker()
+    walker = _Walker(text)
     value = walker.convert(node, root, _Where("", _line_of(node)), _NO_RULES)
     if walker.problems:
         ordered = sorted(dict.fromkeys(walker.problems), key=lambda p: (p.line is None, p.line or 0))
@@ -286,7 +291,8 @@ class _Where:
 class _Walker:
     """One load: converts nodes to values and collects problems on the way."""
 
-    def __init__(self) -> None:
+    def __init__(self, text: str = "") -> None:
+        self.text = text
         self.problems: list[ConfigProblem] = []
         self._constructor = SafeConstructor()
 
@@ -498,7 +504,7 @@ class _Walker:
                 ok = False
                 continue
             value = self.convert(value_node, spec.type, key_where, spec.rules)
-            if value is _INVALID:
+            if value is _INVALID or not self._field_check(spec, value, value_node, key_where):
                 ok = False
             else:
                 kwargs[spec.field.name] = value
@@ -512,6 +518,30 @@ class _Walker:
             return cls(**kwargs)
         except ValueError as exc:
             return self._report_invariant(str(exc), cls, entries, where)
+
+    def _field_check(self, spec: _FieldSpec, value: object, node: Node, where: _Where) -> bool:
+        """Run the field's own `metadata["check"]`, if any; report its ValueError at the field.
+
+        Field checks run whether or not the rest of the mapping is valid, so a router's dtab is
+        checked even when its `client` section has a mistake. An error that knows its place in
+        the value's text (`line` and `column` attributes, as a DtabSyntaxError has) is
+        reported at that place in the file, inside block scalars too.
+        """
+        check = spec.field.metadata.get("check")
+        if check is None:
+            return True
+        try:
+            check(value)
+        except ValueError as exc:
+            line, column = getattr(exc, "line", None), getattr(exc, "column", None)
+            if isinstance(line, int) and isinstance(column, int) and self.text:
+                file_line, file_column = scalar_position(self.text, node, line, column)
+                reason = str(getattr(exc, "reason", None) or exc)
+                self.problems.append(ConfigProblem(where.path, file_line, reason, column=file_column))
+            else:
+                self.report(where, str(exc) or "invalid value")
+            return False
+        return True
 
     def _report_invariant(self, message: str, cls: type, entries: _Entries, where: _Where) -> _Invalid:
         """Apply the "key: message" convention of __post_init__ errors (see the module docstring)."""
@@ -594,22 +624,6 @@ def _show_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return "null" if value is None else str(value)
-
-
-def _did_you_mean(word: str, options: Iterable[str]) -> str:
-    """A '; did you mean "x"?' suffix for the closest option, or ""."""
-    candidates = list(options)
-    normalized = {_normalize(option): option for option in candidates}
-    match = normalized.get(_normalize(word))
-    if match is None:
-        close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
-        match = close[0] if close else None
-    return f'; did you mean "{match}"?' if match is not None else ""
-
-
-def _normalize(word: str) -> str:
-    """Case and separators do not matter for suggestions: `decay_time_ms` suggests `decayTimeMs`."""
-    return word.replace("_", "").replace("-", "").lower()
 
 
 def _unknown_key_message(key: str, known: list[str], kind: str | None) -> str:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from balancers.configs import ConsecutiveFailuresConfig, EwmaConfig, NoAccrualConfig, SuccessRateConfig
 from balancers.registry import ACCRUALS, BALANCERS, BalancerConfig
+from meshd.discovery.k8s import K8sNamerConfig
 from meshd.discovery.registry import NAMERS, NamerConfig
 from meshd.retry.backoff import BACKOFFS, BackoffConfig, RetryJitteredBackoffConfig
 from meshd.retry.budget_config import RetryBudgetConfig
@@ -27,7 +29,7 @@ from meshd.transformers import TRANSFORMERS, DaemonSetConfig, TransformerConfig
 from routing.identifiers.base import IdentifierConfig
 from routing.identifiers.header import HeaderIdentifierConfig
 from routing.identifiers.registry import IDENTIFIERS
-from routing.parser import DtabSyntaxError, parse_dtab, parse_prefix
+from routing.parser import parse_dtab, parse_prefix
 from routing.path import Path
 
 AccrualConfig = ConsecutiveFailuresConfig | SuccessRateConfig | NoAccrualConfig
@@ -41,6 +43,63 @@ def _check_ip(key: str, value: str) -> None:
         ipaddress.ip_address(value)
     except ValueError:
         raise ValueError(f"{key}: expected an IP address, got {value!r}") from None
+
+
+# Field checks (`metadata={"check": ...}`): the loader runs them on each value by itself, even
+# when another key of the same mapping is wrong, so one mistake never hides another; the
+# classes' __post_init__ call them too, for objects built in code.
+
+
+def _prefix_ok(text: str) -> None:
+    parse_prefix(text)  # a DtabSyntaxError knows its line and column in the text
+
+
+def _label_ok(label: str) -> None:
+    if not label or not all(c.isalnum() or c in "-_." for c in label):
+        raise ValueError(f"must be letters, digits, '-', '_' or '.', got {label!r}")
+
+
+def _protocol_ok(protocol: str) -> None:
+    if protocol != "http":
+        raise ValueError(f"only 'http' is supported, got {protocol!r}")
+
+
+def _servers_ok(servers: tuple[ServerConfig, ...]) -> None:
+    if not servers:
+        raise ValueError("a router needs at least one server")
+
+
+def _dtab_ok(dtab: str) -> None:
+    parse_dtab(dtab)  # a DtabSyntaxError knows its line and column in the text
+
+
+def _networks_ok(cidrs: tuple[str, ...]) -> None:
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ValueError(f"{cidr!r} is not an IP network (e.g. 10.0.0.0/8)") from None
+
+
+def _k8s_name_ok(value: str) -> None:
+    """A DNS-1123 subdomain, as Kubernetes requires of namespace and ConfigMap names."""
+    labels = value.split(".")
+    if not value or len(value) > 253 or not all(
+        label and label[0].isalnum() and label[-1].isalnum() and all(c.islower() or c.isdigit() or c == "-" for c in label)
+        for label in labels
+    ):
+        raise ValueError(f"must be a Kubernetes name (lower-case letters, digits, '-' and '.'), got {value!r}")
+
+
+def _keyed(key: str, check: Callable[[], None]) -> None:
+    """Run a field check for __post_init__, naming the key in its message ("dtab: line 1, ...")."""
+    try:
+        check()
+    except ValueError as exc:
+        raise ValueError(f"{key}: {getattr(exc, 'short', exc)}") from None
+
+
+_PREFIX_FIELD: dict[str, object] = {"check": _prefix_ok}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,7 +192,7 @@ class ServiceOverride:
     whole (a `retries:` given here replaces the whole `retries` section).
     """
 
-    prefix: str
+    prefix: str = field(metadata=_PREFIX_FIELD)
     total_timeout_ms: int | None = field(default=None, metadata={"min": 1})
     response_classifier: ResponseClassifierConfig | None = field(default=None, metadata={"registry": CLASSIFIERS})
     retries: RetriesConfig | None = None
@@ -151,7 +210,7 @@ class ServiceOverride:
 class ClientOverride:
     """Settings for the bound names (clients) under `prefix`, e.g. `/#/fs/ledger`; unset keys inherit."""
 
-    prefix: str
+    prefix: str = field(metadata=_PREFIX_FIELD)
     load_balancer: BalancerConfig | None = field(default=None, metadata={"registry": BALANCERS})
     failure_accrual: AccrualConfig | None = field(default=None, metadata={"registry": ACCRUALS})
     pool: PoolConfig | None = None
@@ -170,9 +229,11 @@ class ClientOverride:
 
 def _check_prefix(text: str) -> None:
     try:
-        parse_prefix(text)
-    except (DtabSyntaxError, ValueError) as exc:
+        _prefix_ok(text)
+    except ValueError as exc:
         raise ValueError(f"prefix: {getattr(exc, 'short', exc)}") from None
+
+
 
 
 def _apply(override: object, base: _Section, skip: tuple[str, ...]) -> _Section:
@@ -202,17 +263,39 @@ class BindingCacheConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RoutesConfigMapConfig:
+    """A routing file kept in a Kubernetes ConfigMap, watched through the API (docs/routing.md)."""
+
+    namespace: str = field(metadata={"check": _k8s_name_ok})
+    name: str = field(metadata={"check": _k8s_name_ok})
+    #: the key of the ConfigMap's `data` that holds the routing file
+    key: str = "routes.yaml"
+    #: the prefix of the k8s namer whose API connection to use (default: the first k8s namer)
+    namer: str | None = None
+
+    def __post_init__(self) -> None:
+        _keyed("namespace", lambda: _k8s_name_ok(self.namespace))
+        _keyed("name", lambda: _k8s_name_ok(self.name))
+        if not self.key or not all(c.isalnum() or c in "-_." for c in self.key):
+            raise ValueError(f"key: a ConfigMap key is letters, digits, '-', '_' or '.', got {self.key!r}")
+
+    def describe(self) -> str:
+        return f"configmap {self.namespace}/{self.name} key {self.key}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RouterConfig:
     """One router: listeners, how requests are named and bound, and the service and client stacks."""
 
-    label: str
-    protocol: str = "http"
-    servers: tuple[ServerConfig, ...] = (ServerConfig(),)
+    label: str = field(metadata={"check": _label_ok})
+    protocol: str = field(default="http", metadata={"check": _protocol_ok})
+    servers: tuple[ServerConfig, ...] = field(default=(ServerConfig(),), metadata={"check": _servers_ok})
     identifier: IdentifierConfig = field(default_factory=HeaderIdentifierConfig, metadata={"registry": IDENTIFIERS})
-    dtab: str = ""
+    dtab: str = field(default="", metadata={"check": _dtab_ok})
     routes: str | None = None
+    routes_config_map: RoutesConfigMapConfig | None = None
     routes_max_bytes: int = field(default=1024 * 1024, metadata={"min": 1})
-    trusted_sources: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    trusted_sources: tuple[str, ...] = field(default=("127.0.0.0/8", "::1/128"), metadata={"check": _networks_ok})
     binding_timeout_ms: int = field(default=10_000, metadata={"min": 1})
     binding_cache: BindingCacheConfig = field(default_factory=BindingCacheConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
@@ -233,21 +316,13 @@ class RouterConfig:
         return resolve_section(self.client, self.clients, path)
 
     def __post_init__(self) -> None:
-        if not self.label or not all(c.isalnum() or c in "-_." for c in self.label):
-            raise ValueError(f"label: must be letters, digits, '-', '_' or '.', got {self.label!r}")
-        if self.protocol != "http":
-            raise ValueError(f"protocol: only 'http' is supported, got {self.protocol!r}")
-        if not self.servers:
-            raise ValueError("servers: a router needs at least one server")
-        try:
-            parse_dtab(self.dtab)
-        except DtabSyntaxError as exc:
-            raise ValueError(f"dtab: {exc}") from None
-        for cidr in self.trusted_sources:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ValueError(f"trustedSources: {cidr!r} is not an IP network (e.g. 10.0.0.0/8)") from None
+        _keyed("label", lambda: _label_ok(self.label))
+        _keyed("protocol", lambda: _protocol_ok(self.protocol))
+        _keyed("servers", lambda: _servers_ok(self.servers))
+        _keyed("dtab", lambda: _dtab_ok(self.dtab))
+        _keyed("trustedSources", lambda: _networks_ok(self.trusted_sources))
+        if self.routes is not None and self.routes_config_map is not None:
+            raise ValueError("routesConfigMap: give routes (a file) or routesConfigMap, not both")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -279,6 +354,21 @@ class MeshdConfig:
         dup_prefixes = sorted({p for p in prefixes if prefixes.count(p) > 1})
         if dup_prefixes:
             raise ValueError(f"namers: two namers share the prefix {dup_prefixes[0]}; give one a different prefix")
+        k8s_prefixes = [n.prefix for n in self.namers if isinstance(n, K8sNamerConfig)]
+        for router in self.routers:
+            cm = router.routes_config_map
+            if cm is None:
+                continue
+            if not k8s_prefixes:
+                raise ValueError(
+                    f"routers: router {router.label}, routesConfigMap: meshd reads ConfigMaps through a k8s "
+                    "namer's API connection; configure a namer of kind k8s"
+                )
+            if cm.namer is not None and cm.namer not in k8s_prefixes:
+                raise ValueError(
+                    f"routers: router {router.label}, routesConfigMap.namer: no k8s namer has the prefix "
+                    f"{cm.namer} (k8s namers: {', '.join(k8s_prefixes)})"
+                )
         # A daemonset transformer finds the meshds through a namer: without one, the router
         # could not start, so `meshd check` says so rather than `meshd run` failing later.
         namer_paths = [Path.read(p) for p in prefixes]

@@ -30,8 +30,13 @@ from balancers.backoff import NS_PER_MS, Backoff, EqualJitteredBackoff
 from meshd.clock import Timer
 from meshd.discovery.addr import Addr, Failed
 from meshd.discovery.base import Freshness
-from meshd.discovery.k8s_informer import MALFORMED, KubeApiError
-from meshd.discovery.k8s_model import parse_endpoint_slice, parse_endpoints, parse_service_name
+from meshd.discovery.k8s_informer import MALFORMED, Informer, KubeApiError
+from meshd.discovery.k8s_model import (
+    MalformedObject,
+    parse_endpoint_slice,
+    parse_endpoints,
+    parse_service_name,
+)
 from meshd.discovery.k8s_watch import ServiceWatch, Sources, WatchStats
 from meshd.observable import Observable
 from meshd.runtime import Runtime
@@ -278,6 +283,47 @@ class K8sNamer:
             await self._client.close()
             self._client = None
 
+    # -- ConfigMaps (a router's routes) ------------------------------------------------------------
+
+    async def watch_config_map(self, namespace: str, name: str, on_change: Callable[[ConfigMapState], None]) -> None:
+        """List and watch one ConfigMap through this namer's API connection until cancelled.
+
+        `on_change` is called on the event loop after every list, every change and every failed
+        call, with the object as the API last gave it (None once a list or watch says it does
+        not exist). Failures are retried with the namer's backoff and never raise out of here:
+        the last state received stays in force (see `Informer`). Counted in the namer's metrics
+        with `service="configmap:<name>"`.
+        """
+        delays = self._backoff.delays()
+        while True:  # connecting (loading the client configuration) is retried too
+            try:
+                client = await self._ensure_client()
+                break
+            except KubeApiError as exc:
+                self._metrics.api_errors.labels(exc.code).inc()
+                on_change(ConfigMapState(False, None, f"{exc.code}: {exc}", "backoff", None))
+                await self._sleep(next(delays))
+        informer: Informer[Mapping[str, object]] | None = None
+
+        def changed() -> None:
+            assert informer is not None
+            failing = informer.state == "backoff"
+            obj = informer.items.get(name)
+            error = informer.last_error if failing else None
+            on_change(ConfigMapState(informer.synced, obj, error, informer.state, informer.resource_version))
+
+        informer = Informer(
+            client.config_maps(namespace, name),
+            parse=_config_map_object,
+            on_change=changed,
+            hooks=_WatchHooks(self._metrics, namespace, f"configmap:{name}"),
+            backoff=self._backoff,
+            clock=self._runtime.clock,
+            log=self._log,
+            sleep=self._sleep,
+        )
+        await informer.run()
+
     # -- introspection ----------------------------------------------------------------------------
 
     def statistics(self) -> K8sNamerStats:
@@ -407,6 +453,31 @@ class _WatchHooks:
         self._metrics.api_errors.labels(code).inc()
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigMapState:
+    """What `K8sNamer.watch_config_map` knows of one ConfigMap now.
+
+    `synced`: a list has succeeded (so `obj` None means "does not exist"); `obj`: the raw
+    ConfigMap; `error`: the last failed API call while the watch is failing (None when it is
+    not); `state`: the informer's state; `resource_version`: the collection's last RV.
+    """
+
+    synced: bool
+    obj: Mapping[str, object] | None
+    error: str | None
+    state: str
+    resource_version: str | None
+
+
+def _config_map_object(raw: Mapping[str, object]) -> Mapping[str, object]:
+    """A ConfigMap is kept as the API's own dict; only its shape is checked here."""
+    for key in ("data", "binaryData"):
+        value = raw.get(key)
+        if value is not None and not isinstance(value, Mapping):
+            raise MalformedObject(f"ConfigMap {key} is not an object")
+    return raw
+
+
 def _describe(mode: str, cfg: K8sNamerConfig, kubeconfig: str | None) -> str:
     if mode == "url":
         return f"API server at {cfg.api_url}"
@@ -415,4 +486,4 @@ def _describe(mode: str, cfg: K8sNamerConfig, kubeconfig: str | None) -> str:
     return f"kubeconfig {kubeconfig or '(default)'}" + (f" context {cfg.context}" if cfg.context else "")
 
 
-__all__ = ["K8sBackoffConfig", "K8sMetrics", "K8sNamer", "K8sNamerConfig", "K8sNamerStats", "KubeApiError"]
+__all__ = ["ConfigMapState", "K8sBackoffConfig", "K8sMetrics", "K8sNamer", "K8sNamerConfig", "K8sNamerStats", "KubeApiError"]

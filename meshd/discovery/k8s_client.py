@@ -32,7 +32,8 @@ from meshd.discovery.k8s_model import SERVICE_NAME_LABEL, resource_version
 
 _HINTS: Final = {
     401: " (the token was refused: check the kubeconfig user or the service-account token)",
-    403: " (RBAC: meshd's ClusterRole needs get/list/watch on endpointslices, endpoints and services)",
+    403: " (RBAC: meshd's ClusterRole needs get/list/watch on endpointslices, endpoints and services, and on the"
+         " routes ConfigMap when a router takes its routes from one)",
 }
 
 
@@ -115,6 +116,12 @@ class KubeClient:
     def services(self, namespace: str, service: str) -> ApiCollection:
         return ApiCollection(self, self._core.list_namespaced_service, namespace,
                              {"field_selector": f"metadata.name={service}"}, f"service {namespace}/{service}")
+
+    def config_maps(self, namespace: str, name: str) -> ApiCollection:
+        """One ConfigMap, as a collection of at most one object (list+watch by name, so a
+        deletion and a re-creation are seen like any other change)."""
+        return ApiCollection(self, self._core.list_namespaced_config_map, namespace,
+                             {"field_selector": f"metadata.name={name}"}, f"configmap {namespace}/{name}")
 
     @property
     def settings(self) -> ConnectionSettings:

@@ -21,12 +21,13 @@ local dtabs never evict the base bindings.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import deque
 from collections.abc import Awaitable, Container, Mapping
 from typing import Protocol
 
 from meshd.clock import MONOTONIC, Clock
-from meshd.errors import BadRequest, MeshdError, NoSuchService, RequestTimeout
+from meshd.errors import BadRequest, FaultInjected, MeshdError, NoSuchService, RequestTimeout
 from meshd.explain import namer_reasons
 from meshd.http.messages import Response
 from meshd.observable import Observable
@@ -42,6 +43,7 @@ from routing.delegate import (
     parse_dtab_header,
 )
 from routing.dtab import Dtab
+from routing.match import MatchRules, fault_for, matched_dtab
 from routing.namer import Namer
 from routing.parser import DtabSyntaxError
 from routing.path import Path
@@ -235,21 +237,71 @@ class ServiceLookup(Protocol):
     def service_for(self, path: Path) -> Service: ...
 
 
-def bind_service(binder: Binder, services: ServiceLookup) -> Service:
-    """The innermost router-level step: bind, then hand over to the logical name's service stack."""
+def bind_service(
+    binder: Binder,
+    services: ServiceLookup,
+    matching: MatchRules | None = None,
+    *,
+    rng: random.Random | None = None,
+    clock: Clock = MONOTONIC,
+) -> Service:
+    """The innermost router-level step: bind, then hand over to the logical name's service stack.
+
+    `matching` holds the routing file's rules with `match:` and its fault rules. A fault rule
+    that applies to a request (its share drawn from `rng`) answers it with its status
+    (`FaultInjected`) or delays it on `clock`; then the dentries of the match rules that hold
+    are added after the request's local dtab for binding (not forwarded downstream). With no
+    such rules a request costs one attribute test here.
+    """
 
     cache = binder.cache
     service_for = services.service_for
+    held = matching if matching is not None else MatchRules()
+    draw = (rng or random.Random()).random
 
     def bind_request(ctx: RouteContext) -> Awaitable[Response]:
         path = ctx.logical_path
         assert path is not None, "the identifier runs before the binder"
+        if held.active:
+            return with_rules(ctx, path)
         local = ctx.local_dtab
         chooser = cache.get((path, local))
         if chooser is None:
             return bind_then_serve(ctx, path, local)
         ctx.chooser = chooser
         return service_for(path)(ctx)  # a tail call: no coroutine frame for this step
+
+    def with_rules(ctx: RouteContext, path: Path) -> Awaitable[Response]:
+        if held.faults:
+            rule = fault_for(held.faults, path, ctx.request, draw())
+            if rule is not None and rule.fault is not None:
+                fault = rule.fault
+                key = (rule.name, fault.kind)
+                held.injected[key] = held.injected.get(key, 0) + 1
+                if fault.abort is not None:
+                    raise FaultInjected(
+                        f"fault injected by routing rule {rule.name}: abort {fault.abort} for "
+                        f"{fault.share:.0%} of {rule.prefix.show()}",
+                        fault.abort,
+                    )
+                return delayed(ctx, path, (fault.delay_ms or 0) / 1000.0)
+        return matched(ctx, path)
+
+    async def delayed(ctx: RouteContext, path: Path, delay_s: float) -> Response:
+        await clock.sleep(delay_s)
+        return await matched(ctx, path)
+
+    def matched(ctx: RouteContext, path: Path) -> Awaitable[Response]:
+        local = ctx.local_dtab
+        if held.rules:
+            extra = matched_dtab(held.rules, path, ctx.request)
+            if extra:
+                local = local + ";" + extra if local else extra
+        chooser = cache.get((path, local))
+        if chooser is None:
+            return bind_then_serve(ctx, path, local)
+        ctx.chooser = chooser
+        return service_for(path)(ctx)
 
     async def bind_then_serve(ctx: RouteContext, path: Path, local: str) -> Response:
         ctx.chooser = await binder.bind(path, local)

@@ -73,6 +73,23 @@ def test_rbac_is_least_privilege_read_only_discovery() -> None:
     ]
 
 
+def test_rbac_grants_reading_exactly_the_routes_config_map() -> None:
+    meshd = yaml.safe_load(one("ConfigMap", "meshd-config")["data"]["meshd.yaml"])
+    (cm,) = [r["routesConfigMap"] for r in meshd["routers"] if "routesConfigMap" in r]
+    role = one("Role", "meshd-routes")
+    assert role["metadata"]["namespace"] == cm["namespace"]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [cm["name"]], "verbs": ["get", "list", "watch"]}
+    ]
+    routes = one("ConfigMap", cm["name"])
+    assert routes["metadata"]["namespace"] == cm["namespace"] and cm["key"] in routes["data"]
+    binding = one("RoleBinding", "meshd-routes")
+    assert binding["metadata"]["namespace"] == cm["namespace"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "meshd-routes"}
+    sa = one("ServiceAccount", "meshd")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshd", "namespace": sa["metadata"]["namespace"]}]
+
+
 def test_embedded_meshd_yaml_and_routes_yaml_parse_and_load(monkeypatch: pytest.MonkeyPatch) -> None:
     data = config_map()
     meshd = yaml.safe_load(data["meshd.yaml"])
@@ -81,12 +98,12 @@ def test_embedded_meshd_yaml_and_routes_yaml_parse_and_load(monkeypatch: pytest.
     assert [s["port"] for s in routers["outgoing"]["servers"]] == [4140]
     assert [s["port"] for s in routers["incoming"]["servers"]] == [4141]
     assert routers["outgoing"]["dtab"] == "/svc => /#/k8s/bank/http;"
-    assert routers["outgoing"]["routes"] == "routes.yaml"
+    assert routers["outgoing"]["routesConfigMap"] == {"namespace": "mesh", "name": "meshd-routes", "key": "routes.yaml"}
     # The real loaders accept both files (with the k8s namer kind registered).
     monkeypatch.setitem(registry.NAMERS, "k8s", K8sNamerConfig)
     config = load_config(data["meshd.yaml"], MeshdConfig, source="meshd.yaml")
     assert isinstance(config.namers[0], K8sNamerConfig) and config.namers[0] == K8sNamerConfig()
-    routes = load_routes(data["routes.yaml"], "routes.yaml")
+    routes = load_routes(one("ConfigMap", "meshd-routes")["data"]["routes.yaml"], "routes.yaml")
     assert routes is not None
 
 

@@ -183,7 +183,7 @@ async def test_broken_edit_is_refused_and_the_split_stays(make_mesh, make_upstre
     assert watcher.successes == 1  # only the file loaded at start-up
     refusals = [r.getMessage() for r in caplog.records if r.name == "meshd.reload" and r.levelname == "ERROR"]
     assert len(refusals) == 1
-    assert "routes.yaml: rules[0].weights['/#/fs/accounts'] (line 5)" in refusals[0]
+    assert 'routes.yaml: rules[0].weights["/#/fs/accounts"]: line 5: ' in refusals[0]
     assert "weight must be a finite number >= 0, got -50" in refusals[0]
 
 

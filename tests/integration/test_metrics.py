@@ -26,7 +26,10 @@ Labels = tuple[tuple[str, str], ...]
 ROUTES = "dtab: |\n  /svc => /#/fs;\n"
 
 #: families a router exports only when configured for them (this scenario is not)
-ONLY_WHEN_CONFIGURED = {"meshd_daemonset_forwarded_total": "routers with transformers"}
+ONLY_WHEN_CONFIGURED = {
+    "meshd_daemonset_forwarded_total": "routers with transformers",
+    "meshd_faults_injected_total": "routing files with fault rules (tests/integration/test_fault_rules.py)",
+}
 
 
 class Scrape:

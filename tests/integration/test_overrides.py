@@ -235,4 +235,5 @@ def test_override_with_a_bad_prefix_is_a_config_error():
     text = "routers:\n- label: outgoing\n  services:\n  - prefix: svc/payments\n    totalTimeoutMs: 5\n"
     with pytest.raises(ConfigError) as info:
         load_config(text, MeshdConfig)
-    assert str(info.value).startswith("routers[0].services[0].prefix: line 4:"), str(info.value)
+    # the column is counted in the file (the prefix's first character)
+    assert str(info.value).startswith("routers[0].services[0].prefix: line 4, column 13:"), str(info.value)

@@ -133,7 +133,7 @@ async def test_bad_file_is_refused_logged_with_line_and_counted(make_mesh, make_
     assert await version_served(mesh.port) == "v1"  # the last good rules keep serving
     refusals = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(refusals) == 1
-    assert f"{routes}: rules[0].dst (line 4, column 29): " in refusals[0]
+    assert f"{routes}: rules[0].dst: line 4, column 29: " in refusals[0]
     status, metrics = await admin_get(mesh.admin_port, "/metrics")
     assert status == 200
     assert reload_metric(metrics, "error") == 1
@@ -142,7 +142,7 @@ async def test_bad_file_is_refused_logged_with_line_and_counted(make_mesh, make_
     assert status == 200
     (shown,) = json.loads(body)
     assert shown["reloads"] == {"success": 1, "error": 1}
-    assert shown["lastError"].startswith(f"{routes}: rules[0].dst (line 4, column 29)")
+    assert shown["lastError"].startswith(f"{routes}: rules[0].dst: line 4, column 29: ")
     assert shown["effectiveDtab"] == "/svc=>/#/fs;/svc/accounts=>/#/fs/accounts"
 
     # the refused version is not retried on every poll; fixing the file recovers

@@ -212,7 +212,8 @@ def test_every_problem_in_the_file_is_reported_in_file_order():
         ("label: ''", "routers[0].label: line 2: must be letters, digits"),
         ("{label: x, protocol: h2}", "routers[0].protocol: line 2: only 'http' is supported, got 'h2'"),
         ("{label: x, servers: []}", "routers[0].servers: line 2: a router needs at least one server"),
-        ("{label: x, dtab: '/svc => '}", "routers[0].dtab: line 2:"),
+        # the column is counted in the file: just after "/svc => ", inside the quotes
+        ("{label: x, dtab: '/svc => '}", "routers[0].dtab: line 2, column 31: expected a path"),
         (
             "{label: x, trustedSources: [10.0.0.0/33]}",
             "routers[0].trustedSources: line 2: '10.0.0.0/33' is not an IP network",

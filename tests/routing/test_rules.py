@@ -105,7 +105,7 @@ def test_dtab_error_in_a_block_points_at_the_file_line_and_column() -> None:
     )
     assert (err.where, err.line, err.column) == ("dtab", 4, 14)
     assert str(err).splitlines() == [
-        "routes.yaml: dtab (line 4, column 14): expected '=>', found '/'",
+        "routes.yaml: dtab: line 4, column 14: expected '=>', found '/'",
         "3 |   /svc => /#/fs;",
         "4 |   /svc/users /srv;",
         "  |              ^",
@@ -132,12 +132,12 @@ def test_errors_in_one_line_scalars(text: str, line: int, column: int | None) ->
 
 ERRORS: list[tuple[str, str, str, int, str]] = [
     # id, text, YAML path, line, start of the reason
-    ("unknown-top-key", "dtb: x\n", "dtb", 1, "unknown key 'dtb'; did you mean 'dtab'?"),
-    ("dtab-not-text", "dtab: [1]\n", "dtab", 1, "must be text, got a list"),
-    ("rules-not-a-list", "rules: {a: 1}\n", "rules", 1, "must be a list of rules"),
-    ("rule-not-a-mapping", "rules:\n  - just text\n", "rules[0]", 2, "a rule must be a mapping"),
-    ("rule-without-name", "rules:\n  - prefix: /a\n    dst: /b\n", "rules[0]", 2, "a rule needs 'name'"),
-    ("rule-without-prefix", "rules:\n  - name: a\n    dst: /b\n", "rules[0]", 2, "a rule needs 'prefix'"),
+    ("unknown-top-key", "dtb: x\n", "dtb", 1, 'unknown key "dtb"; did you mean "dtab"?'),
+    ("dtab-not-text", "dtab: [1]\n", "dtab", 1, "expected text, got a list"),
+    ("rules-not-a-list", "rules: {a: 1}\n", "rules", 1, "expected a list of rules"),
+    ("rule-not-a-mapping", "rules:\n  - just text\n", "rules[0]", 2, "expected a rule (a mapping"),
+    ("rule-without-name", "rules:\n  - prefix: /a\n    dst: /b\n", "rules[0]", 2, 'missing required key "name"'),
+    ("rule-without-prefix", "rules:\n  - name: a\n    dst: /b\n", "rules[0]", 2, 'missing required key "prefix"'),
     (
         "rule-without-dst",
         "rules:\n  - name: a\n    prefix: /a\n",
@@ -157,14 +157,14 @@ ERRORS: list[tuple[str, str, str, int, str]] = [
         "rules:\n  - name: a\n    prefix: /a\n    dts: /b\n",
         "rules[0].dts",
         4,
-        "unknown key 'dts'; did you mean 'dst'?",
+        'unknown key "dts"; did you mean "dst"?',
     ),
     (
         "name-not-text",
         "rules:\n  - name: 3\n    prefix: /a\n    dst: /b\n",
         "rules[0].name",
         2,
-        "must be text, got a number (3)",
+        "expected text, got 3",
     ),
     (
         "empty-name",
@@ -178,16 +178,16 @@ ERRORS: list[tuple[str, str, str, int, str]] = [
         "rules:\n  - name: a\n    prefix: /a\n    dst: /b\n    enabled: yes please\n",
         "rules[0].enabled",
         5,
-        "must be true or false",
+        "expected true or false",
     ),
     (
         "duplicate-name",
         "rules:\n  - name: a\n    prefix: /a\n    dst: /b\n  - name: a\n    prefix: /c\n    dst: /d\n",
         "rules[1].name",
         5,
-        "rule name 'a' is already used on line 2",
+        'rule name "a" is already used (first at line 2)',
     ),
-    ("duplicate-key", "dtab: /a=>/b\ndtab: /c=>/d\n", "dtab", 2, "'dtab' is given twice (first on line 1)"),
+    ("duplicate-key", "dtab: /a=>/b\ndtab: /c=>/d\n", "dtab", 2, 'duplicate key "dtab" (first at line 1)'),
     (
         "bad-prefix",
         "rules:\n  - name: a\n    prefix: svc\n    dst: /b\n",
@@ -201,33 +201,33 @@ ERRORS: list[tuple[str, str, str, int, str]] = [
         "rules:\n  - name: a\n    prefix: /a\n    weights: [/b]\n",
         "rules[0].weights",
         4,
-        "must be a mapping",
+        "expected a mapping from destination path to weight",
     ),
     (
         "weight-not-number",
         "rules:\n  - name: a\n    prefix: /a\n    weights: {/b: lots}\n",
-        "rules[0].weights['/b']",
+        'rules[0].weights["/b"]',
         4,
-        "weight must be a number, got text (lots)",
+        'weight must be a number, got "lots"',
     ),
     (
         "negative-weight",
         "rules:\n  - name: a\n    prefix: /a\n    weights:\n      /b: 1\n      /c: -5\n",
-        "rules[0].weights['/c']",
+        'rules[0].weights["/c"]',
         6,
         "weight must be a finite number >= 0",
     ),
     (
         "weight-bool",
         "rules:\n  - name: a\n    prefix: /a\n    weights: {/b: true}\n",
-        "rules[0].weights['/b']",
+        'rules[0].weights["/b"]',
         4,
         "weight must be a number",
     ),
     (
         "bad-weight-path",
         "rules:\n  - name: a\n    prefix: /a\n    weights: {b: 1}\n",
-        "rules[0].weights['b']",
+        'rules[0].weights["b"]',
         4,
         "expected a path",
     ),
@@ -243,7 +243,7 @@ def test_errors_name_the_yaml_path_and_line(text: str, where: str, line: int, re
     err = load_error = error(text)
     assert (err.where, err.line) == (where, line)
     assert err.reason.startswith(reason)
-    assert str(load_error).startswith(f"routes.yaml: {where + ' ' if where else ''}(line {line}")
+    assert str(load_error).startswith(f"routes.yaml: {where + ': ' if where else ''}line {line}")
 
 
 def test_weights_single_destination_is_a_plain_path() -> None:
@@ -253,7 +253,7 @@ def test_weights_single_destination_is_a_plain_path() -> None:
 
 def test_weights_duplicate_destination() -> None:
     err = error("rules:\n  - name: a\n    prefix: /a\n    weights:\n      /b: 1\n      /\\x62: 2\n")
-    assert err.reason == "destination /b is listed twice"
+    assert err.reason == "destination /b is listed twice (first at line 5)"
 
 
 def test_weights_are_stored_as_fractions_of_their_sum() -> None:

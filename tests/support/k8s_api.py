@@ -11,7 +11,9 @@ per event, ended cleanly after `timeoutSeconds`. A watch from an RV older than t
 window gets HTTP 200 and exactly one ERROR line (Status 410 Expired), as a real server does.
 
 Tests drive it through a small Python API: `create/update/apply/delete` objects (the builders
-`service()`, `endpoint_slice()`, `slice_endpoint()`, `endpoints()` make realistic ones),
+`service()`, `endpoint_slice()`, `slice_endpoint()`, `endpoints()` and `config_map()` make
+realistic ones; ConfigMaps are served under /api/v1 like Services and Endpoints, with the same
+list, get, watch, selector, 410 and fault behaviour),
 `compact()`, `inject_410()`, `send_bookmarks()`, `end_watches()`, `drop_watches()`,
 `inject_line()`, `add_fault()` (403/500 Status, HTML body, dropped connection, stall, early EOF)
 and `outage()` (the port refuses connections). Every request is recorded with its query and
@@ -75,8 +77,11 @@ ENDPOINT_SLICES: Final = ResourceKind(
     "discovery.k8s.io/v1",
     (("addressType", ""), ("endpoints", None), ("ports", None)),
 )
-_KINDS: Final = {k.resource: k for k in (SERVICES, ENDPOINTS, ENDPOINT_SLICES)}
-_BY_KIND: Final = {k.kind: k for k in (SERVICES, ENDPOINTS, ENDPOINT_SLICES)}
+#: ConfigMaps (core/v1). `data` and `binaryData` are `omitempty` in the Go type, so a ConfigMap
+#: without data has neither key, and its bookmark is just kind, apiVersion and metadata.
+CONFIG_MAPS: Final = ResourceKind("configmaps", "ConfigMap", "v1")
+_KINDS: Final = {k.resource: k for k in (SERVICES, ENDPOINTS, ENDPOINT_SLICES, CONFIG_MAPS)}
+_BY_KIND: Final = {k.kind: k for k in (SERVICES, ENDPOINTS, ENDPOINT_SLICES, CONFIG_MAPS)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +370,28 @@ def endpoints(namespace: str, name: str, subsets: Sequence[JsonObject] = ()) -> 
     }
     if subsets:
         out["subsets"] = [dict(s) for s in subsets]
+    return out
+
+
+def config_map(
+    namespace: str,
+    name: str,
+    data: Mapping[str, str] | None = None,
+    *,
+    binary_data: Mapping[str, bytes] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> JsonObject:
+    """A core/v1 ConfigMap, as the API server returns it: `data` (text values) and `binaryData`
+    (base64 of bytes) are left out when empty (`omitempty`), never sent as null or {}."""
+    out: JsonObject = {
+        "kind": "ConfigMap",
+        "apiVersion": "v1",
+        "metadata": {"name": name, "namespace": namespace, **({"labels": dict(labels)} if labels else {})},
+    }
+    if data:
+        out["data"] = dict(data)
+    if binary_data:
+        out["binaryData"] = {k: base64.b64encode(v).decode("ascii") for k, v in binary_data.items()}
     return out
 
 
@@ -778,7 +805,7 @@ class FakeKubeApi:
         if parts == ["version"]:
             return _json_response({"major": "1", "minor": "30", "gitVersion": "v1.30.0-meshd-fake"})
         if parts[:2] == ["api", "v1"]:
-            group_kinds: tuple[ResourceKind, ...] = (SERVICES, ENDPOINTS)
+            group_kinds: tuple[ResourceKind, ...] = (SERVICES, ENDPOINTS, CONFIG_MAPS)
             rest = parts[2:]
         elif parts[:3] == ["apis", "discovery.k8s.io", "v1"] and self.serve_endpoint_slices:
             group_kinds = (ENDPOINT_SLICES,)

@@ -129,7 +129,7 @@ def test_broken_routing_file_is_reported_with_its_path_and_line(workdir):
 
     assert done.returncode == 1
     assert done.stdout.splitlines()[1] == (
-        f"error: {workdir / 'routes.yaml'}: rules[0].weights['/#/fs/accounts'] (line 5): "
+        f"error: {workdir / 'routes.yaml'}: rules[0].weights[\"/#/fs/accounts\"]: line 5: "
         "weight must be a finite number >= 0, got -95"
     )
     assert "Traceback" not in done.stderr
@@ -148,7 +148,7 @@ def test_meshd_run_refuses_to_start_on_a_broken_routing_file(workdir):
     done = meshd_cli(workdir, "run", "-c", "meshd.yaml")
 
     assert done.returncode == 1
-    assert f"{workdir / 'routes.yaml'}: rules[0].weights['/#/fs/accounts'] (line 5)" in done.stderr
+    assert f"{workdir / 'routes.yaml'}: rules[0].weights[\"/#/fs/accounts\"]: line 5: " in done.stderr
 
 
 def free_port() -> int:
@@ -186,7 +186,7 @@ def test_running_meshd_logs_and_counts_a_refused_edit_then_applies_the_fix(workd
     refused = [line for line in stderr.splitlines() if "routes reload refused" in line]
     assert len(refused) == 1, stderr
     assert "ERROR meshd.reload" in refused[0]
-    assert f"{workdir / 'routes.yaml'}: rules[0].weights['/#/fs/accounts'] (line 5)" in refused[0]
+    assert f"{workdir / 'routes.yaml'}: rules[0].weights[\"/#/fs/accounts\"]: line 5: " in refused[0]
     assert "routes reloaded from" in stderr
 
 

@@ -1,0 +1,122 @@
+"""Rules with `match:`: how they load (and how mistakes are reported), and how they match requests."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from routing.match import HeaderMatch, Match, matched_dtab, request_path
+from routing.path import Path
+from routing.rules import RoutesError, load_routes
+
+
+@dataclass
+class Req:
+    method: str = "GET"
+    target: str = "/"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+def rules_text(match: str) -> str:
+    return "rules:\n  - name: r\n    prefix: /svc/accounts\n    match:\n" + textwrap.indent(match, "      ") + "    dst: /#/fs/v2\n"
+
+
+def test_a_match_rule_is_not_in_the_dtab_and_becomes_a_match_rule() -> None:
+    routes = load_routes(rules_text("headers:\n  x-user: 42\n  x-team: {prefix: pay}\nmethod: GET\npathPrefix: /v2\n"), "r.yaml")
+    assert routes.dtab.show() == ""
+    (rule,) = routes.match_rules
+    assert rule.dentry == "/svc/accounts=>/#/fs/v2" and rule.name == "r"
+    assert rule.match == Match((HeaderMatch("x-user", "42"), HeaderMatch("x-team", "pay", "prefix")), "GET", "/v2")
+    assert routes.rules[0].to_json()["match"] == {
+        "headers": {"x-user": {"exact": "42"}, "x-team": {"prefix": "pay"}}, "method": "GET", "pathPrefix": "/v2"}
+
+
+@pytest.mark.parametrize(
+    ("match", "where", "reason"),
+    [
+        ("headers:\n  x-user: {regex: '(a+)+$'}\n", "rules[0].match.headers.x-user.regex",
+         "regular expressions are not matched (a regex can make matching slow); use exact or prefix"),
+        ("headers:\n  x-user: {exact: a, prefix: b}\n", "rules[0].match.headers.x-user", "give one of exact and prefix"),
+        ("headers:\n  x user: a\n", "rules[0].match.headers.x user", 'expected a header name, got "x user"'),
+        ("headers:\n  x-user: [a]\n", "rules[0].match.headers.x-user", "expected a value, or {exact: ...}"),
+        ("headers: {}\n", "rules[0].match.headers", "expected a mapping from header name to value"),
+        ("method: get\n", "rules[0].match.method", 'expected an HTTP method in capitals (GET, POST, ...), got "get"'),
+        ("pathPrefix: v2\n", "rules[0].match.pathPrefix", 'expected a path starting with "/" (no query), got "v2"'),
+        ("header: {x: 1}\n", "rules[0].match.header", 'unknown key "header"; did you mean "headers"?'),
+        ("{}\n", "rules[0].match", "give at least one of headers, method and pathPrefix"),
+    ],
+)
+def test_mistakes_in_a_match_are_reported_at_their_key(match: str, where: str, reason: str) -> None:
+    with pytest.raises(RoutesError) as info:
+        load_routes(rules_text(match), "r.yaml")
+    assert [(p.where, p.reason[: len(reason)]) for p in info.value.problems] == [(where, reason)]
+
+
+@pytest.mark.parametrize(
+    ("request_", "applies"),
+    [
+        (Req(headers={"x-user": "42"}), True),
+        (Req(headers={"x-user": "420"}), False),
+        (Req(headers={}), False),
+        (Req(method="POST", headers={"x-user": "42"}), False),
+    ],
+)
+def test_conditions_all_hold(request_: Req, applies: bool) -> None:
+    (rule,) = load_routes(rules_text("headers: {x-user: 42}\nmethod: GET\n"), "r.yaml").match_rules
+    assert matched_dtab([rule], Path.read("/svc/accounts"), request_) == ("/svc/accounts=>/#/fs/v2" if applies else "")
+    assert matched_dtab([rule], Path.read("/svc/books"), request_) == ""  # only the names under its prefix
+
+
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [("/a/b?x=1", "/a/b"), ("http://h:80/a?q", "/a"), ("http://h", "/"), ("/", "/")],
+)
+def test_request_path(target: str, path: str) -> None:
+    assert request_path(target) == path
+
+
+SEGMENT = st.text(alphabet="abc", min_size=1, max_size=3)
+
+
+@given(st.lists(SEGMENT, max_size=4), st.lists(SEGMENT, max_size=4))
+def test_path_prefix_matches_whole_segments(prefix: list[str], path: list[str]) -> None:
+    match = Match(path_prefix="/" + "/".join(prefix))
+    holds = match.holds(Req(target="/" + "/".join(path)))
+    assert holds == (path[: len(prefix)] == prefix)
+
+
+def fault_rule(fault: str, extra: str = "") -> str:
+    return f"rules:\n  - name: f\n    prefix: /svc/a\n    fault: {fault}\n{extra}"
+
+
+def test_a_fault_rule_has_no_destination_and_is_not_in_the_dtab() -> None:
+    routes = load_routes(fault_rule("{share: 0.1, abort: 503}"), "r.yaml")
+    assert routes.dtab.show() == "" and routes.match_rules == ()
+    (rule,) = routes.fault_rules
+    assert rule.fault is not None and (rule.fault.share, rule.fault.abort, rule.fault.kind) == (0.1, 503, "abort")
+    assert routes.rules[0].to_json()["fault"] == {"share": 0.1, "abort": 503} and "dst" not in routes.rules[0].to_json()
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "reason"),
+    [
+        (fault_rule("{share: 0.1, abort: 503}", "    dst: /x\n"), "rules[0]", "a fault rule has no destination"),
+        (fault_rule("{share: 0, abort: 503}"), "rules[0].fault.share", "expected a fraction > 0 and <= 1, got 0"),
+        (fault_rule("{share: 2, abort: 503}"), "rules[0].fault.share", "expected a fraction > 0 and <= 1, got 2"),
+        (fault_rule("{share: 0.5, abort: 200}"), "rules[0].fault.abort", "expected an integer 400-599, got 200"),
+        (fault_rule("{share: 0.5, abort: 503, delayMs: 5}"), "rules[0].fault", 'give exactly one of "abort"'),
+        (fault_rule("{abort: 503}"), "rules[0].fault", 'missing required key "share"'),
+        (fault_rule("{share: 0.5, delayMs: 0}"), "rules[0].fault.delayMs", "expected an integer 1-60000, got 0"),
+    ],
+)
+def test_fault_mistakes(text: str, where: str, reason: str) -> None:
+    with pytest.raises(RoutesError) as info:
+        load_routes(text, "r.yaml")
+    assert [(p.where, p.reason[: len(reason)]) for p in info.value.problems] == [(where, reason)]
