@@ -4,9 +4,9 @@ PY := $(VENV)/bin/python
 DURATION ?= 60
 RATE ?= 50
 # Debian packages the test suite and benchmarks run for real: nginx, HAProxy and wrk (bench),
-# dnsmasq (dns namer), chromium (dashboard).
-DEBIAN_PACKAGES := nginx haproxy wrk dnsmasq chromium
-PROGRAMS := nginx haproxy wrk dnsmasq chromium
+# dnsmasq (dns namer), chromium (dashboard), openssl (TLS tests: `openssl s_client`).
+DEBIAN_PACKAGES := nginx haproxy wrk dnsmasq chromium openssl
+PROGRAMS := nginx haproxy wrk dnsmasq chromium openssl
 
 .PHONY: FORCE install compile build-deps test lint typecheck unit demo bench bench-peers system-deps clean \
   docker-engine image image-test

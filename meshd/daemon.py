@@ -19,12 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshd.admin.app import start_admin, start_admin_unix, stop_admin
-from meshd.config.model import MeshdConfig
+from meshd.config.model import MeshdConfig, ServerTlsConfig
 from meshd.discovery.base import Namer
 from meshd.listener import Listener
 from meshd.reload import RoutesWatcher
 from meshd.router import Router
 from meshd.runtime import Runtime
+from meshd.tls.contexts import TlsFiles, TlsSide, server_context
+from meshd.tls.identity import peer_identity
 from routing.path import Path
 
 log = logging.getLogger("meshd")
@@ -110,6 +112,10 @@ class Daemon:
         self._admin_runner: object | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        #: the servers' TLS files (the clients' are their routers'), polled for rotation every second
+        self.tls_files: list[TlsFiles] = []
+        #: each TLS server's side: handshake metering (its handshakes under way, for tests)
+        self.tls_sides: list[TlsSide] = []
 
     # -- start ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -126,6 +132,7 @@ class Daemon:
                     router.set_routes_dtab,
                     max_bytes=router_config.routes_max_bytes,
                     clock=self.runtime.clock,
+                    on_routes=router.set_routes,
                 )
                 watcher.load_initial()
                 await watcher.start()
@@ -133,10 +140,14 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for router in self.routers:
             for index, server_config in enumerate(router.config.servers):
+                tls = server_config.tls
                 listener = Listener(
                     router.service, router.listener_limits(index), label=router.label, observe=router.stats.observe,
-                    clock=self.runtime.clock,
+                    clock=self.runtime.clock, peer_identity=peer_identity if tls is not None and tls.ca_path else None,
                 )
+                # TLS (docs/tls.md): the loop's own TLS under the same listener; the context it is
+                # given makes each connection from the files' current context (rotation)
+                context = self._server_tls(router.label, tls).context if tls is not None else None
                 server = await loop.create_server(
                     listener.protocol_factory,
                     server_config.ip,
@@ -145,10 +156,14 @@ class Daemon:
                     reuse_port=self._reuse_port,
                     backlog=2048,
                     family=socket.AF_INET6 if ":" in server_config.ip else socket.AF_INET,
+                    ssl=context,
+                    ssl_handshake_timeout=tls.handshake_timeout_ms / 1000.0 if tls is not None else None,
                 )
                 port = server.sockets[0].getsockname()[1]
                 self.bound.append(Bound(router.label, index, server_config.ip, port, listener, server))
-                log.info("router %s listening on %s:%d", router.label, server_config.ip, port)
+                log.info(
+                    "router %s listening on %s:%d%s", router.label, server_config.ip, port, " (TLS)" if tls is not None else ""
+                )
         # the admin server reads the daemon through meshd.admin.view.MeshdView, which this class
         # satisfies (mypy checks it here); the admin package never imports this module
         if self._with_admin:
@@ -162,6 +177,28 @@ class Daemon:
         if self._tune_gc:
             _tune_gc()
         self.ready = True
+
+    def _server_tls(self, label: str, tls: ServerTlsConfig) -> TlsSide:
+        resolve = self.runtime.resolve_path
+        cert, key = resolve(tls.cert_path), resolve(tls.key_path)
+        ca = resolve(tls.ca_path) if tls.ca_path else None
+        paths = {"certPath": cert, "keyPath": key} | ({"caPath": ca} if ca is not None else {})
+        files = TlsFiles(paths, lambda: server_context(cert, key, ca, tls.require_client_cert), self.runtime.tls)
+        self.tls_files.append(files)
+        side = TlsSide(
+            files, self.runtime.tls, server=True, router=label,
+            handshake_timeout_s=tls.handshake_timeout_ms / 1000.0, now=self.runtime.clock.now,
+        )
+        self.tls_sides.append(side)
+        return side
+
+    def poll_tls_files(self) -> None:
+        """Re-read every TLS file set; a changed, usable one is used from the next handshake."""
+        for files in self.tls_files:
+            files.poll()
+        for router in self.routers:
+            for files in router.tls_files.values():
+                files.poll()
 
     def port_of(self, router: str, index: int = 0) -> int:
         for b in self.bound:
@@ -183,6 +220,7 @@ class Daemon:
             await asyncio.sleep(1.0)
             for router in self.routers:
                 router.sweep()
+            self.poll_tls_files()
 
     # -- stop -----------------------------------------------------------------------------------
     async def shutdown(self, drain_timeout_s: float | None = None) -> None:

@@ -200,7 +200,7 @@ class Supervisor:
 
 
 class _Merged(Collector):
-    """Sums the samples of identical series across the workers' exposition texts."""
+    """Sums the samples of identical series across the workers' exposition texts (timestamps: the earliest)."""
 
     def __init__(self, texts: list[str]) -> None:
         self._texts = texts
@@ -217,7 +217,12 @@ class _Merged(Collector):
                 bucket = sums[family.name]
                 for sample in family.samples:
                     key = (sample.name, tuple(sorted(sample.labels.items())))
-                    bucket[key] = bucket.get(key, 0.0) + sample.value
+                    if sample.name.endswith("_timestamp_seconds"):
+                        # an instant (a certificate's expiry), not an amount: the earliest of the
+                        # workers' (they differ only while a rotation is being taken up)
+                        bucket[key] = min(bucket.get(key, sample.value), sample.value)
+                    else:
+                        bucket[key] = bucket.get(key, 0.0) + sample.value
         for name, family in families.items():
             for (sample_name, labels), value in sums[name].items():
                 family.add_sample(sample_name, dict(labels), value)

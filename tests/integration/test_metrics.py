@@ -26,7 +26,15 @@ Labels = tuple[tuple[str, str], ...]
 ROUTES = "dtab: |\n  /svc => /#/fs;\n"
 
 #: families a router exports only when configured for them (this scenario is not)
-ONLY_WHEN_CONFIGURED = {"meshd_daemonset_forwarded_total": "routers with transformers"}
+ONLY_WHEN_CONFIGURED = {
+    "meshd_daemonset_forwarded_total": "routers with transformers",
+    # TLS and authorization (docs/tls.md; tests/integration/test_tls_*.py, test_authz.py check them)
+    "meshd_tls_handshakes_total": "TLS servers or clients",
+    "meshd_tls_handshake_failures_total": "TLS servers or clients",
+    "meshd_tls_cert_reloads_total": "TLS servers or clients",
+    "meshd_tls_cert_expiry_timestamp_seconds": "TLS servers or clients",
+    "meshd_authz_denied_total": "routers with a TLS server or an authorization section",
+}
 
 
 class Scrape:
