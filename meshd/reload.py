@@ -105,8 +105,11 @@ class RoutesWatcher:
         opener: Opener = open_binary,
         parse: Callable[[bytes, str], Routes] = parse_routes,
         clock: Clock = MONOTONIC,
+        on_routes: Callable[[Routes], None] | None = None,
     ) -> None:
         self.path = path
+        #: also told of every applied file, whole (the router takes its `authorization` policy)
+        self._on_routes = on_routes
         self._clock = clock  # the poll interval and the settle time are slept on it
         self.max_bytes = max_bytes
         self._apply = apply
@@ -144,6 +147,8 @@ class RoutesWatcher:
         self._seen = data
         self.current = routes
         self._apply(routes.dtab)
+        if self._on_routes is not None:
+            self._on_routes(routes)
         self.successes += 1
 
     async def start(self) -> None:
@@ -223,6 +228,8 @@ class RoutesWatcher:
         self.current = routes
         self.last_error = None
         self._apply(routes.dtab)
+        if self._on_routes is not None:
+            self._on_routes(routes)
         self.successes += 1
         log.info("routes reloaded from %s: %s", self.path, routes.dtab.show())
         return True

@@ -38,6 +38,7 @@ from typing import BinaryIO, Final, Protocol, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from routing.authz import AuthzRule, Policy, check_pattern
 from routing.delegate import JsonValue
 from routing.dtab import Dentry, Dtab, Prefix
 from routing.nametree import Leaf, NameTree, Union, Weighted, show
@@ -49,7 +50,9 @@ _INT: Final = "tag:yaml.org,2002:int"
 _FLOAT: Final = "tag:yaml.org,2002:float"
 _BOOL: Final = "tag:yaml.org,2002:bool"
 _NULL: Final = "tag:yaml.org,2002:null"
-_TOP_KEYS: Final = ("dtab", "rules")
+_TOP_KEYS: Final = ("dtab", "rules", "authorization")
+_AUTHZ_KEYS: Final = ("default", "rules")
+_AUTHZ_RULE_KEYS: Final = ("name", "prefix", "allow")
 _RULE_KEYS: Final = ("name", "description", "prefix", "dst", "weights", "enabled")
 _X = TypeVar("_X", covariant=True)
 
@@ -161,6 +164,8 @@ class Routes:
     rules: tuple[Rule, ...]
     text_dtab: Dtab
     source: str = ""
+    #: the file's `authorization` section (routing/authz.py), None when it has none
+    authorization: Policy | None = None
 
     def to_json(self) -> dict[str, JsonValue]:
         dentries: list[JsonValue] = [{"dentry": d.show(), "from": "dtab"} for d in self.text_dtab.dentries]
@@ -210,7 +215,56 @@ class _Loader:
         if "rules" in fields:
             rules = self.rules(fields["rules"][1])
         applied = tuple(r.dentry for r in rules if r.enabled)
-        return Routes(text_dtab + Dtab(applied), rules, text_dtab, self.source)
+        policy = self.authorization(fields["authorization"][1]) if "authorization" in fields else None
+        return Routes(text_dtab + Dtab(applied), rules, text_dtab, self.source, policy)
+
+    def authorization(self, node: Node) -> Policy:
+        """The `authorization` section (docs/tls.md): `default` and `rules` of name, prefix, allow."""
+        if not isinstance(node, MappingNode):
+            raise self.error("authorization", _line(node), "must be a mapping with the keys default and rules")
+        fields = self.mapping(node, "authorization", _AUTHZ_KEYS)
+        default_allow = False
+        if "default" in fields:
+            value_node = fields["default"][1]
+            value = self.string(value_node, "authorization.default")
+            if value not in ("allow", "deny"):
+                raise self.error("authorization.default", _line(value_node), f"must be allow or deny, got {value!r}")
+            default_allow = value == "allow"
+        rules: list[AuthzRule] = []
+        if "rules" in fields:
+            rules_node = fields["rules"][1]
+            if not isinstance(rules_node, SequenceNode):
+                raise self.error("authorization.rules", _line(rules_node), "must be a list of rules")
+            seen: dict[str, int] = {}
+            for i, item in enumerate(rules_node.value):
+                where = f"authorization.rules[{i}]"
+                if not isinstance(item, MappingNode):
+                    raise self.error(where, _line(item), "a rule must be a mapping with name, prefix and allow")
+                rule_fields = self.mapping(item, where, _AUTHZ_RULE_KEYS)
+                for required in _AUTHZ_RULE_KEYS:
+                    if required not in rule_fields:
+                        raise self.error(where, _line(item), f"a rule needs {required!r}")
+                name_node = rule_fields["name"][1]
+                name = self.string(name_node, f"{where}.name").strip()
+                if not name:
+                    raise self.error(f"{where}.name", _line(name_node), "must not be empty")
+                if name in seen:
+                    raise self.error(f"{where}.name", _line(name_node), f"rule name {name!r} is already used on line {seen[name]}")
+                seen[name] = _line(name_node)
+                prefix = self.parsed(rule_fields["prefix"][1], f"{where}.prefix", parse_prefix)
+                allow_node = rule_fields["allow"][1]
+                if not isinstance(allow_node, SequenceNode):
+                    raise self.error(f"{where}.allow", _line(allow_node), "must be a list of identities")
+                allow: list[str] = []
+                for j, pattern_node in enumerate(allow_node.value):
+                    pattern = self.string(pattern_node, f"{where}.allow[{j}]")
+                    try:
+                        check_pattern(pattern)
+                    except ValueError as exc:
+                        raise self.error(f"{where}.allow[{j}]", _line(pattern_node), str(exc)) from None
+                    allow.append(pattern)
+                rules.append(AuthzRule(name, prefix, tuple(allow), _line(name_node)))
+        return Policy(tuple(rules), default_allow, self.source)
 
     # -- sections ------------------------------------------------------------------------
 
