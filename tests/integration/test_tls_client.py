@@ -98,6 +98,7 @@ async def test_mutual_tls_presents_meshds_certificate(make_mesh: MakeMesh, make_
         ("unknown-ca", "unknown_ca", "not signed by a trusted CA"),
         ("name-mismatch", "name_mismatch", "does not name the server"),
         ("expired", "expired", "has expired"),
+        ("bad-key-usage", "bad_certificate", "was refused"),
         ("plaintext-upstream", "not_tls", "did not answer in TLS"),
     ],
 )
@@ -109,6 +110,8 @@ async def test_an_upstream_handshake_failure_is_a_502_saying_what_failed(
         up = await make_upstream(ssl=other.server_context(other.issue("svc", dns=("svc.bank.local",), ips=())))
     elif case == "name-mismatch":
         up = await make_upstream(ssl=pki.server_context(pki.issue("wrong", dns=("ledger.bank.local",), ips=())))
+    elif case == "bad-key-usage":
+        up = await make_upstream(ssl=pki.server_context(pki.issue("odd", dns=("svc.bank.local",), ips=(), key_usage=False)))
     elif case == "expired":
         up = await make_upstream(ssl=pki.server_context(pki.issue("old", dns=("svc.bank.local",), ips=(), expired=True)))
     else:
