@@ -32,6 +32,7 @@ import aiohttp
 from examples.bank.simulator import Cardholders, LoopClock, MeshAuthoriser, Simulator, plan_traffic
 from examples.bank.story.cluster import running_cluster
 from examples.bank.story.integrity import check_integrity, read_bank_state
+from examples.bank.story.mtls import probe_mtls
 from examples.bank.story.phases import Story, StoryPlan
 from examples.bank.story.probing import StartupError
 from examples.bank.story.report import DemoResult, render, summarise_phase
@@ -111,6 +112,7 @@ async def run_demo(options: DemoOptions, *, log: Log) -> DemoResult:
         outcome, results = told.result(), sent.result()
         log(f"{len(results)} authorisations answered; checking the books")
         state = await read_bank_state(cluster.session, layout)
+        mtls = await probe_mtls(cluster.session, layout)
     phases = tuple(
         summarise_phase(
             window.name,
@@ -131,6 +133,7 @@ async def run_demo(options: DemoOptions, *, log: Log) -> DemoResult:
         slow_replica=outcome.slow_replica,
         canary=outcome.canary,
         integrity=check_integrity(results, state, cardholders.opening_balances),
+        mtls=mtls,
     )
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from examples.bank.simulator import AuthResult, percentile
 from examples.bank.story.metrics import MeshCounters
+from examples.bank.story.mtls import MtlsReport
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,6 +127,8 @@ class DemoResult:
     slow_replica: SlowReplicaReport
     canary: tuple[CanaryStepReport, ...]
     integrity: IntegrityReport
+    #: the node-to-node hop over mutual TLS and the caller it refused (examples/bank/story/mtls.py)
+    mtls: MtlsReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -143,6 +146,7 @@ class DemoResult:
             "slow_replica": self.slow_replica.to_json(),
             "canary": [step.to_json() for step in self.canary],
             "integrity": self.integrity.to_json(),
+            "mtls": self.mtls.to_json() if self.mtls is not None else None,
         }
 
 
@@ -200,6 +204,14 @@ def render(result: DemoResult) -> str:
             f"{step.measured_share:>8.1%} {'±' + format(step.tolerance, '.1%'):>9}  "
             f"{'yes' if step.within_tolerance else 'NO'}{reload_note}"
         )
+    mtls = result.mtls
+    if mtls is not None:
+        lines += [
+            "",
+            f"mTLS: {mtls.hop_requests} ledger requests crossed the node-to-node hop over mutual TLS as "
+            f"{mtls.caller} ({mtls.handshakes} handshakes: connections are pooled)",
+            f"mTLS: a caller presenting {mtls.refused_caller} was refused: {mtls.refused_status} {mtls.refused_error}",
+        ]
     integrity = result.integrity
     lines.append("")
     if integrity.ok:
