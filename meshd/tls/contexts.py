@@ -19,10 +19,12 @@ How this works:
   failure in `meshd_tls_handshake_failures_total` with its reason (meshd/tls/reasons.py). A
   server handshake that never ends is noticed when its `SSLObject` is freed: after the handshake
   timeout that is `timeout` (uvloop cut it), before it `closed` (the peer left).
-- A client side keeps the TLS session of its latest connection per server name and offers it on
-  the next one (session resumption: no certificate exchange when the server accepts it). TLS
-  1.3 sends its tickets after the handshake, so a new connection's reads look for one until it
-  has come (one attribute test per read after that).
+- A client side keeps its latest connection per server name and, when it dials that name again,
+  offers that connection's TLS session (session resumption: no certificate exchange when the
+  server accepts it). TLS 1.3 sends its tickets after the handshake, hence the session is read
+  at the next dial rather than at the handshake.
+- uvloop calls `read`, `write` and `pending` of the connection's `SSLObject` for every record;
+  those are bound to the C object's own methods, skipping `ssl.SSLObject`'s Python wrappers.
 """
 
 from __future__ import annotations
@@ -172,9 +174,11 @@ class TlsSide:
         self.context.side = self
         #: server side: handshakes under way, by id of their SSLObject -> (start, weak reference)
         self._pending: dict[int, tuple[float, weakref.ref[ssl.SSLObject]]] = {}
-        #: client side: the context the sessions belong to, and the latest session per server name
+        #: client side: the context the sessions belong to, the latest session per server name,
+        #: and the latest connection per server name (whose session is not read yet)
         self._session_ctx: ssl.SSLContext | None = None
         self._sessions: dict[str, ssl.SSLSession] = {}
+        self._latest: dict[str, ssl.SSLObject] = {}
 
     # -- called by LiveContext / the SSLObject ----------------------------------------------------
     def wrap(
@@ -187,6 +191,14 @@ class TlsSide:
         ctx.sslobject_class = _ClientSSLObject if not server_side else _MeteredSSLObject
         obj = ctx.wrap_bio(incoming, outgoing, server_side=server_side, server_hostname=server_hostname, session=session)
         obj._meshd_side = self  # type: ignore[attr-defined]
+        # uvloop calls read, write and pending for every record; `ssl.SSLObject`'s own are Python
+        # wrappers around the C object's: bind the C methods themselves (one frame less per call).
+        # A client's `read` stays ours (it watches for the server's alerts; as cheap as the wrapper).
+        inner = obj._sslobj  # type: ignore[attr-defined]
+        obj.write = inner.write  # type: ignore[method-assign]
+        obj.pending = inner.pending  # type: ignore[method-assign]
+        if server_side:
+            obj.read = inner.read  # type: ignore[method-assign]
         if server_side:
             key = id(obj)
             self._pending[key] = (self._now(), weakref.ref(obj, lambda _ref: self._gone(key)))
@@ -195,24 +207,13 @@ class TlsSide:
     def completed(self, obj: ssl.SSLObject) -> None:
         self._pending.pop(id(obj), None)
         self._stats.handshakes[(self.router, self.client, "true" if obj.session_reused else "false")] += 1
-        if not obj.server_side:
-            if obj.version() == "TLSv1.3":
-                # TLS 1.3 sends its session tickets after the handshake: the first reads look
-                obj._meshd_want_session = True  # type: ignore[attr-defined]
-            else:
-                self.remember(obj)
-
-    def remember(self, obj: ssl.SSLObject) -> bool:
-        """Keep `obj`'s session for its server name if it can be resumed; True once it was."""
-        session = obj.session
         name = obj.server_hostname
-        if session is None or not name or not (session.has_ticket or obj.version() != "TLSv1.3"):
-            return False
-        if obj.context is self._session_ctx:
-            if len(self._sessions) >= 1024:
-                self._sessions.clear()
-            self._sessions[name] = session
-        return True
+        if not obj.server_side and name:
+            # its session is read when the next connection to this name is made: TLS 1.3 sends
+            # session tickets after the handshake, so it has none yet (one object kept per name)
+            if len(self._latest) >= 1024:
+                self._latest.clear()
+            self._latest[name] = obj
 
     def failed(self, obj: ssl.SSLObject | None, exc: BaseException) -> None:
         if obj is not None:
@@ -238,6 +239,14 @@ class TlsSide:
         if self._session_ctx is not ctx:  # rotated: sessions of the old context cannot be offered
             self._session_ctx = ctx
             self._sessions.clear()
+            self._latest.clear()
+        latest = self._latest.pop(name, None)
+        if latest is not None and latest.context is ctx:
+            session = latest.session
+            if session is not None and (session.has_ticket or latest.version() != "TLSv1.3"):
+                if len(self._sessions) >= 1024:
+                    self._sessions.clear()
+                self._sessions[name] = session
         return self._sessions.get(name)
 
 
@@ -280,23 +289,19 @@ class _ClientSSLObject(_MeteredSSLObject):
     """A client connection also counts the server's verdict on its certificate, which TLS 1.3
     delivers after the handshake, as an alert on the first read (no client certificate, ...)."""
 
-    _meshd_want_session = False
     #: the TLS error that ended this connection after its handshake (a server's alert), if any
     meshd_error: ssl.SSLError | None = None
 
     def read(self, len: int = 1024, buffer: WriteableBuffer | None = None) -> bytes:  # noqa: A002
+        # the C object's read, as `ssl.SSLObject.read` calls it (no extra frame over the stock one)
         try:
-            data = super().read(len, buffer)
+            if buffer is None:
+                return self._sslobj.read(len)  # type: ignore[attr-defined, no-any-return]
+            return self._sslobj.read(len, buffer)  # type: ignore[attr-defined, no-any-return]
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLZeroReturnError):
-            if self._meshd_want_session and self._meshd_side is not None:
-                # a read that only consumed the server's session tickets ends like this
-                self._meshd_want_session = not self._meshd_side.remember(self)
             raise
         except ssl.SSLError as exc:
             self.meshd_error = exc  # the pool's connection reads it when the connection is lost
             if self._meshd_side is not None:
                 self._meshd_side.failed_after(exc)
             raise
-        if self._meshd_want_session and self._meshd_side is not None:
-            self._meshd_want_session = not self._meshd_side.remember(self)
-        return data
