@@ -19,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"run": _run, "check": _check, "dtab": _dtab, "routes": _routes, "convert": _convert}[args.command]
+    handler = {"run": _run, "check": _check, "dtab": _dtab, "routes": _routes, "convert": _convert, "tls": _tls}[args.command]
     return handler(args)
 
 
@@ -62,6 +62,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--router", help="with --routes: the router whose dtab and namers to check against")
     check.add_argument("--strict", action="store_true", help="warnings fail the check too (exit 1), for CI")
+
+    tls = commands.add_parser("tls", help="development certificates (docs/tls.md): a CA, then one certificate per node")
+    tls_commands = tls.add_subparsers(dest="tls_command", required=True)
+    ca = tls_commands.add_parser("ca", help="create a development CA (ca.crt, ca.key) in a directory")
+    ca.add_argument("--dir", required=True, help="where to write ca.crt and ca.key")
+    ca.add_argument("--name", default="meshd development CA", help="the CA's common name")
+    ca.add_argument("--days", type=int, default=365)
+    cert = tls_commands.add_parser("cert", help="create a certificate and key signed by the CA in --dir")
+    cert.add_argument("name", help="file name stem: writes <name>.crt and <name>.key")
+    cert.add_argument("--dir", required=True, help="the directory holding ca.crt and ca.key; the pair is written there")
+    cert.add_argument("--dns", action="append", default=[], help="a DNS name (repeatable)")
+    cert.add_argument("--ip", action="append", default=[], help="an IP address (repeatable)")
+    cert.add_argument("--spiffe", action="append", default=[], help="a URI SAN such as spiffe://bank.local/ns/bank/sa/payments (repeatable)")
+    cert.add_argument("--days", type=int, default=90)
 
     dtab = commands.add_parser("dtab", help="dtab tools")
     dtab_commands = dtab.add_subparsers(dest="dtab_command", required=True)
@@ -120,7 +134,21 @@ def _check(args: argparse.Namespace) -> int:
     report = run_check(args.config, args.routes, router=args.router)
     for block in report.blocks:
         print(block, file=sys.stderr)
-    if report.errors or (args.strict and report.warnings):
+    tls_problems = 0
+    if args.config is not None and not report.errors:
+        # the TLS files the config names (docs/tls.md): missing, unreadable, mismatched, expired
+        from meshd.config.errors import ConfigError
+        from meshd.config.loader import load_config_file
+        from meshd.config.model import MeshdConfig
+
+        try:
+            config = load_config_file(args.config, MeshdConfig)
+        except ConfigError:
+            config = None
+        if config is not None:
+            config_path = pathlib.Path(args.config)
+            tls_problems = _check_tls_files(config, config_path.resolve().parent, config_path)
+    if report.errors or tls_problems or (args.strict and report.warnings):
         if args.strict and report.warnings and not report.errors:
             count = report.warnings
             print(f"--strict: {count} warning{'s' if count != 1 else ''} fail the check", file=sys.stderr)
@@ -190,6 +218,70 @@ def _routes(args: argparse.Namespace) -> int:
     else:
         print(render(router.label, diffs))
     return 1 if args.exit_code and any(d.changed for d in diffs) else 0
+
+
+def _check_tls_files(config: object, base: pathlib.Path, config_path: pathlib.Path) -> int:
+    """Print every TLS file problem (missing, unreadable, no certificate, key not matching its
+    certificate, expired) with its YAML path and line; return how many there were."""
+    import time
+
+    from meshd.config.model import ClientTlsConfig, MeshdConfig, ServerTlsConfig
+    from meshd.config.yaml_lines import line_of
+
+    assert isinstance(config, MeshdConfig)
+    sections: list[tuple[str, ServerTlsConfig | ClientTlsConfig]] = []
+    for i, router in enumerate(config.routers):
+        for j, server in enumerate(router.servers):
+            if server.tls is not None:
+                sections.append((f"routers[{i}].servers[{j}].tls", server.tls))
+        if router.client.tls is not None:
+            sections.append((f"routers[{i}].client.tls", router.client.tls))
+        for j, override in enumerate(router.clients):
+            if override.tls is not None:
+                sections.append((f"routers[{i}].clients[{j}].tls", override.tls))
+    if not sections:
+        return 0
+    from meshd.tls.certs import check_files
+
+    text = config_path.read_text(encoding="utf-8")
+    problems = 0
+
+    def resolve(path: str | None) -> pathlib.Path | None:
+        if path is None:
+            return None
+        p = pathlib.Path(path)
+        return p if p.is_absolute() else base / p
+
+    for where, tls in sections:
+        found = check_files(resolve(tls.cert_path), resolve(tls.key_path), resolve(tls.ca_path), time.time())
+        for role, message in found:
+            key = f"{where}.{role}"
+            line = line_of(text, key)
+            print(f"{config_path}: {key}" + (f": line {line}" if line else "") + f": {message}", file=sys.stderr)
+            problems += 1
+    return problems
+
+
+def _tls(args: argparse.Namespace) -> int:
+    from meshd.tls.certs import make_ca, make_cert, read_pair, write_pair
+
+    directory = pathlib.Path(args.dir)
+    if args.tls_command == "ca":
+        write_pair(make_ca(args.name, days=args.days), directory / "ca.crt", directory / "ca.key")
+        print(f"wrote {directory / 'ca.crt'} and {directory / 'ca.key'} (keep ca.key out of the cluster)")
+        return 0
+    try:
+        ca = read_pair(directory / "ca.crt", directory / "ca.key")
+    except OSError as exc:
+        print(f"cannot read the CA in {directory}: {exc} (run `meshd tls ca --dir {directory}` first)", file=sys.stderr)
+        return 1
+    if not (args.dns or args.ip or args.spiffe):
+        print("give at least one --dns, --ip or --spiffe name", file=sys.stderr)
+        return 2
+    issued = make_cert(ca, dns=args.dns, ips=args.ip, uris=args.spiffe, days=args.days)
+    write_pair(issued, directory / f"{args.name}.crt", directory / f"{args.name}.key")
+    print(f"wrote {directory / (args.name + '.crt')} and {directory / (args.name + '.key')}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 from meshd.admin.app import start_admin, start_admin_unix, stop_admin
 from meshd.config.errors import ConfigError, ConfigProblem
 from meshd.config.loader import load_config, to_yaml_dict
-from meshd.config.model import MeshdConfig, RouterConfig, RoutesConfigMapConfig
+from meshd.config.model import MeshdConfig, RouterConfig, RoutesConfigMapConfig, ServerTlsConfig
 from meshd.discovery.base import Namer
 from meshd.discovery.k8s import K8sNamer
 from meshd.handover import Inherited, Listening, serve_handover
@@ -33,6 +33,8 @@ from meshd.listener import Listener
 from meshd.reload import ConfigMapRoutesWatcher, RoutesWatcher
 from meshd.router import Router
 from meshd.runtime import Runtime
+from meshd.tls.contexts import TlsFiles, TlsSide, server_context
+from meshd.tls.identity import peer_identity
 from routing.path import Path
 from routing.rules import Routes
 
@@ -165,6 +167,10 @@ class Daemon:
         self._admin_runner: object | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        #: the servers' TLS files (the clients' are their routers'), polled for rotation every second
+        self.tls_files: list[TlsFiles] = []
+        #: each TLS server's side: handshake metering (its handshakes under way, for tests)
+        self.tls_sides: list[TlsSide] = []
 
     # -- start ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -206,10 +212,16 @@ class Daemon:
     async def _listen(self, router: Router, index: int) -> Bound:
         """Open the listening socket of `router`'s server `index`."""
         server_config = router.config.servers[index]
+        tls = server_config.tls
         listener = Listener(
             router.service, router.listener_limits(index), label=router.label, observe=router.stats.observe,
             clock=self.runtime.clock, admission=router.admission,
+            peer_identity=peer_identity if tls is not None and tls.ca_path else None,
         )
+        # TLS (docs/tls.md): the loop's own TLS under the same listener; the context it is given
+        # makes each connection from the files' current context (rotation)
+        context = self._server_tls(router.label, tls).context if tls is not None else None
+        handshake_timeout_s = tls.handshake_timeout_ms / 1000.0 if tls is not None else None
         loop = asyncio.get_running_loop()
         inherited = (
             self._inherited.take(router.label, index, server_config.ip, server_config.port)
@@ -218,7 +230,10 @@ class Daemon:
         )
         if inherited is not None:
             # the very socket the previous meshd listened on, accept queue and all
-            server = await loop.create_server(listener.protocol_factory, sock=inherited, backlog=2048)
+            server = await loop.create_server(
+                listener.protocol_factory, sock=inherited, backlog=2048, ssl=context,
+                ssl_handshake_timeout=handshake_timeout_s,
+            )
         else:
             server = await loop.create_server(
                 listener.protocol_factory,
@@ -228,9 +243,13 @@ class Daemon:
                 reuse_port=self._reuse_port,
                 backlog=2048,
                 family=socket.AF_INET6 if ":" in server_config.ip else socket.AF_INET,
+                ssl=context,
+                ssl_handshake_timeout=handshake_timeout_s,
             )
         port = server.sockets[0].getsockname()[1]
-        log.info("router %s listening on %s:%d", router.label, server_config.ip, port)
+        log.info(
+            "router %s listening on %s:%d%s", router.label, server_config.ip, port, " (TLS)" if tls is not None else ""
+        )
         return Bound(router.label, index, server_config.ip, port, listener, server, server_config.port)
 
     def _new_router(self, config: RouterConfig, namers: dict[Path, Namer]) -> tuple[Router, RoutesWatcher | None]:
@@ -279,6 +298,28 @@ class Daemon:
                 router.label, cm_watcher.source, timeout_s, cm_watcher.last_error or "no answer yet",
             )
 
+    def _server_tls(self, label: str, tls: ServerTlsConfig) -> TlsSide:
+        resolve = self.runtime.resolve_path
+        cert, key = resolve(tls.cert_path), resolve(tls.key_path)
+        ca = resolve(tls.ca_path) if tls.ca_path else None
+        paths = {"certPath": cert, "keyPath": key} | ({"caPath": ca} if ca is not None else {})
+        files = TlsFiles(paths, lambda: server_context(cert, key, ca, tls.require_client_cert), self.runtime.tls)
+        self.tls_files.append(files)
+        side = TlsSide(
+            files, self.runtime.tls, server=True, router=label,
+            handshake_timeout_s=tls.handshake_timeout_ms / 1000.0, now=self.runtime.clock.now,
+        )
+        self.tls_sides.append(side)
+        return side
+
+    def poll_tls_files(self) -> None:
+        """Re-read every TLS file set; a changed, usable one is used from the next handshake."""
+        for files in self.tls_files:
+            files.poll()
+        for router in self.routers:
+            for files in router.tls_files.values():
+                files.poll()
+
     def port_of(self, router: str, index: int = 0) -> int:
         for b in self.bound:
             if b.router == router and b.index == index:
@@ -299,6 +340,7 @@ class Daemon:
             await asyncio.sleep(1.0)
             for router in self.routers:
                 router.sweep()
+            self.poll_tls_files()
 
     # -- whole-config reload ----------------------------------------------------------------------
     async def reload_from_file(self) -> ReloadOutcome:
@@ -532,5 +574,11 @@ class Daemon:
 
 
 def _match_rules_of(router: Router) -> Callable[[Routes], None]:
-    """What a routes watcher calls with each version applied: install its rules with `match:`."""
-    return lambda routes: router.set_match_rules(routes.match_rules, routes.fault_rules)
+    """What a routes watcher calls with each version applied: install its rules with `match:` and
+    its fault rules, and the rest of it (its `authorization` policy, docs/tls.md)."""
+
+    def applied(routes: Routes) -> None:
+        router.set_match_rules(routes.match_rules, routes.fault_rules)
+        router.set_routes(routes)
+
+    return applied

@@ -84,6 +84,25 @@ class ConnectFailed(MeshdError):
         super().__init__(message, written=False)
 
 
+class TlsHandshakeFailed(ConnectFailed):
+    """The TLS handshake with the endpoint failed (unknown CA, name mismatch, expired, ...): 502,
+    never written; `l5d-err` says what failed (docs/tls.md)."""
+
+    kind = "tls_handshake_failed"
+
+
+class Forbidden(MeshdError):
+    """The router's authorization policy does not let this caller's identity call this name: 403,
+    never written (nothing reaches an upstream); `l5d-err` names the rule (docs/tls.md)."""
+
+    status = 403
+    reason = "Forbidden"
+    kind = "forbidden"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, written=False)
+
+
 class UpstreamFailed(MeshdError):
     """The upstream reset or closed the connection, or sent a malformed response: 502."""
 

@@ -119,8 +119,14 @@ class Listener:
         observe: Observe | None = None,
         clock: Clock = MONOTONIC,
         admission: Admission | None = None,
+        peer_identity: Callable[[asyncio.BaseTransport], str] | None = None,
     ) -> None:
         self.service = service
+        #: on a TLS listener that verifies client certificates: reads the client's identity from
+        #: its connection (once per connection; meshd/tls/identity.py)
+        self.peer_identity = peer_identity
+        #: connections refused because they began with a TLS handshake on this plaintext port
+        self.tls_on_plaintext = 0
         self.limits = limits
         self.label = label
         #: the timers' clock (meshd.clock): `now` is read where a timestamp changes, its timers
@@ -180,6 +186,8 @@ class ServerProtocol(asyncio.Protocol):
             producer=self,
         )
         self._client_ip = ""
+        #: the client's workload identity (TLS with client certificates), "" otherwise
+        self._peer_identity = ""
         self._queue: deque[_Item] = deque()
         self._active: Request | None = None
         #: the route context `_serve` made for the active request (None until it runs it)
@@ -217,6 +225,9 @@ class ServerProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self._codec.client_ip = self._client_ip
+        identify_peer = self._listener.peer_identity
+        if identify_peer is not None:
+            self._peer_identity = identify_peer(transport)
         self._listener.connections.add(self)
         self._listener.accepted += 1
         if self._listener.draining:
@@ -239,6 +250,12 @@ class ServerProtocol(asyncio.Protocol):
                 if body is not None and not body.ended:
                     body.end(event.trailers)
             elif isinstance(event, ParseError):
+                if data[:2] == b"\x16\x03" and self._active is None and not self._queue:
+                    # a TLS ClientHello on this plaintext port: an HTTP 400 would be noise to a
+                    # TLS client; close at once, counted (meshd_tls_handshake_failures_total)
+                    self._listener.tls_on_plaintext += 1
+                    self._close()
+                    return
                 if event.abandons:
                     self._abandon_last_request()
                 self._parse_failed(event.error)
@@ -371,6 +388,7 @@ class ServerProtocol(asyncio.Protocol):
         the task (client gone, request abandoned) ends it; the connection closes then anyway.
         """
         listener = self._listener
+        peer_identity = self._peer_identity
         request: Request | None = None
         ctx: RouteContext | None = None
         response: Response | None = None
@@ -388,7 +406,7 @@ class ServerProtocol(asyncio.Protocol):
             admission = listener.admission
             # The pipeline's per-request state (meshd/pipeline/context.py): the one object made
             # per request here; every stage reads and writes it, the wire request inside it.
-            self._route = ctx = RouteContext(request)
+            self._route = ctx = RouteContext(request, peer_identity)
             # Stats are taken here rather than in a pipeline stage: outermost by construction,
             # and one coroutine frame less per request.
             #

@@ -117,7 +117,8 @@ class RoutesWatcher:
         on_routes: Callable[[Routes], None] | None = None,
     ) -> None:
         self.path = path
-        #: told every version applied, after `apply` (the router's rules with `match:`)
+        #: told every version applied, after `apply`: the router takes its rules with `match:` and
+        #: its fault rules, and its `authorization` policy
         self._on_routes = on_routes
         self._clock = clock  # the poll interval and the settle time are slept on it
         self.max_bytes = max_bytes

@@ -38,7 +38,7 @@ from typing import Final
 
 from meshd.admission import Admission
 from meshd.client import Client, ClientSettings
-from meshd.config.model import RouterConfig
+from meshd.config.model import ClientTlsConfig, RouterConfig, server_name_for
 from meshd.discovery.addr import Addr, Address, Bound, Failed
 from meshd.discovery.base import Namer
 from meshd.errors import NoSuchService
@@ -47,6 +47,7 @@ from meshd.listener import ListenerLimits
 from meshd.observable import Observable
 from meshd.pipeline.access_log import AccessLog
 from meshd.pipeline.assemble import router_stack, service_stack
+from meshd.pipeline.authorize import Authorization
 from meshd.pipeline.bind import Binder, bind_service
 from meshd.pipeline.context import RouteContext
 from meshd.pipeline.hygiene import RequestIds, TrustPolicy
@@ -54,11 +55,12 @@ from meshd.pipeline.retries import RetryCounters
 from meshd.pipeline.stack import Service
 from meshd.pipeline.stats import OVERFLOW_SERVICE, RouterStats
 from meshd.pipeline.timeouts import TimeoutCounters
-from meshd.pool.dialer import Dialer, TcpDialer
+from meshd.pool.dialer import Dialer, TcpDialer, TlsDialer
 from meshd.pool.pool import PoolLimits
 from meshd.retry.budget import RetryBudget
 from meshd.retry.deadline import WALL_CLOCK_NS
 from meshd.runtime import Runtime
+from meshd.tls.contexts import TlsFiles, TlsSide, client_context
 from meshd.transformers import Transformer
 from routing.delegate import Chooser
 from routing.dtab import Dtab
@@ -67,6 +69,7 @@ from routing.namer import BoundName, inet_address
 from routing.nametree import Empty, Fail
 from routing.parser import parse_dtab
 from routing.path import Path
+from routing.rules import Routes
 
 log = logging.getLogger("meshd.router")
 
@@ -159,10 +162,25 @@ class Router:
         self.idle_evicted_clients = 0
         #: attempts that evicted clients sent to a forwarding meshd (their share of the counter)
         self.evicted_forwarded = 0
+        #: the policy in force (the routes file's `authorization`, else the config's) on a router
+        #: with a TLS server or an `authorization` section (docs/tls.md); None: no authorize filter
+        #: at all (a plaintext router pays nothing; it has no identities to authorize anyway)
+        self.config_policy = config.authorization.build() if config.authorization is not None else None
+        self.authorization: Authorization | None = None
+        if config.authorization is not None or any(s.tls is not None for s in config.servers):
+            self.authorization = Authorization(self.config_policy)
+        #: the client-side TLS files, one per distinct `tls` section of the clients (rotation polls them)
+        self.tls_files: dict[ClientTlsConfig, TlsFiles] = {}
+        for tls in [config.client.tls] + [o.tls for o in config.clients]:
+            if tls is not None and tls not in self.tls_files:
+                # loaded at start: unusable files are a start-up error, not a request's
+                self.tls_files[tls] = client_tls_files(tls, runtime)
         self.stack = router_stack(
             trust=TrustPolicy(config.trusted_sources),
             ids=RequestIds(),
             identifier=config.identifier.build(),
+            identity=any(s.tls is not None and s.tls.ca_path for s in config.servers),
+            authorization=self.authorization,
         )
         #: the routing file's rules with `match:` (empty: the request path tests this and goes on)
         self.match_rules = MatchRules()
@@ -202,6 +220,17 @@ class Router:
             log.warning(
                 "router %s: FAULT INJECTION ON: rule %s: %s under %s%s",
                 self.label, rule.name, rule.fault.show(), rule.prefix.show(), when,
+            )
+
+    def set_routes(self, routes: Routes) -> None:
+        """The rest of an applied routes file: its `authorization` replaces the config's policy
+        (a file without one puts the config's back)."""
+        if self.authorization is not None:
+            self.authorization.set(routes.authorization if routes.authorization is not None else self.config_policy)
+        elif routes.authorization is not None:
+            log.warning(
+                "router %s: the routes file's authorization section is ignored: the router has no TLS server "
+                "and no authorization section of its own (docs/tls.md)", self.label,
             )
 
     # -- service level ------------------------------------------------------------------------
@@ -319,12 +348,31 @@ class Router:
                 max_ejection_percent=config.max_ejection_percent,
                 panic_threshold_percent=config.panic_threshold_percent,
             )
-            dialer = self._dialer or TcpDialer(pool.connect_timeout_ms / 1000.0, self.runtime.clock)
+            dialer = self._dialer or self._dialer_for(id, config.tls, pool.connect_timeout_ms / 1000.0)
             addr, release = self.acquire_addr(id)
             client = Client(id, addr, settings, self.runtime, dialer, release=release)
             client.used = self._tick
             self.clients[id] = client
         return client
+
+    def _dialer_for(self, id: Path, tls: ClientTlsConfig | None, connect_timeout_s: float) -> Dialer:
+        if tls is None:
+            return TcpDialer(connect_timeout_s, self.runtime.clock)
+        files = self.tls_files.get(tls)
+        if files is None:
+            files = self.tls_files[tls] = client_tls_files(tls, self.runtime)
+        side = TlsSide(
+            files, self.runtime.tls, server=False, router=self.label, client=id.show(),
+            handshake_timeout_s=tls.handshake_timeout_ms / 1000.0,
+        )
+        try:
+            name = server_name_for(tls.server_name, id) if tls.server_name is not None else None
+        except ValueError as exc:
+            raise NoSuchService(f"cannot dial {id.show()}: client tls serverName {exc}", written=False) from None
+        return TlsDialer(
+            side.context, name, connect_timeout_s=connect_timeout_s,
+            handshake_timeout_s=tls.handshake_timeout_ms / 1000.0, clock=self.runtime.clock, count=side.count,
+        )
 
     def acquire_addr(self, id: Path) -> tuple[Observable[Addr], Callable[[], None]]:
         """The address set a client uses: the namer's, through the router's transformers in order;
@@ -430,6 +478,15 @@ class Router:
 
 def _nothing() -> None:
     pass
+
+
+def client_tls_files(tls: ClientTlsConfig, runtime: Runtime) -> TlsFiles:
+    """The files of a client `tls` section, loaded (and re-read on rotation) into a client context."""
+    ca = runtime.resolve_path(tls.ca_path) if tls.ca_path else None
+    cert = runtime.resolve_path(tls.cert_path) if tls.cert_path else None
+    key = runtime.resolve_path(tls.key_path) if tls.key_path else None
+    paths = {role: p for role, p in (("certPath", cert), ("keyPath", key), ("caPath", ca)) if p is not None}
+    return TlsFiles(paths, lambda: client_context(ca, cert, key), runtime.tls)
 
 
 def _dropped_service(ctx: RouteContext) -> Awaitable[Response]:

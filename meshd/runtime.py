@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 
 from meshd.clock import MONOTONIC, Clock
+from meshd.tls.stats import TlsStats
 
 
 @dataclass(slots=True)
@@ -26,6 +27,8 @@ class Runtime:
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
     base_dir: pathlib.Path = field(default_factory=pathlib.Path.cwd)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("meshd"))
+    #: TLS handshake, failure, reload and expiry counters of every server and client (meshd/tls)
+    tls: TlsStats = field(default_factory=TlsStats)
 
     def resolve_path(self, path: str) -> pathlib.Path:
         p = pathlib.Path(path)

@@ -239,7 +239,7 @@ _NOT_SUMMED = frozenset({"meshd_routes_version", "meshd_routes_loaded_timestamp_
 
 
 class _Merged(Collector):
-    """Sums the samples of identical series across the workers' exposition texts."""
+    """Sums the samples of identical series across the workers' exposition texts (timestamps: the earliest)."""
 
     def __init__(self, texts: list[str]) -> None:
         self._texts = texts
@@ -259,6 +259,10 @@ class _Merged(Collector):
                     key = (sample.name, tuple(sorted(sample.labels.items())))
                     if keep_max:
                         bucket[key] = max(bucket.get(key, sample.value), sample.value)
+                    elif sample.name.endswith("_timestamp_seconds"):
+                        # an instant (a certificate's expiry, a config's load), not an amount: the
+                        # earliest of the workers' (they differ only while a change is being taken up)
+                        bucket[key] = min(bucket.get(key, sample.value), sample.value)
                     else:
                         bucket[key] = bucket.get(key, 0.0) + sample.value
         for name, family in families.items():

@@ -39,6 +39,7 @@ from typing import BinaryIO, Final, Protocol, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from routing.authz import AuthzRule, Policy, check_pattern
 from routing.delegate import JsonValue
 from routing.dtab import Dentry, Dtab, Prefix
 from routing.match import Fault, HeaderMatch, Match, MatchRule
@@ -52,7 +53,9 @@ _INT: Final = "tag:yaml.org,2002:int"
 _FLOAT: Final = "tag:yaml.org,2002:float"
 _BOOL: Final = "tag:yaml.org,2002:bool"
 _NULL: Final = "tag:yaml.org,2002:null"
-_TOP_KEYS: Final = ("dtab", "rules")
+_TOP_KEYS: Final = ("dtab", "rules", "authorization")
+_AUTHZ_KEYS: Final = ("default", "rules")
+_AUTHZ_RULE_KEYS: Final = ("name", "prefix", "allow")
 _RULE_KEYS: Final = ("name", "description", "prefix", "match", "dst", "weights", "fault", "enabled")
 _FAULT_KEYS: Final = ("share", "abort", "delayMs")
 _MATCH_KEYS: Final = ("headers", "method", "pathPrefix")
@@ -215,6 +218,8 @@ class Routes:
     rules: tuple[Rule, ...]
     text_dtab: Dtab
     source: str = ""
+    #: the file's `authorization` section (routing/authz.py), None when it has none
+    authorization: Policy | None = None
 
     @property
     def dtab_rules(self) -> tuple[Rule, ...]:
@@ -287,10 +292,94 @@ class _Loader:
         rules: tuple[Rule, ...] = ()
         if "rules" in fields:
             rules = self.rules(fields["rules"][1])
+        policy = self.authorization(fields["authorization"][1]) if "authorization" in fields else None
         if self.problems:
             raise self.failure()
         applied = tuple(r.dentry for r in rules if r.enabled and r.match is None and r.fault is None)
-        return Routes(text_dtab + Dtab(applied), rules, text_dtab, self.source)
+        return Routes(text_dtab + Dtab(applied), rules, text_dtab, self.source, policy)
+
+    def authorization(self, node: Node) -> Policy | None:
+        """The `authorization` section (docs/tls.md): `default` and `rules` of name, prefix, allow.
+        Every problem is reported; None when there was one."""
+        if not isinstance(node, MappingNode):
+            self.report("authorization", _line(node), "must be a mapping with the keys default and rules")
+            return None
+        fields = self.mapping(node, "authorization", _AUTHZ_KEYS)
+        ok = True
+        default_allow = False
+        if "default" in fields:
+            value_node = fields["default"][1]
+            value = self.string(value_node, "authorization.default")
+            if value is None:
+                ok = False
+            elif value not in ("allow", "deny"):
+                self.report("authorization.default", _line(value_node), f"must be allow or deny, got {value!r}")
+                ok = False
+            else:
+                default_allow = value == "allow"
+        rules: list[AuthzRule] = []
+        if "rules" in fields:
+            rules_node = fields["rules"][1]
+            if not isinstance(rules_node, SequenceNode):
+                self.report("authorization.rules", _line(rules_node), "must be a list of rules")
+                ok = False
+            else:
+                seen: dict[str, int] = {}
+                for i, item in enumerate(rules_node.value):
+                    rule = self.authz_rule(item, f"authorization.rules[{i}]", seen)
+                    if rule is None:
+                        ok = False
+                    else:
+                        rules.append(rule)
+        return Policy(tuple(rules), default_allow, self.source) if ok else None
+
+    def authz_rule(self, item: Node, where: str, seen: dict[str, int]) -> AuthzRule | None:
+        """One rule of `authorization.rules`: name (unique), prefix, allow (identities)."""
+        if not isinstance(item, MappingNode):
+            self.report(where, _line(item), "a rule must be a mapping with name, prefix and allow")
+            return None
+        fields = self.mapping(item, where, _AUTHZ_RULE_KEYS)
+        missing = [key for key in _AUTHZ_RULE_KEYS if key not in fields]
+        for key in missing:
+            self.report(where, _line(item), f"a rule needs {key!r}")
+        if missing:
+            return None
+        name_node = fields["name"][1]
+        name = self.string(name_node, f"{where}.name")
+        ok = name is not None
+        if name is not None:
+            name = name.strip()
+            if not name:
+                self.report(f"{where}.name", _line(name_node), "must not be empty")
+                ok = False
+            elif name in seen:
+                self.report(f"{where}.name", _line(name_node), f"rule name {name!r} is already used on line {seen[name]}")
+                ok = False
+            else:
+                seen[name] = _line(name_node)
+        prefix = self.parsed(fields["prefix"][1], f"{where}.prefix", parse_prefix)
+        ok = ok and prefix is not None
+        allow_node = fields["allow"][1]
+        allow: list[str] = []
+        if not isinstance(allow_node, SequenceNode):
+            self.report(f"{where}.allow", _line(allow_node), "must be a list of identities")
+            ok = False
+        else:
+            for j, pattern_node in enumerate(allow_node.value):
+                pattern = self.string(pattern_node, f"{where}.allow[{j}]")
+                if pattern is None:
+                    ok = False
+                    continue
+                try:
+                    check_pattern(pattern)
+                except ValueError as exc:
+                    self.report(f"{where}.allow[{j}]", _line(pattern_node), str(exc))
+                    ok = False
+                    continue
+                allow.append(pattern)
+        if not ok or name is None or prefix is None:
+            return None
+        return AuthzRule(name, prefix, tuple(allow), _line(name_node))
 
     # -- sections ------------------------------------------------------------------------
 

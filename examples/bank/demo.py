@@ -41,6 +41,7 @@ from examples.bank.story.eventlog import (
     sample_lag,
 )
 from examples.bank.story.integrity import check_integrity, read_bank_state
+from examples.bank.story.mtls import probe_mtls
 from examples.bank.story.phases import Story, StoryPlan
 from examples.bank.story.probing import StartupError
 from examples.bank.story.report import DemoResult, render, summarise_phase
@@ -154,6 +155,7 @@ async def run_demo(options: DemoOptions, *, log: Log) -> DemoResult:
         replay = await replay_into_fresh_group(
             cluster.session, layout.meshd_url, DECISIONS_TOPIC, replay_group
         )
+        mtls = await probe_mtls(cluster.session, layout)
     phases = tuple(
         summarise_phase(
             window.name,
@@ -184,6 +186,7 @@ async def run_demo(options: DemoOptions, *, log: Log) -> DemoResult:
             "salary_cents": payroll_plan.salary_cents,
         },
         replay=replay.to_json(),
+        mtls=mtls,
     )
 
 

@@ -73,6 +73,11 @@ METRICS: Final[dict[str, str]] = {
     "meshd_discovery_last_update_age_seconds": "Seconds since a namer last knew the data it serves for a name to be current.",
     "meshd_discovery_stale": "1 while a namer serves last-known-good data for a name after a failure, else 0.",
     "meshd_daemonset_forwarded_total": "Attempts a router sent to another node's meshd (daemonset transformer).",
+    "meshd_tls_handshakes_total": "TLS handshakes completed, by router (and client for meshd's own), and whether the session was resumed.",
+    "meshd_tls_handshake_failures_total": "TLS handshakes that failed, by router (and client for meshd's own) and reason.",
+    "meshd_tls_cert_reloads_total": "Changed TLS files read again, by certificate path and result (success, error).",
+    "meshd_tls_cert_expiry_timestamp_seconds": "When the certificate in use expires (Unix time), by path.",
+    "meshd_authz_denied_total": "Requests refused (403) by a router's authorization policy, by rule.",
 }
 
 _STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -251,6 +256,7 @@ def _steps(daemon: MetricsView, text: _Text) -> Iterator[None]:
     f["meshd_config_loaded_timestamp_seconds"].append(
         f"meshd_config_loaded_timestamp_seconds {_n(daemon.config_loaded_at)}\n"
     )
+    _tls_steps(daemon, text)
     yield
 
 
@@ -269,6 +275,45 @@ def _discovery(daemon: MetricsView, text: _Text) -> None:
             if entry.confirmed_at is not None:
                 age.append(f"meshd_discovery_last_update_age_seconds{{{labels}}} {max(now - entry.confirmed_at, 0.0):.3f}\n")
             stale.append(f"meshd_discovery_stale{{{labels}}} {1 if entry.stale else 0}\n")
+
+
+def _tls_steps(daemon: MetricsView, text: _Text) -> None:
+    """The TLS and authorization families (meshd/tls/stats.py, meshd/pipeline/authorize.py)."""
+    f = text.lines
+    failures = f["meshd_tls_handshake_failures_total"]
+    for router in list(daemon.routers):
+        listeners = daemon.listeners_of(router.label)
+        refused = sum(getattr(lst, "tls_on_plaintext", 0) for lst in listeners)
+        if refused:
+            r = f'router="{_esc(router.label)}"'
+            failures.append(f'meshd_tls_handshake_failures_total{{reason="tls_on_plaintext_port",{r}}} {_n(refused)}\n')
+        authorization = getattr(router, "authorization", None)
+        if authorization is not None:
+            r = f'router="{_esc(router.label)}"'
+            for rule, count in sorted(authorization.denied.items()):
+                f["meshd_authz_denied_total"].append(f'meshd_authz_denied_total{{{r},rule="{_esc(rule)}"}} {_n(count)}\n')
+    runtime = getattr(daemon, "runtime", None)
+    stats = getattr(runtime, "tls", None)
+    if stats is None:
+        return
+    for (router, client, reason), count in sorted(stats.failures.items()):
+        labels = f'client="{_esc(client)}",' if client else ""
+        failures.append(
+            f'meshd_tls_handshake_failures_total{{{labels}reason="{_esc(reason)}",router="{_esc(router)}"}} {_n(count)}\n'
+        )
+    for (router, client, resumed), count in sorted(stats.handshakes.items()):
+        labels = f'client="{_esc(client)}",' if client else ""
+        f["meshd_tls_handshakes_total"].append(
+            f'meshd_tls_handshakes_total{{{labels}resumed="{resumed}",router="{_esc(router)}"}} {_n(count)}\n'
+        )
+    for (path, result), count in sorted(stats.reloads.items()):
+        f["meshd_tls_cert_reloads_total"].append(
+            f'meshd_tls_cert_reloads_total{{path="{_esc(path)}",result="{result}"}} {_n(count)}\n'
+        )
+    for path, expiry in sorted(stats.expiry.items()):
+        f["meshd_tls_cert_expiry_timestamp_seconds"].append(
+            f'meshd_tls_cert_expiry_timestamp_seconds{{path="{_esc(path)}"}} {_n(expiry)}\n'
+        )
 
 
 def _service_counters(rs: str, c: RetryCounters, t: TimeoutCounters, text: _Text) -> None:

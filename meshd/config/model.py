@@ -16,7 +16,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from balancers.configs import ConsecutiveFailuresConfig, EwmaConfig, NoAccrualConfig, SuccessRateConfig
 from balancers.registry import ACCRUALS, BALANCERS, BalancerConfig
@@ -26,6 +26,7 @@ from meshd.retry.backoff import BACKOFFS, BackoffConfig, RetryJitteredBackoffCon
 from meshd.retry.budget_config import RetryBudgetConfig
 from meshd.retry.classifiers import CLASSIFIERS, ResponseClassifierConfig, RetryableIdempotent5XXConfig
 from meshd.transformers import TRANSFORMERS, DaemonSetConfig, TransformerConfig
+from routing.authz import Policy, build_policy, check_pattern
 from routing.identifiers.base import IdentifierConfig
 from routing.identifiers.header import HeaderIdentifierConfig
 from routing.identifiers.registry import IDENTIFIERS
@@ -114,6 +115,22 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ServerTlsConfig:
+    """TLS on one server (docs/tls.md): its certificate and key, and the CA its clients' certificates must chain to."""
+
+    cert_path: str
+    key_path: str
+    #: with it, client certificates are verified (and their identity read); without it, none is asked for
+    ca_path: str | None = None
+    require_client_cert: bool = False
+    handshake_timeout_ms: int = field(default=10_000, metadata={"min": 1})
+
+    def __post_init__(self) -> None:
+        if self.require_client_cert and not self.ca_path:
+            raise ValueError("requireClientCert: needs caPath (the CA that client certificates must chain to)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
     """One listening socket of a router."""
 
@@ -124,6 +141,7 @@ class ServerConfig:
     header_timeout_ms: int = field(default=10_000, metadata={"min": 1})
     idle_timeout_ms: int = field(default=60_000, metadata={"min": 1})
     body_idle_timeout_ms: int = field(default=60_000, metadata={"min": 1})
+    tls: ServerTlsConfig | None = None
 
     def __post_init__(self) -> None:
         _check_ip("ip", self.ip)
@@ -138,6 +156,60 @@ class PoolConfig:
     idle_time_ms: int = field(default=10_000, metadata={"min": 0})
     connect_timeout_ms: int = field(default=1000, metadata={"min": 1})
     queue_timeout_ms: int = field(default=5000, metadata={"min": 1})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientTlsConfig:
+    """TLS to a client's endpoints (docs/tls.md); the server's certificate is always verified."""
+
+    #: the name the server's certificate must carry; `{N}` is segment N of the bound name (`{-1}`
+    #: the last); unset: the endpoint's IP address
+    server_name: str | None = None
+    #: the CA file the server's certificate must chain to; unset: the system's trust store
+    ca_path: str | None = None
+    #: this meshd's certificate and key, for servers that require client certificates (mutual TLS)
+    cert_path: str | None = None
+    key_path: str | None = None
+    handshake_timeout_ms: int = field(default=10_000, metadata={"min": 1})
+
+    def __post_init__(self) -> None:
+        if (self.cert_path is None) != (self.key_path is None):
+            raise ValueError("certPath and keyPath go together: give both (mutual TLS) or neither")
+        if self.server_name is not None:
+            try:
+                server_name_for(self.server_name, Path.read("/a"), check=True)
+            except ValueError as exc:
+                raise ValueError(f"serverName: {exc}") from None
+
+
+def server_name_for(template: str, id: Path, *, check: bool = False) -> str:
+    """`template` with each `{N}` replaced by segment N of the bound name `id` (`{-1}`: the last).
+
+    `check=True` only validates the template's syntax (no segment lookups fail)."""
+    out: list[str] = []
+    rest = template
+    while rest:
+        start = rest.find("{")
+        if start < 0:
+            if "}" in rest:
+                raise ValueError(f"unmatched '}}' in {template!r}")
+            out.append(rest)
+            break
+        out.append(rest[:start])
+        end = rest.find("}", start)
+        if end < 0:
+            raise ValueError(f"unmatched '{{' in {template!r}")
+        field_text = rest[start + 1 : end]
+        try:
+            index = int(field_text)
+        except ValueError:
+            raise ValueError(f"{{{field_text}}} in {template!r}: use {{N}}, segment N of the bound name ({{-1}}: the last)") from None
+        if not check:
+            if not -len(id) <= index < len(id):
+                raise ValueError(f"{template!r}: {id.show()} has no segment {index}")
+            out.append(id[index])
+        rest = rest[end + 1 :]
+    return "".join(out)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,6 +228,7 @@ class ClientConfig:
     max_ejection_percent: int = field(default=50, metadata={"min": 0, "max": 100})
     #: below this share of the replica set available, picks ignore health (panic mode)
     panic_threshold_percent: int = field(default=50, metadata={"min": 0, "max": 100})
+    tls: ClientTlsConfig | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -219,6 +292,7 @@ class ClientOverride:
     response_idle_timeout_ms: int | None = field(default=None, metadata={"min": 1})
     response_head_timeout_ms: int | None = field(default=None, metadata={"min": 1})
     max_response_headers: int | None = field(default=None, metadata={"min": 1, "max": 10_000})
+    tls: ClientTlsConfig | None = None
 
     def __post_init__(self) -> None:
         _check_prefix(self.prefix)
@@ -284,6 +358,45 @@ class RoutesConfigMapConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AuthorizationRuleConfig:
+    """Callers allowed to call the logical names under `prefix` (routing/authz.py, docs/tls.md)."""
+
+    name: str
+    prefix: str
+    #: identities (`spiffe://...`), or text ending in `*` (any identity starting with it)
+    allow: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ValueError("name: must not be empty")
+        _check_prefix(self.prefix)
+        for pattern in self.allow:
+            try:
+                check_pattern(pattern)
+            except ValueError as exc:
+                raise ValueError(f"allow: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthorizationConfig:
+    """Which identities may call which logical names; the routes file's `authorization`, when it
+    has one, replaces this (docs/tls.md)."""
+
+    #: what a name that no rule covers gets
+    default: Literal["allow", "deny"] = "deny"
+    rules: tuple[AuthorizationRuleConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [r.name for r in self.rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"rules: rule names must be unique, repeated: {', '.join(dupes)}")
+
+    def build(self, source: str = "config") -> Policy:
+        return build_policy([(r.name, r.prefix, r.allow) for r in self.rules], self.default, source)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RouterConfig:
     """One router: listeners, how requests are named and bound, and the service and client stacks."""
 
@@ -303,6 +416,7 @@ class RouterConfig:
     services: tuple[ServiceOverride, ...] = ()
     clients: tuple[ClientOverride, ...] = ()
     access_log: bool = False
+    authorization: AuthorizationConfig | None = None
     transformers: tuple[TransformerConfig, ...] = field(default=(), metadata={"registry": TRANSFORMERS})
     #: admission control (meshd/admission.py): requests served at once, waiting for a turn, how long
     max_concurrent_requests: int = field(default=10_000, metadata={"min": 1})

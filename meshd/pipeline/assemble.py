@@ -13,8 +13,12 @@ Router level (one chain per router, in this order, outermost first):
 2. `hygiene` (a filter) — before anything reads `l5d-*` headers: untrusted ones are stripped, trusted
    context is adopted (`ctx.local_dtab`; the deadline header is left for `timeouts`), forwarding
    headers and the request id (`ctx.reqid`) are added.
+(`identity`, only on routers that verify client certificates: `ctx.peer_identity` goes to the
+   upstream and to identifiers as `l5d-client-id`; after hygiene, which drops a caller's own.)
 3. `identify` (a filter) — the identifier names the logical service (`/svc/accounts`):
    `ctx.logical_path`, `ctx.logical_name`.
+(`authorize`, only on routers with an authorization policy or a routes file: the policy decides
+   on the logical name and `ctx.peer_identity`; a denial is a 403 before anything is bound.)
 Then the terminal `bind` step binds the name through the dtab (cached) into `ctx.chooser` and
 hands the context to that logical name's service chain.
 
@@ -53,6 +57,7 @@ from typing import Final
 from meshd.clock import MONOTONIC, Clock
 from meshd.config.model import ServiceConfig
 from meshd.pipeline.access_log import AccessLog
+from meshd.pipeline.authorize import Authorization, authorize_filter, identity_filter
 from meshd.pipeline.context import RouteContext
 from meshd.pipeline.hygiene import RequestIds, TrustPolicy, hygiene_filter
 from meshd.pipeline.identify import identify_filter
@@ -65,16 +70,28 @@ from meshd.retry.deadline import WallClock
 from routing.identifiers.base import Identifier
 
 ROUTER_ROLES: Final = ("hygiene", "identify")
+"""Without the optional `identity` (after hygiene) and `authorize` (after identify)."""
 SERVICE_ROLES: Final = ("classify", "timeouts", "retries")
 """Without the optional `access_log`, which goes before `classify` when enabled."""
 
 
-def router_stack(*, trust: TrustPolicy, ids: RequestIds, identifier: Identifier) -> Stack:
-    return (
-        Stack()
-        .push_filter("hygiene", hygiene_filter(trust, ids))
-        .push_filter("identify", identify_filter(identifier))
-    )
+def router_stack(
+    *,
+    trust: TrustPolicy,
+    ids: RequestIds,
+    identifier: Identifier,
+    identity: bool = False,
+    authorization: Authorization | None = None,
+) -> Stack:
+    """`identity` and `authorize` (meshd/pipeline/authorize.py) are in the chain only when the
+    router verifies client certificates, and has a policy or a routes file that may bring one."""
+    stack = Stack().push_filter("hygiene", hygiene_filter(trust, ids))
+    if identity:
+        stack.push_filter("identity", identity_filter())
+    stack.push_filter("identify", identify_filter(identifier))
+    if authorization is not None:
+        stack.push_filter("authorize", authorize_filter(authorization))
+    return stack
 
 
 def service_stack(

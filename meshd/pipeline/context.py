@@ -31,11 +31,15 @@ class RouteContext:
         "deadline",
         "attempts",
         "last_node",
+        "peer_identity",
     )
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, peer_identity: str = "") -> None:
         #: the wire message: what the upstream gets (stages may change its target and headers)
         self.request = request
+        #: the workload identity in the client's verified TLS certificate, "" without one
+        #: (the listener, once per connection: meshd/tls/identity.py)
+        self.peer_identity = peer_identity
         #: the request id (`l5d-reqid`): kept from a trusted caller, else a new one (hygiene)
         self.reqid = ""
         #: the local dtab text (l5d-ctx-dtab ++ l5d-dtab) when trusted, else "" (hygiene)

@@ -9,6 +9,9 @@ A per-request dtab is also bounded in size, because binding it costs CPU on the 
 header at most `MAX_LOCAL_DTAB_BYTES` (4096) bytes, 431 otherwise, and at most
 `MAX_LOCAL_DENTRIES` (100) dentries in all, 400 otherwise (the binder then bounds the work).
 Every request gets an `l5d-reqid` (kept from a trusted caller), `Via` and `X-Forwarded-For`.
+`l5d-client-id` (the caller's workload identity, docs/tls.md) is never taken from a header: the
+codec sets it apart with the other `l5d-*` headers, it is not forwarded, and a trusted caller's
+is dropped here too, so that only the identity filter, from a TLS certificate, sets it.
 """
 
 from __future__ import annotations
@@ -98,6 +101,10 @@ def hygiene_filter(trust: TrustPolicy, ids: RequestIds) -> Filter:
                 given = l5d.get("l5d-reqid")
                 if given:
                     reqid = given.decode("latin-1")
+                if "l5d-client-id" in l5d:
+                    # the caller's identity comes from its TLS certificate only (the identity
+                    # filter), never from a header, however trusted the sender
+                    del l5d["l5d-client-id"]
                 for name, value in l5d.items():
                     if name.startswith("l5d-ctx-") and name not in (L5D_CTX_DTAB, "l5d-ctx-deadline"):
                         headers.append((name.encode("latin-1"), value))

@@ -17,6 +17,7 @@ the caller may transparently send the request again on a fresh connection.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from typing import Final, cast
 
@@ -26,6 +27,7 @@ from meshd.http.body import Body, Trailers
 from meshd.http.codec import EndOfMessage, Event, ParseError, ResponseCodec
 from meshd.http.framing import Framing, encode_chunk, encode_last_chunk, request_framing
 from meshd.http.messages import Request, Response
+from meshd.tls.reasons import describe
 
 #: the default limit on a response's status line and headers (`client.maxResponseHeaderBytes`)
 DEFAULT_MAX_HEAD_BYTES: Final = 64 * 1024
@@ -150,8 +152,18 @@ class UpstreamConnection(asyncio.Protocol):
                 self._on_lost_idle(self)
             return
         if self._future is not None and not self._future.done():
-            if not self._got_bytes and self.uses > 1:
-                error: MeshdError = StaleConnection(f"{self.label} closed an idle keep-alive connection")
+            tls_error = _tls_alert(exc, self._transport) if not self._got_bytes else None
+            if tls_error is not None:
+                # TLS 1.3 delivers the server's verdict on meshd's certificate after the
+                # handshake, as an alert on the first read (no client certificate, unknown CA)
+                error: MeshdError = UpstreamFailed(f"TLS with {self.label} failed: {describe(tls_error)}")
+            elif not self._got_bytes and self.uses > 1:
+                error = StaleConnection(f"{self.label} closed an idle keep-alive connection")
+            elif not self._got_bytes and _is_tls(self._transport):
+                error = UpstreamFailed(
+                    f"{self.label} closed the connection before responding, right after the TLS handshake "
+                    "(as a server does that refuses meshd's client certificate, or requires one and got none)"
+                )
             else:
                 error = UpstreamFailed(f"{self.label} closed the connection before responding")
             self._future.set_exception(error)
@@ -386,3 +398,18 @@ class _RequestWriter:
 
     def on_error(self, exc: BaseException) -> None:
         self._conn._request_body_failed(exc)
+
+
+def _tls_alert(exc: Exception | None, transport: asyncio.Transport | None) -> ssl.SSLError | None:
+    """The TLS error that ended a connection, if one did (an error path only): the loop passes
+    it to `connection_lost`, or the connection's SSLObject kept it (meshd/tls/contexts.py)."""
+    if isinstance(exc, ssl.SSLError):
+        return exc
+    if transport is None:
+        return None
+    kept = getattr(transport.get_extra_info("ssl_object"), "meshd_error", None)
+    return kept if isinstance(kept, ssl.SSLError) else None
+
+
+def _is_tls(transport: asyncio.Transport | None) -> bool:
+    return transport is not None and transport.get_extra_info("ssl_object") is not None

@@ -26,8 +26,8 @@ from examples.bank.story.traffic import ReplicaCount, served_between
 
 def test_layout_gives_every_process_its_own_port_and_each_service_one_database(tmp_path):
     layout = plan_layout(tmp_path)
-    ports = [replica.port for replica in layout.replicas] + [layout.router_port, layout.admin_port]
-    assert len(set(ports)) == len(ports) == sum(spec.replicas for spec in BANK) + 2
+    ports = [replica.port for replica in layout.replicas] + [layout.router_port, layout.admin_port, layout.incoming_port]
+    assert len(set(ports)) == len(ports) == sum(spec.replicas for spec in BANK) + 3
     assert {replica.db.name for replica in layout.of("accounts") + layout.of("accounts-v2")} == {
         "accounts.db"
     }
@@ -42,7 +42,11 @@ def test_meshd_config_has_the_documented_shape(tmp_path):
     assert config["namers"] == [{"kind": "fs", "rootDir": str(layout.disco_dir)}]
     assert router["servers"] == [{"ip": "127.0.0.1", "port": layout.router_port}]
     assert router["identifier"] == {"kind": "header", "header": "host"}
-    assert router["dtab"] == "/svc => /#/fs;"
+    # the ledger is reached through the incoming router, over mutual TLS (examples/bank/story/mtls.py)
+    assert router["dtab"] == f"/svc => /#/fs; /svc/ledger => /$/inet/127.0.0.1/{layout.incoming_port};"
+    incoming = config["routers"][1]  # type: ignore[index]
+    assert incoming["servers"][0]["tls"]["requireClientCert"] is True
+    assert incoming["authorization"]["rules"][0]["prefix"] == "/svc/ledger"
     assert router["client"]["failureAccrual"] == {"kind": "consecutiveFailures", "failures": 5}
 
 

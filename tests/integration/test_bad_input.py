@@ -126,7 +126,9 @@ MALFORMED_HEAD: list[tuple[str, bytes, int, str]] = [
         "header",
     ),
     ("space-in-request-target", b"GET /a b HTTP/1.1\r\n" + HOST + b"\r\n", 400, "malformed"),
-    ("garbage-request-line", b"\x16\x03\x01\x00\xa5\x01\x00\x00\r\n\r\n", 400, "method"),
+    # (binary garbage that is not a TLS handshake: a TLS ClientHello, `\x16\x03...`, is closed
+    # without a 400, which a TLS client could not read; tests/integration/test_tls_server.py)
+    ("garbage-request-line", b"\x17\x03\x01\x00\xa5\x01\x00\x00\r\n\r\n", 400, "method"),
     ("unknown-http-version", b"GET / HTTP/9.9\r\n" + HOST + b"\r\n", 400, "version"),
     # llhttp parses these two; neither is HTTP/1 (nginx answers 505 too)
     ("http-2.0-request-line", b"GET / HTTP/2.0\r\n" + HOST + b"\r\n", 505, "http/2.0 is not supported"),

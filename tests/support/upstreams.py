@@ -16,6 +16,7 @@ send garbage, stop reading): each connection runs a test-written script on a str
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
@@ -78,8 +79,11 @@ class Upstream:
         name: str = "upstream",
         keep_alive_timeout_s: float | None = None,
         stream_request_body: bool = False,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self.handler = handler
+        #: serve TLS with this context (tests/support/tls.py makes them)
+        self.ssl = ssl
         self.name = name
         self.keep_alive_timeout_s = keep_alive_timeout_s
         self.received: list[Received] = []
@@ -105,7 +109,7 @@ class Upstream:
 
     async def start(self, port: int = 0) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _UpstreamProtocol(self), "127.0.0.1", port)
+        self._server = await loop.create_server(lambda: _UpstreamProtocol(self), "127.0.0.1", port, ssl=self.ssl)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:

@@ -126,6 +126,14 @@ def test_slow_replica_gets_under_ten_percent_once_warmed_up(story):
     assert slow["slow_requests"] / slow["accounts_requests"] < 0.10, slow
 
 
+def test_the_ledger_hop_is_mutual_tls_and_a_stranger_is_refused(story):
+    mtls = story["mtls"]
+    assert mtls["hop_requests"] > 0 and 0 < mtls["handshakes"] < mtls["hop_requests"], mtls
+    assert mtls["refused_status"] == 403, mtls
+    assert "ledger-callers" in mtls["refused_error"] and mtls["refused_caller"] in mtls["refused_error"], mtls
+    assert "mTLS: a caller presenting" in story["_output"]
+
+
 def test_nothing_the_demo_started_is_left_running(story):
     assert story["_pids"], "the demo recorded no processes"
     assert [pid for pid in story["_pids"] if is_alive(pid)] == []

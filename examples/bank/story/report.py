@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from examples.bank.simulator import AuthResult, percentile
 from examples.bank.story.metrics import MeshCounters
+from examples.bank.story.mtls import MtlsReport
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +147,8 @@ class DemoResult:
     integrity: IntegrityReport
     payroll: dict[str, object] = field(default_factory=dict)
     replay: dict[str, object] = field(default_factory=dict)
+    #: the node-to-node hop over mutual TLS and the caller it refused (examples/bank/story/mtls.py)
+    mtls: MtlsReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -165,6 +168,7 @@ class DemoResult:
             "integrity": self.integrity.to_json(),
             "payroll": dict(self.payroll),
             "replay": dict(self.replay),
+            "mtls": self.mtls.to_json() if self.mtls is not None else None,
         }
 
 
@@ -236,6 +240,14 @@ def render(result: DemoResult) -> str:
             f"{step.measured_share:>8.1%} {'±' + format(step.tolerance, '.1%'):>9}  "
             f"{'yes' if step.within_tolerance else 'NO'}{reload_note}"
         )
+    mtls = result.mtls
+    if mtls is not None:
+        lines += [
+            "",
+            f"mTLS: {mtls.hop_requests} ledger requests crossed the node-to-node hop over mutual TLS as "
+            f"{mtls.caller} ({mtls.handshakes} handshakes: connections are pooled)",
+            f"mTLS: a caller presenting {mtls.refused_caller} was refused: {mtls.refused_status} {mtls.refused_error}",
+        ]
     integrity = result.integrity
     lines.append("")
     if integrity.ok:

@@ -1,5 +1,8 @@
 """Where the demo's bank runs: which replicas, on which free loopback ports, and meshd's files describing them.
 
+meshd runs two routers: `outgoing`, which the services call, and `incoming`, standing for the meshd of another
+node, through which the outgoing router reaches the ledger over mutual TLS (docs/tls.md).
+
 Everything lives in one work directory: the meshd config, the fs namer's directory (one file per service name,
 one `host port` line per replica), the operators' routes.yaml, the services' SQLite files (one per service;
 the canary `accounts-v2` shares `accounts.db`) and a log file per process.
@@ -118,6 +121,15 @@ class BrokerNode:
         ]
 
 
+#: The node-to-node hop of the demo (docs/tls.md): the outgoing router reaches the ledger through an `incoming`
+#: router over mutual TLS, as the meshd of another node. Identities are SPIFFE URIs in the certificates.
+TRUST_DOMAIN: Final = "bank.local"
+NODE_IDENTITY: Final = f"spiffe://{TRUST_DOMAIN}/ns/bank/sa/meshd-node-a"
+STRANGER_IDENTITY: Final = f"spiffe://{TRUST_DOMAIN}/ns/web/sa/frontend"
+INCOMING_NAME: Final = "meshd.bank.local"
+LEDGER_RULE: Final = "ledger-callers"
+
+
 @dataclass(frozen=True, slots=True)
 class Layout:
     workdir: Path
@@ -125,6 +137,8 @@ class Layout:
     router_port: int
     admin_port: int
     brokers: tuple[BrokerNode, ...] = ()
+    #: the `incoming` router (mutual TLS) the ledger is reached through
+    incoming_port: int = 0
 
     @property
     def meshd_url(self) -> str:
@@ -149,6 +163,11 @@ class Layout:
     @property
     def logs_dir(self) -> Path:
         return self.workdir / "logs"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The demo's development CA and certificates (made with meshd's `meshd tls` helpers)."""
+        return self.workdir / "tls"
 
     @property
     def pid_file(self) -> Path:
@@ -193,8 +212,8 @@ def plan_layout(workdir: Path, specs: Iterable[ServiceSpec] = BANK, *, bus: str 
     workdir = workdir.resolve()
     specs = tuple(specs)
     broker_count = BROKERS if bus == "nats" else 0
-    ports: Iterator[int] = iter(free_ports(2 + 2 * broker_count + sum(spec.replicas for spec in specs)))
-    router_port, admin_port = next(ports), next(ports)
+    ports: Iterator[int] = iter(free_ports(3 + 2 * broker_count + sum(spec.replicas for spec in specs)))
+    router_port, admin_port, incoming_port = next(ports), next(ports), next(ports)
     client_ports = [next(ports) for _ in range(broker_count)]
     cluster_ports = [next(ports) for _ in range(broker_count)]
     brokers = tuple(
@@ -228,11 +247,12 @@ def plan_layout(workdir: Path, specs: Iterable[ServiceSpec] = BANK, *, bus: str 
         for spec in specs
         for index in range(1, spec.replicas + 1)
     )
-    return Layout(workdir, replicas, router_port, admin_port, brokers)
+    return Layout(workdir.resolve(), replicas, router_port, admin_port, brokers, incoming_port)
 
 
 def meshd_config(layout: Layout) -> dict[str, object]:
     """The config meshd runs with; paths are absolute so it does not matter where meshd resolves them from."""
+    tls = layout.tls_dir
     return {
         "admin": {"ip": "127.0.0.1", "port": layout.admin_port},
         "namers": [{"kind": "fs", "rootDir": str(layout.disco_dir)}],
@@ -241,7 +261,8 @@ def meshd_config(layout: Layout) -> dict[str, object]:
                 "label": "outgoing",
                 "servers": [{"ip": "127.0.0.1", "port": layout.router_port}],
                 "identifier": {"kind": "header", "header": "host"},
-                "dtab": "/svc => /#/fs;",
+                # the ledger is on "another node": its meshd's incoming router, over mutual TLS
+                "dtab": f"/svc => /#/fs; /svc/ledger => /$/inet/127.0.0.1/{layout.incoming_port};",
                 "routes": str(layout.routes_path),
                 "service": {
                     "retries": {"budget": {"ttlSecs": 10, "minRetriesPerSec": 10, "percentCanRetry": 0.2}}
@@ -250,9 +271,60 @@ def meshd_config(layout: Layout) -> dict[str, object]:
                     "loadBalancer": {"kind": "ewma"},
                     "failureAccrual": {"kind": "consecutiveFailures", "failures": 5},
                 },
-            }
+                "clients": [
+                    {
+                        "prefix": "/$/inet",
+                        "tls": {
+                            "serverName": INCOMING_NAME,
+                            "caPath": str(tls / "ca.crt"),
+                            "certPath": str(tls / "node-a.crt"),
+                            "keyPath": str(tls / "node-a.key"),
+                        },
+                    }
+                ],
+            },
+            {
+                "label": "incoming",
+                "servers": [
+                    {
+                        "ip": "127.0.0.1",
+                        "port": layout.incoming_port,
+                        "tls": {
+                            "certPath": str(tls / "incoming.crt"),
+                            "keyPath": str(tls / "incoming.key"),
+                            "caPath": str(tls / "ca.crt"),
+                            "requireClientCert": True,
+                        },
+                    }
+                ],
+                "identifier": {"kind": "header", "header": "host"},
+                "dtab": "/svc => /#/fs;",
+                # the outgoing meshd forwards from loopback: keep its l5d-ctx-* context (deadlines)
+                "trustedSources": ["127.0.0.0/8"],
+                "service": {
+                    "retries": {"budget": {"ttlSecs": 10, "minRetriesPerSec": 10, "percentCanRetry": 0.2}}
+                },
+                "client": {
+                    "loadBalancer": {"kind": "ewma"},
+                    "failureAccrual": {"kind": "consecutiveFailures", "failures": 5},
+                },
+                # only node A's meshd may call the ledger; anything else is refused (default: deny)
+                "authorization": {"rules": [{"name": LEDGER_RULE, "prefix": "/svc/ledger", "allow": [NODE_IDENTITY]}]},
+            },
         ],
     }
+
+
+def write_tls_files(layout: Layout) -> None:
+    """A development CA, node A's certificate (its meshd's identity), the incoming router's, and a stranger's."""
+    from meshd.tls.certs import make_ca, make_cert, write_pair
+
+    tls = layout.tls_dir
+    ca = make_ca("bank demo CA", days=2)
+    write_pair(ca, tls / "ca.crt", tls / "ca.key")
+    write_pair(make_cert(ca, uris=[NODE_IDENTITY], days=2), tls / "node-a.crt", tls / "node-a.key")
+    write_pair(make_cert(ca, dns=[INCOMING_NAME], days=2), tls / "incoming.crt", tls / "incoming.key")
+    write_pair(make_cert(ca, uris=[STRANGER_IDENTITY], days=2), tls / "stranger.crt", tls / "stranger.key")
 
 
 def write_mesh_files(layout: Layout) -> None:
@@ -262,6 +334,7 @@ def write_mesh_files(layout: Layout) -> None:
     for service in sorted({replica.service for replica in layout.replicas}):
         lines = "".join(f"127.0.0.1 {replica.port}\n" for replica in layout.of(service))
         write_atomically(layout.disco_dir / service, lines)
+    write_tls_files(layout)
     write_atomically(layout.config_path, yaml.safe_dump(meshd_config(layout), sort_keys=False))
     write_atomically(layout.routes_path, routes_document(0.0))
 
