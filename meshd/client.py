@@ -18,11 +18,11 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from balancers.base import Balancer, NoNodesAvailable
+from balancers.base import Balancer, Node, NoNodesAvailable
 from balancers.configs import AccrualConfig
 from balancers.registry import BalancerConfig
 from meshd.discovery.addr import Addr, Address, Bound, Neg
-from meshd.errors import AttemptTimeout, MeshdError, NoEndpoints
+from meshd.errors import AttemptTimeout, CircuitOpen, MeshdError, NoEndpoints
 from meshd.expiry import Expiry
 from meshd.http.messages import Response
 from meshd.observable import Observable
@@ -30,7 +30,7 @@ from meshd.pipeline.context import RouteContext
 from meshd.pipeline.dispatch import can_resend, dispatch, dst_lines, request_head, resend
 from meshd.pool.connection import StaleConnection
 from meshd.pool.dialer import Dialer
-from meshd.pool.pool import Pool, PoolLimits, PoolStatistics
+from meshd.pool.pool import Pending, Pool, PoolLimits, PoolStatistics
 from meshd.runtime import Runtime
 from meshd.transformers import is_forwarded
 from routing.path import Path
@@ -62,6 +62,10 @@ class ClientSettings:
     attempt_timeout_ms: int | None
     max_ejection_percent: int = 50
     panic_threshold_percent: int = 50
+    #: `circuitBreakers`: attempts in flight, waiting for a connection, retries in flight
+    max_requests: int = 2048
+    max_pending_requests: int = 1024
+    max_retries: int = 64
 
 
 class Client:
@@ -92,6 +96,16 @@ class Client:
         )
         self._endpoints: dict[tuple[str, int], Endpoint] = {}
         self._addr = addr
+        # circuit breakers (`client.circuitBreakers`): attempts and retries in flight, and the
+        # attempts waiting for a connection in any of the pools (counted by the pools)
+        self.inflight = 0
+        self.retrying = 0
+        self._max_requests = settings.max_requests
+        self._max_retries = settings.max_retries
+        self.pending = Pending(self.label, settings.max_pending_requests)
+        #: attempts refused by each breaker (a counter per limit)
+        self.overflows_requests = 0
+        self.overflows_retries = 0
         self._attempt_timeout_s = settings.attempt_timeout_ms / 1000.0 if settings.attempt_timeout_ms else None
         self.last_addr: Addr = addr.get()
         #: attempts sent to a forwarding meshd (meshd_daemonset_forwarded_total)
@@ -125,6 +139,7 @@ class Client:
                     dialer=self._dialer,
                     limits=self._settings.pool,
                     clock=self._runtime.clock,
+                    pending=self.pending,
                 )
                 endpoint = Endpoint(address, pool)
             else:
@@ -139,6 +154,9 @@ class Client:
 
     # -- one attempt ------------------------------------------------------------------------
     async def __call__(self, ctx: RouteContext) -> Response:
+        retry = ctx.attempts > 1
+        if self.inflight >= self._max_requests or (retry and self.retrying >= self._max_retries):
+            raise self._overflow(retry)
         try:
             node = self.balancer.pick(ctx.last_node)
         except NoNodesAvailable:
@@ -149,6 +167,9 @@ class Client:
             self.forwarded += 1
         request = ctx.request
         started = node.start()
+        self.inflight += 1
+        if retry:
+            self.retrying += 1
         try:
             head = request_head(request, self._dst_headers(ctx.logical_name))
             conn = endpoint.pool.try_acquire_idle()
@@ -186,10 +207,10 @@ class Client:
                 finally:
                     timer.cancel()
         except MeshdError:
-            node.finish(started, failure=True)
+            self._finish(node, started, True, retry)
             raise
         except BaseException:
-            node.finish(started, failure=False)
+            self._finish(node, started, False, retry)
             raise
         status = response.status
         if status < 500:
@@ -200,14 +221,34 @@ class Client:
             failure = True
         body = response.body
         if body.ended:
-            node.finish(started, failure=failure)
+            self._finish(node, started, failure, retry)
         else:
             # Only the upstream's own errors (MeshdErrors: reset, closed mid-body) count against the
             # endpoint; a body cancelled by the caller hanging up or by a retry discarding it does not.
             body.add_done_callback(
-                lambda error: node.finish(started, failure=failure or isinstance(error, MeshdError))
+                lambda error: self._finish(node, started, failure or isinstance(error, MeshdError), retry)
             )
         return response
+
+    def _finish(self, node: Node[Endpoint], started: float, failure: bool, retry: bool) -> None:
+        """One attempt ended (its response body too): the node learns it, the breakers free a place."""
+        node.finish(started, failure=failure)
+        self.inflight -= 1
+        if retry:
+            self.retrying -= 1
+
+    def _overflow(self, retry: bool) -> CircuitOpen:
+        if self.inflight >= self._max_requests:
+            self.overflows_requests += 1
+            return CircuitOpen(
+                f"circuit breaker of {self.label}: {self._max_requests} requests already in flight "
+                "(circuitBreakers.maxRequests)"
+            )
+        self.overflows_retries += 1
+        return CircuitOpen(
+            f"circuit breaker of {self.label}: {self._max_retries} retries already in flight "
+            "(circuitBreakers.maxRetries)"
+        )
 
     def _dst_headers(self, logical_name: str) -> bytes:
         """`l5d-dst-service` and `l5d-dst-client` lines for a request to this client, serialised

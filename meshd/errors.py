@@ -143,6 +143,19 @@ class Overloaded(MeshdError):
         super().__init__(message, written=False)
 
 
+class CircuitOpen(MeshdError):
+    """A client's circuit breaker is full (`client.circuitBreakers`: attempts in flight, waiting for
+    a connection, or retries in flight): 503 at once, never written, not retried."""
+
+    status = 503
+    reason = "Service Unavailable"
+    kind = "circuit_open"
+    headers = ((b"Retry-After", b"1"),)
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, written=False)
+
+
 class RequestTimeout(MeshdError):
     """A total, attempt or binding timeout, or an expired deadline: 504."""
 

@@ -347,6 +347,9 @@ class Router:
                 attempt_timeout_ms=config.request_attempt_timeout_ms,
                 max_ejection_percent=config.max_ejection_percent,
                 panic_threshold_percent=config.panic_threshold_percent,
+                max_requests=config.circuit_breakers.max_requests,
+                max_pending_requests=config.circuit_breakers.max_pending_requests,
+                max_retries=config.circuit_breakers.max_retries,
             )
             dialer = self._dialer or self._dialer_for(id, config.tls, pool.connect_timeout_ms / 1000.0)
             addr, release = self.acquire_addr(id)

@@ -49,6 +49,8 @@ METRICS: Final[dict[str, str]] = {
     "meshd_endpoint_state": "1 for the endpoint's current failure-accrual state (live, ejected, probing).",
     "meshd_ejections_total": "Endpoints ejected by failure accrual, per client.",
     "meshd_all_ejected_picks_total": "Picks made while every endpoint was ejected (meshd picked anyway).",
+    "meshd_client_requests_in_flight": "Attempts in flight to a client's endpoints now (circuitBreakers.maxRequests bounds it).",
+    "meshd_circuit_breaker_overflows_total": "Attempts a client's circuit breaker refused with 503, by limit (maxRequests, maxPendingRequests, maxRetries).",
     "meshd_panic_picks_total": "Picks made in panic mode: fewer endpoints available than panicThresholdPercent.",
     "meshd_balancer_panic": "1 while a client's balancer is in panic mode (ignores health), else 0.",
     "meshd_ejections_prevented_total": "Ejections failure accrual asked for and maxEjectionPercent refused.",
@@ -200,6 +202,17 @@ def _steps(daemon: MetricsView, text: _Text) -> Iterator[None]:
             pool.append(f'meshd_pool_connections{{{rc},state="dialing"}} {_n(ps.dialing)}\n')
             waiters.append(f"meshd_pool_waiters{{{rc}}} {_n(ps.waiters)}\n")
             queue_timeouts.append(f"meshd_pool_queue_timeouts_total{{{rc}}} {_n(ps.queue_timeouts)}\n")
+            f["meshd_client_requests_in_flight"].append(f"meshd_client_requests_in_flight{{{rc}}} {_n(client.inflight)}\n")
+            overflows = f["meshd_circuit_breaker_overflows_total"]
+            overflows.append(
+                f'meshd_circuit_breaker_overflows_total{{{rc},limit="maxRequests"}} {_n(client.overflows_requests)}\n'
+            )
+            overflows.append(
+                f'meshd_circuit_breaker_overflows_total{{{rc},limit="maxPendingRequests"}} {_n(client.pending.overflows)}\n'
+            )
+            overflows.append(
+                f'meshd_circuit_breaker_overflows_total{{{rc},limit="maxRetries"}} {_n(client.overflows_retries)}\n'
+            )
             nodes = client.balancer.nodes()
             endpoints.append(f"meshd_endpoints{{{rc}}} {_n(len(nodes))}\n")
             cl = _esc(client.label)

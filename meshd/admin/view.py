@@ -66,6 +66,13 @@ class BalancerView(Protocol):
     def statistics(self) -> BalancerStatistics: ...
 
 
+class PendingView(Protocol):
+    """A client's attempts waiting for a connection (meshd/pool/pool.py `Pending`)."""
+
+    @property
+    def overflows(self) -> int: ...
+
+
 class ClientView(Protocol):
     """One client (bound name): its balancer's nodes and statistics, its pools' statistics."""
 
@@ -77,6 +84,18 @@ class ClientView(Protocol):
 
     @property
     def balancer(self) -> BalancerView: ...
+
+    @property
+    def inflight(self) -> int: ...
+
+    @property
+    def overflows_requests(self) -> int: ...
+
+    @property
+    def overflows_retries(self) -> int: ...
+
+    @property
+    def pending(self) -> PendingView: ...
 
     def pool_statistics(self) -> PoolStatistics: ...
 

@@ -159,6 +159,19 @@ class PoolConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitBreakersConfig:
+    """Envoy-style circuit breakers of one client (replica set): past a limit an attempt is
+    refused at once with 503 (docs/configuration.md)."""
+
+    #: attempts in flight to the replica set at once
+    max_requests: int = field(default=2048, metadata={"min": 1})
+    #: attempts waiting for a connection across the replica set's pools at once
+    max_pending_requests: int = field(default=1024, metadata={"min": 0})
+    #: retries (second and later attempts) in flight to the replica set at once
+    max_retries: int = field(default=64, metadata={"min": 0})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClientTlsConfig:
     """TLS to a client's endpoints (docs/tls.md); the server's certificate is always verified."""
 
@@ -228,6 +241,7 @@ class ClientConfig:
     max_ejection_percent: int = field(default=50, metadata={"min": 0, "max": 100})
     #: below this share of the replica set available, picks ignore health (panic mode)
     panic_threshold_percent: int = field(default=50, metadata={"min": 0, "max": 100})
+    circuit_breakers: CircuitBreakersConfig = field(default_factory=CircuitBreakersConfig)
     tls: ClientTlsConfig | None = None
 
 

@@ -41,6 +41,7 @@ from balancers.backoff import Backoff
 from meshd.clock import MONOTONIC, Clock
 from meshd.errors import (
     AttemptTimeout,
+    CircuitOpen,
     MeshdError,
     NoEndpoints,
     NoSuchService,
@@ -90,8 +91,8 @@ class RetryDiscarded(Exception):
 
 
 def classify_error(classifier: ResponseClassifier, method: str, exc: MeshdError) -> ResponseClass:
-    if isinstance(exc, NoSuchService | NoEndpoints):
-        return ResponseClass.FAILURE  # another pick cannot help
+    if isinstance(exc, NoSuchService | NoEndpoints | CircuitOpen):
+        return ResponseClass.FAILURE  # another pick cannot help; a full breaker sheds load
     if not exc.written:
         return ResponseClass.RETRYABLE_FAILURE
     if isinstance(exc, UpstreamFailed | RequestTimeout):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from meshd.clock import Clock, Timer
-from meshd.errors import ConnectFailed, PoolExhausted, QueueTimeout
+from meshd.errors import CircuitOpen, ConnectFailed, PoolExhausted, QueueTimeout
 from meshd.pool.connection import (
     DEFAULT_MAX_HEAD_BYTES,
     DEFAULT_MAX_HEADERS,
@@ -75,8 +75,31 @@ class PoolStatistics:
     queue_timeouts: int = 0
 
 
+class Pending:
+    """Attempts waiting for a connection across all the pools of one client (replica set), for its
+    `circuitBreakers.maxPendingRequests`. Counted on the waiting path only."""
+
+    __slots__ = ("label", "limit", "count", "overflows")
+
+    def __init__(self, label: str, limit: int) -> None:
+        self.label = label
+        self.limit = limit
+        self.count = 0
+        #: attempts refused because `limit` were waiting already (a counter)
+        self.overflows = 0
+
+
 class Pool:
-    def __init__(self, host: str, port: int, *, dialer: Dialer, limits: PoolLimits, clock: Clock) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        dialer: Dialer,
+        limits: PoolLimits,
+        clock: Clock,
+        pending: Pending | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.label = f"{host}:{port}"
@@ -94,6 +117,7 @@ class Pool:
         self.closed_count = 0
         self.queue_timeouts = 0
         self._drained: asyncio.Event | None = None
+        self._pending = pending
 
     # -- public API ---------------------------------------------------------------------------
     async def acquire(self, *, fresh: bool = False) -> UpstreamConnection:
@@ -116,6 +140,15 @@ class Pool:
                 f"connection pool for {self.label} exhausted: {self._limits.max_connections} connections busy "
                 f"and {self._limits.max_waiters} requests waiting"
             )
+        pending = self._pending
+        if pending is not None:
+            if pending.count >= pending.limit:
+                pending.overflows += 1
+                raise CircuitOpen(
+                    f"circuit breaker of {pending.label}: {pending.limit} requests already wait for a "
+                    "connection (circuitBreakers.maxPendingRequests)"
+                )
+            pending.count += 1
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[UpstreamConnection | None] = loop.create_future()
         entry = (self._clock.now(), waiter)
@@ -142,6 +175,9 @@ class Pool:
                 except ValueError:
                     pass
             raise
+        finally:
+            if pending is not None:
+                pending.count -= 1
         if conn is None:
             return await self._dial()
         return conn
