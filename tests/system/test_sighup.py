@@ -1,9 +1,9 @@
 """SIGHUP reloads a meshd process's whole config without dropping a request (issue #17).
 
-A steady stream of requests runs while the process gets SIGHUP three times: a good new config
+A steady stream of requests runs while the process gets SIGHUP 23 times: a good new config
 (applied), a broken one (refused: the running config keeps serving, the reason logged with its
-YAML path), and the first config again. No request fails; the dtab of each config shows in where
-the requests went.
+YAML path), the first config again, then 20 more alternating the two good configs and the broken
+one. No request fails; the dtab of each config shows in where the requests went.
 """
 
 from __future__ import annotations
@@ -75,6 +75,28 @@ async def test_sighup_reloads_under_steady_traffic_with_no_failed_request(tmp_pa
         mesh.send_signal(signal.SIGHUP)
         seen = len(bodies)
         await wait_until(lambda: b"v1" in bodies[seen:], timeout=10, message="traffic back to v1")
+
+        # 20 more reloads, alternating the two good configs and the broken one, under the same
+        # steady traffic: each one applied or refused in turn, and still no request fails
+        texts = {"v1": yaml.safe_dump(first, sort_keys=False), "v2": yaml.safe_dump(second, sort_keys=False)}
+        broken = "routers:\n- label: outgoing\n  servers: [{ip: 127.0.0.1, port: not-a-port}]\n"
+        expected = b"v1"
+        for n in range(20):
+            kind = ("v2", "broken", "v1", "broken")[n % 4]
+            applied = mesh.log_text().count("config reload applied")
+            refused = mesh.log_text().count("config reload refused")
+            mesh.config_path.write_text(broken if kind == "broken" else texts[kind])
+            mesh.send_signal(signal.SIGHUP)
+            if kind == "broken":
+                await wait_until(lambda: mesh.log_text().count("config reload refused") > refused, timeout=10,
+                                 message=f"reload {n} refused")
+            else:
+                await wait_until(lambda: mesh.log_text().count("config reload applied") > applied, timeout=10,
+                                 message=f"reload {n} applied")
+                expected = kind.encode()
+            seen = len(bodies)
+            await wait_until(lambda: len(bodies) > seen + 5, timeout=10, message="traffic after the reload")
+            assert bodies[-1] == expected
         stop.set()
         await asyncio.wait_for(loader, 10)
 
