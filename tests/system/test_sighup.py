@@ -88,14 +88,14 @@ async def test_sighup_reloads_under_steady_traffic_with_no_failed_request(tmp_pa
             mesh.config_path.write_text(broken if kind == "broken" else texts[kind])
             mesh.send_signal(signal.SIGHUP)
             if kind == "broken":
-                await wait_until(lambda: mesh.log_text().count("config reload refused") > refused, timeout=10,
+                await wait_until(lambda r=refused: mesh.log_text().count("config reload refused") > r, timeout=10,
                                  message=f"reload {n} refused")
             else:
-                await wait_until(lambda: mesh.log_text().count("config reload applied") > applied, timeout=10,
+                await wait_until(lambda a=applied: mesh.log_text().count("config reload applied") > a, timeout=10,
                                  message=f"reload {n} applied")
                 expected = kind.encode()
             seen = len(bodies)
-            await wait_until(lambda: len(bodies) > seen + 5, timeout=10, message="traffic after the reload")
+            await wait_until(lambda s=seen: len(bodies) > s + 5, timeout=10, message="traffic after the reload")
             assert bodies[-1] == expected
         stop.set()
         await asyncio.wait_for(loader, 10)
