@@ -200,6 +200,48 @@ class _Http1Codec:
         self._in_body = False
         self._events.append(END if self._trailers is None else EndOfMessage(self._trailers))
 
+    def feed(self, data: bytes) -> list[Event]:
+        """The events the bytes `data` complete, in order (empty once a `ParseError` was returned)."""
+        events: list[Event] = []
+        self._events = events
+        if self._failed:
+            return events
+        was_in_head = self.in_head
+        try:
+            self._feed_parser(data)
+        except httptools.HttpParserCallbackError as exc:
+            self._callback_failed(exc.__context__)
+        except httptools.HttpParserUpgrade:
+            self._upgraded()
+        except httptools.HttpParserError as exc:
+            self._malformed(exc)
+        else:
+            if self._spilled(data, was_in_head):
+                self._fail(self._too_large())
+        self._events = _DETACHED
+        return events
+
+    def _fail(self, error: MeshdError, abandons: bool = False) -> None:
+        self._failed = True
+        self.in_head = False
+        self._events.append(ParseError(error, abandons))
+
+    # -- what each direction has of its own: its parser and its errors -----------------------
+    def _feed_parser(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _callback_failed(self, cause: BaseException | None) -> None:
+        """A callback raised `cause` (a MeshdError for a refused message); llhttp stopped."""
+        raise NotImplementedError
+
+    def _upgraded(self) -> None:
+        """llhttp stopped after a head that switches protocols."""
+        raise NotImplementedError
+
+    def _malformed(self, exc: Exception) -> None:
+        """llhttp refused the bytes (`exc` says how)."""
+        raise NotImplementedError
+
     def _too_large(self) -> MeshdError:
         raise NotImplementedError
 
@@ -237,38 +279,23 @@ class RequestCodec(_Http1Codec):
         self._expect_continue = False
         self._forwarded = False
 
-    def feed(self, data: bytes) -> list[Event]:
-        """The events the bytes `data` complete, in order (empty once a `ParseError` was returned)."""
-        events: list[Event] = []
-        self._events = events
-        if self._failed:
-            return events
-        was_in_head = self.in_head
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, MeshdError):
-                self._fail(cause)
-            else:
-                log.exception("request codec callback failed", exc_info=cause)
-                self._fail(BadRequest("malformed request"))
-        except httptools.HttpParserUpgrade:
-            # llhttp stops after the head of a request asking to switch protocols; that request
-            # is answered 501 instead of being forwarded without its Upgrade.
-            self._fail(NotImplementedMethod("protocol upgrades (Upgrade, CONNECT) are not supported"), abandons=True)
-        except httptools.HttpParserError as exc:
-            self._fail(BadRequest(f"malformed request: {exc}"))
-        else:
-            if self._spilled(data, was_in_head):
-                self._fail(_headers_too_large(self.max_head_bytes))
-        self._events = _DETACHED
-        return events
+    def _feed_parser(self, data: bytes) -> None:
+        self._parser.feed_data(data)
 
-    def _fail(self, error: MeshdError, abandons: bool = False) -> None:
-        self._failed = True
-        self.in_head = False
-        self._events.append(ParseError(error, abandons))
+    def _callback_failed(self, cause: BaseException | None) -> None:
+        if isinstance(cause, MeshdError):
+            self._fail(cause)
+        else:
+            log.exception("request codec callback failed", exc_info=cause)
+            self._fail(BadRequest("malformed request"))
+
+    def _upgraded(self) -> None:
+        # llhttp stops after the head of a request asking to switch protocols; that request is
+        # answered 501 instead of being forwarded without its Upgrade.
+        self._fail(NotImplementedMethod("protocol upgrades (Upgrade, CONNECT) are not supported"), abandons=True)
+
+    def _malformed(self, exc: Exception) -> None:
+        self._fail(BadRequest(f"malformed request: {exc}"))
 
     def _too_large(self) -> MeshdError:
         return _headers_too_large(self.max_head_bytes)
@@ -413,34 +440,24 @@ class ResponseCodec(_Http1Codec):
         self._head_count = 0
         self._head_spill = 0
 
-    def feed(self, data: bytes) -> list[Event]:
-        """The events the bytes `data` complete, in order (empty once a `ParseError` was returned)."""
-        events: list[Event] = []
-        self._events = events
-        if self._failed:
-            return events
-        was_in_head = self.in_head
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, _StopAfterHead):
-                # the response to a HEAD ends with its head; llhttp would wait for a body
-                self._parser = httptools.HttpResponseParser(self)
-                self._end_head_only()
-            elif isinstance(cause, MeshdError):
-                self._fail(cause)
-            else:
-                self._fail(UpstreamFailed(f"malformed response from {self.label}: {cause}"))
-        except httptools.HttpParserError as exc:
-            self._fail(UpstreamFailed(f"malformed response from {self.label}: {exc}"))
-        except httptools.HttpParserUpgrade:
-            self._fail(UpstreamFailed(f"{self.label} switched protocols unexpectedly"))
+    def _feed_parser(self, data: bytes) -> None:
+        self._parser.feed_data(data)
+
+    def _callback_failed(self, cause: BaseException | None) -> None:
+        if isinstance(cause, _StopAfterHead):
+            # the response to a HEAD ends with its head; llhttp would wait for a body
+            self._parser = httptools.HttpResponseParser(self)
+            self._end_head_only()
+        elif isinstance(cause, MeshdError):
+            self._fail(cause)
         else:
-            if self._spilled(data, was_in_head):
-                self._fail(self._too_large())
-        self._events = _DETACHED
-        return events
+            self._fail(UpstreamFailed(f"malformed response from {self.label}: {cause}"))
+
+    def _upgraded(self) -> None:
+        self._fail(UpstreamFailed(f"{self.label} switched protocols unexpectedly"))
+
+    def _malformed(self, exc: Exception) -> None:
+        self._fail(UpstreamFailed(f"malformed response from {self.label}: {exc}"))
 
     def eof(self) -> list[Event]:
         """The upstream closed the connection: ends a body that runs until then."""
@@ -454,11 +471,6 @@ class ResponseCodec(_Http1Codec):
     def _end_head_only(self) -> None:
         self._in_body = False
         self._events.append(END)
-
-    def _fail(self, error: MeshdError) -> None:
-        self._failed = True
-        self.in_head = False
-        self._events.append(ParseError(error))
 
     def _too_large(self) -> MeshdError:
         return UpstreamFailed(

@@ -38,12 +38,7 @@ class TcpDialer:
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             raise ConnectFailed(f"connect to {host}:{port} failed: {reason.lower()}") from exc
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:  # pragma: no cover - platform specific
-                pass
+        _no_delay(transport)
         return protocol
 
 
@@ -102,14 +97,19 @@ class TlsDialer:
                     f"TLS handshake with {host}:{port} (as {name}) failed: the server closed the connection"
                 ) from exc
             raise ConnectFailed(f"connect to {host}:{port} failed: {reason.lower()}") from exc
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:  # pragma: no cover - platform specific
-                pass
+        _no_delay(transport)
         return protocol
 
     def _count(self, reason: str) -> None:
         if self.count is not None:
             self.count(reason)
+
+
+def _no_delay(transport: asyncio.BaseTransport) -> None:
+    """Send small writes at once (TCP_NODELAY): a request head must not wait for Nagle's timer."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # pragma: no cover - platform specific
+            pass

@@ -63,8 +63,8 @@ async def make_watcher(api: FakeKubeApi, tmp_path: pathlib.Path) -> AsyncIterato
     (tmp_path / "kubeconfig").write_text(yaml.safe_dump(api.kubeconfig()))
     runtime = Runtime(rng=random.Random(7), registry=CollectorRegistry(), base_dir=tmp_path)
 
-    async def no_wait(delay: float) -> None:  # backoff sleeps: recorded by nobody, never waited out
-        await asyncio.sleep(0.001)
+    async def no_wait(delay: float) -> None:  # backoff sleeps: never waited out, only a turn of the loop
+        await asyncio.sleep(0)
 
     async def make(**kwargs: Any) -> tuple[ConfigMapRoutesWatcher, Applied]:
         namer = K8sNamer(K8sNamerConfig(kubeconfig="kubeconfig", backoff=K8sBackoffConfig(min_ms=1, max_ms=10)),
