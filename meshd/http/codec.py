@@ -148,9 +148,14 @@ class _Http1Codec:
         return self._failed
 
     def _reset_message(self) -> None:
+        """A new message begins: its head counters and its fields start over."""
         self._head_bytes = 0
         self._head_count = 0
         self._head_spill = 0
+        self._reset_fields()
+
+    def _reset_fields(self) -> None:
+        """The per-message fields (not the head counters: a response's interim heads count too)."""
         self._headers = []
         self._content_length = None
         self._chunked = False
@@ -482,14 +487,7 @@ class ResponseCodec(_Http1Codec):
 
     # -- httptools callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._headers = []
-        self._content_length = None
-        self._chunked = False
-        self._has_connection = False
-        self._conn_close = False
-        self._conn_named = None
-        self._in_body = False
-        self._trailers = None
+        self._reset_fields()  # the head counters run from `expect()`, across interim heads
         self._reason = b""
         self._has_via = False
 
