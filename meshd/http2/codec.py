@@ -1,0 +1,250 @@
+"""The HTTP/2 codec interface: one sans-IO connection state machine, whichever library is underneath.
+
+How this works: the connection's protocol (server listener or upstream pool) owns sockets and
+streams; the codec owns HTTP/2 framing, HPACK, flow-control windows and stream states. Bytes read
+from the socket go to `receive()`, which returns events; whatever the codec wants written (the
+preface, SETTINGS, frames the caller asked for, WINDOW_UPDATE, PING and SETTINGS acks, GOAWAY) is
+collected by `data_to_send()` after each call. No I/O, no clock, no tasks: a test can drive two
+codecs against each other, or one against the `h2` library as a scripted peer.
+
+Choices made once here so every backend behaves alike:
+- Headers are `(name, value)` byte pairs, names lower-case, pseudo-headers (`:method`, `:status`,
+  ...) first, as on the wire.
+- End of stream is a flag on the event that carries it (`HeadersReceived.end_stream`,
+  `DataReceived.end_stream`); trailers always end the stream.
+- Sending: `send_data` accepts every byte at once and keeps what the peer's windows do not allow
+  yet; `buffered(stream_id)` says how much is waiting, so the caller pauses its source past a mark
+  and resumes on `WindowUpdated`. Trailers and end-of-stream queue behind the buffered data.
+- Receiving: the codec never opens a window by itself. The caller calls `consumed(stream_id, n)`
+  with each `DataReceived.flow_length` once it has passed the data on (written to the other side's
+  socket), so a slow reader holds the peer back: that is back-pressure end to end.
+- A protocol violation by the peer yields `ConnectionError` with the HTTP/2 error code and a
+  short reason; the codec has already queued GOAWAY. The caller flushes `data_to_send()`, counts
+  the reason and closes the connection.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Protocol
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9113 section 7 error codes
+NO_ERROR: Final = 0x0
+PROTOCOL_ERROR: Final = 0x1
+INTERNAL_ERROR: Final = 0x2
+FLOW_CONTROL_ERROR: Final = 0x3
+SETTINGS_TIMEOUT: Final = 0x4
+STREAM_CLOSED: Final = 0x5
+FRAME_SIZE_ERROR: Final = 0x6
+REFUSED_STREAM: Final = 0x7
+CANCEL: Final = 0x8
+COMPRESSION_ERROR: Final = 0x9
+CONNECT_ERROR: Final = 0xA
+ENHANCE_YOUR_CALM: Final = 0xB
+INADEQUATE_SECURITY: Final = 0xC
+HTTP_1_1_REQUIRED: Final = 0xD
+
+#: what a client sends first on an HTTP/2 connection (RFC 9113 section 3.4)
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class H2Settings:
+    """The local SETTINGS a codec advertises, and its connection-level receive window.
+
+    Defaults are safe for a proxy: 100 concurrent streams (RFC 9113's recommended minimum, and
+    what Envoy and nghttp2 use), the protocol's 64 KiB stream window, 16 KiB frames, and a
+    64 KiB cap on a decoded header list (an HPACK bomb stops there).
+    """
+
+    __slots__ = (
+        "max_concurrent_streams",
+        "initial_window_size",
+        "max_frame_size",
+        "max_header_list_size",
+        "header_table_size",
+        "connection_window_size",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_concurrent_streams: int = 100,
+        initial_window_size: int = 65_535,
+        max_frame_size: int = 16_384,
+        max_header_list_size: int = 65_536,
+        header_table_size: int = 4_096,
+        connection_window_size: int = 1_048_576,
+    ) -> None:
+        self.max_concurrent_streams = max_concurrent_streams
+        self.initial_window_size = initial_window_size
+        self.max_frame_size = max_frame_size
+        self.max_header_list_size = max_header_list_size
+        self.header_table_size = header_table_size
+        self.connection_window_size = connection_window_size
+
+
+class H2Event:
+    __slots__ = ()
+
+
+class HeadersReceived(H2Event):
+    """A request head (server side) or a response head, final or 1xx (client side)."""
+
+    __slots__ = ("stream_id", "headers", "end_stream")
+
+    def __init__(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+        self.end_stream = end_stream
+
+    def __repr__(self) -> str:
+        return f"<HeadersReceived {self.stream_id} {self.headers!r} end={self.end_stream}>"
+
+
+class TrailersReceived(H2Event):
+    """Trailing headers; the stream has ended."""
+
+    __slots__ = ("stream_id", "headers")
+
+    def __init__(self, stream_id: int, headers: Headers) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+
+    def __repr__(self) -> str:
+        return f"<TrailersReceived {self.stream_id} {self.headers!r}>"
+
+
+class DataReceived(H2Event):
+    """Body bytes. `flow_length` (data plus padding) goes back to `consumed()` once passed on."""
+
+    __slots__ = ("stream_id", "data", "flow_length", "end_stream")
+
+    def __init__(self, stream_id: int, data: bytes, flow_length: int, end_stream: bool) -> None:
+        self.stream_id = stream_id
+        self.data = data
+        self.flow_length = flow_length
+        self.end_stream = end_stream
+
+    def __repr__(self) -> str:
+        return f"<DataReceived {self.stream_id} {len(self.data)}B end={self.end_stream}>"
+
+
+class StreamReset(H2Event):
+    """RST_STREAM from the peer (`remote`), or a stream the codec reset itself for a stream error."""
+
+    __slots__ = ("stream_id", "error_code", "remote")
+
+    def __init__(self, stream_id: int, error_code: int, remote: bool) -> None:
+        self.stream_id = stream_id
+        self.error_code = error_code
+        self.remote = remote
+
+    def __repr__(self) -> str:
+        return f"<StreamReset {self.stream_id} code={self.error_code} remote={self.remote}>"
+
+
+class WindowUpdated(H2Event):
+    """The peer opened a window (stream 0: the connection's); buffered data may have gone out."""
+
+    __slots__ = ("stream_id",)
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+
+
+class RemoteSettingsChanged(H2Event):
+    """The peer's SETTINGS took effect (acknowledged by the codec)."""
+
+    __slots__ = ("max_concurrent_streams",)
+
+    def __init__(self, max_concurrent_streams: int) -> None:
+        self.max_concurrent_streams = max_concurrent_streams
+
+
+class GoAwayReceived(H2Event):
+    """The peer will accept no stream above `last_stream_id`; those may be retried elsewhere."""
+
+    __slots__ = ("last_stream_id", "error_code", "debug_data")
+
+    def __init__(self, last_stream_id: int, error_code: int, debug_data: bytes) -> None:
+        self.last_stream_id = last_stream_id
+        self.error_code = error_code
+        self.debug_data = debug_data
+
+
+class PingAcked(H2Event):
+    """The answer to our `ping()` (the codec answers the peer's pings by itself)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class ConnectionError(H2Event):  # noqa: A001 - an HTTP/2 connection error, not the OSError
+    """The peer broke the protocol; GOAWAY with `error_code` is queued. Close after flushing."""
+
+    __slots__ = ("error_code", "reason")
+
+    def __init__(self, error_code: int, reason: str) -> None:
+        self.error_code = error_code
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<ConnectionError code={self.error_code} {self.reason}>"
+
+
+class H2Codec(Protocol):
+    """One HTTP/2 connection, client or server side. Backends: h2ref.py (the `h2` library)."""
+
+    def start(self) -> None:
+        """Queue the opening: the client's preface and SETTINGS, or the server's SETTINGS."""
+
+    def receive(self, data: bytes) -> list[H2Event]:
+        """Bytes read from the socket; the events they complete, in order."""
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the socket since the last call (b"" when nothing)."""
+
+    def next_stream_id(self) -> int:
+        """Client side: the id the next `send_headers` on a new stream must use."""
+
+    def send_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        """A request head (client) or response head (server); 1xx heads too on the server."""
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """Body bytes; kept in the codec while the peer's windows are closed."""
+
+    def send_trailers(self, stream_id: int, headers: Headers) -> None:
+        """Trailing headers, ending the stream (after any buffered data)."""
+
+    def end_stream(self, stream_id: int) -> None:
+        """An empty END_STREAM (after any buffered data)."""
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        """RST_STREAM; buffered data for the stream is dropped."""
+
+    def consumed(self, stream_id: int, length: int) -> None:
+        """`length` flow-controlled bytes of the stream were passed on: open the windows again."""
+
+    def buffered(self, stream_id: int) -> int:
+        """Body bytes accepted by `send_data` and not yet framed for lack of window."""
+
+    def ping(self, data: bytes) -> None:
+        """PING with 8 bytes of opaque data; `PingAcked` brings them back."""
+
+    def goaway(self, error_code: int, last_stream_id: int | None = None) -> None:
+        """GOAWAY. `last_stream_id` defaults to the highest stream the peer opened."""
+
+    @property
+    def open_outbound_streams(self) -> int:
+        """Streams this side opened that are not closed (client side: requests in flight)."""
+
+    @property
+    def open_inbound_streams(self) -> int:
+        """Streams the peer opened that are not closed."""
+
+    @property
+    def peer_max_concurrent_streams(self) -> int:
+        """The peer's SETTINGS_MAX_CONCURRENT_STREAMS (2**31-1 until it says otherwise)."""
