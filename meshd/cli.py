@@ -359,6 +359,7 @@ def _dtab(args: argparse.Namespace) -> int:
 async def _explain(config: object, base: pathlib.Path, path: str, label: str | None, extra: str) -> dict[str, object]:
     """Build the config's namers and the chosen router (with its routing file), explain, tear down."""
     from meshd.config.model import MeshdConfig
+    from meshd.discovery.start import close_namers, start_namers
     from meshd.explain import dentry_origins, explain
     from meshd.router import Router
     from meshd.runtime import Runtime
@@ -380,13 +381,9 @@ async def _explain(config: object, base: pathlib.Path, path: str, label: str | N
             return {"path": path, "router": router_config.label, "error": exc.short, "errorContext": str(exc)}
         except (OSError, UnicodeDecodeError) as exc:
             return {"path": path, "router": router_config.label, "error": f"{routes_path}: cannot read: {exc}"}
-    namers = {}
+    namers = await start_namers(config.namers, runtime)
     router: Router | None = None
     try:
-        for namer_config in config.namers:
-            namer = namer_config.build(runtime)
-            namers[namer.prefix] = namer
-            await namer.start()
         router = Router(router_config, runtime, namers)
         if routes is not None:
             router.set_routes_dtab(routes.dtab)
@@ -403,8 +400,7 @@ async def _explain(config: object, base: pathlib.Path, path: str, label: str | N
     finally:
         if router is not None:
             router.close()
-        for namer in namers.values():
-            await namer.close()
+        await close_namers(namers)
 
 
 def _render(result: dict[str, object]) -> str:

@@ -28,6 +28,7 @@ from meshd.config.loader import load_config, to_yaml_dict
 from meshd.config.model import MeshdConfig, RouterConfig, RoutesConfigMapConfig, ServerTlsConfig
 from meshd.discovery.base import Namer
 from meshd.discovery.k8s import K8sNamer
+from meshd.discovery.start import close_namers, start_namers
 from meshd.handover import Inherited, Listening, serve_handover
 from meshd.listener import Listener
 from meshd.reload import ConfigMapRoutesWatcher, RoutesWatcher
@@ -174,10 +175,7 @@ class Daemon:
 
     # -- start ----------------------------------------------------------------------------------
     async def start(self) -> None:
-        for namer_config in self.config.namers:
-            namer = namer_config.build(self.runtime)
-            await namer.start()
-            self.namers[namer.prefix] = namer
+        self.namers = await start_namers(self.config.namers, self.runtime)
         for router_config in self.config.routers:
             router, watcher = self._new_router(router_config, self.namers)
             self.routers.append(router)
@@ -382,11 +380,7 @@ class Daemon:
             kept: dict[str, Router] = {}
             try:
                 if config.namers != old.namers:
-                    new_namers = {}
-                    for namer_config in config.namers:
-                        namer = namer_config.build(self.runtime)
-                        new_namers[namer.prefix] = namer  # closed below if the reload fails
-                        await namer.start()
+                    new_namers = await start_namers(config.namers, self.runtime)  # closed below if the reload fails
                 namers = new_namers if new_namers is not None else self.namers
                 current = {r.label: r for r in self.routers}
                 for router_config in config.routers:
@@ -405,8 +399,7 @@ class Daemon:
                     b.server.close()
                 for router, _ in built:
                     router.close()
-                for started in (new_namers or {}).values():
-                    await started.close()
+                await close_namers(new_namers or {})
                 return self._refused(f"the new config could not be applied: {exc}")
             self._switch(config, kept, built, opened, new_namers)
             for router, watcher in built:

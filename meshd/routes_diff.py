@@ -22,6 +22,7 @@ from meshd.config.checks import CheckReport
 from meshd.config.errors import ConfigProblem
 from meshd.config.model import MeshdConfig, RouterConfig
 from meshd.discovery.base import Namer
+from meshd.discovery.start import close_namers, start_namers
 from meshd.explain import explain
 from meshd.router import Router
 from meshd.runtime import Runtime
@@ -98,13 +99,9 @@ async def diff(
 ) -> list[NameDiff]:
     """Bind every name with the old and the new routes (namers started here and closed after)."""
     runtime = Runtime(base_dir=base_dir)
-    namers: dict[Path, Namer] = {}
+    namers = await start_namers(config.namers, runtime)
     router: Router | None = None
     try:
-        for namer_config in config.namers:
-            namer = namer_config.build(runtime)
-            namers[namer.prefix] = namer
-            await namer.start()
         router = Router(router_config, runtime, namers)
         out = []
         for name in names:
@@ -115,8 +112,7 @@ async def diff(
     finally:
         if router is not None:
             router.close()
-        for started in namers.values():
-            await started.close()
+        await close_namers(namers)
 
 
 async def _outcomes(router: Router, namers: dict[Path, Namer], dtab: Dtab, name: str) -> tuple[dict[str, float], str | None]:
