@@ -7,10 +7,11 @@ dtab stays its fallback. `matched_dtab` returns those dentries as dtab text (the
 key); the router keeps the compiled rules in a `MatchRules` holder, whose `rules` is empty when
 the routing file has none (then the request path does one attribute test and nothing else).
 
-Matching is plain string comparison: a header's first value equal to a text (`exact`) or
-starting with it (`prefix`), the method equal to a token, the request path equal to a path
-prefix or below it (segment by segment: `/v2` matches `/v2` and `/v2/x`, not `/v2x`). No
-regular expressions are evaluated, so no request can make matching slow.
+Matching is string comparison: a header's first value equal to a text (`exact`), starting
+with it (`prefix`), or matching a regular expression in full (`regex`, compiled by RE2 in
+`routing/regex.py`: linear time in the value's length, so no request can make matching slow),
+the method equal to a token, the request path equal to a path prefix or below it (segment by
+segment: `/v2` matches `/v2` and `/v2/x`, not `/v2x`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Literal, Protocol
 
 from routing.dtab import Prefix
 from routing.path import Path
+from routing.regex import Pattern, compile_regex
 
 
 class RequestView(Protocol):
@@ -39,17 +41,33 @@ class RequestView(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class HeaderMatch:
+    """One header condition: the header's first value is `value` (exact), starts with it
+    (prefix), or matches the regular expression `value` in full (regex, compiled at creation;
+    raises routing.regex.RegexError for a pattern that is refused)."""
+
     name: str  # lower-case
     value: str
-    how: Literal["exact", "prefix"] = "exact"
+    how: Literal["exact", "prefix", "regex"] = "exact"
+    pattern: Pattern | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.how == "regex" and self.pattern is None:
+            object.__setattr__(self, "pattern", compile_regex(self.value))
 
     def holds(self, request: RequestView) -> bool:
         value = request.header(self.name)
         if value is None:
             return False
-        return value == self.value if self.how == "exact" else value.startswith(self.value)
+        if self.how == "exact":
+            return value == self.value
+        if self.how == "prefix":
+            return value.startswith(self.value)
+        pattern = self.pattern
+        return pattern is not None and pattern.fullmatch(value) is not None
 
     def show(self) -> str:
+        if self.how == "regex":
+            return f"{self.name} ~ /{self.value}/"
         return f"{self.name}: {self.value}" if self.how == "exact" else f"{self.name}: {self.value}*"
 
 

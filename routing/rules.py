@@ -46,6 +46,7 @@ from routing.match import Fault, HeaderMatch, Match, MatchRule
 from routing.nametree import NEG, Leaf, NameTree, Union, Weighted, show
 from routing.parser import DtabSyntaxError, context_lines, parse_dtab, parse_path, parse_prefix, parse_tree
 from routing.path import Path
+from routing.regex import RegexError
 from routing.suggest import closest, did_you_mean
 
 _STR: Final = "tag:yaml.org,2002:str"
@@ -545,24 +546,31 @@ class _Loader:
                 out.append(HeaderMatch(name.lower(), str(value_node.value)))  # `x-user: 42` means the text 42
                 continue
             if not isinstance(value_node, MappingNode):
-                self.report(at, _line(value_node), f"expected a value, or {{exact: ...}} or {{prefix: ...}}, got {_describe(value_node)}")
+                self.report(
+                    at,
+                    _line(value_node),
+                    f"expected a value, or {{exact: ...}}, {{prefix: ...}} or {{regex: ...}}, got {_describe(value_node)}",
+                )
                 continue
             how_fields = self.mapping(value_node, at, _HEADER_MATCH_KEYS)
-            if "regex" in how_fields:
-                self.report(f"{at}.regex", _line(how_fields["regex"][0]),
-                            "regular expressions are not matched (a regex can make matching slow); use exact or prefix")
-                continue
             if len(how_fields) != 1:
                 if how_fields:
-                    self.report(at, _line(value_node), "give one of exact and prefix")
+                    self.report(at, _line(value_node), "give one of exact, prefix and regex")
                 elif not value_node.value:
-                    self.report(at, _line(value_node), "give one of exact and prefix")
+                    self.report(at, _line(value_node), "give one of exact, prefix and regex")
                 continue
             ((how, (_k, text_node)),) = how_fields.items()
             if not (isinstance(text_node, ScalarNode) and text_node.tag in (_STR, _INT)):
                 self.report(f"{at}.{how}", _line(text_node), f"expected text, got {_describe(text_node)}")
                 continue
-            out.append(HeaderMatch(name.lower(), str(text_node.value), "exact" if how == "exact" else "prefix"))
+            text = str(text_node.value)
+            if how == "regex":
+                try:
+                    out.append(HeaderMatch(name.lower(), text, "regex"))
+                except RegexError as exc:
+                    self.report(f"{at}.regex", _line(text_node), f"{exc}: {_describe(text_node)}")
+                continue
+            out.append(HeaderMatch(name.lower(), text, "exact" if how == "exact" else "prefix"))
         return out
 
     def weights(self, node: Node, where: str) -> NameTree[Path] | None:
