@@ -151,6 +151,32 @@ class Fault:
 
 
 @dataclass(frozen=True, slots=True)
+class Mirror:
+    """Request mirroring: for `share` of the matching requests, a copy goes to `dst` (a path,
+    bound through the router's dtab) and its answer is dropped. The copy is never retried and is
+    skipped when `max_in_flight` copies of this rule are already under way or the body is over
+    `max_body_bytes`; `timeout_ms` bounds each copy (its body wait, binding, answer and body)."""
+
+    dst: Path
+    share: float
+    max_in_flight: int = 100
+    max_body_bytes: int = 64 * 1024
+    timeout_ms: int = 1000
+
+    def show(self) -> str:
+        return f"copy {self.share:.0%} of matching requests to {self.dst.show()}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "dst": self.dst.show(),
+            "share": self.share,
+            "maxInFlight": self.max_in_flight,
+            "maxBodyBytes": self.max_body_bytes,
+            "timeoutMs": self.timeout_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class MatchRule:
     """A rule as the request path uses it: the names it applies to, its conditions, and its
     dentry (a match rule) or its fault (a fault rule)."""
@@ -160,11 +186,12 @@ class MatchRule:
     dentry: str  # the dentry as dtab text (`/svc/accounts=>/#/fs/accounts-v2`); "" for a fault rule
     name: str = ""
     fault: Fault | None = None
+    mirror: Mirror | None = None
 
 
 @dataclass(slots=True)
 class MatchRules:
-    """The router's current match and fault rules (replaced whole on a routing-file reload).
+    """The router's current match, fault and mirror rules (replaced whole on a routing-file reload).
 
     `active` is true when there is any: the request path tests it and nothing else otherwise.
     `injected` counts the faults injected, by (rule name, kind).
@@ -174,11 +201,15 @@ class MatchRules:
     faults: tuple[MatchRule, ...] = field(default=())
     active: bool = False
     injected: dict[tuple[str, str], int] = field(default_factory=dict)
+    mirrors: tuple[MatchRule, ...] = field(default=())
 
-    def set(self, rules: tuple[MatchRule, ...], faults: tuple[MatchRule, ...]) -> None:
+    def set(
+        self, rules: tuple[MatchRule, ...], faults: tuple[MatchRule, ...], mirrors: tuple[MatchRule, ...] = ()
+    ) -> None:
         self.rules = rules
         self.faults = faults
-        self.active = bool(rules or faults)
+        self.mirrors = mirrors
+        self.active = bool(rules or faults or mirrors)
 
 
 def fault_for(faults: Sequence[MatchRule], path: Path, request: RequestView, draw: float) -> MatchRule | None:

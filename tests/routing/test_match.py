@@ -203,3 +203,40 @@ def test_a_backtracking_shape_costs_linear_time() -> None:
     start = time.process_time()
     assert match.holds(Req(headers={"x": "a" * 60_000})) is False
     assert time.process_time() - start < 0.5
+
+
+def mirror_rule(mirror: str, extra: str = "") -> str:
+    return f"rules:\n  - name: m\n    prefix: /svc/a\n    mirror: {mirror}\n{extra}"
+
+
+def test_a_mirror_rule_has_no_destination_of_its_own_and_keeps_its_limits() -> None:
+    routes = load_routes(mirror_rule("{dst: /#/fs/a-shadow, share: 0.1, maxInFlight: 5, timeoutMs: 200}"), "r.yaml")
+    assert routes.dtab.show() == "" and routes.match_rules == () and routes.fault_rules == ()
+    (rule,) = routes.mirror_rules
+    assert rule.mirror is not None
+    assert (rule.mirror.dst.show(), rule.mirror.share, rule.mirror.max_in_flight, rule.mirror.max_body_bytes,
+            rule.mirror.timeout_ms) == ("/#/fs/a-shadow", 0.1, 5, 65536, 200)
+    assert routes.rules[0].to_json()["mirror"] == {
+        "dst": "/#/fs/a-shadow", "share": 0.1, "maxInFlight": 5, "maxBodyBytes": 65536, "timeoutMs": 200}
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "reason"),
+    [
+        (mirror_rule("{dst: /s, share: 0.1}", "    dst: /x\n"), "rules[0]", "a mirror rule has no destination of its own"),
+        (mirror_rule("{dst: /s, share: 0.1}", "    fault: {share: 1, abort: 503}\n"), "rules[0]",
+         'give "fault" or "mirror", not both'),
+        (mirror_rule("{share: 0.1}"), "rules[0].mirror", 'missing required key "dst"'),
+        (mirror_rule("{dst: /s}"), "rules[0].mirror", 'missing required key "share"'),
+        (mirror_rule("{dst: s, share: 0.1}"), "rules[0].mirror.dst", "expected a path starting with '/'"),
+        (mirror_rule("{dst: /s, share: 0}"), "rules[0].mirror.share", "expected a fraction > 0 and <= 1, got 0"),
+        (mirror_rule("{dst: /s, share: 1, maxInFlight: 0}"), "rules[0].mirror.maxInFlight", "expected an integer 1-10000"),
+        (mirror_rule("{dst: /s, share: 1, timeoutMs: 0}"), "rules[0].mirror.timeoutMs", "expected an integer 1-60000"),
+        (mirror_rule("{dst: /s, share: 1, maxBody: 5}"), "rules[0].mirror.maxBody",
+         'unknown key "maxBody"; did you mean "maxBodyBytes"?'),
+    ],
+)
+def test_mirror_mistakes(text: str, where: str, reason: str) -> None:
+    with pytest.raises(RoutesError) as info:
+        load_routes(text, "r.yaml")
+    assert [(p.where, p.reason[: len(reason)]) for p in info.value.problems] == [(where, reason)]
