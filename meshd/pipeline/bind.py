@@ -293,6 +293,8 @@ def bind_service(
                         f"{fault.share:.0%} of {rule.prefix.show()}",
                         fault.abort,
                     )
+                if held.mirrors and mirroring is not None:
+                    mirroring.copy(held.mirrors, path, ctx)  # a delayed request is copied at once
                 return delayed(ctx, path, (fault.delay_ms or 0) / 1000.0)
         if held.mirrors and mirroring is not None:
             mirroring.copy(held.mirrors, path, ctx)

@@ -169,3 +169,39 @@ rules:
     assert mirrored(text, "error", rule="to-down") == 1600  # connection refused: counted, never retried
     assert mirrored(text, "success", rule="to-down") == 0
     never.set()
+
+
+async def test_a_request_a_fault_aborts_is_not_copied_and_a_delayed_one_is_copied_at_once(make_mesh, make_upstream):
+    routes = """\
+rules:
+  - name: abort-some
+    prefix: /svc/accounts
+    match: {headers: {x-fault: abort}}
+    fault: {share: 1, abort: 503}
+  - name: delay-some
+    prefix: /svc/accounts
+    match: {headers: {x-fault: delay}}
+    fault: {share: 1, delayMs: 60000}
+  - name: copy-all
+    prefix: /svc/accounts
+    mirror: {dst: /#/fs/accounts-shadow, share: 1}
+"""
+    mesh = await make_mesh(routes="routes.yaml", files={"routes.yaml": routes})
+    v1, _v2 = await start_accounts(make_upstream, mesh, replicas=1)
+    shadow = await make_upstream(shadow_handler)
+    mesh.register("accounts-shadow", shadow)
+
+    conn = await RawConnection.open(mesh.port)
+    try:
+        aborted = await conn.request("GET", "/a", [("x-fault", "abort")], host="accounts")
+    finally:
+        await conn.close()
+    assert aborted.status == 503
+    delayed = await RawConnection.open(mesh.port)
+    try:
+        await delayed.send(build_request("GET", "/d", [("x-fault", "delay")], host="accounts"))
+        # the copy arrives while the request itself still waits out its 60 s delay
+        await wait_until(lambda: shadow.requests == 1, timeout=5.0, message="the delayed request's copy")
+    finally:
+        await delayed.close()
+    assert [r.target for r in shadow.received] == ["/d"] and served(v1) == 0
