@@ -6,6 +6,7 @@ none waits for its copy), the copies in flight stay bounded, and skips are count
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 
@@ -60,6 +61,10 @@ async def test_a_share_of_requests_is_copied_to_the_shadow_and_the_answers_are_d
     assert all(r.header("l5d-mirror") is None for up in v1 for r in up.received)
     _, text = await admin_get(mesh.admin_port, "/metrics")
     assert mirrored(text, "error") == mirrored(text, "timeout") == 0
+    _, body = await admin_get(mesh.admin_port, "/admin/routes")
+    (shown,) = json.loads(body)
+    assert shown["mirrorsActive"] == [{"rule": "accounts-shadow", "prefix": "/svc/accounts", "mirror": {
+        "dst": "/#/fs/accounts-shadow", "share": 0.25, "maxInFlight": 100, "maxBodyBytes": 65536, "timeoutMs": 1000}}]
 
 
 POST_SHADOW = """\
