@@ -66,7 +66,8 @@ METRICS: Final[dict[str, str]] = {
     "meshd_faults_injected_total": "Requests a fault-injection rule aborted or delayed, by rule and kind (abort, delay).",
     "meshd_mirrored_requests_total": "Mirrored copies of requests (routing file's mirror rules), by rule and result "
     "(success, failure, error, timeout); the answers are dropped.",
-    "meshd_mirror_skipped_total": "Copies a mirror rule did not make, by rule and reason (in_flight_limit, body_too_large).",
+    "meshd_mirror_skipped_total": "Copies a mirror rule did not make, by rule and reason (in_flight_limit, body_too_large, "
+    "body_incomplete).",
     "meshd_connections_accepted_total": "Downstream connections accepted, per router.",
     "meshd_connections_open": "Downstream connections open now, per router.",
     "meshd_requests_in_flight": "Requests a router is serving now (admitted, response head not yet written).",

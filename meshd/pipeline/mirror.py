@@ -17,7 +17,9 @@ can tell them from real traffic.
 
 Results (`meshd_mirrored_requests_total{router,rule,result}`): `success` (an answer below 500),
 `failure` (5xx), `error` (no connection, reset, circuit open, nothing bound), `timeout`. Skips
-(`meshd_mirror_skipped_total{router,rule,reason}`): `in_flight_limit`, `body_too_large`.
+(`meshd_mirror_skipped_total{router,rule,reason}`): `in_flight_limit`, `body_too_large`,
+`body_incomplete` (the caller's body failed before it ended: the caller left, or stalled past the
+listener's body timeout).
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ class Mirroring:
         self._clock = clock
         #: copies that ended, by (rule, result): success, failure, error, timeout
         self.sent: dict[tuple[str, str], int] = {}
-        #: copies not made, by (rule, reason): in_flight_limit, body_too_large
+        #: copies not made, by (rule, reason): in_flight_limit, body_too_large, body_incomplete
         self.skipped: dict[tuple[str, str], int] = {}
         #: copies under way, by rule
         self.in_flight: dict[str, int] = {}
@@ -149,7 +151,7 @@ class Mirroring:
                 data = body.copy()
                 if data is None or len(data) > mirror.max_body_bytes:
                     result = ""
-                    self._skip(name, "body_too_large")
+                    self._skip(name, "body_incomplete" if body.error is not None else "body_too_large")
                     return
                 if data or body.length is not None or body.chunked:
                     shadow.body = Body.of(data)

@@ -117,6 +117,14 @@ async def test_bodies_up_to_the_limit_are_copied_whole_and_larger_ones_are_skipp
     await wait_until(lambda: shadow.requests == 3, timeout=5.0, message="the late copy")
     assert (shadow.received[2].target, shadow.received[2].body) == ("/late", b"late")
 
+    # a caller that leaves before its body ends: the waiting copy is skipped, not sent half
+    conn = await RawConnection.open(mesh.port)
+    await conn.send(build_request("POST", "/gone", [("content-length", "10")], b"", host="accounts") + b"ab")
+    await wait_until(lambda: router.mirroring.in_flight.get("posts") == 1, timeout=5.0, message="the copy waits")
+    await conn.close()
+    await wait_until(lambda: router.mirroring.in_flight.get("posts") == 0, timeout=5.0, message="the copy gives up")
+    assert router.mirroring.skipped[("posts", "body_incomplete")] == 1 and shadow.requests == 3
+
 
 def closed_port() -> int:
     with socket.socket() as s:
