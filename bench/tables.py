@@ -117,6 +117,19 @@ COLUMNS: Final[dict[str, tuple[Column, ...]]] = {
         Column("stalled requests", number("stalled_requests")),
         Column("r0 share", lambda row: f"{100 * row.shares.get('r0', 0.0):.2f}%" if row.shares else "–"),
     ),
+    "tls": (
+        _TARGET,
+        Column("between the hops", variant, align_right=False),
+        Column("req/s", number("rps")),
+        Column("p50 ms", ms("p50_ms")),
+        Column("p99 ms", ms("p99_ms")),
+        Column("req per CPU-s", number("req_per_cpu_sec")),
+        Column("CPU µs per req", number("cpu_us_per_req", "{:.1f}")),
+        Column("mTLS CPU cost", lambda row: "–" if row.metric("mtls_cpu_cost") is None
+               else f"{100 * (row.metric('mtls_cpu_cost') or 0.0):+.1f}%"),
+        Column("new handshakes per CPU-s", number("handshakes_per_cpu_sec")),
+        Column("errors", number("errors")),
+    ),
     "memory": (
         _TARGET,
         Column("state", variant, align_right=False),

@@ -571,7 +571,7 @@ def _match_rules_of(router: Router) -> Callable[[Routes], None]:
     its fault rules, and the rest of it (its `authorization` policy, docs/tls.md)."""
 
     def applied(routes: Routes) -> None:
-        router.set_match_rules(routes.match_rules, routes.fault_rules)
+        router.set_match_rules(routes.match_rules, routes.fault_rules, routes.mirror_rules)
         router.set_routes(routes)
 
     return applied

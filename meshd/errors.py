@@ -223,6 +223,13 @@ class FaultInjected(MeshdError):
         self.status = status
 
 
+class MirrorDiscarded(MeshdError):
+    """The answer to a mirrored copy of a request (a routing file's `mirror` rule) is dropped:
+    its body is cut with this when the copy is over. Never sent to any client."""
+
+    kind = "mirror_discarded"
+
+
 class LoopDetected(MeshdError):
     """The request already passed through too many meshd hops (its `Via` says so): 508, not forwarded.
 

@@ -51,6 +51,7 @@ from meshd.pipeline.authorize import Authorization
 from meshd.pipeline.bind import Binder, bind_service
 from meshd.pipeline.context import RouteContext
 from meshd.pipeline.hygiene import RequestIds, TrustPolicy
+from meshd.pipeline.mirror import Mirroring
 from meshd.pipeline.retries import RetryCounters
 from meshd.pipeline.stack import Service
 from meshd.pipeline.stats import OVERFLOW_SERVICE, RouterStats
@@ -184,8 +185,12 @@ class Router:
         )
         #: the routing file's rules with `match:` (empty: the request path tests this and goes on)
         self.match_rules = MatchRules()
+        #: the routing file's mirror rules' copies, and their counts (meshd/pipeline/mirror.py)
+        self.mirroring = Mirroring(self.binder, self, rng=self._rng, clock=runtime.clock)
         self.service: Service = self.stack.build(
-            bind_service(self.binder, self, self.match_rules, rng=self._rng, clock=runtime.clock)
+            bind_service(
+                self.binder, self, self.match_rules, rng=self._rng, clock=runtime.clock, mirroring=self.mirroring
+            )
         )
 
     # -- limits for this router's listeners ----------------------------------------------------
@@ -210,10 +215,18 @@ class Router:
         """Install the routes file's entries after the router's own dtab (so they take precedence)."""
         self.dtab.set(self.own_dtab + routes)
 
-    def set_match_rules(self, rules: tuple[MatchRule, ...], faults: tuple[MatchRule, ...] = ()) -> None:
-        """Install the routing file's rules with `match:` and its fault rules (applied per request;
-        see routing.match). Fault injection is announced loudly: one warning per rule on."""
-        self.match_rules.set(rules, faults)
+    def set_match_rules(
+        self, rules: tuple[MatchRule, ...], faults: tuple[MatchRule, ...] = (), mirrors: tuple[MatchRule, ...] = ()
+    ) -> None:
+        """Install the routing file's rules with `match:`, its fault rules and its mirror rules
+        (applied per request; see routing.match). Fault injection is announced loudly: one
+        warning per rule on; mirroring with one info line per rule."""
+        self.match_rules.set(rules, faults, mirrors)
+        for rule in mirrors:
+            assert rule.mirror is not None
+            when = f" when {rule.match.show()}" if rule.match.show() else ""
+            log.info("router %s: mirroring: rule %s: %s under %s%s",
+                     self.label, rule.name, rule.mirror.show(), rule.prefix.show(), when)
         for rule in faults:
             assert rule.fault is not None
             when = f" when {rule.match.show()}" if rule.match.show() else ""
@@ -326,6 +339,14 @@ class Router:
         return self.binder.negative_reasons(path, ctx.local_dtab)
 
     # -- client level -------------------------------------------------------------------------
+    def mirror_client(self, id: Path) -> Client:
+        """The client of a bound name for a mirrored copy (meshd/pipeline/mirror.py), marked used."""
+        client = self.clients.get(id)
+        if client is None:
+            client = self.client_for(id)
+        client.used = self._tick
+        return client
+
     def client_for(self, id: Path) -> Client:
         client = self.clients.get(id)
         if client is None:
@@ -468,6 +489,7 @@ class Router:
 
     def close(self) -> None:
         self.binder.close()
+        self.mirroring.close()
         for client in self.clients.values():
             client.close()
         for transformer in self.transformers:

@@ -7,10 +7,11 @@ dtab stays its fallback. `matched_dtab` returns those dentries as dtab text (the
 key); the router keeps the compiled rules in a `MatchRules` holder, whose `rules` is empty when
 the routing file has none (then the request path does one attribute test and nothing else).
 
-Matching is plain string comparison: a header's first value equal to a text (`exact`) or
-starting with it (`prefix`), the method equal to a token, the request path equal to a path
-prefix or below it (segment by segment: `/v2` matches `/v2` and `/v2/x`, not `/v2x`). No
-regular expressions are evaluated, so no request can make matching slow.
+Matching is string comparison: a header's first value equal to a text (`exact`), starting
+with it (`prefix`), or matching a regular expression in full (`regex`, compiled by RE2 in
+`routing/regex.py`: linear time in the value's length, so no request can make matching slow),
+the method equal to a token, the request path equal to a path prefix or below it (segment by
+segment: `/v2` matches `/v2` and `/v2/x`, not `/v2x`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Literal, Protocol
 
 from routing.dtab import Prefix
 from routing.path import Path
+from routing.regex import Pattern, compile_regex
 
 
 class RequestView(Protocol):
@@ -39,17 +41,33 @@ class RequestView(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class HeaderMatch:
+    """One header condition: the header's first value is `value` (exact), starts with it
+    (prefix), or matches the regular expression `value` in full (regex, compiled at creation;
+    raises routing.regex.RegexError for a pattern that is refused)."""
+
     name: str  # lower-case
     value: str
-    how: Literal["exact", "prefix"] = "exact"
+    how: Literal["exact", "prefix", "regex"] = "exact"
+    pattern: Pattern | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.how == "regex" and self.pattern is None:
+            object.__setattr__(self, "pattern", compile_regex(self.value))
 
     def holds(self, request: RequestView) -> bool:
         value = request.header(self.name)
         if value is None:
             return False
-        return value == self.value if self.how == "exact" else value.startswith(self.value)
+        if self.how == "exact":
+            return value == self.value
+        if self.how == "prefix":
+            return value.startswith(self.value)
+        pattern = self.pattern
+        return pattern is not None and pattern.fullmatch(value) is not None
 
     def show(self) -> str:
+        if self.how == "regex":
+            return f"{self.name} ~ /{self.value}/"
         return f"{self.name}: {self.value}" if self.how == "exact" else f"{self.name}: {self.value}*"
 
 
@@ -133,6 +151,32 @@ class Fault:
 
 
 @dataclass(frozen=True, slots=True)
+class Mirror:
+    """Request mirroring: for `share` of the matching requests, a copy goes to `dst` (a path,
+    bound through the router's dtab) and its answer is dropped. The copy is never retried and is
+    skipped when `max_in_flight` copies of this rule are already under way or the body is over
+    `max_body_bytes`; `timeout_ms` bounds each copy (its body wait, binding, answer and body)."""
+
+    dst: Path
+    share: float
+    max_in_flight: int = 100
+    max_body_bytes: int = 64 * 1024
+    timeout_ms: int = 1000
+
+    def show(self) -> str:
+        return f"copy {self.share:.0%} of matching requests to {self.dst.show()}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "dst": self.dst.show(),
+            "share": self.share,
+            "maxInFlight": self.max_in_flight,
+            "maxBodyBytes": self.max_body_bytes,
+            "timeoutMs": self.timeout_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class MatchRule:
     """A rule as the request path uses it: the names it applies to, its conditions, and its
     dentry (a match rule) or its fault (a fault rule)."""
@@ -142,11 +186,12 @@ class MatchRule:
     dentry: str  # the dentry as dtab text (`/svc/accounts=>/#/fs/accounts-v2`); "" for a fault rule
     name: str = ""
     fault: Fault | None = None
+    mirror: Mirror | None = None
 
 
 @dataclass(slots=True)
 class MatchRules:
-    """The router's current match and fault rules (replaced whole on a routing-file reload).
+    """The router's current match, fault and mirror rules (replaced whole on a routing-file reload).
 
     `active` is true when there is any: the request path tests it and nothing else otherwise.
     `injected` counts the faults injected, by (rule name, kind).
@@ -156,11 +201,15 @@ class MatchRules:
     faults: tuple[MatchRule, ...] = field(default=())
     active: bool = False
     injected: dict[tuple[str, str], int] = field(default_factory=dict)
+    mirrors: tuple[MatchRule, ...] = field(default=())
 
-    def set(self, rules: tuple[MatchRule, ...], faults: tuple[MatchRule, ...]) -> None:
+    def set(
+        self, rules: tuple[MatchRule, ...], faults: tuple[MatchRule, ...], mirrors: tuple[MatchRule, ...] = ()
+    ) -> None:
         self.rules = rules
         self.faults = faults
-        self.active = bool(rules or faults)
+        self.mirrors = mirrors
+        self.active = bool(rules or faults or mirrors)
 
 
 def fault_for(faults: Sequence[MatchRule], path: Path, request: RequestView, draw: float) -> MatchRule | None:

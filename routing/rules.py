@@ -42,10 +42,11 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from routing.authz import AuthzRule, Policy, check_pattern
 from routing.delegate import JsonValue
 from routing.dtab import Dentry, Dtab, Prefix
-from routing.match import Fault, HeaderMatch, Match, MatchRule
+from routing.match import Fault, HeaderMatch, Match, MatchRule, Mirror
 from routing.nametree import NEG, Leaf, NameTree, Union, Weighted, show
 from routing.parser import DtabSyntaxError, context_lines, parse_dtab, parse_path, parse_prefix, parse_tree
 from routing.path import Path
+from routing.regex import RegexError
 from routing.suggest import closest, did_you_mean
 
 _STR: Final = "tag:yaml.org,2002:str"
@@ -56,8 +57,9 @@ _NULL: Final = "tag:yaml.org,2002:null"
 _TOP_KEYS: Final = ("dtab", "rules", "authorization")
 _AUTHZ_KEYS: Final = ("default", "rules")
 _AUTHZ_RULE_KEYS: Final = ("name", "prefix", "allow")
-_RULE_KEYS: Final = ("name", "description", "prefix", "match", "dst", "weights", "fault", "enabled")
+_RULE_KEYS: Final = ("name", "description", "prefix", "match", "dst", "weights", "fault", "mirror", "enabled")
 _FAULT_KEYS: Final = ("share", "abort", "delayMs")
+_MIRROR_KEYS: Final = ("dst", "share", "maxInFlight", "maxBodyBytes", "timeoutMs")
 _MATCH_KEYS: Final = ("headers", "method", "pathPrefix")
 _HEADER_MATCH_KEYS: Final = ("exact", "prefix", "regex")
 _TOKEN_CHARS: Final = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -187,6 +189,8 @@ class Rule:
     match: Match | None = None
     #: fault injection; a fault rule has no destination (its `dst` is `~`) and is not in the dtab
     fault: Fault | None = None
+    #: request mirroring; a mirror rule has no destination of its own either (`dst` is `~`)
+    mirror: Mirror | None = None
 
     @property
     def dentry(self) -> Dentry:
@@ -206,6 +210,9 @@ class Rule:
         if self.fault is not None:
             del out["dst"]
             out["fault"] = self.fault.to_json()  # type: ignore[assignment]
+        if self.mirror is not None:
+            del out["dst"]
+            out["mirror"] = self.mirror.to_json()  # type: ignore[assignment]
         return out
 
 
@@ -223,8 +230,8 @@ class Routes:
 
     @property
     def dtab_rules(self) -> tuple[Rule, ...]:
-        """The enabled rules whose dentries are in `dtab` (no `match`, no `fault`), in order."""
-        return tuple(r for r in self.rules if r.enabled and r.match is None and r.fault is None)
+        """The enabled rules whose dentries are in `dtab` (no `match`, `fault` or `mirror`), in order."""
+        return tuple(r for r in self.rules if r.enabled and r.match is None and r.fault is None and r.mirror is None)
 
     @property
     def match_rules(self) -> tuple[MatchRule, ...]:
@@ -232,7 +239,14 @@ class Routes:
         return tuple(
             MatchRule(r.prefix, r.match, r.dentry.show(), r.name)
             for r in self.rules
-            if r.enabled and r.match is not None and r.fault is None
+            if r.enabled and r.match is not None and r.fault is None and r.mirror is None
+        )
+
+    @property
+    def mirror_rules(self) -> tuple[MatchRule, ...]:
+        """The enabled mirror rules, as the request path applies them (no `match`: every request)."""
+        return tuple(
+            MatchRule(r.prefix, r.match or Match(), "", r.name, None, r.mirror) for r in self.rules if r.enabled and r.mirror
         )
 
     @property
@@ -295,7 +309,7 @@ class _Loader:
         policy = self.authorization(fields["authorization"][1]) if "authorization" in fields else None
         if self.problems:
             raise self.failure()
-        applied = tuple(r.dentry for r in rules if r.enabled and r.match is None and r.fault is None)
+        applied = tuple(r.dentry for r in rules if r.enabled and r.match is None and r.fault is None and r.mirror is None)
         return Routes(text_dtab + Dtab(applied), rules, text_dtab, self.source, policy)
 
     def authorization(self, node: Node) -> Policy | None:
@@ -425,10 +439,19 @@ class _Loader:
         for required in ("name", "prefix"):
             if required not in fields and required not in self.meant:
                 self.report(where, _line(node), f'missing required key "{required}"')
-        misspelled = bool(self.meant & {"dst", "weights", "fault"})
-        if "fault" in fields:
+        misspelled = bool(self.meant & {"dst", "weights", "fault", "mirror"})
+        if "fault" in fields and "mirror" in fields:
+            self.report(where, _line(node), 'give "fault" or "mirror", not both (one rule for each)')
+        elif "fault" in fields:
             if "dst" in fields or "weights" in fields:
                 self.report(where, _line(node), 'a fault rule has no destination: give "fault" or "dst"/"weights", not both')
+        elif "mirror" in fields:
+            if "dst" in fields or "weights" in fields:
+                self.report(
+                    where, _line(node),
+                    'a mirror rule has no destination of its own (the copy goes to mirror.dst, the request '
+                    'where the dtab says): give "mirror" or "dst"/"weights", not both',
+                )
         elif ("dst" in fields) == ("weights" in fields) and not (
             misspelled and "dst" not in fields and "weights" not in fields
         ):
@@ -463,9 +486,40 @@ class _Loader:
         if "fault" in fields:
             fault = self.fault(fields["fault"][1], f"{where}.fault")
             dst = NEG
+        mirror: Mirror | None = None
+        if "mirror" in fields:
+            mirror = self.mirror(fields["mirror"][1], f"{where}.mirror")
+            dst = NEG
         if len(self.problems) > before or name is None or prefix is None or dst is None or enabled is None:
             return None
-        return Rule(name, prefix, dst, description, enabled, name_line, match, fault)
+        return Rule(name, prefix, dst, description, enabled, name_line, match, fault, mirror)
+
+    def mirror(self, node: Node, where: str) -> Mirror | None:
+        if not isinstance(node, MappingNode):
+            self.report(where, _line(node), f"expected a mapping with dst and share, got {_describe(node)}")
+            return None
+        before = len(self.problems)
+        fields = self.mapping(node, where, _MIRROR_KEYS)
+        for required, why in (("dst", "the path to copy requests to"), ("share", "the fraction of matching requests")):
+            if required not in fields:
+                self.report(where, _line(node), f'missing required key "{required}" ({why})')
+        dst = self.parsed(fields["dst"][1], f"{where}.dst", parse_path) if "dst" in fields else None
+        share = self.number(fields["share"][1], f"{where}.share", what="share") if "share" in fields else None
+        if share is not None and not 0 < share <= 1:
+            self.report(f"{where}.share", _line(fields["share"][1]), f"expected a fraction > 0 and <= 1, got {share:g}")
+        defaults = Mirror(Path(()), 1.0)
+        limits = (
+            ("maxInFlight", 1, 10_000, defaults.max_in_flight),
+            ("maxBodyBytes", 0, 16 * 1024 * 1024, defaults.max_body_bytes),
+            ("timeoutMs", 1, 60_000, defaults.timeout_ms),
+        )
+        values: list[int] = []
+        for key, low, high, default in limits:
+            value = self.integer(fields[key][1], f"{where}.{key}", low, high) if key in fields else default
+            values.append(value if value is not None else default)
+        if len(self.problems) > before or dst is None or share is None:
+            return None
+        return Mirror(dst, share, values[0], values[1], values[2])
 
     def fault(self, node: Node, where: str) -> Fault | None:
         if not isinstance(node, MappingNode):
@@ -545,24 +599,31 @@ class _Loader:
                 out.append(HeaderMatch(name.lower(), str(value_node.value)))  # `x-user: 42` means the text 42
                 continue
             if not isinstance(value_node, MappingNode):
-                self.report(at, _line(value_node), f"expected a value, or {{exact: ...}} or {{prefix: ...}}, got {_describe(value_node)}")
+                self.report(
+                    at,
+                    _line(value_node),
+                    f"expected a value, or {{exact: ...}}, {{prefix: ...}} or {{regex: ...}}, got {_describe(value_node)}",
+                )
                 continue
             how_fields = self.mapping(value_node, at, _HEADER_MATCH_KEYS)
-            if "regex" in how_fields:
-                self.report(f"{at}.regex", _line(how_fields["regex"][0]),
-                            "regular expressions are not matched (a regex can make matching slow); use exact or prefix")
-                continue
             if len(how_fields) != 1:
                 if how_fields:
-                    self.report(at, _line(value_node), "give one of exact and prefix")
+                    self.report(at, _line(value_node), "give one of exact, prefix and regex")
                 elif not value_node.value:
-                    self.report(at, _line(value_node), "give one of exact and prefix")
+                    self.report(at, _line(value_node), "give one of exact, prefix and regex")
                 continue
             ((how, (_k, text_node)),) = how_fields.items()
             if not (isinstance(text_node, ScalarNode) and text_node.tag in (_STR, _INT)):
                 self.report(f"{at}.{how}", _line(text_node), f"expected text, got {_describe(text_node)}")
                 continue
-            out.append(HeaderMatch(name.lower(), str(text_node.value), "exact" if how == "exact" else "prefix"))
+            text = str(text_node.value)
+            if how == "regex":
+                try:
+                    out.append(HeaderMatch(name.lower(), text, "regex"))
+                except RegexError as exc:
+                    self.report(f"{at}.regex", _line(text_node), f"{exc}: {_describe(text_node)}")
+                continue
+            out.append(HeaderMatch(name.lower(), text, "exact" if how == "exact" else "prefix"))
         return out
 
     def weights(self, node: Node, where: str) -> NameTree[Path] | None:

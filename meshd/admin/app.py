@@ -141,6 +141,11 @@ async def routes(request: web.Request) -> web.Response:
                     {"rule": rule.name, "prefix": rule.prefix.show(), "fault": rule.fault.to_json() if rule.fault else None}
                     for rule in router.match_rules.faults
                 ],
+                "mirrorsActive": [
+                    {"rule": rule.name, "prefix": rule.prefix.show(),
+                     "mirror": rule.mirror.to_json() if rule.mirror else None}
+                    for rule in router.match_rules.mirrors
+                ],
                 "reloads": {"success": watcher.successes, "error": watcher.errors} if watcher else None,
                 "lastError": watcher.last_error if watcher else None,
             }

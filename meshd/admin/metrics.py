@@ -64,6 +64,10 @@ METRICS: Final[dict[str, str]] = {
     "meshd_routes_loaded_timestamp_seconds": "When the routing-file version in force was applied (Unix time).",
     "meshd_fault_rules_active": "Fault-injection rules in force (routing file); anything but 0 means requests fail on purpose.",
     "meshd_faults_injected_total": "Requests a fault-injection rule aborted or delayed, by rule and kind (abort, delay).",
+    "meshd_mirrored_requests_total": "Mirrored copies of requests (routing file's mirror rules), by rule and result "
+    "(success, failure, error, timeout); the answers are dropped.",
+    "meshd_mirror_skipped_total": "Copies a mirror rule did not make, by rule and reason (in_flight_limit, body_too_large, "
+    "body_incomplete).",
     "meshd_connections_accepted_total": "Downstream connections accepted, per router.",
     "meshd_connections_open": "Downstream connections open now, per router.",
     "meshd_requests_in_flight": "Requests a router is serving now (admitted, response head not yet written).",
@@ -247,6 +251,13 @@ def _steps(daemon: MetricsView, text: _Text) -> Iterator[None]:
             for (rule, kind), count in list(held.injected.items()):
                 labels = f'{r},rule="{_esc(rule)}",kind="{kind}"'
                 faults_injected.append(f"meshd_faults_injected_total{{{labels}}} {_n(count)}\n")
+            mirroring = router.mirroring
+            for (rule, result), count in list(mirroring.sent.items()):
+                labels = f'{r},rule="{_esc(rule)}",result="{result}"'
+                f["meshd_mirrored_requests_total"].append(f"meshd_mirrored_requests_total{{{labels}}} {_n(count)}\n")
+            for (rule, reason), count in list(mirroring.skipped.items()):
+                labels = f'{r},rule="{_esc(rule)}",reason="{reason}"'
+                f["meshd_mirror_skipped_total"].append(f"meshd_mirror_skipped_total{{{labels}}} {_n(count)}\n")
         listeners = daemon.listeners_of(router.label)
         accepted.append(f"meshd_connections_accepted_total{{{r}}} {_n(sum(lst.accepted for lst in listeners))}\n")
         open_conns.append(f"meshd_connections_open{{{r}}} {_n(sum(len(lst.connections) for lst in listeners))}\n")

@@ -125,6 +125,14 @@ class RouterStatsView(Protocol):
     def services(self) -> Mapping[str, RequestStats]: ...
 
 
+class MirroringView(Protocol):
+    @property
+    def sent(self) -> Mapping[tuple[str, str], int]: ...
+
+    @property
+    def skipped(self) -> Mapping[tuple[str, str], int]: ...
+
+
 class RouterView(Protocol):
     @property
     def label(self) -> str: ...
@@ -135,6 +143,11 @@ class RouterView(Protocol):
     @property
     def match_rules(self) -> MatchRules:
         """The routing file's rules with `match:` and fault rules, with the faults injected."""
+        ...
+
+    @property
+    def mirroring(self) -> MirroringView:
+        """The mirror rules' copies, counted (meshd/pipeline/mirror.py)."""
         ...
 
     @property

@@ -75,7 +75,7 @@ class _Site:
     where: str
     node: Node | None  # the YAML scalar holding its text (None: not known)
     tree: NameTree[Path]
-    kind: str  # "branch" (of a union) or "rule" (a rule's whole destination)
+    kind: str  # "branch" (of a union), "rule" (a rule's whole destination) or "mirror" (a mirror's dst)
 
 
 def static_namers(config: MeshdConfig, base_dir: pathlib.Path) -> dict[Path, _StaticNamer]:
@@ -143,6 +143,8 @@ def _check(site: _Site, dtab: Dtab, namers: dict[Path, _StaticNamer], text: str)
     reason = _why(site.tree, namers)
     if site.kind == "branch":
         consequence = "this weighted branch gets 0% of the traffic"
+    elif site.kind == "mirror":
+        consequence = "every copy fails (counted as error); the requests themselves are not affected"
     else:
         consequence = "the rule never applies: its names fall back to the earlier dentries"
     return _problem(site, text, f"{show(site.tree)} can never bind with the namers configured ({reason}); {consequence}")
@@ -208,6 +210,9 @@ def _routes_sites(routes: Routes, text: str) -> Iterator[_Site]:
     root = _compose(text)
     yield from _dtab_sites(routes.text_dtab, "dtab", _at(root, ("dtab",)))
     for i, rule in enumerate(routes.rules):
+        if rule.enabled and rule.mirror is not None:  # a mirror rule's copies go to mirror.dst
+            yield _Site(f"rules[{i}].mirror.dst", _at(root, ("rules", i, "mirror", "dst")), Leaf(rule.mirror.dst), "mirror")
+            continue
         if not rule.enabled or rule.fault is not None:  # a fault rule has no destination
             continue
         weights = _at(root, ("rules", i, "weights"))

@@ -128,6 +128,19 @@ class Body:
     def replayable(self) -> bool:
         return self._kept is not None or (self.received == 0)
 
+    def copy(self) -> bytes | None:
+        """Every byte of a body that has ended without error, from the replay buffer (request
+        mirroring copies a request this way); None when it is not over yet, failed, or was
+        larger than the replay buffer."""
+        if not self.ended or self._error is not None:
+            return None
+        if self.received == 0:
+            return b""
+        kept = self._kept
+        if kept is None:
+            return None
+        return kept[0] if len(kept) == 1 else b"".join(kept)
+
     def set_producer(self, producer: FlowControl) -> None:
         self._producer = producer
 

@@ -31,9 +31,10 @@ and the closure it returns is named after the arrow.
    request; sets `ctx.logical_path` and `ctx.logical_name`.
 9. `meshd.pipeline.bind:bind_service` -> `bind_request` - sets `ctx.chooser` from the binding
    cache (or `Binder.bind`, which delegates through the dtab), then calls the next step. When
-   the routing file has rules with `match:` or `fault:` (one attribute test otherwise),
-   `with_rules` first applies a fault (abort, or `delayed`) and `matched` adds the dentries of
-   the match rules that hold to the binding key.
+   the routing file has rules with `match:`, `fault:` or `mirror:` (one attribute test
+   otherwise), `with_rules` first applies a fault (abort, or `delayed`), hands the request to
+   `meshd.pipeline.mirror:Mirroring.copy` (which starts its copies as tasks of their own), and
+   `matched` adds the dentries of the match rules that hold to the binding key.
 10. `meshd.router:Router.service_for` - the logical name's service chain, built on its first
     request by `Router._new_service` from `assemble.service_stack`.
 11. `meshd.pipeline.access_log:AccessLog.stage` -> `log_request` - only with `accessLog: true`.

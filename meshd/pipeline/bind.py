@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import Awaitable, Container, Mapping
+from collections.abc import Awaitable, Container, Mapping, Sequence
 from typing import Protocol
 
 from meshd.clock import MONOTONIC, Clock
@@ -43,7 +43,7 @@ from routing.delegate import (
     parse_dtab_header,
 )
 from routing.dtab import Dtab
-from routing.match import MatchRules, fault_for, matched_dtab
+from routing.match import MatchRule, MatchRules, fault_for, matched_dtab
 from routing.namer import Namer
 from routing.parser import DtabSyntaxError
 from routing.path import Path
@@ -231,6 +231,12 @@ class Binder:
                 w.cancel()
 
 
+class Copier(Protocol):
+    """Request mirroring (meshd/pipeline/mirror.py): starts the copies a request gets, at once."""
+
+    def copy(self, rules: Sequence[MatchRule], path: Path, ctx: RouteContext) -> None: ...
+
+
 class ServiceLookup(Protocol):
     """What the bind step needs from the router: the service-level stack of a logical name."""
 
@@ -244,14 +250,17 @@ def bind_service(
     *,
     rng: random.Random | None = None,
     clock: Clock = MONOTONIC,
+    mirroring: Copier | None = None,
 ) -> Service:
     """The innermost router-level step: bind, then hand over to the logical name's service stack.
 
     `matching` holds the routing file's rules with `match:` and its fault rules. A fault rule
     that applies to a request (its share drawn from `rng`) answers it with its status
     (`FaultInjected`) or delays it on `clock`; then the dentries of the match rules that hold
-    are added after the request's local dtab for binding (not forwarded downstream). With no
-    such rules a request costs one attribute test here.
+    are added after the request's local dtab for binding (not forwarded downstream). Mirror
+    rules hand the request to `mirroring`, which starts its copies without delaying it (a
+    request a fault aborts is not copied). With no such rules a request costs one attribute
+    test here.
     """
 
     cache = binder.cache
@@ -284,7 +293,11 @@ def bind_service(
                         f"{fault.share:.0%} of {rule.prefix.show()}",
                         fault.abort,
                     )
+                if held.mirrors and mirroring is not None:
+                    mirroring.copy(held.mirrors, path, ctx)  # a delayed request is copied at once
                 return delayed(ctx, path, (fault.delay_ms or 0) / 1000.0)
+        if held.mirrors and mirroring is not None:
+            mirroring.copy(held.mirrors, path, ctx)
         return matched(ctx, path)
 
     async def delayed(ctx: RouteContext, path: Path, delay_s: float) -> Response:

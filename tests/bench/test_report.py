@@ -56,13 +56,14 @@ def test_goals_are_met_missed_or_not_measured(run):
         "failing-replica": [True],  # 99.995% success, amplification 1.2
         "stall": [False],  # p99.9 2000 ms against 25 ms without the stall
         "memory": [True],  # 45 MB per worker
+        "tls": [None, None],  # the canned run has no tls scenario
     }
 
 
 def test_goals_without_the_rows_they_need_are_not_measured(run):
     empty = replace(run, scenarios=(replace(run.scenario("throughput"), rows=()),))
     outcomes = goals.evaluate(empty)
-    assert len(outcomes) == 9
+    assert len(outcomes) == 11  # two of them the tls scenario's
     assert all(g.met is None and g.verdict == "not measured" for g in outcomes)
 
 
@@ -166,3 +167,23 @@ def test_hand_written_analysis_survives_regeneration(run, tmp_path):
     assert text.index("## Goals") < text.index("## What limits meshd") < text.index("## Machine")
     assert "The profile says X." in text
     assert write_docs(root, docs / "benchmarks.md").read_text() == text  # stable when run again
+
+
+def test_tls_goals_read_the_mtls_and_plaintext_rows():
+    def tls(meshd_mtls: float, envoy_mtls: float, cost: float) -> BenchRun:
+        rows = (
+            Row(target="meshd", variant="plaintext", metrics={"req_per_cpu_sec": 20000.0, "cpu_us_per_req": 50.0}),
+            Row(target="meshd", variant="mtls", metrics={"req_per_cpu_sec": meshd_mtls,
+                                                          "cpu_us_per_req": 50.0 * (1 + cost), "mtls_cpu_cost": cost}),
+            Row(target="envoy", variant="mtls", metrics={"req_per_cpu_sec": envoy_mtls}),
+        )
+        canned = from_json(CANNED.read_text())
+        return replace(canned, scenarios=(ScenarioResult(name="tls", options={}, rows=rows),))
+
+    met = [g for g in goals.evaluate(tls(18000.0, 15000.0, 0.2)) if g.scenario == "tls"]
+    assert [(g.met, g.measured) for g in met] == [
+        (True, "18,000 vs Envoy 15,000"), (True, "+20.0% (60.0 vs 50.0 µs per request)")]
+    missed = [g.met for g in goals.evaluate(tls(14000.0, 15000.0, 0.3)) if g.scenario == "tls"]
+    assert missed == [False, False]
+    table = scenario_text(tls(18000.0, 15000.0, 0.2).scenarios[0], [])
+    assert "+20.0%" in table and "mtls" in table and "plaintext" in table

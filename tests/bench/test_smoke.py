@@ -17,7 +17,7 @@ from bench.cli import main
 from bench.processes import Supervisor
 from bench.progress import Progress
 from bench.results import ScenarioResult, from_json, load, to_json
-from bench.scenarios import failing_replica, latency, memory, slow_replica, stall, throughput
+from bench.scenarios import failing_replica, latency, memory, slow_replica, stall, throughput, tls
 from bench.scenarios.context import RunContext
 from bench.targets.catalog import FAMILIES, Selection
 from bench.targets.peers import envoy_binary, haproxy_binary, nginx_binary
@@ -167,6 +167,23 @@ def test_memory(ctx):
     assert variants == expected
     for row in result.rows:
         assert row.metrics["rss_mb"] > 0 and row.metrics["rss_mb_per_worker"] <= row.metrics["rss_mb"]
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None and not IN_CI, reason=f"wrk is not installed: {INSTALL}")
+def test_tls(ctx):
+    options = tls.TlsOptions(connections=4, duration_secs=1, repeats=1, handshake_secs=1, handshake_clients=1)
+    result = tls.run(ctx, options)
+    check_common(result, "tls")
+    families = ({"meshd"} if WITH_MESHD else set()) | ({"envoy"} & PEERS_AVAILABLE)
+    assert {(r.target, r.variant) for r in result.rows} == {(f, v) for f in families for v in ("plaintext", "mtls")}
+    for row in result.rows:
+        assert row.metrics["rps"] > 0 and row.metrics["errors"] == 0
+        assert row.metrics["front_cpu_secs"] > 0 and row.metrics["back_cpu_secs"] > 0
+        assert row.metrics["req_per_cpu_sec"] > 0
+        if row.variant == "mtls":
+            # each s_time connection is a full mutual-TLS handshake answered 200 by the second proxy
+            assert row.metrics["handshakes"] > 0 and row.metrics["handshakes_per_cpu_sec"] > 0
+            assert "mtls_cpu_cost" in row.metrics
 
 
 def test_cli_writes_results_report_and_charts(tmp_path: Path):

@@ -29,6 +29,8 @@ ROUTES = "dtab: |\n  /svc => /#/fs;\n"
 ONLY_WHEN_CONFIGURED = {
     "meshd_daemonset_forwarded_total": "routers with transformers",
     "meshd_faults_injected_total": "routing files with fault rules (tests/integration/test_fault_rules.py)",
+    "meshd_mirrored_requests_total": "routing files with mirror rules (tests/integration/test_mirror_rules.py)",
+    "meshd_mirror_skipped_total": "routing files with mirror rules (tests/integration/test_mirror_rules.py)",
     # TLS and authorization (docs/tls.md; tests/integration/test_tls_*.py, test_authz.py check them)
     "meshd_tls_handshakes_total": "TLS servers or clients",
     "meshd_tls_handshake_failures_total": "TLS servers or clients",

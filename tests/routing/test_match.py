@@ -41,9 +41,19 @@ def test_a_match_rule_is_not_in_the_dtab_and_becomes_a_match_rule() -> None:
 @pytest.mark.parametrize(
     ("match", "where", "reason"),
     [
-        ("headers:\n  x-user: {regex: '(a+)+$'}\n", "rules[0].match.headers.x-user.regex",
-         "regular expressions are not matched (a regex can make matching slow); use exact or prefix"),
-        ("headers:\n  x-user: {exact: a, prefix: b}\n", "rules[0].match.headers.x-user", "give one of exact and prefix"),
+        ("headers:\n  x-user: {regex: '(a)\\1'}\n", "rules[0].match.headers.x-user.regex",
+         "RE2 cannot use this pattern: invalid escape sequence: \\1 (RE2 has no backreferences or lookaround)"),
+        ("headers:\n  x-user: {regex: '(?=a)b'}\n", "rules[0].match.headers.x-user.regex",
+         "RE2 cannot use this pattern: invalid perl operator: (?="),
+        ("headers:\n  x-user: {regex: '.{1000}'}\n", "rules[0].match.headers.x-user.regex",
+         "the pattern compiles to 8004 RE2 instructions, over the limit of 200"),
+        ("headers:\n  x-user: {regex: '(a{1000}){1000}'}\n", "rules[0].match.headers.x-user.regex",
+         "RE2 cannot use this pattern: invalid repetition size"),
+        ("headers:\n  x-user: {regex: '\\pL{1000}'}\n", "rules[0].match.headers.x-user.regex",
+         "the pattern is too large for RE2's memory limit of 1024 KiB"),
+        ("headers:\n  x-user: {regex: '" + "a" * 1001 + "'}\n", "rules[0].match.headers.x-user.regex",
+         "the pattern is 1001 characters, over the limit of 1000"),
+        ("headers:\n  x-user: {exact: a, prefix: b}\n", "rules[0].match.headers.x-user", "give one of exact, prefix and regex"),
         ("headers:\n  x user: a\n", "rules[0].match.headers.x user", 'expected a header name, got "x user"'),
         ("headers:\n  x-user: [a]\n", "rules[0].match.headers.x-user", "expected a value, or {exact: ...}"),
         ("headers: {}\n", "rules[0].match.headers", "expected a mapping from header name to value"),
@@ -117,6 +127,116 @@ def test_a_fault_rule_has_no_destination_and_is_not_in_the_dtab() -> None:
     ],
 )
 def test_fault_mistakes(text: str, where: str, reason: str) -> None:
+    with pytest.raises(RoutesError) as info:
+        load_routes(text, "r.yaml")
+    assert [(p.where, p.reason[: len(reason)]) for p in info.value.problems] == [(where, reason)]
+
+
+def test_a_regex_condition_loads_and_shows_as_written() -> None:
+    routes = load_routes(rules_text("headers:\n  x-user: {regex: '(user|admin)-[0-9]{1,6}'}\n"), "r.yaml")
+    (rule,) = routes.match_rules
+    assert rule.match == Match((HeaderMatch("x-user", "(user|admin)-[0-9]{1,6}", "regex"),))
+    assert routes.rules[0].to_json()["match"] == {"headers": {"x-user": {"regex": "(user|admin)-[0-9]{1,6}"}}}
+
+
+@pytest.mark.parametrize(
+    ("value", "holds"),
+    [
+        ("user-42", True),
+        ("admin-123456", True),
+        ("user-1234567", False),  # too many digits
+        ("xuser-42", False),  # anchored at the start, as Envoy's safe_regex
+        ("user-42x", False),  # and at the end
+        ("user-42\n", False),
+        ("", False),
+    ],
+)
+def test_a_regex_matches_the_whole_value(value: str, holds: bool) -> None:
+    (rule,) = load_routes(rules_text("headers:\n  x-user: {regex: '(user|admin)-[0-9]{1,6}'}\n"), "r.yaml").match_rules
+    assert rule.match.holds(Req(headers={"x-user": value})) is holds
+    assert rule.match.holds(Req()) is False  # no header, no match
+
+
+def test_a_refused_regex_is_reported_at_its_own_line_with_the_others() -> None:
+    text = (
+        "rules:\n"
+        "  - name: a\n"
+        "    prefix: /svc/a\n"
+        "    match:\n"
+        "      headers:\n"
+        "        x-user: {regex: '(a)\\1'}\n"
+        "    dst: /#/fs/a2\n"
+        "  - name: b\n"
+        "    prefix: /svc/b\n"
+        "    match:\n"
+        "      headers:\n"
+        "        x-team:\n"
+        "          regex: 'x{999}y{999}'\n"
+        "    dst: /#/fs/b2\n"
+    )
+    with pytest.raises(RoutesError) as info:
+        load_routes(text, "r.yaml")
+    assert [(p.where, p.line) for p in info.value.problems] == [
+        ("rules[0].match.headers.x-user.regex", 6),
+        ("rules[1].match.headers.x-team.regex", 13),
+    ]
+    assert "r.yaml: rules[1].match.headers.x-team.regex: line 13: the pattern compiles to" in str(info.value)
+
+
+@given(st.text(alphabet="ab", max_size=40))
+def test_re2_full_match_agrees_with_python_re(value: str) -> None:
+    # the same answers as Python's backtracking engine on patterns both accept
+    import re
+
+    for pattern in ["(a|b)*b", "a+b?", "(ab)*", ".*ba.*", "[ab]{2,5}"]:
+        expected = re.fullmatch(pattern, value) is not None
+        assert HeaderMatch("x", pattern, "regex").holds(Req(headers={"x": value})) is expected
+
+
+def test_a_backtracking_shape_costs_linear_time() -> None:
+    # `(a+)+b` against "aaaa…a" takes exponential time in a backtracking engine; RE2 answers at once.
+    # The bound is generous (about 1,000 times what RE2 takes here) and still far below what a
+    # backtracking engine needs for 30 characters, let alone 60,000.
+    import time
+
+    match = HeaderMatch("x", "(a+)+b", "regex")
+    start = time.process_time()
+    assert match.holds(Req(headers={"x": "a" * 60_000})) is False
+    assert time.process_time() - start < 0.5
+
+
+def mirror_rule(mirror: str, extra: str = "") -> str:
+    return f"rules:\n  - name: m\n    prefix: /svc/a\n    mirror: {mirror}\n{extra}"
+
+
+def test_a_mirror_rule_has_no_destination_of_its_own_and_keeps_its_limits() -> None:
+    routes = load_routes(mirror_rule("{dst: /#/fs/a-shadow, share: 0.1, maxInFlight: 5, timeoutMs: 200}"), "r.yaml")
+    assert routes.dtab.show() == "" and routes.match_rules == () and routes.fault_rules == ()
+    (rule,) = routes.mirror_rules
+    assert rule.mirror is not None
+    assert (rule.mirror.dst.show(), rule.mirror.share, rule.mirror.max_in_flight, rule.mirror.max_body_bytes,
+            rule.mirror.timeout_ms) == ("/#/fs/a-shadow", 0.1, 5, 65536, 200)
+    assert routes.rules[0].to_json()["mirror"] == {
+        "dst": "/#/fs/a-shadow", "share": 0.1, "maxInFlight": 5, "maxBodyBytes": 65536, "timeoutMs": 200}
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "reason"),
+    [
+        (mirror_rule("{dst: /s, share: 0.1}", "    dst: /x\n"), "rules[0]", "a mirror rule has no destination of its own"),
+        (mirror_rule("{dst: /s, share: 0.1}", "    fault: {share: 1, abort: 503}\n"), "rules[0]",
+         'give "fault" or "mirror", not both'),
+        (mirror_rule("{share: 0.1}"), "rules[0].mirror", 'missing required key "dst"'),
+        (mirror_rule("{dst: /s}"), "rules[0].mirror", 'missing required key "share"'),
+        (mirror_rule("{dst: s, share: 0.1}"), "rules[0].mirror.dst", "expected a path starting with '/'"),
+        (mirror_rule("{dst: /s, share: 0}"), "rules[0].mirror.share", "expected a fraction > 0 and <= 1, got 0"),
+        (mirror_rule("{dst: /s, share: 1, maxInFlight: 0}"), "rules[0].mirror.maxInFlight", "expected an integer 1-10000"),
+        (mirror_rule("{dst: /s, share: 1, timeoutMs: 0}"), "rules[0].mirror.timeoutMs", "expected an integer 1-60000"),
+        (mirror_rule("{dst: /s, share: 1, maxBody: 5}"), "rules[0].mirror.maxBody",
+         'unknown key "maxBody"; did you mean "maxBodyBytes"?'),
+    ],
+)
+def test_mirror_mistakes(text: str, where: str, reason: str) -> None:
     with pytest.raises(RoutesError) as info:
         load_routes(text, "r.yaml")
     assert [(p.where, p.reason[: len(reason)]) for p in info.value.problems] == [(where, reason)]
