@@ -124,6 +124,15 @@ def _memory(s: ScenarioResult | None) -> Goal:
     return Goal("memory", goal, f"{rss:.1f} MB", rss <= MEMORY_MB_PER_WORKER)
 
 
+def _grpc(s: ScenarioResult | None) -> Goal:
+    goal = "grpc: meshd calls per proxy CPU-second (closed loop, h2c) >= Envoy's"
+    mine = _metric(s, "meshd", "req_per_cpu_sec", "closed loop")
+    envoy = _metric(s, "envoy", "req_per_cpu_sec", "closed loop")
+    if mine is None or envoy is None:
+        return Goal("grpc", goal, _missing(("meshd", mine), ("envoy", envoy)), None)
+    return Goal("grpc", goal, f"{mine:,.0f} vs Envoy {envoy:,.0f}", mine >= envoy)
+
+
 def _missing(*values: tuple[str, float | None]) -> str:
     return "did not run: " + ", ".join(name for name, value in values if value is None)
 
@@ -142,4 +151,5 @@ _CHECKS: Final[tuple[tuple[str, Callable[[ScenarioResult | None], Goal]], ...]] 
     ("failing-replica", _failing_replica),
     ("stall", _stall),
     ("memory", _memory),
+    ("grpc", _grpc),
 )
