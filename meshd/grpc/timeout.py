@@ -126,6 +126,25 @@ def combine_deadline(incoming: Deadline | None, timeout_ns: int, now_wall_ns: in
     return combine(incoming, own)
 
 
+def request_deadline(
+    headers: Iterable[tuple[bytes, bytes]],
+    incoming: Deadline | None,
+    now_wall_ns: int,
+    counters: GrpcTimeoutCounters | None = None,
+) -> Deadline | None:
+    """The timeouts stage's one call for a gRPC request: its `l5d-ctx-deadline` (`incoming`, parsed by the
+    stage as for HTTP/1) combined with its `grpc-timeout`, the earlier winning; `incoming` unchanged when
+    the request has no well-formed `grpc-timeout`. Counts malformed values, and `applied` when the
+    `grpc-timeout` is what decided."""
+    timeout_ns = first_timeout(headers, counters)
+    if timeout_ns is None:
+        return incoming
+    combined = combine_deadline(incoming, timeout_ns, now_wall_ns)
+    if counters is not None and (incoming is None or combined.deadline_ns < incoming.deadline_ns):
+        counters.applied += 1
+    return combined
+
+
 def downstream_value(remaining_s: float) -> bytes:
     """The `grpc-timeout` to send with an attempt that has `remaining_s` seconds left (rounded down
     to the nanosecond; 0 or less is `0n`)."""

@@ -14,6 +14,7 @@ from meshd.grpc.timeout import (
     first_timeout,
     format_timeout,
     parse_timeout,
+    request_deadline,
     set_timeout,
 )
 from meshd.retry.deadline import Deadline
@@ -138,3 +139,19 @@ def test_downstream_value_is_the_time_left() -> None:
     headers = [(b"grpc-timeout", b"5S"), (b"te", b"trailers"), (b"GRPC-TIMEOUT", b"1S")]
     set_timeout(headers, downstream_value(0.5))
     assert headers == [(b"te", b"trailers"), (b"grpc-timeout", b"500m")]
+
+
+def test_request_deadline_is_the_stages_one_call() -> None:
+    now = 1_700_000_000 * S
+    counters = GrpcTimeoutCounters()
+    caller = Deadline(now - S, now + 5 * S)
+    grpc_2s = [(b"grpc-timeout", b"2S")]
+    assert request_deadline(grpc_2s, caller, now, counters) == Deadline(now, now + 2 * S)
+    assert counters.applied == 1
+    assert request_deadline([(b"grpc-timeout", b"9S")], caller, now, counters) == Deadline(now, now + 5 * S)
+    assert counters.applied == 1  # the caller's l5d-ctx-deadline decided
+    assert request_deadline([], caller, now, counters) is caller
+    assert request_deadline([(b"grpc-timeout", b"2 S")], None, now, counters) is None
+    assert (counters.applied, counters.malformed) == (1, 1)
+    assert request_deadline(grpc_2s, None, now, counters) == Deadline(now, now + 2 * S)
+    assert counters.applied == 2
