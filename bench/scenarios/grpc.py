@@ -47,7 +47,7 @@ class GrpcOptions:
     #: the multiplexing run: this many concurrent streams on one client connection
     mux_streams: int = 100
     duration_secs: float = 10.0
-    #: size of the gRPC message in each request (the upstream echoes it back)
+    #: size of the gRPC message in each request and in each answer
     message_bytes: int = 64
 
     def __post_init__(self) -> None:
@@ -61,7 +61,7 @@ class GrpcOptions:
 
 
 @dataclass(frozen=True, slots=True)
-class EchoUpstream:
+class GrpcUpstream:
     backend: Backend
     process: ManagedProcess
 
@@ -82,11 +82,12 @@ def run(ctx: RunContext, options: GrpcOptions) -> ScenarioResult:
     workdir = ctx.scenario_dir(NAME)
     body = h2load.write_request_body(workdir, options.message_bytes)
     rows: list[Row] = []
-    with echo_upstream(ctx.supervisor, workdir / "upstream") as upstream:
+    with grpc_upstream(ctx.supervisor, workdir / "upstream", options.message_bytes) as upstream:
         collected.notes.append(
-            "Upstream: nghttpd (nghttp2's C server, h2c) echoing each call's message back with trailer "
-            f"grpc-status: 0; {options.message_bytes}-byte messages. Load: h2load, gRPC-shaped requests "
-            "(POST, content-type application/grpc, te: trailers, one length-prefixed message)."
+            "Upstream: nghttpd (nghttp2's C server, h2c) answering each call with one "
+            f"{options.message_bytes}-byte message and the trailer grpc-status: 0. Load: h2load, gRPC-shaped "
+            f"requests (POST, content-type application/grpc, te: trailers, one {options.message_bytes}-byte "
+            "length-prefixed message)."
         )
         deployment = Deployment.single(SERVICE, (upstream.backend,))
         for target in chosen:
@@ -121,7 +122,7 @@ def run(ctx: RunContext, options: GrpcOptions) -> ScenarioResult:
     )
 
 
-def _measure(running_target: RunningTarget, upstream: EchoUpstream, url: str, body: Path, workdir: Path,
+def _measure(running_target: RunningTarget, upstream: GrpcUpstream, url: str, body: Path, workdir: Path,
              collected: Collected, *, variant: str, clients: int, streams: int, secs: float,
              rps_per_client: float | None = None) -> Row:
     """One h2load run with the proxy's and the upstream's CPU read from /proc around it."""
@@ -223,19 +224,23 @@ def established_to(port: int, proc_net: Path = Path("/proc/net")) -> int:
 
 
 @contextmanager
-def echo_upstream(supervisor: Supervisor, workdir: Path) -> Iterator[EchoUpstream]:
-    """nghttpd over h2c, echoing each POST body back, with `grpc-status: 0` as a trailer: a unary
-    gRPC server in C that answers far faster than any proxy in front of it."""
-    workdir.mkdir(parents=True, exist_ok=True)
+def grpc_upstream(supervisor: Supervisor, workdir: Path, message_bytes: int) -> Iterator[GrpcUpstream]:
+    """nghttpd over h2c answering every call to `/bench.Echo/Call` with one `message_bytes` message (a
+    file it serves; the request body is read and dropped) and the trailer `grpc-status: 0`: a unary gRPC
+    server in C, far faster than any proxy in front of it. (Its `--echo-upload` would echo the request
+    instead, but it spools each upload through a temporary file and gets slower with every concurrent
+    stream: 3,500 calls/s at 100 streams against 125,000 for the served file, measured here.)"""
+    docroot = workdir / "docroot"
+    (docroot / SERVICE).mkdir(parents=True, exist_ok=True)
+    (docroot / SERVICE / "Call").write_bytes(h2load.grpc_frame(b"r" * message_bytes))
     binary = _program("nghttpd")
     assert binary is not None, "checked by run()"
     port = free_port()
-    argv = [binary, "--no-tls", "--echo-upload", "--trailer", "grpc-status: 0", "-a", LOOPBACK,
-            "-d", str(workdir), str(port)]
+    argv = [binary, "--no-tls", "--trailer", "grpc-status: 0", "-a", LOOPBACK, "-d", str(docroot), str(port)]
     process = supervisor.start("nghttpd", argv, cwd=workdir, log_path=workdir / "nghttpd.log")
     try:
         wait_listening(process, port)
-        yield EchoUpstream(Backend("echo", LOOPBACK, port), process)
+        yield GrpcUpstream(Backend("grpc-upstream", LOOPBACK, port), process)
     finally:
         supervisor.stop(process)
 
