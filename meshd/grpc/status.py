@@ -92,6 +92,18 @@ def status_of(headers: Iterable[tuple[bytes, bytes]] | None) -> int | None:
     return None
 
 
+_LABELS: Final = {int(code): code.name for code in StatusCode}
+
+
+def status_label(code: int | None) -> str:
+    """A bounded metric-label value for a call's outcome: the code's name (`OK`, `UNAVAILABLE`, ...),
+    `NONE` when the call ended with no `grpc-status` at all. Codes past 16 are already UNKNOWN
+    (`status_of`), so a peer cannot grow the label set."""
+    if code is None:
+        return "NONE"
+    return _LABELS.get(code, "UNKNOWN")
+
+
 def http_status_to_grpc(status: int) -> StatusCode:
     """What a gRPC client reports for an HTTP response that carries no `grpc-status` (the spec's
     "HTTP to gRPC Status Code Mapping"): 400 INTERNAL, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED,

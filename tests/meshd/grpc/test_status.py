@@ -16,6 +16,7 @@ from meshd.grpc.status import (
     is_grpc_content_type,
     is_grpc_request,
     parse_status,
+    status_label,
     status_of,
 )
 
@@ -102,3 +103,11 @@ def test_decode_message_never_raises(value: bytes) -> None:
 def test_decode_message_keeps_a_stray_percent() -> None:
     assert decode_message(b"50% off %4") == "50% off %4"
     assert decode_message(b"%zz%41") == "%zzA"
+
+
+def test_status_labels_are_bounded() -> None:
+    assert status_label(0) == "OK" and status_label(14) == "UNAVAILABLE" and status_label(None) == "NONE"
+    assert status_label(999) == "UNKNOWN"
+    assert {status_label(status_of([(b"grpc-status", str(n).encode())])) for n in range(1000)} == {
+        code.name for code in StatusCode
+    }
