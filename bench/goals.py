@@ -143,6 +143,15 @@ def _tls_cost(s: ScenarioResult | None) -> Goal:
     return Goal("tls", goal, f"{cost:+.1%}{detail}", cost <= TLS_CPU_COST)
 
 
+def _grpc(s: ScenarioResult | None) -> Goal:
+    goal = "grpc: meshd calls per proxy CPU-second (closed loop, h2c) >= Envoy's"
+    mine = _metric(s, "meshd", "req_per_cpu_sec", "closed loop")
+    envoy = _metric(s, "envoy", "req_per_cpu_sec", "closed loop")
+    if mine is None or envoy is None:
+        return Goal("grpc", goal, _missing(("meshd", mine), ("envoy", envoy)), None)
+    return Goal("grpc", goal, f"{mine:,.0f} vs Envoy {envoy:,.0f}", mine >= envoy)
+
+
 def _missing(*values: tuple[str, float | None]) -> str:
     return "did not run: " + ", ".join(name for name, value in values if value is None)
 
@@ -163,4 +172,5 @@ _CHECKS: Final[tuple[tuple[str, Callable[[ScenarioResult | None], Goal]], ...]] 
     ("memory", _memory),
     ("tls", _tls_throughput),
     ("tls", _tls_cost),
+    ("grpc", _grpc),
 )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Final, Generic, Protocol, TypeVar
 
 from bench.results import ScenarioResult
-from bench.scenarios import failing_replica, latency, memory, slow_replica, stall, throughput, tls
+from bench.scenarios import failing_replica, grpc, latency, memory, slow_replica, stall, throughput, tls
 from bench.scenarios.context import RunContext
 
 OptionsT = TypeVar("OptionsT")
@@ -81,6 +81,7 @@ def _entries() -> tuple[Scenario, ...]:
         ScenarioEntry(memory.NAME, memory.__doc__ or "", memory.MemoryOptions, memory.MemoryOptions.scaled,
                       memory.run),
         ScenarioEntry(tls.NAME, tls.__doc__ or "", tls.TlsOptions, tls.TlsOptions.scaled, tls.run),
+        ScenarioEntry(grpc.NAME, grpc.__doc__ or "", grpc.GrpcOptions, grpc.GrpcOptions.scaled, grpc.run),
     )
 
 

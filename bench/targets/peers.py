@@ -88,6 +88,33 @@ class EnvoyTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class EnvoyGrpcTarget:
+    """Envoy speaking HTTP/2 (h2c) on both sides, for gRPC (`envoy-grpc.yaml.tmpl`)."""
+
+    name: str = "envoy"
+    family: str = "envoy"
+
+    def unavailable(self) -> str | None:
+        return _missing(envoy_binary(), "Envoy", ENVOY_INSTALL)
+
+    def start(self, deployment: Deployment, supervisor: Supervisor, workdir: Path) -> RunningTarget:
+        binary = envoy_binary()
+        assert binary is not None, "check unavailable() first"
+        port, admin_port = free_port(), free_port()
+        config = render_peer_file(
+            "envoy-grpc.yaml.tmpl",
+            {"listen_port": str(port), "admin_port": str(admin_port), "endpoints": envoy_endpoints(deployment.main.backends)},
+            workdir / "envoy-grpc.yaml",
+        )
+        argv = [binary, "-c", str(config), "--concurrency", "1", "--disable-hot-restart", "-l", "warn",
+                "--log-path", str(workdir / "envoy.log")]
+        process = supervisor.start(self.name, argv, cwd=workdir, log_path=workdir / "envoy.stderr")
+        wait_http_ok(process, f"http://{LOOPBACK}:{admin_port}/ready", READY_TIMEOUT_SECS)
+        wait_listening(process, port, READY_TIMEOUT_SECS)
+        return _running(self.name, port, process, "envoy -c envoy-grpc.yaml --concurrency 1 --disable-hot-restart -l warn")
+
+
+@dataclass(frozen=True, slots=True)
 class HaproxyTarget:
     name: str = "haproxy"
     family: str = "haproxy"

@@ -66,6 +66,8 @@ class DemoOptions:
     startup_timeout_secs: float = 30.0
     json_out: Path | None = None
     bus: str = "sqlite"
+    #: payments -> ledger as the gRPC call bank.Ledger/Post through meshd's HTTP/2 router (needs `protocol: h2`)
+    grpc: bool = False
 
     def __post_init__(self) -> None:
         if self.duration_secs <= 0:
@@ -85,7 +87,9 @@ class DemoOptions:
 async def run_demo(options: DemoOptions, *, log: Log) -> DemoResult:
     rng = random.Random(options.seed)
     cardholders = Cardholders.generate(options.cardholders, random.Random(options.seed))
-    layout = plan_layout(options.workdir / time.strftime(f"run-%Y%m%d-%H%M%S-{os.getpid()}"), bus=options.bus)
+    layout = plan_layout(
+        options.workdir / time.strftime(f"run-%Y%m%d-%H%M%S-{os.getpid()}"), bus=options.bus, grpc=options.grpc
+    )
     plan = StoryPlan.for_duration(options.duration_secs)
     log(
         f"work directory {layout.workdir}; story of {plan.total_secs:.0f}s at {options.rate:g} authorisations/s"
@@ -247,6 +251,11 @@ def _parse(argv: Sequence[str] | None) -> DemoOptions:
         default="sqlite",
         help="the event log's engine: embedded SQLite, or a 3-node NATS JetStream cluster the demo starts",
     )
+    parser.add_argument(
+        "--grpc",
+        action="store_true",
+        help="post to the ledger with gRPC (bank.Ledger/Post) through meshd's HTTP/2 router (protocol: h2)",
+    )
     args = parser.parse_args(argv)
     try:
         return DemoOptions(
@@ -259,6 +268,7 @@ def _parse(argv: Sequence[str] | None) -> DemoOptions:
             startup_timeout_secs=args.startup_timeout,
             json_out=args.json_out,
             bus=args.bus,
+            grpc=args.grpc,
         )
     except ValueError as exc:
         parser.error(str(exc))

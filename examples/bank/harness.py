@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestServer
 
 from examples.bank import accounts, feed, ledger, locks, merchants, notifications, payments
 from examples.bank.events import service as events_service
+from examples.bank.ledger_grpc import GRPC_PORT
 from examples.bank.options import ServiceOptions
 from examples.bank.outbox import RetryPolicy
 
@@ -149,16 +150,21 @@ async def running_bank(
     replicas: Mapping[str, int] | None = None,
     retry_policy: RetryPolicy | None = None,
     events: bool = False,
+    ledger_grpc: bool = False,
 ) -> AsyncIterator[BankHarness]:
     """Start every service (one replica each unless `replicas` says otherwise) with its database under
     `directory`; replicas of a service share its database file, as they do in the demo. `events=True` runs
-    the after-answer work on the event log (the services' `--events`)."""
+    the after-answer work on the event log (the services' `--events`). `ledger_grpc=True` makes the
+    payments -> ledger posting the gRPC call `bank.Ledger/Post` (ledger_grpc.py): the ledger replicas serve it
+    on a port of their own and payments calls the first one directly (the stand-in router speaks HTTP/1.1
+    only; the demo sends it through meshd's HTTP/2 router)."""
     counts = {service: 1 for service in (SERVICES_ON_THE_LOG if events else SERVICES)} | dict(replicas or {})
     factories = _factories(retry_policy)
     router = HostRouter()
     async with AsyncExitStack() as stack:
         [router_url] = await stack.enter_async_context(serving(router.app))
         harness = BankHarness(router, router_url)
+        grpc_target: str | None = None
         for service, count in counts.items():
             apps = [
                 factories[service](
@@ -168,11 +174,15 @@ async def running_bank(
                         replica=f"{service}-{index + 1}",
                         meshd=router_url,
                         events=events,
+                        grpc_port=0 if ledger_grpc and service == "ledger" else None,
+                        ledger_grpc=grpc_target if service == "payments" else None,
                     )
                 )
                 for index in range(count)
             ]
             urls = await stack.enter_async_context(serving(*apps))
+            if ledger_grpc and service == "ledger":
+                grpc_target = f"127.0.0.1:{apps[0][GRPC_PORT]}"
             for url in urls:
                 router.add_replica(service, url)
             harness.urls[service] = urls

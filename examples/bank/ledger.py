@@ -9,7 +9,10 @@ retries PUTs after a replica dies mid-request, and the key makes that retry harm
 `GET /balances` answers every account's balance, their total (always 0 in double entry) and whether the
 running balances still equal the sum of all postings.
 
-Run `python -m examples.bank.ledger --port P --db ledger.db --replica ledger-1`.
+With `--grpc-port G` the ledger also serves the posting as the gRPC call `bank.Ledger/Post` on port G
+(ledger_grpc.py), the bank's gRPC hop.
+
+Run `python -m examples.bank.ledger --port P --db ledger.db --replica ledger-1 [--grpc-port G]`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from aiohttp import web
 from examples.bank.authorisation import DECISIONS_TOPIC, event_decision, request_of_event
 from examples.bank.consumer import Event, Handler, attach_consumer
 from examples.bank.ledger_book import Leg, balance_changes, fingerprint, parse_legs
+from examples.bank.ledger_grpc import attach_grpc_server
 from examples.bank.mesh import attach_mesh
 from examples.bank.options import ServiceOptions
 from examples.bank.payloads import read_object
@@ -64,6 +68,8 @@ def create_app(options: ServiceOptions) -> web.Application:
     if options.events:
         attach_mesh(app, options.meshd)
         attach_consumer(app, DECISIONS_TOPIC, "ledger", _catch_up_handler)
+    if options.grpc_port is not None:
+        attach_grpc_server(app, options.host, options.grpc_port, _post_in)
     return app
 
 
@@ -107,6 +113,11 @@ async def post_transaction(
         return 201, {"key": key, "status": "posted", "legs": document}
 
     return await database.write(work)
+
+
+async def _post_in(app: web.Application, key: str, legs: Sequence[Leg]) -> tuple[int, dict[str, object]]:
+    """The posting as the gRPC hop calls it (ledger_grpc.py)."""
+    return await post_transaction(app[DATABASE], key, legs)
 
 
 def _catch_up_handler(app: web.Application) -> Handler:

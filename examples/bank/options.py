@@ -28,6 +28,10 @@ class ServiceOptions:
     meshd: str = DEFAULT_MESHD
     events: bool = False
     """Do the after-answer work on the event log (payments publishes, the others consume), not by calls."""
+    grpc_port: int | None = None
+    """The ledger also serves `bank.Ledger/Post` over gRPC (h2c) on this port (ledger_grpc.py)."""
+    ledger_grpc: str | None = None
+    """Payments posts to the ledger with gRPC at this `host:port` (meshd's HTTP/2 router) instead of HTTP."""
 
     def __post_init__(self) -> None:
         if not self.service:
@@ -40,10 +44,15 @@ class ServiceOptions:
             raise ValueError("version must not be empty")
         if not self.meshd.startswith(("http://", "https://")):
             raise ValueError(f"meshd must be an http:// URL, got {self.meshd!r}")
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            raise ValueError(f"grpc port must be between 0 and 65535, got {self.grpc_port}")
+        if self.ledger_grpc is not None and (":" not in self.ledger_grpc or "/" in self.ledger_grpc):
+            raise ValueError(f"ledger gRPC address must be host:port, got {self.ledger_grpc!r}")
 
 
 def parse_options(service: str, argv: Sequence[str] | None = None) -> ServiceOptions:
-    """Parse `--port P --db FILE --replica NAME [--version v2] [--meshd URL] [--host H]`."""
+    """Parse `--port P --db FILE --replica NAME [--version v2] [--meshd URL] [--host H] [--events]
+    [--grpc-port P] [--ledger-grpc HOST:PORT]`."""
     parser = argparse.ArgumentParser(prog=f"python -m examples.bank.{service}", description=f"bank {service}")
     parser.add_argument("--port", type=int, required=True, help="TCP port to listen on (0: any free port)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -56,6 +65,10 @@ def parse_options(service: str, argv: Sequence[str] | None = None) -> ServiceOpt
     parser.add_argument(
         "--events", action="store_true", help="after-answer work on the event log (the events service)"
     )
+    parser.add_argument("--grpc-port", type=int, help="ledger: also serve bank.Ledger/Post over gRPC on this port")
+    parser.add_argument(
+        "--ledger-grpc", metavar="HOST:PORT", help="payments: post to the ledger with gRPC here (meshd's h2 router)"
+    )
     args = parser.parse_args(argv)
     try:
         return ServiceOptions(
@@ -67,6 +80,8 @@ def parse_options(service: str, argv: Sequence[str] | None = None) -> ServiceOpt
             version=args.version,
             meshd=args.meshd,
             events=args.events,
+            grpc_port=args.grpc_port,
+            ledger_grpc=args.ledger_grpc,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from examples.bank.authorisation import Step, notification_text
+from examples.bank.ledger_grpc import HttpLedger, LedgerPoster
 from examples.bank.mesh import MeshClient, MeshReply, MeshUnavailable
 from examples.bank.payments_store import AuthorisationRecord, PaymentsStore
 
@@ -71,9 +72,10 @@ class StepPerformer(Protocol):
 class StepRunner:
     """Performs one step through meshd; raises StepFailed unless the peer confirmed it."""
 
-    def __init__(self, mesh: MeshClient, store: PaymentsStore) -> None:
+    def __init__(self, mesh: MeshClient, store: PaymentsStore, ledger: LedgerPoster | None = None) -> None:
         self._mesh = mesh
         self._store = store
+        self._ledger = ledger if ledger is not None else HttpLedger(mesh)
 
     async def run(self, step: Step, record: AuthorisationRecord, context: Mapping[str, str]) -> None:
         perform = {
@@ -96,10 +98,7 @@ class StepRunner:
 
     async def _post_to_ledger(self, record: AuthorisationRecord, context: Mapping[str, str]) -> None:
         request = record.request
-        body: dict[str, object] = {"legs": [leg.to_json() for leg in request.ledger_legs()]}
-        reply = await self._mesh.call(
-            "ledger", "PUT", f"/transactions/{request.ledger_key}", body=body, context=context
-        )
+        reply = await self._ledger.post(request.ledger_key, request.ledger_legs(), context)
         _expect(reply, "ledger", ok=(200, 201))
 
     async def _add_to_feed(self, record: AuthorisationRecord, context: Mapping[str, str]) -> None:

@@ -6,7 +6,9 @@
 2. `GET accounts/accounts/{id}` through meshd: unknown account -> declined;
 3. `PUT accounts/holds/{auth_id}`: the accounts service places the hold only if the money is there
    -> `declined` (insufficient_funds) otherwise;
-4. `PUT ledger/transactions/auth:{auth_id}` debiting the customer and crediting the merchant;
+4. `PUT ledger/transactions/auth:{auth_id}` debiting the customer and crediting the merchant (with
+   `--ledger-grpc HOST:PORT`, the gRPC call `bank.Ledger/Post` through meshd's HTTP/2 router instead:
+   ledger_grpc.py);
 5. record the decision with its after-response steps (one transaction), answer `approved`/`declined`;
 6. after the answer is on the wire: enrichment (merchants), feed entry, push notification, via the outbox.
 
@@ -46,6 +48,7 @@ from examples.bank.authorisation import (
     failed_during_hold,
     outcome_of_hold,
 )
+from examples.bank.ledger_grpc import GRPC_LEDGER, HttpLedger, LedgerPoster, attach_grpc_ledger
 from examples.bank.mesh import MESH, MeshClient, MeshUnavailable, attach_mesh, context_headers
 from examples.bank.options import ServiceOptions
 from examples.bank.outbox import AfterWork, Outbox, RetryPolicy, StepRunner
@@ -68,8 +71,9 @@ SYNC_CALL_TIMEOUT_SECS: Final = 2.0
 class AuthorisationFlow:
     """Steps 2-4 above: ask accounts and ledger, and turn their answers into an Outcome."""
 
-    def __init__(self, mesh: MeshClient) -> None:
+    def __init__(self, mesh: MeshClient, ledger: LedgerPoster | None = None) -> None:
         self._mesh = mesh
+        self._ledger = ledger if ledger is not None else HttpLedger(mesh)
 
     def __repr__(self) -> str:
         return f"AuthorisationFlow({self._mesh!r})"
@@ -102,11 +106,8 @@ class AuthorisationFlow:
         if decided is not None:
             return decided
 
-        body: dict[str, object] = {"legs": [leg.to_json() for leg in request.ledger_legs()]}
         try:
-            posting = await self._mesh.call(
-                "ledger", "PUT", f"/transactions/{request.ledger_key}", body=body, context=context
-            )
+            posting = await self._ledger.post(request.ledger_key, request.ledger_legs(), context)
         except MeshUnavailable:
             return approved(ledger_posted=False)
         return approved(ledger_posted=posting.status in (200, 201))
@@ -119,14 +120,17 @@ def create_app(options: ServiceOptions, *, retry_policy: RetryPolicy | None = No
     app = create_replica_app(options)
     attach_database(app, options.db, SCHEMA)
     attach_mesh(app, options.meshd, timeout_secs=SYNC_CALL_TIMEOUT_SECS)
+    if options.ledger_grpc is not None:
+        attach_grpc_ledger(app, options.ledger_grpc, timeout_secs=SYNC_CALL_TIMEOUT_SECS)
     policy = retry_policy if retry_policy is not None else RetryPolicy()
     app[ON_THE_LOG] = options.events
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = PaymentsStore(app[DATABASE])
         app[STORE] = store
-        app[FLOW] = AuthorisationFlow(app[MESH])
-        app[OUTBOX] = Outbox(store, StepRunner(app[MESH], store), policy)
+        ledger: LedgerPoster = app[GRPC_LEDGER] if options.ledger_grpc is not None else HttpLedger(app[MESH])
+        app[FLOW] = AuthorisationFlow(app[MESH], ledger)
+        app[OUTBOX] = Outbox(store, StepRunner(app[MESH], store, ledger), policy)
         app[AFTER_WORK] = AfterWork(app[OUTBOX])
         leadership = Leadership(app[MESH], options.replica) if options.events else None
         app[RELAY] = EventRelay(store, app[MESH], leadership=leadership)

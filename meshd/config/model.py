@@ -22,6 +22,7 @@ from balancers.configs import ConsecutiveFailuresConfig, EwmaConfig, NoAccrualCo
 from balancers.registry import ACCRUALS, BALANCERS, BalancerConfig
 from meshd.discovery.k8s import K8sNamerConfig
 from meshd.discovery.registry import NAMERS, NamerConfig
+from meshd.grpc.classifiers import GRPC_CLASSIFIERS
 from meshd.retry.backoff import BACKOFFS, BackoffConfig, RetryJitteredBackoffConfig
 from meshd.retry.budget_config import RetryBudgetConfig
 from meshd.retry.classifiers import CLASSIFIERS, ResponseClassifierConfig, RetryableIdempotent5XXConfig
@@ -32,6 +33,9 @@ from routing.identifiers.header import HeaderIdentifierConfig
 from routing.identifiers.registry import IDENTIFIERS
 from routing.parser import parse_dtab, parse_prefix
 from routing.path import Path
+
+#: the HTTP classifier kinds and the gRPC ones (`grpc.*`, meshd/grpc/classifiers.py)
+_CLASSIFIER_KINDS: dict[str, type[ResponseClassifierConfig]] = {**CLASSIFIERS, **GRPC_CLASSIFIERS}
 
 AccrualConfig = ConsecutiveFailuresConfig | SuccessRateConfig | NoAccrualConfig
 
@@ -263,7 +267,7 @@ class ServiceConfig:
 
     total_timeout_ms: int | None = field(default=None, metadata={"min": 1})
     response_classifier: ResponseClassifierConfig = field(
-        default_factory=RetryableIdempotent5XXConfig, metadata={"registry": CLASSIFIERS}
+        default_factory=RetryableIdempotent5XXConfig, metadata={"registry": _CLASSIFIER_KINDS}
     )
     retries: RetriesConfig = field(default_factory=RetriesConfig)
     replay_buffer_bytes: int = field(default=64 * 1024, metadata={"min": 0})
@@ -281,7 +285,7 @@ class ServiceOverride:
 
     prefix: str = field(metadata=_PREFIX_FIELD)
     total_timeout_ms: int | None = field(default=None, metadata={"min": 1})
-    response_classifier: ResponseClassifierConfig | None = field(default=None, metadata={"registry": CLASSIFIERS})
+    response_classifier: ResponseClassifierConfig | None = field(default=None, metadata={"registry": _CLASSIFIER_KINDS})
     retries: RetriesConfig | None = None
     replay_buffer_bytes: int | None = field(default=None, metadata={"min": 0})
     add_success_class_header: bool | None = None

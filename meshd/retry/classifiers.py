@@ -80,6 +80,12 @@ class ResponseClassifier:
 
     __slots__ = ("_name", "_retryable_methods", "_server_errors_fail", "_honor_retryable_header")
 
+    #: False for these HTTP classifiers: a response's head decides. True for the gRPC ones
+    #: (meshd/grpc/classifiers.py), which decide from `grpc-status` in the trailers (or a
+    #: trailers-only head): the retry stage and failure accrual then ask them `classify_head` and
+    #: `classify_trailers` (docs/grpc.md, "Classifiers").
+    reads_trailers: ClassVar[bool] = False
+
     def __init__(
         self,
         *,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from routing.identifiers.base import IdentifierConfig
+from routing.identifiers.grpc import GrpcIdentifierConfig
 from routing.identifiers.header import HeaderIdentifierConfig
 from routing.identifiers.method_and_host import MethodAndHostIdentifierConfig
 from routing.identifiers.path import PathIdentifierConfig
@@ -15,4 +16,5 @@ IDENTIFIERS: Final[dict[str, type[IdentifierConfig]]] = {
     "path": PathIdentifierConfig,
     "methodAndHost": MethodAndHostIdentifierConfig,
     "static": StaticIdentifierConfig,
+    "grpc": GrpcIdentifierConfig,
 }

@@ -57,13 +57,14 @@ def test_goals_are_met_missed_or_not_measured(run):
         "stall": [False],  # p99.9 2000 ms against 25 ms without the stall
         "memory": [True],  # 45 MB per worker
         "tls": [None, None],  # the canned run has no tls scenario
+        "grpc": [None],  # the canned run predates the grpc scenario
     }
 
 
 def test_goals_without_the_rows_they_need_are_not_measured(run):
     empty = replace(run, scenarios=(replace(run.scenario("throughput"), rows=()),))
     outcomes = goals.evaluate(empty)
-    assert len(outcomes) == 11  # two of them the tls scenario's
+    assert len(outcomes) == 12  # nine, two of the tls scenario's and the grpc scenario's
     assert all(g.met is None and g.verdict == "not measured" for g in outcomes)
 
 

@@ -17,7 +17,7 @@ from bench.cli import main
 from bench.processes import Supervisor
 from bench.progress import Progress
 from bench.results import ScenarioResult, from_json, load, to_json
-from bench.scenarios import failing_replica, latency, memory, slow_replica, stall, throughput, tls
+from bench.scenarios import failing_replica, grpc, latency, memory, slow_replica, stall, throughput, tls
 from bench.scenarios.context import RunContext
 from bench.targets.catalog import FAMILIES, Selection
 from bench.targets.peers import envoy_binary, haproxy_binary, nginx_binary
@@ -25,9 +25,11 @@ from bench.targets.peers import envoy_binary, haproxy_binary, nginx_binary
 WITH_MESHD = os.environ.get("MESHD_BENCH_SMOKE_MESHD") == "1"
 IN_CI = os.environ.get("CI") == "true"
 CI_TOOLS: dict[str, Callable[[], str | None]] = {
-    "nginx": nginx_binary, "haproxy": haproxy_binary, "wrk": lambda: shutil.which("wrk")
+    "nginx": nginx_binary, "haproxy": haproxy_binary, "wrk": lambda: shutil.which("wrk"),
+    "h2load": lambda: shutil.which("h2load"),
+    "nghttpd": lambda: shutil.which("nghttpd") or ("/usr/sbin/nghttpd" if Path("/usr/sbin/nghttpd").exists() else None),
 }
-INSTALL = "apt-get install -y haproxy nginx wrk"
+INSTALL = "apt-get install -y haproxy nginx wrk nghttp2-client nghttp2-server"
 PEERS_AVAILABLE = {
     name for name, found in (("envoy", envoy_binary()), ("haproxy", haproxy_binary()), ("nginx", nginx_binary()))
     if found
@@ -184,6 +186,34 @@ def test_tls(ctx):
             # each s_time connection is a full mutual-TLS handshake answered 200 by the second proxy
             assert row.metrics["handshakes"] > 0 and row.metrics["handshakes_per_cpu_sec"] > 0
             assert "mtls_cpu_cost" in row.metrics
+
+
+@pytest.mark.skipif(
+    (CI_TOOLS["h2load"]() is None or CI_TOOLS["nghttpd"]() is None) and not IN_CI,
+    reason="h2load and nghttpd are not installed: apt-get install nghttp2-client nghttp2-server",
+)
+def test_grpc(ctx):
+    result = grpc.run(ctx, grpc.GrpcOptions(duration_secs=0.5, rate=100, rate_clients=2, clients=2, streams=5))
+    check_common(result, "grpc")
+    assert result.skipped == () or all(s.target in ("meshd", "envoy") for s in result.skipped)
+    envoy = {"envoy"} & PEERS_AVAILABLE
+    # meshd runs once it speaks HTTP/2 (`protocol: h2`); until then it is skipped, saying so
+    meshd_rows = {"meshd"} if WITH_MESHD and not any(s.target == "meshd" for s in result.skipped) else set()
+    assert {r.target for r in result.rows} == {"direct"} | envoy | meshd_rows
+    for row in result.rows:
+        assert row.metrics["rps"] > 0 and row.metrics["errors"] == 0, row.label
+        assert row.metrics["success_rate"] == 1.0, row.label
+        if row.variant == grpc.CLOSED and row.target != "direct":
+            assert row.metrics["req_per_cpu_sec"] > 0
+        if row.variant != grpc.CLOSED:
+            assert row.latency is not None and row.latency.count > 0
+        if row.variant == grpc.RATE and row.target != "direct":
+            assert {"added_p50_ms", "added_p99_ms"} <= set(row.metrics)
+        if row.variant == grpc.MUX:
+            # the most connections open to the upstream during the run: h2load's one when direct; a
+            # proxy multiplexes the streams onto few
+            assert 1 <= row.metrics["upstream_connections"] <= 4, row.label
+    assert any(c.startswith("h2load -c 2 -m 5") and "content-type: application/grpc" in c for c in result.commands)
 
 
 def test_cli_writes_results_report_and_charts(tmp_path: Path):

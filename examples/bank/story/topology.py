@@ -61,6 +61,8 @@ class Replica:
     port: int
     db: Path
     args: tuple[str, ...] = ()
+    #: the ledger's gRPC port (`--grpc-port`) when the demo runs its gRPC hop; 0 otherwise
+    grpc_port: int = 0
 
     @property
     def url(self) -> str:
@@ -83,6 +85,7 @@ class Replica:
             meshd_url,
             "--events",
             *self.args,
+            *(("--grpc-port", str(self.grpc_port)) if self.grpc_port else ()),
         ]
 
 
@@ -139,6 +142,13 @@ class Layout:
     brokers: tuple[BrokerNode, ...] = ()
     #: the `incoming` router (mutual TLS) the ledger is reached through
     incoming_port: int = 0
+    #: meshd's HTTP/2 router (`protocol: h2`) for the gRPC hop payments -> ledger (`bank.Ledger/Post`);
+    #: 0 when the demo runs without it (the default until meshd speaks HTTP/2)
+    grpc_port: int = 0
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def meshd_url(self) -> str:
@@ -202,18 +212,36 @@ def free_ports(count: int) -> list[int]:
 
 
 BROKERS: Final = 3
+LEDGER_MODULE: Final = "examples.bank.ledger"
+#: the fs namer file of the gRPC hop: meshd names `/bank.Ledger/Post` `/svc/bank.Ledger`
+GRPC_LEDGER_NAME: Final = "bank.Ledger"
 
 
-def plan_layout(workdir: Path, specs: Iterable[ServiceSpec] = BANK, *, bus: str = "sqlite") -> Layout:
+def plan_layout(
+    workdir: Path, specs: Iterable[ServiceSpec] = BANK, *, bus: str = "sqlite", grpc: bool = False
+) -> Layout:
     """`bus="nats"` adds a 3-node NATS JetStream cluster and points the events replicas at it (3 replicas of
-    every stream); `"sqlite"` keeps the events service's embedded log."""
+    every stream); `"sqlite"` keeps the events service's embedded log. `grpc=True` makes the ledger posting
+    a gRPC call through meshd's HTTP/2 router: the ledger replicas also serve `bank.Ledger/Post` on ports of
+    their own, and payments calls it at the router (`--ledger-grpc`)."""
     if bus not in ("sqlite", "nats"):
         raise ValueError(f"bus must be sqlite or nats, got {bus!r}")
     workdir = workdir.resolve()
     specs = tuple(specs)
     broker_count = BROKERS if bus == "nats" else 0
-    ports: Iterator[int] = iter(free_ports(3 + 2 * broker_count + sum(spec.replicas for spec in specs)))
+    grpc_count = 1 + sum(spec.replicas for spec in specs if spec.module == LEDGER_MODULE) if grpc else 0
+    ports: Iterator[int] = iter(
+        free_ports(3 + 2 * broker_count + grpc_count + sum(spec.replicas for spec in specs))
+    )
     router_port, admin_port, incoming_port = next(ports), next(ports), next(ports)
+    grpc_port = next(ports) if grpc else 0
+    if grpc:
+        specs = tuple(
+            dataclasses.replace(spec, args=(*spec.args, "--ledger-grpc", f"127.0.0.1:{grpc_port}"))
+            if spec.name == "payments"
+            else spec
+            for spec in specs
+        )
     client_ports = [next(ports) for _ in range(broker_count)]
     cluster_ports = [next(ports) for _ in range(broker_count)]
     brokers = tuple(
@@ -243,15 +271,46 @@ def plan_layout(workdir: Path, specs: Iterable[ServiceSpec] = BANK, *, bus: str 
             port=next(ports),
             db=workdir / "data" / f"{spec.database}.db",
             args=spec.args,
+            grpc_port=next(ports) if grpc and spec.module == LEDGER_MODULE else 0,
         )
         for spec in specs
         for index in range(1, spec.replicas + 1)
     )
-    return Layout(workdir.resolve(), replicas, router_port, admin_port, brokers, incoming_port)
+    return Layout(workdir.resolve(), replicas, router_port, admin_port, brokers, incoming_port, grpc_port)
+
+
+def grpc_router(layout: Layout) -> dict[str, object]:
+    """meshd's HTTP/2 router for the gRPC hop: `/bank.Ledger/Post` is named `/svc/bank.Ledger` (identifier
+    `grpc`) and bound by the fs namer to the ledger replicas' gRPC ports; UNAVAILABLE is retried
+    (`grpc.default`), and a posting is idempotent under its key, so that is safe."""
+    return {
+        "label": "grpc",
+        "protocol": "h2",
+        "servers": [{"ip": "127.0.0.1", "port": layout.grpc_port}],
+        "identifier": {"kind": "grpc"},
+        "dtab": "/svc => /#/fs;",
+        "service": {
+            "responseClassifier": {"kind": "grpc.default"},
+            "retries": {"budget": {"ttlSecs": 10, "minRetriesPerSec": 10, "percentCanRetry": 0.2}},
+        },
+        "client": {
+            "loadBalancer": {"kind": "ewma"},
+            "failureAccrual": {"kind": "consecutiveFailures", "failures": 5},
+        },
+    }
 
 
 def meshd_config(layout: Layout) -> dict[str, object]:
     """The config meshd runs with; paths are absolute so it does not matter where meshd resolves them from."""
+    config = _meshd_config(layout)
+    if layout.grpc_port:
+        routers = config["routers"]
+        assert isinstance(routers, list)
+        routers.append(grpc_router(layout))
+    return config
+
+
+def _meshd_config(layout: Layout) -> dict[str, object]:
     tls = layout.tls_dir
     return {
         "admin": {"ip": "127.0.0.1", "port": layout.admin_port},
@@ -334,6 +393,10 @@ def write_mesh_files(layout: Layout) -> None:
     for service in sorted({replica.service for replica in layout.replicas}):
         lines = "".join(f"127.0.0.1 {replica.port}\n" for replica in layout.of(service))
         write_atomically(layout.disco_dir / service, lines)
+    grpc_replicas = [replica for replica in layout.replicas if replica.grpc_port]
+    if grpc_replicas:
+        lines = "".join(f"127.0.0.1 {replica.grpc_port}\n" for replica in grpc_replicas)
+        write_atomically(layout.disco_dir / GRPC_LEDGER_NAME, lines)
     write_tls_files(layout)
     write_atomically(layout.config_path, yaml.safe_dump(meshd_config(layout), sort_keys=False))
     write_atomically(layout.routes_path, routes_document(0.0))
