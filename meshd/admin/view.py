@@ -21,7 +21,7 @@ from meshd.config.model import MeshdConfig
 from meshd.discovery.addr import Addr
 from meshd.discovery.base import Namer
 from meshd.pipeline.retries import RetryCounters
-from meshd.pipeline.stats import RequestStats
+from meshd.pipeline.stats import AttemptStats, RequestStats
 from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.pool.pool import PoolStatistics
 from meshd.runtime import Runtime
@@ -98,6 +98,13 @@ class ClientView(Protocol):
     def pending(self) -> PendingView: ...
 
     def pool_statistics(self) -> PoolStatistics: ...
+
+    @property
+    def retries(self) -> int: ...
+
+    def attempt_totals(self) -> AttemptStats: ...
+
+    def endpoint_stats(self) -> list[tuple[str, AttemptStats]]: ...
 
     def to_json(self) -> dict[str, object]: ...
 

@@ -92,3 +92,49 @@ class RouterStats:
             return OVERFLOW_SERVICE
         self.services[name] = RequestStats()
         return name
+
+
+#: distinct `endpoint` label values per client in the per-endpoint attempt families; the
+#: endpoints past it share one set of counters, exported as `endpoint="_other"`
+MAX_ENDPOINT_SERIES: Final = 64
+#: the `endpoint` label of the endpoints past MAX_ENDPOINT_SERIES
+OVERFLOW_ENDPOINT: Final = "_other"
+
+
+class AttemptStats:
+    """Counters of the attempts sent to one endpoint (or to a client's folded or removed ones):
+    attempts, failures (as the service's classifier says) and a latency histogram, from the
+    attempt's start to the end of its response body.
+
+    The client records into it when an attempt ends, with the round-trip time the balancer
+    node has just measured for Peak EWMA (`Node.finish` returns it): no clock read of its own.
+    """
+
+    __slots__ = ("requests", "failures", "buckets", "latency_sum")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.failures = 0
+        self.buckets = [0] * (len(BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def observe(self, seconds: float, failure: bool) -> None:
+        self.requests += 1
+        if failure:
+            self.failures += 1
+        i = 0
+        for bound in _BOUNDS:  # as in RequestStats.observe
+            if seconds <= bound:
+                break
+            i += 1
+        self.buckets[i] += 1
+        self.latency_sum += seconds
+
+    def add(self, other: AttemptStats) -> None:
+        """Add `other`'s counts to these (an endpoint removed, or a client's total at scrape time)."""
+        self.requests += other.requests
+        self.failures += other.failures
+        buckets = self.buckets
+        for i, n in enumerate(other.buckets):
+            buckets[i] += n
+        self.latency_sum += other.latency_sum
