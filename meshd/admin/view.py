@@ -21,7 +21,7 @@ from meshd.config.model import MeshdConfig
 from meshd.discovery.addr import Addr
 from meshd.discovery.base import Namer
 from meshd.pipeline.retries import RetryCounters
-from meshd.pipeline.stats import AttemptStats, RequestStats
+from meshd.pipeline.stats import AttemptStats, RecentRequests, RequestStats
 from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.pool.pool import PoolStatistics
 from meshd.runtime import Runtime
@@ -130,6 +130,9 @@ class ServiceStateView(Protocol):
 class RouterStatsView(Protocol):
     @property
     def services(self) -> Mapping[str, RequestStats]: ...
+
+    @property
+    def recent(self) -> RecentRequests: ...
 
 
 class RouterView(Protocol):
