@@ -55,8 +55,8 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values
     expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
     expr = re.sub(r"\[[^\]]*\]", "", expr)  # range selectors
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
     words = set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\b(?!\s*\()", expr))
-    words -= set(re.findall(r"\b([a-zA-Z_][a-zA-Z0-9_]*)\s*=~?", expr))  # label names in matchers
     return {w for w in words if w not in _KEYWORDS}
 
 
@@ -126,7 +126,7 @@ def test_the_name_parser_sees_what_it_must():
     """The check above is only as good as `metric_names`: it finds series, not labels or functions."""
     expr = (
         'histogram_quantile(0.99, sum by (client, le) (rate(meshd_client_request_duration_seconds_bucket'
-        '{job=~"$job",client="a b"}[5m]))) > on (client) group_left meshd_nope and up'
+        '{job=~"$job",client="a b"}[5m]))) > on (client) group_left meshd_nope and up == 0'
     )
     assert metric_names(expr) == {"meshd_client_request_duration_seconds_bucket", "meshd_nope", "up"}
 

@@ -17,6 +17,8 @@ import json
 import pathlib
 import re
 
+import yaml
+
 from tests.support.client import RawConnection
 from tests.support.process import MeshdProcess, process_config
 from tests.support.prometheus import Prometheus
@@ -24,6 +26,7 @@ from tests.support.upstreams import Received, Reply
 from tests.support.waiting import wait_until
 
 MONITORING = pathlib.Path(__file__).resolve().parents[2] / "examples" / "monitoring"
+RULES = sum(len(g["rules"]) for g in yaml.safe_load((MONITORING / "alerts.yml").read_text())["groups"])
 
 
 async def failing(req: Received) -> Reply:
@@ -113,7 +116,7 @@ async def test_prometheus_scrapes_meshd_and_sees_the_known_traffic(make_upstream
             async def rules_evaluated() -> bool:
                 groups = (await prom.api("rules"))["groups"]
                 rules = [r for g in groups for r in g["rules"]]
-                return len(rules) == 9 and all(r["health"] == "ok" and r.get("lastError", "") == "" for r in rules)
+                return len(rules) == RULES and all(r["health"] == "ok" and r.get("lastError", "") == "" for r in rules)
 
             await wait_until(rules_evaluated, timeout=15, interval=0.2, message="every alert rule evaluated, healthy")
 

@@ -27,7 +27,7 @@ async function pollReplicas() {
 
 function renderReplicas(data) {
   const body = document.getElementById("replicas-body");
-  const entries = Array.isArray(data) ? supervisorReplicas(data) : data.endpoints;
+  const entries = perWorker(data.endpoints);
   if (!entries.length) {
     body.replaceChildren(h("p", { class: "empty" }, "No attempts yet: replicas appear with their client's first request."));
     return;
@@ -87,15 +87,9 @@ function replicaRow(e) {
   );
 }
 
-/** Under `--workers N` the supervisor answers one object per worker: tag each endpoint with it. */
-function supervisorReplicas(data) {
-  const out = [];
-  for (const item of data) {
-    const endpoints = item.replicas && item.replicas.endpoints;
-    if (!Array.isArray(endpoints)) continue;
-    for (const e of endpoints) out.push({ ...e, client: `${e.client} (worker ${item.worker})` });
-  }
-  return out;
+/** Under `--workers N` the supervisor lists every worker's endpoints, each tagged with its worker. */
+function perWorker(endpoints) {
+  return endpoints.map((e) => (e.worker === undefined ? e : { ...e, client: `${e.client} (worker ${e.worker})` }));
 }
 
 // ---- recent requests -------------------------------------------------------------------------
@@ -147,7 +141,7 @@ function renderRecent(routers) {
             "tr",
             { "data-request": q.reqid || "", "data-status": String(q.status) },
             h("td", { class: "mono" }, q.time ? q.time.slice(11, 23) : "—"),
-            h("td", {}, q.router),
+            h("td", {}, q.worker === undefined ? q.router : `${q.router} · worker ${q.worker}`),
             h("td", { class: "name" }, q.service),
             h("td", { class: "name" }, q.endpoint || "—"),
             h("td", { class: `num ${q.status >= 500 ? "bad" : q.status >= 400 ? "warn" : "good"}` }, String(q.status)),
