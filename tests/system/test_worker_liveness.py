@@ -58,6 +58,10 @@ async def scrape(mesh: MeshdProcess) -> dict[tuple[str, str], float]:
                 key = s.labels["worker"]
             elif s.name == "meshd_requests_total" and s.labels.get("status_class") == "2xx":
                 key = "2xx"
+            elif s.name in ("meshd_client_requests_total", "meshd_client_request_duration_seconds_count"):
+                key = s.labels["client"]
+            elif s.name == "meshd_client_request_duration_seconds_bucket" and s.labels["le"] == "+Inf":
+                key = s.labels["client"]
             else:
                 continue
             out[(s.name, key)] = out.get((s.name, key), 0.0) + s.value
@@ -90,7 +94,13 @@ async def test_supervisor_reports_each_workers_liveness_and_restarts(make_upstre
         await wait_until(lambda: _ok(one), timeout=10, message="the workers see the fs namer's file")
         for _ in range(20):
             assert await one() == 200
-        assert (await scrape(mesh))[("meshd_requests_total", "2xx")] == up.requests  # summed over the workers
+        # summed over the workers: requests, attempts, and the merged attempt-latency histogram
+        m = await scrape(mesh)
+        assert m[("meshd_requests_total", "2xx")] == up.requests
+        client = "/#/fs/accounts"
+        assert m[("meshd_client_requests_total", client)] == up.requests
+        assert m[("meshd_client_request_duration_seconds_count", client)] == up.requests
+        assert m[("meshd_client_request_duration_seconds_bucket", client)] == up.requests
 
         # a stuck worker: its process is there, its heartbeats go unanswered
         first, second = sorted(mesh.workers())
