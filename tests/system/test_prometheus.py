@@ -128,9 +128,12 @@ async def test_prometheus_scrapes_meshd_and_sees_the_known_traffic(make_upstream
                 )
 
             await wait_until(ejected_alert, timeout=15, interval=0.2, message="MeshdAllReplicasEjected for ledger")
+            # nothing about accounts, which only succeeded (a scrape that caught ledger's failures
+            # half-way may also make its error-budget burn pending: that one is about ledger too)
             alerts = (await prom.api("alerts"))["alerts"]
-            assert {a["labels"]["alertname"] for a in alerts} == {"MeshdAllReplicasEjected"}, alerts
-            assert {a["labels"]["client"] for a in alerts} == {"/#/fs/ledger"}
+            assert all(
+                a["labels"].get("client") == "/#/fs/ledger" or a["labels"].get("service") == "/svc/ledger" for a in alerts
+            ), alerts
 
             # the dashboard: every query runs; the per-replica panels have data
             for expr in dashboard_queries():
