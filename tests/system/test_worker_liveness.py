@@ -9,6 +9,7 @@ other worker meanwhile; the merged request counters add up over the workers.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -42,6 +43,16 @@ class WorkersProcess(MeshdProcess):
 
     def workers(self) -> list[int]:
         return [int(p) for p in pathlib.Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()]
+
+
+async def admin_get(mesh: MeshdProcess, target: str) -> str:
+    conn = await RawConnection.open(mesh.admin_port)
+    try:
+        resp = await conn.request("GET", target, host="127.0.0.1")
+    finally:
+        await conn.close()
+    assert resp.status == 200, resp.body
+    return resp.body.decode()
 
 
 async def scrape(mesh: MeshdProcess) -> dict[tuple[str, str], float]:
@@ -101,6 +112,15 @@ async def test_supervisor_reports_each_workers_liveness_and_restarts(make_upstre
         assert m[("meshd_client_requests_total", client)] == up.requests
         assert m[("meshd_client_request_duration_seconds_count", client)] == up.requests
         assert m[("meshd_client_request_duration_seconds_bucket", client)] == up.requests
+
+        # the dashboard's views list every worker's requests and replicas, tagged with the worker
+        (router,) = json.loads(await admin_get(mesh, "/admin/requests"))
+        ok = [row for row in router["requests"] if row["status"] == 200]
+        assert len(ok) == up.requests and {row["worker"] for row in router["requests"]} <= {0, 1}
+        assert router["recorded"] >= up.requests
+        replicas = json.loads(await admin_get(mesh, "/admin/replicas"))["endpoints"]
+        assert sum(p["requests"] for e in replicas for p in e["points"]) == up.requests
+        assert {e["worker"] for e in replicas} <= {0, 1} and {e["endpoint"] for e in replicas} == {f"127.0.0.1:{up.port}"}
 
         # a stuck worker: its process is there, its heartbeats go unanswered
         first, second = sorted(mesh.workers())
