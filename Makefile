@@ -7,9 +7,10 @@ RATE ?= 50
 BUS ?= sqlite
 # Debian packages the test suite and benchmarks run for real: nginx, HAProxy and wrk (bench),
 # dnsmasq (dns namer), chromium (dashboard), nats-server and etcd-server (the bank's event log and
-# locks, docs/events.md), openssl (TLS tests: `openssl s_client`).
-DEBIAN_PACKAGES := nginx haproxy wrk dnsmasq chromium nats-server etcd-server openssl nghttp2-client nghttp2-server
-PROGRAMS := nginx haproxy wrk dnsmasq chromium nats-server etcd openssl h2load nghttpd
+# locks, docs/events.md), openssl (TLS tests: `openssl s_client`), nghttp2 (h2load and nghttpd:
+# HTTP/2 smoke test, grpc bench), prometheus (`prometheus` and `promtool`: tests/system/test_prometheus.py).
+DEBIAN_PACKAGES := nginx haproxy wrk dnsmasq chromium nats-server etcd-server openssl nghttp2-client nghttp2-server prometheus
+PROGRAMS := nginx haproxy wrk dnsmasq chromium nats-server etcd openssl h2load nghttpd prometheus promtool
 
 .PHONY: FORCE install compile build-deps test lint typecheck unit demo bench bench-peers system-deps clean \
   docker-engine image image-test

@@ -156,14 +156,20 @@ class Node(Generic[M]):
                     self._owner._node_unavailable(self)
         return now
 
-    def finish(self, started: float, *, failure: bool) -> None:
-        """Record the end of an attempt begun at `started` (the value `start()` returned)."""
+    def finish(self, started: float, *, failure: bool) -> float:
+        """Record the end of an attempt begun at `started` (the value `start()` returned).
+
+        Returns the attempt's round-trip time, the one the load metric has just observed, so
+        that the caller can record it too without reading the clock again (meshd's client
+        keeps per-endpoint latency histograms with it)."""
         if self._pending <= 0:
             raise RuntimeError(f"finish() without a matching start() on {self!r}")
         now = self._clock()
         self._pending -= 1
         rtt = now - started
-        self._observe(rtt if rtt > 0.0 else 0.0, failure, now)
+        if rtt < 0.0:
+            rtt = 0.0
+        self._observe(rtt, failure, now)
         state = self._state
         if state == LIVE:
             if failure:
@@ -190,6 +196,7 @@ class Node(Generic[M]):
                         self._owner._node_revived(self)
         else:
             self._refresh(now)
+        return rtt
 
     # -- load metric, defined by subclasses ------------------------------------------------
 

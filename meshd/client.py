@@ -28,6 +28,7 @@ from meshd.http.messages import Response
 from meshd.observable import Observable
 from meshd.pipeline.context import RouteContext
 from meshd.pipeline.dispatch import can_resend, dispatch, dst_lines, request_head, resend
+from meshd.pipeline.stats import MAX_ENDPOINT_SERIES, OVERFLOW_ENDPOINT, AttemptStats
 from meshd.pool.connection import StaleConnection
 from meshd.pool.dialer import Dialer
 from meshd.pool.pool import Pending, Pool, PoolLimits, PoolStatistics
@@ -39,9 +40,9 @@ from routing.path import Path
 class Endpoint:
     """One replica as a client sees it: its address, its pool; `key`/`weight` for the balancer."""
 
-    __slots__ = ("address", "key", "weight", "pool", "label", "forwarded")
+    __slots__ = ("address", "key", "weight", "pool", "label", "forwarded", "stats")
 
-    def __init__(self, address: Address, pool: Pool) -> None:
+    def __init__(self, address: Address, pool: Pool, stats: AttemptStats) -> None:
         self.address = address
         self.key = address.key
         self.weight = address.weight
@@ -49,6 +50,8 @@ class Endpoint:
         self.label = address.show()
         #: another node's meshd, put here by a transformer: attempts to it are counted as forwarded
         self.forwarded = is_forwarded(address)
+        #: its attempts' counters: its own, or its client's shared ones past MAX_ENDPOINT_SERIES
+        self.stats = stats
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.label} weight={self.weight}>"
@@ -113,6 +116,15 @@ class Client:
         self._dst_lines: dict[str, bytes] = {}
         #: queue timeouts of endpoints since removed (the counter never goes back)
         self._removed_queue_timeouts = 0
+        #: per-replica attempt counters (meshd_client_*, meshd_endpoint_*): each endpoint has its
+        #: own up to `max_endpoint_series`, later ones share `stats_other`; a removed endpoint's
+        #: counts move to `stats_removed`, so the client's totals never go back
+        self.stats_other = AttemptStats()
+        self.stats_removed = AttemptStats()
+        self.max_endpoint_series = MAX_ENDPOINT_SERIES
+        self._labelled = 0
+        #: attempts that were retries (meshd_client_retries_total)
+        self.retries = 0
         #: the router's sweep tick when an attempt last went through this client (for idle eviction)
         self.used = 0
         #: called once the client is closed: releases the namer's watch (and transformers' mappings)
@@ -141,7 +153,12 @@ class Client:
                     clock=self._runtime.clock,
                     pending=self.pending,
                 )
-                endpoint = Endpoint(address, pool)
+                if self._labelled < self.max_endpoint_series:
+                    self._labelled += 1
+                    stats = AttemptStats()
+                else:
+                    stats = self.stats_other
+                endpoint = Endpoint(address, pool, stats)
             else:
                 endpoint.address = address
                 endpoint.weight = address.weight
@@ -151,6 +168,10 @@ class Client:
         for removed in self.balancer.update(list(fresh.values())):
             removed.pool.close()  # fails its waiters as removed: its queue timeouts are final
             self._removed_queue_timeouts += removed.pool.queue_timeouts
+            if removed.stats is not self.stats_other and removed.stats is not self.stats_removed:
+                self._labelled -= 1
+                self.stats_removed.add(removed.stats)
+                removed.stats = self.stats_removed  # attempts still out are counted there
 
     # -- one attempt ------------------------------------------------------------------------
     async def __call__(self, ctx: RouteContext) -> Response:
@@ -170,6 +191,7 @@ class Client:
         self.inflight += 1
         if retry:
             self.retrying += 1
+            self.retries += 1
         try:
             head = request_head(request, self._dst_headers(ctx.logical_name))
             conn = endpoint.pool.try_acquire_idle()
@@ -231,8 +253,9 @@ class Client:
         return response
 
     def _finish(self, node: Node[Endpoint], started: float, failure: bool, retry: bool) -> None:
-        """One attempt ended (its response body too): the node learns it, the breakers free a place."""
-        node.finish(started, failure=failure)
+        """One attempt ended (its response body too): the node learns it, the breakers free a place,
+        and its endpoint's counters take the round-trip time the node measured."""
+        node.member.stats.observe(node.finish(started, failure=failure), failure)
         self.inflight -= 1
         if retry:
             self.retrying -= 1
@@ -306,6 +329,23 @@ class Client:
             closed += s.closed
             queue_timeouts += s.queue_timeouts
         return PoolStatistics(idle, busy, dialing, waiters, opened, closed, queue_timeouts)
+
+    def attempt_totals(self) -> AttemptStats:
+        """The client's attempt counters: its endpoints', the folded ones' and the removed ones'."""
+        total = AttemptStats()
+        total.add(self.stats_removed)
+        total.add(self.stats_other)
+        for endpoint in self._endpoints.values():
+            if endpoint.stats is not self.stats_other:
+                total.add(endpoint.stats)
+        return total
+
+    def endpoint_stats(self) -> list[tuple[str, AttemptStats]]:
+        """Each labelled endpoint's counters by its label, then `_other`'s once it has any."""
+        out = [(e.label, e.stats) for e in self._endpoints.values() if e.stats is not self.stats_other]
+        if self.stats_other.requests:
+            out.append((OVERFLOW_ENDPOINT, self.stats_other))
+        return out
 
     def to_json(self) -> dict[str, object]:
         stats = self.balancer.statistics()

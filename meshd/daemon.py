@@ -213,7 +213,7 @@ class Daemon:
         tls = server_config.tls
         listener = Listener(
             router.service, router.listener_limits(index), label=router.label, observe=router.stats.observe,
-            clock=self.runtime.clock, admission=router.admission,
+            clock=self.runtime.clock, admission=router.admission, recent=router.stats.recent,
             peer_identity=peer_identity if tls is not None and tls.ca_path else None,
         )
         # TLS (docs/tls.md): the loop's own TLS under the same listener; the context it is given
@@ -450,6 +450,7 @@ class Daemon:
                     listener.service = router.service
                     listener.limits = router.listener_limits(index)
                     listener.observe = router.stats.observe
+                    listener.recent = router.stats.recent
                     listener.admission = router.admission
                     b.index = index
                     bound.append(b)

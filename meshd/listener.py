@@ -65,6 +65,7 @@ from meshd.http.headers import (
 from meshd.http.messages import Headers, Request, Response
 from meshd.pipeline.context import RouteContext
 from meshd.pipeline.stack import Service
+from meshd.pipeline.stats import RecentRequests
 
 log = logging.getLogger("meshd.listener")
 
@@ -120,8 +121,11 @@ class Listener:
         clock: Clock = MONOTONIC,
         admission: Admission | None = None,
         peer_identity: Callable[[asyncio.BaseTransport], str] | None = None,
+        recent: RecentRequests | None = None,
     ) -> None:
         self.service = service
+        #: the router's ring of recent requests (the dashboard's list), recorded beside `observe`
+        self.recent = recent
         #: on a TLS listener that verifies client certificates: reads the client's identity from
         #: its connection (once per connection; meshd/tls/identity.py)
         self.peer_identity = peer_identity
@@ -436,7 +440,12 @@ class ServerProtocol(asyncio.Protocol):
             finally:
                 if admitted:
                     admission.leave()
-            observe(ctx.logical_name or UNIDENTIFIED, response.status, monotonic() - started)
+            seconds = monotonic() - started
+            name = ctx.logical_name or UNIDENTIFIED
+            observe(name, response.status, seconds)
+            recent = listener.recent
+            if recent is not None:
+                recent.record(ctx, name, response.status, started, seconds)
             self._route = None
             if self._closing:
                 response.body.cancel(ConnectionClosed("client disconnected"))

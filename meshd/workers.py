@@ -5,9 +5,15 @@ the kernel spreads new connections over the workers; each has its own balancer s
 retry budgets. The supervising process does no proxying. It serves the admin port: `/metrics`
 sums every worker's counters (each worker serves its own metrics on a Unix socket in a private
 run directory), `/admin/ready` is ready when every worker is, and the other admin pages are
-answered by worker 0 (with `/admin/endpoints` listing every worker). A worker that dies is
-restarted; SIGTERM/SIGINT is passed on to all workers, which drain, and the supervisor exits 0
-when they all exited 0.
+answered by worker 0 (with `/admin/endpoints`, `/admin/requests` and `/admin/replicas` listing
+every worker). A worker that dies is restarted; SIGTERM/SIGINT is passed on to all workers,
+which drain, and the supervisor exits 0 when they all exited 0.
+
+Liveness: the supervisor sends each worker a heartbeat (`/admin/ping` on its socket) every
+`HEARTBEAT_S`, and exports `meshd_worker_up{worker}` (1 while the last answer is at most
+`DOWN_AFTER_S` old), `meshd_worker_heartbeat_age_seconds{worker}` and
+`meshd_worker_restarts_total{worker}` beside the workers' summed metrics. A worker whose event
+loop is stuck still has a process, and only the heartbeat shows it.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import pathlib
 import random
 import signal
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import aiohttp
 from aiohttp import web
@@ -29,6 +36,7 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from meshd.admin.metrics import METRICS
 from meshd.config.model import MeshdConfig
 
 log = logging.getLogger("meshd.workers")
@@ -116,6 +124,7 @@ async def _supervise(
 
     loop.add_signal_handler(signal.SIGHUP, reload_workers)
     supervisor = Supervisor(sockets)
+    heartbeats = [loop.create_task(supervisor.heartbeat(i), name=f"heartbeat-{i}") for i in range(len(sockets))]
     runner = web.AppRunner(supervisor.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.admin.ip, config.admin.port, reuse_address=True)
@@ -130,6 +139,7 @@ async def _supervise(
                 continue
             log.error("worker %d (pid %d) exited with status %d; restarting it", index, pid, status)
             pids[_spawn(config, base_dir, sockets[index], index, config_path)] = index
+            supervisor.restarted(index)
     for pid in list(pids):
         try:
             os.kill(pid, signal.SIGTERM)
@@ -139,6 +149,9 @@ async def _supervise(
         pid, status = await loop.run_in_executor(None, os.wait)
         if pids.pop(pid, None) is not None and os.waitstatus_to_exitcode(status) != 0:
             exit_code = 1
+    for task in heartbeats:
+        task.cancel()
+    await asyncio.gather(*heartbeats, return_exceptions=True)
     await runner.cleanup()
     await supervisor.close()
     return exit_code
@@ -162,12 +175,56 @@ async def _reap(stopping: asyncio.Event) -> list[tuple[int, int]]:
     return reaped
 
 
-class Supervisor:
-    """The supervisor's admin server: aggregates the workers' admin endpoints."""
+#: how often the supervisor sends each worker a heartbeat, and how old the last answer may be
+#: before the worker counts as down (a stuck event loop answers nothing)
+HEARTBEAT_S = 1.0
+DOWN_AFTER_S = 3.0
+#: the families the supervisor itself exports (the workers' texts carry them empty)
+_SUPERVISOR_FAMILIES = ("meshd_worker_up", "meshd_worker_heartbeat_age_seconds", "meshd_worker_restarts_total")
 
-    def __init__(self, sockets: list[pathlib.Path]) -> None:
+
+class Supervisor:
+    """The supervisor's admin server: aggregates the workers' admin endpoints, and watches the
+    workers' liveness with heartbeats."""
+
+    def __init__(self, sockets: list[pathlib.Path], *, clock: Callable[[], float] = time.monotonic) -> None:
         self.sockets = sockets
         self._sessions: list[aiohttp.ClientSession] = []
+        self._clock = clock
+        now = clock()
+        #: per worker: when it was (re)started, when it last answered a heartbeat, its restarts
+        self.started = [now] * len(sockets)
+        self.last_beat: list[float | None] = [None] * len(sockets)
+        self.restarts = [0] * len(sockets)
+
+    def restarted(self, index: int) -> None:
+        """Worker `index` died and a new one was forked: its heartbeats start over."""
+        self.restarts[index] += 1
+        self.started[index] = self._clock()
+        self.last_beat[index] = None
+
+    async def beat(self, index: int) -> bool:
+        """One heartbeat: whether worker `index` answered `/admin/ping` within DOWN_AFTER_S."""
+        status, _, _ = await self._fetch(index, "/admin/ping", timeout_s=DOWN_AFTER_S)
+        if status == 200:
+            self.last_beat[index] = self._clock()
+            return True
+        return False
+
+    async def heartbeat(self, index: int) -> None:
+        """Heartbeats to worker `index` every HEARTBEAT_S, until cancelled (a cadence, not a limit)."""
+        while True:
+            await self.beat(index)
+            await asyncio.sleep(HEARTBEAT_S)
+
+    def liveness(self) -> list[tuple[bool, float]]:
+        """Per worker: up, and seconds since its last heartbeat answer (or since it started)."""
+        now = self._clock()
+        out = []
+        for started, beat in zip(self.started, self.last_beat, strict=True):
+            age = now - (beat if beat is not None else started)
+            out.append((beat is not None and age <= DOWN_AFTER_S, max(age, 0.0)))
+        return out
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -177,6 +234,8 @@ class Supervisor:
                 web.get("/admin/ping", self.ping),
                 web.get("/admin/ready", self.ready),
                 web.get("/admin/endpoints", self.endpoints),
+                web.get("/admin/requests", self.requests),
+                web.get("/admin/replicas", self.replicas),
                 web.get("/{tail:.*}", self.forward),
             ]
         )
@@ -196,9 +255,9 @@ class Supervisor:
         status, body, _ = await self._fetch(index, path)
         return status, body.decode("utf-8", "replace")
 
-    async def _fetch(self, index: int, path: str) -> tuple[int, bytes, str]:
+    async def _fetch(self, index: int, path: str, timeout_s: float = 5.0) -> tuple[int, bytes, str]:
         try:
-            async with self._session(index).get(f"http://worker{path}", timeout=aiohttp.ClientTimeout(total=5)) as r:
+            async with self._session(index).get(f"http://worker{path}", timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
                 return r.status, await r.read(), r.headers.get("Content-Type", "text/plain")
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return 503, f"worker {index} unavailable: {exc}".encode(), "text/plain"
@@ -217,6 +276,7 @@ class Supervisor:
         texts = [text for status, text in results if status == 200]
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Merged(texts))
+        registry.register(_Liveness(self.liveness(), self.restarts))
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def endpoints(self, request: web.Request) -> web.Response:
@@ -226,6 +286,38 @@ class Supervisor:
             for i, (status, text) in enumerate(results)
         ]
         return web.Response(text=json.dumps(out, indent=2) + "\n", content_type="application/json")
+
+    async def requests(self, request: web.Request) -> web.Response:
+        """Every worker's recent requests, per router, newest first, each tagged with its worker."""
+        results = await asyncio.gather(*(self._get(i, request.path_qs) for i in range(len(self.sockets))))
+        routers: dict[str, dict[str, object]] = {}
+        rows: dict[str, list[dict[str, object]]] = {}
+        for index, (status, text) in enumerate(results):
+            if status != 200:
+                continue
+            for r in json.loads(text):
+                merged = routers.setdefault(r["router"], {"router": r["router"], "recorded": 0})
+                merged["recorded"] = int(str(merged["recorded"])) + r["recorded"]
+                rows.setdefault(r["router"], []).extend({**row, "worker": index} for row in r["requests"])
+        out = []
+        for label, merged in routers.items():
+            merged["requests"] = sorted(rows[label], key=lambda row: str(row["time"]), reverse=True)
+            out.append(merged)
+        return web.Response(text=json.dumps(out, indent=2) + "\n", content_type="application/json")
+
+    async def replicas(self, request: web.Request) -> web.Response:
+        """Every worker's per-replica history, each endpoint tagged with its worker."""
+        results = await asyncio.gather(*(self._get(i, "/admin/replicas") for i in range(len(self.sockets))))
+        merged: dict[str, object] = {}
+        endpoints: list[dict[str, object]] = []
+        for index, (status, text) in enumerate(results):
+            if status != 200:
+                continue
+            data = json.loads(text)
+            merged.update({k: v for k, v in data.items() if k != "endpoints"})
+            endpoints.extend({**e, "worker": index} for e in data["endpoints"])
+        merged["endpoints"] = endpoints
+        return web.Response(text=json.dumps(merged, indent=2) + "\n", content_type="application/json")
 
     async def forward(self, request: web.Request) -> web.Response:
         """Other admin pages (and the dashboard's files) come from worker 0, content type included."""
@@ -249,6 +341,8 @@ class _Merged(Collector):
         sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
         for text in self._texts:
             for family in text_string_to_metric_families(text):
+                if family.name.removesuffix("_total") in _OWN:
+                    continue  # the supervisor's own (empty in the workers' texts)
                 merged = families.get(family.name)
                 if merged is None:
                     merged = families[family.name] = Metric(family.name, family.documentation, family.type)
@@ -269,3 +363,28 @@ class _Merged(Collector):
             for (sample_name, labels), value in sums[name].items():
                 family.add_sample(sample_name, dict(labels), value)
             yield family
+
+
+#: the supervisor's families as prometheus-client's parser names them (counters lose `_total`)
+_OWN = frozenset(name.removesuffix("_total") for name in _SUPERVISOR_FAMILIES)
+
+
+class _Liveness(Collector):
+    """`meshd_worker_up`, `meshd_worker_heartbeat_age_seconds`, `meshd_worker_restarts_total`."""
+
+    def __init__(self, liveness: list[tuple[bool, float]], restarts: list[int]) -> None:
+        self._liveness = liveness
+        self._restarts = restarts
+
+    def collect(self) -> Iterator[Metric]:
+        up = Metric("meshd_worker_up", METRICS["meshd_worker_up"], "gauge")
+        age = Metric("meshd_worker_heartbeat_age_seconds", METRICS["meshd_worker_heartbeat_age_seconds"], "gauge")
+        restarts = Metric("meshd_worker_restarts", METRICS["meshd_worker_restarts_total"], "counter")
+        for index, ((alive, seconds), count) in enumerate(zip(self._liveness, self._restarts, strict=True)):
+            labels = {"worker": str(index)}
+            up.add_sample("meshd_worker_up", labels, 1.0 if alive else 0.0)
+            age.add_sample("meshd_worker_heartbeat_age_seconds", labels, round(seconds, 3))
+            restarts.add_sample("meshd_worker_restarts_total", labels, float(count))
+        yield up
+        yield age
+        yield restarts

@@ -1,5 +1,6 @@
 """Admin server (aiohttp): /metrics, /admin/ping, /admin/ready, /admin/config, /admin/routes,
-/admin/endpoints, /admin/delegator and the dashboard.
+/admin/endpoints, /admin/delegator, the dashboard and what it reads (/admin/requests,
+/admin/replicas, /admin/dtab/playground).
 
 The admin server shares the event loop with the proxy but none of its hot path: it only reads
 counters and statistics when asked, and `/metrics` renders in short slices so a scrape never
@@ -8,30 +9,40 @@ holds the loop for more than a few milliseconds (see meshd/admin/metrics.py).
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import pathlib
+import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.registry import CollectorRegistry
 
 from meshd import __version__
+from meshd.admin.history import INTERVAL_S, ReplicaHistory, readings
 from meshd.admin.metrics import Exporter
 from meshd.admin.view import MeshdView
 from meshd.config.loader import to_yaml_dict
 from meshd.explain import dentry_origins, explain
+from routing.parser import DtabSyntaxError, parse_dtab
 
 DASHBOARD = pathlib.Path(__file__).parent / "dashboard"
 _DAEMON: web.AppKey[MeshdView] = web.AppKey("daemon")
 _EXPORTER: web.AppKey[Exporter] = web.AppKey("exporter")
+_HISTORY: web.AppKey[ReplicaHistory] = web.AppKey("history")
+#: the largest dtab the playground parses (the size of a routing file's, and then some)
+PLAYGROUND_MAX_DTAB_BYTES = 65536
 
 
-def build_app(daemon: MeshdView, registry: CollectorRegistry) -> web.Application:
+def build_app(daemon: MeshdView, registry: CollectorRegistry, *, history_interval_s: float = INTERVAL_S) -> web.Application:
     """The admin application over `daemon`'s read-only view; `/metrics` also serves `registry`."""
     app = web.Application()
     app[_DAEMON] = daemon
     app[_EXPORTER] = Exporter(daemon, registry)
+    app[_HISTORY] = ReplicaHistory(lambda: readings(daemon), interval_s=history_interval_s)
+    app.cleanup_ctx.append(_sample_history)
     app.add_routes(
         [
             web.get("/metrics", metrics),
@@ -44,12 +55,22 @@ def build_app(daemon: MeshdView, registry: CollectorRegistry) -> web.Application
             web.get("/admin/delegator", delegator),
             web.get("/admin/namers", namers),
             web.get("/admin/version", version),
+            web.get("/admin/requests", recent_requests),
+            web.get("/admin/replicas", replicas),
+            web.get("/admin/dtab/playground", playground),
             web.get("/", dashboard),
         ]
     )
     if DASHBOARD.is_dir():
         app.router.add_static("/dashboard/", DASHBOARD)
     return app
+
+
+async def _sample_history(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.get_running_loop().create_task(app[_HISTORY].run(), name="admin-replica-history")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def start_admin(
@@ -213,3 +234,87 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
     if index.is_file():
         return web.FileResponse(index)
     return web.Response(text="meshd admin: /metrics /admin/endpoints /admin/routes /admin/delegator?path=\n")
+
+
+async def recent_requests(request: web.Request) -> web.Response:
+    """The last requests each router answered (a ring of 128 per router), newest first."""
+    daemon = request.app[_DAEMON]
+    label = request.query.get("router")
+    wall_minus_mono = time.time() - time.monotonic()  # the listener stamps requests on the monotonic clock
+    out = []
+    for router in daemon.routers:
+        if label and router.label != label:
+            continue
+        recent = router.stats.recent
+        rows = []
+        for sample in recent.newest_first():
+            node = sample.node
+            rows.append(
+                {
+                    "time": _timestamp(sample.at + wall_minus_mono),
+                    "service": sample.service,
+                    "endpoint": node.member.label if node is not None else None,
+                    "status": sample.status,
+                    "latencyMs": round(sample.seconds * 1000.0, 3),
+                    "attempts": sample.attempts,
+                    "traceId": sample.trace_id or None,
+                    "reqid": sample.reqid or None,
+                }
+            )
+        out.append({"router": router.label, "recorded": recent.recorded, "requests": rows})
+    return _json(out)
+
+
+async def replicas(request: web.Request) -> web.Response:
+    """Per endpoint: attempts, success and p50/p99 latency per 10 s over the last 5 minutes."""
+    history = request.app[_HISTORY]
+    return _json({"intervalSeconds": history.interval_s, "window": history.window, "endpoints": history.to_json()})
+
+
+async def playground(request: web.Request) -> web.Response:
+    """The dtab playground: how `path` binds through `dtab` (the router's own when not given).
+
+    The typed dtab replaces the router's (nothing is changed in meshd: it is only explained, as
+    `meshd dtab explain` does); a dtab that does not parse is refused with 400 and the parser's
+    line and column.
+    """
+    daemon = request.app[_DAEMON]
+    label = request.query.get("router")
+    try:
+        router = daemon.router(label) if label else daemon.routers[0]
+    except KeyError:
+        return _json({"error": f"no router {label!r}"}, status=404)
+    path = request.query.get("path", "")
+    text = request.query.get("dtab")
+    base = router.dtab.get()
+    watcher = daemon.routes_watchers.get(router.label)
+    origins = dentry_origins(router.label, router.own_dtab, watcher.current if watcher else None)
+    if text is None:
+        # what the page shows before anything is typed: the dtab in force, and where each entry comes from
+        if not path:
+            return _json({"router": router.label, "dtab": base.show(), "routers": [r.label for r in daemon.routers]})
+    else:
+        if len(text.encode()) > PLAYGROUND_MAX_DTAB_BYTES:
+            return _json({"router": router.label, "error": f"dtab longer than {PLAYGROUND_MAX_DTAB_BYTES} bytes"}, status=400)
+        try:
+            base = parse_dtab(text)
+        except DtabSyntaxError as exc:
+            return _json(
+                {
+                    "router": router.label,
+                    "error": f"bad dtab: {exc.short}",
+                    "line": exc.line,
+                    "column": exc.column,
+                    "reason": exc.reason,
+                    "errorContext": str(exc),
+                },
+                status=400,
+            )
+        origins = ["playground"] * len(base.dentries)
+    if not path:
+        return _json({"router": router.label, "error": "give the logical name to explain, e.g. /svc/accounts"}, status=400)
+    result = await explain(
+        path, base, daemon.namers, lambda id: router.addr_of(id).get(), origins=origins, timeout_s=2.0
+    )
+    result["router"] = router.label
+    return _json(result, status=400 if "error" in result and "trace" not in result else 200)

@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from meshd.admin.view import MetricsView
 from meshd.pipeline.retries import RetryCounters
-from meshd.pipeline.stats import BUCKETS, OVERFLOW_SERVICE
+from meshd.pipeline.stats import BUCKETS, OVERFLOW_SERVICE, AttemptStats
 from meshd.pipeline.timeouts import TimeoutCounters
 
 #: name -> help text; docs/metrics.md documents each, and a test checks it.
@@ -48,6 +48,13 @@ METRICS: Final[dict[str, str]] = {
     "meshd_endpoint_ewma_seconds": "Peak EWMA latency of one endpoint (0 for balancers that do not track it).",
     "meshd_endpoint_state": "1 for the endpoint's current failure-accrual state (live, ejected, probing).",
     "meshd_ejections_total": "Endpoints ejected by failure accrual, per client.",
+    "meshd_client_requests_total": "Attempts sent to a client's endpoints (retries included), per client (bound name).",
+    "meshd_client_failures_total": "Attempts to a client's endpoints that failed (error, or a response the classifier calls a failure).",
+    "meshd_client_request_duration_seconds": "Time from an attempt's start to the end of its response body, per client.",
+    "meshd_client_retries_total": "Attempts to a client that were retries (the request's second or later attempt).",
+    "meshd_endpoint_requests_total": "Attempts sent to one endpoint (the first 64 endpoints of a client; later ones as endpoint=\"_other\").",
+    "meshd_endpoint_failures_total": "Attempts to one endpoint that failed (same cap as meshd_endpoint_requests_total).",
+    "meshd_endpoint_request_duration_seconds": "Time from an attempt's start to the end of its response body, per endpoint (same cap).",
     "meshd_all_ejected_picks_total": "Picks made while every endpoint was ejected (meshd picked anyway).",
     "meshd_client_requests_in_flight": "Attempts in flight to a client's endpoints now (circuitBreakers.maxRequests bounds it).",
     "meshd_circuit_breaker_overflows_total": "Attempts a client's circuit breaker refused with 503, by limit (maxRequests, maxPendingRequests, maxRetries).",
@@ -76,6 +83,9 @@ METRICS: Final[dict[str, str]] = {
     "meshd_overloaded_total": "Requests refused with 503 by admission control, by reason (queue_full, pending_timeout).",
     "meshd_config_file_reloads_total": "Whole-config reloads (SIGHUP, POST /admin/reload), by result: applied, unchanged, refused.",
     "meshd_config_loaded_timestamp_seconds": "When the running meshd.yaml was loaded (Unix time).",
+    "meshd_worker_up": "With --workers: 1 while a worker answers the supervisor's heartbeats, 0 once its last answer is over 3 s old.",
+    "meshd_worker_heartbeat_age_seconds": "With --workers: seconds since a worker last answered a heartbeat (or since it started).",
+    "meshd_worker_restarts_total": "With --workers: times the supervisor restarted a worker that died.",
     "meshd_discovery_last_update_age_seconds": "Seconds since a namer last knew the data it serves for a name to be current.",
     "meshd_discovery_stale": "1 while a namer serves last-known-good data for a name after a failure, else 0.",
     "meshd_daemonset_forwarded_total": "Attempts a router sent to another node's meshd (daemonset transformer).",
@@ -227,6 +237,10 @@ def _steps(daemon: MetricsView, text: _Text) -> Iterator[None]:
                 current = node.state
                 for st in _STATES:
                     state.append(f'meshd_endpoint_state{{{rce},state="{st}"}} {"1.0" if st == current else "0.0"}\n')
+            _attempt_series("meshd_client", rc, client.attempt_totals(), text)
+            f["meshd_client_retries_total"].append(f"meshd_client_retries_total{{{rc}}} {_n(client.retries)}\n")
+            for label, es in client.endpoint_stats():
+                _attempt_series("meshd_endpoint", f'client="{cl}",endpoint="{_esc(label)}",{r}', es, text)
             bs = client.balancer.statistics()
             ejections.append(f"meshd_ejections_total{{{rc}}} {_n(bs.ejections)}\n")
             all_ejected.append(f"meshd_all_ejected_picks_total{{{rc}}} {_n(bs.all_ejected_picks)}\n")
@@ -338,6 +352,23 @@ def _tls_steps(daemon: MetricsView, text: _Text) -> None:
         f["meshd_tls_cert_expiry_timestamp_seconds"].append(
             f'meshd_tls_cert_expiry_timestamp_seconds{{path="{_esc(path)}"}} {_n(expiry)}\n'
         )
+
+
+def _attempt_series(prefix: str, labels: str, stats: AttemptStats, text: _Text) -> None:
+    """`{prefix}_requests_total`, `_failures_total` and `_request_duration_seconds` of one
+    client's or endpoint's attempt counters."""
+    f = text.lines
+    f[f"{prefix}_requests_total"].append(f"{prefix}_requests_total{{{labels}}} {_n(stats.requests)}\n")
+    f[f"{prefix}_failures_total"].append(f"{prefix}_failures_total{{{labels}}} {_n(stats.failures)}\n")
+    duration = f[f"{prefix}_request_duration_seconds"]
+    name = f"{prefix}_request_duration_seconds"
+    cumulative = 0
+    for le, n in zip(_LE, stats.buckets, strict=False):
+        cumulative += n
+        duration.append(f'{name}_bucket{{le="{le}",{labels}}} {_n(cumulative)}\n')
+    duration.append(f'{name}_bucket{{le="+Inf",{labels}}} {_n(stats.requests)}\n')
+    duration.append(f"{name}_count{{{labels}}} {_n(stats.requests)}\n")
+    duration.append(f"{name}_sum{{{labels}}} {_n(stats.latency_sum)}\n")
 
 
 def _service_counters(rs: str, c: RetryCounters, t: TimeoutCounters, text: _Text) -> None:

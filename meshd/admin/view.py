@@ -21,7 +21,7 @@ from meshd.config.model import MeshdConfig
 from meshd.discovery.addr import Addr
 from meshd.discovery.base import Namer
 from meshd.pipeline.retries import RetryCounters
-from meshd.pipeline.stats import RequestStats
+from meshd.pipeline.stats import AttemptStats, RecentRequests, RequestStats
 from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.pool.pool import PoolStatistics
 from meshd.runtime import Runtime
@@ -99,6 +99,13 @@ class ClientView(Protocol):
 
     def pool_statistics(self) -> PoolStatistics: ...
 
+    @property
+    def retries(self) -> int: ...
+
+    def attempt_totals(self) -> AttemptStats: ...
+
+    def endpoint_stats(self) -> list[tuple[str, AttemptStats]]: ...
+
     def to_json(self) -> dict[str, object]: ...
 
 
@@ -123,6 +130,9 @@ class ServiceStateView(Protocol):
 class RouterStatsView(Protocol):
     @property
     def services(self) -> Mapping[str, RequestStats]: ...
+
+    @property
+    def recent(self) -> RecentRequests: ...
 
 
 class MirroringView(Protocol):

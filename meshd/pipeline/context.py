@@ -32,6 +32,7 @@ class RouteContext:
         "attempts",
         "last_node",
         "peer_identity",
+        "trace_id",
     )
 
     def __init__(self, request: Request, peer_identity: str = "") -> None:
@@ -61,6 +62,9 @@ class RouteContext:
         #: the balancer node of the latest attempt: a retry asks the balancer to avoid it (client);
         #: its member is the client's `Endpoint`, which sits above the pipeline, hence `Any`
         self.last_node: Node[Any] | None = None
+        #: the request's trace id (hex), "" when it is not traced: the dashboard's recent requests
+        #: show it (the tracing stage sets it)
+        self.trace_id = ""
 
     def __repr__(self) -> str:
         return f"<RouteContext {self.request!r} name={self.logical_name!r} attempts={self.attempts}>"

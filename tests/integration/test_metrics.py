@@ -28,6 +28,10 @@ ROUTES = "dtab: |\n  /svc => /#/fs;\n"
 #: families a router exports only when configured for them (this scenario is not)
 ONLY_WHEN_CONFIGURED = {
     "meshd_daemonset_forwarded_total": "routers with transformers",
+    # the supervisor's, under --workers only (tests/system/test_worker_liveness.py)
+    "meshd_worker_up": "meshd run --workers N",
+    "meshd_worker_heartbeat_age_seconds": "meshd run --workers N",
+    "meshd_worker_restarts_total": "meshd run --workers N",
     "meshd_faults_injected_total": "routing files with fault rules (tests/integration/test_fault_rules.py)",
     "meshd_mirrored_requests_total": "routing files with mirror rules (tests/integration/test_mirror_rules.py)",
     "meshd_mirror_skipped_total": "routing files with mirror rules (tests/integration/test_mirror_rules.py)",
