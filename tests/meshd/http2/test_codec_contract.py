@@ -6,13 +6,20 @@ the other. Each test states one promise of the interface; a new backend joins `B
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from typing import Any, cast
 
 import pytest
 
+from meshd.http2 import nghttp2
 from meshd.http2.codec import (
     CANCEL,
+    ENHANCE_YOUR_CALM,
+    MAX_STREAM_ID,
+    NO_ERROR,
     PROTOCOL_ERROR,
+    REFUSED_STREAM,
     ConnectionError,
     DataReceived,
     GoAwayReceived,
@@ -33,7 +40,15 @@ def _h2ref(client_side: bool, settings: H2Settings) -> H2Codec:
     return H2RefCodec(client_side=client_side, settings=settings)
 
 
-BACKENDS: dict[str, Factory] = {"h2ref": _h2ref}
+def _nghttp2(client_side: bool, settings: H2Settings) -> H2Codec:
+    if not nghttp2.AVAILABLE:
+        if os.environ.get("CI") == "true":  # under CI the binding must have been built
+            raise AssertionError(nghttp2.WHY_UNAVAILABLE)
+        pytest.skip(str(nghttp2.WHY_UNAVAILABLE))
+    return nghttp2.NgHttp2Codec(client_side=client_side, settings=settings)
+
+
+BACKENDS: dict[str, Factory] = {"h2ref": _h2ref, "nghttp2": _nghttp2}
 
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"ledger"),
            (b":path", b"/bank.Ledger/Post"), (b"content-type", b"application/grpc")]
@@ -180,3 +195,192 @@ def test_garbage_is_a_connection_error_with_goaway(factory: Factory) -> None:
     assert len(errors) == 1 and isinstance(errors[0], ConnectionError)
     assert errors[0].error_code == PROTOCOL_ERROR
     assert b"\x07" in server.data_to_send()[:4]  # a GOAWAY frame (type 7) was queued
+
+
+RESPONSE = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+
+
+def _body(events: list[H2Event], sid: int) -> bytes:
+    return b"".join(e.data for e in events if isinstance(e, DataReceived) and e.stream_id == sid)
+
+
+def test_large_bodies_cross_many_windows_both_ways(factory: Factory) -> None:
+    """1 MiB each way through 16 KiB stream windows: only `consumed()` lets the rest through."""
+    small = H2Settings(initial_window_size=16_384, connection_window_size=65_535)
+    p = Pair(factory, client=small, server=small)
+    request, response = bytes(range(256)) * 4096, bytes(reversed(range(256))) * 4096
+    sid = p.client.next_stream_id()
+    p.client.send_headers(sid, REQUEST, end_stream=False)
+    p.client.send_data(sid, request, end_stream=True)
+    got: list[H2Event] = []
+    for _ in range(1000):
+        p.pump()
+        events = p.take_server()
+        got += events
+        for e in events:
+            if isinstance(e, DataReceived):
+                assert p.client.buffered(sid) <= len(request)
+                p.server.consumed(sid, e.flow_length)
+        if any(isinstance(e, DataReceived) and e.end_stream for e in events):
+            break
+    assert _body(got, sid) == request and p.client.buffered(sid) == 0
+    rounds = 0
+    p.server.send_headers(sid, RESPONSE, end_stream=False)
+    p.server.send_data(sid, response, end_stream=False)
+    p.server.send_trailers(sid, [(b"grpc-status", b"0")])
+    got = []
+    while not any(isinstance(e, TrailersReceived) for e in got):
+        rounds += 1
+        assert rounds < 1000
+        p.pump()
+        events = p.take_client()
+        got += events
+        for e in events:
+            if isinstance(e, DataReceived):
+                p.client.consumed(sid, e.flow_length)
+    assert _body(got, sid) == response and rounds > 16  # it took many windows
+    assert p.client.open_outbound_streams == 0
+
+
+def test_many_concurrent_streams_keep_apart(factory: Factory) -> None:
+    p = Pair(factory)
+    sids = []
+    for i in range(60):
+        sid = p.client.next_stream_id()
+        sids.append(sid)
+        p.client.send_headers(sid, REQUEST, end_stream=False)
+        p.client.send_data(sid, f"request {i}".encode(), end_stream=True)
+    assert p.client.open_outbound_streams == 60
+    p.pump()
+    events = p.take_server()
+    assert [e.stream_id for e in events if isinstance(e, HeadersReceived)] == sids
+    assert p.server.open_inbound_streams == 60
+    for i, sid in enumerate(sids):
+        assert _body(events, sid) == f"request {i}".encode()
+    for i, sid in reversed(list(enumerate(sids))):  # answered in the other order
+        p.server.send_headers(sid, RESPONSE, end_stream=False)
+        p.server.send_data(sid, f"response {i}".encode(), end_stream=False)
+        p.server.send_trailers(sid, [(b"grpc-status", b"0")])
+    p.pump()
+    events = p.take_client()
+    for i, sid in enumerate(sids):
+        assert _body(events, sid) == f"response {i}".encode()
+    assert len(_of(TrailersReceived, events)) == 60
+    assert p.client.open_outbound_streams == 0 and p.server.open_inbound_streams == 0
+
+
+def test_trailers_only_response(factory: Factory) -> None:
+    """gRPC's error answer: one HEADERS with :status and grpc-status that ends the stream."""
+    p = Pair(factory)
+    sid = p.client.next_stream_id()
+    p.client.send_headers(sid, REQUEST, end_stream=False)
+    p.client.send_data(sid, b"\x00\x00\x00\x00\x00", end_stream=True)
+    p.pump()
+    p.take_server()
+    p.server.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                                (b"grpc-status", b"14"), (b"grpc-message", b"unavailable")], True)
+    p.pump()
+    heads = _of(HeadersReceived, p.take_client())
+    assert len(heads) == 1 and isinstance(heads[0], HeadersReceived)
+    assert heads[0].end_stream and (b"grpc-status", b"14") in heads[0].headers
+    assert p.client.open_outbound_streams == 0
+
+
+def test_server_reset_reaches_the_client_and_later_sends_are_ignored(factory: Factory) -> None:
+    p = Pair(factory)
+    sid = p.client.next_stream_id()
+    p.client.send_headers(sid, REQUEST, end_stream=False)
+    p.pump()
+    p.server.reset_stream(sid, REFUSED_STREAM)
+    p.pump()
+    resets = _of(StreamReset, p.take_client())
+    assert len(resets) == 1 and isinstance(resets[0], StreamReset)
+    assert (resets[0].stream_id, resets[0].error_code, resets[0].remote) == (sid, REFUSED_STREAM, True)
+    p.client.send_data(sid, b"late", end_stream=True)  # raced the reset: ignored, no error
+    p.server.send_headers(sid, RESPONSE, end_stream=True)
+    p.pump()
+    assert not _of(ConnectionError, p.take_server()) and not _of(ConnectionError, p.take_client())
+    assert p.client.open_outbound_streams == 0 and p.client.buffered(sid) == 0
+
+
+def test_goaway_refuses_the_streams_above_last_and_lets_the_others_finish(factory: Factory) -> None:
+    p = Pair(factory)
+    sids = [p.client.next_stream_id()]
+    p.client.send_headers(sids[0], REQUEST, end_stream=True)
+    for _ in range(2):
+        sids.append(p.client.next_stream_id())
+        p.client.send_headers(sids[-1], REQUEST, end_stream=True)
+    p.pump()
+    p.take_server()
+    p.server.goaway(NO_ERROR, last_stream_id=sids[0])
+    p.pump()
+    events = p.take_client()
+    goaways = _of(GoAwayReceived, events)
+    assert len(goaways) == 1 and isinstance(goaways[0], GoAwayReceived)
+    assert goaways[0].last_stream_id == sids[0]
+    refused = [(e.stream_id, e.error_code, e.remote) for e in events if isinstance(e, StreamReset)]
+    assert refused == [(sids[1], REFUSED_STREAM, False), (sids[2], REFUSED_STREAM, False)]
+    assert not p.client.can_open_stream
+    p.server.send_headers(sids[0], RESPONSE, end_stream=False)
+    p.server.send_trailers(sids[0], [(b"grpc-status", b"0")])
+    p.pump()
+    events = p.take_client()
+    assert [type(e) for e in events if isinstance(e, (HeadersReceived, TrailersReceived))] == [
+        HeadersReceived, TrailersReceived]
+    assert p.client.open_outbound_streams == 0
+
+
+def test_header_list_over_the_limit_is_a_connection_error(factory: Factory) -> None:
+    p = Pair(factory, server=H2Settings(max_header_list_size=4096))
+    sid = p.client.next_stream_id()
+    p.client.send_headers(sid, [*REQUEST, (b"x-big", b"v" * 5000)], end_stream=True)
+    p.pump()
+    events = p.take_server()
+    errors = _of(ConnectionError, events)
+    assert len(errors) == 1 and isinstance(errors[0], ConnectionError)
+    assert (errors[0].error_code, errors[0].reason) == (ENHANCE_YOUR_CALM, "headers_too_large")
+    assert not _of(HeadersReceived, events)
+    goaways = _of(GoAwayReceived, p.take_client())
+    assert len(goaways) == 1 and isinstance(goaways[0], GoAwayReceived)
+    assert goaways[0].error_code == ENHANCE_YOUR_CALM
+
+
+def test_a_header_list_under_the_limit_passes(factory: Factory) -> None:
+    p = Pair(factory, server=H2Settings(max_header_list_size=4096))
+    sid = p.client.next_stream_id()
+    p.client.send_headers(sid, [*REQUEST, (b"x-big", b"v" * 3000)], end_stream=True)
+    p.pump()
+    heads = _of(HeadersReceived, p.take_server())
+    assert len(heads) == 1 and isinstance(heads[0], HeadersReceived)
+    assert heads[0].headers[-1] == (b"x-big", b"v" * 3000)
+
+
+def test_stream_ids_run_out_on_the_client(factory: Factory) -> None:
+    p = Pair(factory)
+    cast(Any, p.client)._jump_stream_ids(MAX_STREAM_ID)  # a test hook of each backend
+    assert p.client.can_open_stream
+    sid = p.client.next_stream_id()
+    assert sid == MAX_STREAM_ID
+    p.client.send_headers(sid, REQUEST, end_stream=True)
+    assert not p.client.can_open_stream  # the pool opens another connection
+    p.pump()
+    heads = _of(HeadersReceived, p.take_server())
+    assert len(heads) == 1 and isinstance(heads[0], HeadersReceived) and heads[0].stream_id == sid
+    p.server.send_headers(sid, RESPONSE, end_stream=True)
+    p.pump()
+    assert _of(HeadersReceived, p.take_client())
+
+
+def test_informational_response_then_final(factory: Factory) -> None:
+    p = Pair(factory)
+    sid = p.client.next_stream_id()
+    p.client.send_headers(sid, REQUEST, end_stream=True)
+    p.pump()
+    p.server.send_headers(sid, [(b":status", b"103"), (b"link", b"</a>")], end_stream=False)
+    p.server.send_headers(sid, RESPONSE, end_stream=False)
+    p.server.send_trailers(sid, [(b"grpc-status", b"0")])
+    p.pump()
+    events = [e for e in p.take_client() if isinstance(e, (HeadersReceived, TrailersReceived))]
+    assert [(type(e).__name__, e.headers[0]) for e in events] == [
+        ("HeadersReceived", (b":status", b"103")), ("HeadersReceived", (b":status", b"200")),
+        ("TrailersReceived", (b"grpc-status", b"0"))]
