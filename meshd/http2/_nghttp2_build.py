@@ -19,9 +19,9 @@ CDEF = """
 typedef struct {
     int64_t *ev;
     size_t nev;
-    uint8_t *blob;
+    char *blob;
     size_t blob_len;
-    uint8_t *out;
+    char *out;
     size_t out_len;
     int64_t outbound;
     int64_t inbound;
@@ -35,17 +35,16 @@ mh_conn *mh_new(int client, const uint32_t *limits);
 void mh_free(mh_conn *c);
 int mh_start(mh_conn *c);
 int mh_pump(mh_conn *c);
-void mh_clear(mh_conn *c);
-void mh_take_out(mh_conn *c);
-long mh_recv(mh_conn *c, const uint8_t *data, size_t len);
-int mh_send_headers(mh_conn *c, int32_t sid, const uint8_t *blob, const size_t *lens, size_t n,
+long mh_flush(mh_conn *c);
+long mh_recv(mh_conn *c, const char *data, size_t len);
+int mh_send_headers(mh_conn *c, int32_t sid, const char *blob, size_t len, size_t n,
                     int end_stream);
-int mh_send_data(mh_conn *c, int32_t sid, const uint8_t *data, size_t len, int end_stream);
-int mh_send_trailers(mh_conn *c, int32_t sid, const uint8_t *blob, const size_t *lens, size_t n);
+int mh_send_data(mh_conn *c, int32_t sid, const char *data, size_t len, int end_stream);
+int mh_send_trailers(mh_conn *c, int32_t sid, const char *blob, size_t len, size_t n);
 size_t mh_buffered(mh_conn *c, int32_t sid);
 int mh_reset(mh_conn *c, int32_t sid, uint32_t code);
 void mh_consumed(mh_conn *c, int32_t sid, size_t n);
-int mh_ping(mh_conn *c, const uint8_t *data);
+int mh_ping(mh_conn *c, const char *data);
 int mh_goaway(mh_conn *c, uint32_t code, int32_t last);
 int32_t mh_next_stream_id(mh_conn *c);
 int mh_can_open_stream(mh_conn *c);

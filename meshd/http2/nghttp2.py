@@ -32,7 +32,7 @@ from meshd.http2.codec import (
 )
 
 #: the glue's version this module decodes (MH_ABI in nghttp2_glue.c): a stale build is refused
-ABI = 4
+ABI = 7
 
 
 
@@ -84,15 +84,19 @@ _REASONS = ("protocol", "flow_control", "frame_size", "compression", "headers_to
 assert set(_REASONS) <= set(REASONS)
 
 
-def _flatten(headers: Headers) -> tuple[bytes, list[int]]:
-    lens: list[int] = []
-    parts: list[bytes] = []
-    for name, value in headers:
-        parts.append(name)
-        parts.append(value)
-        lens.append(len(name))
-        lens.append(len(value))
-    return b"".join(parts), lens
+_join = b"\0".join
+
+
+def _flatten(headers: Headers) -> bytes:
+    """Names and values joined by NUL (which no field may hold): what the glue reads them from."""
+    return _join(map(_join, headers))
+
+
+def _refused(what: str, stream_id: int, rv: int) -> ValueError:
+    if rv == -501:  # NGHTTP2_ERR_INVALID_ARGUMENT from the glue's splitting
+        return ValueError(f"HTTP/2 {what} on stream {stream_id}: a header name or value holds NUL, or "
+                          "the stream id is not the next one")
+    return ValueError(f"HTTP/2 {what} on stream {stream_id}: {ffi.string(lib.nghttp2_strerror(rv)).decode()}")
 
 
 class NgHttp2Codec:
@@ -127,8 +131,8 @@ class NgHttp2Codec:
         if not n:
             return []
         ints: list[int] = ffi.unpack(c.ev, n)
-        blob: bytes = ffi.unpack(ffi.cast("char *", c.blob), c.blob_len) if c.blob_len else b""
-        lib.mh_clear(c)
+        size = c.blob_len
+        blob: bytes = ffi.unpack(c.blob, size) if size else b""
         events: list[H2Event] = []
         append = events.append
         i = pos = 0
@@ -146,20 +150,20 @@ class NgHttp2Codec:
                 append(DataReceived(ints[i + 1], chunk, length, ints[i + 2] != 0))
                 i += 5
             elif kind == _HEADERS:
-                count = ints[i + 3]
-                headers: Headers = []
-                j = i + 4
-                for _ in range(count):
-                    nl, vl = ints[j], ints[j + 1]
-                    headers.append((blob[pos:pos + nl], blob[pos + nl:pos + nl + vl]))
-                    pos += nl + vl
-                    j += 2
+                # sid, flags, fields, length: name NUL value NUL ... in the blob
+                length = ints[i + 4]
+                if ints[i + 3]:
+                    fields = iter(blob[pos:pos + length].split(b"\0"))
+                    headers: Headers = list(zip(fields, fields, strict=False))
+                else:
+                    headers = []
+                pos += length
                 flags = ints[i + 2]
                 if flags & 2:
                     append(TrailersReceived(ints[i + 1], headers))
                 else:
                     append(HeadersReceived(ints[i + 1], headers, flags & 1 != 0))
-                i = j
+                i += 5
             elif kind == _WINDOW:
                 append(WindowUpdated(ints[i + 1]))
                 i += 2
@@ -187,12 +191,10 @@ class NgHttp2Codec:
 
     def data_to_send(self) -> bytes:
         c = self._c
-        lib.mh_pump(c)
-        if not c.out_len:
-            lib.mh_take_out(c)
+        n = lib.mh_flush(c)
+        if n <= 0:
             return b""
-        out: bytes = ffi.unpack(ffi.cast("char *", c.out), c.out_len)
-        lib.mh_take_out(c)
+        out: bytes = ffi.unpack(c.out, n)
         return out
 
     # -- sending ------------------------------------------------------------------------------
@@ -204,18 +206,19 @@ class NgHttp2Codec:
         return sid
 
     def send_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
-        blob, lens = _flatten(headers)
-        rv = lib.mh_send_headers(self._c, stream_id, blob, lens, len(headers), 1 if end_stream else 0)
+        blob = _join(map(_join, headers))
+        rv = lib.mh_send_headers(self._c, stream_id, blob, len(blob), len(headers), 1 if end_stream else 0)
         if rv < 0 and rv != -510:  # NGHTTP2_ERR_STREAM_CLOSED: ignored, as the contract says
-            raise ValueError(f"HTTP/2 send_headers on stream {stream_id}: "
-                             f"{ffi.string(lib.nghttp2_strerror(rv)).decode()}")
+            raise _refused("send_headers", stream_id, rv)
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         lib.mh_send_data(self._c, stream_id, data, len(data), 1 if end_stream else 0)
 
     def send_trailers(self, stream_id: int, headers: Headers) -> None:
-        blob, lens = _flatten(headers)
-        lib.mh_send_trailers(self._c, stream_id, blob, lens, len(headers))
+        blob = _join(map(_join, headers))
+        rv = lib.mh_send_trailers(self._c, stream_id, blob, len(blob), len(headers))
+        if rv < 0 and rv != -510:
+            raise _refused("send_trailers", stream_id, rv)
 
     def end_stream(self, stream_id: int) -> None:
         lib.mh_send_data(self._c, stream_id, b"", 0, 1)

@@ -11,11 +11,12 @@
  * provider as the peer's windows allow (NGHTTP2_ERR_DEFERRED while the buffer is empty, resumed
  * by the next send). Trailers wait behind the body and go out from the provider at its end.
  *
- * A header block is collected apart (hdr_lens, hdr_bytes) and becomes a record only once complete:
+ * A header block is collected apart (hdr_bytes) and becomes a record only once complete:
  * a block may span several mh_recv calls, and one the library refuses leaves nothing behind.
  *
  * Records (all int64; the decoder in nghttp2.py is the other half of this list):
- *   MH_EV_HEADERS  sid flags npairs  len(name0) len(value0) ...   flags: 1 end_stream, 2 trailers
+ *   MH_EV_HEADERS  sid flags npairs length     flags: 1 end_stream, 2 trailers; in blob, `length`
+ *                  bytes: name NUL value NUL name NUL value (nghttp2 lets no NUL into a field)
  *   MH_EV_DATA     sid end   offset  length                       offset into mh_recv's input
  *   MH_EV_RESET    sid code  remote
  *   MH_EV_WINDOW   sid
@@ -29,7 +30,7 @@
 #include <string.h>
 #include <nghttp2/nghttp2.h>
 
-#define MH_ABI 4
+#define MH_ABI 7
 #ifndef MH_SOURCE  /* _nghttp2_build.py defines it: a digest of this file and the declarations */
 #define MH_SOURCE "unknown"
 #endif
@@ -62,22 +63,23 @@ typedef struct mh_conn {
   /* read by Python (declared in the cdef) */
   int64_t *ev;
   size_t nev;
-  uint8_t *blob;
+  char *blob;
   size_t blob_len;
-  uint8_t *out;
+  char *out;
   size_t out_len;
   int64_t outbound;
   int64_t inbound;
   int failed;                     /* a connection error was reported: ignore further input */
   /* private */
+  size_t returned_ev, returned_blob; /* what the last mh_recv handed to Python, dropped by the next */
+  size_t out_taken;               /* what the last mh_flush handed to Python, dropped by the next */
   size_t ev_cap, blob_cap, out_cap;
   nghttp2_session *session;
   int client;
   uint32_t max_header_list_size;
   uint32_t connection_window;
-  int64_t *hdr_lens;              /* the header block being received: lengths, */
-  size_t hdr_n, hdr_cap;
-  uint8_t *hdr_bytes;             /* and names and values */
+  size_t hdr_n;                   /* the header block being received: fields so far, */
+  uint8_t *hdr_bytes;             /* and name NUL value NUL name NUL value ... */
   size_t hdr_bytes_len, hdr_bytes_cap;
   size_t hdr_size;                /* its decoded size so far (RFC 9113: name + value + 32) */
   size_t last_data;               /* index in ev of the last DATA record, or SIZE_MAX */
@@ -88,7 +90,7 @@ typedef struct mh_conn {
   uint32_t err_code;
   int local_goaways;              /* GOAWAYs the caller submitted, not yet sent */
   int got_remote_settings;
-  int64_t pending_acks, max_pending_acks; /* PING and SETTINGS answered since mh_take_out */
+  int64_t pending_acks, max_pending_acks; /* PING and SETTINGS answered since mh_flush */
   int64_t reset_tokens, reset_burst; /* rapid-reset budget (peer RST_STREAM of its own streams) */
   int32_t *user_resets;           /* RST_STREAMs the caller submitted, not yet sent */
   size_t n_user_resets, cap_user_resets;
@@ -236,14 +238,16 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
     return NGHTTP2_ERR_CALLBACK_FAILURE;
   }
   if (nlen && name[0] == ':') c->hdr_pseudo = 1;
-  if (grow((void **)&c->hdr_lens, &c->hdr_cap, c->hdr_n + 2, sizeof(int64_t)) ||
-      grow((void **)&c->hdr_bytes, &c->hdr_bytes_cap, c->hdr_bytes_len + nlen + vlen, 1))
+  /* nghttp2 has checked the field (RFC 9113 8.2.1): no NUL in it, so NUL can separate them */
+  if (memchr(name, 0, nlen) || memchr(value, 0, vlen)) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  if (grow((void **)&c->hdr_bytes, &c->hdr_bytes_cap, c->hdr_bytes_len + nlen + vlen + 2, 1))
     return NGHTTP2_ERR_CALLBACK_FAILURE;
-  c->hdr_lens[c->hdr_n++] = (int64_t)nlen;
-  c->hdr_lens[c->hdr_n++] = (int64_t)vlen;
+  if (c->hdr_n) c->hdr_bytes[c->hdr_bytes_len++] = 0;
   memcpy(c->hdr_bytes + c->hdr_bytes_len, name, nlen);
-  memcpy(c->hdr_bytes + c->hdr_bytes_len + nlen, value, vlen);
-  c->hdr_bytes_len += nlen + vlen;
+  c->hdr_bytes[c->hdr_bytes_len + nlen] = 0;
+  memcpy(c->hdr_bytes + c->hdr_bytes_len + nlen + 1, value, vlen);
+  c->hdr_bytes_len += nlen + vlen + 1;
+  c->hdr_n++;
   return 0;
 }
 
@@ -273,9 +277,9 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *u) {
   switch (f->hd.type) {
   case NGHTTP2_HEADERS: {
     int trailers = f->headers.cat == NGHTTP2_HCAT_HEADERS && !c->hdr_pseudo;
-    int64_t rec[4] = {MH_EV_HEADERS, sid, (end ? 1 : 0) | (trailers ? 2 : 0), (int64_t)c->hdr_n / 2};
-    if (ev_push(c, rec, 4) || ev_push(c, c->hdr_lens, c->hdr_n) ||
-        blob_push(c, c->hdr_bytes, c->hdr_bytes_len))
+    int64_t rec[5] = {MH_EV_HEADERS, sid, (end ? 1 : 0) | (trailers ? 2 : 0), (int64_t)c->hdr_n,
+                      (int64_t)c->hdr_bytes_len};
+    if (ev_push(c, rec, 5) || blob_push(c, c->hdr_bytes, c->hdr_bytes_len))
       return NGHTTP2_ERR_CALLBACK_FAILURE;
     c->hdr_n = c->hdr_bytes_len = 0;
     return 0;
@@ -527,7 +531,6 @@ void mh_free(mh_conn *c) {
   free(c->blob);
   free(c->out);
   free(c->user_resets);
-  free(c->hdr_lens);
   free(c->hdr_bytes);
   free(c);
 }
@@ -553,20 +556,35 @@ int mh_start(mh_conn *c) {
   return rv ? rv : mh_pump(c);
 }
 
-/* Python has decoded the records: forget them, and give memory back after a burst. Records
-   made outside mh_recv (by mh_pump: resets nghttp2 sent, refused requests) wait for the next. */
-void mh_clear(mh_conn *c) {
-  c->nev = 0;
+/* Forget the records the last mh_recv returned (Python has decoded them), keeping any made since
+   by mh_pump (resets nghttp2 sent, refused requests) for the next; give memory back after a burst. */
+static void clear_returned(mh_conn *c) {
   c->last_data = SIZE_MAX;
-  c->blob_len = 0;
-  if (c->ev_cap > 65536) { free(c->ev); c->ev = NULL; c->ev_cap = 0; }
-  if (c->blob_cap > 262144) { free(c->blob); c->blob = NULL; c->blob_cap = 0; }
+  if (!c->returned_ev && !c->returned_blob) return;
+  memmove(c->ev, c->ev + c->returned_ev, (c->nev - c->returned_ev) * sizeof(int64_t));
+  c->nev -= c->returned_ev;
+  memmove(c->blob, c->blob + c->returned_blob, c->blob_len - c->returned_blob);
+  c->blob_len -= c->returned_blob;
+  c->returned_ev = c->returned_blob = 0;
+  if (!c->nev && c->ev_cap > 65536) { free(c->ev); c->ev = NULL; c->ev_cap = 0; }
+  if (!c->blob_len && c->blob_cap > 262144) { free(c->blob); c->blob = NULL; c->blob_cap = 0; }
 }
 
-void mh_take_out(mh_conn *c) {
-  c->out_len = 0;
+/* The output handed to Python by the last mh_flush is gone; serialize what is queued now.
+   Returns the number of bytes at c->out. */
+long mh_flush(mh_conn *c) {
+  int rv;
+  if (c->out_taken) {
+    memmove(c->out, c->out + c->out_taken, c->out_len - c->out_taken);
+    c->out_len -= c->out_taken;
+    c->out_taken = 0;
+  }
+  if (!c->out_len && c->out_cap > 1048576) { free(c->out); c->out = NULL; c->out_cap = 0; }
   c->pending_acks = 0;
-  if (c->out_cap > 1048576) { free(c->out); c->out = NULL; c->out_cap = 0; }
+  rv = mh_pump(c);
+  if (rv < 0) return rv;
+  c->out_taken = c->out_len;
+  return (long)c->out_len;
 }
 
 static void report_fatal(mh_conn *c, int rv) {
@@ -593,9 +611,15 @@ static void report_fatal(mh_conn *c, int rv) {
 }
 
 /* Feed received bytes; returns the number of int64 records in c->ev (c->blob beside them). */
-long mh_recv(mh_conn *c, const uint8_t *data, size_t len) {
+long mh_recv(mh_conn *c, const char *input, size_t len) {
+  const uint8_t *data = (const uint8_t *)input;
   ssize_t rv;
-  if (c->failed) return (long)c->nev;
+  clear_returned(c);
+  if (c->failed) {
+    c->returned_ev = c->nev;
+    c->returned_blob = c->blob_len;
+    return (long)c->nev;
+  }
   c->in = data;
   c->in_len = len;
   rv = nghttp2_session_mem_recv(c->session, data, len);
@@ -607,37 +631,44 @@ long mh_recv(mh_conn *c, const uint8_t *data, size_t len) {
     int prv = mh_pump(c);  /* acks, window updates, and any GOAWAY nghttp2 queued */
     if (prv < 0 && !c->failed) report_fatal(c, prv);
   }
+  c->returned_ev = c->nev;
+  c->returned_blob = c->blob_len;
   return (long)c->nev;
 }
 
-/* Headers arrive as one block of names and values back to back, and their lengths. */
-static nghttp2_nv *make_nva(const uint8_t *blob, const size_t *lens, size_t n, nghttp2_nv *stack) {
-  nghttp2_nv *nva = n <= 32 ? stack : malloc(n * sizeof(nghttp2_nv));
-  size_t i, off = 0;
+/* Headers arrive as one block: names and values joined by NUL bytes (RFC 9113 8.2.1 forbids NUL
+   in both, so it cannot occur inside one), which costs Python one join instead of a list of
+   lengths. The nghttp2_nv point into the block; nghttp2 copies them when the frame is submitted.
+   NULL when the block does not hold n pairs (a NUL inside a field) or on no memory. */
+static nghttp2_nv *make_nva(const uint8_t *blob, size_t len, size_t n, nghttp2_nv *stack) {
+  nghttp2_nv *nva = n <= 32 ? stack : malloc((n ? n : 1) * sizeof(nghttp2_nv));
+  const uint8_t *p = blob, *end = blob + len, *q;
+  size_t i;
   if (!nva) return NULL;
-  for (i = 0; i < n; i++) {
-    nva[i].name = (uint8_t *)blob + off;
-    nva[i].namelen = lens[2 * i];
-    off += lens[2 * i];
-    nva[i].value = (uint8_t *)blob + off;
-    nva[i].valuelen = lens[2 * i + 1];
-    off += lens[2 * i + 1];
-    nva[i].flags = NGHTTP2_NV_FLAG_NONE;
+  for (i = 0; i < 2 * n; i++) {
+    q = memchr(p, 0, (size_t)(end - p));
+    if (!q) q = end;
+    if ((i == 2 * n - 1) != (q == end)) { if (nva != stack) free(nva); return NULL; }
+    if (i & 1) { nva[i / 2].value = (uint8_t *)p; nva[i / 2].valuelen = (size_t)(q - p); }
+    else { nva[i / 2].name = (uint8_t *)p; nva[i / 2].namelen = (size_t)(q - p); }
+    nva[i / 2].flags = NGHTTP2_NV_FLAG_NONE;
+    p = q + 1;
   }
   return nva;
 }
 
 /* Returns 0, or a negative nghttp2 error (the stream is gone, the id is wrong, ...). */
-int mh_send_headers(mh_conn *c, int32_t sid, const uint8_t *blob, const size_t *lens, size_t n,
+int mh_send_headers(mh_conn *c, int32_t sid, const char *blob, size_t len, size_t n,
                     int end_stream) {
   nghttp2_nv stack[32];
-  nghttp2_nv *nva = make_nva(blob, lens, n, stack);
+  nghttp2_nv *nva = make_nva((const uint8_t *)blob, len, n, stack);
   nghttp2_data_provider prd;
   mh_stream *st;
   int rv;
-  int informational = n > 0 && lens[0] == 7 && memcmp(blob, ":status", 7) == 0 && lens[1] > 0 &&
-                      blob[7] == '1';
-  if (!nva) return NGHTTP2_ERR_NOMEM;
+  int informational;
+  if (!nva) return NGHTTP2_ERR_INVALID_ARGUMENT;
+  informational = n > 0 && nva[0].namelen == 7 && memcmp(nva[0].name, ":status", 7) == 0 &&
+                  nva[0].valuelen > 0 && nva[0].value[0] == '1';
   prd.source.ptr = NULL;
   prd.read_callback = read_body;
   if (c->client && !find(c, sid)) {
@@ -679,7 +710,7 @@ static void resume(mh_conn *c, mh_stream *st) {
   }
 }
 
-int mh_send_data(mh_conn *c, int32_t sid, const uint8_t *data, size_t len, int end_stream) {
+int mh_send_data(mh_conn *c, int32_t sid, const char *data, size_t len, int end_stream) {
   mh_stream *st = find(c, sid);
   if (!st || !st->provider || st->end) return NGHTTP2_ERR_STREAM_CLOSED;
   if (len) {
@@ -697,24 +728,27 @@ int mh_send_data(mh_conn *c, int32_t sid, const uint8_t *data, size_t len, int e
   return 0;
 }
 
-int mh_send_trailers(mh_conn *c, int32_t sid, const uint8_t *blob, const size_t *lens, size_t n) {
+int mh_send_trailers(mh_conn *c, int32_t sid, const char *blob, size_t len, size_t n) {
   mh_stream *st = find(c, sid);
-  size_t i, off = 0;
+  nghttp2_nv stack[32];
+  nghttp2_nv *nva;
+  size_t i;
   if (!st || !st->provider || st->end) return NGHTTP2_ERR_STREAM_CLOSED;
+  nva = make_nva((const uint8_t *)blob, len, n, stack);
+  if (!nva) return NGHTTP2_ERR_INVALID_ARGUMENT;
   st->trailers = calloc(n ? n : 1, sizeof(nghttp2_nv));
-  if (!st->trailers) return NGHTTP2_ERR_NOMEM;
-  for (i = 0; i < n; i++) {
-    size_t nl = lens[2 * i], vl = lens[2 * i + 1];
+  if (!st->trailers) { if (nva != stack) free(nva); return NGHTTP2_ERR_NOMEM; }
+  for (i = 0; i < n; i++) {  /* kept until the body has gone: a copy of each field */
+    size_t nl = nva[i].namelen, vl = nva[i].valuelen;
     uint8_t *mem = malloc(nl + vl + 1);
-    if (!mem) { st->ntrailers = i; free_trailers(st); return NGHTTP2_ERR_NOMEM; }
-    memcpy(mem, blob + off, nl + vl);
+    if (!mem) { st->ntrailers = i; free_trailers(st); if (nva != stack) free(nva); return NGHTTP2_ERR_NOMEM; }
+    memcpy(mem, nva[i].name, nl);
+    memcpy(mem + nl, nva[i].value, vl);
+    st->trailers[i] = nva[i];
     st->trailers[i].name = mem;
-    st->trailers[i].namelen = nl;
     st->trailers[i].value = mem + nl;
-    st->trailers[i].valuelen = vl;
-    st->trailers[i].flags = NGHTTP2_NV_FLAG_NONE;
-    off += nl + vl;
   }
+  if (nva != stack) free(nva);
   st->ntrailers = n;
   st->end = 1;
   resume(c, st);
@@ -749,8 +783,8 @@ void mh_consumed(mh_conn *c, int32_t sid, size_t n) {
     nghttp2_session_consume_connection(c->session, n);
 }
 
-int mh_ping(mh_conn *c, const uint8_t *data) {
-  return nghttp2_submit_ping(c->session, NGHTTP2_FLAG_NONE, data);
+int mh_ping(mh_conn *c, const char *data) {
+  return nghttp2_submit_ping(c->session, NGHTTP2_FLAG_NONE, (const uint8_t *)data);
 }
 
 int mh_goaway(mh_conn *c, uint32_t code, int32_t last) {
