@@ -26,6 +26,8 @@ typedef struct {
     int64_t outbound;
     int64_t inbound;
     int failed;
+    int64_t lib_bytes;
+    int64_t lib_peak;
     ...;
 } mh_conn;
 
@@ -50,6 +52,7 @@ int32_t mh_next_stream_id(mh_conn *c);
 int mh_can_open_stream(mh_conn *c);
 int mh_set_next_stream_id(mh_conn *c, int32_t id);
 int64_t mh_peer_max_concurrent_streams(mh_conn *c);
+int64_t mh_own_bytes(mh_conn *c);
 const char *nghttp2_strerror(int lib_error_code);
 """
 

@@ -32,7 +32,7 @@ from meshd.http2.codec import (
 )
 
 #: the glue's version this module decodes (MH_ABI in nghttp2_glue.c): a stale build is refused
-ABI = 7
+ABI = 8
 
 
 
@@ -256,6 +256,12 @@ class NgHttp2Codec:
     @property
     def can_open_stream(self) -> bool:
         return bool(lib.mh_can_open_stream(self._c))
+
+    def _memory(self) -> tuple[int, int]:
+        """Tests: bytes held now (nghttp2's, counted by its allocator, plus the glue's buffers),
+        and the most nghttp2 ever held at once."""
+        c = self._c
+        return int(c.lib_bytes) + int(lib.mh_own_bytes(c)), int(c.lib_peak)
 
     def _jump_stream_ids(self, next_id: int) -> None:
         """Tests: make the next stream id `next_id` (to reach the end of the id space quickly)."""

@@ -30,7 +30,7 @@
 #include <string.h>
 #include <nghttp2/nghttp2.h>
 
-#define MH_ABI 7
+#define MH_ABI 8
 #ifndef MH_SOURCE  /* _nghttp2_build.py defines it: a digest of this file and the declarations */
 #define MH_SOURCE "unknown"
 #endif
@@ -70,6 +70,7 @@ typedef struct mh_conn {
   int64_t outbound;
   int64_t inbound;
   int failed;                     /* a connection error was reported: ignore further input */
+  int64_t lib_bytes, lib_peak;    /* what nghttp2 itself holds (its allocator counts), and the most */
   /* private */
   size_t returned_ev, returned_blob; /* what the last mh_recv handed to Python, dropped by the next */
   size_t out_taken;               /* what the last mh_flush handed to Python, dropped by the next */
@@ -98,6 +99,53 @@ typedef struct mh_conn {
   mh_stream **slots;
   size_t nslots, nstreams;
 } mh_conn;
+
+/* ---------------------------------------------------------------------------------------- */
+/* nghttp2's memory, counted: a size header before each block (tests bound it under attack)  */
+
+#define MH_HDR 16
+
+static void *count_malloc(size_t size, void *u) {
+  mh_conn *c = u;
+  uint8_t *p = malloc(size + MH_HDR);
+  if (!p) return NULL;
+  *(size_t *)p = size;
+  c->lib_bytes += (int64_t)size;
+  if (c->lib_bytes > c->lib_peak) c->lib_peak = c->lib_bytes;
+  return p + MH_HDR;
+}
+
+static void count_free(void *ptr, void *u) {
+  mh_conn *c = u;
+  uint8_t *p;
+  if (!ptr) return;
+  p = (uint8_t *)ptr - MH_HDR;
+  c->lib_bytes -= (int64_t) * (size_t *)p;
+  free(p);
+}
+
+static void *count_calloc(size_t n, size_t size, void *u) {
+  void *p;
+  if (size && n > SIZE_MAX / size) return NULL;
+  p = count_malloc(n * size, u);
+  if (p) memset(p, 0, n * size);
+  return p;
+}
+
+static void *count_realloc(void *ptr, size_t size, void *u) {
+  mh_conn *c = u;
+  uint8_t *p, *q;
+  size_t old;
+  if (!ptr) return count_malloc(size, u);
+  p = (uint8_t *)ptr - MH_HDR;
+  old = *(size_t *)p;
+  q = realloc(p, size + MH_HDR);
+  if (!q) return NULL;
+  *(size_t *)q = size;
+  c->lib_bytes += (int64_t)size - (int64_t)old;
+  if (c->lib_bytes > c->lib_peak) c->lib_peak = c->lib_bytes;
+  return q + MH_HDR;
+}
 
 /* ---------------------------------------------------------------------------------------- */
 /* growable buffers                                                                          */
@@ -494,8 +542,14 @@ mh_conn *mh_new(int client, const uint32_t *limits) {
   nghttp2_option_set_max_settings(opt, limits[8]);
   nghttp2_option_set_max_continuations(opt, limits[9]);
   nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
-  rv = client ? nghttp2_session_client_new2(&c->session, cb, c, opt)
-              : nghttp2_session_server_new2(&c->session, cb, c, opt);
+  /* rapid reset: the budget above (reset_budget) decides, alike in both backends; nghttp2's own
+     token bucket (1000, then 33 a second by its clock) would also end a busy benign connection */
+  nghttp2_option_set_stream_reset_rate_limit(opt, UINT64_MAX / 2, UINT64_MAX / 2);
+  {
+    nghttp2_mem mem = {c, count_malloc, count_free, count_calloc, count_realloc};
+    rv = client ? nghttp2_session_client_new3(&c->session, cb, c, opt, &mem)
+                : nghttp2_session_server_new3(&c->session, cb, c, opt, &mem);
+  }
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cb);
   if (rv) { free(c); return NULL; }
@@ -807,6 +861,15 @@ int mh_can_open_stream(mh_conn *c) {
 
 int mh_set_next_stream_id(mh_conn *c, int32_t id) {
   return nghttp2_session_set_next_stream_id(c->session, id);
+}
+
+/* Bytes the connection holds outside nghttp2: record, output and header buffers, stream bodies. */
+int64_t mh_own_bytes(mh_conn *c) {
+  size_t i, n = c->ev_cap * sizeof(int64_t) + c->blob_cap + c->out_cap + c->hdr_bytes_cap +
+                c->nslots * sizeof(mh_stream *) + c->cap_user_resets * sizeof(int32_t);
+  for (i = 0; i < c->nslots; i++)
+    if (c->slots[i]) n += sizeof(mh_stream) + c->slots[i]->cap;
+  return (int64_t)n;
 }
 
 int64_t mh_peer_max_concurrent_streams(mh_conn *c) {
