@@ -645,6 +645,10 @@ static void report_fatal(mh_conn *c, int rv) {
   uint32_t code = NGHTTP2_PROTOCOL_ERROR;
   int reason = MH_R_PROTOCOL;
   int64_t rec[3];
+  if (c->failed) {  /* already reported (nghttp2's own GOAWAY went out first) */
+    mh_pump(c);
+    return;
+  }
   if (c->err_reason) {
     code = c->err_code;
     reason = c->err_reason - 1;
@@ -825,6 +829,10 @@ int mh_reset(mh_conn *c, int32_t sid, uint32_t code) {
   if (!nghttp2_session_find_stream(c->session, sid)) {
     if (st && st->outbound) drop(c, sid);
     return 0;
+  }
+  if (c->n_user_resets >= 4096) {  /* resets nghttp2 never sent (the stream was closing): forget the oldest */
+    memmove(c->user_resets, c->user_resets + 2048, (c->n_user_resets - 2048) * sizeof(int32_t));
+    c->n_user_resets -= 2048;
   }
   if (grow((void **)&c->user_resets, &c->cap_user_resets, c->n_user_resets + 1, sizeof(int32_t)))
     return NGHTTP2_ERR_NOMEM;

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshd.http2 import nghttp2
 from meshd.http2.codec import (
@@ -56,9 +58,9 @@ REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"ledge
 
 class Pair:
     def __init__(self, factory: Factory, client: H2Settings | None = None,
-                 server: H2Settings | None = None) -> None:
+                 server: H2Settings | None = None, server_factory: Factory | None = None) -> None:
         self.client = factory(True, client or H2Settings())
-        self.server = factory(False, server or H2Settings())
+        self.server = (server_factory or factory)(False, server or H2Settings())
         self.client.start()
         self.server.start()
         self.to_client: list[H2Event] = []
@@ -384,3 +386,104 @@ def test_informational_response_then_final(factory: Factory) -> None:
     assert [(type(e).__name__, e.headers[0]) for e in events] == [
         ("HeadersReceived", (b":status", b"103")), ("HeadersReceived", (b":status", b"200")),
         ("TrailersReceived", (b"grpc-status", b"0"))]
+
+
+@pytest.mark.parametrize(("client_backend", "server_backend"), [("nghttp2", "h2ref"), ("h2ref", "nghttp2")])
+def test_backends_interoperate(client_backend: str, server_backend: str) -> None:
+    """One backend's client against the other's server: a streamed exchange with trailers, 300 KB
+    each way through 16 KiB windows, and a reset."""
+    small = H2Settings(initial_window_size=16_384, connection_window_size=65_535)
+    p = Pair(BACKENDS[client_backend], client=small, server=small, server_factory=BACKENDS[server_backend])
+    body = bytes(range(256)) * 1200
+    sid = p.client.next_stream_id()
+    p.client.send_headers(sid, REQUEST, end_stream=False)
+    p.client.send_data(sid, body, end_stream=True)
+    got: list[H2Event] = []
+    for _ in range(500):
+        p.pump()
+        events = p.take_server()
+        got += events
+        for e in events:
+            if isinstance(e, DataReceived):
+                p.server.consumed(e.stream_id, e.flow_length)
+        if any(isinstance(e, DataReceived) and e.end_stream for e in events):
+            break
+    assert _body(got, sid) == body
+    p.server.send_headers(sid, RESPONSE, end_stream=False)
+    p.server.send_data(sid, body[::-1], end_stream=False)
+    p.server.send_trailers(sid, [(b"grpc-status", b"0")])
+    got = []
+    for _ in range(500):
+        p.pump()
+        events = p.take_client()
+        got += events
+        for e in events:
+            if isinstance(e, DataReceived):
+                p.client.consumed(e.stream_id, e.flow_length)
+        if _of(TrailersReceived, events):
+            break
+    assert _body(got, sid) == body[::-1] and len(_of(TrailersReceived, got)) == 1
+    second = p.client.next_stream_id()
+    p.client.send_headers(second, REQUEST, end_stream=False)
+    p.pump()
+    p.client.reset_stream(second, CANCEL)
+    p.pump()
+    resets = _of(StreamReset, p.take_server())
+    assert [(e.stream_id, e.error_code) for e in resets if isinstance(e, StreamReset)] == [(second, CANCEL)]
+    assert not _of(ConnectionError, p.take_client())
+
+
+def _recorded_requests() -> bytes:
+    """An h2 client's bytes for three requests: a 20 KB header (HEADERS + CONTINUATION), bodies
+    in several DATA frames, trailers on one."""
+    client = H2RefCodec(client_side=True)
+    client.start()
+    wire = client.data_to_send()
+    for i in range(3):
+        sid = client.next_stream_id()
+        client.send_headers(sid, [*REQUEST, (b"x-big", bytes([97 + i]) * 20_000), (b"x-n", b"%d" % i)], False)
+        client.send_data(sid, bytes([48 + i]) * 7000, end_stream=i != 1)
+        if i == 1:
+            client.send_trailers(sid, [(b"grpc-status", b"0"), (b"x-t", b"t")])
+        wire += client.data_to_send()
+    return wire
+
+
+RECORDED = _recorded_requests()
+
+
+def _digest(events: list[H2Event]) -> list[tuple[object, ...]]:
+    """What a caller sees, whatever the reads: heads, bodies joined per stream, trailers, ends."""
+    out: list[tuple[object, ...]] = []
+    bodies: dict[int, bytes] = {}
+    for e in events:
+        if isinstance(e, HeadersReceived):
+            out.append(("headers", e.stream_id, tuple(e.headers), e.end_stream))
+        elif isinstance(e, TrailersReceived):
+            out.append(("trailers", e.stream_id, tuple(e.headers)))
+        elif isinstance(e, DataReceived):
+            bodies[e.stream_id] = bodies.get(e.stream_id, b"") + e.data
+            if e.end_stream:
+                out.append(("end", e.stream_id))
+        elif isinstance(e, (ConnectionError, StreamReset)):
+            out.append(("error", repr(e)))
+    out.append(("bodies", tuple(sorted(bodies.items()))))
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=len(RECORDED) - 1), max_size=60))
+def test_events_do_not_depend_on_how_the_bytes_are_read(cuts: list[int]) -> None:
+    """A header block or DATA frame split anywhere across reads gives the same events."""
+    for name in sorted(BACKENDS):
+        whole = BACKENDS[name](False, H2Settings())
+        whole.start()
+        expected = _digest(whole.receive(RECORDED))
+        assert ("error" not in {d[0] for d in expected}) and len(expected) == 7, expected
+        split = BACKENDS[name](False, H2Settings())
+        split.start()
+        got: list[H2Event] = []
+        bounds = [0, *sorted(set(cuts)), len(RECORDED)]
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            got += split.receive(RECORDED[a:b])
+        assert _digest(got) == expected, name
