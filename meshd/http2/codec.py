@@ -257,10 +257,12 @@ class H2Codec(Protocol):
         """Everything queued for the socket since the last call (b"" when nothing)."""
 
     def next_stream_id(self) -> int:
-        """Client side: the id the next `send_headers` on a new stream must use."""
+        """Client side: the id the next `send_headers` on a new stream must use (RuntimeError
+        when the connection has none left: check `can_open_stream` first)."""
 
     def send_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
-        """A request head (client) or response head (server); 1xx heads too on the server."""
+        """A request head (client) or response head (server); 1xx heads too on the server.
+        A new stream when `can_open_stream` is False raises ValueError."""
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         """Body bytes; kept in the codec while the peer's windows are closed."""

@@ -178,7 +178,12 @@ class H2RefCodec:
     # -- sending ------------------------------------------------------------------------------
 
     def next_stream_id(self) -> int:
-        return int(self._h2.get_next_available_stream_id())
+        import h2.exceptions
+
+        try:
+            return int(self._h2.get_next_available_stream_id())
+        except h2.exceptions.NoAvailableStreamIDError:
+            raise RuntimeError("HTTP/2: no stream ids left on this connection (see can_open_stream)") from None
 
     def send_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
         import h2.exceptions

@@ -93,6 +93,8 @@ def _flatten(headers: Headers) -> bytes:
 
 
 def _refused(what: str, stream_id: int, rv: int) -> ValueError:
+    if rv == -516:  # NGHTTP2_ERR_START_STREAM_NOT_ALLOWED
+        return ValueError(f"HTTP/2: cannot open stream {stream_id} (see can_open_stream)")
     if rv == -501:  # NGHTTP2_ERR_INVALID_ARGUMENT from the glue's splitting
         return ValueError(f"HTTP/2 {what} on stream {stream_id}: a header name or value holds NUL, or "
                           "the stream id is not the next one")

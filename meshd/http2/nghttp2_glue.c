@@ -509,6 +509,8 @@ static ssize_t read_body(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t l
 /* ---------------------------------------------------------------------------------------- */
 /* the API Python calls                                                                      */
 
+int mh_can_open_stream(mh_conn *c);
+
 int mh_abi(void) { return MH_ABI; }
 const char *mh_source(void) { return MH_SOURCE; }
 
@@ -731,6 +733,10 @@ int mh_send_headers(mh_conn *c, int32_t sid, const char *blob, size_t len, size_
   prd.read_callback = read_body;
   if (c->client && !find(c, sid)) {
     int32_t got;
+    if (!mh_can_open_stream(c)) {  /* GOAWAY either way, ids used up, or failed */
+      rv = NGHTTP2_ERR_START_STREAM_NOT_ALLOWED;
+      goto out;
+    }
     if (sid != (int32_t)nghttp2_session_get_next_stream_id(c->session)) {
       rv = NGHTTP2_ERR_INVALID_ARGUMENT;
       goto out;

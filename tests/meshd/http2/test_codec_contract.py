@@ -323,6 +323,8 @@ def test_goaway_refuses_the_streams_above_last_and_lets_the_others_finish(factor
     refused = [(e.stream_id, e.error_code, e.remote) for e in events if isinstance(e, StreamReset)]
     assert refused == [(sids[1], REFUSED_STREAM, False), (sids[2], REFUSED_STREAM, False)]
     assert not p.client.can_open_stream
+    with pytest.raises(ValueError, match="can_open_stream"):
+        p.client.send_headers(sids[2] + 2, REQUEST, end_stream=True)
     p.server.send_headers(sids[0], RESPONSE, end_stream=False)
     p.server.send_trailers(sids[0], [(b"grpc-status", b"0")])
     p.pump()
@@ -365,6 +367,8 @@ def test_stream_ids_run_out_on_the_client(factory: Factory) -> None:
     assert sid == MAX_STREAM_ID
     p.client.send_headers(sid, REQUEST, end_stream=True)
     assert not p.client.can_open_stream  # the pool opens another connection
+    with pytest.raises(RuntimeError, match="no stream ids left"):
+        p.client.next_stream_id()
     p.pump()
     heads = _of(HeadersReceived, p.take_server())
     assert len(heads) == 1 and isinstance(heads[0], HeadersReceived) and heads[0].stream_id == sid
