@@ -188,6 +188,8 @@ class H2RefCodec:
     def send_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
         import h2.exceptions
 
+        if self._failed:
+            return  # the connection is going: the caller has the ConnectionError
         if self._client_side and stream_id not in self._h2.streams and not self.can_open_stream:
             raise ValueError(f"HTTP/2: cannot open stream {stream_id} (see can_open_stream)")
         try:
@@ -203,6 +205,8 @@ class H2RefCodec:
             self._reset_tokens = min(self.settings.reset_budget, self._reset_tokens + 1)
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        if self._failed:
+            return
         out = self._out.get(stream_id)
         if out is None:
             out = self._out[stream_id] = _Outbound()
@@ -213,6 +217,8 @@ class H2RefCodec:
         self._flush(stream_id, out)
 
     def send_trailers(self, stream_id: int, headers: Headers) -> None:
+        if self._failed:
+            return
         out = self._out.get(stream_id)
         if out is None:
             out = self._out[stream_id] = _Outbound()
@@ -227,6 +233,8 @@ class H2RefCodec:
         import h2.exceptions
 
         self._out.pop(stream_id, None)
+        if self._failed:
+            return
         try:
             self._h2.reset_stream(stream_id, error_code=error_code)
         except h2.exceptions.StreamClosedError:

@@ -199,6 +199,23 @@ def test_garbage_is_a_connection_error_with_goaway(factory: Factory) -> None:
     assert b"\x07" in server.data_to_send()[:4]  # a GOAWAY frame (type 7) was queued
 
 
+def test_after_a_connection_error_input_and_sends_are_ignored(factory: Factory) -> None:
+    p = Pair(factory)
+    sid = p.client.next_stream_id()
+    p.client.send_headers(sid, REQUEST, end_stream=False)
+    p.pump()
+    p.take_server()
+    errors = _of(ConnectionError, p.server.receive(b"\x00\x00\x08\x06\x00\x00\x00\x00\x01" + b"x" * 8))
+    assert len(errors) == 1  # a PING on stream 1: a connection error
+    p.server.data_to_send()
+    assert p.server.receive(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00") == []  # SETTINGS: ignored
+    p.server.send_headers(sid, RESPONSE, end_stream=False)  # a race with the error: no exception
+    p.server.send_data(sid, b"late", end_stream=False)
+    p.server.send_trailers(sid, [(b"grpc-status", b"0")])
+    p.server.reset_stream(sid, CANCEL)
+    assert b"late" not in p.server.data_to_send()
+
+
 RESPONSE = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 
 
