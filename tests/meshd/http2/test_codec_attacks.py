@@ -24,6 +24,8 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshd.http2.codec import (
     CANCEL,
@@ -266,3 +268,37 @@ def test_data_past_the_window_is_a_flow_control_error(factory: Factory) -> None:
     assert flagged and flagged[0][0] == FLOW_CONTROL_ERROR
     assert sum(len(e.data) for e in events if isinstance(e, DataReceived)) <= 5000
 
+
+
+# -- anything at all ----------------------------------------------------------------------------
+
+_frame = st.builds(
+    lambda kind, flags, sid, payload: len(payload).to_bytes(3, "big") + bytes([kind, flags])
+    + sid.to_bytes(4, "big") + payload,
+    st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0xFF]),
+    st.integers(0, 255),
+    st.sampled_from([0, 1, 2, 3, 5, 2**31 - 1]),
+    st.one_of(st.binary(max_size=40), st.just(hpack.Encoder().encode(REQ))),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(wire=st.lists(_frame, min_size=1, max_size=6).map(b"".join), cut=st.integers(0, 300))
+def test_random_frames_give_events_never_exceptions(wire: bytes, cut: int) -> None:
+    """Whatever the peer sends, split anywhere: events (maybe a ConnectionError), no exception,
+    and once the connection has failed, nothing more."""
+    for name in sorted(BACKENDS):
+        server = serve(BACKENDS[name])
+        cut = min(cut, len(wire))
+        events = server.receive(wire[:cut])
+        if not errors(events):
+            events += server.receive(wire[cut:])
+        server.data_to_send()
+        assert len(errors(events)) <= 1
+        if errors(events):
+            assert server.receive(PingFrame(0, opaque_data=b"12345678").serialize()) == []
+        for e in events:
+            if isinstance(e, HeadersReceived) and e.stream_id == 1 and not errors(events):
+                server.send_headers(1, [(b":status", b"200")], end_stream=False)
+                server.send_trailers(1, [(b"grpc-status", b"0")])
+                server.data_to_send()
