@@ -250,8 +250,9 @@ class H2Codec(Protocol):
     def start(self) -> None:
         """Queue the opening: the client's preface and SETTINGS, or the server's SETTINGS."""
 
-    def receive(self, data: bytes) -> list[H2Event]:
-        """Bytes read from the socket; the events they complete, in order."""
+    def receive(self, data: bytes | bytearray | memoryview) -> list[H2Event]:
+        """Bytes read from the socket; the events they complete, in order. A bytearray or
+        memoryview (a BufferedProtocol's buffer) may be reused afterwards: events own their bytes."""
 
     def data_to_send(self) -> bytes:
         """Everything queued for the socket since the last call (b"" when nothing)."""

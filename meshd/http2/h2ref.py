@@ -110,7 +110,7 @@ class H2RefCodec:
         events.append(ConnectionError(code, reason))
         return events
 
-    def receive(self, data: bytes) -> list[H2Event]:
+    def receive(self, data: bytes | bytearray | memoryview) -> list[H2Event]:
         import h2.events
         import h2.exceptions
         import h2.stream

@@ -127,7 +127,9 @@ class NgHttp2Codec:
         if rv < 0:
             raise RuntimeError(f"nghttp2: {ffi.string(lib.nghttp2_strerror(rv)).decode()}")
 
-    def receive(self, data: bytes) -> list[H2Event]:
+    def receive(self, data: bytes | bytearray | memoryview) -> list[H2Event]:
+        if type(data) is not bytes:  # a BufferedProtocol's buffer: DATA is sliced from what is passed
+            data = bytes(data)
         c = self._c
         n = lib.mh_recv(c, data, len(data))
         if not n:

@@ -508,3 +508,18 @@ def test_events_do_not_depend_on_how_the_bytes_are_read(cuts: list[int]) -> None
         for a, b in zip(bounds, bounds[1:], strict=False):
             got += split.receive(RECORDED[a:b])
         assert _digest(got) == expected, name
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_receive_takes_any_bytes_like(factory: Factory, kind: type) -> None:
+    """A BufferedProtocol hands over a memoryview of its buffer; the events own their bytes."""
+    p = Pair(factory)
+    sid = p.client.next_stream_id()
+    p.client.send_headers(sid, REQUEST, end_stream=False)
+    p.client.send_data(sid, b"payload", end_stream=True)
+    buffer = bytearray(p.client.data_to_send())
+    events = p.server.receive(kind(buffer))
+    buffer[:] = b"\0" * len(buffer)  # the reader reuses its buffer
+    assert _body(events, sid) == b"payload"
+    heads = _of(HeadersReceived, events)
+    assert isinstance(heads[0], HeadersReceived) and heads[0].headers[:4] == REQUEST[:4]
