@@ -263,7 +263,8 @@ class H2Codec(Protocol):
 
     def send_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
         """A request head (client) or response head (server); 1xx heads too on the server.
-        A new stream when `can_open_stream` is False raises ValueError."""
+        A new stream when `can_open_stream` is False, or past `peer_max_concurrent_streams`
+        open ones, raises ValueError: the pool checks both first."""
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         """Body bytes; kept in the codec while the peer's windows are closed."""

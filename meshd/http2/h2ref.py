@@ -196,6 +196,9 @@ class H2RefCodec:
             self._h2.send_headers(stream_id, headers, end_stream=end_stream)
         except h2.exceptions.StreamClosedError:
             return  # the peer reset it: the caller has the event
+        except h2.exceptions.TooManyStreamsError:
+            raise ValueError(f"HTTP/2: cannot open stream {stream_id}: the peer allows no more concurrent "
+                             "streams (peer_max_concurrent_streams)") from None
         if end_stream:
             self._completed(stream_id)
 

@@ -93,6 +93,9 @@ def _flatten(headers: Headers) -> bytes:
 
 
 def _refused(what: str, stream_id: int, rv: int) -> ValueError:
+    if rv == -509:  # NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE, from the glue's check
+        return ValueError(f"HTTP/2: cannot open stream {stream_id}: the peer allows no more concurrent "
+                          "streams (peer_max_concurrent_streams)")
     if rv == -516:  # NGHTTP2_ERR_START_STREAM_NOT_ALLOWED
         return ValueError(f"HTTP/2: cannot open stream {stream_id} (see can_open_stream)")
     if rv == -501:  # NGHTTP2_ERR_INVALID_ARGUMENT from the glue's splitting

@@ -510,6 +510,7 @@ static ssize_t read_body(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t l
 /* the API Python calls                                                                      */
 
 int mh_can_open_stream(mh_conn *c);
+int64_t mh_peer_max_concurrent_streams(mh_conn *c);
 
 int mh_abi(void) { return MH_ABI; }
 const char *mh_source(void) { return MH_SOURCE; }
@@ -739,6 +740,10 @@ int mh_send_headers(mh_conn *c, int32_t sid, const char *blob, size_t len, size_
     }
     if (sid != (int32_t)nghttp2_session_get_next_stream_id(c->session)) {
       rv = NGHTTP2_ERR_INVALID_ARGUMENT;
+      goto out;
+    }
+    if (c->outbound >= mh_peer_max_concurrent_streams(c)) {  /* as h2 does; nghttp2 would queue it */
+      rv = NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE;
       goto out;
     }
     st = stream_new(c, sid);

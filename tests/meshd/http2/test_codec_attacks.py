@@ -32,6 +32,7 @@ from meshd.http2.codec import (
     ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
     PREFACE,
+    PROTOCOL_ERROR,
     ConnectionError,
     DataReceived,
     H2Codec,
@@ -207,6 +208,18 @@ def test_cancelling_now_and_then_never_exhausts_it(factory: Factory) -> None:
         server.send_headers(answered, [(b":status", b"200")], end_stream=True)
         server.data_to_send()
     assert server.open_inbound_streams == 0
+
+
+# -- more streams than allowed ------------------------------------------------------------------
+
+
+def test_streams_past_max_concurrent_streams_are_a_protocol_error(factory: Factory) -> None:
+    server = serve(factory, max_concurrent_streams=2)
+    server.receive(SettingsFrame(0, flags=["ACK"]).serialize())  # our limit is in force
+    enc = hpack.Encoder()
+    events = server.receive(frames(*[headers(sid, enc.encode(REQ), "END_HEADERS") for sid in (1, 3, 5, 7)]))
+    assert errors(events) == [(PROTOCOL_ERROR, "protocol")]
+    assert server.open_inbound_streams <= 2
 
 
 # -- window-update overflow ---------------------------------------------------------------------

@@ -188,6 +188,22 @@ def test_peer_limit_is_visible(factory: Factory) -> None:
     assert p.client.peer_max_concurrent_streams == 7
 
 
+def test_a_stream_past_the_peer_limit_is_refused_here(factory: Factory) -> None:
+    p = Pair(factory, server=H2Settings(max_concurrent_streams=2))
+    for _ in range(2):
+        p.client.send_headers(p.client.next_stream_id(), REQUEST, end_stream=False)
+    with pytest.raises(ValueError, match="peer_max_concurrent_streams"):
+        p.client.send_headers(p.client.next_stream_id(), REQUEST, end_stream=False)
+    p.pump()
+    assert len(_of(HeadersReceived, p.take_server())) == 2
+    p.client.reset_stream(1, CANCEL)  # one closes: a new one may open
+    p.pump()
+    sid = p.client.next_stream_id()
+    p.client.send_headers(sid, REQUEST, end_stream=True)
+    p.pump()
+    assert [e.stream_id for e in _of(HeadersReceived, p.take_server()) if isinstance(e, HeadersReceived)] == [sid]
+
+
 def test_garbage_is_a_connection_error_with_goaway(factory: Factory) -> None:
     server = factory(False, H2Settings())
     server.start()
