@@ -9,9 +9,10 @@ ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS build
 # gcc for mypyc, which compiles the hot path (meshd.COMPILED_MODULES) into C extensions; the
-# Python headers come with the python image, and from python3-dev on a plain Debian base.
+# Python headers come with the python image, and from python3-dev on a plain Debian base;
+# libnghttp2-dev for the cffi binding of the HTTP/2 codec (meshd.http2._nghttp2).
 RUN headers=$(python -c 'import os, sysconfig; print("" if os.path.exists(sysconfig.get_paths()["include"] + "/Python.h") else "python3-dev")') \
- && apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev $headers && rm -rf /var/lib/apt/lists/*
+ && apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev libnghttp2-dev $headers && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.cfg setup.py README.md ./
 COPY meshd ./meshd
@@ -34,12 +35,14 @@ RUN if [ -s /tmp/image-ca/ca.crt ]; then export PIP_CERT=/tmp/image-ca/ca.crt; f
  && python -m venv /opt/meshd \
  && /opt/meshd/bin/pip install --no-cache-dir /wheels/meshd-*.whl \
  && /opt/meshd/bin/pip uninstall -y pip setuptools \
- && cd / && /opt/meshd/bin/python -c 'import importlib, meshd; pure = [m for m in meshd.COMPILED_MODULES if not str(importlib.import_module(m).__file__).endswith(".so")]; assert not pure, f"interpreted: {pure}"'
+ && cd / && /opt/meshd/bin/python -c 'import importlib, meshd; pure = [m for m in meshd.COMPILED_MODULES if not str(importlib.import_module(m).__file__).endswith(".so")]; assert not pure, f"interpreted: {pure}"; import meshd.http2.nghttp2 as n; assert n.AVAILABLE, n.WHY_UNAVAILABLE'
 
 FROM ${BASE} AS runtime
 COPY --from=build /opt/meshd /opt/meshd
+# libnghttp2-14: the C library the HTTP/2 codec's binding links to.
 # No pip or setuptools at run time, in the base's Python either: nothing installs into a proxy.
-RUN if python -m pip --version >/dev/null 2>&1; then python -m pip uninstall -y pip setuptools wheel; fi \
+RUN apt-get update && apt-get install -y --no-install-recommends libnghttp2-14 && rm -rf /var/lib/apt/lists/* \
+ && if python -m pip --version >/dev/null 2>&1; then python -m pip uninstall -y pip setuptools wheel; fi \
  && ! python -c 'import pip' 2>/dev/null && ! python -c 'import setuptools' 2>/dev/null \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin meshd \
  && mkdir -p /etc/meshd && chown meshd /etc/meshd

@@ -52,6 +52,10 @@ HOT := meshd/listener.py \
   balancers/round_robin.py \
   balancers/least_loaded.py \
   balancers/membership.py
+# Not mypyc: the cffi binding of libnghttp2 (the fast HTTP/2 codec), built by the same install when
+# libnghttp2-dev is there (build-deps installs it); under CI=true it must be built.
+NATIVE := meshd/http2/_nghttp2_build.py meshd/http2/nghttp2_glue.c
+NATIVE_SO = meshd/http2/_nghttp2.*.so
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 $(PY):
@@ -69,8 +73,8 @@ $(VENV)/.installed: setup.cfg setup.py pyproject.toml | $(PY)
 # meshd-compiled.pth: what earlier versions of this Makefile used instead of a package build.
 BUILD_MODE := $(if $(filter 1,$(MESHD_PURE)),pure,compiled)
 BUILT_MODE := $(shell cat $(VENV)/.compiled 2>/dev/null)
-$(VENV)/.compiled: $(HOT) $(VENV)/.installed $(if $(filter $(BUILD_MODE),$(BUILT_MODE)),,FORCE) | build-deps
-	rm -f $@ $(addsuffix .*.so,$(basename $(HOT))) *__mypyc.*.so "$(SITE)/meshd-compiled.pth"
+$(VENV)/.compiled: $(HOT) $(NATIVE) $(VENV)/.installed $(if $(filter $(BUILD_MODE),$(BUILT_MODE)),,FORCE) | build-deps
+	rm -f $@ $(addsuffix .*.so,$(basename $(HOT))) *__mypyc.*.so $(NATIVE_SO) "$(SITE)/meshd-compiled.pth"
 	MESHD_PURE=$(MESHD_PURE) $(PY) -m pip install -q --no-build-isolation --no-deps -e . \
 	  >build-mypyc.log 2>&1 || { cat build-mypyc.log; exit 1; }
 	@if ls $(addsuffix .*.so,$(basename $(firstword $(HOT)))) >/dev/null 2>&1; then \
@@ -78,6 +82,9 @@ $(VENV)/.compiled: $(HOT) $(VENV)/.installed $(if $(filter $(BUILD_MODE),$(BUILT
 	elif [ "$(MESHD_PURE)" = 1 ]; then echo "MESHD_PURE=1: the hot path runs as pure Python"; \
 	elif [ "$$CI" = true ]; then cat build-mypyc.log; echo "no C compiler (apt-get install gcc python3-dev)"; exit 1; \
 	else echo "no C compiler: the hot path runs as pure Python (apt-get install gcc python3-dev to compile it)"; fi
+	@if [ "$(MESHD_PURE)" != 1 ] && ! ls $(NATIVE_SO) >/dev/null 2>&1; then \
+	  if [ "$$CI" = true ]; then cat build-mypyc.log; echo "the libnghttp2 binding was not built (apt-get install libnghttp2-dev)"; exit 1; fi; \
+	  echo "the libnghttp2 binding was not built: HTTP/2 runs on the h2 codec (apt-get install libnghttp2-dev)"; fi
 	@[ -s $@ ] || echo pure > $@
 
 install: $(VENV)/.compiled
@@ -86,13 +93,14 @@ FORCE:
 
 compile: $(VENV)/.compiled
 
-# gcc and the Python headers, for mypyc; installed when missing and we may (root or sudo).
+# gcc and the Python headers, for mypyc, and libnghttp2-dev for the HTTP/2 codec's binding;
+# installed when missing and we may (root or sudo).
 build-deps: | $(PY)
-	@if [ "$(MESHD_PURE)" != 1 ] && { ! command -v cc >/dev/null 2>&1 || \
+	@if [ "$(MESHD_PURE)" != 1 ] && { ! command -v cc >/dev/null 2>&1 || [ ! -f /usr/include/nghttp2/nghttp2.h ] || \
 	    ! $(PY) -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))'; }; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO=sudo; else SUDO=none; fi; \
-	  if [ "$$SUDO" != none ]; then echo "installing gcc and python3-dev for mypyc"; \
-	    $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q gcc python3-dev; fi; \
+	  if [ "$$SUDO" != none ]; then echo "installing gcc, python3-dev and libnghttp2-dev for the compiled modules"; \
+	    $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q gcc python3-dev libnghttp2-dev; fi; \
 	fi
 
 system-deps:
@@ -165,5 +173,5 @@ image-test: image
 	DOCKER=$(DOCKER) IMAGE=$(IMAGE) .ci/image-test
 
 clean:
-	rm -f $(addsuffix .*.so,$(basename $(HOT))) *__mypyc.*.so build-mypyc.log
+	rm -f $(addsuffix .*.so,$(basename $(HOT))) *__mypyc.*.so $(NATIVE_SO) build-mypyc.log
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .demo bench/results .image-ca/ca.crt

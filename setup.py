@@ -2,7 +2,9 @@
 
 `pip install .`, `pip wheel .` and `pip install -e .` compile the modules every request runs
 through (`meshd.COMPILED_MODULES`) into C extensions, as black and charset-normalizer ship
-themselves. They build pure Python instead, which works the same at about half the requests per
+themselves, and the cffi binding of libnghttp2 (`meshd.http2._nghttp2`, the fast HTTP/2 codec)
+when libnghttp2's headers are there (Debian `libnghttp2-dev`; without them HTTP/2 runs on the
+pure-Python `h2` codec, and the build says so). They build pure Python instead, which works the same at about half the requests per
 CPU-second, when `MESHD_PURE=1` or when there is no C compiler or no Python headers. A failure
 of mypyc itself (a type error, say) fails the build: it never turns silently into the slow one.
 
@@ -12,6 +14,7 @@ Everything else (metadata, packages, dependencies) is declared in setup.cfg.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import shutil
 import sys
@@ -53,6 +56,23 @@ def why_pure() -> str | None:
 
 PURE_REASON = why_pure()
 
+#: the cffi binding's extension module (meshd/http2/_nghttp2_build.py builds it)
+NGHTTP2_MODULE = "meshd.http2._nghttp2"
+
+
+def nghttp2_extension() -> Any | None:
+    """The libnghttp2 binding as an Extension, or None (and why) when it cannot be built."""
+    spec = importlib.util.spec_from_file_location("_nghttp2_build", ROOT / "meshd/http2/_nghttp2_build.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    reason = build.why_not()
+    if reason is not None:
+        print(f"meshd: not building the libnghttp2 binding ({reason}): HTTP/2 runs on the h2 codec",
+              file=sys.stderr)
+        return None
+    return build.builder().distutils_extension(tmpdir=str(ROOT / "build" / "cffi"))
+
 
 class MeshdDistribution(Distribution):
     """Says it has extensions before they exist, so the wheel is tagged for this platform."""
@@ -74,7 +94,11 @@ class build_mypyc(build_ext):
 
             paths = [name.replace(".", "/") + ".py" for name in compiled_modules()]
             print(f"meshd: compiling the hot path with mypyc ({len(paths)} modules)", file=sys.stderr)
-            self.distribution.ext_modules = mypycify(paths, group_name=GROUP)
+            extensions = mypycify(paths, group_name=GROUP)
+            nghttp2 = nghttp2_extension()
+            if nghttp2 is not None:
+                extensions.append(nghttp2)
+            self.distribution.ext_modules = extensions
         super().finalize_options()
 
     def copy_extensions_to_source(self) -> None:
@@ -83,7 +107,7 @@ class build_mypyc(build_ext):
         # time; `import meshd` refuses a build older than its source, so the copies are stamped.
         super().copy_extensions_to_source()
         suffix = str(sysconfig.get_config_var("EXT_SUFFIX"))
-        for name in [*compiled_modules(), GROUP + "__mypyc"]:
+        for name in [*compiled_modules(), GROUP + "__mypyc", NGHTTP2_MODULE]:
             built = ROOT / (name.replace(".", "/") + suffix)
             if built.exists():
                 os.utime(built)

@@ -19,8 +19,14 @@ Choices made once here so every backend behaves alike:
   with each `DataReceived.flow_length` once it has passed the data on (written to the other side's
   socket), so a slow reader holds the peer back: that is back-pressure end to end.
 - A protocol violation by the peer yields `ConnectionError` with the HTTP/2 error code and a
-  short reason; the codec has already queued GOAWAY. The caller flushes `data_to_send()`, counts
-  the reason and closes the connection.
+  reason from `REASONS`; the codec has already queued GOAWAY. The caller flushes
+  `data_to_send()`, counts the reason (a metric label) and closes the connection.
+- Defences against the known HTTP/2 denial-of-service patterns live here, alike in every backend
+  (limits in `H2Settings`): a decoded header list over `max_header_list_size` (an HPACK bomb), a
+  header block in too many CONTINUATION frames, more than `max_pending_acks` PING and SETTINGS
+  frames answered since the caller last took `data_to_send()` (so the caller flushes after each
+  receive, and stops reading while its socket's write buffer is full), and streams the peer
+  opens and resets faster than they complete (`reset_budget`).
 """
 
 from __future__ import annotations
@@ -45,6 +51,22 @@ ENHANCE_YOUR_CALM: Final = 0xB
 INADEQUATE_SECURITY: Final = 0xC
 HTTP_1_1_REQUIRED: Final = 0xD
 
+#: `ConnectionError.reason`: a small fixed vocabulary, so a metric can carry it as a label.
+#: - "protocol": the peer broke RFC 9113 (bad preface, frame on the wrong stream, bad headers)
+#: - "flow_control": a window overflowed past 2**31-1 or the peer sent beyond our window
+#: - "frame_size": a frame over our SETTINGS_MAX_FRAME_SIZE, or of an impossible size
+#: - "compression": an HPACK block that does not decode
+#: - "headers_too_large": a decoded header list over max_header_list_size (an HPACK bomb)
+#: - "flood": too many control frames (PING, SETTINGS) or CONTINUATION frames
+#: - "rapid_reset": the peer reset more streams than completed, past reset_budget
+#: - "internal": the codec itself failed (out of memory)
+#: - "idle": not produced by a codec; the proxy's own name for a connection closed while idle
+REASONS: Final = ("protocol", "flow_control", "frame_size", "compression", "headers_too_large",
+                  "flood", "rapid_reset", "internal", "idle")
+
+#: the highest stream id (RFC 9113 section 5.1.1): a client past it opens no more streams
+MAX_STREAM_ID: Final = 2**31 - 1
+
 #: what a client sends first on an HTTP/2 connection (RFC 9113 section 3.4)
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -55,6 +77,13 @@ class H2Settings:
     Defaults are safe for a proxy: 100 concurrent streams (RFC 9113's recommended minimum, and
     what Envoy and nghttp2 use), the protocol's 64 KiB stream window, 16 KiB frames, and a
     64 KiB cap on a decoded header list (an HPACK bomb stops there).
+
+    Defences (codec.py's docstring): `max_pending_acks` PING and SETTINGS frames may wait for
+    their answer to be taken by `data_to_send()` (nghttp2's own default is 1000 too);
+    `reset_budget` streams the peer opened and then reset are forgiven, and each stream that
+    completes normally earns one back (a budget, not a rate, so no clock is involved: the
+    CVE-2023-44487 "rapid reset" pattern exhausts it at once, a client that cancels now and then
+    never does).
     """
 
     __slots__ = (
@@ -64,6 +93,8 @@ class H2Settings:
         "max_header_list_size",
         "header_table_size",
         "connection_window_size",
+        "max_pending_acks",
+        "reset_budget",
     )
 
     def __init__(
@@ -75,6 +106,8 @@ class H2Settings:
         max_header_list_size: int = 65_536,
         header_table_size: int = 4_096,
         connection_window_size: int = 1_048_576,
+        max_pending_acks: int = 1000,
+        reset_budget: int = 200,
     ) -> None:
         self.max_concurrent_streams = max_concurrent_streams
         self.initial_window_size = initial_window_size
@@ -82,6 +115,8 @@ class H2Settings:
         self.max_header_list_size = max_header_list_size
         self.header_table_size = header_table_size
         self.connection_window_size = connection_window_size
+        self.max_pending_acks = max_pending_acks
+        self.reset_budget = reset_budget
 
 
 class H2Event:
@@ -131,7 +166,11 @@ class DataReceived(H2Event):
 
 
 class StreamReset(H2Event):
-    """RST_STREAM from the peer (`remote`), or a stream the codec reset itself for a stream error."""
+    """RST_STREAM from the peer (`remote`), or a stream the codec reset itself for a stream error.
+
+    Also (not remote, REFUSED_STREAM): a request above the `last_stream_id` of the peer's
+    GOAWAY, which the peer will never process, so it may be retried on another connection.
+    """
 
     __slots__ = ("stream_id", "error_code", "remote")
 
@@ -163,7 +202,11 @@ class RemoteSettingsChanged(H2Event):
 
 
 class GoAwayReceived(H2Event):
-    """The peer will accept no stream above `last_stream_id`; those may be retried elsewhere."""
+    """The peer will accept no stream above `last_stream_id`; those may be retried elsewhere.
+
+    Streams at or below it carry on to their end. The codec follows this event with a
+    `StreamReset(REFUSED_STREAM, remote=False)` for each of its own open streams above it.
+    """
 
     __slots__ = ("last_stream_id", "error_code", "debug_data")
 
@@ -196,22 +239,32 @@ class ConnectionError(H2Event):  # noqa: A001 - an HTTP/2 connection error, not 
 
 
 class H2Codec(Protocol):
-    """One HTTP/2 connection, client or server side. Backends: h2ref.py (the `h2` library)."""
+    """One HTTP/2 connection, client or server side.
+
+    Backends: h2ref.py (the `h2` library, pure Python: the reference) and nghttp2.py (libnghttp2
+    through a cffi binding: the fast one). `meshd.http2.backends.codec_factory()` picks one.
+    Sending on a stream that has already closed (the peer reset it, say) is ignored: the caller
+    learnt of the close from an event.
+    """
 
     def start(self) -> None:
         """Queue the opening: the client's preface and SETTINGS, or the server's SETTINGS."""
 
-    def receive(self, data: bytes) -> list[H2Event]:
-        """Bytes read from the socket; the events they complete, in order."""
+    def receive(self, data: bytes | bytearray | memoryview) -> list[H2Event]:
+        """Bytes read from the socket; the events they complete, in order. A bytearray or
+        memoryview (a BufferedProtocol's buffer) may be reused afterwards: events own their bytes."""
 
     def data_to_send(self) -> bytes:
         """Everything queued for the socket since the last call (b"" when nothing)."""
 
     def next_stream_id(self) -> int:
-        """Client side: the id the next `send_headers` on a new stream must use."""
+        """Client side: the id the next `send_headers` on a new stream must use (RuntimeError
+        when the connection has none left: check `can_open_stream` first)."""
 
     def send_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
-        """A request head (client) or response head (server); 1xx heads too on the server."""
+        """A request head (client) or response head (server); 1xx heads too on the server.
+        A new stream when `can_open_stream` is False, or past `peer_max_concurrent_streams`
+        open ones, raises ValueError: the pool checks both first."""
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         """Body bytes; kept in the codec while the peer's windows are closed."""
@@ -248,3 +301,9 @@ class H2Codec(Protocol):
     @property
     def peer_max_concurrent_streams(self) -> int:
         """The peer's SETTINGS_MAX_CONCURRENT_STREAMS (2**31-1 until it says otherwise)."""
+
+    @property
+    def can_open_stream(self) -> bool:
+        """Client side: a new stream may be opened here. False once the stream ids are used up
+        (2**31-1), after a GOAWAY either way or a connection error: the pool opens another
+        connection instead."""

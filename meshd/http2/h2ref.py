@@ -12,7 +12,13 @@ from collections import deque
 from typing import Any
 
 from meshd.http2.codec import (
+    COMPRESSION_ERROR,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
     INTERNAL_ERROR,
+    MAX_STREAM_ID,
+    REFUSED_STREAM,
     ConnectionError,
     DataReceived,
     GoAwayReceived,
@@ -63,8 +69,31 @@ class H2RefCodec:
             },
         )
         self._h2.max_inbound_frame_size = s.max_frame_size
+        # h2 applies its own limit only when a changed setting is acknowledged
+        self._h2.decoder.max_header_list_size = s.max_header_list_size
+        # h2 closes the connection on GOAWAY either way; HTTP/2 lets the streams at or below
+        # last_stream_id finish (a graceful drain). Receiving: the state goes back to open after
+        # the frame (new streams are refused by send_headers, can_open_stream says so).
+        import hyperframe.frame
+
+        table: Any = self._h2._frame_dispatch_table
+        on_goaway = table[hyperframe.frame.GoAwayFrame]
+
+        opened = (h2.connection.ConnectionState.CLIENT_OPEN if client_side
+                  else h2.connection.ConnectionState.SERVER_OPEN)
+
+        def drain(frame: Any) -> Any:
+            result = on_goaway(frame)
+            self._h2.state_machine.state = opened
+            return result
+
+        table[hyperframe.frame.GoAwayFrame] = drain
         self._out: dict[int, _Outbound] = {}
         self._client_side = client_side
+        self._failed = False
+        self._goaway = False  # sent or received: no new streams
+        self._pending_acks = 0
+        self._reset_tokens = s.reset_budget
 
     # -- opening and bytes in/out -------------------------------------------------------------
 
@@ -74,19 +103,33 @@ class H2RefCodec:
         if extra > 0:
             self._h2.increment_flow_control_window(extra)
 
-    def receive(self, data: bytes) -> list[H2Event]:
+    def _fail(self, code: int, reason: str, events: list[H2Event]) -> list[H2Event]:
+        self._failed = self._goaway = True
+        self._h2.clear_outbound_data_buffer()  # the acks of a flood go unanswered
+        self._h2.close_connection(error_code=code)
+        events.append(ConnectionError(code, reason))
+        return events
+
+    def receive(self, data: bytes | bytearray | memoryview) -> list[H2Event]:
         import h2.events
         import h2.exceptions
+        import h2.stream
 
+        if self._failed:
+            return []
         try:
             raw = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
-            code = int(getattr(exc, "error_code", 1))
-            self._h2.close_connection(error_code=code)
-            return [ConnectionError(code, _reason(exc))]
+            code, reason = _classify(exc)
+            return self._fail(code, reason, [])
         events: list[H2Event] = []
         flush = False
+        peer_parity = 0 if self._client_side else 1
         for ev in raw:
+            if isinstance(ev, (h2.events.PingReceived, h2.events.RemoteSettingsChanged)):
+                self._pending_acks += 1
+                if self._pending_acks > self.settings.max_pending_acks:
+                    return self._fail(ENHANCE_YOUR_CALM, "flood", events)
             if isinstance(ev, (h2.events.RequestReceived, h2.events.ResponseReceived,
                                h2.events.InformationalResponseReceived)):
                 events.append(HeadersReceived(ev.stream_id, _headers(ev.headers),
@@ -98,6 +141,10 @@ class H2RefCodec:
                 events.append(TrailersReceived(ev.stream_id, _headers(ev.headers)))
             elif isinstance(ev, h2.events.StreamReset):
                 self._out.pop(ev.stream_id, None)
+                if ev.remote_reset and ev.stream_id % 2 == peer_parity and self.settings.reset_budget > 0:
+                    self._reset_tokens -= 1
+                    if self._reset_tokens < 0:
+                        return self._fail(ENHANCE_YOUR_CALM, "rapid_reset", events)
                 events.append(StreamReset(ev.stream_id, int(ev.error_code), bool(ev.remote_reset)))
             elif isinstance(ev, h2.events.WindowUpdated):
                 flush = True
@@ -106,8 +153,18 @@ class H2RefCodec:
                 flush = True
                 events.append(RemoteSettingsChanged(self.peer_max_concurrent_streams))
             elif isinstance(ev, h2.events.ConnectionTerminated):
-                events.append(GoAwayReceived(ev.last_stream_id or 0, int(ev.error_code or 0),
-                                             ev.additional_data or b""))
+                self._goaway = True
+                last = ev.last_stream_id or 0
+                events.append(GoAwayReceived(last, int(ev.error_code or 0), ev.additional_data or b""))
+                # our streams above `last` will never be processed: refused, so retryable
+                own = 1 - peer_parity
+                for sid, stream in sorted(self._h2.streams.items()):
+                    if sid > last and sid % 2 == own and not stream.closed:
+                        self._out.pop(sid, None)
+                        # closed here without a frame (h2 has no call for it): as if reset
+                        stream.state_machine.stream_closed_by = h2.stream.StreamClosedBy.SEND_RST_STREAM
+                        stream.state_machine.state = h2.stream.StreamState.CLOSED
+                        events.append(StreamReset(sid, REFUSED_STREAM, False))
             elif isinstance(ev, h2.events.PingAckReceived):
                 events.append(PingAcked(ev.ping_data))
         if flush:
@@ -115,17 +172,44 @@ class H2RefCodec:
         return events
 
     def data_to_send(self) -> bytes:
+        self._pending_acks = 0
         return bytes(self._h2.data_to_send())
 
     # -- sending ------------------------------------------------------------------------------
 
     def next_stream_id(self) -> int:
-        return int(self._h2.get_next_available_stream_id())
+        import h2.exceptions
+
+        try:
+            return int(self._h2.get_next_available_stream_id())
+        except h2.exceptions.NoAvailableStreamIDError:
+            raise RuntimeError("HTTP/2: no stream ids left on this connection (see can_open_stream)") from None
 
     def send_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
-        self._h2.send_headers(stream_id, headers, end_stream=end_stream)
+        import h2.exceptions
+
+        if self._failed:
+            return  # the connection is going: the caller has the ConnectionError
+        if self._client_side and stream_id not in self._h2.streams and not self.can_open_stream:
+            raise ValueError(f"HTTP/2: cannot open stream {stream_id} (see can_open_stream)")
+        try:
+            self._h2.send_headers(stream_id, headers, end_stream=end_stream)
+        except h2.exceptions.StreamClosedError:
+            return  # the peer reset it: the caller has the event
+        except h2.exceptions.TooManyStreamsError:
+            raise ValueError(f"HTTP/2: cannot open stream {stream_id}: the peer allows no more concurrent "
+                             "streams (peer_max_concurrent_streams)") from None
+        if end_stream:
+            self._completed(stream_id)
+
+    def _completed(self, stream_id: int) -> None:
+        """This side ended a stream the peer opened: it earns back a rapid-reset token."""
+        if stream_id % 2 == (0 if self._client_side else 1):
+            self._reset_tokens = min(self.settings.reset_budget, self._reset_tokens + 1)
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        if self._failed:
+            return
         out = self._out.get(stream_id)
         if out is None:
             out = self._out[stream_id] = _Outbound()
@@ -136,6 +220,8 @@ class H2RefCodec:
         self._flush(stream_id, out)
 
     def send_trailers(self, stream_id: int, headers: Headers) -> None:
+        if self._failed:
+            return
         out = self._out.get(stream_id)
         if out is None:
             out = self._out[stream_id] = _Outbound()
@@ -150,6 +236,8 @@ class H2RefCodec:
         import h2.exceptions
 
         self._out.pop(stream_id, None)
+        if self._failed:
+            return
         try:
             self._h2.reset_stream(stream_id, error_code=error_code)
         except h2.exceptions.StreamClosedError:
@@ -174,7 +262,17 @@ class H2RefCodec:
         self._h2.ping(data)
 
     def goaway(self, error_code: int, last_stream_id: int | None = None) -> None:
-        self._h2.close_connection(error_code=error_code, last_stream_id=last_stream_id)
+        import hyperframe.frame
+
+        self._goaway = True
+        if error_code:
+            self._h2.close_connection(error_code=error_code, last_stream_id=last_stream_id)
+            return
+        # graceful: the frame only, so the streams at or below last_stream_id can finish
+        if last_stream_id is None:
+            last_stream_id = int(self._h2.highest_inbound_stream_id or 0)
+        frame = hyperframe.frame.GoAwayFrame(0, last_stream_id=last_stream_id, error_code=0)
+        self._h2._data_to_send += frame.serialize()
 
     @property
     def open_outbound_streams(self) -> int:
@@ -187,6 +285,16 @@ class H2RefCodec:
     @property
     def peer_max_concurrent_streams(self) -> int:
         return int(self._h2.remote_settings.max_concurrent_streams)
+
+    @property
+    def can_open_stream(self) -> bool:
+        if self._failed or self._goaway:
+            return False
+        return int(self._h2.highest_outbound_stream_id or 0) + 2 <= MAX_STREAM_ID
+
+    def _jump_stream_ids(self, next_id: int) -> None:
+        """Tests: make the next stream id `next_id` (to reach the end of the id space quickly)."""
+        self._h2.highest_outbound_stream_id = next_id - 2
 
     # -- flow control on the way out ----------------------------------------------------------
 
@@ -214,6 +322,7 @@ class H2RefCodec:
                 h2c.send_data(stream_id, chunk, end_stream=last)
                 if last:
                     del self._out[stream_id]
+                    self._completed(stream_id)
                     return
             if out.end:
                 del self._out[stream_id]
@@ -221,6 +330,7 @@ class H2RefCodec:
                     h2c.send_headers(stream_id, out.trailers, end_stream=True)
                 else:
                     h2c.end_stream(stream_id)
+                self._completed(stream_id)
         except h2.exceptions.StreamClosedError:
             self._out.pop(stream_id, None)
         except h2.exceptions.ProtocolError:
@@ -232,6 +342,21 @@ def _headers(pairs: Any) -> Headers:
     return [(bytes(n), bytes(v)) for n, v in pairs]
 
 
-def _reason(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    return text[:200]
+def _classify(exc: Exception) -> tuple[int, str]:
+    """The error code and `REASONS` word for an `h2` protocol error (alike nghttp2's)."""
+    import h2.exceptions
+
+    text = str(exc)
+    if isinstance(exc, h2.exceptions.DenialOfServiceError):
+        return ENHANCE_YOUR_CALM, "headers_too_large" if "header" in text.lower() else "flood"
+    if "continuation frames" in text:
+        return ENHANCE_YOUR_CALM, "flood"
+    if isinstance(exc, h2.exceptions.FlowControlError):
+        return FLOW_CONTROL_ERROR, "flow_control"
+    if isinstance(exc, (h2.exceptions.FrameTooLargeError, h2.exceptions.FrameDataMissingError)):
+        return FRAME_SIZE_ERROR, "frame_size"
+    if "decoding header block" in text:
+        return COMPRESSION_ERROR, "compression"
+    code = int(getattr(exc, "error_code", 1) or 1)
+    return code, {FLOW_CONTROL_ERROR: "flow_control", FRAME_SIZE_ERROR: "frame_size",
+                  COMPRESSION_ERROR: "compression", ENHANCE_YOUR_CALM: "flood"}.get(code, "protocol")
