@@ -40,6 +40,9 @@ class OpenLoopResult:
     cpu_secs: float = 0.0
     wall_secs: float = 0.0
     late_start_secs: float = 0.0
+    #: requests sent again after their connection closed before any byte of an answer (only with
+    #: `LoadgenConfig.resend_unanswered`)
+    resent: int = 0
 
     @property
     def successes(self) -> int:
@@ -66,6 +69,7 @@ def parse_result(text: str) -> OpenLoopResult:
         cpu_secs=float(data.get("cpu_secs", 0.0)),
         wall_secs=float(data.get("wall_secs", 0.0)),
         late_start_secs=float(data.get("late_start_secs", 0.0)),
+        resent=int(data.get("resent", 0)),
     )
 
 

@@ -64,9 +64,12 @@ async def start_open_loop(
     start_at: float,
     connections: int = 8,
     drain_secs: float = 5.0,
+    resend_unanswered: bool = False,
 ) -> LoadRun:
     """Start a generator sending `rate_per_sec` GETs with `Host: host` to 127.0.0.1:`port` from the
-    CLOCK_MONOTONIC instant `start_at` for `duration_secs`."""
+    CLOCK_MONOTONIC instant `start_at` for `duration_secs`. `resend_unanswered`: a request whose
+    keep-alive connection closed before any byte of its answer is sent once more on a new
+    connection, as HTTP clients do (counted in the result's `resent`)."""
     config = LoadgenConfig(
         addresses=(("127.0.0.1", port),),
         hosts=(host,),
@@ -75,6 +78,7 @@ async def start_open_loop(
         connections=connections,
         drain_secs=drain_secs,
         start_at=start_at,
+        resend_unanswered=resend_unanswered,
     )
     out = workdir / f"{name}.json"
     log = workdir / f"{name}.log"
