@@ -119,7 +119,7 @@ test: install system-deps lint typecheck
 # new random inputs (20,000 take about 10 minutes); `make test` runs 40 of them.
 FUZZ_EXAMPLES ?= 20000
 fuzz: install
-	MESHD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -p no:cacheprovider -q --hypothesis-show-statistics \
+	MESHD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -p no:cacheprovider -q --timeout 0 --hypothesis-show-statistics \
 	  tests/integration/test_fuzz_requests.py
 
 demo: install $(if $(filter nats,$(BUS)),system-deps)

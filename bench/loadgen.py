@@ -59,6 +59,9 @@ class LoadgenConfig:
     #: byte of its response came (what HTTP clients do for idempotent requests, RFC 9112 9.3.1: a
     #: server closing an idle keep-alive connection races the next request on it); counted apart
     resend_unanswered: bool = False
+    #: also report each response's intended send time and each failure's (seconds from the
+    #: start), so a long run can be cut into intervals (the soak scenario's p99 every 10 s)
+    timeline: bool = False
 
     def __post_init__(self) -> None:
         if not self.addresses:
@@ -81,6 +84,7 @@ class LoadgenConfig:
                 "drainSecs": self.drain_secs,
                 "startAt": self.start_at,
                 "resendUnanswered": self.resend_unanswered,
+                "timeline": self.timeline,
             }
         )
 
@@ -103,6 +107,7 @@ class LoadgenConfig:
             drain_secs=float(data.get("drainSecs", 10.0)),
             start_at=None if start_at is None else float(start_at),
             resend_unanswered=bool(data.get("resendUnanswered", False)),
+            timeline=bool(data.get("timeline", False)),
         )
 
 
@@ -351,7 +356,14 @@ async def run(config: LoadgenConfig) -> dict[str, object]:
     recorded = recorder.result()
     lag_ms = {f"{p:g}": v * 1000.0 for p, v in percentiles(recorded.send_lags or [0.0], (50, 99, 99.9, 100)).items()}
     cpu = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
+    timeline: dict[str, object] = {}
+    if config.timeline:
+        timeline = {
+            "intended_ms": [round((t - start) * 1e3, 3) for t in recorded.intended],
+            "failures": [[round((t - start) * 1e3, 3), what] for t, what in recorded.failures],
+        }
     return {
+        **timeline,
         "scheduled": schedule.total,
         "sent": len(recorded.send_lags),
         "completed": recorded.completed,

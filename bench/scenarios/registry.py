@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Final, Generic, Protocol, TypeVar
 
 from bench.results import ScenarioResult
-from bench.scenarios import failing_replica, latency, memory, slow_replica, stall, throughput
+from bench.scenarios import failing_replica, latency, memory, slow_replica, soak, stall, throughput
 from bench.scenarios.context import RunContext
 
 OptionsT = TypeVar("OptionsT")
@@ -80,7 +80,10 @@ def _entries() -> tuple[Scenario, ...]:
         ScenarioEntry(stall.NAME, stall.__doc__ or "", stall.StallOptions, stall.StallOptions.scaled, stall.run),
         ScenarioEntry(memory.NAME, memory.__doc__ or "", memory.MemoryOptions, memory.MemoryOptions.scaled,
                       memory.run),
+        ScenarioEntry(soak.NAME, soak.__doc__ or "", soak.SoakOptions, soak.SoakOptions.scaled, soak.run),
     )
 
 
 SCENARIOS: Final[dict[str, Scenario]] = {entry.name: entry for entry in _entries()}
+#: what `meshd-bench all` runs: every scenario but the half-hour soak, which is run on its own
+IN_ALL: Final[tuple[str, ...]] = tuple(name for name in SCENARIOS if name != soak.NAME)

@@ -56,13 +56,30 @@ def test_goals_are_met_missed_or_not_measured(run):
         "failing-replica": [True],  # 99.995% success, amplification 1.2
         "stall": [False],  # p99.9 2000 ms against 25 ms without the stall
         "memory": [True],  # 45 MB per worker
+        "soak": [None],  # not in the canned run
     }
+
+
+def test_the_soak_goal_wants_no_failure_flat_memory_and_flat_descriptors(run):
+    from bench.results import Row, ScenarioResult
+
+    def verdict(**metrics: float) -> bool | None:
+        base = {"failed": 0.0, "rss_growth": 0.02, "fds_steady": 60.0, "fds_end": 62.0}
+        row = Row(target="meshd", metrics={**base, **metrics})
+        soaked = replace(run, scenarios=(ScenarioResult(name="soak", rows=(row,)),))
+        [goal] = goals.for_scenario(goals.evaluate(soaked), "soak")
+        return goal.met
+
+    assert verdict() is True
+    assert verdict(failed=1.0) is False
+    assert verdict(rss_growth=0.06) is False
+    assert verdict(fds_end=71.0) is False
 
 
 def test_goals_without_the_rows_they_need_are_not_measured(run):
     empty = replace(run, scenarios=(replace(run.scenario("throughput"), rows=()),))
     outcomes = goals.evaluate(empty)
-    assert len(outcomes) == 9
+    assert len(outcomes) == 10
     assert all(g.met is None and g.verdict == "not measured" for g in outcomes)
 
 
