@@ -13,7 +13,7 @@ DEBIAN_PACKAGES := nginx haproxy wrk dnsmasq chromium nats-server etcd-server op
 PROGRAMS := nginx haproxy wrk dnsmasq chromium nats-server etcd openssl h2load nghttpd prometheus promtool
 
 .PHONY: FORCE install compile build-deps test lint typecheck unit demo bench bench-peers system-deps clean \
-  docker-engine image image-test
+  docker-engine image image-test fuzz
 
 # The hot path: `pip install` compiles it with mypyc (setup.py; docs/architecture.md, "Building and
 # packaging"). `make install` is an editable install, which builds the C extensions beside their
@@ -123,6 +123,13 @@ typecheck: install
 # The bench smoke test also runs meshd itself (MESHD_BENCH_SMOKE_MESHD=1); never a timed test.
 test: install system-deps lint typecheck
 	MESHD_BENCH_SMOKE_MESHD=1 $(PY) -m pytest
+
+# Long fuzzing of the request path (docs/operations.md, "Fuzzing the request path"): FUZZ_EXAMPLES
+# new random inputs (20,000 take about 10 minutes); `make test` runs 40 of them.
+FUZZ_EXAMPLES ?= 20000
+fuzz: install
+	MESHD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -p no:cacheprovider -q --timeout 0 --hypothesis-show-statistics \
+	  tests/integration/test_fuzz_requests.py
 
 demo: install $(if $(filter nats,$(BUS)),system-deps)
 	$(PY) -m examples.bank.demo --duration $(DURATION) --rate $(RATE) --bus $(BUS)

@@ -43,6 +43,12 @@ def draw_all(scenario: ScenarioResult, directory: Path) -> list[str]:
         metric_bars(scenario.rows, ("rps", "req_per_cpu_sec"), ("requests/s", "requests per proxy CPU-second"),
                     directory / name, "throughput (median of runs)")
         files.append(name)
+    if scenario.name == "soak":
+        for row in scenario.rows:
+            if row.runs:
+                name = f"soak-timeline{'-' + row.target if row.target != 'meshd' else ''}.png"
+                timeline(row, directory / name, f"soak ({row.target}): every {_step(row)} s")
+                files.append(name)
     if scenario.name == "memory":
         name = "memory-bars.png"
         metric_bars(scenario.rows, ("rss_mb", "rss_mb_per_worker"), ("RSS MB (all processes)", "RSS MB per worker"),
@@ -110,6 +116,33 @@ def metric_bars(rows: Sequence[Row], metrics: Sequence[str], labels: Sequence[st
         ax.set_title(axis_label)
         ax.tick_params(axis="x", rotation=30)
         ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _step(row: Row) -> str:
+    times = [sample.get("t_secs", 0.0) for sample in row.runs]
+    return f"{times[1] - times[0]:.3g}" if len(times) > 1 else "?"
+
+
+def timeline(row: Row, path: Path, title: str) -> None:
+    """RSS, open descriptors and p99 against time, one panel each (the soak's samples in `row.runs`)."""
+    import matplotlib.pyplot as plt
+
+    minutes = [sample.get("t_secs", 0.0) / 60.0 for sample in row.runs]
+    panels = (("rss_mb", "RSS (MB)"), ("fds", "open descriptors"), ("p99_ms", "p99 of the interval (ms)"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 7.5), sharex=True)
+    for ax, (metric, axis_label) in zip(axes, panels, strict=True):
+        ax.plot(minutes, [sample.get(metric, 0.0) for sample in row.runs], linewidth=1.4)
+        ax.set_ylabel(axis_label)
+        ax.grid(True, alpha=0.3)
+        ax.set_ylim(bottom=0)
+    failed = [(m, s.get("failed", 0.0)) for m, s in zip(minutes, row.runs, strict=True) if s.get("failed", 0.0)]
+    for m, _count in failed:
+        axes[2].axvline(m, color="tab:red", alpha=0.4)
+    axes[-1].set_xlabel("minutes" + (" (red: an interval with failed requests)" if failed else ""))
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

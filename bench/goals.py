@@ -18,6 +18,10 @@ FAILING_AMPLIFICATION: Final = 1.6
 STALL_P999_FACTOR: Final = 1.5
 MEMORY_MB_PER_WORKER: Final = 60.0
 TLS_CPU_COST: Final = 0.25
+SOAK_RSS_GROWTH: Final = 0.05
+#: open descriptors may differ by this many between the steady mark and the end: pools open and
+#: close upstream connections as replicas come and go
+SOAK_FD_SLACK: Final = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +156,18 @@ def _grpc(s: ScenarioResult | None) -> Goal:
     return Goal("grpc", goal, f"{mine:,.0f} vs Envoy {envoy:,.0f}", mine >= envoy)
 
 
+def _soak(s: ScenarioResult | None) -> Goal:
+    goal = (f"soak: no failed request, RSS growth <= {100 * SOAK_RSS_GROWTH:g}% after the first five minutes, "
+            f"open descriptors flat (within {SOAK_FD_SLACK})")
+    failed, growth = _metric(s, "meshd", "failed"), _metric(s, "meshd", "rss_growth")
+    fds_steady, fds_end = _metric(s, "meshd", "fds_steady"), _metric(s, "meshd", "fds_end")
+    if failed is None or growth is None or fds_steady is None or fds_end is None:
+        return Goal("soak", goal, "meshd did not run", None)
+    met = failed == 0 and growth <= SOAK_RSS_GROWTH and fds_end - fds_steady <= SOAK_FD_SLACK
+    return Goal("soak", goal, f"{failed:.0f} failed, RSS {100 * growth:+.1f}%, fds {fds_steady:.0f} -> {fds_end:.0f}",
+                met)
+
+
 def _missing(*values: tuple[str, float | None]) -> str:
     return "did not run: " + ", ".join(name for name, value in values if value is None)
 
@@ -173,4 +189,5 @@ _CHECKS: Final[tuple[tuple[str, Callable[[ScenarioResult | None], Goal]], ...]] 
     ("tls", _tls_throughput),
     ("tls", _tls_cost),
     ("grpc", _grpc),
+    ("soak", _soak),
 )

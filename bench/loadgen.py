@@ -55,6 +55,13 @@ class LoadgenConfig:
     max_connections: int = 4096
     drain_secs: float = 10.0
     start_at: float | None = None
+    #: send again, once and on another connection, a request whose connection closed before any
+    #: byte of its response came (what HTTP clients do for idempotent requests, RFC 9112 9.3.1: a
+    #: server closing an idle keep-alive connection races the next request on it); counted apart
+    resend_unanswered: bool = False
+    #: also report each response's intended send time and each failure's (seconds from the
+    #: start), so a long run can be cut into intervals (the soak scenario's p99 every 10 s)
+    timeline: bool = False
 
     def __post_init__(self) -> None:
         if not self.addresses:
@@ -76,6 +83,8 @@ class LoadgenConfig:
                 "maxConnections": self.max_connections,
                 "drainSecs": self.drain_secs,
                 "startAt": self.start_at,
+                "resendUnanswered": self.resend_unanswered,
+                "timeline": self.timeline,
             }
         )
 
@@ -97,28 +106,33 @@ class LoadgenConfig:
             max_connections=int(data.get("maxConnections", 4096)),
             drain_secs=float(data.get("drainSecs", 10.0)),
             start_at=None if start_at is None else float(start_at),
+            resend_unanswered=bool(data.get("resendUnanswered", False)),
+            timeline=bool(data.get("timeline", False)),
         )
 
 
 class _Request:
-    __slots__ = ("intended", "sent", "payload")
+    __slots__ = ("intended", "sent", "payload", "resent")
 
     def __init__(self, intended: float, payload: bytes) -> None:
         self.intended = intended
         self.sent: float | None = None
         self.payload = payload
+        self.resent = False
 
 
 class _Connection(asyncio.Protocol):
     """One keep-alive client connection, one request in flight at a time."""
 
-    __slots__ = ("_pool", "_transport", "_parser", "_inflight", "closed")
+    __slots__ = ("_pool", "_transport", "_parser", "_inflight", "_answering", "closed")
 
     def __init__(self, pool: _Pool) -> None:
         self._pool = pool
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._inflight: _Request | None = None
+        #: a byte of the in-flight request's response has arrived
+        self._answering = False
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -133,10 +147,12 @@ class _Connection(asyncio.Protocol):
     def send(self, request: _Request) -> None:
         assert self._transport is not None and self._inflight is None
         self._inflight = request
+        self._answering = False
         request.sent = time.monotonic()
         self._transport.write(request.payload)
 
     def data_received(self, data: bytes) -> None:
+        self._answering = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
@@ -153,7 +169,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         request, self._inflight = self._inflight, None
-        self._pool.lost(self, request)
+        self._pool.lost(self, request, answering=self._answering)
 
     def close(self) -> None:
         if self._transport is not None and not self.closed:
@@ -175,6 +191,8 @@ class _Pool:
         self._tasks: set[asyncio.Task[None]] = set()
         self.opened = 0
         self.max_open = 0
+        #: requests sent again after their connection closed unanswered (`resend_unanswered`)
+        self.resent = 0
         self.on_outcome: asyncio.Event = asyncio.Event()
 
     async def prewarm(self) -> None:
@@ -209,9 +227,13 @@ class _Pool:
         else:
             connection.close()
 
-    def lost(self, connection: _Connection, request: _Request | None) -> None:
+    def lost(self, connection: _Connection, request: _Request | None, *, answering: bool = False) -> None:
         self._all.discard(connection)
-        if request is not None:
+        if request is not None and self._config.resend_unanswered and not answering and not request.resent:
+            request.resent = True
+            self.resent += 1
+            self._waiting.appendleft(request)  # first in line: its latency still counts from its intended time
+        elif request is not None:
             self._recorder.on_error(request.intended, request.sent, "closed")
             self.on_outcome.set()
         if self._waiting and len(self._all) + self._dialing < self._config.max_connections:
@@ -334,7 +356,14 @@ async def run(config: LoadgenConfig) -> dict[str, object]:
     recorded = recorder.result()
     lag_ms = {f"{p:g}": v * 1000.0 for p, v in percentiles(recorded.send_lags or [0.0], (50, 99, 99.9, 100)).items()}
     cpu = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
+    timeline: dict[str, object] = {}
+    if config.timeline:
+        timeline = {
+            "intended_ms": [round((t - start) * 1e3, 3) for t in recorded.intended],
+            "failures": [[round((t - start) * 1e3, 3), what] for t, what in recorded.failures],
+        }
     return {
+        **timeline,
         "scheduled": schedule.total,
         "sent": len(recorded.send_lags),
         "completed": recorded.completed,
@@ -343,6 +372,7 @@ async def run(config: LoadgenConfig) -> dict[str, object]:
         "latencies_us": [round(v * 1e6) for v in recorded.latencies],
         "send_lag_ms": lag_ms,
         "connections_opened": pool.opened,
+        "resent": pool.resent,
         "max_connections_open": pool.max_open,
         "cpu_secs": cpu,
         "wall_secs": wall,

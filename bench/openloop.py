@@ -40,6 +40,13 @@ class OpenLoopResult:
     cpu_secs: float = 0.0
     wall_secs: float = 0.0
     late_start_secs: float = 0.0
+    #: requests sent again after their connection closed before any byte of an answer (only with
+    #: `LoadgenConfig.resend_unanswered`)
+    resent: int = 0
+    #: with `LoadgenConfig.timeline`: each latency's intended send time (seconds from the start),
+    #: and (intended send time, status or error) of each request that got no 2xx
+    intended: tuple[float, ...] = ()
+    failures: tuple[tuple[float, str], ...] = ()
 
     @property
     def successes(self) -> int:
@@ -66,6 +73,9 @@ def parse_result(text: str) -> OpenLoopResult:
         cpu_secs=float(data.get("cpu_secs", 0.0)),
         wall_secs=float(data.get("wall_secs", 0.0)),
         late_start_secs=float(data.get("late_start_secs", 0.0)),
+        resent=int(data.get("resent", 0)),
+        intended=tuple(ms / 1e3 for ms in data.get("intended_ms", [])),
+        failures=tuple((float(ms) / 1e3, str(what)) for ms, what in data.get("failures", [])),
     )
 
 
@@ -89,6 +99,7 @@ def run_open_loop(
     on_wait: Callable[[], None] | None = None,
     poll_secs: float = 0.5,
     commands: list[str] | None = None,
+    timeline: bool = False,
 ) -> OpenLoopResult:
     """Run one open-loop measurement; `on_start(start_at)` runs once the start instant is fixed."""
     start_at = time.monotonic() + start_in_secs
@@ -100,6 +111,7 @@ def run_open_loop(
         connections=connections,
         drain_secs=drain_secs,
         start_at=start_at,
+        timeline=timeline,
     )
     out = workdir / f"{name}.json"
     argv = loadgen_command(config, out)

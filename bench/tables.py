@@ -153,6 +153,21 @@ COLUMNS: Final[dict[str, tuple[Column, ...]]] = {
         Column("PSS MB", number("pss_mb", "{:.1f}")),
         Column("processes", number("processes")),
     ),
+    "soak": (
+        _TARGET,
+        Column("requests", number("scheduled")),
+        Column("failed", number("failed")),
+        Column("p99 ms", ms("p99_ms")),
+        Column("p99.9 ms", ms("p99.9_ms")),
+        Column("RSS MB at 5 min", number("rss_mb_steady", "{:.1f}")),
+        Column("RSS MB at end", number("rss_mb_end", "{:.1f}")),
+        Column("RSS growth", percent("rss_growth", 1)),
+        Column("fds at 5 min", number("fds_steady")),
+        Column("fds at end", number("fds_end")),
+        Column("kills", number("kills")),
+        Column("routes edits", number("routes_edits")),
+        Column("reloads", number("reloads")),
+    ),
 }
 
 

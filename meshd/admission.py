@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Final
+from typing import Final, Protocol
 
 from meshd.clock import MONOTONIC, Clock, Timer
 from meshd.errors import Overloaded
@@ -34,6 +34,12 @@ DEFAULT_PENDING_TIMEOUT_S: Final = 1.0
 _TIMER_SLACK_S: Final = 0.005
 
 _Waiter = tuple[float, "asyncio.Future[None]"]
+
+
+class LatencySampler(Protocol):
+    """Told each admitted request's latency (meshd/adaptive.py's `GradientLimit`)."""
+
+    def sample(self, latency: float, now: float) -> None: ...
 
 
 class Admission:
@@ -51,6 +57,7 @@ class Admission:
         "_waiters",
         "_clock",
         "_timer",
+        "sampler",
     )
 
     def __init__(
@@ -77,6 +84,9 @@ class Admission:
         self._waiters: deque[_Waiter] = deque()
         self._clock = clock
         self._timer: Timer | None = None
+        #: the adaptive limit that moves `max_concurrent` (None: the limit is static); the
+        #: listener gives it each admitted request's latency
+        self.sampler: LatencySampler | None = None
 
     @property
     def pending(self) -> int:
@@ -123,14 +133,24 @@ class Admission:
             raise
 
     def leave(self) -> None:
-        """A served request ended: its turn goes to the oldest waiter, or the count drops."""
+        """A served request ended: its turn goes to the oldest waiter, or the count drops (also
+        when an adaptive limit has just been lowered below the requests in flight)."""
         waiters = self._waiters
-        while waiters:
+        while waiters and self.inflight <= self.max_concurrent:
             waiter = waiters.popleft()[1]
             if not waiter.done():
                 waiter.set_result(None)
                 return
         self.inflight -= 1
+
+    def admit_waiting(self) -> None:
+        """The limit was raised (meshd/adaptive.py): waiters take the new turns at once."""
+        waiters = self._waiters
+        while waiters and self.inflight < self.max_concurrent:
+            waiter = waiters.popleft()[1]
+            if not waiter.done():
+                self.inflight += 1
+                waiter.set_result(None)
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -40,9 +40,11 @@ from routing.path import Path
 class Endpoint:
     """One replica as a client sees it: its address, its pool; `key`/`weight` for the balancer."""
 
-    __slots__ = ("address", "key", "weight", "pool", "label", "forwarded", "stats")
+    __slots__ = ("address", "key", "weight", "pool", "label", "forwarded", "stats", "client")
 
-    def __init__(self, address: Address, pool: Pool, stats: AttemptStats) -> None:
+    def __init__(self, address: Address, pool: Pool, stats: AttemptStats, client: Client | None = None) -> None:
+        #: the client this replica belongs to: the retry stage asks its breakers (admits_retry)
+        self.client = client
         self.address = address
         self.key = address.key
         self.weight = address.weight
@@ -158,7 +160,7 @@ class Client:
                     stats = AttemptStats()
                 else:
                     stats = self.stats_other
-                endpoint = Endpoint(address, pool, stats)
+                endpoint = Endpoint(address, pool, stats, self)
             else:
                 endpoint.address = address
                 endpoint.weight = address.weight
@@ -259,6 +261,20 @@ class Client:
         self.inflight -= 1
         if retry:
             self.retrying -= 1
+
+    def admits_retry(self, own_retry: bool) -> bool:
+        """Whether a retry of the attempt whose response is still open would pass the breakers.
+
+        That attempt is still counted in flight (and among retries when `own_retry`), but it
+        ends before its retry starts, so it is left out. A refusal is counted as the attempt's
+        own check would count it."""
+        if self.inflight - 1 >= self._max_requests:
+            self.overflows_requests += 1
+            return False
+        if self.retrying - (1 if own_retry else 0) >= self._max_retries:
+            self.overflows_retries += 1
+            return False
+        return True
 
     def _overflow(self, retry: bool) -> CircuitOpen:
         if self.inflight >= self._max_requests:

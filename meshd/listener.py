@@ -422,10 +422,12 @@ class ServerProtocol(asyncio.Protocol):
             # Admission first (meshd/admission.py): one comparison on the common path; past
             # `maxConcurrentRequests` the request waits for a turn or is refused (503).
             admitted = admission.enter()
+            admitted_at = started
             try:
                 if not admitted:
                     await admission.wait()
                     admitted = True
+                    admitted_at = monotonic()
                 response = await service(ctx)
             except MeshdError as exc:
                 if not request.body.ended:
@@ -440,7 +442,11 @@ class ServerProtocol(asyncio.Protocol):
             finally:
                 if admitted:
                     admission.leave()
-            seconds = monotonic() - started
+            ended = monotonic()
+            if admitted and admission.sampler is not None:
+                # an adaptive limit (meshd/adaptive.py) learns from the time served, not waited
+                admission.sampler.sample(ended - admitted_at, ended)
+            seconds = ended - started
             name = ctx.logical_name or UNIDENTIFIED
             observe(name, response.status, seconds)
             recent = listener.recent

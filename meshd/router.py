@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from meshd.adaptive import GradientLimit
 from meshd.admission import Admission
 from meshd.client import Client, ClientSettings
 from meshd.config.model import ClientTlsConfig, RouterConfig, server_name_for
@@ -126,6 +127,21 @@ class Router:
             pending_timeout_s=config.pending_timeout_ms / 1000.0,
             clock=runtime.clock,
         )
+        #: the adaptive concurrency limit (meshd/adaptive.py), None unless configured: the
+        #: listener samples each request's latency into it
+        self.adaptive: GradientLimit | None = None
+        adaptive = config.adaptive_concurrency
+        if adaptive is not None:
+            self.adaptive = GradientLimit(
+                self.admission,
+                initial_limit=adaptive.initial_limit,
+                min_limit=adaptive.min_limit,
+                tolerance=adaptive.tolerance,
+                window_ms=adaptive.window_ms,
+                min_samples=adaptive.min_samples,
+                min_latency_interval_s=float(adaptive.min_latency_interval_secs),
+                min_latency_samples=adaptive.min_latency_samples,
+            )
         self.own_dtab = parse_dtab(config.dtab)
         #: the effective base dtab: the router's own dtab followed by the routes file's entries
         self.dtab: Observable[Dtab] = Observable(self.own_dtab)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Final, Generic, Protocol, TypeVar
 
 from bench.results import ScenarioResult
-from bench.scenarios import failing_replica, grpc, latency, memory, slow_replica, stall, throughput, tls
+from bench.scenarios import failing_replica, grpc, latency, memory, slow_replica, soak, stall, throughput, tls
 from bench.scenarios.context import RunContext
 
 OptionsT = TypeVar("OptionsT")
@@ -82,7 +82,10 @@ def _entries() -> tuple[Scenario, ...]:
                       memory.run),
         ScenarioEntry(tls.NAME, tls.__doc__ or "", tls.TlsOptions, tls.TlsOptions.scaled, tls.run),
         ScenarioEntry(grpc.NAME, grpc.__doc__ or "", grpc.GrpcOptions, grpc.GrpcOptions.scaled, grpc.run),
+        ScenarioEntry(soak.NAME, soak.__doc__ or "", soak.SoakOptions, soak.SoakOptions.scaled, soak.run),
     )
 
 
 SCENARIOS: Final[dict[str, Scenario]] = {entry.name: entry for entry in _entries()}
+#: what `meshd-bench all` runs: every scenario but the half-hour soak, which is run on its own
+IN_ALL: Final[tuple[str, ...]] = tuple(name for name in SCENARIOS if name != soak.NAME)

@@ -81,6 +81,7 @@ METRICS: Final[dict[str, str]] = {
     "meshd_requests_pending": "Requests waiting for a turn now, past maxConcurrentRequests.",
     "meshd_requests_queued_total": "Requests that had to wait for a turn (maxConcurrentRequests reached).",
     "meshd_overloaded_total": "Requests refused with 503 by admission control, by reason (queue_full, pending_timeout).",
+    "meshd_concurrency_limit": "Requests the router admits at once now: maxConcurrentRequests, or the adaptive limit below it.",
     "meshd_config_file_reloads_total": "Whole-config reloads (SIGHUP, POST /admin/reload), by result: applied, unchanged, refused.",
     "meshd_config_loaded_timestamp_seconds": "When the running meshd.yaml was loaded (Unix time).",
     "meshd_worker_up": "With --workers: 1 while a worker answers the supervisor's heartbeats, 0 once its last answer is over 3 s old.",
@@ -278,6 +279,7 @@ def _steps(daemon: MetricsView, text: _Text) -> Iterator[None]:
         adm = router.admission
         f["meshd_requests_in_flight"].append(f"meshd_requests_in_flight{{{r}}} {_n(adm.inflight)}\n")
         f["meshd_requests_pending"].append(f"meshd_requests_pending{{{r}}} {_n(adm.pending)}\n")
+        f["meshd_concurrency_limit"].append(f"meshd_concurrency_limit{{{r}}} {_n(adm.max_concurrent)}\n")
         f["meshd_requests_queued_total"].append(f"meshd_requests_queued_total{{{r}}} {_n(adm.queued)}\n")
         overloaded = f["meshd_overloaded_total"]
         overloaded.append(f'meshd_overloaded_total{{reason="queue_full",{r}}} {_n(adm.rejected_full)}\n')

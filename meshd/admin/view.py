@@ -205,6 +205,9 @@ class AdmissionView(Protocol):
     def pending(self) -> int: ...
 
     @property
+    def max_concurrent(self) -> int: ...
+
+    @property
     def queued(self) -> int: ...
 
     @property

@@ -347,6 +347,21 @@ def resolve_section(base: _Section, overrides: tuple[ServiceOverride, ...] | tup
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AdaptiveConcurrencyConfig:
+    """The router's concurrency limit found from latency (meshd/adaptive.py, docs/operations.md)."""
+
+    initial_limit: int = field(default=20, metadata={"min": 1})
+    #: the floor, and the limit while the no-load latency is measured
+    min_limit: int = field(default=3, metadata={"min": 1})
+    #: latency allowed above the no-load latency before the limit shrinks (1.25: 25% more)
+    tolerance: float = field(default=1.25, metadata={"min": 1.0, "max": 10.0})
+    window_ms: int = field(default=250, metadata={"min": 10})
+    min_samples: int = field(default=10, metadata={"min": 1})
+    min_latency_interval_secs: int = field(default=60, metadata={"min": 1})
+    min_latency_samples: int = field(default=50, metadata={"min": 1})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BindingCacheConfig:
     """What a router keeps per name, and for how long (linkerd 1's `bindingCache`)."""
 
@@ -440,6 +455,8 @@ class RouterConfig:
     max_concurrent_requests: int = field(default=10_000, metadata={"min": 1})
     max_pending_requests: int = field(default=1_000, metadata={"min": 0})
     pending_timeout_ms: int = field(default=1_000, metadata={"min": 1})
+    #: find the concurrency limit from latency, below `max_concurrent_requests` (off: None)
+    adaptive_concurrency: AdaptiveConcurrencyConfig | None = None
 
     def service_for(self, path: Path) -> ServiceConfig:
         return resolve_section(self.service, self.services, path)

@@ -127,11 +127,28 @@ def retries_stage(
             schedule = None
             retried = 0  # retries after the request was written: at most max_retries
             requeued = 0  # re-sends of a request never written: at most max_requeues
+            # The previous attempt's outcome while its retry is under way: a complete response (its
+            # body all received, so keeping it holds no connection) or its error. A retry that a
+            # client's circuit breaker refuses gives the caller this instead of the breaker's 503,
+            # as an exhausted retry budget would (Envoy's retry overflow does the same).
+            held: Response | None = None
+            held_class = ResponseClass.RETRYABLE_FAILURE
+            held_exc: MeshdError | None = None
             while True:
                 ctx.attempts += 1
                 try:
                     response = await next_service(ctx)
                 except MeshdError as exc:
+                    if isinstance(exc, CircuitOpen) and (held is not None or held_exc is not None):
+                        if on_attempt is not None:
+                            on_attempt(ctx, exc, None)
+                        if held_exc is not None:
+                            raise held_exc from None
+                        assert held is not None
+                        if add_success_class:
+                            held.headers.append((L5D_SUCCESS_CLASS, _SUCCESS[held_class]))
+                        return held
+                    held = held_exc = None
                     if isinstance(exc, AttemptTimeout):
                         timeouts.attempt += 1
                     if classify_error(classifier, method, exc) is not ResponseClass.RETRYABLE_FAILURE:
@@ -162,7 +179,9 @@ def retries_stage(
                         raise
                     if on_attempt is not None:
                         on_attempt(ctx, exc, reason)
+                    held_exc = exc
                 else:
+                    held = held_exc = None
                     status = response.status
                     if status < 500:
                         if add_success_class:
@@ -177,6 +196,8 @@ def retries_stage(
                     elif retried >= max_retries:
                         counters.limit += 1  # the upstream's own response goes back unchanged
                         retrying = False
+                    elif not response.body.ended and not _breaker_admits_retry(ctx):
+                        retrying = False  # its body cannot be kept while the retry runs: ask first
                     else:
                         if schedule is None:
                             schedule = backoff.delays()
@@ -191,7 +212,11 @@ def retries_stage(
                     reason = "response"
                     if on_attempt is not None:
                         on_attempt(ctx, status, reason)
-                    _discard(response.body, clock)
+                    if response.body.ended:
+                        held = response  # nothing left to read: kept in case the retry is refused
+                        held_class = cls
+                    else:
+                        _discard(response.body, clock)
                 if reason == "requeue":
                     counters.requeue += 1
                     requeued += 1
@@ -246,6 +271,20 @@ def _may_retry(
             counters.not_replayable += 1
             return False
     return True
+
+
+def _breaker_admits_retry(ctx: RouteContext) -> bool:
+    """Whether the circuit breaker of the client that answered the last attempt has room for a
+    retry, asked before a response whose body is still arriving is discarded for one (Envoy asks
+    its retry breaker at the same point). Only that case asks: a complete response is kept and
+    given back if the retry is refused (see the retry loop). The client sits above the pipeline,
+    hence the untyped look-up; an endpoint without one (a test double) always admits."""
+    node = ctx.last_node
+    client = getattr(node.member, "client", None) if node is not None else None
+    if client is None:
+        return True
+    admits: bool = client.admits_retry(ctx.attempts > 1)
+    return admits
 
 
 def _gave_up(exc: MeshdError, attempts: int, key: str, bound: int) -> None:

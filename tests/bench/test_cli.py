@@ -32,6 +32,21 @@ def test_time_scale_shortens_every_duration_and_flags_override():
     assert SCENARIOS["throughput"].options(time_scale=0.01) == ThroughputOptions(duration_secs=1.0)
 
 
+def test_soak_lasts_30_minutes_scales_every_interval_and_is_not_part_of_all():
+    from bench.scenarios.registry import IN_ALL
+    from bench.scenarios.soak import SoakOptions
+
+    soak = SCENARIOS["soak"].options()
+    assert isinstance(soak, SoakOptions)
+    assert (soak.duration_secs, soak.kill_every_secs, soak.routes_every_secs, soak.reload_every_secs,
+            soak.sample_every_secs, soak.steady_after_secs) == (1800, 120, 60, 300, 10, 300)
+    short = SCENARIOS["soak"].options(time_scale=0.02)
+    assert isinstance(short, SoakOptions)
+    assert short.duration_secs == pytest.approx(36.0) and short.sample_every_secs == pytest.approx(0.2)
+    assert short.routes_every_secs == pytest.approx(1.2) and short.rate == soak.rate
+    assert "soak" not in IN_ALL and set(IN_ALL) == set(SCENARIOS) - {"soak"}
+
+
 def test_option_flags_are_parsed_with_their_types():
     args = build_parser().parse_args(["stall", "--duration-secs", "20", "--stall-start-secs", "5",
                                       "--replicas", "5", "--targets", "meshd,envoy"])

@@ -58,13 +58,30 @@ def test_goals_are_met_missed_or_not_measured(run):
         "memory": [True],  # 45 MB per worker
         "tls": [None, None],  # the canned run has no tls scenario
         "grpc": [None],  # the canned run predates the grpc scenario
+        "soak": [None],  # not in the canned run
     }
+
+
+def test_the_soak_goal_wants_no_failure_flat_memory_and_flat_descriptors(run):
+    from bench.results import Row, ScenarioResult
+
+    def verdict(**metrics: float) -> bool | None:
+        base = {"failed": 0.0, "rss_growth": 0.02, "fds_steady": 60.0, "fds_end": 62.0}
+        row = Row(target="meshd", metrics={**base, **metrics})
+        soaked = replace(run, scenarios=(ScenarioResult(name="soak", rows=(row,)),))
+        [goal] = goals.for_scenario(goals.evaluate(soaked), "soak")
+        return goal.met
+
+    assert verdict() is True
+    assert verdict(failed=1.0) is False
+    assert verdict(rss_growth=0.06) is False
+    assert verdict(fds_end=71.0) is False
 
 
 def test_goals_without_the_rows_they_need_are_not_measured(run):
     empty = replace(run, scenarios=(replace(run.scenario("throughput"), rows=()),))
     outcomes = goals.evaluate(empty)
-    assert len(outcomes) == 12  # nine, two of the tls scenario's and the grpc scenario's
+    assert len(outcomes) == 13  # nine, two of the tls scenario's, the grpc and the soak scenarios'
     assert all(g.met is None and g.verdict == "not measured" for g in outcomes)
 
 

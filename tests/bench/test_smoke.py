@@ -17,7 +17,7 @@ from bench.cli import main
 from bench.processes import Supervisor
 from bench.progress import Progress
 from bench.results import ScenarioResult, from_json, load, to_json
-from bench.scenarios import failing_replica, grpc, latency, memory, slow_replica, stall, throughput, tls
+from bench.scenarios import failing_replica, grpc, latency, memory, slow_replica, soak, stall, throughput, tls
 from bench.scenarios.context import RunContext
 from bench.targets.catalog import FAMILIES, Selection
 from bench.targets.peers import envoy_binary, haproxy_binary, nginx_binary
@@ -214,6 +214,24 @@ def test_grpc(ctx):
             # proxy multiplexes the streams onto few
             assert 1 <= row.metrics["upstream_connections"] <= 4, row.label
     assert any(c.startswith("h2load -c 2 -m 5") and "content-type: application/grpc" in c for c in result.commands)
+
+
+def test_soak(ctx):
+    options = soak.SoakOptions(rate=50, duration_secs=4.0, replicas=2, kill_every_secs=1.0, down_secs=0.4,
+                               routes_every_secs=0.5, reload_every_secs=1.5, sample_every_secs=0.25,
+                               steady_after_secs=1.0)
+    result = soak.run(ctx, options)
+    check_common(result, "soak")
+    if not WITH_MESHD:
+        assert result.rows == ()
+        return
+    [row] = result.rows
+    m = row.metrics
+    assert m["scheduled"] == 200 and m["failed"] == 0, row.note  # every kill's victims saved by retries
+    assert m["kills"] >= 3 and m["restarts"] >= 2 and m["routes_edits"] >= 6 and m["reloads"] >= 2
+    assert m["reload_failures"] == 0
+    assert m["rss_mb_end"] > 0 and m["fds_end"] > 0
+    assert len(row.runs) >= 12 and all(sample["t_secs"] <= options.duration_secs for sample in row.runs)
 
 
 def test_cli_writes_results_report_and_charts(tmp_path: Path):

@@ -5,9 +5,10 @@ counted by limit, and never reaches the upstream. A place frees as soon as an at
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 from tests.support.client import RawConnection
-from tests.support.upstreams import Received, Reply
+from tests.support.upstreams import Received, Reply, ScriptedUpstream
 from tests.support.waiting import wait_until
 
 
@@ -89,9 +90,14 @@ async def test_past_max_pending_requests_an_attempt_waiting_for_a_connection_is_
         await c.close()
 
 
-async def test_a_retry_past_max_retries_is_refused_and_never_sent(make_mesh, make_upstream):
+async def test_a_retry_past_max_retries_is_refused_and_never_sent_the_caller_gets_the_upstreams_answer(
+    make_mesh, make_upstream
+):
+    """A refused retry ends the request as an exhausted retry budget would: with the last real
+    response (here the upstream's own 503), not the breaker's 503."""
+
     async def unavailable(request: Received) -> Reply:
-        return Reply(503, [], b"down")
+        return Reply(503, [("x-from", "upstream")], b"down")
 
     up = await make_upstream(unavailable)
     mesh = await make_mesh(
@@ -103,10 +109,69 @@ async def test_a_retry_past_max_retries_is_refused_and_never_sent(make_mesh, mak
 
     resp = await asyncio.wait_for(conn.request("GET", "/", host="svc"), 5)
 
-    assert resp.status == 503
-    assert resp.header("l5d-err") == (
-        "circuit breaker of /#/fs/svc: 0 retries already in flight (circuitBreakers.maxRetries)"
-    )
+    assert (resp.status, resp.body, resp.header("x-from")) == (503, b"down", "upstream")
+    assert resp.header("l5d-err") is None
     assert up.requests == 1  # the first attempt only: its retry was refused
     assert overflow_line("maxRetries", 1) in await scrape(mesh)
+    # the connection is still usable, and the next request does the same
+    assert (await asyncio.wait_for(conn.request("GET", "/", host="svc"), 5)).body == b"down"
+    assert up.requests == 2
     await conn.close()
+
+
+async def test_a_refused_retry_of_a_response_still_streaming_its_body_returns_that_response(
+    make_mesh, make_upstream
+):
+    """A 503 whose body is still arriving cannot be kept aside while a retry runs: the breaker is
+    asked before it would be discarded, and the caller gets it, streamed through."""
+    gate = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"first part;"
+        await gate.wait()
+        yield b"second part"
+
+    async def streaming(request: Received) -> Reply:
+        return Reply(503, [], stream=body())
+
+    up = await make_upstream(streaming)
+    mesh = await make_mesh(
+        client={"circuitBreakers": {"maxRetries": 0}},
+        service={"retries": {"backoff": {"kind": "constant", "ms": 0}}},
+    )
+    mesh.register("svc", up)
+    conn = await RawConnection.open(mesh.port)
+    await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+
+    head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 5)
+    gate.set()
+    rest = await asyncio.wait_for(conn.reader.readuntil(b"0\r\n\r\n"), 5)
+
+    assert head.startswith(b"HTTP/1.1 503 ") and b"l5d-err" not in head.lower()
+    assert b"first part;" in rest and b"second part" in rest
+    assert up.requests == 1
+    assert overflow_line("maxRetries", 1) in await scrape(mesh)
+    await conn.close()
+
+
+async def test_a_refused_retry_after_an_upstream_failure_returns_that_failure(make_mesh):
+    """The same for an attempt that failed rather than answered: the caller gets its 502."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the request was written; no answer comes
+
+    async with ScriptedUpstream(hang_up) as up:
+        mesh = await make_mesh(
+            client={"circuitBreakers": {"maxRetries": 0}},
+            service={"retries": {"backoff": {"kind": "constant", "ms": 0}}},
+        )
+        mesh.register("svc", up.address_line)
+        conn = await RawConnection.open(mesh.port)
+
+        resp = await asyncio.wait_for(conn.request("GET", "/", host="svc"), 5)
+
+        assert resp.status == 502
+        assert "closed the connection" in (resp.header("l5d-err") or "")
+        assert up.connections == 1
+        assert overflow_line("maxRetries", 1) in await scrape(mesh)
+        await conn.close()
