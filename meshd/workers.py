@@ -22,13 +22,13 @@ import signal
 import tempfile
 from collections.abc import Iterator
 
-import aiohttp
-from aiohttp import web
+import httptools
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from meshd.admin import web
 from meshd.config.model import MeshdConfig
 
 log = logging.getLogger("meshd.workers")
@@ -116,10 +116,7 @@ async def _supervise(
 
     loop.add_signal_handler(signal.SIGHUP, reload_workers)
     supervisor = Supervisor(sockets)
-    runner = web.AppRunner(supervisor.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.admin.ip, config.admin.port, reuse_address=True)
-    await site.start()
+    admin = await web.serve_tcp(supervisor.app(), config.admin.ip, config.admin.port)
     log.info("supervising %d workers; admin on %s:%d", len(sockets), config.admin.ip, config.admin.port)
     exit_code = 0
     while not stopping.is_set():
@@ -139,8 +136,7 @@ async def _supervise(
         pid, status = await loop.run_in_executor(None, os.wait)
         if pids.pop(pid, None) is not None and os.waitstatus_to_exitcode(status) != 0:
             exit_code = 1
-    await runner.cleanup()
-    await supervisor.close()
+    await admin.close()
     return exit_code
 
 
@@ -167,7 +163,6 @@ class Supervisor:
 
     def __init__(self, sockets: list[pathlib.Path]) -> None:
         self.sockets = sockets
-        self._sessions: list[aiohttp.ClientSession] = []
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -182,25 +177,14 @@ class Supervisor:
         )
         return app
 
-    def _session(self, index: int) -> aiohttp.ClientSession:
-        while len(self._sessions) <= index:
-            connector = aiohttp.UnixConnector(path=str(self.sockets[len(self._sessions)]))
-            self._sessions.append(aiohttp.ClientSession(connector=connector))
-        return self._sessions[index]
-
-    async def close(self) -> None:
-        for session in self._sessions:
-            await session.close()
-
     async def _get(self, index: int, path: str) -> tuple[int, str]:
         status, body, _ = await self._fetch(index, path)
         return status, body.decode("utf-8", "replace")
 
     async def _fetch(self, index: int, path: str) -> tuple[int, bytes, str]:
         try:
-            async with self._session(index).get(f"http://worker{path}", timeout=aiohttp.ClientTimeout(total=5)) as r:
-                return r.status, await r.read(), r.headers.get("Content-Type", "text/plain")
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return await asyncio.wait_for(web.fetch_unix(str(self.sockets[index]), path), 5.0)
+        except (OSError, TimeoutError, httptools.HttpParserError) as exc:
             return 503, f"worker {index} unavailable: {exc}".encode(), "text/plain"
 
     async def ping(self, request: web.Request) -> web.Response:

@@ -9,8 +9,8 @@ when they run.
 
 The names match aiohttp.web's (`Application`, `AppKey`, `get`, `post`, `Request`, `Response`,
 `FileResponse`, `StreamResponse`) so a handler reads the same as an aiohttp one. What it serves:
-GET (and HEAD, answered as the GET without its body) and POST routes by exact path, one static
-directory, keep-alive and pipelining (answers in request order), request heads up to 64 KiB and
+GET (and HEAD, answered as the GET without its body) and POST routes by exact path or by a prefix
+(a path ending in aiohttp's catch-all `{name:.*}`, tried after the exact ones), static directories, keep-alive and pipelining (answers in request order), request heads up to 64 KiB and
 bodies up to 1 MiB (larger ones get 431/413 and the connection closes), and a 75 s idle timeout
 on kept-alive connections, as aiohttp's default.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import pathlib
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -37,6 +38,7 @@ KEEPALIVE_TIMEOUT_S: Final = 75.0
 _TYPES: Final = {".html": "text/html", ".css": "text/css", ".js": "text/javascript", ".json": "application/json",
                  ".png": "image/png", ".svg": "image/svg+xml", ".txt": "text/plain"}
 
+_CATCH_ALL: Final = re.compile(r"\{\w+:\.\*\}$")
 _T = TypeVar("_T")
 
 
@@ -107,6 +109,21 @@ class Router:
     def __init__(self) -> None:
         self.routes: dict[str, dict[str, Handler]] = {}
         self.static: list[tuple[str, pathlib.Path]] = []
+        #: routes whose path ends in aiohttp's catch-all `{name:.*}`: (the prefix before it, methods)
+        self.prefixes: list[tuple[str, dict[str, Handler]]] = []
+
+    def add(self, route: RouteDef) -> None:
+        if _CATCH_ALL.search(route.path):
+            prefix = _CATCH_ALL.sub("", route.path)
+            for known, methods in self.prefixes:
+                if known == prefix:
+                    methods[route.method] = route.handler
+                    return
+            self.prefixes.append((prefix, {route.method: route.handler}))
+        elif "{" in route.path:
+            raise ValueError(f"admin routes are exact paths or end in {{name:.*}}, not {route.path!r}")
+        else:
+            self.routes.setdefault(route.path, {})[route.method] = route.handler
 
     def add_static(self, prefix: str, directory: pathlib.Path) -> None:
         self.static.append((prefix.rstrip("/") + "/", directory.resolve()))
@@ -122,6 +139,10 @@ class Router:
                 if method not in ("GET", "HEAD"):
                     return 405
                 return _static_handler(directory, path[len(prefix):])
+        for prefix, methods in self.prefixes:
+            if path.startswith(prefix):
+                handler = methods.get("GET" if method == "HEAD" else method)
+                return handler if handler is not None else 405
         return 404
 
 
@@ -140,7 +161,7 @@ class Application:
 
     def add_routes(self, routes: list[RouteDef]) -> None:
         for route in routes:
-            self.router.routes.setdefault(route.path, {})[route.method] = route.handler
+            self.router.add(route)
 
 
 class Request:
@@ -152,6 +173,8 @@ class Request:
         self.method = method
         path, _, query = target.partition("?")
         self.path = path
+        #: the path and query as the client sent them
+        self.path_qs = target
         self.query: dict[str, str] = {}
         for name, value in parse_qsl(query, keep_blank_values=True):
             self.query.setdefault(name, value)  # the first value, as aiohttp's MultiDict.get
@@ -378,3 +401,47 @@ async def serve_unix(app: Application, path: str) -> AdminServer:
     loop = asyncio.get_running_loop()
     server = await loop.create_unix_server(lambda: _Connection(app, connections), path)
     return AdminServer(server, connections)
+
+
+class _Collected:
+    """httptools callbacks of one response: status, content type, body."""
+
+    def __init__(self) -> None:
+        self.content_type = "text/plain"
+        self.body = bytearray()
+        self.complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"content-type":
+            self.content_type = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        if len(self.body) + len(body) > MAX_FETCH_BYTES:
+            raise _TooLarge(502)
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+#: the largest answer `fetch_unix` takes (a worker's /metrics with many services is a few MB)
+MAX_FETCH_BYTES: Final = 64 * 1024 * 1024
+
+
+async def fetch_unix(socket_path: str, target: str) -> tuple[int, bytes, str]:
+    """GET `target` from the admin server on the Unix socket `socket_path`, on a connection of its
+    own: (status, body, content type). Raises OSError or `httptools.HttpParserError` when the server
+    cannot be reached or answers with something that is not HTTP; the caller bounds the time."""
+    reader, writer = await asyncio.open_unix_connection(socket_path)
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n".encode("latin-1"))
+        collected = _Collected()
+        parser = httptools.HttpResponseParser(collected)
+        while not collected.complete:
+            data = await reader.read(65536)
+            if not data:
+                raise ConnectionResetError("the admin server closed the connection before its answer ended")
+            parser.feed_data(data)
+        return parser.get_status_code(), bytes(collected.body), collected.content_type
+    finally:
+        writer.close()

@@ -143,3 +143,31 @@ async def test_close_stops_listening_and_closes_idle_connections(tmp_path: pathl
     await asyncio.wait_for(server.close(), 5)
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
+
+
+async def test_catch_all_route_and_the_unix_socket_client(tmp_path: pathlib.Path) -> None:
+    async def exact(request: web.Request) -> web.Response:
+        return web.Response(text="exact")
+
+    async def rest(request: web.Request) -> web.Response:
+        return web.Response(body=request.path_qs.encode(), content_type="text/x-rest")
+
+    app = web.Application()
+    app.add_routes([web.get("/admin/ping", exact), web.get("/{tail:.*}", rest)])
+    socket_path = str(tmp_path / "worker.sock")
+    server = await web.serve_unix(app, socket_path)
+    try:
+        assert await web.fetch_unix(socket_path, "/admin/ping") == (200, b"exact", "text/plain; charset=utf-8")
+        assert await web.fetch_unix(socket_path, "/admin/routes?x=1") == (200, b"/admin/routes?x=1", "text/x-rest")
+    finally:
+        await server.close()
+    with pytest.raises(OSError):
+        await web.fetch_unix(socket_path, "/admin/ping")  # nobody listens any more
+
+
+def test_routes_with_other_patterns_are_refused() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    with pytest.raises(ValueError, match="exact paths"):
+        web.Application().add_routes([web.get("/items/{id}", handler)])
