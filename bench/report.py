@@ -185,7 +185,9 @@ def write_docs(results_root: Path, out: Path) -> Path:
 
     Engineers' analysis of the figures (profiles, what limits a missed goal) lives by hand in
     `<out stem>-analysis.md` next to `out` (docs/benchmarks-analysis.md); when present it is
-    included after the goals, so regenerating the figures never loses it.
+    included after the goals, so regenerating the figures never loses it. Notes about one
+    scenario live in `<out stem>-<scenario>.md` (docs/benchmarks-memory.md) and are included at
+    the end of that scenario's section.
     """
     charts = out.parent / out.stem
     sections = latest_sections(results_root, charts, f"{out.stem}/")
@@ -196,5 +198,21 @@ def write_docs(results_root: Path, out: Path) -> Path:
         marker = "\n## Machine\n"
         extra = analysis.read_text().strip() + "\n"
         text = text.replace(marker, "\n" + extra + marker, 1) if marker in text else text + "\n" + extra
+    for section in sections:
+        notes = out.parent / f"{out.stem}-{section.scenario.name}.md"
+        if notes.is_file():
+            text = _append_to_section(text, section.scenario.name, notes.read_text().strip() + "\n")
     out.write_text(text)
     return out
+
+
+def _append_to_section(text: str, scenario: str, extra: str) -> str:
+    """`extra` at the end of the `## <scenario>` section of `text` (before the next `## ` heading)."""
+    heading = f"\n## {scenario}\n"
+    start = text.find(heading)
+    if start < 0:
+        return text
+    end = text.find("\n## ", start + len(heading))
+    if end < 0:
+        return text.rstrip("\n") + "\n\n" + extra
+    return text[:end].rstrip("\n") + "\n\n" + extra + text[end:]

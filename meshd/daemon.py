@@ -27,7 +27,6 @@ from meshd.config.errors import ConfigError, ConfigProblem
 from meshd.config.loader import load_config, to_yaml_dict
 from meshd.config.model import MeshdConfig, RouterConfig, RoutesConfigMapConfig, ServerTlsConfig
 from meshd.discovery.base import Namer
-from meshd.discovery.k8s import K8sNamer
 from meshd.discovery.start import close_namers, start_namers
 from meshd.handover import Inherited, Listening, serve_handover
 from meshd.listener import Listener
@@ -279,6 +278,8 @@ class Daemon:
     async def _watch_config_map(self, router: Router, cm: RoutesConfigMapConfig) -> None:
         """Start watching a router's routes ConfigMap, and wait (up to the router's
         bindingTimeoutMs) for its first version, so that meshd starts with its rules."""
+        from meshd.discovery.k8s import K8sNamer  # loaded only when a k8s namer is configured
+
         namer = next(
             n for prefix, n in self.namers.items()
             if isinstance(n, K8sNamer) and (cm.namer is None or prefix == Path.read(cm.namer))

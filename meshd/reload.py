@@ -41,10 +41,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 from meshd.clock import MONOTONIC, Clock
-from meshd.discovery.k8s import ConfigMapState
 from routing.dtab import Dtab
 from routing.rules import (
     ROUTES_MAX_BYTES,
@@ -57,6 +56,9 @@ from routing.rules import (
     read_routes_file,
 )
 from routing.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    from meshd.discovery.k8s import ConfigMapState  # the k8s namer loads only when one is configured
 
 log = logging.getLogger("meshd.reload")
 

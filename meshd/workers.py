@@ -29,13 +29,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 
-import aiohttp
-from aiohttp import web
+import httptools
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from meshd.admin import web
 from meshd.admin.metrics import METRICS
 from meshd.config.model import MeshdConfig
 
@@ -125,10 +125,7 @@ async def _supervise(
     loop.add_signal_handler(signal.SIGHUP, reload_workers)
     supervisor = Supervisor(sockets)
     heartbeats = [loop.create_task(supervisor.heartbeat(i), name=f"heartbeat-{i}") for i in range(len(sockets))]
-    runner = web.AppRunner(supervisor.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.admin.ip, config.admin.port, reuse_address=True)
-    await site.start()
+    admin = await web.serve_tcp(supervisor.app(), config.admin.ip, config.admin.port)
     log.info("supervising %d workers; admin on %s:%d", len(sockets), config.admin.ip, config.admin.port)
     exit_code = 0
     while not stopping.is_set():
@@ -152,8 +149,7 @@ async def _supervise(
     for task in heartbeats:
         task.cancel()
     await asyncio.gather(*heartbeats, return_exceptions=True)
-    await runner.cleanup()
-    await supervisor.close()
+    await admin.close()
     return exit_code
 
 
@@ -189,7 +185,6 @@ class Supervisor:
 
     def __init__(self, sockets: list[pathlib.Path], *, clock: Callable[[], float] = time.monotonic) -> None:
         self.sockets = sockets
-        self._sessions: list[aiohttp.ClientSession] = []
         self._clock = clock
         now = clock()
         #: per worker: when it was (re)started, when it last answered a heartbeat, its restarts
@@ -241,25 +236,14 @@ class Supervisor:
         )
         return app
 
-    def _session(self, index: int) -> aiohttp.ClientSession:
-        while len(self._sessions) <= index:
-            connector = aiohttp.UnixConnector(path=str(self.sockets[len(self._sessions)]))
-            self._sessions.append(aiohttp.ClientSession(connector=connector))
-        return self._sessions[index]
-
-    async def close(self) -> None:
-        for session in self._sessions:
-            await session.close()
-
     async def _get(self, index: int, path: str) -> tuple[int, str]:
         status, body, _ = await self._fetch(index, path)
         return status, body.decode("utf-8", "replace")
 
     async def _fetch(self, index: int, path: str, timeout_s: float = 5.0) -> tuple[int, bytes, str]:
         try:
-            async with self._session(index).get(f"http://worker{path}", timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
-                return r.status, await r.read(), r.headers.get("Content-Type", "text/plain")
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return await asyncio.wait_for(web.fetch_unix(str(self.sockets[index]), path), timeout_s)
+        except (OSError, TimeoutError, httptools.HttpParserError) as exc:
             return 503, f"worker {index} unavailable: {exc}".encode(), "text/plain"
 
     async def ping(self, request: web.Request) -> web.Response:

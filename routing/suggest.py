@@ -15,7 +15,6 @@ The suffix is always written the same way: `; did you mean "x"?`.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from typing import Final
 
@@ -60,6 +59,8 @@ def closest(word: str, options: Iterable[str]) -> str | None:
         match = normalized.get(normalize(stem))
         if match is not None:
             return match
+    import difflib  # loaded only to explain a mistake, not by every process that reads a config
+
     close = difflib.get_close_matches(normalize(stem or word), list(normalized), n=1, cutoff=0.6)
     return normalized[close[0]] if close else None
 

@@ -1,6 +1,7 @@
-"""Admin server (aiohttp): /metrics, /admin/ping, /admin/ready, /admin/config, /admin/routes,
+"""Admin server: /metrics, /admin/ping, /admin/ready, /admin/config, /admin/routes,
 /admin/endpoints, /admin/delegator, the dashboard and what it reads (/admin/requests,
-/admin/replicas, /admin/dtab/playground).
+/admin/replicas, /admin/dtab/playground), served by meshd/admin/web.py (the part of aiohttp.web's
+API these pages use, on httptools; aiohttp itself costs every process 11 MB).
 
 The admin server shares the event loop with the proxy but none of its hot path: it only reads
 counters and statistics when asked, and `/metrics` renders in short slices so a scrape never
@@ -16,11 +17,11 @@ import pathlib
 import time
 from collections.abc import AsyncIterator
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.registry import CollectorRegistry
 
 from meshd import __version__
+from meshd.admin import web
 from meshd.admin.history import INTERVAL_S, ReplicaHistory, readings
 from meshd.admin.metrics import Exporter
 from meshd.admin.view import MeshdView
@@ -75,28 +76,19 @@ async def _sample_history(app: web.Application) -> AsyncIterator[None]:
 
 async def start_admin(
     daemon: MeshdView, registry: CollectorRegistry, ip: str, port: int
-) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(build_app(daemon, registry), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, ip, port, reuse_address=True)
-    await site.start()
-    server = site._server  # aiohttp exposes the bound port only through the asyncio server
-    assert server is not None
-    bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-    return runner, int(bound)
+) -> tuple[web.AdminServer, int]:
+    server = await web.serve_tcp(build_app(daemon, registry), ip, port)
+    return server, server.port
 
 
-async def start_admin_unix(daemon: MeshdView, registry: CollectorRegistry, path: str) -> web.AppRunner:
+async def start_admin_unix(daemon: MeshdView, registry: CollectorRegistry, path: str) -> web.AdminServer:
     """A worker's admin server, on a Unix socket the supervisor aggregates (see workers.py)."""
-    runner = web.AppRunner(build_app(daemon, registry), access_log=None)
-    await runner.setup()
-    await web.UnixSite(runner, path).start()
-    return runner
+    return await web.serve_unix(build_app(daemon, registry), path)
 
 
-async def stop_admin(runner: object) -> None:
-    assert isinstance(runner, web.AppRunner)
-    await runner.cleanup()
+async def stop_admin(server: object) -> None:
+    assert isinstance(server, web.AdminServer)
+    await server.close()
 
 
 def _json(data: object, status: int = 200) -> web.Response:

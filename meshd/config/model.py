@@ -20,7 +20,7 @@ from typing import Literal, TypeVar
 
 from balancers.configs import ConsecutiveFailuresConfig, EwmaConfig, NoAccrualConfig, SuccessRateConfig
 from balancers.registry import ACCRUALS, BALANCERS, BalancerConfig
-from meshd.discovery.k8s import K8sNamerConfig
+from meshd.discovery.k8s_config import K8sNamerConfig
 from meshd.discovery.registry import NAMERS, NamerConfig
 from meshd.grpc.classifiers import GRPC_CLASSIFIERS
 from meshd.retry.backoff import BACKOFFS, BackoffConfig, RetryJitteredBackoffConfig

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from meshd.discovery.dns import DnsNamerConfig
+from meshd.discovery.dns_config import DnsNamerConfig
 from meshd.discovery.fs import FsNamerConfig
-from meshd.discovery.k8s import K8sNamerConfig
+from meshd.discovery.k8s_config import K8sNamerConfig
 
 NamerConfig = FsNamerConfig | DnsNamerConfig | K8sNamerConfig
 

@@ -205,3 +205,20 @@ def test_tls_goals_read_the_mtls_and_plaintext_rows():
     assert missed == [False, False]
     table = scenario_text(tls(18000.0, 15000.0, 0.2).scenarios[0], [])
     assert "+20.0%" in table and "mtls" in table and "plaintext" in table
+
+
+def test_hand_written_scenario_notes_end_their_section(run, tmp_path):
+    root = tmp_path / "results"
+    save(run, root / "20260101-000000")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "benchmarks-latency.md").write_text("### Where the time goes\n\nNotes about latency.\n")
+    (docs / "benchmarks-nosuchscenario.md").write_text("never shown\n")
+    text = write_docs(root, docs / "benchmarks.md").read_text()
+    latency = text.index("\n## latency\n")
+    notes = text.index("### Where the time goes")
+    following = text.find("\n## ", latency + 1)
+    assert latency < notes and (following < 0 or notes < following)
+    assert "never shown" not in text
+    assert write_docs(root, docs / "benchmarks.md").read_text() == text  # stable when run again
+
