@@ -108,6 +108,11 @@ class H2RefCodec:
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 events.append(GoAwayReceived(ev.last_stream_id or 0, int(ev.error_code or 0),
                                              ev.additional_data or b""))
+                if not ev.error_code:
+                    # A graceful GOAWAY: the streams at or below its last id still complete
+                    # (RFC 9113 §6.8). `h2` closes its whole connection state on any GOAWAY and
+                    # would refuse their frames, so its state is put back to open.
+                    self._reopen()
             elif isinstance(ev, h2.events.PingAckReceived):
                 events.append(PingAcked(ev.ping_data))
         if flush:
@@ -175,6 +180,14 @@ class H2RefCodec:
 
     def goaway(self, error_code: int, last_stream_id: int | None = None) -> None:
         self._h2.close_connection(error_code=error_code, last_stream_id=last_stream_id)
+        if error_code == 0:
+            self._reopen()  # graceful: the streams already accepted are still answered (see receive)
+
+    def _reopen(self) -> None:
+        import h2.connection
+
+        state = h2.connection.ConnectionState
+        self._h2.state_machine.state = state.CLIENT_OPEN if self._client_side else state.SERVER_OPEN
 
     @property
     def open_outbound_streams(self) -> int:
