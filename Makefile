@@ -8,8 +8,8 @@ BUS ?= sqlite
 # Debian packages the test suite and benchmarks run for real: nginx, HAProxy and wrk (bench),
 # dnsmasq (dns namer), chromium (dashboard), nats-server and etcd-server (the bank's event log and
 # locks, docs/events.md), openssl (TLS tests: `openssl s_client`).
-DEBIAN_PACKAGES := nginx haproxy wrk dnsmasq chromium nats-server etcd-server openssl
-PROGRAMS := nginx haproxy wrk dnsmasq chromium nats-server etcd openssl
+DEBIAN_PACKAGES := nginx haproxy wrk dnsmasq chromium nats-server etcd-server openssl nghttp2-client
+PROGRAMS := nginx haproxy wrk dnsmasq chromium nats-server etcd openssl h2load
 
 .PHONY: FORCE install compile build-deps test lint typecheck unit demo bench bench-peers system-deps clean \
   docker-engine image image-test

@@ -106,9 +106,11 @@ class H2Client(_Peer):
         self.unacked: dict[int, int] = {}
 
     @classmethod
-    async def open(cls, port: int, **kwargs: Any) -> H2Client:
+    async def open(cls, port: int, *, ssl: Any = None, server_hostname: str | None = None, **kwargs: Any) -> H2Client:
         loop = asyncio.get_running_loop()
-        _, proto = await loop.create_connection(lambda: cls(**kwargs), "127.0.0.1", port)
+        _, proto = await loop.create_connection(
+            lambda: cls(**kwargs), "127.0.0.1", port, ssl=ssl, server_hostname=server_hostname if ssl else None
+        )
         return proto
 
     def on_event(self, event: Any) -> None:
