@@ -400,7 +400,9 @@ class H2ServerProtocol(asyncio.Protocol):
         stream.response = response
         request = stream.request
         no_body = (request is not None and request.method == "HEAD") or response.status in (204, 304)
-        length = response.content_length if no_body else body.length
+        # content-length only as the upstream gave it (an empty END_STREAM, e.g. a gRPC
+        # trailers-only response, carries none)
+        length = response.content_length if no_body else (body.length or response.content_length)
         headers = h2_response_headers(response, length)
         if no_body or (body.ended and body.error is None and body.received == 0 and body.length in (None, 0)
                        and not body.chunked):

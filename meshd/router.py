@@ -177,7 +177,7 @@ class Router:
         for tls in [config.client.tls] + [o.tls for o in config.clients]:
             if tls is not None and tls not in self.tls_files:
                 # loaded at start: unusable files are a start-up error, not a request's
-                self.tls_files[tls] = client_tls_files(tls, runtime)
+                self.tls_files[tls] = client_tls_files(tls, runtime, _client_alpn(config))
         #: HTTP/2 counters of this router's servers and upstream pools (docs/http2.md)
         self.h2_stats = H2Stats()
         #: the upstream pools' HTTP/2 settings on a router with `protocol: h2` (None: HTTP/1.1)
@@ -388,6 +388,7 @@ class Router:
             queue_timeout_s=pool.queue_timeout_ms / 1000.0,
             ping_interval_s=self.config.h2.ping_interval_ms / 1000.0,
             ping_timeout_s=self.config.h2.ping_timeout_ms / 1000.0,
+            response_head_timeout_s=config.response_head_timeout_ms / 1000.0,
             scheme=b"https" if config.tls is not None else b"http",
         )
 
@@ -396,7 +397,7 @@ class Router:
             return TcpDialer(connect_timeout_s, self.runtime.clock)
         files = self.tls_files.get(tls)
         if files is None:
-            files = self.tls_files[tls] = client_tls_files(tls, self.runtime)
+            files = self.tls_files[tls] = client_tls_files(tls, self.runtime, _client_alpn(self.config))
         side = TlsSide(
             files, self.runtime.tls, server=False, router=self.label, client=id.show(),
             handshake_timeout_s=tls.handshake_timeout_ms / 1000.0,
@@ -516,13 +517,19 @@ def _nothing() -> None:
     pass
 
 
-def client_tls_files(tls: ClientTlsConfig, runtime: Runtime) -> TlsFiles:
+def _client_alpn(config: RouterConfig) -> tuple[str, ...]:
+    """What meshd offers its upstreams by ALPN: `h2` on an HTTP/2 router (gRPC servers require
+    it over TLS), else the default (`http/1.1`)."""
+    return ("h2",) if config.protocol == "h2" else ()
+
+
+def client_tls_files(tls: ClientTlsConfig, runtime: Runtime, alpn: tuple[str, ...] = ()) -> TlsFiles:
     """The files of a client `tls` section, loaded (and re-read on rotation) into a client context."""
     ca = runtime.resolve_path(tls.ca_path) if tls.ca_path else None
     cert = runtime.resolve_path(tls.cert_path) if tls.cert_path else None
     key = runtime.resolve_path(tls.key_path) if tls.key_path else None
     paths = {role: p for role, p in (("certPath", cert), ("keyPath", key), ("caPath", ca)) if p is not None}
-    return TlsFiles(paths, lambda: client_context(ca, cert, key), runtime.tls)
+    return TlsFiles(paths, lambda: client_context(ca, cert, key, alpn), runtime.tls)
 
 
 def _dropped_service(ctx: RouteContext) -> Awaitable[Response]:

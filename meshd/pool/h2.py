@@ -22,6 +22,8 @@ How this works:
 - PING (`sweep`, about once a second): a connection that received nothing for `pingInterval` is
   pinged; one whose PING is not answered within `pingTimeout` is closed and its streams failed
   (counted in `H2Stats.ping_timeouts`). A connection with no stream for `idleTime` is closed.
+- A stream sent whole that has no response head after `client.responseHeadTimeoutMs` is reset
+  and fails with 504 `ResponseHeadTimeout` (checked by the same sweep: to the second).
 - A connection close to the end of its stream ids (2**31-1) takes no new stream and is replaced.
 """
 
@@ -33,7 +35,15 @@ from dataclasses import dataclass, field
 from typing import Final, cast
 
 from meshd.clock import Clock
-from meshd.errors import ConnectFailed, MeshdError, QueueTimeout, StreamRefused, UpstreamFailed, UpstreamReset
+from meshd.errors import (
+    ConnectFailed,
+    MeshdError,
+    QueueTimeout,
+    ResponseHeadTimeout,
+    StreamRefused,
+    UpstreamFailed,
+    UpstreamReset,
+)
 from meshd.http.body import Body, Trailers
 from meshd.http.messages import Request, Response
 from meshd.http2 import codec as h2
@@ -59,12 +69,14 @@ class H2PoolSettings:
     queue_timeout_s: float | None = 5.0
     ping_interval_s: float = 10.0
     ping_timeout_s: float = 5.0
+    #: a stream whose request was sent whole and that has no response head after this fails (504)
+    response_head_timeout_s: float | None = 60.0
     scheme: bytes = b"http"
 
 
 class _UpStream:
     __slots__ = ("sid", "future", "request", "response", "reading_paused", "unacked", "writer_paused", "done_in",
-                 "done_out")
+                 "done_out", "sent_at")
 
     def __init__(self, sid: int, request: Request, future: asyncio.Future[Response]) -> None:
         self.sid = sid
@@ -77,6 +89,8 @@ class _UpStream:
         #: the response has ended (or failed); the request has been sent whole (or abandoned)
         self.done_in = False
         self.done_out = False
+        #: when the request was sent whole (-1: not yet): the response head is due from then
+        self.sent_at = -1.0
 
 
 class _ResponseReader:
@@ -124,6 +138,7 @@ class _RequestWriter:
             conn._codec.end_stream(stream.sid)
         conn._flush()
         stream.done_out = True
+        stream.sent_at = conn._pool.clock.now()
         conn._maybe_done(stream)
 
     def on_error(self, exc: BaseException) -> None:
@@ -237,6 +252,7 @@ class H2Upstream(asyncio.Protocol):
         self._flush()
         if bodiless:
             stream.done_out = True
+            stream.sent_at = self._pool.clock.now()
         else:
             body.attach(_RequestWriter(self, stream))
         return stream
@@ -571,7 +587,15 @@ class H2Pool:
         """PING quiet connections, close those whose PING went unanswered and those idle too long."""
         closed = 0
         s = self.settings
+        head_timeout = s.response_head_timeout_s
         for conn in list(self.conns):
+            if head_timeout is not None:
+                for stream in list(conn.streams.values()):
+                    if stream.response is None and 0.0 <= stream.sent_at <= now - head_timeout:
+                        conn.cancel(stream, ResponseHeadTimeout(
+                            f"{self.label} sent no response head within {head_timeout * 1000:.0f} ms of the "
+                            "request (responseHeadTimeoutMs)"
+                        ))
             if conn.ping_sent >= 0.0:
                 if now - conn.ping_sent >= s.ping_timeout_s:
                     self.stats.ping_timeouts += 1

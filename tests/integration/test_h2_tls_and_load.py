@@ -66,6 +66,25 @@ async def test_alpn_http11_is_served_on_an_h2_router_that_accepts_http1(make_mes
     assert upstream.received[-1].path == "/one"
 
 
+async def test_tls_upstream_is_offered_h2_by_alpn(make_mesh, tmp_path):
+    pki = Pki(tmp_path / "pki")
+    server_ctx = pki.server_context(pki.issue("upstream", dns=("localhost",)))
+    server_ctx.set_alpn_protocols(["h2"])
+    up = await H2Server(echo).start(ssl=server_ctx)
+    try:
+        tls = {"caPath": str(pki.ca_path), "serverName": "localhost"}
+        mesh = await make_mesh(base_config(protocol="h2", clients=[{"prefix": "/#/fs/*", "tls": tls}]))
+        mesh.register("svc", up.address_line)
+        client = await H2Client.open(mesh.port)
+        result = await client.request("POST", "/", "svc", body=b"secret")
+        assert result.status == 200 and result.body == b"secret"
+        assert up.alpn == ["h2"]
+        assert up.received[0].header(b":scheme") == b"https"
+        client.close()
+    finally:
+        await up.close()
+
+
 def _h2load() -> str:
     found = shutil.which("h2load")
     if found is None:

@@ -269,6 +269,9 @@ class _ServerConn(_Peer):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.server.conns.append(self)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.server.alpn.append(ssl_object.selected_alpn_protocol())
 
     def on_event(self, event: Any) -> None:
         if isinstance(event, h2.events.RequestReceived):
@@ -324,12 +327,14 @@ class H2Server:
         #: request heads as they arrive (before their bodies end)
         self.heads: list[H2Request] = []
         self.resets: list[tuple[int, int]] = []
+        #: the protocol each TLS connection negotiated by ALPN
+        self.alpn: list[str | None] = []
         self._server: asyncio.AbstractServer | None = None
         self.port = 0
 
-    async def start(self) -> H2Server:
+    async def start(self, *, ssl: Any = None) -> H2Server:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _ServerConn(self), "127.0.0.1", 0)
+        self._server = await loop.create_server(lambda: _ServerConn(self), "127.0.0.1", 0, ssl=ssl)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from meshd.errors import StreamRefused
+from meshd.errors import ResponseHeadTimeout, StreamRefused
 from meshd.http.body import Body
 from meshd.http.messages import Request
 from meshd.http2.codec import REFUSED_STREAM
@@ -149,6 +149,31 @@ async def test_streams_multiplex_on_one_connection_up_to_the_peer_limit():
         assert (stats.busy, stats.idle) == (2, 0)
         release.set()
         assert await asyncio.gather(first, *rest) == [b"ok"] * 5
+        pool.close()
+    finally:
+        await up.close()
+
+
+async def test_a_stream_without_a_response_head_times_out_and_is_reset():
+    async def silent(reply: H2Reply) -> None:
+        await asyncio.Event().wait()
+
+    up = await H2Server(silent).start()
+    try:
+        clock, stats = FakeClock(), H2Stats()
+        pool = H2Pool("127.0.0.1", up.port, dialer=TcpDialer(1.0), clock=clock, stats=stats,
+                      settings=H2PoolSettings(response_head_timeout_s=2.0, ping_interval_s=100.0))
+        sending = asyncio.ensure_future(_get(pool))
+        await wait_until(lambda: len(up.received) == 1, timeout=5)
+        clock.advance(1.9)
+        pool.sweep(clock.now())
+        assert not sending.done()
+        clock.advance(0.1)
+        pool.sweep(clock.now())
+        with pytest.raises(ResponseHeadTimeout):
+            await sending
+        await wait_until(lambda: bool(up.resets), timeout=5, message="the stream reset at the upstream")
+        assert pool.conns and not pool.conns[0].streams  # the connection stays, the stream is gone
         pool.close()
     finally:
         await up.close()
