@@ -22,8 +22,8 @@ Defences (docs/http2.md): the codec's own limits (SETTINGS it advertises, HPACK 
 frame guard (meshd/http2/guard.py: rapid reset, SETTINGS and PING floods, CONTINUATION flood),
 an outbound bound (a peer that does not read what meshd writes, ACKs included, is closed once
 `MAX_OUTBOUND` bytes wait), and the zero-window hold: a stream whose response cannot be sent for
-`zeroWindowTimeoutMs` because the client keeps its window shut is reset, and a connection all
-of whose streams are so held is closed. Each is counted by reason in the router's `H2Stats`.
+`zeroWindowTimeoutMs` because the client keeps its window shut is reset, and a connection that
+opened no window at all meanwhile is closed. Each is counted by reason in the router's `H2Stats`.
 
 Drain (reload, shutdown): GOAWAY with the last stream accepted; streams already accepted finish,
 then the connection closes.
@@ -198,6 +198,8 @@ class H2ServerProtocol(asyncio.Protocol):
         self._zero_window_timer: Timer | None = None
         self._idle_timer: Timer | None = None
         self._idle_since = 0.0
+        #: when the client last opened a window (a zero-window hold is judged against it)
+        self._window_updated_at = -1.0
         self._replay_limit = listener.limits.replay_limit
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -231,6 +233,7 @@ class H2ServerProtocol(asyncio.Protocol):
             elif isinstance(event, h2.TrailersReceived):
                 self._on_trailers(event)
             elif isinstance(event, h2.WindowUpdated):
+                self._window_updated_at = self._clock.now()
                 self._on_window(event.stream_id)
             elif isinstance(event, h2.StreamReset):
                 self._on_reset(event)
@@ -498,10 +501,9 @@ class H2ServerProtocol(asyncio.Protocol):
         timeout = self._config.zero_window_timeout_s
         held = [s for s in self._streams.values() if s.blocked_since >= 0.0 and now - s.blocked_since >= timeout - 0.005]
         if held:
-            self._stats.count("zero_window")
-            if len(held) == len(self._streams):
-                # every stream is held: the client is not reading at all
-                self._connection_error(h2.ENHANCE_YOUR_CALM, None)
+            if self._window_updated_at < min(s.blocked_since for s in held):
+                # not one WINDOW_UPDATE since: the client reads nothing at all on this connection
+                self._connection_error(h2.ENHANCE_YOUR_CALM, "zero_window")
                 return
             for stream in held:
                 self._stats.count_reset("zero_window")
@@ -580,9 +582,17 @@ class PrefaceSniffer(asyncio.Protocol):
         self._stats = stats
         self._transport: asyncio.Transport | None = None
         self._seen = b""
+        self._timer: Timer | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        # until it is handed on, the connection is the listener's like any other (drained, aborted)
+        self._listener.connections.add(self)
+        if self._listener.draining:
+            self.drain()
+            return
+        # a client that sends nothing is closed after the header timeout, as on HTTP/1.1
+        self._timer = self._listener.clock.call_later(self._listener.limits.header_timeout_s, self.drain)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             alpn = ssl_object.selected_alpn_protocol()
@@ -607,11 +617,29 @@ class PrefaceSniffer(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        pass
+        self._done()
+
+    def drain(self) -> None:
+        """Nothing decided yet: close (a client retries on a new connection)."""
+        self._done()
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        self._done()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _done(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._listener._forget(self)
 
     def _switch(self, protocol: asyncio.Protocol, replay: bytes) -> None:
         transport = self._transport
         assert transport is not None
+        self._done()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         if replay:

@@ -258,6 +258,33 @@ async def test_zero_window_hold_resets_then_closes(make_mesh):
         await up.close()
 
 
+async def test_zero_window_on_one_stream_resets_that_stream_only(make_mesh):
+    async def big(reply: H2Reply) -> None:
+        reply.head(200)
+        for _ in range(16):  # 256 KiB
+            await reply.data(b"z" * 16384)
+        reply.end()
+
+    up = await H2Server(big).start()
+    try:
+        mesh = await make_mesh(protocol="h2", h2={"zeroWindowTimeoutMs": 300})
+        mesh.register("svc", up.address_line)
+        client = await H2Client.open(mesh.port)
+        client.h2.increment_flow_control_window(16 * 1024 * 1024)  # the connection's window stays open
+        client.flush()
+        held = client.start("GET", "/held", "svc")
+        client.held.add(held)
+        served = await client.request("GET", "/served", "svc", timeout=10)
+        assert served.status == 200 and len(served.body) == 256 * 1024
+        result = await client.response(held, timeout=10)
+        assert result.reset == 8  # CANCEL
+        assert mesh.daemon.routers[0].h2_stats.streams_reset == {"zero_window": 1}
+        assert (await client.request("GET", "/after", "svc", timeout=10)).status == 200  # the connection lives
+        client.close()
+    finally:
+        await up.close()
+
+
 async def _good_client_works_big(port: int, up: H2Server) -> None:
     client = await H2Client.open(port)
     try:

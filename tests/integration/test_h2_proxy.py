@@ -265,3 +265,14 @@ async def test_http1_client_on_an_h2_only_port_is_refused(make_mesh):
     # an HTTP/2 server's SETTINGS, then GOAWAY(PROTOCOL_ERROR): no HTTP/1.1 response
     assert not data.startswith(b"HTTP/1.1")
     await conn.close()
+
+
+async def test_a_connection_that_sent_nothing_yet_is_closed_by_a_drain_on_a_dual_port(make_mesh):
+    mesh = await make_mesh(protocol="h2", h2={"acceptHttp1": True})
+    conn = await RawConnection.open(mesh.port)
+    listener = mesh.daemon.bound[0].listener
+    await wait_until(lambda: len(listener.connections) == 1, timeout=5, message="the connection registered")
+    listener.begin_drain()
+    assert await asyncio.wait_for(conn.reader.read(100), 5) == b""
+    await wait_until(lambda: not listener.connections, timeout=5, message="the connection forgotten")
+    await conn.close()

@@ -102,6 +102,8 @@ class H2Client(_Peer):
     def __init__(self, *, auto_ack: bool = True, settings: dict[int, int] | None = None) -> None:
         super().__init__(True, settings)
         self.auto_ack = auto_ack
+        #: streams whose DATA is never acknowledged (their windows stay shut)
+        self.held: set[int] = set()
         self.queues: dict[int, asyncio.Queue[Any]] = {}
         self.unacked: dict[int, int] = {}
 
@@ -116,7 +118,7 @@ class H2Client(_Peer):
     def on_event(self, event: Any) -> None:
         sid = getattr(event, "stream_id", None)
         if isinstance(event, h2.events.DataReceived):
-            if self.auto_ack:
+            if self.auto_ack and event.stream_id not in self.held:
                 self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             else:
                 self.unacked[event.stream_id] = self.unacked.get(event.stream_id, 0) + event.flow_controlled_length
