@@ -478,7 +478,8 @@ class H2Pool:
         self.clock = clock
         self.stats = stats
         self.conns: list[H2Upstream] = []
-        self._dialing: asyncio.Future[H2Upstream] | None = None
+        #: the dial under way (one at a time): done when it ends, failed with its MeshdError
+        self._dialing: asyncio.Future[None] | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
         self.opened = 0
@@ -547,24 +548,27 @@ class H2Pool:
 
     async def _dial(self) -> None:
         loop = asyncio.get_running_loop()
-        dialing: asyncio.Future[H2Upstream] = loop.create_future()
+        dialing: asyncio.Future[None] = loop.create_future()
         self._dialing = dialing
         try:
             conn = await self._dialer.dial(self.host, self.port, lambda: H2Upstream(self))
-        except BaseException as exc:
+        except MeshdError as exc:
+            # those waiting for this dial fail with it too (never written: retried elsewhere)
             self._dialing = None
             dialing.set_exception(exc)
-            dialing.exception()  # retrieved: those waiting on it see it through shield
+            dialing.exception()  # retrieved: the waiters see it through shield
+            raise
+        except BaseException:
+            self._dialing = None
+            dialing.set_result(None)  # cancelled: a waiter dials again itself
             raise
         self._dialing = None
         self.opened += 1
+        dialing.set_result(None)
         if self._closed:
             conn.close()
-            dialing.set_exception(ConnectFailed(f"endpoint {self.label} was removed"))
-            dialing.exception()
             raise ConnectFailed(f"endpoint {self.label} was removed")
         self.conns.append(conn)
-        dialing.set_result(conn)
 
     # -- connection callbacks -------------------------------------------------------------------
     def _changed(self) -> None:

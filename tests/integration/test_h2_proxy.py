@@ -55,6 +55,7 @@ async def test_a_stream_is_routed_by_authority_and_answered_with_body_and_traile
     assert got.header(b"x-a") == b"1"
     assert got.header(b"l5d-dst-service") == b"/svc/accounts"
     assert got.header(b"l5d-reqid") is not None
+    assert got.header(b"via") == b"2 meshd"
     assert got.trailers == [(b"x-sum", b"5")]
     client.close()
 
@@ -83,6 +84,9 @@ async def test_many_concurrent_streams_share_one_connection_each_side(make_mesh,
     sids = [client.start("GET", f"/{i}", "svc") for i in range(50)]
     await wait_until(lambda: len(up.received) == 50, timeout=10, message="50 streams at the upstream")
     assert len(up.conns) == 1  # multiplexed: one upstream connection for 50 streams in flight
+    # the balancer counts streams: 50 pending on the one endpoint
+    client_ = next(iter(mesh.daemon.routers[0].clients.values()))
+    assert [node.pending for node in client_.balancer.nodes()] == [50]
     release.set()
     results = await asyncio.gather(*(client.response(sid) for sid in sids))
     assert [r.status for r in results] == [200] * 50
@@ -276,3 +280,20 @@ async def test_a_connection_that_sent_nothing_yet_is_closed_by_a_drain_on_a_dual
     assert await asyncio.wait_for(conn.reader.read(100), 5) == b""
     await wait_until(lambda: not listener.connections, timeout=5, message="the connection forgotten")
     await conn.close()
+
+
+async def test_a_refused_connect_is_retried_on_another_endpoint(make_mesh, make_h2_upstream):
+    import socket
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    dead = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    up = await make_h2_upstream()
+    mesh = await make_mesh(protocol="h2")
+    mesh.register("svc", f"127.0.0.1 {dead}", up.address_line)
+    client = await H2Client.open(mesh.port)
+    results = await asyncio.gather(*(client.request("GET", f"/{i}", "svc") for i in range(20)))
+    assert all(r.status == 200 for r in results)
+    assert len(up.received) == 20
+    client.close()
