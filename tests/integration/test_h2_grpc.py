@@ -128,3 +128,40 @@ async def test_grpc_status_and_message_pass_through_in_trailers(make_mesh, grpc_
             assert await post(b"%d" % i, timeout=5) == b"posted:%d" % i
     stats = mesh.daemon.routers[0].stats
     assert stats is not None
+
+
+async def test_sigterm_sends_goaway_and_finishes_the_streams_in_flight(tmp_path: pathlib.Path):
+    import asyncio
+    import signal
+
+    from tests.support.h2peer import H2Client, H2Reply, H2Server
+
+    release = asyncio.Event()
+
+    async def slow(reply: H2Reply) -> None:
+        await release.wait()
+        reply.head(200, [(b"grpc-status", b"0")], end_stream=True)
+
+    up = await H2Server(slow).start()
+    try:
+        async with MeshdProcess(tmp_path, process_config({"protocol": "h2"}, drainTimeoutMs=10_000)) as mesh:
+            mesh.register("svc", up.address_line)
+            client = await H2Client.open(mesh.port)
+            sid = 0
+
+            async def routed() -> bool:
+                nonlocal sid
+                sid = client.start("GET", "/", "svc")
+                await wait_until(lambda: len(up.heads) > 0 or bool(client.queues[sid].qsize()), timeout=5)
+                return bool(up.heads)
+
+            await wait_until(routed, timeout=10, message="meshd to route to the upstream")
+            mesh.send_signal(signal.SIGTERM)
+            await wait_until(lambda: client.goaway is not None, timeout=5, message="GOAWAY from meshd")
+            assert client.goaway is not None and client.goaway.error_code == 0
+            release.set()
+            result = await client.response(sid)
+            assert result.status == 200
+            assert await mesh.wait(10) == 0
+    finally:
+        await up.close()
