@@ -99,6 +99,7 @@ class _Stream:
         "blocked_since",
         "ctx",
         "served_since",
+        "sent",
     )
 
     def __init__(self, sid: int) -> None:
@@ -118,6 +119,8 @@ class _Stream:
         self.blocked_since = -1.0
         self.ctx: RouteContext | None = None
         self.served_since = -1.0
+        #: the whole response was handed to the codec (some of it may wait for the window)
+        self.sent = False
 
 
 class _StreamReader:
@@ -423,6 +426,17 @@ class H2ServerProtocol(asyncio.Protocol):
 
     def _response_done(self, stream: _Stream) -> None:
         stream.writing = False
+        stream.sent = True
+        if self._codec.buffered(stream.sid):
+            # the end is queued behind data the client's window does not allow yet: the stream
+            # stays (a drain waits for it, the zero-window hold bounds it) until it has gone out
+            if stream.blocked_since < 0.0:
+                stream.blocked_since = self._clock.now()
+                self._arm_zero_window()
+            return
+        self._stream_done(stream)
+
+    def _stream_done(self, stream: _Stream) -> None:
         stream.blocked_since = -1.0
         if stream.body is not None:
             # The response is complete before the request body: RFC 9113 §8.1 lets the server
@@ -479,6 +493,10 @@ class H2ServerProtocol(asyncio.Protocol):
             response.body.pause_producing()
 
     def _maybe_resume_producer(self, stream: _Stream) -> None:
+        if stream.sent:
+            if not self._codec.buffered(stream.sid):
+                self._stream_done(stream)
+            return
         if self._codec.buffered(stream.sid) <= SEND_MARK:
             stream.blocked_since = -1.0
             if stream.producer_paused and not self._write_paused:
@@ -562,6 +580,7 @@ class H2ServerProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         if not self._closing:
+            self._flush()  # what the codec still holds (the last frames, GOAWAY) goes out first
             self._closing = True
             self._cancel_timers()
             if self._transport is not None:

@@ -297,3 +297,36 @@ async def test_a_refused_connect_is_retried_on_another_endpoint(make_mesh, make_
     assert all(r.status == 200 for r in results)
     assert len(up.received) == 20
     client.close()
+
+
+async def test_a_drain_waits_for_response_data_still_waiting_for_the_clients_window(make_mesh, make_h2_upstream):
+    body = bytes(range(256)) * 240  # 60 KiB: all of it handed to meshd's codec, most held by the window
+
+    async def answer(reply: H2Reply) -> None:
+        reply.head(200)
+        await reply.data(body, end_stream=True)
+
+    up = await make_h2_upstream(answer)
+    mesh = await make_mesh(protocol="h2")
+    mesh.register("svc", up.address_line)
+    client = await H2Client.open(mesh.port, settings={0x4: 16384})  # a 16 KiB stream window
+    sid = client.start("GET", "/", "svc")
+    client.held.add(sid)
+    got = 0
+
+    def received() -> int:
+        return sum(len(e.data) for e in list(client.queues[sid]._queue) if hasattr(e, "data"))  # type: ignore[attr-defined]
+
+    await wait_until(lambda: received() >= 16384, timeout=5, message="the first window's worth")
+    got = received()
+    assert got < len(body)
+    for bound in mesh.daemon.bound:
+        bound.listener.begin_drain()
+    await wait_until(lambda: client.goaway is not None, timeout=5, message="GOAWAY")
+    assert not client.closed.is_set()
+    client.held.discard(sid)
+    client.ack(sid)
+    client.auto_ack = True
+    result = await client.response(sid)
+    assert result.body == body
+    await asyncio.wait_for(client.closed.wait(), 5)
