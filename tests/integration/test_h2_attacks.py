@@ -317,3 +317,63 @@ async def test_malformed_request_never_reaches_the_upstream(make_mesh, upstream,
     assert len(upstream.received) == before
     client.close()
     await _good_client_works(mesh.port)
+
+
+async def test_streams_past_max_concurrent_streams_are_refused(make_mesh):
+    release = asyncio.Event()
+
+    async def hold(reply: H2Reply) -> None:
+        await release.wait()
+        reply.head(200, end_stream=True)
+
+    up = await H2Server(hold).start()
+    try:
+        mesh = await make_mesh(protocol="h2", h2={"maxConcurrentStreams": 4})
+        mesh.register("svc", up.address_line)
+        hostile = await Hostile.open(mesh.port)
+        hostile.send(SettingsFrame(0, flags=["ACK"]))
+        # the client ignores the 4 meshd advertised: 6 streams at once, none of them ending
+        frames = []
+        for i in range(6):
+            frame = hostile.headers(2 * i + 1)
+            frame.flags.discard("END_STREAM")
+            frames.append(frame)
+        hostile.send(*frames)
+        seen: list[Frame] = []
+
+        async def refused() -> bool:
+            try:
+                data = await asyncio.wait_for(hostile.reader.read(65536), 0.2)
+            except TimeoutError:
+                return False
+            if not data:
+                return True  # closed
+            while len(data) >= 9:
+                frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+                frame.parse_body(memoryview(data[9:9 + length]))
+                seen.append(frame)
+                data = data[9 + length:]
+            return any(isinstance(f, GoAwayFrame) or (isinstance(f, RstStreamFrame) and f.stream_id > 7) for f in seen)
+
+        await wait_until(refused, timeout=5, message="the streams past the limit refused")
+        # RST_STREAM REFUSED_STREAM or PROTOCOL_ERROR for them (RFC 9113 §5.1.2), or, as the `h2`
+        # reference codec does, GOAWAY PROTOCOL_ERROR for the whole connection
+        for f in seen:
+            if isinstance(f, GoAwayFrame):
+                assert f.error_code == PROTOCOL_ERROR
+            if isinstance(f, RstStreamFrame):
+                assert f.error_code in (PROTOCOL_ERROR, 0x7)
+        assert len(up.heads) <= 4
+        hostile.close()
+        release.set()
+        await _good_client_works_small(mesh.port)
+    finally:
+        await up.close()
+
+
+async def _good_client_works_small(port: int) -> None:
+    client = await H2Client.open(port)
+    try:
+        assert (await client.request("GET", "/", "svc")).status == 200
+    finally:
+        client.close()
