@@ -39,7 +39,7 @@ from typing import Final, cast
 
 from meshd.clock import Timer
 from meshd.config.model import H2Config, RouterConfig
-from meshd.errors import MeshdError, RequestTimeout
+from meshd.errors import BodyTimeout, MeshdError, RequestTimeout
 from meshd.http.body import Body, Trailers
 from meshd.http.messages import Request, Response
 from meshd.http2 import codec as h2
@@ -81,8 +81,6 @@ class H2ServerConfig:
     accept_http1: bool = False
     #: a stream that could not send for this long because the client keeps its window shut is reset
     zero_window_timeout_s: float = 30.0
-    #: how long a connection idle with no stream open stays open
-    idle_timeout_s: float = 300.0
 
 
 class _Stream:
@@ -100,6 +98,8 @@ class _Stream:
         "ctx",
         "served_since",
         "sent",
+        "body_read_at",
+        "upload_cut",
     )
 
     def __init__(self, sid: int) -> None:
@@ -121,6 +121,10 @@ class _Stream:
         self.served_since = -1.0
         #: the whole response was handed to the codec (some of it may wait for the window)
         self.sent = False
+        #: when the request body last received DATA (or reading resumed): `bodyIdleTimeoutMs`
+        self.body_read_at = 0.0
+        #: meshd gave up on the request body (timeout): the upload is stopped after the response
+        self.upload_cut = False
 
 
 class _StreamReader:
@@ -140,6 +144,7 @@ class _StreamReader:
         if not stream.reading_paused:
             return
         stream.reading_paused = False
+        stream.body_read_at = self._conn._clock.now()  # time paused by meshd does not count
         unacked, stream.unacked = stream.unacked, 0
         if unacked:
             self._conn._ack(stream.sid, unacked)
@@ -199,6 +204,9 @@ class H2ServerProtocol(asyncio.Protocol):
         self._draining = False
         self._write_paused = False
         self._zero_window_timer: Timer | None = None
+        self._body_timer: Timer | None = None
+        #: when the last read arrived (request bodies' idle time is measured from it)
+        self._read_at = 0.0
         self._idle_timer: Timer | None = None
         self._idle_since = 0.0
         #: when the client last opened a window (a zero-window hold is judged against it)
@@ -224,7 +232,8 @@ class H2ServerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        reason = self._guard.feed(data, self._clock.now())
+        self._read_at = now = self._clock.now()
+        reason = self._guard.feed(data, now)
         if reason is not None:
             self._connection_error(h2.ENHANCE_YOUR_CALM, reason)
             return
@@ -319,6 +328,8 @@ class H2ServerProtocol(asyncio.Protocol):
         stream.request = request
         if not request.body.ended:
             stream.body = request.body
+            stream.body_read_at = self._read_at
+            self._arm_body_timer()
         self._streams[sid] = stream
         self._idle_since = -1.0
         stream.task = asyncio.get_running_loop().create_task(self._serve(stream), name=STREAM_TASK)
@@ -329,6 +340,7 @@ class H2ServerProtocol(asyncio.Protocol):
         if stream is None or body is None:
             self._ack(event.stream_id, event.flow_length)  # a stream meshd gave up: keep the window open
             return
+        stream.body_read_at = self._read_at
         if event.data:
             body.feed(event.data)
         if stream.reading_paused:
@@ -438,11 +450,12 @@ class H2ServerProtocol(asyncio.Protocol):
 
     def _stream_done(self, stream: _Stream) -> None:
         stream.blocked_since = -1.0
-        if stream.body is not None:
+        if stream.body is not None or stream.upload_cut:
             # The response is complete before the request body: RFC 9113 §8.1 lets the server
             # stop the upload with RST_STREAM(NO_ERROR).
             body, stream.body = stream.body, None
-            body.fail(ConnectionClosed("response complete before the request body"))
+            if body is not None:
+                body.fail(ConnectionClosed("response complete before the request body"))
             self._codec.reset_stream(stream.sid, h2.NO_ERROR)
             self._flush()
         if self._streams.get(stream.sid) is stream:
@@ -505,6 +518,38 @@ class H2ServerProtocol(asyncio.Protocol):
                 if response is not None:
                     response.body.resume_producing()
 
+    def _arm_body_timer(self, delay: float | None = None) -> None:
+        if self._body_timer is None and not self._closing:
+            if delay is None:
+                delay = self._listener.limits.body_idle_timeout_s
+            self._body_timer = self._clock.call_later(delay, self._on_body_timeout)
+
+    def _on_body_timeout(self) -> None:
+        """Request bodies that received nothing for `bodyIdleTimeoutMs` (slow-body defence): the
+        body fails with 408, which answers the request unless its response has begun."""
+        self._body_timer = None
+        if self._closing:
+            return
+        timeout = self._listener.limits.body_idle_timeout_s
+        now = self._clock.now()
+        next_check: float | None = None
+        for stream in list(self._streams.values()):
+            body = stream.body
+            if body is None:
+                continue
+            if stream.reading_paused:
+                next_check = timeout  # meshd's choice: measured again from when reading resumes
+                continue
+            left = stream.body_read_at + timeout - now
+            if left > 0.005:
+                next_check = left if next_check is None else min(next_check, left)
+                continue
+            stream.body = None
+            stream.upload_cut = True
+            body.fail(BodyTimeout(f"request body: nothing received for {timeout * 1000:g} ms (bodyIdleTimeoutMs)"))
+        if next_check is not None:
+            self._arm_body_timer(next_check)
+
     def _arm_zero_window(self) -> None:
         if self._zero_window_timer is None and not self._closing:
             self._zero_window_timer = self._clock.call_later(
@@ -555,13 +600,13 @@ class H2ServerProtocol(asyncio.Protocol):
     def _arm_idle(self) -> None:
         self._idle_since = self._clock.now()
         if self._idle_timer is None and not self._closing:
-            self._idle_timer = self._clock.call_later(self._config.idle_timeout_s, self._on_idle)
+            self._idle_timer = self._clock.call_later(self._listener.limits.idle_timeout_s, self._on_idle)
 
     def _on_idle(self) -> None:
         self._idle_timer = None
         if self._closing or self._streams or self._idle_since < 0.0:
             return
-        deadline = self._idle_since + self._config.idle_timeout_s
+        deadline = self._idle_since + self._listener.limits.idle_timeout_s
         now = self._clock.now()
         if now + 0.005 < deadline:
             self._idle_timer = self._clock.call_later(deadline - now, self._on_idle)
@@ -571,6 +616,9 @@ class H2ServerProtocol(asyncio.Protocol):
         self._close()
 
     def _cancel_timers(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         if self._zero_window_timer is not None:
             self._zero_window_timer.cancel()
             self._zero_window_timer = None

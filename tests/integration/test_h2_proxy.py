@@ -330,3 +330,19 @@ async def test_a_drain_waits_for_response_data_still_waiting_for_the_clients_win
     result = await client.response(sid)
     assert result.body == body
     await asyncio.wait_for(client.closed.wait(), 5)
+
+
+async def test_a_request_body_that_stops_arriving_is_answered_408_after_body_idle_timeout(make_mesh, make_h2_upstream):
+    up = await make_h2_upstream()
+    mesh = await make_mesh(protocol="h2", servers=[{"ip": "127.0.0.1", "port": 0, "bodyIdleTimeoutMs": 300}])
+    mesh.register("svc", up.address_line)
+    client = await H2Client.open(mesh.port)
+    sid = client.start("POST", "/upload", "svc", end_stream=False)
+    client.send(sid, b"first part, then nothing")
+    result = await client.response(sid, timeout=5)
+    assert result.status == 408
+    assert result.header(b"l5d-err") is not None and b"bodyIdleTimeoutMs" in result.header(b"l5d-err")  # type: ignore[operator]
+    await wait_until(lambda: bool(up.resets), timeout=5, message="the upstream stream cancelled")
+    # the connection serves on
+    assert (await client.request("GET", "/", "svc")).status == 200
+    client.close()
