@@ -389,6 +389,7 @@ class Router:
             ping_interval_s=self.config.h2.ping_interval_ms / 1000.0,
             ping_timeout_s=self.config.h2.ping_timeout_ms / 1000.0,
             response_head_timeout_s=config.response_head_timeout_ms / 1000.0,
+            response_idle_timeout_s=config.response_idle_timeout_ms / 1000.0,
             scheme=b"https" if config.tls is not None else b"http",
         )
 

@@ -23,7 +23,9 @@ How this works:
   pinged; one whose PING is not answered within `pingTimeout` is closed and its streams failed
   (counted in `H2Stats.ping_timeouts`). A connection with no stream for `idleTime` is closed.
 - A stream sent whole that has no response head after `client.responseHeadTimeoutMs` is reset
-  and fails with 504 `ResponseHeadTimeout` (checked by the same sweep: to the second).
+  and fails with 504 `ResponseHeadTimeout`; a response body the upstream stops sending for
+  `client.responseIdleTimeoutMs` (time the client was not reading excluded) fails and its
+  stream is reset (both checked by the same sweep: to the second).
 - A connection close to the end of its stream ids (2**31-1) takes no new stream and is replaced.
 """
 
@@ -71,12 +73,14 @@ class H2PoolSettings:
     ping_timeout_s: float = 5.0
     #: a stream whose request was sent whole and that has no response head after this fails (504)
     response_head_timeout_s: float | None = 60.0
+    #: a response body the upstream stops sending for this long fails (the stream is reset)
+    response_idle_timeout_s: float | None = 300.0
     scheme: bytes = b"http"
 
 
 class _UpStream:
     __slots__ = ("sid", "future", "request", "response", "reading_paused", "unacked", "writer_paused", "done_in",
-                 "done_out", "sent_at")
+                 "done_out", "sent_at", "rx_at")
 
     def __init__(self, sid: int, request: Request, future: asyncio.Future[Response]) -> None:
         self.sid = sid
@@ -91,6 +95,8 @@ class _UpStream:
         self.done_out = False
         #: when the request was sent whole (-1: not yet): the response head is due from then
         self.sent_at = -1.0
+        #: when the response last made progress (its head, DATA, or the client reading again)
+        self.rx_at = 0.0
 
 
 class _ResponseReader:
@@ -109,6 +115,7 @@ class _ResponseReader:
         stream = self._stream
         if stream.reading_paused:
             stream.reading_paused = False
+            stream.rx_at = self._conn._pool.clock.now()  # the client's pause was not the upstream's silence
             unacked, stream.unacked = stream.unacked, 0
             self._conn._ack(stream.sid, unacked)
 
@@ -304,6 +311,7 @@ class H2Upstream(asyncio.Protocol):
         else:
             body = Body(chunked=True, producer=_ResponseReader(self, stream))
             body.set_canceller(lambda: self._cancel_quietly(stream))
+        stream.rx_at = self.last_rx
         response = response_from_h2(status, event.headers, body)
         if response.content_length is not None and not event.end_stream:
             body.length = response.content_length
@@ -320,6 +328,7 @@ class H2Upstream(asyncio.Protocol):
         if stream is None or response is None or stream.done_in:
             self._ack(event.stream_id, event.flow_length)
             return
+        stream.rx_at = self.last_rx
         if event.data:
             response.body.feed(event.data)
         if stream.reading_paused:
@@ -592,14 +601,23 @@ class H2Pool:
         closed = 0
         s = self.settings
         head_timeout = s.response_head_timeout_s
+        idle_timeout = s.response_idle_timeout_s
         for conn in list(self.conns):
-            if head_timeout is not None:
-                for stream in list(conn.streams.values()):
-                    if stream.response is None and 0.0 <= stream.sent_at <= now - head_timeout:
+            for stream in list(conn.streams.values()):
+                if stream.response is None:
+                    if head_timeout is not None and 0.0 <= stream.sent_at <= now - head_timeout:
                         conn.cancel(stream, ResponseHeadTimeout(
                             f"{self.label} sent no response head within {head_timeout * 1000:.0f} ms of the "
                             "request (responseHeadTimeoutMs)"
                         ))
+                elif (
+                    idle_timeout is not None and not stream.done_in and not stream.reading_paused
+                    and stream.rx_at <= now - idle_timeout
+                ):
+                    conn.cancel(stream, UpstreamFailed(
+                        f"{self.label} sent nothing of the response body for {idle_timeout * 1000:.0f} ms "
+                        "(responseIdleTimeoutMs)"
+                    ))
             if conn.ping_sent >= 0.0:
                 if now - conn.ping_sent >= s.ping_timeout_s:
                     self.stats.ping_timeouts += 1

@@ -177,3 +177,42 @@ async def test_a_stream_without_a_response_head_times_out_and_is_reset():
         pool.close()
     finally:
         await up.close()
+
+
+async def test_a_response_body_the_upstream_stops_sending_fails_after_the_idle_timeout():
+    async def stall(reply: H2Reply) -> None:
+        reply.head(200)
+        await reply.data(b"part")
+        await asyncio.Event().wait()
+
+    up = await H2Server(stall).start()
+    try:
+        clock = FakeClock()
+        pool = H2Pool("127.0.0.1", up.port, dialer=TcpDialer(1.0), clock=clock, stats=H2Stats(),
+                      settings=H2PoolSettings(response_idle_timeout_s=3.0, ping_interval_s=100.0))
+        response = await pool.send(Request("GET", "/", "2", [], Body.empty(), host="svc"), HEAD)
+        failed = asyncio.get_running_loop().create_future()
+
+        class Sink:
+            def on_data(self, data: bytes) -> None:
+                pass
+
+            def on_end(self, trailers: object) -> None:
+                failed.set_result(None)
+
+            def on_error(self, exc: BaseException) -> None:
+                failed.set_result(exc)
+
+        response.body.attach(Sink())
+        await wait_until(lambda: response.body.received == 4, timeout=5)
+        clock.advance(2.9)
+        pool.sweep(clock.now())
+        assert not failed.done()
+        clock.advance(0.1)
+        pool.sweep(clock.now())
+        error = await asyncio.wait_for(failed, 5)
+        assert "responseIdleTimeoutMs" in str(error)
+        await wait_until(lambda: bool(up.resets), timeout=5, message="the stream reset at the upstream")
+        pool.close()
+    finally:
+        await up.close()
