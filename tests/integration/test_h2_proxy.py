@@ -346,3 +346,22 @@ async def test_a_request_body_that_stops_arriving_is_answered_408_after_body_idl
     # the connection serves on
     assert (await client.request("GET", "/", "svc")).status == 200
     client.close()
+
+
+async def test_a_reload_to_protocol_h2_applies_to_the_next_connection_on_the_same_port(make_mesh, make_h2_upstream):
+    import yaml
+
+    from meshd.config.loader import load_config
+    from meshd.config.model import MeshdConfig
+    from tests.conftest import base_config
+
+    up = await make_h2_upstream()
+    mesh = await make_mesh()  # protocol: http
+    port = mesh.port
+    outcome = await mesh.daemon.reload(load_config(yaml.safe_dump(base_config(protocol="h2")), MeshdConfig))
+    assert outcome.result == "applied", outcome
+    assert mesh.port == port  # the socket stayed
+    mesh.register("svc", up.address_line)
+    client = await H2Client.open(port)
+    assert (await client.request("GET", "/", "svc")).status == 200
+    client.close()
