@@ -365,3 +365,26 @@ async def test_a_reload_to_protocol_h2_applies_to_the_next_connection_on_the_sam
     client = await H2Client.open(port)
     assert (await client.request("GET", "/", "svc")).status == 200
     client.close()
+
+
+async def test_a_failing_replica_is_retried_with_the_request_body_replayed(make_mesh, make_h2_upstream):
+    async def broken(reply: H2Reply) -> None:
+        reply.head(503, end_stream=True)
+
+    good = [await make_h2_upstream() for _ in range(2)]
+    bad = await make_h2_upstream(broken)
+    mesh = await make_mesh(
+        protocol="h2",
+        service={"retries": {"backoff": {"kind": "constant", "ms": 0}, "budget": {"percentCanRetry": 1.0}}},
+    )
+    mesh.register("svc", bad.address_line, *(g.address_line for g in good))
+    client = await H2Client.open(mesh.port)
+    # PUT is idempotent: retryableIdempotent5XX retries it, replaying its body from the buffer
+    results = await asyncio.gather(*(
+        client.request("PUT", f"/{i}", "svc", body=b"payload-%d" % i) for i in range(60)
+    ))
+    assert [r.status for r in results] == [200] * 60
+    assert [r.body for r in results] == [b"payload-%d" % i for i in range(60)]
+    assert bad.received, "the broken replica was tried"
+    assert all(r.body.startswith(b"payload-") for r in bad.received)  # it got the body too
+    client.close()
