@@ -388,3 +388,19 @@ async def test_a_failing_replica_is_retried_with_the_request_body_replayed(make_
     assert bad.received, "the broken replica was tried"
     assert all(r.body.startswith(b"payload-") for r in bad.received)  # it got the body too
     client.close()
+
+
+async def test_the_access_log_shows_an_http2_request(make_mesh, make_h2_upstream, caplog):
+    import logging
+
+    up = await make_h2_upstream()
+    mesh = await make_mesh(protocol="h2", accessLog=True)
+    mesh.register("svc", up.address_line)
+    client = await H2Client.open(mesh.port)
+    with caplog.at_level(logging.INFO, logger="meshd.access"):
+        assert (await client.request("GET", "/logged", "svc")).status == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "meshd.access"]
+    assert len(lines) == 1
+    assert "method=GET target=/logged service=/svc/svc status=200" in lines[0]
+    assert lines[0].endswith(" proto=h2")
+    client.close()
