@@ -155,7 +155,7 @@ class Client:
                 if h2 is not None:
                     h2pool = H2Pool(
                         address.host, address.port, dialer=self._dialer, settings=h2, clock=self._runtime.clock,
-                        stats=self._settings.h2_stats or H2Stats(),
+                        stats=self._settings.h2_stats or H2Stats(), pending=self.pending,
                     )
                 endpoint = Endpoint(address, pool, h2pool)
             else:

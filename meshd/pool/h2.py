@@ -38,6 +38,7 @@ from typing import Final, cast
 
 from meshd.clock import Clock
 from meshd.errors import (
+    CircuitOpen,
     ConnectFailed,
     MeshdError,
     QueueTimeout,
@@ -54,7 +55,7 @@ from meshd.http2.convert import h2_trailers, response_from_h2
 from meshd.http2.factory import new_codec
 from meshd.http2.guard import FrameGuard, H2Stats, reason_label
 from meshd.pool.dialer import Dialer
-from meshd.pool.pool import PoolStatistics
+from meshd.pool.pool import Pending, PoolStatistics
 
 #: a request body's producer is paused while more than this waits for the upstream's window
 SEND_MARK: Final = 64 * 1024
@@ -478,6 +479,7 @@ class H2Pool:
         settings: H2PoolSettings,
         clock: Clock,
         stats: H2Stats,
+        pending: Pending | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -495,6 +497,8 @@ class H2Pool:
         self.closed_count = 0
         self.queue_timeouts = 0
         self._drained: asyncio.Event | None = None
+        #: the client's count of attempts waiting (circuitBreakers.maxPendingRequests)
+        self._pending = pending
 
     # -- one attempt ------------------------------------------------------------------------
     async def send(self, request: Request, headers: Headers) -> Response:
@@ -540,6 +544,15 @@ class H2Pool:
                     f"waited {timeout * 1000 if timeout else 0:.0f} ms for a stream to {self.label}: all "
                     f"{len(self.conns)} HTTP/2 connections at the upstream's stream limit (pool.queueTimeoutMs)"
                 )
+            pending = self._pending
+            if pending is not None:
+                if pending.count >= pending.limit:
+                    pending.overflows += 1
+                    raise CircuitOpen(
+                        f"circuit breaker of {pending.label}: {pending.limit} requests already wait for a "
+                        "stream (circuitBreakers.maxPendingRequests)"
+                    )
+                pending.count += 1
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
@@ -554,6 +567,8 @@ class H2Pool:
             finally:
                 if not waiter.done():
                     waiter.cancel()
+                if pending is not None:
+                    pending.count -= 1
 
     async def _dial(self) -> None:
         loop = asyncio.get_running_loop()

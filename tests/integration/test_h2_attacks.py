@@ -377,3 +377,24 @@ async def _good_client_works_small(port: int) -> None:
         assert (await client.request("GET", "/", "svc")).status == 200
     finally:
         client.close()
+
+
+async def test_an_upstream_that_floods_meshd_is_cut_off_too(make_mesh):
+    async def flood(reply: H2Reply) -> None:
+        transport = reply._conn.transport
+        assert transport is not None
+        transport.write(b"".join(PingFrame(0, opaque_data=b"%08d" % i).serialize() for i in range(300)))
+        await asyncio.Event().wait()
+
+    up = await H2Server(flood).start()
+    try:
+        mesh = await make_mesh(protocol="h2", service={"retries": {"maxRetries": 0}})
+        mesh.register("svc", up.address_line)
+        client = await H2Client.open(mesh.port)
+        result = await client.request("GET", "/", "svc")
+        assert result.status == 502
+        assert result.header(b"l5d-err") is not None and b"ping_flood" in result.header(b"l5d-err")  # type: ignore[operator]
+        assert await _counted(mesh, "ping_flood") >= 1
+        client.close()
+    finally:
+        await up.close()

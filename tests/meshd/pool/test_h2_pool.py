@@ -216,3 +216,33 @@ async def test_a_response_body_the_upstream_stops_sending_fails_after_the_idle_t
         pool.close()
     finally:
         await up.close()
+
+
+async def test_waiting_for_a_stream_counts_against_max_pending_requests():
+    from meshd.errors import CircuitOpen
+    from meshd.pool.pool import Pending
+
+    release = asyncio.Event()
+
+    async def slow(reply: H2Reply) -> None:
+        await release.wait()
+        await _ok(reply)
+
+    up = await H2Server(slow, settings={0x3: 1}).start()
+    try:
+        pending = Pending("/#/fs/svc", 1)
+        pool = H2Pool("127.0.0.1", up.port, dialer=TcpDialer(1.0), clock=FakeClock(), stats=H2Stats(),
+                      settings=H2PoolSettings(max_connections=1, queue_timeout_s=None), pending=pending)
+        first = asyncio.ensure_future(_get(pool))
+        await wait_until(lambda: len(up.received) == 1, timeout=5)
+        second = asyncio.ensure_future(_get(pool))  # waits for the one stream the upstream allows
+        await wait_until(lambda: pending.count == 1, timeout=5)
+        with pytest.raises(CircuitOpen):
+            await _get(pool)
+        assert pending.overflows == 1
+        release.set()
+        assert await asyncio.gather(first, second) == [b"ok", b"ok"]
+        assert pending.count == 0
+        pool.close()
+    finally:
+        await up.close()
