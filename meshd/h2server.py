@@ -422,6 +422,16 @@ class H2ServerProtocol(asyncio.Protocol):
         # trailers-only response, carries none)
         length = response.content_length if no_body else (body.length or response.content_length)
         headers = h2_response_headers(response, length)
+        try:
+            self._send_head(stream, response, headers, no_body)
+        except Exception as exc:  # the codec refused the head (a field HTTP/2 does not allow)
+            log.debug("response head refused by the HTTP/2 codec: %s", exc)
+            self._reset(stream, h2.INTERNAL_ERROR)
+            body.cancel(ConnectionClosed("response head could not be sent"))
+
+    def _send_head(self, stream: _Stream, response: Response, headers: list[tuple[bytes, bytes]],
+                   no_body: bool) -> None:
+        body = response.body
         if no_body or (body.ended and body.error is None and body.received == 0 and body.length in (None, 0)
                        and not body.chunked):
             self._codec.send_headers(stream.sid, headers, True)

@@ -253,10 +253,15 @@ class H2Upstream(asyncio.Protocol):
         sid = self._codec.next_stream_id()
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         stream = _UpStream(sid, request, future)
-        self.streams[sid] = stream
         body = request.body
         bodiless = body.ended and body.received == 0 and body.error is None and not body.chunked
-        self._codec.send_headers(sid, headers, bodiless)
+        try:
+            self._codec.send_headers(sid, headers, bodiless)
+        except MeshdError:
+            raise
+        except Exception as exc:  # the codec refused the head (a field HTTP/2 does not allow)
+            raise UpstreamFailed(f"request head cannot be sent over HTTP/2 to {self.label}: {exc}") from exc
+        self.streams[sid] = stream
         self._flush()
         if bodiless:
             stream.done_out = True
