@@ -24,13 +24,17 @@ from balancers.registry import BalancerConfig
 from meshd.discovery.addr import Addr, Address, Bound, Neg
 from meshd.errors import AttemptTimeout, CircuitOpen, MeshdError, NoEndpoints
 from meshd.expiry import Expiry
+from meshd.http.headers import L5D_DST_CLIENT, L5D_DST_SERVICE
 from meshd.http.messages import Response
+from meshd.http2.convert import h2_request_headers
+from meshd.http2.guard import H2Stats
 from meshd.observable import Observable
 from meshd.pipeline.context import RouteContext
 from meshd.pipeline.dispatch import can_resend, dispatch, dst_lines, request_head, resend
 from meshd.pipeline.stats import MAX_ENDPOINT_SERIES, OVERFLOW_ENDPOINT, AttemptStats
 from meshd.pool.connection import StaleConnection
 from meshd.pool.dialer import Dialer
+from meshd.pool.h2 import H2Pool, H2PoolSettings
 from meshd.pool.pool import Pending, Pool, PoolLimits, PoolStatistics
 from meshd.runtime import Runtime
 from meshd.transformers import is_forwarded
@@ -40,15 +44,19 @@ from routing.path import Path
 class Endpoint:
     """One replica as a client sees it: its address, its pool; `key`/`weight` for the balancer."""
 
-    __slots__ = ("address", "key", "weight", "pool", "label", "forwarded", "stats", "client")
+    __slots__ = ("address", "key", "weight", "pool", "label", "forwarded", "stats", "client", "h2")
 
-    def __init__(self, address: Address, pool: Pool, stats: AttemptStats, client: Client | None = None) -> None:
+    def __init__(
+        self, address: Address, pool: Pool, stats: AttemptStats, client: Client | None = None, h2: H2Pool | None = None
+    ) -> None:
         #: the client this replica belongs to: the retry stage asks its breakers (admits_retry)
         self.client = client
         self.address = address
         self.key = address.key
         self.weight = address.weight
         self.pool = pool
+        #: on an HTTP/2 router: the endpoint's multiplexed pool, used instead of `pool`
+        self.h2 = h2
         self.label = address.show()
         #: another node's meshd, put here by a transformer: attempts to it are counted as forwarded
         self.forwarded = is_forwarded(address)
@@ -71,6 +79,9 @@ class ClientSettings:
     max_requests: int = 2048
     max_pending_requests: int = 1024
     max_retries: int = 64
+    #: on an HTTP/2 router (`protocol: h2`): the upstream HTTP/2 pools' settings and counters
+    h2: H2PoolSettings | None = None
+    h2_stats: H2Stats | None = None
 
 
 class Client:
@@ -160,7 +171,14 @@ class Client:
                     stats = AttemptStats()
                 else:
                     stats = self.stats_other
-                endpoint = Endpoint(address, pool, stats, self)
+                h2 = self._settings.h2
+                h2pool = None
+                if h2 is not None:
+                    h2pool = H2Pool(
+                        address.host, address.port, dialer=self._dialer, settings=h2, clock=self._runtime.clock,
+                        stats=self._settings.h2_stats or H2Stats(), pending=self.pending,
+                    )
+                endpoint = Endpoint(address, pool, stats, self, h2pool)
             else:
                 endpoint.address = address
                 endpoint.weight = address.weight
@@ -169,6 +187,8 @@ class Client:
         self._endpoints = fresh
         for removed in self.balancer.update(list(fresh.values())):
             removed.pool.close()  # fails its waiters as removed: its queue timeouts are final
+            if removed.h2 is not None:
+                removed.h2.close()
             self._removed_queue_timeouts += removed.pool.queue_timeouts
             if removed.stats is not self.stats_other and removed.stats is not self.stats_removed:
                 self._labelled -= 1
@@ -195,41 +215,46 @@ class Client:
             self.retrying += 1
             self.retries += 1
         try:
-            head = request_head(request, self._dst_headers(ctx.logical_name))
-            conn = endpoint.pool.try_acquire_idle()
-            if self._attempt_timeout_s is None and conn is not None:
-                # The common case inline: a warm pooled connection and no attempt timeout (one
-                # coroutine frame less per request than going through dispatch()).
-                try:
-                    response = await conn.send(request, head)
-                except StaleConnection:
-                    if not can_resend(request):
+            h2pool = endpoint.h2
+            if h2pool is None:
+                head = request_head(request, self._dst_headers(ctx.logical_name))
+                conn = endpoint.pool.try_acquire_idle()
+                if self._attempt_timeout_s is None and conn is not None:
+                    # The common case inline: a warm pooled connection and no attempt timeout (one
+                    # coroutine frame less per request than going through dispatch()).
+                    try:
+                        response = await conn.send(request, head)
+                    except StaleConnection:
+                        if not can_resend(request):
+                            raise
+                        response = None  # sent again below: never await inside `except` (docs/architecture.md)
+                    except asyncio.CancelledError:
+                        conn.abort()
                         raise
-                    response = None  # sent again below: never await inside `except` (docs/architecture.md)
-                except asyncio.CancelledError:
-                    conn.abort()
-                    raise
-                if response is None:
-                    response = await resend(endpoint.pool, request, head)
-            elif self._attempt_timeout_s is None:
-                response = await dispatch(endpoint.pool, request, head, conn)
-            else:
-                # bounded on the runtime's clock (meshd.clock): a timer cancels this task at the limit
-                task = asyncio.current_task()
-                assert task is not None
-                expiry = Expiry(task)
-                timer = self._runtime.clock.call_later(self._attempt_timeout_s, expiry.fire)
-                try:
+                    if response is None:
+                        response = await resend(endpoint.pool, request, head)
+                elif self._attempt_timeout_s is None:
                     response = await dispatch(endpoint.pool, request, head, conn)
-                except asyncio.CancelledError:
-                    if not expiry.caused():
-                        raise
-                    raise AttemptTimeout(
-                        f"attempt to {endpoint.label} exceeded requestAttemptTimeoutMs "
-                        f"({self._settings.attempt_timeout_ms} ms)"
-                    ) from None
-                finally:
-                    timer.cancel()
+                else:
+                    # bounded on the runtime's clock (meshd.clock): a timer cancels this task at the limit
+                    task = asyncio.current_task()
+                    assert task is not None
+                    expiry = Expiry(task)
+                    timer = self._runtime.clock.call_later(self._attempt_timeout_s, expiry.fire)
+                    try:
+                        response = await dispatch(endpoint.pool, request, head, conn)
+                    except asyncio.CancelledError:
+                        if not expiry.caused():
+                            raise
+                        raise AttemptTimeout(
+                            f"attempt to {endpoint.label} exceeded requestAttemptTimeoutMs "
+                            f"({self._settings.attempt_timeout_ms} ms)"
+                        ) from None
+                    finally:
+                        timer.cancel()
+            else:
+                # HTTP/2 upstream (meshd/pool/h2.py): one stream on a multiplexed connection
+                response = await self._send_h2(h2pool, ctx)
         except MeshdError:
             self._finish(node, started, True, retry)
             raise
@@ -253,6 +278,34 @@ class Client:
                 lambda error: self._finish(node, started, failure or isinstance(error, MeshdError), retry)
             )
         return response
+
+    async def _send_h2(self, pool: H2Pool, ctx: RouteContext) -> Response:
+        """One attempt as a stream on the endpoint's HTTP/2 pool, within the attempt timeout."""
+        request = ctx.request
+        h2 = self._settings.h2
+        assert h2 is not None
+        headers = h2_request_headers(request, h2.scheme, [
+            (L5D_DST_SERVICE, ctx.logical_name.encode("latin-1")), (L5D_DST_CLIENT, self.label_bytes),
+        ])
+        if self._attempt_timeout_s is None:
+            return await pool.send(request, headers)
+        task = asyncio.current_task()
+        assert task is not None
+        expiry = Expiry(task)
+        timer = self._runtime.clock.call_later(self._attempt_timeout_s, expiry.fire)
+        timed_out = False
+        try:
+            return await pool.send(request, headers)
+        except asyncio.CancelledError:
+            if not expiry.caused():
+                raise
+            timed_out = True
+        finally:
+            timer.cancel()
+        assert timed_out
+        raise AttemptTimeout(
+            f"attempt to {pool.label} exceeded requestAttemptTimeoutMs ({self._settings.attempt_timeout_ms} ms)"
+        )
 
     def _finish(self, node: Node[Endpoint], started: float, failure: bool, retry: bool) -> None:
         """One attempt ended (its response body too): the node learns it, the breakers free a place,
@@ -303,6 +356,8 @@ class Client:
     def sweep(self, now: float) -> None:
         for endpoint in self._endpoints.values():
             endpoint.pool.sweep(now)
+            if endpoint.h2 is not None:
+                endpoint.h2.sweep(now)
 
     def close(self) -> None:
         """Stop following the address set, release it, and drain every pool (idle connections
@@ -313,6 +368,8 @@ class Client:
             release()
         for endpoint in self._endpoints.values():
             endpoint.pool.close()
+            if endpoint.h2 is not None:
+                endpoint.h2.close()
 
     def busy(self) -> bool:
         """Whether anything is under way here: an attempt pending on a node, or a pool with a busy
@@ -324,10 +381,15 @@ class Client:
             s = endpoint.pool.statistics()
             if s.busy or s.dialing or s.waiters:
                 return True
+            if endpoint.h2 is not None:
+                s = endpoint.h2.statistics()
+                if s.busy or s.dialing or s.waiters:
+                    return True
         return False
 
     async def wait_drained(self) -> None:
         await asyncio.gather(*(e.pool.wait_drained() for e in self._endpoints.values()))
+        await asyncio.gather(*(e.h2.wait_drained() for e in self._endpoints.values() if e.h2 is not None))
 
     def endpoints(self) -> list[Endpoint]:
         return list(self._endpoints.values())
@@ -336,7 +398,7 @@ class Client:
         idle = busy = dialing = waiters = opened = closed = 0
         queue_timeouts = self._removed_queue_timeouts
         for endpoint in self._endpoints.values():
-            s = endpoint.pool.statistics()
+            s = endpoint.h2.statistics() if endpoint.h2 is not None else endpoint.pool.statistics()
             idle += s.idle
             busy += s.busy
             dialing += s.dialing
@@ -388,7 +450,7 @@ class Client:
                     "cost": node.cost,
                     "state": node.state,
                     "ejections": node.ejections,
-                    "pool": _pool_json(node.member.pool.statistics()),
+                    "pool": _pool_json(_endpoint_pool(node.member).statistics()),
                 }
                 for node in self.balancer.nodes()
             ],
@@ -396,6 +458,10 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self.label} endpoints={len(self._endpoints)}>"
+
+
+def _endpoint_pool(endpoint: Endpoint) -> Pool | H2Pool:
+    return endpoint.h2 if endpoint.h2 is not None else endpoint.pool
 
 
 def _pool_json(s: PoolStatistics) -> dict[str, int]:

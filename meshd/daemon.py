@@ -28,6 +28,7 @@ from meshd.config.loader import load_config, to_yaml_dict
 from meshd.config.model import MeshdConfig, RouterConfig, RoutesConfigMapConfig, ServerTlsConfig
 from meshd.discovery.base import Namer
 from meshd.discovery.start import close_namers, start_namers
+from meshd.h2server import alpn_protocols, h2_protocol, h2_server_config
 from meshd.handover import Inherited, Listening, serve_handover
 from meshd.listener import Listener
 from meshd.reload import ConfigMapRoutesWatcher, RoutesWatcher
@@ -217,7 +218,11 @@ class Daemon:
         )
         # TLS (docs/tls.md): the loop's own TLS under the same listener; the context it is given
         # makes each connection from the files' current context (rotation)
-        context = self._server_tls(router.label, tls).context if tls is not None else None
+        alpn = alpn_protocols(router.config)
+        context = self._server_tls(router.label, tls, alpn).context if tls is not None else None
+        # HTTP/1.1 or HTTP/2 (meshd/h2server.py), decided per connection by the router serving
+        # the socket then: a reload that changes `protocol` applies to the next connection
+        factory = self._protocol_factory(router.label, listener)
         handshake_timeout_s = tls.handshake_timeout_ms / 1000.0 if tls is not None else None
         loop = asyncio.get_running_loop()
         inherited = (
@@ -228,12 +233,12 @@ class Daemon:
         if inherited is not None:
             # the very socket the previous meshd listened on, accept queue and all
             server = await loop.create_server(
-                listener.protocol_factory, sock=inherited, backlog=2048, ssl=context,
+                factory, sock=inherited, backlog=2048, ssl=context,
                 ssl_handshake_timeout=handshake_timeout_s,
             )
         else:
             server = await loop.create_server(
-                listener.protocol_factory,
+                factory,
                 server_config.ip,
                 server_config.port,
                 reuse_address=True,
@@ -297,12 +302,23 @@ class Daemon:
                 router.label, cm_watcher.source, timeout_s, cm_watcher.last_error or "no answer yet",
             )
 
-    def _server_tls(self, label: str, tls: ServerTlsConfig) -> TlsSide:
+    def _protocol_factory(self, label: str, listener: Listener) -> Callable[[], asyncio.Protocol]:
+        """The protocol of each new connection on a socket of router `label`."""
+
+        def make() -> asyncio.Protocol:
+            router = next((r for r in self.routers if r.label == label), None)
+            if router is None or router.config.protocol != "h2":
+                return listener.protocol_factory()
+            return h2_protocol(listener, h2_server_config(router.config.h2), router.h2_stats)
+
+        return make
+
+    def _server_tls(self, label: str, tls: ServerTlsConfig, alpn: tuple[str, ...] = ()) -> TlsSide:
         resolve = self.runtime.resolve_path
         cert, key = resolve(tls.cert_path), resolve(tls.key_path)
         ca = resolve(tls.ca_path) if tls.ca_path else None
         paths = {"certPath": cert, "keyPath": key} | ({"caPath": ca} if ca is not None else {})
-        files = TlsFiles(paths, lambda: server_context(cert, key, ca, tls.require_client_cert), self.runtime.tls)
+        files = TlsFiles(paths, lambda: server_context(cert, key, ca, tls.require_client_cert, alpn), self.runtime.tls)
         self.tls_files.append(files)
         side = TlsSide(
             files, self.runtime.tls, server=True, router=label,

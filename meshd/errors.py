@@ -110,6 +110,28 @@ class UpstreamFailed(MeshdError):
     kind = "upstream_failed"
 
 
+class UpstreamReset(UpstreamFailed):
+    """An HTTP/2 upstream reset the stream (RST_STREAM): 502 before the response head; after it,
+    the downstream HTTP/2 stream is reset with the same error code (`h2_error_code`)."""
+
+    kind = "upstream_reset"
+
+    def __init__(self, message: str, h2_error_code: int) -> None:
+        super().__init__(message)
+        self.h2_error_code = h2_error_code
+
+
+class StreamRefused(UpstreamFailed):
+    """An HTTP/2 upstream did not process the stream (REFUSED_STREAM, or GOAWAY below its id):
+    502, never written, so the retry stage sends it to another endpoint."""
+
+    kind = "stream_refused"
+
+    def __init__(self, message: str) -> None:
+        MeshdError.__init__(self, message, written=False)
+        self.h2_error_code = 0x7
+
+
 class PoolExhausted(MeshdError):
     """Every connection is busy and `maxWaiters` requests already wait: 503, never written."""
 

@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import monotonic
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 from meshd.admission import Admission
 from meshd.clock import MONOTONIC, Clock, Timer
@@ -108,6 +108,15 @@ class ConnectionClosed(Exception):
     """The downstream client went away before its request or response finished."""
 
 
+class Connection(Protocol):
+    """What a listener keeps of each downstream connection: HTTP/1's `ServerProtocol` here, or
+    HTTP/2's (meshd/h2server.py)."""
+
+    def drain(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class Listener:
     """The shared state of one listening socket: the service, limits, and live connections."""
 
@@ -141,7 +150,7 @@ class Listener:
         #: the router's admission control (meshd/admission.py), shared by its listeners
         self.admission = admission if admission is not None else Admission(label, clock=clock)
         self.observe: Observe = observe or _ignore
-        self.connections: set[ServerProtocol] = set()
+        self.connections: set[Connection] = set()
         self.draining = False
         self._all_closed: asyncio.Event | None = None
         self.accepted = 0
@@ -164,7 +173,7 @@ class Listener:
         for conn in list(self.connections):
             conn.abort()
 
-    def _forget(self, conn: ServerProtocol) -> None:
+    def _forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()

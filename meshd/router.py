@@ -39,11 +39,13 @@ from typing import Final
 from meshd.adaptive import GradientLimit
 from meshd.admission import Admission
 from meshd.client import Client, ClientSettings
-from meshd.config.model import ClientTlsConfig, RouterConfig, server_name_for
+from meshd.config.model import ClientConfig, ClientTlsConfig, RouterConfig, server_name_for
 from meshd.discovery.addr import Addr, Address, Bound, Failed
 from meshd.discovery.base import Namer
 from meshd.errors import NoSuchService
 from meshd.http.messages import Response
+from meshd.http2.codec import H2Settings
+from meshd.http2.guard import H2Stats
 from meshd.listener import ListenerLimits
 from meshd.observable import Observable
 from meshd.pipeline.access_log import AccessLog
@@ -58,6 +60,7 @@ from meshd.pipeline.stack import Service
 from meshd.pipeline.stats import OVERFLOW_SERVICE, RouterStats
 from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.pool.dialer import Dialer, TcpDialer, TlsDialer
+from meshd.pool.h2 import H2PoolSettings
 from meshd.pool.pool import PoolLimits
 from meshd.retry.budget import RetryBudget
 from meshd.retry.deadline import WALL_CLOCK_NS
@@ -191,7 +194,19 @@ class Router:
         for tls in [config.client.tls] + [o.tls for o in config.clients]:
             if tls is not None and tls not in self.tls_files:
                 # loaded at start: unusable files are a start-up error, not a request's
-                self.tls_files[tls] = client_tls_files(tls, runtime)
+                self.tls_files[tls] = client_tls_files(tls, runtime, _client_alpn(config))
+        #: HTTP/2 counters of this router's servers and upstream pools (docs/http2.md)
+        self.h2_stats = H2Stats()
+        #: the upstream pools' HTTP/2 settings on a router with `protocol: h2` (None: HTTP/1.1)
+        self._h2_settings: H2Settings | None = None
+        if config.protocol == "h2":
+            h2 = config.h2
+            self._h2_settings = H2Settings(
+                max_concurrent_streams=h2.max_concurrent_streams,
+                initial_window_size=h2.initial_window_size,
+                max_frame_size=h2.max_frame_size,
+                max_header_list_size=h2.max_header_list_size,
+            )
         self.stack = router_stack(
             trust=TrustPolicy(config.trusted_sources),
             ids=RequestIds(),
@@ -387,6 +402,8 @@ class Router:
                 max_requests=config.circuit_breakers.max_requests,
                 max_pending_requests=config.circuit_breakers.max_pending_requests,
                 max_retries=config.circuit_breakers.max_retries,
+                h2=self._h2_pool_settings(config),
+                h2_stats=self.h2_stats,
             )
             dialer = self._dialer or self._dialer_for(id, config.tls, pool.connect_timeout_ms / 1000.0)
             addr, release = self.acquire_addr(id)
@@ -395,12 +412,30 @@ class Router:
             self.clients[id] = client
         return client
 
+    def _h2_pool_settings(self, config: ClientConfig) -> H2PoolSettings | None:
+        """HTTP/2 to the upstreams of a router with `protocol: h2` (meshd/pool/h2.py)."""
+        settings = self._h2_settings
+        if settings is None:
+            return None
+        pool = config.pool
+        return H2PoolSettings(
+            settings=settings,
+            max_connections=pool.max_connections,
+            idle_time_s=pool.idle_time_ms / 1000.0,
+            queue_timeout_s=pool.queue_timeout_ms / 1000.0,
+            ping_interval_s=self.config.h2.ping_interval_ms / 1000.0,
+            ping_timeout_s=self.config.h2.ping_timeout_ms / 1000.0,
+            response_head_timeout_s=config.response_head_timeout_ms / 1000.0,
+            response_idle_timeout_s=config.response_idle_timeout_ms / 1000.0,
+            scheme=b"https" if config.tls is not None else b"http",
+        )
+
     def _dialer_for(self, id: Path, tls: ClientTlsConfig | None, connect_timeout_s: float) -> Dialer:
         if tls is None:
             return TcpDialer(connect_timeout_s, self.runtime.clock)
         files = self.tls_files.get(tls)
         if files is None:
-            files = self.tls_files[tls] = client_tls_files(tls, self.runtime)
+            files = self.tls_files[tls] = client_tls_files(tls, self.runtime, _client_alpn(self.config))
         side = TlsSide(
             files, self.runtime.tls, server=False, router=self.label, client=id.show(),
             handshake_timeout_s=tls.handshake_timeout_ms / 1000.0,
@@ -521,13 +556,19 @@ def _nothing() -> None:
     pass
 
 
-def client_tls_files(tls: ClientTlsConfig, runtime: Runtime) -> TlsFiles:
+def _client_alpn(config: RouterConfig) -> tuple[str, ...]:
+    """What meshd offers its upstreams by ALPN: `h2` on an HTTP/2 router (gRPC servers require
+    it over TLS), else the default (`http/1.1`)."""
+    return ("h2",) if config.protocol == "h2" else ()
+
+
+def client_tls_files(tls: ClientTlsConfig, runtime: Runtime, alpn: tuple[str, ...] = ()) -> TlsFiles:
     """The files of a client `tls` section, loaded (and re-read on rotation) into a client context."""
     ca = runtime.resolve_path(tls.ca_path) if tls.ca_path else None
     cert = runtime.resolve_path(tls.cert_path) if tls.cert_path else None
     key = runtime.resolve_path(tls.key_path) if tls.key_path else None
     paths = {role: p for role, p in (("certPath", cert), ("keyPath", key), ("caPath", ca)) if p is not None}
-    return TlsFiles(paths, lambda: client_context(ca, cert, key), runtime.tls)
+    return TlsFiles(paths, lambda: client_context(ca, cert, key, alpn), runtime.tls)
 
 
 def _dropped_service(ctx: RouteContext) -> Awaitable[Response]:

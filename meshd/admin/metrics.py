@@ -95,6 +95,10 @@ METRICS: Final[dict[str, str]] = {
     "meshd_tls_cert_reloads_total": "Changed TLS files read again, by certificate path and result (success, error).",
     "meshd_tls_cert_expiry_timestamp_seconds": "When the certificate in use expires (Unix time), by path.",
     "meshd_authz_denied_total": "Requests refused (403) by a router's authorization policy, by rule.",
+    "meshd_h2_connection_errors_total": "HTTP/2 connections meshd closed for a protocol error or a flood, by router and reason.",
+    "meshd_h2_streams_reset_total": "HTTP/2 client streams meshd reset itself, by router and reason (zero_window, malformed).",
+    "meshd_h2_streams_refused_total": "Upstream HTTP/2 streams refused (GOAWAY, REFUSED_STREAM) and so retried elsewhere.",
+    "meshd_h2_ping_timeouts_total": "Upstream HTTP/2 connections closed because a PING went unanswered.",
 }
 
 _STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -297,6 +301,7 @@ def _steps(daemon: MetricsView, text: _Text) -> Iterator[None]:
         f"meshd_config_loaded_timestamp_seconds {_n(daemon.config_loaded_at)}\n"
     )
     _tls_steps(daemon, text)
+    _h2_steps(daemon, text)
     yield
 
 
@@ -315,6 +320,26 @@ def _discovery(daemon: MetricsView, text: _Text) -> None:
             if entry.confirmed_at is not None:
                 age.append(f"meshd_discovery_last_update_age_seconds{{{labels}}} {max(now - entry.confirmed_at, 0.0):.3f}\n")
             stale.append(f"meshd_discovery_stale{{{labels}}} {1 if entry.stale else 0}\n")
+
+
+def _h2_steps(daemon: MetricsView, text: _Text) -> None:
+    """The HTTP/2 families (meshd/http2/guard.py `H2Stats`), for routers that have served HTTP/2."""
+    f = text.lines
+    for router in list(daemon.routers):
+        stats = getattr(router, "h2_stats", None)
+        if stats is None or getattr(getattr(router, "config", None), "protocol", "http") != "h2":
+            continue
+        r = f'router="{_esc(router.label)}"'
+        for reason, count in sorted(stats.connection_errors.items()):
+            f["meshd_h2_connection_errors_total"].append(
+                f'meshd_h2_connection_errors_total{{reason="{_esc(reason)}",{r}}} {_n(count)}\n'
+            )
+        for reason, count in sorted(stats.streams_reset.items()):
+            f["meshd_h2_streams_reset_total"].append(
+                f'meshd_h2_streams_reset_total{{reason="{_esc(reason)}",{r}}} {_n(count)}\n'
+            )
+        f["meshd_h2_streams_refused_total"].append(f"meshd_h2_streams_refused_total{{{r}}} {_n(stats.streams_refused)}\n")
+        f["meshd_h2_ping_timeouts_total"].append(f"meshd_h2_ping_timeouts_total{{{r}}} {_n(stats.ping_timeouts)}\n")
 
 
 def _tls_steps(daemon: MetricsView, text: _Text) -> None:

@@ -65,8 +65,8 @@ def _label_ok(label: str) -> None:
 
 
 def _protocol_ok(protocol: str) -> None:
-    if protocol != "http":
-        raise ValueError(f"only 'http' is supported, got {protocol!r}")
+    if protocol not in ("http", "h2"):
+        raise ValueError(f"expected 'http' (HTTP/1.1) or 'h2' (HTTP/2), got {protocol!r}")
 
 
 def _servers_ok(servers: tuple[ServerConfig, ...]) -> None:
@@ -430,11 +430,27 @@ class AuthorizationConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class H2Config:
+    """HTTP/2 on a router with `protocol: h2` (docs/http2.md): the SETTINGS meshd advertises on
+    both sides, HTTP/1.1 on the same port, and the connection-level timers."""
+
+    max_concurrent_streams: int = field(default=100, metadata={"min": 1, "max": 2**31 - 1})
+    initial_window_size: int = field(default=65_535, metadata={"min": 1, "max": 2**31 - 1})
+    max_frame_size: int = field(default=16_384, metadata={"min": 16_384, "max": 16_777_215})
+    max_header_list_size: int = field(default=65_536, metadata={"min": 1024, "max": 16 * 1024 * 1024})
+    accept_http1: bool = False
+    zero_window_timeout_ms: int = field(default=30_000, metadata={"min": 1})
+    ping_interval_ms: int = field(default=10_000, metadata={"min": 1})
+    ping_timeout_ms: int = field(default=5_000, metadata={"min": 1})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RouterConfig:
     """One router: listeners, how requests are named and bound, and the service and client stacks."""
 
     label: str = field(metadata={"check": _label_ok})
     protocol: str = field(default="http", metadata={"check": _protocol_ok})
+    h2: H2Config = field(default_factory=H2Config)
     servers: tuple[ServerConfig, ...] = field(default=(ServerConfig(),), metadata={"check": _servers_ok})
     identifier: IdentifierConfig = field(default_factory=HeaderIdentifierConfig, metadata={"registry": IDENTIFIERS})
     dtab: str = field(default="", metadata={"check": _dtab_ok})

@@ -54,6 +54,14 @@ and the closure it returns is named after the arrow.
 19. `meshd.pool.connection:UpstreamConnection.send` - writes the head and attaches the body; the
     returned future resolves with the response head, its body streaming behind it.
 
+Over HTTP/2 (a router with `protocol: h2`, docs/http2.md) only the two ends differ: steps 1-5
+are `meshd.h2server:H2ServerProtocol.data_received` (the connection's codec, from
+`meshd.http2.factory:new_codec`), `meshd.h2server:H2ServerProtocol._on_headers` (each stream's
+header block becomes the same wire `Request`, `meshd.http2.convert:request_from_h2`) and
+`meshd.h2server:H2ServerProtocol._serve` (one task per stream, same stats, admission and error
+responder); steps 17-19 are `meshd.client:Client._send_h2` and `meshd.pool.h2:H2Pool.send`
+(one stream on a multiplexed upstream connection). Steps 6-16 are the same code.
+
 And back: the response returns through the same calls (the retry stage classifies it, the client
 tells the balancer when its body ends) to `_serve`, which records it and calls
 `meshd.listener:ServerProtocol._write_response` to write the head and stream the body.

@@ -13,7 +13,8 @@ A line is logfmt (`key=value`, values with spaces quoted), for example:
 its status or meshd's error kind (`connect_failed`, `attempt_timeout`, ...), then `retry=<reason>`
 when meshd retried it (`response`, `error` or `requeue`, as in `meshd_retries_total`); a run of
 identical attempts is written once with a count (`... retry=requeue x99`). `status` is what the
-client got; a request the client abandoned is logged with `status=cancelled`.
+client got; a request the client abandoned is logged with `status=cancelled`. A request that
+arrived over HTTP/2 (docs/http2.md) ends with `proto=h2`.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class AccessLog:
             f"router={self._router} reqid={ctx.reqid or '-'} client={request.client_ip or '-'} "
             f"method={request.method} target={_quote(request.target)} service={ctx.logical_name or '-'} "
             f"status={status} attempts={ctx.attempts} tries={_quote(_collapse(tries))} "
-            f"duration_ms={seconds * 1000:.1f}"
+            f"duration_ms={seconds * 1000:.1f}" + (" proto=h2" if request.version == "2" else "")
         )
 
     def __repr__(self) -> str:

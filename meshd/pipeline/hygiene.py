@@ -34,6 +34,8 @@ _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_MESHD_HOPS: Final = 8
 _VIA_11 = (b"Via", b"1.1 meshd")
 _VIA_10 = (b"Via", b"1.0 meshd")
+#: a request that arrived over HTTP/2 (meshd/http2/convert.py: version "2")
+_VIA_2 = (b"Via", b"2 meshd")
 
 
 class TrustPolicy:
@@ -125,7 +127,8 @@ def hygiene_filter(trust: TrustPolicy, ids: RequestIds) -> Filter:
             append_via(headers, request.version, b"meshd")
             append_forwarded_for(headers, request.client_ip)
         else:
-            headers.append(_VIA_11 if request.version == "1.1" else _VIA_10)
+            version = request.version
+            headers.append(_VIA_11 if version == "1.1" else _VIA_2 if version == "2" else _VIA_10)
             xff = xff_values.get(request.client_ip)
             if xff is None:
                 if len(xff_values) >= 4096:

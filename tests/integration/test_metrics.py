@@ -41,6 +41,11 @@ ONLY_WHEN_CONFIGURED = {
     "meshd_tls_cert_reloads_total": "TLS servers or clients",
     "meshd_tls_cert_expiry_timestamp_seconds": "TLS servers or clients",
     "meshd_authz_denied_total": "routers with a TLS server or an authorization section",
+    # HTTP/2 (docs/http2.md; tests/integration/test_h2_attacks.py checks them)
+    "meshd_h2_connection_errors_total": "routers with protocol: h2",
+    "meshd_h2_streams_reset_total": "routers with protocol: h2",
+    "meshd_h2_streams_refused_total": "routers with protocol: h2",
+    "meshd_h2_ping_timeouts_total": "routers with protocol: h2",
 }
 
 

@@ -210,7 +210,7 @@ def test_every_problem_in_the_file_is_reported_in_file_order():
             "routers[0].label: line 2: must be letters, digits, '-', '_' or '.', got 'out going'",
         ),
         ("label: ''", "routers[0].label: line 2: must be letters, digits"),
-        ("{label: x, protocol: h2}", "routers[0].protocol: line 2: only 'http' is supported, got 'h2'"),
+        ("{label: x, protocol: h3}", "routers[0].protocol: line 2: expected 'http' (HTTP/1.1) or 'h2' (HTTP/2), got 'h3'"),
         ("{label: x, servers: []}", "routers[0].servers: line 2: a router needs at least one server"),
         # the column is counted in the file: just after "/svc => ", inside the quotes
         ("{label: x, dtab: '/svc => '}", "routers[0].dtab: line 2, column 31: expected a path"),

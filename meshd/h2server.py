@@ -1,0 +1,763 @@
+"""The HTTP/2 server side: one protocol object per downstream connection, each stream a request.
+
+How this works: `H2ServerProtocol` owns the connection's codec (meshd/http2/factory.py) and its
+streams. Each stream's header block becomes the same wire `Request` the HTTP/1 codec builds
+(meshd/http2/convert.py), with a streaming `Body` fed by DATA frames; the stream's task makes a
+`RouteContext` and awaits the router's service exactly as the HTTP/1 listener does, with the
+listener's stats (`observe`), admission and error responder (`error_response`): it is the same
+`Listener` object, only the per-connection protocol differs. Many streams run at once, one task
+each.
+
+Flow control, end to end:
+- request bodies: received DATA is acknowledged (`codec.consumed`, which reopens the client's
+  window) as soon as the body has passed it on. When the body's consumer (an upstream
+  connection) pauses it, acknowledgements stop, so the client's window closes and it stops
+  sending: meshd holds at most one window (`initialWindowSize`) plus the body's 64 KiB buffer
+  per stream.
+- response bodies: the response body's producer (the upstream) is paused while more than
+  `SEND_MARK` bytes wait in the codec for the client's window, and while this connection's
+  transport has a full write buffer; it resumes on WINDOW_UPDATE / `resume_writing`.
+
+Defences (docs/http2.md): the codec's own limits (SETTINGS it advertises, HPACK bounds), the
+frame guard (meshd/http2/guard.py: rapid reset, SETTINGS and PING floods, CONTINUATION flood),
+an outbound bound (a peer that does not read what meshd writes, ACKs included, is closed once
+`MAX_OUTBOUND` bytes wait), and the zero-window hold: a stream whose response cannot be sent for
+`zeroWindowTimeoutMs` because the client keeps its window shut is reset, and a connection that
+opened no window at all meanwhile is closed. Each is counted by reason in the router's `H2Stats`.
+
+Drain (reload, shutdown): GOAWAY with the last stream accepted; streams already accepted finish,
+then the connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from time import monotonic
+from typing import Final, cast
+
+from meshd.clock import Timer
+from meshd.config.model import H2Config, RouterConfig
+from meshd.errors import BodyTimeout, MeshdError, RequestTimeout
+from meshd.http.body import Body, Trailers
+from meshd.http.messages import Request, Response
+from meshd.http2 import codec as h2
+from meshd.http2.codec import H2Codec, H2Settings
+from meshd.http2.convert import (
+    MalformedRequest,
+    h2_response_headers,
+    h2_trailers,
+    request_from_h2,
+)
+from meshd.http2.factory import new_codec
+from meshd.http2.guard import FrameGuard, H2Stats, reason_label
+from meshd.listener import (
+    CLIENT_CLOSED_REQUEST,
+    UNIDENTIFIED,
+    ConnectionClosed,
+    Listener,
+    ServerProtocol,
+    error_response,
+)
+from meshd.pipeline.context import RouteContext
+
+log = logging.getLogger("meshd.h2server")
+
+#: a response body's producer is paused while more than this waits in the codec for the window
+SEND_MARK: Final = 64 * 1024
+#: a connection whose transport holds more than this unwritten (the peer does not read) is closed
+MAX_OUTBOUND: Final = 4 * 1024 * 1024
+#: the name of each stream's task
+STREAM_TASK: Final = "meshd h2 stream"
+
+
+@dataclass(frozen=True, slots=True)
+class H2ServerConfig:
+    """What a router's `h2` section sets on its HTTP/2 server connections."""
+
+    settings: H2Settings = field(default_factory=H2Settings)
+    #: connections that do not begin with the HTTP/2 preface are served as HTTP/1.1
+    accept_http1: bool = False
+    #: a stream that could not send for this long because the client keeps its window shut is reset
+    zero_window_timeout_s: float = 30.0
+
+
+class _Stream:
+    __slots__ = (
+        "sid",
+        "request",
+        "body",
+        "task",
+        "response",
+        "reading_paused",
+        "unacked",
+        "writing",
+        "producer_paused",
+        "blocked_since",
+        "ctx",
+        "served_since",
+        "sent",
+        "body_read_at",
+        "upload_cut",
+    )
+
+    def __init__(self, sid: int) -> None:
+        self.sid = sid
+        self.request: Request | None = None
+        #: the request body while it is still arriving
+        self.body: Body | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.response: Response | None = None
+        #: the request body's consumer paused it: DATA is not acknowledged until it resumes
+        self.reading_paused = False
+        self.unacked = 0
+        #: the response head was sent; its body is being written
+        self.writing = False
+        self.producer_paused = False
+        #: when the response body last found the client's window shut (-1: it is not)
+        self.blocked_since = -1.0
+        self.ctx: RouteContext | None = None
+        self.served_since = -1.0
+        #: the whole response was handed to the codec (some of it may wait for the window)
+        self.sent = False
+        #: when the request body last received DATA (or reading resumed): `bodyIdleTimeoutMs`
+        self.body_read_at = 0.0
+        #: meshd gave up on the request body (timeout): the upload is stopped after the response
+        self.upload_cut = False
+
+
+class _StreamReader:
+    """The request body's producer: pausing it withholds the client's window (FlowControl)."""
+
+    __slots__ = ("_conn", "_stream")
+
+    def __init__(self, conn: H2ServerProtocol, stream: _Stream) -> None:
+        self._conn = conn
+        self._stream = stream
+
+    def pause_reading(self) -> None:
+        self._stream.reading_paused = True
+
+    def resume_reading(self) -> None:
+        stream = self._stream
+        if not stream.reading_paused:
+            return
+        stream.reading_paused = False
+        stream.body_read_at = self._conn._clock.now()  # time paused by meshd does not count
+        unacked, stream.unacked = stream.unacked, 0
+        if unacked:
+            self._conn._ack(stream.sid, unacked)
+
+
+class _ResponseWriter:
+    """Writes one stream's response body as DATA frames and trailers."""
+
+    __slots__ = ("_conn", "_stream")
+
+    def __init__(self, conn: H2ServerProtocol, stream: _Stream) -> None:
+        self._conn = conn
+        self._stream = stream
+
+    def on_data(self, data: bytes) -> None:
+        conn = self._conn
+        if data and not conn._closing:
+            conn._codec.send_data(self._stream.sid, data, False)
+            conn._flush()
+            conn._check_send_window(self._stream)
+
+    def on_end(self, trailers: Trailers | None) -> None:
+        conn = self._conn
+        if conn._closing:
+            return
+        sid = self._stream.sid
+        if trailers:
+            conn._codec.send_trailers(sid, h2_trailers(trailers))
+        else:
+            conn._codec.end_stream(sid)
+        conn._flush()
+        conn._response_done(self._stream)
+
+    def on_error(self, exc: BaseException) -> None:
+        conn = self._conn
+        code = getattr(exc, "h2_error_code", None)
+        conn._reset(self._stream, code if isinstance(code, int) else h2.INTERNAL_ERROR)
+
+
+class H2ServerProtocol(asyncio.Protocol):
+    """One downstream HTTP/2 connection (h2c with prior knowledge, or TLS with ALPN `h2`)."""
+
+    def __init__(self, listener: Listener, config: H2ServerConfig, stats: H2Stats) -> None:
+        self._listener = listener
+        self._config = config
+        self._stats = stats
+        self._clock = listener.clock
+        self._codec: H2Codec = new_codec(False, config.settings)
+        self._guard = FrameGuard(
+            server_side=True, max_block_bytes=config.settings.max_header_list_size, now=self._clock.now()
+        )
+        self._transport: asyncio.Transport | None = None
+        self._streams: dict[int, _Stream] = {}
+        self._client_ip = ""
+        self._peer_identity = ""
+        self._closing = False
+        self._draining = False
+        self._write_paused = False
+        self._zero_window_timer: Timer | None = None
+        self._body_timer: Timer | None = None
+        #: when the last read arrived (request bodies' idle time is measured from it)
+        self._read_at = 0.0
+        self._idle_timer: Timer | None = None
+        self._idle_since = 0.0
+        #: when the client last opened a window (a zero-window hold is judged against it)
+        self._window_updated_at = -1.0
+        self._replay_limit = listener.limits.replay_limit
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        identify_peer = self._listener.peer_identity
+        if identify_peer is not None:
+            self._peer_identity = identify_peer(transport)
+        self._listener.connections.add(self)
+        self._listener.accepted += 1
+        self._codec.start()
+        self._flush()
+        if self._listener.draining:
+            self.drain()
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._read_at = now = self._clock.now()
+        reason = self._guard.feed(data, now)
+        if reason is not None:
+            self._connection_error(h2.ENHANCE_YOUR_CALM, reason)
+            return
+        for event in self._codec.receive(data):
+            if isinstance(event, h2.DataReceived):
+                self._on_data(event)
+            elif isinstance(event, h2.HeadersReceived):
+                self._on_headers(event)
+            elif isinstance(event, h2.TrailersReceived):
+                self._on_trailers(event)
+            elif isinstance(event, h2.WindowUpdated):
+                self._window_updated_at = self._clock.now()
+                self._on_window(event.stream_id)
+            elif isinstance(event, h2.StreamReset):
+                self._on_reset(event)
+            elif isinstance(event, h2.GoAwayReceived):
+                self._draining = True
+            elif isinstance(event, h2.ConnectionError):
+                self._stats.count(reason_label(event.error_code, event.reason))
+                self._flush()
+                self._close()
+                return
+        self._flush()
+        if self._draining and not self._streams:
+            self._close()
+
+    def eof_received(self) -> bool | None:
+        self._close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._listener._forget(self)
+        self._cancel_timers()
+        lost = ConnectionClosed("client disconnected")
+        for stream in list(self._streams.values()):
+            self._abandon(stream, lost)
+        self._streams.clear()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        for stream in self._streams.values():
+            self._pause_producer(stream)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for stream in list(self._streams.values()):
+            self._maybe_resume_producer(stream)
+
+    # -- drain (Listener.begin_drain) -------------------------------------------------------------
+    def drain(self) -> None:
+        if self._draining or self._closing:
+            return
+        self._draining = True
+        self._codec.goaway(h2.NO_ERROR)
+        self._flush()
+        if not self._streams:
+            self._close()
+
+    def abort(self) -> None:
+        self._closing = True
+        self._cancel_timers()
+        if self._transport is not None:
+            self._transport.abort()
+
+    @property
+    def is_idle(self) -> bool:
+        return not self._streams
+
+    # -- streams in ---------------------------------------------------------------------------------
+    def _on_headers(self, event: h2.HeadersReceived) -> None:
+        sid = event.stream_id
+        if sid in self._streams:
+            return  # interim or repeated head on an open stream: the codec would have refused a bad one
+        if self._draining:
+            self._codec.reset_stream(sid, h2.REFUSED_STREAM)
+            return
+        stream = _Stream(sid)
+        try:
+            request = request_from_h2(
+                event.headers,
+                event.end_stream,
+                client_ip=self._client_ip,
+                replay_limit=self._replay_limit,
+                producer=_StreamReader(self, stream),
+            )
+        except MalformedRequest:
+            self._stats.count_reset("malformed")
+            self._codec.reset_stream(sid, h2.PROTOCOL_ERROR)
+            self._listener.observe(UNIDENTIFIED, 400, 0.0)
+            return
+        stream.request = request
+        if not request.body.ended:
+            stream.body = request.body
+            stream.body_read_at = self._read_at
+            self._arm_body_timer()
+        self._streams[sid] = stream
+        self._idle_since = -1.0
+        stream.task = asyncio.get_running_loop().create_task(self._serve(stream), name=STREAM_TASK)
+
+    def _on_data(self, event: h2.DataReceived) -> None:
+        stream = self._streams.get(event.stream_id)
+        body = stream.body if stream is not None else None
+        if stream is None or body is None:
+            self._ack(event.stream_id, event.flow_length)  # a stream meshd gave up: keep the window open
+            return
+        stream.body_read_at = self._read_at
+        if event.data:
+            body.feed(event.data)
+        if stream.reading_paused:
+            stream.unacked += event.flow_length
+        else:
+            self._codec.consumed(event.stream_id, event.flow_length)
+        if event.end_stream:
+            stream.body = None
+            body.end(None)
+
+    def _on_trailers(self, event: h2.TrailersReceived) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is None or stream.body is None:
+            return
+        body, stream.body = stream.body, None
+        body.end(h2_trailers(event.headers))
+
+    def _on_reset(self, event: h2.StreamReset) -> None:
+        stream = self._streams.pop(event.stream_id, None)
+        if stream is None:
+            return
+        self._abandon(stream, ConnectionClosed(f"client reset the stream (error code {event.error_code})"))
+        self._maybe_close_drained()
+
+    def _on_window(self, sid: int) -> None:
+        if sid == 0:
+            for stream in list(self._streams.values()):
+                self._maybe_resume_producer(stream)
+            return
+        one = self._streams.get(sid)
+        if one is not None:
+            self._maybe_resume_producer(one)
+
+    def _ack(self, sid: int, length: int) -> None:
+        if length and not self._closing:
+            self._codec.consumed(sid, length)
+            self._flush()
+
+    # -- serving one stream -------------------------------------------------------------------------
+    async def _serve(self, stream: _Stream) -> None:
+        """Run one stream's request through the router's service, as `ServerProtocol._serve` does."""
+        listener = self._listener
+        request = stream.request
+        assert request is not None
+        ctx = stream.ctx = RouteContext(request, self._peer_identity)
+        stream.served_since = started = monotonic()
+        admission = listener.admission
+        admitted = admission.enter()
+        try:
+            if not admitted:
+                await admission.wait()
+                admitted = True
+            response = await listener.service(ctx)
+        except MeshdError as exc:
+            response = error_response(exc)
+        except TimeoutError:
+            response = error_response(RequestTimeout("request timed out"))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error in the request pipeline")
+            response = error_response(MeshdError("internal error in meshd"))
+        finally:
+            if admitted:
+                admission.leave()
+        listener.observe(ctx.logical_name or UNIDENTIFIED, response.status, monotonic() - started)
+        stream.ctx = None
+        if self._closing or self._streams.get(stream.sid) is not stream:
+            response.body.cancel(ConnectionClosed("client reset the stream"))
+            return
+        self._write_response(stream, response)
+
+    def _write_response(self, stream: _Stream, response: Response) -> None:
+        body = response.body
+        stream.response = response
+        request = stream.request
+        no_body = (request is not None and request.method == "HEAD") or response.status in (204, 304)
+        # content-length only as the upstream gave it (an empty END_STREAM, e.g. a gRPC
+        # trailers-only response, carries none)
+        length = response.content_length if no_body else (body.length or response.content_length)
+        headers = h2_response_headers(response, length)
+        try:
+            self._send_head(stream, response, headers, no_body)
+        except Exception as exc:  # the codec refused the head (a field HTTP/2 does not allow)
+            log.debug("response head refused by the HTTP/2 codec: %s", exc)
+            self._reset(stream, h2.INTERNAL_ERROR)
+            body.cancel(ConnectionClosed("response head could not be sent"))
+
+    def _send_head(self, stream: _Stream, response: Response, headers: list[tuple[bytes, bytes]],
+                   no_body: bool) -> None:
+        body = response.body
+        if no_body or (body.ended and body.error is None and body.received == 0 and body.length in (None, 0)
+                       and not body.chunked):
+            self._codec.send_headers(stream.sid, headers, True)
+            self._flush()
+            if not body.ended:
+                body.cancel(ConnectionClosed("response must not carry a body"))
+            self._response_done(stream)
+            return
+        self._codec.send_headers(stream.sid, headers, False)
+        stream.writing = True
+        body.attach(_ResponseWriter(self, stream))
+        if self._write_paused and not body.ended:
+            self._pause_producer(stream)
+
+    def _response_done(self, stream: _Stream) -> None:
+        stream.writing = False
+        stream.sent = True
+        if self._codec.buffered(stream.sid):
+            # the end is queued behind data the client's window does not allow yet: the stream
+            # stays (a drain waits for it, the zero-window hold bounds it) until it has gone out
+            if stream.blocked_since < 0.0:
+                stream.blocked_since = self._clock.now()
+                self._arm_zero_window()
+            return
+        self._stream_done(stream)
+
+    def _stream_done(self, stream: _Stream) -> None:
+        stream.blocked_since = -1.0
+        if stream.body is not None or stream.upload_cut:
+            # The response is complete before the request body: RFC 9113 §8.1 lets the server
+            # stop the upload with RST_STREAM(NO_ERROR).
+            body, stream.body = stream.body, None
+            if body is not None:
+                body.fail(ConnectionClosed("response complete before the request body"))
+            self._codec.reset_stream(stream.sid, h2.NO_ERROR)
+            self._flush()
+        if self._streams.get(stream.sid) is stream:
+            del self._streams[stream.sid]
+        self._maybe_close_drained()
+        if not self._streams:
+            self._arm_idle()
+
+    def _abandon(self, stream: _Stream, exc: BaseException) -> None:
+        """The stream is gone (reset by either side, connection lost): stop all of its work."""
+        if stream.body is not None:
+            body, stream.body = stream.body, None
+            body.fail(exc)
+        response = stream.response
+        if response is not None and not response.body.ended:
+            response.body.cancel(exc)
+        task = stream.task
+        if task is not None and not task.done() and response is None:
+            task.cancel()
+            ctx = stream.ctx
+            name = ctx.logical_name if ctx is not None else ""
+            since = stream.served_since
+            self._listener.observe(name or UNIDENTIFIED, CLIENT_CLOSED_REQUEST,
+                                   monotonic() - since if since >= 0.0 else 0.0)
+
+    def _reset(self, stream: _Stream, code: int) -> None:
+        """meshd resets a stream (its upstream failed mid-response, or the zero-window hold)."""
+        if self._streams.get(stream.sid) is stream:
+            del self._streams[stream.sid]
+        if not self._closing:
+            self._codec.reset_stream(stream.sid, code)
+            self._flush()
+        self._abandon(stream, ConnectionClosed("stream reset by meshd"))
+        self._maybe_close_drained()
+
+    # -- response back-pressure ---------------------------------------------------------------------
+    def _check_send_window(self, stream: _Stream) -> None:
+        if self._codec.buffered(stream.sid) > SEND_MARK:
+            if stream.blocked_since < 0.0:
+                stream.blocked_since = self._clock.now()
+                self._arm_zero_window()
+            self._pause_producer(stream)
+
+    def _pause_producer(self, stream: _Stream) -> None:
+        response = stream.response
+        if stream.writing and response is not None and not stream.producer_paused:
+            stream.producer_paused = True
+            response.body.pause_producing()
+
+    def _maybe_resume_producer(self, stream: _Stream) -> None:
+        if stream.sent:
+            if not self._codec.buffered(stream.sid):
+                self._stream_done(stream)
+            return
+        if self._codec.buffered(stream.sid) <= SEND_MARK:
+            stream.blocked_since = -1.0
+            if stream.producer_paused and not self._write_paused:
+                stream.producer_paused = False
+                response = stream.response
+                if response is not None:
+                    response.body.resume_producing()
+
+    def _arm_body_timer(self, delay: float | None = None) -> None:
+        if self._body_timer is None and not self._closing:
+            if delay is None:
+                delay = self._listener.limits.body_idle_timeout_s
+            self._body_timer = self._clock.call_later(delay, self._on_body_timeout)
+
+    def _on_body_timeout(self) -> None:
+        """Request bodies that received nothing for `bodyIdleTimeoutMs` (slow-body defence): the
+        body fails with 408, which answers the request unless its response has begun."""
+        self._body_timer = None
+        if self._closing:
+            return
+        timeout = self._listener.limits.body_idle_timeout_s
+        now = self._clock.now()
+        next_check: float | None = None
+        for stream in list(self._streams.values()):
+            body = stream.body
+            if body is None:
+                continue
+            if stream.reading_paused:
+                next_check = timeout  # meshd's choice: measured again from when reading resumes
+                continue
+            left = stream.body_read_at + timeout - now
+            if left > 0.005:
+                next_check = left if next_check is None else min(next_check, left)
+                continue
+            stream.body = None
+            stream.upload_cut = True
+            body.fail(BodyTimeout(f"request body: nothing received for {timeout * 1000:g} ms (bodyIdleTimeoutMs)"))
+        if next_check is not None:
+            self._arm_body_timer(next_check)
+
+    def _arm_zero_window(self) -> None:
+        if self._zero_window_timer is None and not self._closing:
+            self._zero_window_timer = self._clock.call_later(
+                self._config.zero_window_timeout_s, self._on_zero_window
+            )
+
+    def _on_zero_window(self) -> None:
+        self._zero_window_timer = None
+        if self._closing:
+            return
+        now = self._clock.now()
+        timeout = self._config.zero_window_timeout_s
+        held = [s for s in self._streams.values() if s.blocked_since >= 0.0 and now - s.blocked_since >= timeout - 0.005]
+        if held:
+            if self._window_updated_at < min(s.blocked_since for s in held):
+                # not one WINDOW_UPDATE since: the client reads nothing at all on this connection
+                self._connection_error(h2.ENHANCE_YOUR_CALM, "zero_window")
+                return
+            for stream in held:
+                self._stats.count_reset("zero_window")
+                self._reset(stream, h2.CANCEL)
+        if any(s.blocked_since >= 0.0 for s in self._streams.values()):
+            self._arm_zero_window()
+
+    # -- connection ---------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        data = self._codec.data_to_send()
+        transport = self._transport
+        if data and transport is not None and not self._closing:
+            transport.write(data)
+            if transport.get_write_buffer_size() > MAX_OUTBOUND:
+                # the peer does not read what meshd writes (its own PINGs' and SETTINGS' ACKs
+                # included): nothing bounds what would pile up
+                self._stats.count("outbound_flood")
+                self.abort()
+
+    def _connection_error(self, code: int, reason: str | None) -> None:
+        if reason is not None:
+            self._stats.count(reason)
+        self._codec.goaway(code)
+        self._flush()
+        self._close()
+
+    def _maybe_close_drained(self) -> None:
+        if self._draining and not self._streams:
+            self._close()
+
+    def _arm_idle(self) -> None:
+        self._idle_since = self._clock.now()
+        if self._idle_timer is None and not self._closing:
+            self._idle_timer = self._clock.call_later(self._listener.limits.idle_timeout_s, self._on_idle)
+
+    def _on_idle(self) -> None:
+        self._idle_timer = None
+        if self._closing or self._streams or self._idle_since < 0.0:
+            return
+        deadline = self._idle_since + self._listener.limits.idle_timeout_s
+        now = self._clock.now()
+        if now + 0.005 < deadline:
+            self._idle_timer = self._clock.call_later(deadline - now, self._on_idle)
+            return
+        self._codec.goaway(h2.NO_ERROR)
+        self._flush()
+        self._close()
+
+    def _cancel_timers(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        if self._zero_window_timer is not None:
+            self._zero_window_timer.cancel()
+            self._zero_window_timer = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _close(self) -> None:
+        if not self._closing:
+            self._flush()  # what the codec still holds (the last frames, GOAWAY) goes out first
+            self._closing = True
+            self._cancel_timers()
+            if self._transport is not None:
+                self._transport.close()
+
+
+class PrefaceSniffer(asyncio.Protocol):
+    """Serves a connection as HTTP/2 or HTTP/1.1, decided by its first bytes (or TLS ALPN).
+
+    Used on routers with `protocol: h2` and `h2.acceptHttp1: true`: a connection that begins with
+    the HTTP/2 preface (or negotiated `h2` by ALPN) gets an `H2ServerProtocol`, any other an
+    HTTP/1.1 `ServerProtocol`; the transport is handed to it and the bytes read so far replayed.
+    """
+
+    def __init__(self, listener: Listener, config: H2ServerConfig, stats: H2Stats) -> None:
+        self._listener = listener
+        self._config = config
+        self._stats = stats
+        self._transport: asyncio.Transport | None = None
+        self._seen = b""
+        self._timer: Timer | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        # until it is handed on, the connection is the listener's like any other (drained, aborted)
+        self._listener.connections.add(self)
+        if self._listener.draining:
+            self.drain()
+            return
+        # a client that sends nothing is closed after the header timeout, as on HTTP/1.1
+        self._timer = self._listener.clock.call_later(self._listener.limits.header_timeout_s, self.drain)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            alpn = ssl_object.selected_alpn_protocol()
+            if alpn == "h2":
+                self._switch(H2ServerProtocol(self._listener, self._config, self._stats), b"")
+            elif alpn == "http/1.1":
+                self._switch(ServerProtocol(self._listener), b"")
+
+    def data_received(self, data: bytes) -> None:
+        seen = self._seen + data
+        preface = h2.PREFACE
+        if seen[: len(preface)] == preface[: len(seen)] and len(seen) < len(preface):
+            self._seen = seen  # could still be the preface: wait for more
+            return
+        self._seen = b""
+        if seen.startswith(preface):
+            self._switch(H2ServerProtocol(self._listener, self._config, self._stats), seen)
+        else:
+            self._switch(ServerProtocol(self._listener), seen)
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._done()
+
+    def drain(self) -> None:
+        """Nothing decided yet: close (a client retries on a new connection)."""
+        self._done()
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        self._done()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _done(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._listener._forget(self)
+
+    def _switch(self, protocol: asyncio.Protocol, replay: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        self._done()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if replay:
+            protocol.data_received(replay)
+
+
+def h2_protocol(listener: Listener, config: H2ServerConfig, stats: H2Stats) -> asyncio.Protocol:
+    """The protocol of a new connection on an HTTP/2 router's socket."""
+    if config.accept_http1:
+        return PrefaceSniffer(listener, config, stats)
+    return H2ServerProtocol(listener, config, stats)
+
+
+def h2_server_config(h2config: H2Config) -> H2ServerConfig:
+    """The server side's settings from a router's `h2` section (cached: one per section)."""
+    cached = _CONFIGS.get(h2config)
+    if cached is None:
+        if len(_CONFIGS) > 64:
+            _CONFIGS.clear()
+        cached = _CONFIGS[h2config] = H2ServerConfig(
+            settings=h2_settings(h2config),
+            accept_http1=h2config.accept_http1,
+            zero_window_timeout_s=h2config.zero_window_timeout_ms / 1000.0,
+        )
+    return cached
+
+
+def h2_settings(h2config: H2Config) -> H2Settings:
+    return H2Settings(
+        max_concurrent_streams=h2config.max_concurrent_streams,
+        initial_window_size=h2config.initial_window_size,
+        max_frame_size=h2config.max_frame_size,
+        max_header_list_size=h2config.max_header_list_size,
+    )
+
+
+def alpn_protocols(router: RouterConfig) -> tuple[str, ...]:
+    """What a router's TLS servers offer by ALPN: `h2` (and `http/1.1` with `acceptHttp1`)."""
+    if router.protocol != "h2":
+        return ()
+    return ("h2", "http/1.1") if router.h2.accept_http1 else ("h2",)
+
+
+_CONFIGS: dict[H2Config, H2ServerConfig] = {}
