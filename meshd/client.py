@@ -170,8 +170,14 @@ class Client:
         self.inflight += 1
         if retry:
             self.retrying += 1
+        # tracing (docs/tracing.md): a sampled request's attempt gets a span of its own, which the
+        # upstream sees as its parent in `traceparent`; one attribute test otherwise
+        attempt = ctx.span.child(self.label, endpoint.label, ctx.attempts) if ctx.span is not None else None
         try:
-            head = request_head(request, self._dst_headers(ctx.logical_name))
+            if attempt is None:
+                head = request_head(request, self._dst_headers(ctx.logical_name))
+            else:
+                head = request_head(request, self._dst_headers(ctx.logical_name) + attempt.traceparent_line())
             conn = endpoint.pool.try_acquire_idle()
             if self._attempt_timeout_s is None and conn is not None:
                 # The common case inline: a warm pooled connection and no attempt timeout (one
@@ -206,13 +212,19 @@ class Client:
                     ) from None
                 finally:
                     timer.cancel()
-        except MeshdError:
+        except MeshdError as exc:
             self._finish(node, started, True, retry)
+            if attempt is not None:
+                attempt.end(exc.status, exc.kind, exc.l5d_err)
             raise
         except BaseException:
             self._finish(node, started, False, retry)
+            if attempt is not None:
+                attempt.end(0, "cancelled")
             raise
         status = response.status
+        if attempt is not None:
+            attempt.end(status)
         if status < 500:
             failure = False  # every classifier calls anything but a 5xx a success
         elif ctx.classifier is not None:
