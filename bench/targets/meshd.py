@@ -27,6 +27,9 @@ class MeshdTarget:
     balancer: Balancer = "ewma"
     retries: bool = True
     family: str = "meshd"
+    #: tracing on at this sample rate (None: off), exporting to `trace_collector`
+    tracing_sample_rate: float | None = None
+    trace_collector: str = ""
 
     def unavailable(self) -> str | None:
         if importlib.util.find_spec("meshd") is None or importlib.util.find_spec("meshd.__main__") is None:
@@ -42,7 +45,7 @@ class MeshdTarget:
             }
         else:
             service = {"retries": {"budget": {"minRetriesPerSec": 0, "percentCanRetry": 0.0}}}
-        return {
+        config: dict[str, object] = {
             "admin": {"ip": LOOPBACK, "port": admin_port},
             "namers": [{"kind": "fs", "rootDir": "./" + disco.name}],
             "routers": [
@@ -59,6 +62,10 @@ class MeshdTarget:
                 }
             ],
         }
+        if self.tracing_sample_rate is not None:
+            config["tracing"] = {"collector": self.trace_collector, "sampleRate": self.tracing_sample_rate,
+                                 "serviceName": "meshd-bench"}
+        return config
 
     def start(self, deployment: Deployment, supervisor: Supervisor, workdir: Path) -> RunningTarget:
         disco = workdir / "disco"
