@@ -40,6 +40,8 @@ class ThroughputOptions:
     def __post_init__(self) -> None:
         if self.connections < 1 or self.repeats < 1 or self.threads < 1:
             raise ValueError("connections, repeats and threads must be at least 1")
+        if self.duration_secs < 1:
+            raise ValueError("wrk runs for whole seconds: duration must be at least 1 s")
         self.tracing_rates()  # refuses a bad list before anything starts
 
     def tracing_rates(self) -> list[float]:
@@ -55,8 +57,6 @@ class ThroughputOptions:
                 raise ValueError(f"--tracing-sample-rate: {rate:g} is not between 0 and 1")
             rates.append(rate)
         return rates
-        if self.duration_secs < 1:
-            raise ValueError("wrk runs for whole seconds: duration must be at least 1 s")
 
     def scaled(self, factor: float) -> ThroughputOptions:
         return replace(self, duration_secs=max(1.0, round(self.duration_secs * factor)))
