@@ -24,6 +24,8 @@ HEX: Final = b"0123456789abcdef"
 _HEX_ANY_CASE: Final = b"0123456789abcdefABCDEF"
 ZERO_TRACE: Final = b"0" * 32
 ZERO_SPAN: Final = b"0" * 16
+_ZERO_TRACE_TEXT: Final = "0" * 32
+_ZERO_SPAN_TEXT: Final = "0" * 16
 
 #: the sampling decision of a B3 header that carries none (`b3: {trace}-{span}`): the receiver decides
 UNDECIDED: Final = -1
@@ -59,9 +61,24 @@ def _is_hex(value: bytes) -> bool:
     return len(value) > 0 and not value.translate(None, HEX)
 
 
+_HEX_DASH: Final = b"0123456789abcdef-"
+
+
 def parse_traceparent(value: bytes) -> TraceParent | None:
     """A `traceparent` header value, or None when it is malformed (never raises)."""
     n = len(value)
+    if n == 55 and value[2] == 45 and value[35] == 45 and value[52] == 45 and value.count(b"-") == 3:
+        # version 00's exact shape (the common case) in a few C calls: three dashes where they
+        # belong and nowhere else, every other character a lower-case hex digit
+        if value.translate(None, _HEX_DASH) or value[0:2] == b"ff":
+            return None
+        text = value.decode("ascii")
+        trace_id = text[3:35]
+        parent_id = text[36:52]
+        if trace_id == _ZERO_TRACE_TEXT or parent_id == _ZERO_SPAN_TEXT:
+            return None
+        c = value[54]  # the flags' low hex digit: its bit 0 is the sampled flag
+        return TraceParent(trace_id, parent_id, (c & 1) if c <= 57 else ((c + 1) & 1))
     if n < 55:
         return None
     version = value[0:2]
@@ -71,14 +88,14 @@ def parse_traceparent(value: bytes) -> TraceParent | None:
         return None
     if value[2:3] != b"-" or value[35:36] != b"-" or value[52:53] != b"-":
         return None
-    trace_id = value[3:35]
-    parent_id = value[36:52]
+    trace_bytes = value[3:35]
+    parent_bytes = value[36:52]
     flags = value[53:55]
-    if not _is_hex(trace_id) or not _is_hex(parent_id) or not _is_hex(flags):
+    if not _is_hex(trace_bytes) or not _is_hex(parent_bytes) or not _is_hex(flags):
         return None
-    if trace_id == ZERO_TRACE or parent_id == ZERO_SPAN:
+    if trace_bytes == ZERO_TRACE or parent_bytes == ZERO_SPAN:
         return None
-    return TraceParent(trace_id.decode("ascii"), parent_id.decode("ascii"), int(flags, 16) & 1)
+    return TraceParent(trace_bytes.decode("ascii"), parent_bytes.decode("ascii"), int(flags, 16) & 1)
 
 
 def format_traceparent(trace_id: str, span_id: str, sampled: bool) -> bytes:

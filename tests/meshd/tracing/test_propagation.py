@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -118,3 +120,30 @@ def test_sample_rate() -> None:
     assert parse_sample_rate(b"0.25") == 0.25
     for bad in [b"", b"1.5", b"-0.1", b"nan", b"inf", b"half", b"\xff"]:
         assert parse_sample_rate(bad) is None, bad
+
+
+_REFERENCE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL)
+
+
+def reference(value: str) -> TraceParent | None:
+    """The W3C rules written as plainly as possible, to check the parser's fast path against."""
+    m = _REFERENCE.fullmatch(value)
+    if m is None or m[1] == "ff" or (m[1] == "00" and m[5] is not None):
+        return None
+    if set(m[2]) == {"0"} or set(m[3]) == {"0"}:
+        return None
+    return TraceParent(m[2], m[3], int(m[4], 16) & 1)
+
+
+@given(st.text(alphabet="0123456789abcdefA-", min_size=53, max_size=58))
+@example("00-" + "0" * 32 + "-" + "1" * 16 + "-01")
+@example("00-" + "1" * 32 + "-" + "1" * 16 + "-0f")
+@example("ff-" + "1" * 32 + "-" + "1" * 16 + "-01")
+def test_the_parser_agrees_with_the_plain_reading_of_the_spec(value: str) -> None:
+    assert parse_traceparent(value.encode()) == reference(value)
+
+
+@given(hex_ids, span_ids, st.text(alphabet="0123456789abcdef", min_size=2, max_size=2))
+def test_every_flags_byte_reads_its_low_bit(trace_id: str, span_id: str, flags: str) -> None:
+    parsed = parse_traceparent(f"00-{trace_id}-{span_id}-{flags}".encode())
+    assert parsed == TraceParent(trace_id, span_id, int(flags, 16) & 1)
