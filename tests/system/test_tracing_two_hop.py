@@ -1,0 +1,77 @@
+"""A trace across two meshd processes: application -> meshd A (outgoing) -> meshd B (incoming) -> service.
+
+Both export to one OTLP receiver in this process (tests/support/otlp.py, decoding the official
+protobuf). A samples every request (rate 1); B samples none of its own (rate 0) but follows A,
+which it trusts (loopback), so one request makes four spans in one trace, linked across the
+process boundary by the `traceparent` A's attempt sent: B's request span is the child of A's
+attempt span, and the service sees B's attempt span as its parent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+
+import pytest
+
+from tests.support.client import RawConnection
+from tests.support.otlp import OtlpReceiver
+from tests.support.process import MeshdProcess, process_config
+from tests.support.upstreams import Upstream
+
+pytestmark = pytest.mark.timeout(60)
+
+APP_TRACE = "0af7651916cd43dd8448eb211c80319c"
+APP_SPAN = "b7ad6b7169203331"
+
+
+def tracing(receiver: OtlpReceiver, rate: float, name: str) -> dict[str, object]:
+    return {"collector": receiver.url, "sampleRate": rate, "serviceName": name}
+
+
+async def test_spans_link_across_two_meshds(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with OtlpReceiver() as receiver, Upstream(name="accounts") as service:
+        incoming = process_config({"label": "incoming"}, tracing=tracing(receiver, 0.0, "meshd-b"))
+        async with MeshdProcess(tmp_path / "b", incoming, name="b") as b:
+            b.register("accounts", service.address_line)
+            outgoing = process_config(
+                {"dtab": f"/svc => /$/inet/127.0.0.1/{b.port};"}, tracing=tracing(receiver, 1.0, "meshd-a")
+            )
+            async with MeshdProcess(tmp_path / "a", outgoing, name="a") as a:
+                conn = await RawConnection.open(a.port)
+                try:
+                    fresh = await asyncio.wait_for(conn.request("GET", "/balance", host="accounts"), 10)
+                    # an application that traces itself: its trace (and its span as the parent) goes on
+                    joined = await asyncio.wait_for(
+                        conn.request("GET", "/balance", [("traceparent", f"00-{APP_TRACE}-{APP_SPAN}-01")],
+                                     host="accounts"),
+                        10,
+                    )
+                finally:
+                    await conn.close()
+                assert fresh.status == 200 and joined.status == 200
+                spans = await receiver.wait_spans(8, timeout=15)
+    assert len(spans) == 8
+    by_trace: dict[str, list] = {}
+    for span in spans:
+        by_trace.setdefault(span.trace_id, []).append(span)
+    assert len(by_trace) == 2 and APP_TRACE in by_trace
+    for trace_id, trace in by_trace.items():
+        (a_server,) = [s for s in trace if s.service == "meshd-a" and s.is_server]
+        (a_attempt,) = [s for s in trace if s.service == "meshd-a" and s.is_client]
+        (b_server,) = [s for s in trace if s.service == "meshd-b" and s.is_server]
+        (b_attempt,) = [s for s in trace if s.service == "meshd-b" and s.is_client]
+        assert a_server.parent_id == (APP_SPAN if trace_id == APP_TRACE else "")
+        assert a_attempt.parent_id == a_server.span_id
+        assert b_server.parent_id == a_attempt.span_id  # the link across the process boundary
+        assert b_attempt.parent_id == b_server.span_id
+        assert a_server.attributes["meshd.router"] == "outgoing" and b_server.attributes["meshd.router"] == "incoming"
+        assert a_attempt.attributes["meshd.bound_name"] == f"/$/inet/127.0.0.1/{b.port}"
+        assert b_attempt.attributes["meshd.endpoint"] == f"127.0.0.1:{service.port}"
+        assert all(s.attributes["http.response.status_code"] == 200 for s in trace)
+        # the service saw B's attempt as its parent, and the trace as sampled
+        assert f"00-{trace_id}-{b_attempt.span_id}-01" in [
+            r.header("traceparent") for r in service.received
+        ]
