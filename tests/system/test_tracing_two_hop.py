@@ -15,7 +15,7 @@ import pathlib
 import pytest
 
 from tests.support.client import RawConnection
-from tests.support.otlp import OtlpReceiver
+from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.process import MeshdProcess, process_config
 from tests.support.upstreams import Upstream
 
@@ -54,7 +54,7 @@ async def test_spans_link_across_two_meshds(tmp_path: pathlib.Path) -> None:
                 assert fresh.status == 200 and joined.status == 200
                 spans = await receiver.wait_spans(8, timeout=15)
     assert len(spans) == 8
-    by_trace: dict[str, list] = {}
+    by_trace: dict[str, list[ReceivedSpan]] = {}
     for span in spans:
         by_trace.setdefault(span.trace_id, []).append(span)
     assert len(by_trace) == 2 and APP_TRACE in by_trace
