@@ -275,3 +275,61 @@ async def test_spans_left_at_shutdown_are_flushed(make_mesh, make_upstream):
         await send_many(mesh.port, 3)
         await mesh.daemon.shutdown(drain_timeout_s=1.0)
         assert len(receiver.spans) == 6
+
+
+async def test_a_reload_turns_tracing_on_changes_it_and_turns_it_off(make_mesh, make_upstream):
+    import yaml
+
+    from meshd.config.loader import load_config
+    from meshd.config.model import MeshdConfig
+
+    up = await make_upstream()
+    async with OtlpReceiver() as receiver:
+        mesh = await make_mesh()
+        mesh.register("accounts", up)
+        daemon = mesh.daemon
+        assert daemon.runtime.tracer is None
+        outcome = await daemon.reload(load_config(yaml.safe_dump(traced_config(receiver.url)), MeshdConfig))
+        assert outcome.result == "applied" and "outgoing" in outcome.message  # rebuilt with the filter
+        tracer = daemon.runtime.tracer
+        assert tracer is not None and daemon.exporter is not None and tracer.sample_rate == 1.0
+        assert daemon.routers[0].stack.roles()[0] == "trace"
+        assert (await get(mesh.port)).status == 200
+        await receiver.wait_spans(2)
+        # a new rate applies in place: same tracer (its counters go on), same routers
+        router = daemon.routers[0]
+        outcome = await daemon.reload(load_config(yaml.safe_dump(traced_config(receiver.url, rate=0.0)), MeshdConfig))
+        assert outcome.result == "applied" and daemon.runtime.tracer is tracer and tracer.sample_rate == 0.0
+        assert daemon.routers[0] is router
+        assert (await get(mesh.port)).status == 200
+        # off again: no filter, no exporter
+        outcome = await daemon.reload(load_config(yaml.safe_dump(base_config()), MeshdConfig))
+        assert outcome.result == "applied" and daemon.runtime.tracer is None and daemon.exporter is None
+        assert "trace" not in daemon.routers[0].stack.roles()
+        assert (await get(mesh.port)).status == 200
+        assert up.received[-1].headers_named("traceparent") == []
+    assert len(receiver.spans) == 2
+
+
+async def test_a_client_that_leaves_ends_the_request_span_as_499(make_mesh, make_upstream):
+    release = asyncio.Event()
+
+    async def slow(request: Received) -> Reply:
+        await release.wait()
+        return Reply(200)
+
+    up = await make_upstream(slow)
+    async with OtlpReceiver() as receiver:
+        mesh = await make_mesh(traced_config(receiver.url))
+        mesh.register("accounts", up)
+        conn = await RawConnection.open(mesh.port)
+        await conn.send(b"GET / HTTP/1.1\r\nHost: accounts\r\n\r\n")
+        await wait_until(lambda: up.requests == 1, message="the request to reach the upstream")
+        await conn.close()
+        spans = await receiver.wait_spans(2)
+        release.set()
+    (server,) = [s for s in spans if s.is_server]
+    (attempt,) = [s for s in spans if s.is_client]
+    assert server.attributes["http.response.status_code"] == 499 and server.status_code == 2
+    assert server.attributes["meshd.logical_name"] == "/svc/accounts"
+    assert attempt.attributes["error.type"] == "cancelled" and attempt.parent_id == server.span_id
