@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from meshd.http.body import Body
 from meshd.http.messages import Headers, Request
 from meshd.pipeline.context import RouteContext
@@ -133,3 +136,34 @@ def test_sample_rates_zero_one_and_between() -> None:
     tracer.configure(0.25, "meshd", "")
     sampled = sum(run([], tracer=tracer)[0].span is not None for _ in range(4000))
     assert 850 < sampled < 1150
+
+
+_NAMES = st.sampled_from([b"traceparent", b"TraceParent", b"tracestate", b"b3", b"B3", b"X-B3-TraceId",
+                          b"x-b3-spanid", b"X-B3-Sampled", b"X-B3-Flags", b"Accept", b"t", b"x"])
+_VALUES = st.one_of(
+    st.binary(max_size=60),
+    st.sampled_from([f"00-{TRACE}-{SPAN}-01".encode(), f"00-{TRACE}-{SPAN}-00".encode(), TRACE.encode(),
+                     SPAN.encode(), f"{TRACE}-{SPAN}-1".encode(), b"1", b"0", b"d"]),
+)
+
+
+@given(
+    st.lists(st.tuples(_NAMES, _VALUES), max_size=6),
+    st.sampled_from([TRUSTED, UNTRUSTED]),
+    st.sampled_from([0.0, 1.0]),
+    st.one_of(st.none(), st.binary(max_size=5)),
+)
+def test_whatever_the_headers_the_filter_leaves_one_valid_w3c_context(
+    headers: Headers, client_ip: str, rate: float, sample: bytes | None
+) -> None:
+    ctx, _ = run(list(headers), rate=rate, client_ip=client_ip, l5d=None if sample is None else {"l5d-sample": sample})
+    assert len(ctx.trace_id) == 32 and not ctx.trace_id.strip("0123456789abcdef") and ctx.trace_id.strip("0")
+    names = [n.lower() for n, _ in ctx.request.headers]
+    assert not any(n == b"b3" or n.startswith(b"x-b3-") for n in names)
+    parents = sent(ctx, b"traceparent")
+    if ctx.span is not None:
+        assert parents == [] and ctx.span.trace_id == ctx.trace_id  # each attempt writes its own
+    else:
+        assert len(parents) == 1
+        parsed = parse_traceparent(parents[0])
+        assert parsed is not None and parsed.trace_id == ctx.trace_id and parsed.sampled == 0
