@@ -35,6 +35,11 @@ ONLY_WHEN_CONFIGURED = {
     "meshd_tls_cert_reloads_total": "TLS servers or clients",
     "meshd_tls_cert_expiry_timestamp_seconds": "TLS servers or clients",
     "meshd_authz_denied_total": "routers with a TLS server or an authorization section",
+    # tracing (docs/tracing.md; tests/integration/test_tracing.py checks them)
+    "meshd_trace_spans_exported_total": "tracing with a collector",
+    "meshd_trace_spans_dropped_total": "tracing with a collector",
+    "meshd_trace_spans_queued": "tracing with a collector",
+    "meshd_trace_malformed_headers_total": "tracing with a collector",
 }
 
 

@@ -55,6 +55,9 @@ async def test_a_retried_request_has_one_server_span_and_two_attempt_spans(make_
         response = await get(mesh.port, [("traceparent", f"00-{TRACE}-{SPAN}-01")])
         assert response.status == 200
         spans = await receiver.wait_spans(3)
+        # (the receiver stores them before it answers: the count follows its answer)
+        await wait_until(lambda: mesh.daemon.runtime.tracer.exported == 3, message="3 spans counted as exported")
+        assert exported(await scrape(mesh.admin_port)) == 3.0
     assert len(spans) == 3 and {s.service for s in spans} == {"meshd-test"}
     assert receiver.content_types == ["application/x-protobuf"] * receiver.requests
     (server,) = [s for s in spans if s.is_server]
@@ -185,11 +188,15 @@ async def test_an_untrusted_caller_cannot_force_sampling(make_mesh, make_upstrea
         await receiver.wait_spans(2)
 
 
-def exported(text: str) -> float:
+def unlabelled(text: str, name: str) -> float:
     for line in text.splitlines():
-        if line.startswith("meshd_trace_spans_exported_total "):
+        if line.startswith(f"{name} "):
             return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("meshd_trace_spans_exported_total not exported")
+    raise AssertionError(f"{name} not exported")
+
+
+def exported(text: str) -> float:
+    return unlabelled(text, "meshd_trace_spans_exported_total")
 
 
 async def send_many(port: int, count: int) -> list[float]:
@@ -263,6 +270,7 @@ async def test_a_hanging_collector_never_slows_requests(make_mesh, make_upstream
         took = await send_many(mesh.port, 100)  # while the collector holds the export
         assert max(took) < 0.5, max(took)
         assert await dropped(mesh, "queue_full") > 0 and len(tracer.queue) == 20
+        assert unlabelled(await scrape(mesh.admin_port), "meshd_trace_spans_queued") == 20.0
         await wait_until(lambda: some_dropped(mesh, "timeout"), timeout=10, message="the hung export to time out")
         assert await dropped(mesh, "timeout") == 10.0  # the five requests' spans in the hung batch
 
