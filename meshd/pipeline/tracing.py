@@ -46,6 +46,7 @@ L5D_SAMPLE: Final = "l5d-sample"
 _T: Final = 116  # "t" (a header name's first byte, lower-cased with | 0x20)
 _B: Final = 98  # "b"
 _X: Final = 120  # "x"
+_ZERO_SPAN: Final = "0" * 16
 
 
 def trace_filter(tracer: Tracer, trust: TrustPolicy, router: str) -> Filter:
@@ -121,7 +122,13 @@ def trace_filter(tracer: Tracer, trust: TrustPolicy, router: str) -> Filter:
         if traceparent is not None or b3 is not None or b3_multi:
             request.headers = headers = _without_context(headers, keep_tracestate=from_traceparent)
         if not sampled:
-            headers.append((TRACEPARENT, format_traceparent(trace_id, parent_id or tracer.new_span_id(), False)))
+            if not parent_id:
+                # a new trace, not recorded: the parent id the upstream sees only has to be random
+                # and not zero, and the trace id's low half is both (almost always: else a new one)
+                parent_id = trace_id[16:]
+                if parent_id == _ZERO_SPAN:
+                    parent_id = tracer.new_span_id()
+            headers.append((TRACEPARENT, format_traceparent(trace_id, parent_id, False)))
 
     return trace
 
