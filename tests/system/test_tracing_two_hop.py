@@ -10,16 +10,24 @@ attempt span, and the service sees B's attempt span as its parent.
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
+import signal
+import socket
+import sys
 
 import pytest
+import yaml
 
 from tests.support.client import RawConnection
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.process import MeshdProcess, process_config
 from tests.support.upstreams import Upstream
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 APP_TRACE = "0af7651916cd43dd8448eb211c80319c"
 APP_SPAN = "b7ad6b7169203331"
@@ -75,3 +83,58 @@ async def test_spans_link_across_two_meshds(tmp_path: pathlib.Path) -> None:
         assert f"00-{trace_id}-{b_attempt.span_id}-01" in [
             r.header("traceparent") for r in service.received
         ]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def get(port: int, target: str, host: str) -> tuple[int, str]:
+    conn = await RawConnection.open(port)
+    try:
+        response = await asyncio.wait_for(conn.request("GET", target, host=host), 10)
+    finally:
+        await conn.close()
+    return response.status, response.body.decode(errors="replace")
+
+
+async def test_every_worker_exports_its_spans(tmp_path: pathlib.Path) -> None:
+    """`--workers 2`: each worker samples and exports on its own; /metrics sums their counts."""
+    port, admin = free_port(), free_port()  # workers share the port: it cannot be 0
+    (tmp_path / "disco").mkdir()
+    async with OtlpReceiver() as receiver, Upstream(name="accounts") as service:
+        (tmp_path / "disco" / "accounts").write_text(service.address_line + "\n")
+        config = process_config({"servers": [{"ip": "127.0.0.1", "port": port}]},
+                                admin={"ip": "127.0.0.1", "port": admin}, tracing=tracing(receiver, 1.0, "meshd"))
+        (tmp_path / "meshd.yaml").write_text(yaml.safe_dump(config))
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        with (tmp_path / "meshd.log").open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "meshd", "run", "-c", "meshd.yaml", "--workers", "2",
+                cwd=tmp_path, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+            )
+        try:
+
+            async def ready() -> bool:
+                try:
+                    return (await get(admin, "/admin/ready", "admin"))[0] == 200
+                except OSError:
+                    return False
+
+            await wait_until(ready, timeout=30, message="meshd --workers 2 to be ready")
+            for _ in range(20):  # a connection each: the kernel spreads them over the workers
+                assert (await get(port, "/", "accounts"))[0] == 200
+            spans = await receiver.wait_spans(40, timeout=15)
+
+            async def all_counted() -> bool:
+                text = (await get(admin, "/metrics", "admin"))[1]
+                return "\nmeshd_trace_spans_exported_total 40.0\n" in text
+
+            await wait_until(all_counted, timeout=10, message="40 spans counted as exported across the workers")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 30)
+    assert len(spans) == 40
+    assert len({s.trace_id for s in spans}) == 20
