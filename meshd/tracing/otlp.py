@@ -1,7 +1,7 @@
 """Finished spans as an OTLP `ExportTraceServiceRequest` (the `opentelemetry-proto` messages).
 
 Runs in the exporter task, never on the request path; one call encodes one batch (at most
-`BATCH_SPANS`, about 1.5 ms for 128 spans), so it holds the event loop only that long.
+`BATCH_SPANS`, about 2 ms for 128 spans), so it holds the event loop only that long.
 
 What a span carries (docs/tracing.md, "What the spans look like"):
 - request span (kind SERVER), named `<method> <logical name>` (`GET /svc/accounts`; the method
