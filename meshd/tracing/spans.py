@@ -24,7 +24,7 @@ CLIENT: Final = 3
 
 #: spans waiting for the exporter at most; past this a finished span is dropped (`queue_full`)
 MAX_QUEUE_SPANS: Final = 2048
-#: spans in one export request: bounds the time one encode holds the event loop (about 2 ms)
+#: spans in one export request: bounds the time one encode holds the event loop (about 1 ms)
 BATCH_SPANS: Final = 128
 
 
