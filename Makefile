@@ -37,6 +37,9 @@ HOT := meshd/listener.py \
   meshd/pipeline/retries.py \
   meshd/pipeline/stats.py \
   meshd/pipeline/dispatch.py \
+  meshd/pipeline/tracing.py \
+  meshd/tracing/propagation.py \
+  meshd/tracing/spans.py \
   meshd/router.py \
   meshd/client.py \
   meshd/pool/pool.py \

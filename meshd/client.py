@@ -37,6 +37,7 @@ from meshd.pool.dialer import Dialer
 from meshd.pool.h2 import H2Pool, H2PoolSettings
 from meshd.pool.pool import Pending, Pool, PoolLimits, PoolStatistics
 from meshd.runtime import Runtime
+from meshd.tracing.spans import Span
 from meshd.transformers import is_forwarded
 from routing.path import Path
 
@@ -214,10 +215,16 @@ class Client:
         if retry:
             self.retrying += 1
             self.retries += 1
+        # tracing (docs/tracing.md): a sampled request's attempt gets a span of its own, which the
+        # upstream sees as its parent in `traceparent`; one attribute test otherwise
+        attempt = ctx.span.child(self.label, endpoint.label, ctx.attempts) if ctx.span is not None else None
         try:
             h2pool = endpoint.h2
             if h2pool is None:
-                head = request_head(request, self._dst_headers(ctx.logical_name))
+                if attempt is None:
+                    head = request_head(request, self._dst_headers(ctx.logical_name))
+                else:
+                    head = request_head(request, self._dst_headers(ctx.logical_name) + attempt.traceparent_line())
                 conn = endpoint.pool.try_acquire_idle()
                 if self._attempt_timeout_s is None and conn is not None:
                     # The common case inline: a warm pooled connection and no attempt timeout (one
@@ -254,14 +261,20 @@ class Client:
                         timer.cancel()
             else:
                 # HTTP/2 upstream (meshd/pool/h2.py): one stream on a multiplexed connection
-                response = await self._send_h2(h2pool, ctx)
-        except MeshdError:
+                response = await self._send_h2(h2pool, ctx, attempt)
+        except MeshdError as exc:
             self._finish(node, started, True, retry)
+            if attempt is not None:
+                attempt.end(exc.status, exc.kind, exc.l5d_err)
             raise
         except BaseException:
             self._finish(node, started, False, retry)
+            if attempt is not None:
+                attempt.end(0, "cancelled")
             raise
         status = response.status
+        if attempt is not None:
+            attempt.end(status)
         if status < 500:
             failure = False  # every classifier calls anything but a 5xx a success
         elif ctx.classifier is not None:
@@ -279,14 +292,15 @@ class Client:
             )
         return response
 
-    async def _send_h2(self, pool: H2Pool, ctx: RouteContext) -> Response:
+    async def _send_h2(self, pool: H2Pool, ctx: RouteContext, attempt: Span | None) -> Response:
         """One attempt as a stream on the endpoint's HTTP/2 pool, within the attempt timeout."""
         request = ctx.request
         h2 = self._settings.h2
         assert h2 is not None
-        headers = h2_request_headers(request, h2.scheme, [
-            (L5D_DST_SERVICE, ctx.logical_name.encode("latin-1")), (L5D_DST_CLIENT, self.label_bytes),
-        ])
+        extra = [(L5D_DST_SERVICE, ctx.logical_name.encode("latin-1")), (L5D_DST_CLIENT, self.label_bytes)]
+        if attempt is not None:
+            extra.append((b"traceparent", attempt.traceparent_value()))
+        headers = h2_request_headers(request, h2.scheme, extra)
         if self._attempt_timeout_s is None:
             return await pool.send(request, headers)
         task = asyncio.current_task()

@@ -150,7 +150,8 @@ class _Converter:
             elif key in ("telemetry", "tracers"):
                 kinds = ", ".join(str(t.get("kind")) for t in value or [] if isinstance(t, Mapping))
                 self.note(key, f"not carried over ({kinds}): meshd always serves Prometheus metrics at /metrics "
-                               "and recent routing on /admin; it has no tracer plug-ins")
+                               "and recent routing on /admin; it exports traces over OTLP, not Zipkin, with a "
+                               "top-level tracing section (docs/tracing.md)")
             elif key not in _SILENT:
                 self.note(key, "not carried over: meshd has no such section")
         routers = []

@@ -36,6 +36,8 @@ from meshd.router import Router
 from meshd.runtime import Runtime
 from meshd.tls.contexts import TlsFiles, TlsSide, server_context
 from meshd.tls.identity import peer_identity
+from meshd.tracing.exporter import Exporter
+from meshd.tracing.spans import Tracer
 from routing.path import Path
 from routing.rules import Routes
 
@@ -172,9 +174,35 @@ class Daemon:
         self.tls_files: list[TlsFiles] = []
         #: each TLS server's side: handshake metering (its handshakes under way, for tests)
         self.tls_sides: list[TlsSide] = []
+        #: distributed tracing (docs/tracing.md): the tracer the routers use, and the task that
+        #: sends its spans; both None while `tracing` has no collector
+        self.exporter: Exporter | None = None
+        self._tracer: Tracer | None = runtime.tracer
+        self._configure_tracing(config)
+
+    def _configure_tracing(self, config: MeshdConfig) -> None:
+        """Make the runtime's tracer follow `config.tracing` (its settings change in place at a
+        reload; whether it is on at all decides whether routers have the trace filter)."""
+        tracing = config.tracing
+        if tracing is None or not tracing.enabled:
+            self.runtime.tracer = None
+            return
+        # one tracer for the daemon's life, so that its counters never go back
+        tracer = self.runtime.tracer or self._tracer
+        if tracer is None:
+            tracer = Tracer(tracing.sample_rate, tracing.service_name, tracing.traces_url)
+        else:
+            tracer.configure(tracing.sample_rate, tracing.service_name, tracing.traces_url)
+        self.runtime.tracer = self._tracer = tracer
+
+    def _tracing_on(self) -> bool:
+        return self.runtime.tracer is not None
 
     # -- start ----------------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.runtime.tracer is not None and self.exporter is None:
+            self.exporter = Exporter(self.runtime.tracer, clock=self.runtime.clock)
+            self.exporter.start()
         self.namers = await start_namers(self.config.namers, self.runtime)
         for router_config in self.config.routers:
             router, watcher = self._new_router(router_config, self.namers)
@@ -395,6 +423,11 @@ class Daemon:
             built: list[tuple[Router, RoutesWatcher | None]] = []
             opened: list[Bound] = []
             kept: dict[str, Router] = {}
+            tracing_was_on = self._tracing_on()
+            old_tracer = self.runtime.tracer
+            self._configure_tracing(config)
+            # tracing switched on or off: every router is built again (with or without the filter)
+            tracing_switched = self._tracing_on() != tracing_was_on
             try:
                 if config.namers != old.namers:
                     new_namers = await start_namers(config.namers, self.runtime)  # closed below if the reload fails
@@ -402,7 +435,7 @@ class Daemon:
                 current = {r.label: r for r in self.routers}
                 for router_config in config.routers:
                     same = current.get(router_config.label)
-                    if same is not None and new_namers is None and same.config == router_config:
+                    if same is not None and new_namers is None and same.config == router_config and not tracing_switched:
                         kept[router_config.label] = same
                     else:
                         built.append(self._new_router(router_config, namers))
@@ -417,7 +450,10 @@ class Daemon:
                 for router, _ in built:
                     router.close()
                 await close_namers(new_namers or {})
+                self.runtime.tracer = old_tracer
+                self._configure_tracing(old)
                 return self._refused(f"the new config could not be applied: {exc}")
+            await self._switch_exporter()
             self._switch(config, kept, built, opened, new_namers)
             for router, watcher in built:
                 if watcher is not None:
@@ -519,6 +555,16 @@ class Daemon:
             for namer in (namers or {}).values():
                 await namer.close()
 
+    async def _switch_exporter(self) -> None:
+        """After a reload: an exporter for a tracer that appeared, none for one that went."""
+        tracer = self.runtime.tracer
+        if self.exporter is not None and self.exporter.tracer is not tracer:
+            await self.exporter.close()
+            self.exporter = None
+        if tracer is not None and self.exporter is None:
+            self.exporter = Exporter(tracer, clock=self.runtime.clock)
+            self.exporter.start()
+
     def _refused(self, reason: str) -> ReloadOutcome:
         self.config_reloads["refused"] += 1
         self.config_last_error = reason
@@ -554,6 +600,9 @@ class Daemon:
             router.close()
         for namer in self.namers.values():
             await namer.close()
+        if self.exporter is not None:
+            await self.exporter.close()  # one last bounded flush of the spans still queued
+            self.exporter = None
         if self._admin_runner is not None:
             await stop_admin(self._admin_runner)
         if self._handover_server is not None:

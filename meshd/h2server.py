@@ -61,6 +61,7 @@ from meshd.listener import (
     error_response,
 )
 from meshd.pipeline.context import RouteContext
+from meshd.pipeline.tracing import end_request
 
 log = logging.getLogger("meshd.h2server")
 
@@ -395,18 +396,25 @@ class H2ServerProtocol(asyncio.Protocol):
                 admitted = True
             response = await listener.service(ctx)
         except MeshdError as exc:
-            response = error_response(exc)
+            response = error_response(exc, trace_id=ctx.trace_id)
         except TimeoutError:
-            response = error_response(RequestTimeout("request timed out"))
+            response = error_response(RequestTimeout("request timed out"), trace_id=ctx.trace_id)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("unhandled error in the request pipeline")
-            response = error_response(MeshdError("internal error in meshd"))
+            response = error_response(MeshdError("internal error in meshd"), trace_id=ctx.trace_id)
         finally:
             if admitted:
                 admission.leave()
-        listener.observe(ctx.logical_name or UNIDENTIFIED, response.status, monotonic() - started)
+        seconds = monotonic() - started
+        name = ctx.logical_name or UNIDENTIFIED
+        listener.observe(name, response.status, seconds)
+        recent = listener.recent
+        if recent is not None:
+            recent.record(ctx, name, response.status, started, seconds)
+        if ctx.span is not None:  # tracing (meshd/pipeline/tracing.py): a sampled request's span ends
+            end_request(ctx, ctx.span, response)
         stream.ctx = None
         if self._closing or self._streams.get(stream.sid) is not stream:
             response.body.cancel(ConnectionClosed("client reset the stream"))
@@ -490,6 +498,9 @@ class H2ServerProtocol(asyncio.Protocol):
             since = stream.served_since
             self._listener.observe(name or UNIDENTIFIED, CLIENT_CLOSED_REQUEST,
                                    monotonic() - since if since >= 0.0 else 0.0)
+            if ctx is not None and ctx.span is not None:
+                ctx.span.logical_name = name
+                ctx.span.end(CLIENT_CLOSED_REQUEST, "cancelled", "the client reset the stream")
 
     def _reset(self, stream: _Stream, code: int) -> None:
         """meshd resets a stream (its upstream failed mid-response, or the zero-window hold)."""

@@ -66,6 +66,7 @@ from meshd.http.messages import Headers, Request, Response
 from meshd.pipeline.context import RouteContext
 from meshd.pipeline.stack import Service
 from meshd.pipeline.stats import RecentRequests
+from meshd.pipeline.tracing import end_request, trace_id_header
 
 log = logging.getLogger("meshd.listener")
 
@@ -442,12 +443,12 @@ class ServerProtocol(asyncio.Protocol):
                 if not request.body.ended:
                     # the body will never be read now: the connection is closed after this response
                     request.keep_alive = False
-                response = error_response(exc)
+                response = error_response(exc, trace_id=ctx.trace_id)
             except TimeoutError:
-                response = error_response(RequestTimeout("request timed out"))
+                response = error_response(RequestTimeout("request timed out"), trace_id=ctx.trace_id)
             except Exception:
                 log.exception("unhandled error in the request pipeline")
-                response = error_response(MeshdError("internal error in meshd"), close=True)
+                response = error_response(MeshdError("internal error in meshd"), close=True, trace_id=ctx.trace_id)
             finally:
                 if admitted:
                     admission.leave()
@@ -461,6 +462,8 @@ class ServerProtocol(asyncio.Protocol):
             recent = listener.recent
             if recent is not None:
                 recent.record(ctx, name, response.status, started, seconds)
+            if ctx.span is not None:  # tracing (meshd/pipeline/tracing.py): a sampled request's span ends
+                end_request(ctx, ctx.span, response)
             self._route = None
             if self._closing:
                 response.body.cancel(ConnectionClosed("client disconnected"))
@@ -601,6 +604,9 @@ class ServerProtocol(asyncio.Protocol):
         seconds = monotonic() - since if since >= 0.0 else 0.0
         # the name identify gave it (none if `_serve` had not run it yet)
         name = ctx.logical_name if ctx is not None and ctx.request is request else ""
+        if ctx is not None and ctx.span is not None:
+            ctx.span.logical_name = name
+            ctx.span.end(CLIENT_CLOSED_REQUEST, "cancelled", "the client closed the connection")
         self._listener.observe(name or UNIDENTIFIED, CLIENT_CLOSED_REQUEST, seconds)
 
     def _write_error_and_close(self, error: MeshdError) -> None:
@@ -739,11 +745,14 @@ def render_error(error: MeshdError) -> bytes:
     )
 
 
-def error_response(error: MeshdError, *, close: bool = False) -> Response:
-    """A response for a MeshdError raised in the pipeline, carrying `l5d-err`."""
+def error_response(error: MeshdError, *, close: bool = False, trace_id: str = "") -> Response:
+    """A response for a MeshdError raised in the pipeline, carrying `l5d-err` (and, with tracing
+    on, `l5d-trace-id`: the request's trace id, docs/errors.md)."""
     text = error.l5d_err.encode("latin-1", "replace")
     body = text + b"\n"
     headers: Headers = [(b"l5d-err", _header_safe(text)), (b"Content-Type", b"text/plain")]
+    if trace_id:
+        headers.append(trace_id_header(trace_id))
     if error.headers:
         headers += error.headers
     return Response(

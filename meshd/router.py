@@ -213,6 +213,8 @@ class Router:
             identifier=config.identifier.build(),
             identity=any(s.tls is not None and s.tls.ca_path for s in config.servers),
             authorization=self.authorization,
+            tracer=runtime.tracer,
+            label=config.label,
         )
         #: the routing file's rules with `match:` (empty: the request path tests this and goes on)
         self.match_rules = MatchRules()

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from meshd.clock import MONOTONIC, Clock
 from meshd.tls.stats import TlsStats
+from meshd.tracing.spans import Tracer
 
 
 @dataclass(slots=True)
@@ -29,6 +30,9 @@ class Runtime:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("meshd"))
     #: TLS handshake, failure, reload and expiry counters of every server and client (meshd/tls)
     tls: TlsStats = field(default_factory=TlsStats)
+    #: distributed tracing (docs/tracing.md): set by the daemon when `tracing` has a collector;
+    #: None: off, and routers leave the trace filter out of their chain
+    tracer: Tracer | None = None
 
     def resolve_path(self, path: str) -> pathlib.Path:
         p = pathlib.Path(path)

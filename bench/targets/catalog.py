@@ -42,8 +42,10 @@ class Selection:
         return target.family in self.families
 
 
-def meshd(name: str, *, workers: int = 1, balancer: Balancer = "ewma", retries: bool = True) -> Target:
-    return MeshdTarget(name=name, workers=workers, balancer=balancer, retries=retries)
+def meshd(name: str, *, workers: int = 1, balancer: Balancer = "ewma", retries: bool = True,
+          tracing_sample_rate: float | None = None, trace_collector: str = "") -> Target:
+    return MeshdTarget(name=name, workers=workers, balancer=balancer, retries=retries,
+                       tracing_sample_rate=tracing_sample_rate, trace_collector=trace_collector)
 
 
 def standard(meshd_targets: Sequence[Target]) -> list[Target]:

@@ -33,6 +33,9 @@ class MeshdTarget:
     retries: bool = True
     protocol: Protocol = "http"
     family: str = "meshd"
+    #: tracing on at this sample rate (None: off), exporting to `trace_collector`
+    tracing_sample_rate: float | None = None
+    trace_collector: str = ""
 
     def unavailable(self) -> str | None:
         if importlib.util.find_spec("meshd") is None or importlib.util.find_spec("meshd.__main__") is None:
@@ -54,7 +57,7 @@ class MeshdTarget:
         router: dict[str, object] = {"label": "outgoing"}
         if h2:
             router["protocol"] = "h2"
-        return {
+        config: dict[str, object] = {
             "admin": {"ip": LOOPBACK, "port": admin_port},
             "namers": [{"kind": "fs", "rootDir": "./" + disco.name}],
             "routers": [
@@ -71,6 +74,10 @@ class MeshdTarget:
                 }
             ],
         }
+        if self.tracing_sample_rate is not None:
+            config["tracing"] = {"collector": self.trace_collector, "sampleRate": self.tracing_sample_rate,
+                                 "serviceName": "meshd-bench"}
+        return config
 
     def start(self, deployment: Deployment, supervisor: Supervisor, workdir: Path) -> RunningTarget:
         disco = workdir / "disco"

@@ -99,6 +99,10 @@ METRICS: Final[dict[str, str]] = {
     "meshd_h2_streams_reset_total": "HTTP/2 client streams meshd reset itself, by router and reason (zero_window, malformed).",
     "meshd_h2_streams_refused_total": "Upstream HTTP/2 streams refused (GOAWAY, REFUSED_STREAM) and so retried elsewhere.",
     "meshd_h2_ping_timeouts_total": "Upstream HTTP/2 connections closed because a PING went unanswered.",
+    "meshd_trace_spans_exported_total": "Spans the OTLP collector accepted (tracing).",
+    "meshd_trace_spans_dropped_total": "Spans dropped instead of exported, by reason (queue_full, unreachable, timeout, bad_response, rejected, shutdown).",
+    "meshd_trace_spans_queued": "Finished spans waiting for the exporter now (at most 2048).",
+    "meshd_trace_malformed_headers_total": "Trace context headers that could not be parsed (a new trace was started), by header.",
 }
 
 _STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -302,7 +306,31 @@ def _steps(daemon: MetricsView, text: _Text) -> Iterator[None]:
     )
     _tls_steps(daemon, text)
     _h2_steps(daemon, text)
+    _tracing(daemon, text)
     yield
+
+
+#: the drop reasons always exported (at 0 too), so that a rate() over them starts at once
+_DROP_REASONS: Final = ("queue_full", "unreachable", "timeout", "bad_response", "rejected", "shutdown")
+
+
+def _tracing(daemon: MetricsView, text: _Text) -> None:
+    """The tracer's counters (meshd/tracing/spans.py), when tracing is on."""
+    tracer = getattr(getattr(daemon, "runtime", None), "tracer", None)
+    if tracer is None:
+        return
+    f = text.lines
+    f["meshd_trace_spans_exported_total"].append(f"meshd_trace_spans_exported_total {_n(tracer.exported)}\n")
+    dropped = dict.fromkeys(_DROP_REASONS, 0) | dict(tracer.dropped)
+    for reason, count in sorted(dropped.items()):
+        f["meshd_trace_spans_dropped_total"].append(
+            f'meshd_trace_spans_dropped_total{{reason="{_esc(reason)}"}} {_n(count)}\n'
+        )
+    f["meshd_trace_spans_queued"].append(f"meshd_trace_spans_queued {_n(len(tracer.queue))}\n")
+    for header, count in sorted(tracer.malformed.items()):
+        f["meshd_trace_malformed_headers_total"].append(
+            f'meshd_trace_malformed_headers_total{{header="{_esc(header)}"}} {_n(count)}\n'
+        )
 
 
 def _discovery(daemon: MetricsView, text: _Text) -> None:

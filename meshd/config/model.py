@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -490,6 +491,47 @@ class RouterConfig:
             raise ValueError("routesConfigMap: give routes (a file) or routesConfigMap, not both")
 
 
+def _collector_ok(url: str) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"expected an http:// or https:// URL of an OTLP collector, got {url!r}")
+    try:
+        parsed.port  # noqa: B018 - a bad port raises here
+    except ValueError:
+        raise ValueError(f"bad port in {url!r}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TracingConfig:
+    """Distributed tracing (docs/tracing.md): spans exported over OTLP/HTTP to `collector`."""
+
+    #: the collector's OTLP/HTTP URL (`http://host:4318`; `/v1/traces` is added when there is no
+    #: path); without one tracing is off and costs nothing
+    collector: str | None = field(default=None, metadata={"check": _collector_ok})
+    #: the share of requests sampled when the caller has not decided (linkerd 1's default)
+    sample_rate: float = field(default=0.001, metadata={"min": 0.0, "max": 1.0})
+    #: the `service.name` resource attribute of every span
+    service_name: str = "meshd"
+
+    def __post_init__(self) -> None:
+        if self.collector is not None:
+            _keyed("collector", lambda: _collector_ok(self.collector or ""))
+        if not 0.0 <= self.sample_rate <= 1.0:
+            raise ValueError(f"sampleRate: expected a number from 0 to 1, got {self.sample_rate}")
+        if not self.service_name:
+            raise ValueError("serviceName: must not be empty")
+
+    @property
+    def enabled(self) -> bool:
+        return self.collector is not None
+
+    @property
+    def traces_url(self) -> str:
+        """The URL spans are POSTed to: the collector's, with `/v1/traces` when it has no path."""
+        url = self.collector or ""
+        return url.rstrip("/") + "/v1/traces" if urllib.parse.urlsplit(url).path in ("", "/") else url
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MeshdConfig:
     """The whole file."""
@@ -498,6 +540,7 @@ class MeshdConfig:
     namers: tuple[NamerConfig, ...] = field(default=(), metadata={"registry": NAMERS})
     routers: tuple[RouterConfig, ...]
     drain_timeout_ms: int = field(default=30_000, metadata={"min": 0})
+    tracing: TracingConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.routers:

@@ -24,7 +24,9 @@ and the closure it returns is named after the arrow.
    awaits the router's service with it; stats and the error responder (a `MeshdError` becomes a
    response with `l5d-err`) are here, not stages.
 6. `meshd.pipeline.stack:_filtered` -> `two` - the router-level filters, run in one plain
-   function (no coroutine frame): the next two steps.
+   function (no coroutine frame): the next two steps. With tracing on (`tracing.collector`),
+   `meshd.pipeline.tracing:trace_filter` -> `trace` runs first (in `many`): it reads the trace
+   context, decides sampling, and sets `ctx.trace_id` and, when sampled, `ctx.span`.
 7. `meshd.pipeline.hygiene:hygiene_filter` -> `clean` - trusts or strips `l5d-*`; sets
    `ctx.local_dtab` and `ctx.reqid`; adds `l5d-reqid`, `Via`, `X-Forwarded-For`.
 8. `meshd.pipeline.identify:identify_filter` -> `identify` - the identifier reads the wire
@@ -47,7 +49,8 @@ and the closure it returns is named after the arrow.
     its `Client` is called (created on first use by `Router.client_for`).
 16. `meshd.client:Client.__call__` - the balancer picks a node (avoiding `ctx.last_node`),
     counts it started, serialises the head, and sends the wire request; the attempt timeout
-    (when set) bounds this step.
+    (when set) bounds this step. A sampled request's attempt gets a child span here, whose id
+    goes upstream in `traceparent`.
 17. `meshd.pipeline.dispatch:request_head` - the head for this attempt, with `l5d-dst-*`.
 18. `meshd.pool.pool:Pool.try_acquire_idle` - a warm keep-alive connection, the common case;
     otherwise `meshd.pipeline.dispatch:dispatch` waits for one from `Pool.acquire`.
@@ -63,6 +66,7 @@ responder); steps 17-19 are `meshd.client:Client._send_h2` and `meshd.pool.h2:H2
 (one stream on a multiplexed upstream connection). Steps 6-16 are the same code.
 
 And back: the response returns through the same calls (the retry stage classifies it, the client
-tells the balancer when its body ends) to `_serve`, which records it and calls
+tells the balancer when its body ends) to `_serve`, which records it (and ends a sampled
+request's span, `meshd.pipeline.tracing:end_request`) and calls
 `meshd.listener:ServerProtocol._write_response` to write the head and stream the body.
 """

@@ -8,13 +8,15 @@ A line is logfmt (`key=value`, values with spaces quoted), for example:
     router=outgoing reqid=3fa2c1d000000007 client=127.0.0.1 method=GET target=/balance
     service=/svc/accounts status=200 attempts=2
     tries="127.0.0.1:41001 503 retry=response, 127.0.0.1:41002 200" duration_ms=3.4
+    trace_id=4bf92f3577b34da6a3ce929d0e0e4736
 
 `tries` lists every attempt in order: the endpoint it went to (`-` when none was picked), then
 its status or meshd's error kind (`connect_failed`, `attempt_timeout`, ...), then `retry=<reason>`
 when meshd retried it (`response`, `error` or `requeue`, as in `meshd_retries_total`); a run of
 identical attempts is written once with a count (`... retry=requeue x99`). `status` is what the
-client got; a request the client abandoned is logged with `status=cancelled`. A request that
-arrived over HTTP/2 (docs/http2.md) ends with `proto=h2`.
+client got; a request the client abandoned is logged with `status=cancelled`. `trace_id` is the
+request's trace id with tracing on (docs/tracing.md; sampled or not), `-` with it off. A request
+that arrived over HTTP/2 (docs/http2.md) ends with `proto=h2`.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class AccessLog:
             f"router={self._router} reqid={ctx.reqid or '-'} client={request.client_ip or '-'} "
             f"method={request.method} target={_quote(request.target)} service={ctx.logical_name or '-'} "
             f"status={status} attempts={ctx.attempts} tries={_quote(_collapse(tries))} "
-            f"duration_ms={seconds * 1000:.1f}" + (" proto=h2" if request.version == "2" else "")
+            f"duration_ms={seconds * 1000:.1f} trace_id={ctx.trace_id or '-'}" + (" proto=h2" if request.version == "2" else "")
         )
 
     def __repr__(self) -> str:

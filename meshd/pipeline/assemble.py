@@ -6,6 +6,10 @@ of one request, function by function from the listener's socket to the upstream 
 written out in meshd/pipeline/__init__.py.
 
 Router level (one chain per router, in this order, outermost first):
+(`trace`, only when `tracing` is configured: reads the caller's trace context, decides sampling,
+   sets `ctx.trace_id` and, for a sampled request, `ctx.span`; first, so that an error raised by
+   any later stage, hygiene's included, is answered with the trace id. It asks the same trust
+   policy as hygiene whether the caller may force sampling; see meshd/pipeline/tracing.py.)
 1. (stats and errors) — not stages: the listener records every response it writes, by router,
    service, status class and latency, meshd's own errors and its 400s to malformed requests
    included; and it is the error responder: every MeshdError raised below becomes a response
@@ -64,13 +68,16 @@ from meshd.pipeline.identify import identify_filter
 from meshd.pipeline.retries import RetryCounters, retries_stage
 from meshd.pipeline.stack import Filter, Stack
 from meshd.pipeline.timeouts import TimeoutCounters, timeout_stage
+from meshd.pipeline.tracing import trace_filter
 from meshd.retry.budget import RetryBudget
 from meshd.retry.classifiers import ResponseClassifier
 from meshd.retry.deadline import WallClock
+from meshd.tracing.spans import Tracer
 from routing.identifiers.base import Identifier
 
 ROUTER_ROLES: Final = ("hygiene", "identify")
-"""Without the optional `identity` (after hygiene) and `authorize` (after identify)."""
+"""Without the optional `trace` (first, with tracing on), `identity` (after hygiene) and
+`authorize` (after identify)."""
 SERVICE_ROLES: Final = ("classify", "timeouts", "retries")
 """Without the optional `access_log`, which goes before `classify` when enabled."""
 
@@ -82,10 +89,16 @@ def router_stack(
     identifier: Identifier,
     identity: bool = False,
     authorization: Authorization | None = None,
+    tracer: Tracer | None = None,
+    label: str = "",
 ) -> Stack:
     """`identity` and `authorize` (meshd/pipeline/authorize.py) are in the chain only when the
-    router verifies client certificates, and has a policy or a routes file that may bring one."""
-    stack = Stack().push_filter("hygiene", hygiene_filter(trust, ids))
+    router verifies client certificates, and has a policy or a routes file that may bring one;
+    `trace` (meshd/pipeline/tracing.py) only with a `tracer` (tracing configured)."""
+    stack = Stack()
+    if tracer is not None:
+        stack.push_filter("trace", trace_filter(tracer, trust, label))
+    stack.push_filter("hygiene", hygiene_filter(trust, ids))
     if identity:
         stack.push_filter("identity", identity_filter())
     stack.push_filter("identify", identify_filter(identifier))

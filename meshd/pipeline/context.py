@@ -15,6 +15,7 @@ from typing import Any
 from balancers.node import Node
 from meshd.http.messages import Request
 from meshd.retry.classifiers import ResponseClassifier
+from meshd.tracing.spans import Span
 from routing.delegate import Chooser
 from routing.path import Path
 
@@ -33,6 +34,7 @@ class RouteContext:
         "last_node",
         "peer_identity",
         "trace_id",
+        "span",
     )
 
     def __init__(self, request: Request, peer_identity: str = "") -> None:
@@ -62,9 +64,12 @@ class RouteContext:
         #: the balancer node of the latest attempt: a retry asks the balancer to avoid it (client);
         #: its member is the client's `Endpoint`, which sits above the pipeline, hence `Any`
         self.last_node: Node[Any] | None = None
-        #: the request's trace id (hex), "" when it is not traced: the dashboard's recent requests
-        #: show it (the tracing stage sets it)
+        #: the request's trace id (32 hex digits), "" when tracing is off (the trace filter,
+        #: meshd/pipeline/tracing.py; the access log and `l5d-trace-id` on errors show it)
         self.trace_id = ""
+        #: the request's span when it is sampled, else None (the trace filter); the client adds
+        #: a child span per attempt, the listener ends it
+        self.span: Span | None = None
 
     def __repr__(self) -> str:
         return f"<RouteContext {self.request!r} name={self.logical_name!r} attempts={self.attempts}>"

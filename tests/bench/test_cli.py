@@ -61,6 +61,7 @@ def test_option_flags_are_parsed_with_their_types():
         ["latency", "--targets", "direct,apache"],
         ["stall", "--stall-start-secs", "50", "--duration-secs", "60"],  # window past the end of the run
         ["throughput", "--duration-secs", "0.5"],  # wrk runs whole seconds
+        ["throughput", "--tracing-sample-rate", "0,1.5"],  # a rate is from 0 to 1
     ],
 )
 def test_bad_options_exit_with_2_before_anything_starts(argv, tmp_path, capsys):

@@ -46,6 +46,11 @@ ONLY_WHEN_CONFIGURED = {
     "meshd_h2_streams_reset_total": "routers with protocol: h2",
     "meshd_h2_streams_refused_total": "routers with protocol: h2",
     "meshd_h2_ping_timeouts_total": "routers with protocol: h2",
+    # tracing (docs/tracing.md; tests/integration/test_tracing.py checks them)
+    "meshd_trace_spans_exported_total": "tracing with a collector",
+    "meshd_trace_spans_dropped_total": "tracing with a collector",
+    "meshd_trace_spans_queued": "tracing with a collector",
+    "meshd_trace_malformed_headers_total": "tracing with a collector",
 }
 
 
