@@ -45,7 +45,7 @@ from routing.path import Path
 class Endpoint:
     """One replica as a client sees it: its address, its pool; `key`/`weight` for the balancer."""
 
-    __slots__ = ("address", "key", "weight", "pool", "label", "forwarded", "stats", "client", "h2")
+    __slots__ = ("address", "key", "weight", "pool", "label", "host_line", "forwarded", "stats", "client", "h2")
 
     def __init__(
         self, address: Address, pool: Pool, stats: AttemptStats, client: Client | None = None, h2: H2Pool | None = None
@@ -59,6 +59,8 @@ class Endpoint:
         #: on an HTTP/2 router: the endpoint's multiplexed pool, used instead of `pool`
         self.h2 = h2
         self.label = address.show()
+        #: the Host line a request that came without one gets (HTTP/1.0 callers may omit it)
+        self.host_line = b"Host: " + self.label.encode("latin-1") + b"\r\n"
         #: another node's meshd, put here by a transformer: attempts to it are counted as forwarded
         self.forwarded = is_forwarded(address)
         #: its attempts' counters: its own, or its client's shared ones past MAX_ENDPOINT_SERIES
@@ -221,10 +223,15 @@ class Client:
         try:
             h2pool = endpoint.h2
             if h2pool is None:
+                dst = self._dst_headers(ctx.logical_name)
+                if request.host is None:
+                    # an HTTP/1.0 request without Host: the upstream speaks HTTP/1.1, where Host is
+                    # required, so it gets the endpoint's address (as nginx's default $proxy_host)
+                    dst += endpoint.host_line
                 if attempt is None:
-                    head = request_head(request, self._dst_headers(ctx.logical_name))
+                    head = request_head(request, dst)
                 else:
-                    head = request_head(request, self._dst_headers(ctx.logical_name) + attempt.traceparent_line())
+                    head = request_head(request, dst + attempt.traceparent_line())
                 conn = endpoint.pool.try_acquire_idle()
                 if self._attempt_timeout_s is None and conn is not None:
                     # The common case inline: a warm pooled connection and no attempt timeout (one

@@ -151,3 +151,18 @@ async def test_path_identifier_with_two_segments(make_mesh, make_upstream):
     resp = await conn.request("GET", "/api/v2/users")
     assert (resp.status, resp.body) == (200, b"/api/v2/users /svc/api/v2")
     await conn.close()
+
+
+async def test_http10_request_without_host_reaches_the_upstream_with_the_endpoints_address(
+    make_mesh, make_upstream
+):
+    # HTTP/1.0 lets a client omit Host; meshd talks HTTP/1.1 upstream, where Host is required
+    # (an nginx upstream answers 400 without it), so the attempt carries the endpoint's address
+    mesh, ups = await _setup(make_mesh, make_upstream, ("billing",), identifier={"kind": "path"})
+    conn = await RawConnection.open(mesh.port)
+    await conn.send(b"GET /billing/x HTTP/1.0\r\n\r\n")
+    resp = await conn.read_response()
+    assert resp.status == 200
+    [received] = ups["billing"].received
+    assert received.header("host") == f"127.0.0.1:{ups['billing'].port}"
+    await conn.close()
