@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import base_config
 from tests.integration.test_retries import metric, refused_port, scrape
 from tests.support.client import RawConnection, RawResponse
+from tests.support.h2peer import H2Client, H2Server, echo
 from tests.support.otlp import GarbageCollector, OtlpReceiver
 from tests.support.upstreams import Received, Reply
 from tests.support.waiting import wait_until
@@ -346,3 +347,30 @@ async def test_a_client_that_leaves_ends_the_request_span_as_499(make_mesh, make
     assert server.attributes["http.response.status_code"] == 499 and server.status_code == 2
     assert server.attributes["meshd.logical_name"] == "/svc/accounts"
     assert attempt.attributes["error.type"] == "cancelled" and attempt.parent_id == server.span_id
+
+
+async def test_an_http2_stream_is_traced_like_an_http1_request(make_mesh):
+    # the same trace filter and client spans on a `protocol: h2` router: the HTTP/2 upstream sees
+    # the attempt span as its parent in `traceparent`, and meshd's own error carries l5d-trace-id
+    up = await H2Server(echo).start()
+    try:
+        async with OtlpReceiver() as receiver:
+            mesh = await make_mesh(traced_config(receiver.url, protocol="h2"))
+            mesh.register("accounts", up.address_line)
+            client = await H2Client.open(mesh.port)
+            try:
+                ok = await client.request("GET", "/balance", "accounts",
+                                          headers=[(b"traceparent", f"00-{TRACE}-{SPAN}-01".encode())])
+                missing = await client.request("GET", "/x", "nobody")
+            finally:
+                client.close()
+            spans = await receiver.wait_spans(3)
+        assert ok.status == 200
+        assert missing.status >= 400 and missing.header(b"l5d-trace-id") is not None
+        (server,) = [s for s in spans if s.is_server and s.trace_id == TRACE]
+        (attempt,) = [s for s in spans if s.is_client]
+        assert server.parent_id == SPAN and attempt.parent_id == server.span_id
+        sent = up.received[0].header(b"traceparent")
+        assert sent == f"00-{TRACE}-{attempt.span_id}-01".encode()
+    finally:
+        await up.close()
