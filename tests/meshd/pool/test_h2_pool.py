@@ -13,7 +13,7 @@ import pytest
 from meshd.errors import ResponseHeadTimeout, StreamRefused
 from meshd.http.body import Body
 from meshd.http.messages import Request
-from meshd.http2.codec import REFUSED_STREAM
+from meshd.http2.codec import REFUSED_STREAM, H2Settings
 from meshd.http2.guard import H2Stats
 from meshd.pool.dialer import TcpDialer
 from meshd.pool.h2 import MAX_STREAM_ID, H2Pool, H2PoolSettings
@@ -36,9 +36,10 @@ async def server() -> AsyncIterator[H2Server]:
     await up.close()
 
 
-def _pool(up: H2Server, clock: FakeClock, stats: H2Stats) -> H2Pool:
+def _pool(up: H2Server, clock: FakeClock, stats: H2Stats, codec: H2Settings | None = None) -> H2Pool:
     return H2Pool("127.0.0.1", up.port, dialer=TcpDialer(1.0), clock=clock, stats=stats,
-                  settings=H2PoolSettings(ping_interval_s=10.0, ping_timeout_s=5.0, idle_time_s=600.0))
+                  settings=H2PoolSettings(settings=codec or H2Settings(), ping_interval_s=10.0,
+                                          ping_timeout_s=5.0, idle_time_s=600.0))
 
 
 async def _get(pool: H2Pool) -> bytes:
@@ -101,10 +102,11 @@ async def test_an_unanswered_ping_closes_the_connection_and_the_next_request_dia
 
 async def test_a_connection_out_of_stream_ids_is_replaced(server):
     clock, stats = FakeClock(), H2Stats()
-    pool = _pool(server, clock, stats)
+    # each connection starts two ids from the end: one request uses the last id it may
+    pool = _pool(server, clock, stats, H2Settings(first_stream_id=MAX_STREAM_ID - 2))
     assert await _get(pool) == b"ok"
     old = pool.conns[0]
-    old._codec.next_stream_id = lambda: MAX_STREAM_ID  # type: ignore[method-assign]
+    assert old.streams == {} and pool.opened == 1
     assert await _get(pool) == b"ok"
     assert pool.opened == 2
     await wait_until(lambda: old.closed, timeout=5, message="the exhausted connection to close")
