@@ -29,6 +29,9 @@ from meshd.http2.codec import ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, PREFACE, PR
 from tests.support.h2peer import H2Client, H2Reply, H2Server, echo
 from tests.support.waiting import wait_until
 
+# each test runs on both HTTP/2 codec backends (tests/conftest.py h2_codec)
+pytestmark = pytest.mark.usefixtures("h2_codec")
+
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[H2Server]:

@@ -21,6 +21,9 @@ from tests.support.clock import FakeClock
 from tests.support.h2peer import H2Reply, H2Server
 from tests.support.waiting import wait_until
 
+# each test runs on both HTTP/2 codec backends (tests/conftest.py h2_codec)
+pytestmark = pytest.mark.usefixtures("h2_codec")
+
 HEAD = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"svc"), (b":path", b"/")]
 
 
