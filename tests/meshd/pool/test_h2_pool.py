@@ -251,3 +251,31 @@ async def test_waiting_for_a_stream_counts_against_max_pending_requests():
         pool.close()
     finally:
         await up.close()
+
+
+class _CountingTransport:
+    """The connection's real transport, with its writes counted."""
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        self.inner = inner
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.inner.write(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def test_requests_sent_in_one_loop_iteration_leave_in_one_write(server):
+    pool = _pool(server, FakeClock(), H2Stats())
+    assert await _get(pool) == b"ok"  # connected, the upstream's SETTINGS known
+    conn = pool.conns[0]
+    counting = _CountingTransport(conn._transport)  # type: ignore[arg-type]
+    conn._transport = counting  # type: ignore[assignment]
+    assert await asyncio.gather(*(_get(pool) for _ in range(10))) == [b"ok"] * 10
+    assert pool.opened == 1
+    # ten HEADERS frames and the WINDOW_UPDATEs for the answers: a few writes, not one per frame
+    assert counting.writes <= 4, counting.writes
+    pool.close()
