@@ -322,10 +322,12 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t sid, const u
    has it. nghttp2 (keeping no closed streams) would ignore the block, so a client could go back
    to ids it skipped or used. The exception, also h2's: a stream closed by RST_STREAM, on which the
    peer may have sent before it learnt of the reset (RFC 9113 5.1 "closed"): its frames are
-   ignored. The last MH_PEER_RESETS such streams are remembered. */
+   ignored. The last MH_PEER_RESETS such streams (RST_STREAM sent or received, any code) are
+   remembered. */
 #define MH_PEER_RESETS 128
 
 static void remember_peer_reset(mh_conn *c, int32_t sid) {
+  if (c->client || !(sid & 1)) return;  /* server side, streams the peer opened */
   if (!c->peer_resets) {
     c->peer_resets = malloc(MH_PEER_RESETS * sizeof(int32_t));
     if (!c->peer_resets) return;  /* then a late frame on it is a connection error: harmless */
@@ -391,6 +393,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *u) {
         return NGHTTP2_ERR_CALLBACK_FAILURE;
       }
     }
+    remember_peer_reset(c, sid);
     drop(c, sid);
     return ev_push(c, rec, 4) ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
   }
@@ -448,7 +451,6 @@ static int on_stream_close(nghttp2_session *s, int32_t sid, uint32_t code, void 
   if ((sid & 1) == (c->client ? 0 : 1)) {  /* a stream the peer opened */
     if (c->inbound > 0) c->inbound--;
     if (code == NGHTTP2_NO_ERROR) refund_reset_token(c);
-    else if (!c->client) remember_peer_reset(c, sid);
   }
   drop(c, sid);
   return 0;
@@ -480,6 +482,7 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *u) {
   mh_conn *c = u;
   (void)s;
   if (f->hd.type == NGHTTP2_RST_STREAM) {
+    remember_peer_reset(c, f->hd.stream_id);  /* any code: RST_STREAM(NO_ERROR) ends an upload early */
     /* a reset nghttp2 sent by itself (a stream error by the peer) is news to the caller */
     if (!user_reset_taken(c, f->hd.stream_id)) {
       int64_t rec[4] = {MH_EV_RESET, f->hd.stream_id, f->rst_stream.error_code, 0};
