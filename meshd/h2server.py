@@ -164,7 +164,7 @@ class _ResponseWriter:
         conn = self._conn
         if data and not conn._closing:
             conn._codec.send_data(self._stream.sid, data, False)
-            conn._flush()
+            conn._flush_soon()
             conn._check_send_window(self._stream)
 
     def on_end(self, trailers: Trailers | None) -> None:
@@ -176,7 +176,7 @@ class _ResponseWriter:
             conn._codec.send_trailers(sid, h2_trailers(trailers))
         else:
             conn._codec.end_stream(sid)
-        conn._flush()
+        conn._flush_soon()
         conn._response_done(self._stream)
 
     def on_error(self, exc: BaseException) -> None:
@@ -213,10 +213,14 @@ class H2ServerProtocol(asyncio.Protocol):
         #: when the client last opened a window (a zero-window hold is judged against it)
         self._window_updated_at = -1.0
         self._replay_limit = listener.limits.replay_limit
+        #: frames taken from the codec by `_flush_soon`, written together at the end of the loop iteration
+        self._pending_out: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         self._client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         identify_peer = self._listener.peer_identity
@@ -378,7 +382,7 @@ class H2ServerProtocol(asyncio.Protocol):
     def _ack(self, sid: int, length: int) -> None:
         if length and not self._closing:
             self._codec.consumed(sid, length)
-            self._flush()
+            self._flush_soon()
 
     # -- serving one stream -------------------------------------------------------------------------
     async def _serve(self, stream: _Stream) -> None:
@@ -443,7 +447,7 @@ class H2ServerProtocol(asyncio.Protocol):
         if no_body or (body.ended and body.error is None and body.received == 0 and body.length in (None, 0)
                        and not body.chunked):
             self._codec.send_headers(stream.sid, headers, True)
-            self._flush()
+            self._flush_soon()
             if not body.ended:
                 body.cancel(ConnectionClosed("response must not carry a body"))
             self._response_done(stream)
@@ -597,7 +601,14 @@ class H2ServerProtocol(asyncio.Protocol):
 
     # -- connection ---------------------------------------------------------------------------------
     def _flush(self) -> None:
+        """Write what the codec holds now, after what `_flush_soon` kept back."""
         data = self._codec.data_to_send()
+        pending = self._pending_out
+        if pending:
+            if data:
+                pending.append(data)
+            data = b"".join(pending)
+            pending.clear()
         transport = self._transport
         if data and transport is not None and not self._closing:
             transport.write(data)
@@ -606,6 +617,19 @@ class H2ServerProtocol(asyncio.Protocol):
                 # included): nothing bounds what would pile up
                 self._stats.count("outbound_flood")
                 self.abort()
+
+    def _flush_soon(self) -> None:
+        """Take what the codec holds now (so `buffered()` stays exact) and write it at the end of
+        this event-loop iteration, together with what the connection's other streams add
+        meanwhile: one write (one system call) for all the streams answered in an iteration,
+        instead of one or two per stream. Connection-level frames (GOAWAY, ACKs after a read)
+        go out at once through `_flush`, which writes these first."""
+        data = self._codec.data_to_send()
+        if data and not self._closing:
+            pending = self._pending_out
+            pending.append(data)
+            if len(pending) == 1 and self._loop is not None:
+                self._loop.call_soon(self._flush)
 
     def _connection_error(self, code: int, reason: str | None) -> None:
         if reason is not None:

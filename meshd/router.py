@@ -44,7 +44,9 @@ from meshd.discovery.addr import Addr, Address, Bound, Failed
 from meshd.discovery.base import Namer
 from meshd.errors import NoSuchService
 from meshd.http.messages import Response
+from meshd.http2.backends import fallback_reason as h2_fallback_reason
 from meshd.http2.codec import H2Settings
+from meshd.http2.factory import backend_name as h2_backend_name
 from meshd.http2.guard import H2Stats
 from meshd.listener import ListenerLimits
 from meshd.observable import Observable
@@ -207,6 +209,10 @@ class Router:
                 max_frame_size=h2.max_frame_size,
                 max_header_list_size=h2.max_header_list_size,
             )
+            # chosen now, so a MESHD_H2_CODEC naming a codec that is not there stops the start
+            codec = h2_backend_name()
+            why = h2_fallback_reason() if codec == "h2ref" else None  # None: nghttp2 is there, h2ref forced
+            log.info("router %s: HTTP/2 codec: %s%s", self.label, codec, f" ({why})" if why else "")
         self.stack = router_stack(
             trust=TrustPolicy(config.trusted_sources),
             ids=RequestIds(),

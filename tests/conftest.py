@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import uvloop
@@ -31,6 +31,31 @@ if os.environ.get("CI") == "true":
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
     """Run every async test on uvloop, as meshd runs in production."""
     return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(params=["nghttp2", "h2ref"])
+def h2_codec(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a test once per HTTP/2 codec backend: in-process meshd picks it through
+    meshd.http2.factory, a meshd process through MESHD_H2_CODEC (set here, inherited).
+    An HTTP/2 test module opts in with `pytestmark = pytest.mark.usefixtures("h2_codec")`."""
+    from meshd.http2 import factory, nghttp2
+
+    name = str(request.param)
+    if name == "nghttp2" and not nghttp2.AVAILABLE:
+        if os.environ.get("CI") == "true":  # under CI the binding must have been built
+            raise AssertionError(nghttp2.WHY_UNAVAILABLE)
+        pytest.skip(str(nghttp2.WHY_UNAVAILABLE))
+    before = os.environ.get("MESHD_H2_CODEC")
+    os.environ["MESHD_H2_CODEC"] = name
+    try:
+        assert factory.choose() == name
+        yield name
+    finally:
+        if before is None:
+            os.environ.pop("MESHD_H2_CODEC", None)
+        else:
+            os.environ["MESHD_H2_CODEC"] = before
+        factory.reset()
 
 
 @pytest.fixture

@@ -84,6 +84,10 @@ class H2Settings:
     completes normally earns one back (a budget, not a rate, so no clock is involved: the
     CVE-2023-44487 "rapid reset" pattern exhausts it at once, a client that cancels now and then
     never does).
+
+    `first_stream_id` (client side; odd, 1 by default) is the id of the first stream this side
+    opens. Not a setting on the wire: it lets a test start a connection near the end of the id
+    space (2**31-1) to see it run out, on every backend alike.
     """
 
     __slots__ = (
@@ -95,6 +99,7 @@ class H2Settings:
         "connection_window_size",
         "max_pending_acks",
         "reset_budget",
+        "first_stream_id",
     )
 
     def __init__(
@@ -108,7 +113,10 @@ class H2Settings:
         connection_window_size: int = 1_048_576,
         max_pending_acks: int = 1000,
         reset_budget: int = 200,
+        first_stream_id: int = 1,
     ) -> None:
+        if not (0 < first_stream_id <= MAX_STREAM_ID and first_stream_id % 2 == 1):
+            raise ValueError(f"first_stream_id must be odd, 1 to 2**31-1: {first_stream_id}")
         self.max_concurrent_streams = max_concurrent_streams
         self.initial_window_size = initial_window_size
         self.max_frame_size = max_frame_size
@@ -117,6 +125,7 @@ class H2Settings:
         self.connection_window_size = connection_window_size
         self.max_pending_acks = max_pending_acks
         self.reset_budget = reset_budget
+        self.first_stream_id = first_stream_id
 
 
 class H2Event:

@@ -18,6 +18,7 @@ from meshd.http2.codec import (
     FRAME_SIZE_ERROR,
     INTERNAL_ERROR,
     MAX_STREAM_ID,
+    PROTOCOL_ERROR,
     REFUSED_STREAM,
     ConnectionError,
     DataReceived,
@@ -69,6 +70,8 @@ class H2RefCodec:
             },
         )
         self._h2.max_inbound_frame_size = s.max_frame_size
+        if client_side and s.first_stream_id > 1:
+            self._h2.highest_outbound_stream_id = s.first_stream_id - 2
         # h2 applies its own limit only when a changed setting is acknowledged
         self._h2.decoder.max_header_list_size = s.max_header_list_size
         # h2 closes the connection on GOAWAY either way; HTTP/2 lets the streams at or below
@@ -292,10 +295,6 @@ class H2RefCodec:
             return False
         return int(self._h2.highest_outbound_stream_id or 0) + 2 <= MAX_STREAM_ID
 
-    def _jump_stream_ids(self, next_id: int) -> None:
-        """Tests: make the next stream id `next_id` (to reach the end of the id space quickly)."""
-        self._h2.highest_outbound_stream_id = next_id - 2
-
     # -- flow control on the way out ----------------------------------------------------------
 
     def _flush_all(self) -> None:
@@ -357,6 +356,10 @@ def _classify(exc: Exception) -> tuple[int, str]:
         return FRAME_SIZE_ERROR, "frame_size"
     if "decoding header block" in text:
         return COMPRESSION_ERROR, "compression"
+    if isinstance(exc, h2.exceptions.StreamClosedError):
+        # a HEADERS on a stream that ended: h2 says STREAM_CLOSED (RFC 9113 5.1 allows it), the
+        # nghttp2 backend PROTOCOL_ERROR (5.1.1: a stream id used again); one code for both
+        return PROTOCOL_ERROR, "protocol"
     code = int(getattr(exc, "error_code", 1) or 1)
     return code, {FLOW_CONTROL_ERROR: "flow_control", FRAME_SIZE_ERROR: "frame_size",
                   COMPRESSION_ERROR: "compression", ENHANCE_YOUR_CALM: "flood"}.get(code, "protocol")

@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 from meshd.http2.codec import (
-    MAX_STREAM_ID,
     REASONS,
     ConnectionError,
     DataReceived,
@@ -32,7 +31,7 @@ from meshd.http2.codec import (
 )
 
 #: the glue's version this module decodes (MH_ABI in nghttp2_glue.c): a stale build is refused
-ABI = 8
+ABI = 9
 
 
 
@@ -122,6 +121,8 @@ class NgHttp2Codec:
             raise MemoryError("nghttp2: cannot create a session")
         self._c = ffi.gc(c, lib.mh_free)
         self._client_side = client_side
+        if client_side and s.first_stream_id > 1:
+            lib.mh_set_next_stream_id(c, s.first_stream_id)
 
     # -- opening and bytes in/out -------------------------------------------------------------
 
@@ -269,8 +270,3 @@ class NgHttp2Codec:
         and the most nghttp2 ever held at once."""
         c = self._c
         return int(c.lib_bytes) + int(lib.mh_own_bytes(c)), int(c.lib_peak)
-
-    def _jump_stream_ids(self, next_id: int) -> None:
-        """Tests: make the next stream id `next_id` (to reach the end of the id space quickly)."""
-        if next_id > MAX_STREAM_ID or lib.mh_set_next_stream_id(self._c, next_id) < 0:
-            raise ValueError(f"cannot move the next stream id to {next_id}")

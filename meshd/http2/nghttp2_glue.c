@@ -30,7 +30,7 @@
 #include <string.h>
 #include <nghttp2/nghttp2.h>
 
-#define MH_ABI 8
+#define MH_ABI 9
 #ifndef MH_SOURCE  /* _nghttp2_build.py defines it: a digest of this file and the declarations */
 #define MH_SOURCE "unknown"
 #endif
@@ -95,6 +95,9 @@ typedef struct mh_conn {
   int64_t reset_tokens, reset_burst; /* rapid-reset budget (peer RST_STREAM of its own streams) */
   int32_t *user_resets;           /* RST_STREAMs the caller submitted, not yet sent */
   size_t n_user_resets, cap_user_resets;
+  int32_t peer_highest;           /* server: the highest stream id the peer sent HEADERS on */
+  int32_t *peer_resets;           /* server: the last MH_PEER_RESETS peer streams closed by a reset, */
+  size_t n_peer_resets;           /* a ring (frames on them are ignored, not a connection error) */
   /* open-addressing map stream id -> mh_stream (linear probing, backward-shift deletion) */
   mh_stream **slots;
   size_t nslots, nstreams;
@@ -314,6 +317,44 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t sid, const u
   return ev_push(c, rec, 5) ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
 }
 
+/* Stream id reuse (RFC 9113 5.1.1): a HEADERS that would open a stream at or below the highest id
+   the peer has used, for a stream that is not open, is a connection error PROTOCOL_ERROR, as h2
+   has it. nghttp2 (keeping no closed streams) would ignore the block, so a client could go back
+   to ids it skipped or used. The exception, also h2's: a stream closed by RST_STREAM, on which the
+   peer may have sent before it learnt of the reset (RFC 9113 5.1 "closed"): its frames are
+   ignored. The last MH_PEER_RESETS such streams (RST_STREAM sent or received, any code) are
+   remembered. */
+#define MH_PEER_RESETS 128
+
+static void remember_peer_reset(mh_conn *c, int32_t sid) {
+  if (c->client || !(sid & 1)) return;  /* server side, streams the peer opened */
+  if (!c->peer_resets) {
+    c->peer_resets = malloc(MH_PEER_RESETS * sizeof(int32_t));
+    if (!c->peer_resets) return;  /* then a late frame on it is a connection error: harmless */
+  }
+  c->peer_resets[c->n_peer_resets++ % MH_PEER_RESETS] = sid;
+}
+
+static int was_reset(mh_conn *c, int32_t sid) {
+  size_t i, n = c->n_peer_resets < MH_PEER_RESETS ? c->n_peer_resets : MH_PEER_RESETS;
+  for (i = 0; i < n; i++)
+    if (c->peer_resets[i] == sid) return 1;
+  return 0;
+}
+
+static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *u) {
+  mh_conn *c = u;
+  int32_t sid = hd->stream_id;
+  if (hd->type != NGHTTP2_HEADERS || c->client || !(sid & 1)) return 0;
+  if (sid > c->peer_highest) {
+    c->peer_highest = sid;
+    return 0;
+  }
+  if (nghttp2_session_find_stream(s, sid) || was_reset(c, sid)) return 0;
+  fail(c, NGHTTP2_PROTOCOL_ERROR, MH_R_PROTOCOL);
+  return NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
 static void refund_reset_token(mh_conn *c) {
   if (c->reset_tokens < c->reset_burst) c->reset_tokens++;
 }
@@ -352,6 +393,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *u) {
         return NGHTTP2_ERR_CALLBACK_FAILURE;
       }
     }
+    remember_peer_reset(c, sid);
     drop(c, sid);
     return ev_push(c, rec, 4) ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
   }
@@ -440,6 +482,7 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *u) {
   mh_conn *c = u;
   (void)s;
   if (f->hd.type == NGHTTP2_RST_STREAM) {
+    remember_peer_reset(c, f->hd.stream_id);  /* any code: RST_STREAM(NO_ERROR) ends an upload early */
     /* a reset nghttp2 sent by itself (a stream error by the peer) is news to the caller */
     if (!user_reset_taken(c, f->hd.stream_id)) {
       int64_t rec[4] = {MH_EV_RESET, f->hd.stream_id, f->rst_stream.error_code, 0};
@@ -531,6 +574,7 @@ mh_conn *mh_new(int client, const uint32_t *limits) {
   c->reset_burst = c->reset_tokens = limits[6];
   c->max_pending_acks = limits[7];
   if (nghttp2_session_callbacks_new(&cb)) { free(c); return NULL; }
+  nghttp2_session_callbacks_set_on_begin_frame_callback(cb, on_begin_frame);
   nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
   nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
@@ -588,6 +632,7 @@ void mh_free(mh_conn *c) {
   free(c->blob);
   free(c->out);
   free(c->user_resets);
+  free(c->peer_resets);
   free(c->hdr_bytes);
   free(c);
 }
@@ -885,7 +930,8 @@ int mh_set_next_stream_id(mh_conn *c, int32_t id) {
 /* Bytes the connection holds outside nghttp2: record, output and header buffers, stream bodies. */
 int64_t mh_own_bytes(mh_conn *c) {
   size_t i, n = c->ev_cap * sizeof(int64_t) + c->blob_cap + c->out_cap + c->hdr_bytes_cap +
-                c->nslots * sizeof(mh_stream *) + c->cap_user_resets * sizeof(int32_t);
+                c->nslots * sizeof(mh_stream *) + c->cap_user_resets * sizeof(int32_t) +
+                (c->peer_resets ? MH_PEER_RESETS * sizeof(int32_t) : 0);
   for (i = 0; i < c->nslots; i++)
     if (c->slots[i]) n += sizeof(mh_stream) + c->slots[i]->cap;
   return (int64_t)n;

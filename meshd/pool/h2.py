@@ -132,7 +132,7 @@ class _RequestWriter:
         conn = self._conn
         if data and not conn.closed and not self._stream.done_out:
             conn._codec.send_data(self._stream.sid, data, False)
-            conn._flush()
+            conn._flush_soon()
             conn._check_send_window(self._stream)
 
     def on_end(self, trailers: Trailers | None) -> None:
@@ -144,7 +144,7 @@ class _RequestWriter:
             conn._codec.send_trailers(stream.sid, h2_trailers(trailers))
         else:
             conn._codec.end_stream(stream.sid)
-        conn._flush()
+        conn._flush_soon()
         stream.done_out = True
         stream.sent_at = conn._pool.clock.now()
         conn._maybe_done(stream)
@@ -174,6 +174,9 @@ class H2Upstream(asyncio.Protocol):
         self.idle_since = self.last_rx
         #: when the outstanding PING was sent (-1: none outstanding)
         self.ping_sent = -1.0
+        #: frames taken from the codec by `_flush_soon`, written together at the end of the loop iteration
+        self._pending_out: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- state --------------------------------------------------------------------------------
     def available(self) -> bool:
@@ -192,6 +195,7 @@ class H2Upstream(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
         self._codec.start()
         self._flush()
 
@@ -262,7 +266,7 @@ class H2Upstream(asyncio.Protocol):
         except Exception as exc:  # the codec refused the head (a field HTTP/2 does not allow)
             raise UpstreamFailed(f"request head cannot be sent over HTTP/2 to {self.label}: {exc}") from exc
         self.streams[sid] = stream
-        self._flush()
+        self._flush_soon()
         if bodiless:
             stream.done_out = True
             stream.sent_at = self._pool.clock.now()
@@ -402,7 +406,7 @@ class H2Upstream(asyncio.Protocol):
     def _ack(self, sid: int, length: int) -> None:
         if length and not self.closed:
             self._codec.consumed(sid, length)
-            self._flush()
+            self._flush_soon()
 
     def _check_send_window(self, stream: _UpStream) -> None:
         request = stream.request
@@ -467,9 +471,27 @@ class H2Upstream(asyncio.Protocol):
             self.close()
 
     def _flush(self) -> None:
+        """Write what the codec holds now, after what `_flush_soon` kept back."""
         data = self._codec.data_to_send()
+        pending = self._pending_out
+        if pending:
+            if data:
+                pending.append(data)
+            data = b"".join(pending)
+            pending.clear()
         if data and self._transport is not None and not self.closed:
             self._transport.write(data)
+
+    def _flush_soon(self) -> None:
+        """Take what the codec holds now (so `buffered()` stays exact) and write it at the end of
+        this event-loop iteration, with what the connection's other streams add meanwhile: one
+        write (one system call) for all the requests sent in an iteration, not one each."""
+        data = self._codec.data_to_send()
+        if data and not self.closed:
+            pending = self._pending_out
+            pending.append(data)
+            if len(pending) == 1 and self._loop is not None:
+                self._loop.call_soon(self._flush)
 
 
 class H2Pool:

@@ -29,6 +29,9 @@ from meshd.http2.codec import ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, PREFACE, PR
 from tests.support.h2peer import H2Client, H2Reply, H2Server, echo
 from tests.support.waiting import wait_until
 
+# each test runs on both HTTP/2 codec backends (tests/conftest.py h2_codec)
+pytestmark = pytest.mark.usefixtures("h2_codec")
+
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[H2Server]:
@@ -70,16 +73,18 @@ class Hostile:
     async def frames_until_closed(self, timeout: float = 10.0) -> list[Frame]:
         """Every frame meshd sends until it closes the connection."""
         data = b""
-        async with asyncio.timeout(timeout):
-            while True:
-                try:
-                    chunk = await self.reader.read(65536)
-                except ConnectionResetError:
-                    break
-                if not chunk:
-                    break
-                data += chunk
-        self.writer.close()
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        chunk = await self.reader.read(65536)
+                    except ConnectionResetError:
+                        break
+                    if not chunk:
+                        break
+                    data += chunk
+        finally:  # closed even when meshd never closes it (the test fails, the next one is clean)
+            self.writer.close()
         frames = []
         while len(data) >= 9:
             frame, length = Frame.parse_frame_header(memoryview(data[:9]))

@@ -18,6 +18,9 @@ import pytest
 from tests.support.process import MeshdProcess, process_config
 from tests.support.waiting import wait_until
 
+# each test runs on both HTTP/2 codec backends (tests/conftest.py h2_codec)
+pytestmark = pytest.mark.usefixtures("h2_codec")
+
 SERVICE = "bank.Ledger"
 
 
@@ -106,12 +109,14 @@ async def _answers(port: int) -> bool:
         return True
 
 
-async def test_unary_server_client_and_bidi_streaming_through_a_meshd_process(tmp_path: pathlib.Path, grpc_upstream):
+async def test_unary_server_client_and_bidi_streaming_through_a_meshd_process(tmp_path: pathlib.Path, grpc_upstream,
+                                                                            h2_codec: str):
     config = process_config({"protocol": "h2"})
     async with MeshdProcess(tmp_path, config) as mesh:
         mesh.register("ledger", f"127.0.0.1 {grpc_upstream}")
         await wait_until(lambda: _answers(mesh.port), timeout=10, message="meshd to route to the new service")
         await _all_four_kinds(mesh.port)
+        assert f"HTTP/2 codec: {h2_codec}" in mesh.log_text()  # the process ran on the codec asked for
 
 
 async def test_grpc_status_and_message_pass_through_in_trailers(make_mesh, grpc_upstream):

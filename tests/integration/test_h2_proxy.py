@@ -10,6 +10,7 @@ back, and that resets and GOAWAY do what RFC 9113 and docs/http2.md say.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -17,6 +18,9 @@ import pytest
 from tests.support.client import RawConnection
 from tests.support.h2peer import H2Client, H2Reply, H2Server, echo
 from tests.support.waiting import wait_until
+
+# each test runs on both HTTP/2 codec backends (tests/conftest.py h2_codec)
+pytestmark = pytest.mark.usefixtures("h2_codec")
 
 MakeServer = Callable[..., Awaitable[H2Server]]
 
@@ -57,6 +61,19 @@ async def test_a_stream_is_routed_by_authority_and_answered_with_body_and_traile
     assert got.header(b"l5d-reqid") is not None
     assert got.header(b"via") == b"2 meshd"
     assert got.trailers == [(b"x-sum", b"5")]
+    client.close()
+
+
+async def test_the_router_says_which_codec_it_runs_on(make_mesh, make_h2_upstream, h2_codec: str,
+                                                     caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="meshd.router")
+    up = await make_h2_upstream()
+    mesh = await make_mesh(protocol="h2")
+    assert [r.getMessage() for r in caplog.records if "HTTP/2 codec" in r.getMessage()] == [
+        f"router {mesh.daemon.routers[0].label}: HTTP/2 codec: {h2_codec}"]
+    mesh.register("accounts", up.address_line)
+    client = await H2Client.open(mesh.port)
+    assert (await client.request("GET", "/", "accounts")).status == 200
     client.close()
 
 

@@ -22,6 +22,9 @@ from tests.support.client import RawConnection
 from tests.support.h2peer import H2Client, H2Server, echo
 from tests.support.tls import Pki, server_tls
 
+# each test runs on both HTTP/2 codec backends (tests/conftest.py h2_codec)
+pytestmark = pytest.mark.usefixtures("h2_codec")
+
 MISSING_H2LOAD = "install h2load: apt-get install nghttp2-client"
 
 

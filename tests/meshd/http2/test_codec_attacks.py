@@ -31,6 +31,7 @@ from meshd.http2.codec import (
     CANCEL,
     ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
+    NO_ERROR,
     PREFACE,
     PROTOCOL_ERROR,
     ConnectionError,
@@ -208,6 +209,66 @@ def test_cancelling_now_and_then_never_exhausts_it(factory: Factory) -> None:
         server.send_headers(answered, [(b":status", b"200")], end_stream=True)
         server.data_to_send()
     assert server.open_inbound_streams == 0
+
+
+# -- stream id reuse (RFC 9113 5.1.1) -----------------------------------------------------------
+
+
+def goaway_last_stream_id(codec: H2Codec) -> int | None:
+    """The last_stream_id of the GOAWAY the codec queued."""
+    from hyperframe.frame import GoAwayFrame
+
+    data = codec.data_to_send()
+    last = None
+    while len(data) >= 9:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9:9 + length]))
+        if isinstance(frame, GoAwayFrame):
+            last = frame.last_stream_id
+        data = data[9 + length:]
+    return last
+
+
+@pytest.mark.parametrize(("opened", "again"), [((2**31 - 1,), 7), ((1, 5), 3), ((1,), 1)],
+                         ids=["below-the-last-id", "an-id-skipped", "an-id-used"])
+def test_a_new_stream_at_an_id_already_passed_is_a_protocol_error(
+        factory: Factory, opened: tuple[int, ...], again: int) -> None:
+    """Ids only go up: a HEADERS opening a stream at or below the highest id the peer used
+    (one it skipped, or one whose stream has ended) fails the connection; GOAWAY names the
+    last stream the server processed, which the peer may count on."""
+    server = serve(factory)
+    enc = hpack.Encoder()
+    for sid in opened:
+        assert not errors(server.receive(frames(headers(sid, enc.encode(REQ), "END_HEADERS", "END_STREAM"))))
+        server.send_headers(sid, [(b":status", b"200")], end_stream=True)
+    server.data_to_send()
+    events = server.receive(frames(headers(again, enc.encode(REQ), "END_HEADERS", "END_STREAM")))
+    assert errors(events) == [(PROTOCOL_ERROR, "protocol")]
+    assert not [e for e in events if isinstance(e, HeadersReceived)]
+    assert goaway_last_stream_id(server) == max(opened)
+
+
+@pytest.mark.parametrize("by", ["server", "server-no-error", "client"])
+def test_frames_on_a_reset_stream_are_ignored(factory: Factory, by: str) -> None:
+    """After a RST_STREAM either way, the peer may still send on the stream what it had queued
+    (RFC 9113 5.1 "closed"): trailers and DATA on it are dropped, the connection lives on.
+    RST_STREAM(NO_ERROR) is how a server that has answered stops the rest of an upload (8.1)."""
+    server = serve(factory)
+    enc = hpack.Encoder()
+    server.receive(frames(headers(1, enc.encode(REQ), "END_HEADERS")))
+    if by.startswith("server"):
+        server.reset_stream(1, NO_ERROR if by == "server-no-error" else CANCEL)
+    else:
+        server.receive(RstStreamFrame(1, error_code=CANCEL).serialize())
+    server.data_to_send()
+    from hyperframe.frame import DataFrame
+
+    events = server.receive(frames(DataFrame(1, data=b"late"),
+                                   headers(1, enc.encode([(b"grpc-status", b"0")]), "END_HEADERS", "END_STREAM")))
+    assert not errors(events)
+    assert not [e for e in events if isinstance(e, (HeadersReceived, DataReceived))]
+    events = server.receive(frames(headers(3, enc.encode(REQ), "END_HEADERS", "END_STREAM")))
+    assert [e.stream_id for e in events if isinstance(e, HeadersReceived)] == [3]
 
 
 # -- more streams than allowed ------------------------------------------------------------------

@@ -13,13 +13,16 @@ import pytest
 from meshd.errors import ResponseHeadTimeout, StreamRefused
 from meshd.http.body import Body
 from meshd.http.messages import Request
-from meshd.http2.codec import REFUSED_STREAM
+from meshd.http2.codec import REFUSED_STREAM, H2Settings
 from meshd.http2.guard import H2Stats
 from meshd.pool.dialer import TcpDialer
 from meshd.pool.h2 import MAX_STREAM_ID, H2Pool, H2PoolSettings
 from tests.support.clock import FakeClock
 from tests.support.h2peer import H2Reply, H2Server
 from tests.support.waiting import wait_until
+
+# each test runs on both HTTP/2 codec backends (tests/conftest.py h2_codec)
+pytestmark = pytest.mark.usefixtures("h2_codec")
 
 HEAD = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"svc"), (b":path", b"/")]
 
@@ -36,9 +39,10 @@ async def server() -> AsyncIterator[H2Server]:
     await up.close()
 
 
-def _pool(up: H2Server, clock: FakeClock, stats: H2Stats) -> H2Pool:
+def _pool(up: H2Server, clock: FakeClock, stats: H2Stats, codec: H2Settings | None = None) -> H2Pool:
     return H2Pool("127.0.0.1", up.port, dialer=TcpDialer(1.0), clock=clock, stats=stats,
-                  settings=H2PoolSettings(ping_interval_s=10.0, ping_timeout_s=5.0, idle_time_s=600.0))
+                  settings=H2PoolSettings(settings=codec or H2Settings(), ping_interval_s=10.0,
+                                          ping_timeout_s=5.0, idle_time_s=600.0))
 
 
 async def _get(pool: H2Pool) -> bytes:
@@ -101,10 +105,11 @@ async def test_an_unanswered_ping_closes_the_connection_and_the_next_request_dia
 
 async def test_a_connection_out_of_stream_ids_is_replaced(server):
     clock, stats = FakeClock(), H2Stats()
-    pool = _pool(server, clock, stats)
+    # each connection starts two ids from the end: one request uses the last id it may
+    pool = _pool(server, clock, stats, H2Settings(first_stream_id=MAX_STREAM_ID - 2))
     assert await _get(pool) == b"ok"
     old = pool.conns[0]
-    old._codec.next_stream_id = lambda: MAX_STREAM_ID  # type: ignore[method-assign]
+    assert old.streams == {} and pool.opened == 1
     assert await _get(pool) == b"ok"
     assert pool.opened == 2
     await wait_until(lambda: old.closed, timeout=5, message="the exhausted connection to close")
@@ -246,3 +251,31 @@ async def test_waiting_for_a_stream_counts_against_max_pending_requests():
         pool.close()
     finally:
         await up.close()
+
+
+class _CountingTransport:
+    """The connection's real transport, with its writes counted."""
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        self.inner = inner
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.inner.write(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def test_requests_sent_in_one_loop_iteration_leave_in_one_write(server):
+    pool = _pool(server, FakeClock(), H2Stats())
+    assert await _get(pool) == b"ok"  # connected, the upstream's SETTINGS known
+    conn = pool.conns[0]
+    counting = _CountingTransport(conn._transport)  # type: ignore[arg-type]
+    conn._transport = counting  # type: ignore[assignment]
+    assert await asyncio.gather(*(_get(pool) for _ in range(10))) == [b"ok"] * 10
+    assert pool.opened == 1
+    # ten HEADERS frames and the WINDOW_UPDATEs for the answers: a few writes, not one per frame
+    assert counting.writes <= 4, counting.writes
+    pool.close()
