@@ -20,7 +20,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshd.admin.app import start_admin, start_admin_unix, stop_admin
 from meshd.config.errors import ConfigError, ConfigProblem
@@ -36,10 +36,12 @@ from meshd.router import Router
 from meshd.runtime import Runtime
 from meshd.tls.contexts import TlsFiles, TlsSide, server_context
 from meshd.tls.identity import peer_identity
-from meshd.tracing.exporter import Exporter
 from meshd.tracing.spans import Tracer
 from routing.path import Path
 from routing.rules import Routes
+
+if TYPE_CHECKING:
+    from meshd.tracing.exporter import Exporter
 
 log = logging.getLogger("meshd")
 
@@ -201,6 +203,8 @@ class Daemon:
     # -- start ----------------------------------------------------------------------------------
     async def start(self) -> None:
         if self.runtime.tracer is not None and self.exporter is None:
+            from meshd.tracing.exporter import Exporter  # aiohttp and protobuf: only with tracing on
+
             self.exporter = Exporter(self.runtime.tracer, clock=self.runtime.clock)
             self.exporter.start()
         self.namers = await start_namers(self.config.namers, self.runtime)
@@ -562,6 +566,8 @@ class Daemon:
             await self.exporter.close()
             self.exporter = None
         if tracer is not None and self.exporter is None:
+            from meshd.tracing.exporter import Exporter  # aiohttp and protobuf: only with tracing on
+
             self.exporter = Exporter(tracer, clock=self.runtime.clock)
             self.exporter.start()
 

@@ -193,7 +193,8 @@ async def test_smaller_replay_buffer_for_one_prefix(make_mesh, make_upstream):
         (
             "    responseClassifier: {kind: retryableAll5XX}\n",
             'routers[0].services[1].responseClassifier.kind: line 9: unknown kind "retryableAll5XX" '
-            "(known kinds: nonRetryable5XX, retryableRead5XX, retryableIdempotent5XX, allSuccessful)",
+            "(known kinds: nonRetryable5XX, retryableRead5XX, retryableIdempotent5XX, allSuccessful, "
+            "grpc.default, grpc.retryableStatusCodes, grpc.neverRetryable, grpc.alwaysRetryable)",
         ),
         (
             "    retries:\n      budget: {percentCanRetry: 20}\n",

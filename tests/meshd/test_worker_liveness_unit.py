@@ -38,10 +38,7 @@ def test_up_while_the_last_heartbeat_is_at_most_the_limit_old_and_restarts_start
 
 async def test_a_worker_that_does_not_answer_is_not_marked_alive():
     sup = Supervisor([pathlib.Path("/nonexistent/0.sock")])
-    try:
-        assert await sup.beat(0) is False and sup.last_beat == [None]
-    finally:
-        await sup.close()
+    assert await sup.beat(0) is False and sup.last_beat == [None]
 
 
 def test_supervisor_metrics_hold_each_family_once():

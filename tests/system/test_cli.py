@@ -83,7 +83,7 @@ def test_check_lists_every_problem_with_its_path_and_line_and_exits_1(tmp_path):
         'routers[0].client.loadBalancer.kind: line 11: unknown kind "ewmaa" (known kinds: roundRobin, p2c, ewma); '
         'did you mean "ewma"?',
         "drainTimeoutMs: line 12: expected an integer >= 0, got -1",
-        'bogusKey: line 13: unknown key "bogusKey"; known keys: admin, namers, routers, drainTimeoutMs',
+        'bogusKey: line 13: unknown key "bogusKey"; known keys: admin, namers, routers, drainTimeoutMs, tracing',
     ]
     assert result.stderr.startswith("meshd.yaml: 5 problems found:\n")
     assert "       7 |         port: 41x0" in result.stderr  # the offending line is quoted
