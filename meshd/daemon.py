@@ -20,7 +20,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshd.admin.app import start_admin, start_admin_unix, stop_admin
 from meshd.config.errors import ConfigError, ConfigProblem
@@ -36,10 +36,12 @@ from meshd.router import Router
 from meshd.runtime import Runtime
 from meshd.tls.contexts import TlsFiles, TlsSide, server_context
 from meshd.tls.identity import peer_identity
-from meshd.tracing.exporter import Exporter
 from meshd.tracing.spans import Tracer
 from routing.path import Path
 from routing.rules import Routes
+
+if TYPE_CHECKING:  # imported when tracing is configured: aiohttp and protobuf cost every process 12 MB
+    from meshd.tracing.exporter import Exporter
 
 log = logging.getLogger("meshd")
 
@@ -201,8 +203,7 @@ class Daemon:
     # -- start ----------------------------------------------------------------------------------
     async def start(self) -> None:
         if self.runtime.tracer is not None and self.exporter is None:
-            self.exporter = Exporter(self.runtime.tracer, clock=self.runtime.clock)
-            self.exporter.start()
+            self.exporter = self._new_exporter(self.runtime.tracer)
         self.namers = await start_namers(self.config.namers, self.runtime)
         for router_config in self.config.routers:
             router, watcher = self._new_router(router_config, self.namers)
@@ -562,8 +563,16 @@ class Daemon:
             await self.exporter.close()
             self.exporter = None
         if tracer is not None and self.exporter is None:
-            self.exporter = Exporter(tracer, clock=self.runtime.clock)
-            self.exporter.start()
+            self.exporter = self._new_exporter(tracer)
+
+    def _new_exporter(self, tracer: Tracer) -> Exporter:
+        """The OTLP exporter's task, started. Its module (aiohttp, the OTLP protobuf classes: about
+        12 MB) is imported only here, so a meshd without tracing never loads it."""
+        from meshd.tracing.exporter import Exporter
+
+        exporter = Exporter(tracer, clock=self.runtime.clock)
+        exporter.start()
+        return exporter
 
     def _refused(self, reason: str) -> ReloadOutcome:
         self.config_reloads["refused"] += 1
