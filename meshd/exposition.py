@@ -50,8 +50,9 @@ _NAME: Final = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 #: one `name="value"` pair of a sample's labels, and what follows it (a comma or the closing brace)
 _LABEL: Final = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,?)\s*', re.DOTALL)
-#: a HELP or TYPE line: the keyword, the family's name and the rest (words are separated by blanks)
-_COMMENT: Final = re.compile(r"#[ \t]+(HELP|TYPE)[ \t]+([^ \t]+)(?:[ \t]+(.*))?", re.DOTALL)
+#: a HELP or TYPE line: the keyword, the family's name and the rest, separated by ASCII blanks
+#: (as prometheus-client reads them: a HELP text's leading blanks are separator too)
+_COMMENT: Final = re.compile(r"#[ \t\r\v\f]+(HELP|TYPE)[ \t\r\v\f]+([^ \t\r\v\f]+)(?:[ \t\r\v\f]+(.*))?", re.DOTALL)
 _ESCAPED: Final = re.compile(r"\\(.)", re.DOTALL)
 _UNESCAPE: Final = {"\\": "\\", "n": "\n", '"': '"'}
 

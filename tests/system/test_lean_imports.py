@@ -3,7 +3,7 @@ use, in one process and under `--workers`: aiohttp (11 MB), cryptography (8 MB),
 kubernetes_asyncio (38 MB), prometheus_client (4.3 MB; meshd/exposition.py writes and reads the
 metrics text instead, the tests keep it to check that text), the OTLP exporter's protobuf classes
 (opentelemetry-proto and google.protobuf, with aiohttp: 12 MB; only when tracing is configured),
-and meshd's own k8s and dns namers. Each is imported only by the feature that needs it (the admin server
+RE2 (2.5 MB; only once a routing file has a regex condition), and meshd's own k8s and dns namers. Each is imported only by the feature that needs it (the admin server
 is meshd/admin/web.py; see docs/benchmarks-analysis.md, "Where the memory goes"), so a later change
 cannot add one back to every process without this test saying so.
 
@@ -28,7 +28,8 @@ from tests.support.nats_server import free_ports
 from tests.support.process import MeshdProcess, process_config
 from tests.support.waiting import wait_until
 
-HEAVY = ("aiohttp", "cryptography", "dns", "kubernetes_asyncio", "prometheus_client", "opentelemetry", "google")
+HEAVY = ("aiohttp", "cryptography", "dns", "kubernetes_asyncio", "prometheus_client", "opentelemetry", "google",
+         "re2")
 #: meshd's own modules that only a feature the plain config does not use needs
 UNUSED = ("meshd.discovery.k8s", "meshd.discovery.k8s_watch", "meshd.discovery.k8s_informer",
           "meshd.discovery.k8s_model", "meshd.discovery.k8s_client", "meshd.discovery.dns", "meshd.tls.certs",
