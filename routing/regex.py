@@ -21,7 +21,7 @@ Matching a value costs time linear in its length; header values are bounded by t
 header-size limit (`maxHeaderBytes`, 64 KiB by default).
 
 RE2 is imported by the first pattern compiled, so a meshd whose routing files use no regex does
-not load it (the extension and the C++ runtime it links cost every process about 2.5 MB of RSS).
+not load it (the extension and the C++ runtime it links cost every process about 3 MB of RSS).
 """
 
 from __future__ import annotations

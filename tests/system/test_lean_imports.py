@@ -2,8 +2,8 @@
 use, in one process and under `--workers`: aiohttp (11 MB), cryptography (8 MB), dnspython (3 MB),
 kubernetes_asyncio (38 MB), prometheus_client (4.3 MB; meshd/exposition.py writes and reads the
 metrics text instead, the tests keep it to check that text), the OTLP exporter's protobuf classes
-(opentelemetry-proto and google.protobuf, with aiohttp: 12 MB; only when tracing is configured),
-RE2 (2.5 MB; only once a routing file has a regex condition), and meshd's own k8s and dns namers. Each is imported only by the feature that needs it (the admin server
+(opentelemetry-proto and google.protobuf, with aiohttp: 11 MB; only when tracing is configured),
+RE2 (3 MB; only once a routing file has a regex condition), and meshd's own k8s and dns namers. Each is imported only by the feature that needs it (the admin server
 is meshd/admin/web.py; see docs/benchmarks-analysis.md, "Where the memory goes"), so a later change
 cannot add one back to every process without this test saying so.
 
