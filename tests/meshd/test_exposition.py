@@ -31,6 +31,7 @@ from meshd.exposition import (
     parse,
     render,
 )
+from meshd.workers import _Liveness, _Merged
 from tests.support.client import RawConnection
 from tests.support.prometheus import find_program
 
@@ -198,10 +199,7 @@ async def test_a_real_meshd_metrics_page_passes_promtool_and_reads_the_same_with
     assert resp.status == 200 and resp.header("content-type") == CONTENT_TYPE
     text = resp.body.decode()
 
-    checked = await asyncio.to_thread(
-        subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    await promtool_accepts(promtool, text)
 
     theirs = {f.name: f for f in text_string_to_metric_families(text)}
     ours = {f.name.removesuffix("_total") if f.type == "counter" else f.name: f for f in parse(text)}
@@ -221,3 +219,22 @@ async def test_a_real_meshd_metrics_page_passes_promtool_and_reads_the_same_with
     assert mesh.daemon.runtime.registry.get_sample_value(
         "meshd_requests_total", {"router": "outgoing", "service": "/svc/svc", "status_class": "2xx"}
     ) == 1.0
+
+    # the workers' supervisor sums such texts (two workers here) and adds its own families: still
+    # a text promtool accepts, counters summed, the namer counters' creation times not
+    merged_text = render([*_Merged([text, text]).collect(), *_Liveness([(True, 0.5), (True, 0.25)], [0, 1]).collect()])
+    await promtool_accepts(promtool, merged_text.decode())
+    merged = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in parse(merged_text.decode()) for s in f.samples}
+    one = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in parse(text) for s in f.samples}
+    key = ("meshd_requests_total", (("router", "outgoing"), ("service", "/svc/svc"), ("status_class", "2xx")))
+    assert merged[key] == 2.0
+    created = [k for k in one if k[0] == "meshd_fs_reloads_created"]
+    assert created and all(merged[k] == one[k] for k in created)
+    assert merged[("meshd_worker_restarts_total", (("worker", "1"),))] == 1.0
+
+
+async def promtool_accepts(promtool: str, text: str) -> None:
+    checked = await asyncio.to_thread(
+        subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
