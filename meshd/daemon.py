@@ -40,7 +40,7 @@ from meshd.tracing.spans import Tracer
 from routing.path import Path
 from routing.rules import Routes
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported when tracing is configured: aiohttp and protobuf cost every process 11 MB
     from meshd.tracing.exporter import Exporter
 
 log = logging.getLogger("meshd")
@@ -203,10 +203,7 @@ class Daemon:
     # -- start ----------------------------------------------------------------------------------
     async def start(self) -> None:
         if self.runtime.tracer is not None and self.exporter is None:
-            from meshd.tracing.exporter import Exporter  # aiohttp and protobuf: only with tracing on
-
-            self.exporter = Exporter(self.runtime.tracer, clock=self.runtime.clock)
-            self.exporter.start()
+            self.exporter = self._new_exporter(self.runtime.tracer)
         self.namers = await start_namers(self.config.namers, self.runtime)
         for router_config in self.config.routers:
             router, watcher = self._new_router(router_config, self.namers)
@@ -566,10 +563,16 @@ class Daemon:
             await self.exporter.close()
             self.exporter = None
         if tracer is not None and self.exporter is None:
-            from meshd.tracing.exporter import Exporter  # aiohttp and protobuf: only with tracing on
+            self.exporter = self._new_exporter(tracer)
 
-            self.exporter = Exporter(tracer, clock=self.runtime.clock)
-            self.exporter.start()
+    def _new_exporter(self, tracer: Tracer) -> Exporter:
+        """The OTLP exporter's task, started. Its module (aiohttp, the OTLP protobuf classes: about
+        11 MB) is imported only here, so a meshd without tracing never loads it."""
+        from meshd.tracing.exporter import Exporter
+
+        exporter = Exporter(tracer, clock=self.runtime.clock)
+        exporter.start()
+        return exporter
 
     def _refused(self, reason: str) -> ReloadOutcome:
         self.config_reloads["refused"] += 1

@@ -7,9 +7,8 @@ import pathlib
 import random
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry
-
 from meshd.clock import MONOTONIC, Clock
+from meshd.exposition import Registry
 from meshd.tls.stats import TlsStats
 from meshd.tracing.spans import Tracer
 
@@ -20,12 +19,12 @@ class Runtime:
 
     `base_dir` is the directory of the config file: relative paths in the config
     (fs namer rootDir, routes files, kubeconfig) resolve against it.
-    `registry` is the Prometheus registry the admin server exports.
+    `registry` holds the metrics the admin server exports beside meshd's own (meshd/exposition.py).
     """
 
     clock: Clock = MONOTONIC
     rng: random.Random = field(default_factory=random.Random)
-    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+    registry: Registry = field(default_factory=Registry)
     base_dir: pathlib.Path = field(default_factory=pathlib.Path.cwd)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("meshd"))
     #: TLS handshake, failure, reload and expiry counters of every server and client (meshd/tls)

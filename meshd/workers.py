@@ -30,14 +30,11 @@ import time
 from collections.abc import Callable, Iterator
 
 import httptools
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector, CollectorRegistry
 
 from meshd.admin import web
 from meshd.admin.metrics import METRICS
 from meshd.config.model import MeshdConfig
+from meshd.exposition import CONTENT_TYPE, Family, parse, render
 
 log = logging.getLogger("meshd.workers")
 
@@ -258,10 +255,8 @@ class Supervisor:
     async def metrics(self, request: web.Request) -> web.Response:
         results = await asyncio.gather(*(self._get(i, "/metrics") for i in range(len(self.sockets))))
         texts = [text for status, text in results if status == 200]
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Merged(texts))
-        registry.register(_Liveness(self.liveness(), self.restarts))
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        families = [*_Merged(texts).collect(), *_Liveness(self.liveness(), self.restarts).collect()]
+        return web.Response(body=render(families), headers={"Content-Type": CONTENT_TYPE})
 
     async def endpoints(self, request: web.Request) -> web.Response:
         results = await asyncio.gather(*(self._get(i, "/admin/endpoints") for i in range(len(self.sockets))))
@@ -314,22 +309,22 @@ class Supervisor:
 _NOT_SUMMED = frozenset({"meshd_routes_version", "meshd_routes_loaded_timestamp_seconds"})
 
 
-class _Merged(Collector):
-    """Sums the samples of identical series across the workers' exposition texts (timestamps: the earliest)."""
+class _Merged:
+    """Sums the samples of identical series across the workers' exposition texts (instants: the earliest)."""
 
     def __init__(self, texts: list[str]) -> None:
         self._texts = texts
 
-    def collect(self) -> Iterator[Metric]:
-        families: dict[str, Metric] = {}
+    def collect(self) -> Iterator[Family]:
+        families: dict[str, Family] = {}
         sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
         for text in self._texts:
-            for family in text_string_to_metric_families(text):
-                if family.name.removesuffix("_total") in _OWN:
+            for family in parse(text):
+                if family.name in _SUPERVISOR_FAMILIES:
                     continue  # the supervisor's own (empty in the workers' texts)
                 merged = families.get(family.name)
                 if merged is None:
-                    merged = families[family.name] = Metric(family.name, family.documentation, family.type)
+                    merged = families[family.name] = Family(family.name, family.documentation, family.type)
                     sums[family.name] = {}
                 bucket = sums[family.name]
                 keep_max = family.name in _NOT_SUMMED
@@ -337,9 +332,10 @@ class _Merged(Collector):
                     key = (sample.name, tuple(sorted(sample.labels.items())))
                     if keep_max:
                         bucket[key] = max(bucket.get(key, sample.value), sample.value)
-                    elif sample.name.endswith("_timestamp_seconds"):
-                        # an instant (a certificate's expiry, a config's load), not an amount: the
-                        # earliest of the workers' (they differ only while a change is being taken up)
+                    elif sample.name.endswith(("_timestamp_seconds", "_created")):
+                        # an instant (a certificate's expiry, a config's load, when a namer's counter
+                        # was created), not an amount: the earliest of the workers'
+                        # (they differ only while a change is being taken up)
                         bucket[key] = min(bucket.get(key, sample.value), sample.value)
                     else:
                         bucket[key] = bucket.get(key, 0.0) + sample.value
@@ -349,21 +345,17 @@ class _Merged(Collector):
             yield family
 
 
-#: the supervisor's families as prometheus-client's parser names them (counters lose `_total`)
-_OWN = frozenset(name.removesuffix("_total") for name in _SUPERVISOR_FAMILIES)
-
-
-class _Liveness(Collector):
+class _Liveness:
     """`meshd_worker_up`, `meshd_worker_heartbeat_age_seconds`, `meshd_worker_restarts_total`."""
 
     def __init__(self, liveness: list[tuple[bool, float]], restarts: list[int]) -> None:
         self._liveness = liveness
         self._restarts = restarts
 
-    def collect(self) -> Iterator[Metric]:
-        up = Metric("meshd_worker_up", METRICS["meshd_worker_up"], "gauge")
-        age = Metric("meshd_worker_heartbeat_age_seconds", METRICS["meshd_worker_heartbeat_age_seconds"], "gauge")
-        restarts = Metric("meshd_worker_restarts", METRICS["meshd_worker_restarts_total"], "counter")
+    def collect(self) -> Iterator[Family]:
+        up = Family("meshd_worker_up", METRICS["meshd_worker_up"], "gauge")
+        age = Family("meshd_worker_heartbeat_age_seconds", METRICS["meshd_worker_heartbeat_age_seconds"], "gauge")
+        restarts = Family("meshd_worker_restarts_total", METRICS["meshd_worker_restarts_total"], "counter")
         for index, ((alive, seconds), count) in enumerate(zip(self._liveness, self._restarts, strict=True)):
             labels = {"worker": str(index)}
             up.add_sample("meshd_worker_up", labels, 1.0 if alive else 0.0)

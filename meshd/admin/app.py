@@ -17,9 +17,6 @@ import pathlib
 import time
 from collections.abc import AsyncIterator
 
-from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.registry import CollectorRegistry
-
 from meshd import __version__
 from meshd.admin import web
 from meshd.admin.history import INTERVAL_S, ReplicaHistory, readings
@@ -27,6 +24,7 @@ from meshd.admin.metrics import Exporter
 from meshd.admin.view import MeshdView
 from meshd.config.loader import to_yaml_dict
 from meshd.explain import dentry_origins, explain
+from meshd.exposition import CONTENT_TYPE, Registry
 from routing.parser import DtabSyntaxError, parse_dtab
 
 DASHBOARD = pathlib.Path(__file__).parent / "dashboard"
@@ -37,7 +35,7 @@ _HISTORY: web.AppKey[ReplicaHistory] = web.AppKey("history")
 PLAYGROUND_MAX_DTAB_BYTES = 65536
 
 
-def build_app(daemon: MeshdView, registry: CollectorRegistry, *, history_interval_s: float = INTERVAL_S) -> web.Application:
+def build_app(daemon: MeshdView, registry: Registry, *, history_interval_s: float = INTERVAL_S) -> web.Application:
     """The admin application over `daemon`'s read-only view; `/metrics` also serves `registry`."""
     app = web.Application()
     app[_DAEMON] = daemon
@@ -75,13 +73,13 @@ async def _sample_history(app: web.Application) -> AsyncIterator[None]:
 
 
 async def start_admin(
-    daemon: MeshdView, registry: CollectorRegistry, ip: str, port: int
+    daemon: MeshdView, registry: Registry, ip: str, port: int
 ) -> tuple[web.AdminServer, int]:
     server = await web.serve_tcp(build_app(daemon, registry), ip, port)
     return server, server.port
 
 
-async def start_admin_unix(daemon: MeshdView, registry: CollectorRegistry, path: str) -> web.AdminServer:
+async def start_admin_unix(daemon: MeshdView, registry: Registry, path: str) -> web.AdminServer:
     """A worker's admin server, on a Unix socket the supervisor aggregates (see workers.py)."""
     return await web.serve_unix(build_app(daemon, registry), path)
 
@@ -97,7 +95,7 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     body = await request.app[_EXPORTER].scrape()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def ping(request: web.Request) -> web.Response:

@@ -3,7 +3,9 @@
 The hot path only increments ints on small objects (router stats, retry counters, pool and
 balancer statistics); this module turns them into the Prometheus text format when `/metrics` is
 scraped, so recording costs about 0.1 µs instead of prometheus-client's ~1 µs per `.labels()`.
-Metrics registered directly on the runtime's registry by namers (k8s, dns) are exported too.
+Metrics registered directly on the runtime's registry by namers (fs, k8s, dns) are exported too.
+No process meshd runs imports prometheus-client: the text format's writer, reader, registry and
+the namers' counter are meshd/exposition.py.
 
 Label sets carry `router` as well as the names the issues define, so two routers serving the
 same service name never produce duplicate series.
@@ -14,24 +16,20 @@ per-service family is bounded by the request stats' label cap (`MAX_SERVICES` la
 builds several objects per sample: about 130 ms for 1,000 services), in slices of at most
 `SLICE_S` with the event loop running in between. A slice reads the counters of whole services
 or clients at once, so each series is a consistent reading; concurrent scrapes share one
-rendering. The output matches prometheus-client's `generate_latest` (label order, number format).
+rendering. The output is what prometheus-client's `generate_latest` would write (label order,
+number format); tests/meshd/test_exposition.py checks it against prometheus-client's parser.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
 
-from prometheus_client import generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector, CollectorRegistry
-
 from meshd.admin.view import MetricsView
+from meshd.exposition import Family, Registry, escape_label_value, format_value, parse
 from meshd.pipeline.retries import RetryCounters
 from meshd.pipeline.stats import BUCKETS, OVERFLOW_SERVICE, AttemptStats
 from meshd.pipeline.timeouts import TimeoutCounters
@@ -113,28 +111,10 @@ _LE: Final = tuple(repr(bound) for bound in BUCKETS)
 SLICE_S: Final = 0.001
 
 
-def _esc(value: str) -> str:
-    """A label value as the text format needs it (prometheus-client escapes the same three)."""
-    if "\\" in value or "\n" in value or '"' in value:
-        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
-    return value
-
-
-def _n(value: float) -> str:
-    """A sample value as prometheus-client's `floatToGoString` writes it (`3.0`, `1.5e+06`, `+Inf`)."""
-    d = float(value)
-    if d == math.inf:
-        return "+Inf"
-    if d == -math.inf:
-        return "-Inf"
-    if d != d:
-        return "NaN"
-    s = repr(d)
-    dot = s.find(".")
-    if d > 0 and dot > 6:  # Go switches to an exponent sooner than Python
-        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
-        return f"{mantissa}e+{dot - 1:02d}"
-    return s
+#: a label value as the text format needs it (backslash, newline and double quote escaped)
+_esc: Final = escape_label_value
+#: a sample value as Go writes it (`3.0`, `1.5e+06`, `+Inf`), as prometheus-client does
+_n: Final = format_value
 
 
 class _Text:
@@ -461,20 +441,17 @@ async def render(daemon: MetricsView, slice_s: float = SLICE_S) -> bytes:
     return text.render()
 
 
-class MeshdCollector(Collector):
-    """meshd's families on the runtime's Prometheus registry, for code that reads the registry
+class MeshdCollector:
+    """meshd's families on the runtime's registry, for code that reads the registry
     (`registry.get_sample_value(...)`). `/metrics` does not go through it (see `Exporter`)."""
 
     def __init__(self, daemon: MetricsView) -> None:
         self._daemon = daemon
         self._hidden = False
 
-    def describe(self) -> Iterable[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Family]:
         if not self._hidden:
-            yield from text_string_to_metric_families(render_now(self._daemon).decode("utf-8"))
+            yield from parse(render_now(self._daemon).decode("utf-8"))
 
     @contextmanager
     def hidden(self) -> Iterator[None]:
@@ -488,7 +465,7 @@ class MeshdCollector(Collector):
 class Exporter:
     """What `/metrics` serves: meshd's families rendered in slices, then the namers' metrics."""
 
-    def __init__(self, daemon: MetricsView, registry: CollectorRegistry) -> None:
+    def __init__(self, daemon: MetricsView, registry: Registry) -> None:
         self._daemon = daemon
         self._registry = registry
         self._collector = MeshdCollector(daemon)
@@ -510,5 +487,5 @@ class Exporter:
     async def _render(self) -> bytes:
         own = await render(self._daemon)
         with self._collector.hidden():  # the registry's other collectors: the namers' few series
-            others = generate_latest(self._registry)
+            others = self._registry.render()
         return b"".join((own, others))

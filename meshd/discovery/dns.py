@@ -35,14 +35,13 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Protocol, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter
-
 from balancers.backoff import Backoff, EqualJitteredBackoff, secs_to_ns
 from meshd.clock import Clock
 from meshd.discovery.addr import NEG, PENDING, Addr, Address, Bound, Failed, Neg, Pending
 from meshd.discovery.base import Freshness
 from meshd.discovery.dns_config import DnsNamerConfig
 from meshd.discovery.dns_config import parse_nameserver as parse_nameserver  # re-exported
+from meshd.exposition import Counter, Registry
 from meshd.observable import Observable
 from routing.namer import BoundName
 from routing.nametree import NEG as NEG_TREE
@@ -132,7 +131,7 @@ class DnsNamer:
         *,
         clock: Clock,
         rng: random.Random,
-        registry: CollectorRegistry,
+        registry: Registry,
         log: logging.Logger = _log,
     ) -> None:
         """`clock` times the entries' idleness and sleeps their TTLs and backoffs (meshd.clock)."""
@@ -436,10 +435,10 @@ def _is_dns_name(text: str) -> bool:
     return len(text) <= 253 and all(0 < len(label) <= 63 for label in labels)
 
 
-_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
+_COUNTERS: weakref.WeakKeyDictionary[Registry, Counter] = weakref.WeakKeyDictionary()
 
 
-def _lookup_counter(registry: CollectorRegistry) -> Counter:
+def _lookup_counter(registry: Registry) -> Counter:
     """One counter per registry, shared by every dns namer registered on it."""
     counter = _COUNTERS.get(registry)
     if counter is None:

@@ -36,10 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Final, Literal
 
-from prometheus_client import CollectorRegistry, Counter
-
 from meshd.discovery.addr import PENDING, Addr, Address, Bound, Failed, Neg
 from meshd.discovery.base import Freshness
+from meshd.exposition import Counter, Registry
 from meshd.observable import Observable
 from meshd.runtime import Runtime
 from routing.namer import BoundName
@@ -416,10 +415,10 @@ class FsNamer:
         return f"<FsNamer {self._prefix.show()} root={self._root} services={len(self._stamps)}>"
 
 
-_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
+_COUNTERS: weakref.WeakKeyDictionary[Registry, Counter] = weakref.WeakKeyDictionary()
 
 
-def _reload_counter(registry: CollectorRegistry) -> Counter:
+def _reload_counter(registry: Registry) -> Counter:
     """One counter per registry, shared by every fs namer registered on it."""
     counter = _COUNTERS.get(registry)
     if counter is None:

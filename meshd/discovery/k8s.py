@@ -23,8 +23,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client import CollectorRegistry, Counter
-
 from meshd.clock import Timer
 from meshd.discovery.addr import Addr, Failed
 from meshd.discovery.base import Freshness
@@ -38,6 +36,7 @@ from meshd.discovery.k8s_model import (
     parse_service_name,
 )
 from meshd.discovery.k8s_watch import ServiceWatch, Sources, WatchStats
+from meshd.exposition import Counter, Registry
 from meshd.observable import Observable
 from meshd.runtime import Runtime
 from routing.namer import BoundName
@@ -57,7 +56,7 @@ class K8sMetrics:
     api_errors: Counter
 
     @classmethod
-    def on(cls, registry: CollectorRegistry) -> K8sMetrics:
+    def on(cls, registry: Registry) -> K8sMetrics:
         """The metrics registered on `registry` (once, however many k8s namers share it)."""
         metrics = _METRICS.get(registry)
         if metrics is None:
@@ -79,7 +78,7 @@ class K8sMetrics:
         return metrics
 
 
-_METRICS: Final[weakref.WeakKeyDictionary[CollectorRegistry, K8sMetrics]] = weakref.WeakKeyDictionary()
+_METRICS: Final[weakref.WeakKeyDictionary[Registry, K8sMetrics]] = weakref.WeakKeyDictionary()
 
 # ------------------------------------------------------------------------------------------------
 

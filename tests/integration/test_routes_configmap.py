@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
 from meshd.discovery.k8s import K8sBackoffConfig, K8sNamer, K8sNamerConfig
+from meshd.exposition import Registry
 from meshd.reload import ConfigMapRoutesWatcher
 from meshd.runtime import Runtime
 from routing.dtab import Dtab
@@ -61,7 +61,7 @@ async def api() -> AsyncIterator[FakeKubeApi]:
 async def make_watcher(api: FakeKubeApi, tmp_path: pathlib.Path) -> AsyncIterator[Callable[..., Awaitable[tuple[ConfigMapRoutesWatcher, Applied]]]]:
     made: list[tuple[ConfigMapRoutesWatcher, K8sNamer]] = []
     (tmp_path / "kubeconfig").write_text(yaml.safe_dump(api.kubeconfig()))
-    runtime = Runtime(rng=random.Random(7), registry=CollectorRegistry(), base_dir=tmp_path)
+    runtime = Runtime(rng=random.Random(7), registry=Registry(), base_dir=tmp_path)
 
     async def no_wait(delay: float) -> None:  # backoff sleeps: never waited out, only a turn of the loop
         await asyncio.sleep(0)

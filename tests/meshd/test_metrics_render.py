@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
 from meshd.admin.metrics import METRICS, Exporter, _esc, _n, render, render_now
+from meshd.exposition import Registry
 from meshd.pipeline.stats import OVERFLOW_SERVICE
 from meshd.runtime import Runtime
 from routing.path import Path
@@ -84,11 +85,9 @@ async def test_a_sliced_rendering_writes_the_same_text_as_one_at_once() -> None:
 
 
 async def test_concurrent_scrapes_share_one_rendering() -> None:
-    from prometheus_client import CollectorRegistry
-
     router = make_router()
     router.service_for(Path.read("/svc/a"))
-    registry = CollectorRegistry(auto_describe=True)
+    registry = Registry()
     exporter = Exporter(FakeDaemon(router), registry)  # type: ignore[arg-type]
     first, second = await asyncio.gather(exporter.scrape(), exporter.scrape())
     assert first is second

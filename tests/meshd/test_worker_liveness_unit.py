@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pathlib
 
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import CollectorRegistry
 
 from meshd.admin.metrics import METRICS
+from meshd.exposition import render
 from meshd.workers import DOWN_AFTER_S, Supervisor, _Liveness, _Merged
 
 
@@ -47,10 +46,8 @@ def test_supervisor_metrics_hold_each_family_once():
         "# HELP meshd_worker_restarts_total x\n# TYPE meshd_worker_restarts_total counter\n"
         '# HELP meshd_requests_total x\n# TYPE meshd_requests_total counter\nmeshd_requests_total{router="r"} 2.0\n'
     )
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Merged([worker_text, worker_text]))
-    registry.register(_Liveness([(True, 0.25), (False, 7.0)], [0, 2]))
-    text = generate_latest(registry).decode()
+    text = render([*_Merged([worker_text, worker_text]).collect(),
+                   *_Liveness([(True, 0.25), (False, 7.0)], [0, 2]).collect()]).decode()
     assert text.count("# HELP meshd_worker_up ") == 1 and text.count("# HELP meshd_worker_restarts_total ") == 1
     samples = {
         (s.name, s.labels.get("worker", "")): s.value for f in text_string_to_metric_families(text) for s in f.samples

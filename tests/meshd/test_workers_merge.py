@@ -3,9 +3,7 @@ version gauges are not (every worker serves the same version; the sum would say 
 
 from __future__ import annotations
 
-from prometheus_client import generate_latest
-from prometheus_client.registry import CollectorRegistry
-
+from meshd.exposition import render
 from meshd.workers import _Merged
 
 
@@ -25,9 +23,7 @@ def worker_text(reloads: float, loaded_at: float) -> str:
 
 
 def test_versions_are_not_summed_but_counters_are() -> None:
-    registry = CollectorRegistry()
-    registry.register(_Merged([worker_text(2, 1700000000.5), worker_text(3, 1700000001.25)]))
-    text = generate_latest(registry).decode()
+    text = render(_Merged([worker_text(2, 1700000000.5), worker_text(3, 1700000001.25)]).collect()).decode()
     assert 'meshd_config_reloads_total{result="success",router="outgoing"} 5.0' in text
     assert (
         'meshd_routes_version{digest="5c1e0e6a9b2d",router="outgoing",source="configmap mesh/r key routes.yaml",'

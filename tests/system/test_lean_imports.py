@@ -1,6 +1,9 @@
 """A plain meshd (fs namer, no TLS, no Kubernetes) imports none of the heavy libraries it does not
 use, in one process and under `--workers`: aiohttp (11 MB), cryptography (8 MB), dnspython (3 MB),
-kubernetes_asyncio (38 MB), and meshd's own k8s and dns namers. Each is imported only by the feature that needs it (the admin server
+kubernetes_asyncio (38 MB), prometheus_client (4.3 MB; meshd/exposition.py writes and reads the
+metrics text instead, the tests keep it to check that text), the OTLP exporter's protobuf classes
+(opentelemetry-proto and google.protobuf, with aiohttp: 11 MB; only when tracing is configured),
+RE2 (3 MB; only once a routing file has a regex condition), and meshd's own k8s and dns namers. Each is imported only by the feature that needs it (the admin server
 is meshd/admin/web.py; see docs/benchmarks-analysis.md, "Where the memory goes"), so a later change
 cannot add one back to every process without this test saying so.
 
@@ -25,10 +28,12 @@ from tests.support.nats_server import free_ports
 from tests.support.process import MeshdProcess, process_config
 from tests.support.waiting import wait_until
 
-HEAVY = ("aiohttp", "cryptography", "dns", "kubernetes_asyncio")
+HEAVY = ("aiohttp", "cryptography", "dns", "kubernetes_asyncio", "prometheus_client", "opentelemetry", "google",
+         "re2")
 #: meshd's own modules that only a feature the plain config does not use needs
 UNUSED = ("meshd.discovery.k8s", "meshd.discovery.k8s_watch", "meshd.discovery.k8s_informer",
           "meshd.discovery.k8s_model", "meshd.discovery.k8s_client", "meshd.discovery.dns", "meshd.tls.certs",
+          "meshd.tracing.exporter", "meshd.tracing.otlp",
           "difflib")
 _IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|(\s*)(\S+)$", re.MULTILINE)
 ADMIN_PAGES = ("/admin/ready", "/metrics", "/admin/config", "/admin/endpoints", "/admin/routes", "/",

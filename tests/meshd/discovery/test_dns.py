@@ -18,7 +18,6 @@ from typing import Literal, TypeVar
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
 from meshd.discovery.addr import NEG, PENDING, Addr, Address, Bound, Failed
 from meshd.discovery.base import Namer
@@ -33,6 +32,7 @@ from meshd.discovery.dns import (
     parse_nameserver,
     resolve,
 )
+from meshd.exposition import Registry
 from meshd.observable import Observable
 from meshd.runtime import Runtime
 from routing.namer import BoundName
@@ -95,8 +95,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
+def registry() -> Registry:
+    return Registry()
 
 
 NamerFactory = Callable[..., DnsNamer]
@@ -104,7 +104,7 @@ NamerFactory = Callable[..., DnsNamer]
 
 @pytest.fixture
 async def make_namer(
-    dns: FakeDns, clock: FakeClock, registry: CollectorRegistry
+    dns: FakeDns, clock: FakeClock, registry: Registry
 ) -> AsyncIterator[NamerFactory]:
     namers: list[DnsNamer] = []
 
@@ -413,7 +413,7 @@ async def test_address_changes_are_published_and_same_answers_are_not(
 
 
 async def test_failure_keeps_the_last_answer_and_retries_with_growing_jittered_backoff(
-    make_namer: NamerFactory, dns: FakeDns, clock: FakeClock, registry: CollectorRegistry
+    make_namer: NamerFactory, dns: FakeDns, clock: FakeClock, registry: Registry
 ) -> None:
     namer = await started(make_namer(min_ttl_secs=2, max_ttl_secs=300))
     obs = namer.addr(API_ID)
@@ -574,7 +574,7 @@ async def test_a_crashed_refresh_loop_is_logged_not_silent(
         Broken(),
         clock=clock,
         rng=random.Random(1),
-        registry=CollectorRegistry(),
+        registry=Registry(),
     )
     await namer.start()
     obs = namer.addr(SRV_ID)

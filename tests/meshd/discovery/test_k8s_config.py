@@ -12,10 +12,10 @@ import sys
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
 from balancers.backoff import ExponentialBackoffConfig
 from meshd.discovery.k8s import K8sBackoffConfig, K8sMetrics, K8sNamer, K8sNamerConfig, KubeApiError
+from meshd.exposition import Registry
 from meshd.runtime import Runtime
 from routing.path import Path
 
@@ -28,7 +28,7 @@ def test_defaults_follow_linkerd_and_the_brief():
     assert (cfg.prefix, cfg.watch_timeout_secs, cfg.idle_ttl_secs) == ("/#/k8s", 300, 600.0)
     assert cfg.backoff == K8sBackoffConfig(min_ms=100, max_ms=30_000)
     assert cfg.use_endpoint_slices is None and cfg.in_cluster is None
-    namer = cfg.build(Runtime(registry=CollectorRegistry()))
+    namer = cfg.build(Runtime(registry=Registry()))
     assert isinstance(namer, K8sNamer) and namer.prefix == Path.read("/#/k8s")
     assert namer.version.get() == 0
 
@@ -89,7 +89,7 @@ def test_connection_mode(tmp_path: pathlib.Path):
 
 
 async def test_missing_kubeconfig_fails_at_start_with_a_clear_error(tmp_path: pathlib.Path):
-    runtime = Runtime(registry=CollectorRegistry(), base_dir=tmp_path)
+    runtime = Runtime(registry=Registry(), base_dir=tmp_path)
     namer = K8sNamerConfig(kubeconfig="missing.yaml").build(runtime)
     with pytest.raises(KubeApiError, match="cannot load Kubernetes client configuration") as err:
         await namer.start()
@@ -102,7 +102,7 @@ async def test_api_url_mode_talks_plain_http_without_a_token():
 
     async with FakeKubeApi(token=None) as api:
         api.apply(service("shop", "web", [service_port("http", 80)]))
-        namer = K8sNamerConfig(api_url=api.url).build(Runtime(registry=CollectorRegistry()))
+        namer = K8sNamerConfig(api_url=api.url).build(Runtime(registry=Registry()))
         await namer.start()
         try:
             assert namer.lookup(Path.read("/shop/grpc/web")) is None
@@ -113,7 +113,7 @@ async def test_api_url_mode_talks_plain_http_without_a_token():
 
 
 def test_two_namers_on_one_registry_share_the_metrics():
-    registry = CollectorRegistry()
+    registry = Registry()
     assert K8sMetrics.on(registry) is K8sMetrics.on(registry)
     K8sNamerConfig().build(Runtime(registry=registry))
     K8sNamerConfig(prefix="/#/k8s-other").build(Runtime(registry=registry))
@@ -122,10 +122,10 @@ def test_two_namers_on_one_registry_share_the_metrics():
 def test_kubernetes_asyncio_is_imported_only_when_the_namer_connects():
     code = (
         "import sys\n"
-        "from prometheus_client import CollectorRegistry\n"
+        "from meshd.exposition import Registry\n"
         "from meshd.discovery.k8s import K8sNamerConfig\n"
         "from meshd.runtime import Runtime\n"
-        "K8sNamerConfig().build(Runtime(registry=CollectorRegistry()))\n"
+        "K8sNamerConfig().build(Runtime(registry=Registry()))\n"
         "assert 'kubernetes_asyncio' not in sys.modules, 'imported too early'\n"
         "import meshd.discovery.k8s_client\n"
         "assert 'kubernetes_asyncio' in sys.modules\n"

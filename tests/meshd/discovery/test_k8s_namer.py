@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
 from meshd.discovery.addr import Addr, Address, Bound, Failed, Neg
 from meshd.discovery.k8s import K8sBackoffConfig, K8sNamer, K8sNamerConfig
+from meshd.exposition import Registry
 from meshd.observable import Observable
 from meshd.runtime import Runtime
 from routing.namer import BoundName
@@ -77,7 +77,7 @@ async def api() -> AsyncIterator[FakeKubeApi]:
 
 @pytest.fixture
 def runtime(tmp_path: pathlib.Path) -> Runtime:
-    return Runtime(rng=random.Random(7), registry=CollectorRegistry(), base_dir=tmp_path)
+    return Runtime(rng=random.Random(7), registry=Registry(), base_dir=tmp_path)
 
 
 @pytest.fixture
