@@ -40,6 +40,8 @@ from typing import Final, cast
 from meshd.clock import Timer
 from meshd.config.model import H2Config, RouterConfig
 from meshd.errors import BodyTimeout, MeshdError, RequestTimeout
+from meshd.grpc import errors as grpc_errors
+from meshd.grpc import status as grpc_status
 from meshd.http.body import Body, Trailers
 from meshd.http.messages import Request, Response
 from meshd.http2 import codec as h2
@@ -394,19 +396,26 @@ class H2ServerProtocol(asyncio.Protocol):
                 await admission.wait()
                 admitted = True
             response = await listener.service(ctx)
+            observed = response.status
         except MeshdError as exc:
-            response = error_response(exc)
+            response = meshd_error_response(request, exc)
+            observed = exc.status
         except TimeoutError:
-            response = error_response(RequestTimeout("request timed out"))
+            response = meshd_error_response(request, RequestTimeout("request timed out"))
+            observed = 504
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("unhandled error in the request pipeline")
-            response = error_response(MeshdError("internal error in meshd"))
+            internal = MeshdError("internal error in meshd")
+            response = meshd_error_response(request, internal)
+            observed = internal.status
         finally:
             if admitted:
                 admission.leave()
-        listener.observe(ctx.logical_name or UNIDENTIFIED, response.status, monotonic() - started)
+        # a gRPC error meshd answered is counted under the HTTP status it stands for (its grpc
+        # status is counted by `grpc_responses`), so the status-class stats still see the failure
+        listener.observe(ctx.logical_name or UNIDENTIFIED, observed, monotonic() - started)
         stream.ctx = None
         if self._closing or self._streams.get(stream.sid) is not stream:
             response.body.cancel(ConnectionClosed("client reset the stream"))
@@ -643,6 +652,15 @@ class H2ServerProtocol(asyncio.Protocol):
             self._cancel_timers()
             if self._transport is not None:
                 self._transport.close()
+
+
+def meshd_error_response(request: Request, error: MeshdError) -> Response:
+    """The answer to one of meshd's own errors: to a gRPC request (`content-type:
+    application/grpc...`) a trailers-only response with `grpc-status` and `grpc-message` (one
+    HEADERS frame with END_STREAM, `:status 200`, `l5d-err` kept), else `error_response`."""
+    if grpc_status.is_grpc_request(request.headers):
+        return Response(grpc_errors.HTTP_STATUS, b"OK", grpc_errors.grpc_error_headers(error), Body.empty())
+    return error_response(error)
 
 
 class PrefaceSniffer(asyncio.Protocol):
