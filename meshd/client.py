@@ -24,6 +24,7 @@ from balancers.registry import BalancerConfig
 from meshd.discovery.addr import Addr, Address, Bound, Neg
 from meshd.errors import AttemptTimeout, CircuitOpen, MeshdError, NoEndpoints
 from meshd.expiry import Expiry
+from meshd.grpc import timeout as grpc_timeout
 from meshd.http.headers import L5D_DST_CLIENT, L5D_DST_SERVICE
 from meshd.http.messages import Response
 from meshd.http2.convert import h2_request_headers
@@ -215,6 +216,12 @@ class Client:
             self.retrying += 1
             self.retries += 1
         try:
+            if ctx.grpc and ctx.deadline is not None:
+                # the time left, as the upstream sees it: a chain of gRPC services never works
+                # past the caller's deadline (docs/grpc.md, "Deadlines")
+                grpc_timeout.set_timeout(
+                    request.headers, grpc_timeout.downstream_value(ctx.deadline - self._runtime.clock.now())
+                )
             h2pool = endpoint.h2
             if h2pool is None:
                 head = request_head(request, self._dst_headers(ctx.logical_name))

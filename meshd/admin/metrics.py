@@ -99,6 +99,8 @@ METRICS: Final[dict[str, str]] = {
     "meshd_h2_streams_reset_total": "HTTP/2 client streams meshd reset itself, by router and reason (zero_window, malformed).",
     "meshd_h2_streams_refused_total": "Upstream HTTP/2 streams refused (GOAWAY, REFUSED_STREAM) and so retried elsewhere.",
     "meshd_h2_ping_timeouts_total": "Upstream HTTP/2 connections closed because a PING went unanswered.",
+    "meshd_grpc_timeouts_total": "grpc-timeout values read from gRPC requests, by router and result (applied, malformed).",
+    "meshd_grpc_responses_total": "gRPC calls answered, by router, service and grpc_status (OK, UNAVAILABLE, ...; NONE: no grpc-status).",
 }
 
 _STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -302,6 +304,7 @@ def _steps(daemon: MetricsView, text: _Text) -> Iterator[None]:
     )
     _tls_steps(daemon, text)
     _h2_steps(daemon, text)
+    _grpc_steps(daemon, text)
     yield
 
 
@@ -340,6 +343,23 @@ def _h2_steps(daemon: MetricsView, text: _Text) -> None:
             )
         f["meshd_h2_streams_refused_total"].append(f"meshd_h2_streams_refused_total{{{r}}} {_n(stats.streams_refused)}\n")
         f["meshd_h2_ping_timeouts_total"].append(f"meshd_h2_ping_timeouts_total{{{r}}} {_n(stats.ping_timeouts)}\n")
+
+
+def _grpc_steps(daemon: MetricsView, text: _Text) -> None:
+    """The gRPC families (meshd/grpc/stats.py `GrpcStats`), for routers that carry gRPC."""
+    f = text.lines
+    for router in list(daemon.routers):
+        stats = getattr(router, "grpc_stats", None)
+        if stats is None:
+            continue
+        r = f'router="{_esc(router.label)}"'
+        t = stats.timeouts
+        f["meshd_grpc_timeouts_total"].append(f'meshd_grpc_timeouts_total{{result="applied",{r}}} {_n(t.applied)}\n')
+        f["meshd_grpc_timeouts_total"].append(f'meshd_grpc_timeouts_total{{result="malformed",{r}}} {_n(t.malformed)}\n')
+        for (service, status), count in sorted(stats.responses.items()):
+            f["meshd_grpc_responses_total"].append(
+                f'meshd_grpc_responses_total{{grpc_status="{status}",{r},service="{_esc(service)}"}} {_n(count)}\n'
+            )
 
 
 def _tls_steps(daemon: MetricsView, text: _Text) -> None:

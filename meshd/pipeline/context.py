@@ -33,6 +33,7 @@ class RouteContext:
         "last_node",
         "peer_identity",
         "trace_id",
+        "grpc",
     )
 
     def __init__(self, request: Request, peer_identity: str = "") -> None:
@@ -65,6 +66,9 @@ class RouteContext:
         #: the request's trace id (hex), "" when it is not traced: the dashboard's recent requests
         #: show it (the tracing stage sets it)
         self.trace_id = ""
+        #: a gRPC request on a router that carries gRPC (timeouts): each attempt sends the time
+        #: left before `deadline` as `grpc-timeout`, and the access log shows its `grpc-status`
+        self.grpc = False
 
     def __repr__(self) -> str:
         return f"<RouteContext {self.request!r} name={self.logical_name!r} attempts={self.attempts}>"

@@ -8,11 +8,25 @@ request's deadline and goes upstream reduced, and the `grpc.*` classifiers retry
 
 from __future__ import annotations
 
+import asyncio
+
 from meshd.grpc.status import decode_message
-from tests.support.h2peer import H2Client
+from meshd.grpc.timeout import parse_timeout
+from tests.support.client import RawConnection
+from tests.support.h2peer import H2Client, H2Reply, H2Server
+from tests.support.waiting import wait_until
 
 GRPC = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
 ROUTER = {"protocol": "h2", "identifier": {"kind": "grpc"}}
+
+
+async def _metrics(mesh: object) -> str:
+    conn = await RawConnection.open(mesh.admin_port)  # type: ignore[attr-defined]
+    try:
+        response = await conn.request("GET", "/metrics", host="localhost")
+    finally:
+        await conn.close()
+    return response.body.decode()
 
 
 def _one_message(payload: bytes) -> bytes:
@@ -54,3 +68,91 @@ async def test_a_path_that_names_no_method_is_unimplemented_and_plain_http_keeps
     assert stats is not None
     assert stats.services["_unidentified"].by_class[4] == 2
     assert sum(s.by_class[2] for s in stats.services.values()) == 0
+
+
+# -- deadlines: grpc-timeout ----------------------------------------------------------------------
+
+
+def _ms(value: bytes) -> float:
+    return parse_timeout(value) / 1e6  # type: ignore[operator]
+
+
+async def _ok(reply: H2Reply) -> None:
+    reply.head(200, [(b"content-type", b"application/grpc")])
+    await reply.data(_one_message(b"done"))
+    reply.trailers([(b"grpc-status", b"0")])
+
+
+async def test_grpc_timeout_is_the_deadline_and_goes_upstream_reduced(make_mesh):
+    up = await H2Server(_ok).start()
+    mesh = await make_mesh(**ROUTER)
+    mesh.register("bank.Ledger", up.address_line)
+    client = await H2Client.open(mesh.port)
+    try:
+        result = await client.request(
+            "POST", "/bank.Ledger/Post", "x", headers=GRPC + [(b"grpc-timeout", b"2S")], body=_one_message(b"a")
+        )
+        assert result.status == 200 and result.trailers == [(b"grpc-status", b"0")]
+        sent = [v for n, v in up.received[-1].headers if n == b"grpc-timeout"]
+        assert len(sent) == 1  # replaced, not added
+        assert 0 < _ms(sent[0]) < 2000  # the time left when the attempt went out
+        # l5d-ctx-deadline goes along, as for HTTP/1
+        assert up.received[-1].header(b"l5d-ctx-deadline") is not None
+        # a malformed value is ignored (the call goes on) and counted
+        result = await client.request(
+            "POST", "/bank.Ledger/Post", "x", headers=GRPC + [(b"grpc-timeout", b"1.5S")], body=_one_message(b"b")
+        )
+        assert result.trailers == [(b"grpc-status", b"0")]
+        assert up.received[-1].header(b"grpc-timeout") == b"1.5S"  # no deadline: passed on untouched
+    finally:
+        client.close()
+        await up.close()
+    stats = mesh.daemon.routers[0].grpc_stats
+    assert stats is not None
+    assert (stats.timeouts.applied, stats.timeouts.malformed) == (1, 1)
+    metrics = await _metrics(mesh)
+    assert 'meshd_grpc_timeouts_total{result="applied",router="outgoing"} 1.0' in metrics
+    assert 'meshd_grpc_timeouts_total{result="malformed",router="outgoing"} 1.0' in metrics
+
+
+async def test_a_grpc_deadline_that_passes_upstream_is_deadline_exceeded_and_cancels_the_stream(make_mesh):
+    never = asyncio.Event()
+
+    async def hang(reply: H2Reply) -> None:
+        await never.wait()
+
+    up = await H2Server(hang).start()
+    mesh = await make_mesh(**ROUTER)
+    mesh.register("bank.Ledger", up.address_line)
+    client = await H2Client.open(mesh.port)
+    try:
+        result = await client.request(
+            "POST", "/bank.Ledger/Post", "x", headers=GRPC + [(b"grpc-timeout", b"200m")], body=_one_message(b"a")
+        )
+        assert result.status == 200 and result.header(b"grpc-status") == b"4"
+        assert b"grpc-timeout" in (result.header(b"l5d-err") or b"")
+        await wait_until(lambda: any(code == 8 for _, code in up.resets), timeout=5, message="CANCEL upstream")
+        # an already-expired deadline: refused before any upstream is called
+        before = len(up.heads)
+        result = await client.request(
+            "POST", "/bank.Ledger/Post", "x", headers=GRPC + [(b"grpc-timeout", b"0n")], body=_one_message(b"a")
+        )
+        assert result.header(b"grpc-status") == b"4" and len(up.heads) == before
+    finally:
+        client.close()
+        never.set()
+        await up.close()
+
+
+async def test_an_http1_only_router_does_not_read_grpc_timeout(make_mesh, make_upstream):
+    upstream = await make_upstream()
+    mesh = await make_mesh()
+    mesh.register("svc", upstream.address_line)
+    conn = await RawConnection.open(mesh.port)
+    try:
+        response = await conn.request("POST", "/", [("content-type", "application/grpc"), ("grpc-timeout", "0n")],
+                                      body=b"x", host="svc")
+    finally:
+        await conn.close()
+    assert response.status == 200  # an expired grpc-timeout would have been refused on an h2 router
+    assert mesh.daemon.routers[0].grpc_stats is None

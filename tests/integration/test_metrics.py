@@ -46,6 +46,8 @@ ONLY_WHEN_CONFIGURED = {
     "meshd_h2_streams_reset_total": "routers with protocol: h2",
     "meshd_h2_streams_refused_total": "routers with protocol: h2",
     "meshd_h2_ping_timeouts_total": "routers with protocol: h2",
+    "meshd_grpc_timeouts_total": "routers with protocol: h2",
+    "meshd_grpc_responses_total": "routers with protocol: h2 that answered gRPC calls",
 }
 
 
