@@ -156,3 +156,134 @@ async def test_an_http1_only_router_does_not_read_grpc_timeout(make_mesh, make_u
         await conn.close()
     assert response.status == 200  # an expired grpc-timeout would have been refused on an h2 router
     assert mesh.daemon.routers[0].grpc_stats is None
+
+
+# -- classification and retries: grpc-status ------------------------------------------------------
+
+CLASSIFIED = {**ROUTER, "service": {"responseClassifier": {"kind": "grpc.default"}}}
+
+
+def _scripted(*answers: str) -> tuple[H2Server, list[str]]:
+    """An upstream that answers each call with the next of `answers` (the last one repeats):
+    `only:N` trailers-only grpc-status N; `unary:N` one message then trailers N; `stream:N` two
+    messages, then trailers N."""
+    used: list[str] = []
+
+    async def handler(reply: H2Reply) -> None:
+        kind = answers[min(len(used), len(answers) - 1)]
+        used.append(kind)
+        shape, code = kind.split(":")
+        if shape == "only":
+            reply.head(200, [(b"content-type", b"application/grpc"), (b"grpc-status", code.encode())], end_stream=True)
+            return
+        reply.head(200, [(b"content-type", b"application/grpc")])
+        await reply.data(_one_message(b"first-%d" % len(used)))
+        if shape == "stream":
+            await reply.data(_one_message(b"second"))
+        reply.trailers([(b"grpc-status", code.encode())])
+
+    return H2Server(handler), used
+
+
+def _failures(mesh: object) -> int:
+    router = mesh.daemon.routers[0]  # type: ignore[attr-defined]
+    return sum(stats.failures for client in router.clients.values() for _, stats in client.endpoint_stats())
+
+
+def _retries(mesh: object) -> int:
+    router = mesh.daemon.routers[0]  # type: ignore[attr-defined]
+    return sum(state.retries.response for state in router.services.values())
+
+
+async def test_unavailable_in_a_trailers_only_head_or_in_the_trailers_is_retried(make_mesh):
+    up, used = _scripted("only:14", "unary:14", "unary:0")
+    await up.start()
+    mesh = await make_mesh(**CLASSIFIED)
+    mesh.register("bank.Ledger", up.address_line)
+    client = await H2Client.open(mesh.port)
+    try:
+        result = await client.request("POST", "/bank.Ledger/Post", "x", headers=GRPC, body=_one_message(b"a"))
+        assert result.status == 200 and result.trailers == [(b"grpc-status", b"0")]
+        assert result.body == _one_message(b"first-3")  # the held answers of the retried attempts are gone
+        assert used == ["only:14", "unary:14", "unary:0"]
+        # the request was replayed whole each time
+        assert [r.body for r in up.received] == [_one_message(b"a")] * 3
+    finally:
+        client.close()
+        await up.close()
+    assert _retries(mesh) == 2
+    assert _failures(mesh) == 2  # failure accrual saw both UNAVAILABLEs, whichever way they came
+
+
+async def test_a_streaming_answer_is_passed_on_and_not_retried(make_mesh):
+    up, used = _scripted("stream:14", "unary:0")
+    await up.start()
+    mesh = await make_mesh(**CLASSIFIED)
+    mesh.register("bank.Ledger", up.address_line)
+    client = await H2Client.open(mesh.port)
+    try:
+        result = await client.request("POST", "/bank.Ledger/Watch", "x", headers=GRPC, body=_one_message(b"a"))
+        assert result.body == _one_message(b"first-1") + _one_message(b"second")
+        assert result.trailers == [(b"grpc-status", b"14")]
+        assert used == ["stream:14"]
+        # a code that is not retryable (NOT_FOUND: the service answering) is not retried either,
+        # nor counted against the endpoint
+    finally:
+        client.close()
+        await up.close()
+    assert _retries(mesh) == 0
+    await wait_until(lambda: _failures(mesh) == 1, timeout=5, message="accrual to judge the stream's trailers")
+
+
+async def test_non_retryable_codes_pass_through_and_only_failure_codes_count_against_the_endpoint(make_mesh):
+    up, used = _scripted("unary:5", "only:13")
+    await up.start()
+    mesh = await make_mesh(**CLASSIFIED)
+    mesh.register("bank.Ledger", up.address_line)
+    client = await H2Client.open(mesh.port)
+    try:
+        first = await client.request("POST", "/bank.Ledger/Get", "x", headers=GRPC, body=_one_message(b"a"))
+        assert first.trailers == [(b"grpc-status", b"5")]
+        second = await client.request("POST", "/bank.Ledger/Get", "x", headers=GRPC, body=_one_message(b"a"))
+        assert second.header(b"grpc-status") == b"13" and second.trailers is None
+        assert used == ["unary:5", "only:13"]
+    finally:
+        client.close()
+        await up.close()
+    assert _retries(mesh) == 0
+    assert _failures(mesh) == 1  # INTERNAL is a failure, NOT_FOUND is the service answering
+
+
+async def test_an_answer_whose_trailers_do_not_follow_its_message_is_released_as_a_stream(make_mesh):
+    go_on = asyncio.Event()
+    calls = 0
+
+    async def slow_trailers(reply: H2Reply) -> None:
+        nonlocal calls
+        calls += 1
+        reply.head(200, [(b"content-type", b"application/grpc")])
+        await reply.data(_one_message(b"tick"))
+        await go_on.wait()  # released by the test once the client has the message
+        reply.trailers([(b"grpc-status", b"14")])
+
+    up = await H2Server(slow_trailers).start()
+    mesh = await make_mesh(**CLASSIFIED)
+    mesh.register("bank.Ledger", up.address_line)
+    client = await H2Client.open(mesh.port)
+    try:
+        sid = client.start("POST", "/bank.Ledger/Watch", "x", headers=GRPC, end_stream=False)
+        client.send(sid, _one_message(b"a"), end_stream=True)
+        queue = client.queues[sid]
+        seen = b""
+        while len(seen) < len(_one_message(b"tick")):  # the message reaches the client before any trailers
+            event = await asyncio.wait_for(queue.get(), 5)
+            seen += getattr(event, "data", b"") or b""
+            assert not hasattr(event, "error_code")
+        go_on.set()
+        rest = await client.response(sid)
+        assert rest.trailers == [(b"grpc-status", b"14")]  # passed on, not retried: its bytes went out
+        assert calls == 1
+    finally:
+        client.close()
+        go_on.set()
+        await up.close()
