@@ -42,6 +42,7 @@ from meshd.config.model import H2Config, RouterConfig
 from meshd.errors import BodyTimeout, MeshdError, RequestTimeout
 from meshd.grpc import errors as grpc_errors
 from meshd.grpc import status as grpc_status
+from meshd.grpc.stats import GrpcStats
 from meshd.http.body import Body, Trailers
 from meshd.http.messages import Request, Response
 from meshd.http2 import codec as h2
@@ -189,10 +190,14 @@ class _ResponseWriter:
 class H2ServerProtocol(asyncio.Protocol):
     """One downstream HTTP/2 connection (h2c with prior knowledge, or TLS with ALPN `h2`)."""
 
-    def __init__(self, listener: Listener, config: H2ServerConfig, stats: H2Stats) -> None:
+    def __init__(
+        self, listener: Listener, config: H2ServerConfig, stats: H2Stats, grpc: GrpcStats | None = None
+    ) -> None:
         self._listener = listener
         self._config = config
         self._stats = stats
+        #: the router's gRPC counters (calls by grpc-status), None when not counted
+        self._grpc = grpc
         self._clock = listener.clock
         self._codec: H2Codec = new_codec(False, config.settings)
         self._guard = FrameGuard(
@@ -416,6 +421,9 @@ class H2ServerProtocol(asyncio.Protocol):
         # a gRPC error meshd answered is counted under the HTTP status it stands for (its grpc
         # status is counted by `grpc_responses`), so the status-class stats still see the failure
         listener.observe(ctx.logical_name or UNIDENTIFIED, observed, monotonic() - started)
+        grpc = self._grpc
+        if grpc is not None and (ctx.grpc or grpc_status.is_grpc_request(request.headers)):
+            _count_grpc(grpc, ctx.logical_name or UNIDENTIFIED, response)
         stream.ctx = None
         if self._closing or self._streams.get(stream.sid) is not stream:
             response.body.cancel(ConnectionClosed("client reset the stream"))
@@ -654,6 +662,19 @@ class H2ServerProtocol(asyncio.Protocol):
                 self._transport.close()
 
 
+def _count_grpc(grpc: GrpcStats, name: str, response: Response) -> None:
+    """Count a gRPC call by its `grpc-status`: a trailers-only head's at once, else the trailers'
+    when the body ends (None, exported `NONE`, when it ends without one or is reset)."""
+    code = grpc_status.status_of(response.headers)
+    body = response.body
+    if code is not None or body.ended:
+        grpc.observe(name, code if code is not None else grpc_status.status_of(body.trailers))
+        return
+    body.add_done_callback(
+        lambda error: grpc.observe(name, grpc_status.status_of(body.trailers) if error is None else None)
+    )
+
+
 def meshd_error_response(request: Request, error: MeshdError) -> Response:
     """The answer to one of meshd's own errors: to a gRPC request (`content-type:
     application/grpc...`) a trailers-only response with `grpc-status` and `grpc-message` (one
@@ -671,10 +692,13 @@ class PrefaceSniffer(asyncio.Protocol):
     HTTP/1.1 `ServerProtocol`; the transport is handed to it and the bytes read so far replayed.
     """
 
-    def __init__(self, listener: Listener, config: H2ServerConfig, stats: H2Stats) -> None:
+    def __init__(
+        self, listener: Listener, config: H2ServerConfig, stats: H2Stats, grpc: GrpcStats | None = None
+    ) -> None:
         self._listener = listener
         self._config = config
         self._stats = stats
+        self._grpc = grpc
         self._transport: asyncio.Transport | None = None
         self._seen = b""
         self._timer: Timer | None = None
@@ -692,7 +716,7 @@ class PrefaceSniffer(asyncio.Protocol):
         if ssl_object is not None:
             alpn = ssl_object.selected_alpn_protocol()
             if alpn == "h2":
-                self._switch(H2ServerProtocol(self._listener, self._config, self._stats), b"")
+                self._switch(H2ServerProtocol(self._listener, self._config, self._stats, self._grpc), b"")
             elif alpn == "http/1.1":
                 self._switch(ServerProtocol(self._listener), b"")
 
@@ -704,7 +728,7 @@ class PrefaceSniffer(asyncio.Protocol):
             return
         self._seen = b""
         if seen.startswith(preface):
-            self._switch(H2ServerProtocol(self._listener, self._config, self._stats), seen)
+            self._switch(H2ServerProtocol(self._listener, self._config, self._stats, self._grpc), seen)
         else:
             self._switch(ServerProtocol(self._listener), seen)
 
@@ -741,11 +765,14 @@ class PrefaceSniffer(asyncio.Protocol):
             protocol.data_received(replay)
 
 
-def h2_protocol(listener: Listener, config: H2ServerConfig, stats: H2Stats) -> asyncio.Protocol:
-    """The protocol of a new connection on an HTTP/2 router's socket."""
+def h2_protocol(
+    listener: Listener, config: H2ServerConfig, stats: H2Stats, grpc: GrpcStats | None = None
+) -> asyncio.Protocol:
+    """The protocol of a new connection on an HTTP/2 router's socket (`grpc`: the router's gRPC
+    counters)."""
     if config.accept_http1:
-        return PrefaceSniffer(listener, config, stats)
-    return H2ServerProtocol(listener, config, stats)
+        return PrefaceSniffer(listener, config, stats, grpc)
+    return H2ServerProtocol(listener, config, stats, grpc)
 
 
 def h2_server_config(h2config: H2Config) -> H2ServerConfig:

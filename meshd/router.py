@@ -200,7 +200,7 @@ class Router:
         self.h2_stats = H2Stats()
         #: gRPC counters (`grpc-timeout`, calls by grpc-status) on a router that can carry gRPC
         #: (`protocol: h2`; docs/grpc.md); None on HTTP/1-only routers, which never look for gRPC
-        self.grpc_stats: GrpcStats | None = GrpcStats() if config.protocol == "h2" else None
+        self.grpc_stats: GrpcStats | None = GrpcStats(self.stats.label_for) if config.protocol == "h2" else None
         #: the upstream pools' HTTP/2 settings on a router with `protocol: h2` (None: HTTP/1.1)
         self._h2_settings: H2Settings | None = None
         if config.protocol == "h2":

@@ -11,13 +11,22 @@ at most 1,000 names, then `_other`) and the status label is one of the 17 code n
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from meshd.grpc.status import status_label
 from meshd.grpc.timeout import GrpcTimeoutCounters
 
 
-class GrpcStats:
-    __slots__ = ("timeouts", "responses")
+def _same(name: str) -> str:
+    return name
 
-    def __init__(self) -> None:
+
+class GrpcStats:
+    __slots__ = ("timeouts", "responses", "_label_for")
+
+    def __init__(self, label_for: Callable[[str], str] = _same) -> None:
+        #: the router's bounded service label of a logical name (`RouterStats.label_for`)
+        self._label_for = label_for
         #: `grpc-timeout` values read by the timeouts stage (malformed, applied)
         self.timeouts = GrpcTimeoutCounters()
         #: gRPC calls answered, by (service label, grpc-status label)
@@ -26,3 +35,7 @@ class GrpcStats:
     def count_response(self, service: str, status: str) -> None:
         key = (service, status)
         self.responses[key] = self.responses.get(key, 0) + 1
+
+    def observe(self, name: str, code: int | None) -> None:
+        """One gRPC call answered to a client: its logical name and `grpc-status` (None: none)."""
+        self.count_response(self._label_for(name), status_label(code))

@@ -287,3 +287,37 @@ async def test_an_answer_whose_trailers_do_not_follow_its_message_is_released_as
         client.close()
         go_on.set()
         await up.close()
+
+
+# -- metrics and access log: grpc_status -----------------------------------------------------------
+
+
+async def test_calls_are_counted_and_logged_by_grpc_status(make_mesh, caplog):
+    up, _ = _scripted("unary:0", "only:5", "stream:0")
+    await up.start()
+    mesh = await make_mesh(**ROUTER, accessLog=True)
+    mesh.register("bank.Ledger", up.address_line)
+    client = await H2Client.open(mesh.port)
+    caplog.set_level("INFO", logger="meshd.access")
+    try:
+        for method in ("Post", "Get", "Watch"):
+            await client.request("POST", f"/bank.Ledger/{method}", "x", headers=GRPC, body=_one_message(b"a"))
+        await client.request("POST", "/bank.Nowhere/Post", "x", headers=GRPC, body=_one_message(b"a"))
+    finally:
+        client.close()
+        await up.close()
+    stats = mesh.daemon.routers[0].grpc_stats
+    assert stats is not None
+    await wait_until(lambda: sum(stats.responses.values()) == 4, timeout=5, message="four calls counted")
+    assert stats.responses == {
+        ("/svc/bank.Ledger", "OK"): 2,
+        ("/svc/bank.Ledger", "NOT_FOUND"): 1,
+        ("/svc/bank.Nowhere", "UNAVAILABLE"): 1,
+    }
+    metrics = await _metrics(mesh)
+    assert 'meshd_grpc_responses_total{grpc_status="NOT_FOUND",router="outgoing",service="/svc/bank.Ledger"} 1.0' in metrics
+    lines = [r.getMessage() for r in caplog.records if r.name == "meshd.access"]
+    by_target = {line.split("target=")[1].split()[0]: line for line in lines}
+    assert by_target["/bank.Ledger/Post"].endswith("proto=h2 grpc_status=OK")
+    assert by_target["/bank.Ledger/Get"].endswith("grpc_status=NOT_FOUND")
+    assert by_target["/bank.Ledger/Watch"].endswith("grpc_status=OK")
