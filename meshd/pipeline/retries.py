@@ -322,12 +322,14 @@ class _Holder:
     the first message within `HOLD_AFTER_MESSAGE_S`. Then `done` is set and the body gets its
     bytes back (`Body.give_back`) for the caller."""
 
-    __slots__ = ("chunks", "size", "done", "boundary", "clock", "timer", "unary")
+    __slots__ = ("chunks", "size", "done", "released", "boundary", "clock", "timer", "unary")
 
-    def __init__(self, done: asyncio.Future[None], clock: Clock) -> None:
+    def __init__(self, clock: Clock) -> None:
         self.chunks: list[bytes] = []
         self.size = 0
-        self.done = done
+        #: made only when the answer must be waited for (not for one that arrived whole)
+        self.done: asyncio.Future[None] | None = None
+        self.released = False
         #: where the first message ends (-1 until its 5-byte prefix has arrived)
         self.boundary = -1
         self.clock = clock
@@ -336,8 +338,11 @@ class _Holder:
         self.unary = True
 
     def release(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
+        if not self.released:
+            self.released = True
+            done = self.done
+            if done is not None and not done.done():
+                done.set_result(None)
 
     def stop_timer(self) -> None:
         if self.timer is not None:
@@ -358,12 +363,12 @@ class _Holder:
             if self.size > self.boundary:
                 self.unary = False  # a second message: a stream
                 self.release()
-            elif self.size == self.boundary and self.timer is None and not self.done.done():
+            elif self.size == self.boundary and self.timer is None and not self.released:
                 self.timer = self.clock.call_later(HOLD_AFTER_MESSAGE_S, self.timed_out)
 
     def timed_out(self) -> None:
         self.timer = None
-        if not self.done.done():
+        if not self.released:
             self.unary = False  # no trailers after its message: a stream that is slow to go on
             self.release()
 
@@ -381,10 +386,11 @@ async def hold_until_trailers(body: Body, clock: Clock) -> bool:
     as gRPC's own retry policy, meshd never retries a call whose answer carried several
     messages). Cancelled (deadline, client gone), the body is cancelled too, which resets the
     upstream stream."""
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    holder = _Holder(done, clock)
+    holder = _Holder(clock)
     body.attach(holder)
-    if not done.done():
+    if not holder.released:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        holder.done = done
         try:
             await done
         except asyncio.CancelledError:
