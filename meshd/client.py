@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from balancers.base import Balancer, Node, NoNodesAvailable
 from balancers.configs import AccrualConfig
@@ -24,6 +25,8 @@ from balancers.registry import BalancerConfig
 from meshd.discovery.addr import Addr, Address, Bound, Neg
 from meshd.errors import AttemptTimeout, CircuitOpen, MeshdError, NoEndpoints
 from meshd.expiry import Expiry
+from meshd.grpc import timeout as grpc_timeout
+from meshd.grpc.classifiers import GrpcClassifier
 from meshd.http.headers import L5D_DST_CLIENT, L5D_DST_SERVICE
 from meshd.http.messages import Response
 from meshd.http2.convert import h2_request_headers
@@ -221,6 +224,12 @@ class Client:
         # upstream sees as its parent in `traceparent`; one attribute test otherwise
         attempt = ctx.span.child(self.label, endpoint.label, ctx.attempts) if ctx.span is not None else None
         try:
+            if ctx.grpc and ctx.deadline is not None:
+                # the time left, as the upstream sees it: a chain of gRPC services never works
+                # past the caller's deadline (docs/grpc.md, "Deadlines")
+                grpc_timeout.set_timeout(
+                    request.headers, grpc_timeout.downstream_value(ctx.deadline - self._runtime.clock.now())
+                )
             h2pool = endpoint.h2
             if h2pool is None:
                 dst = self._dst_headers(ctx.logical_name)
@@ -282,10 +291,13 @@ class Client:
         status = response.status
         if attempt is not None:
             attempt.end(status)
+        classifier = ctx.classifier
+        if classifier is not None and classifier.reads_trailers:
+            return self._judge_grpc(response, cast(GrpcClassifier, classifier), node, started, retry)
         if status < 500:
             failure = False  # every classifier calls anything but a 5xx a success
-        elif ctx.classifier is not None:
-            failure = ctx.classifier.classify_response(request.method, status, False).is_failure
+        elif classifier is not None:
+            failure = classifier.classify_response(request.method, status, False).is_failure
         else:
             failure = True
         body = response.body
@@ -297,6 +309,32 @@ class Client:
             body.add_done_callback(
                 lambda error: self._finish(node, started, failure or isinstance(error, MeshdError), retry)
             )
+        return response
+
+    def _judge_grpc(
+        self, response: Response, classifier: GrpcClassifier, node: Node[Endpoint], started: float, retry: bool
+    ) -> Response:
+        """Failure accrual for the `grpc.*` classifiers: `grpc-status` of a trailers-only head, or of
+        the trailers when the body ends (docs/grpc.md, "Classifiers")."""
+        decided = classifier.classify_head(response.status, response.headers)
+        body = response.body
+        if decided is not None:
+            failure = decided.is_failure
+            if body.ended:
+                self._finish(node, started, failure, retry)
+            else:
+                body.add_done_callback(
+                    lambda error: self._finish(node, started, failure or isinstance(error, MeshdError), retry)
+                )
+            return response
+
+        def judged(error: BaseException | None) -> None:
+            if error is None:
+                self._finish(node, started, classifier.classify_trailers(body.trailers).is_failure, retry)
+            else:
+                self._finish(node, started, isinstance(error, MeshdError), retry)
+
+        body.add_done_callback(judged)
         return response
 
     async def _send_h2(self, pool: H2Pool, ctx: RouteContext, attempt: Span | None) -> Response:

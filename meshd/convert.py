@@ -8,9 +8,11 @@ What carries over, and how:
   `/#/io.l5d.k8s`, so dtabs keep working; `host`/`port` of a `kubectl proxy` sidecar become
   `apiUrl`, except localhost:8001, where meshd uses the pod's service account instead) and
   `io.l5d.fs` (`rootDir`);
-* `routers` of protocol `http`: `label`, `servers` (ip, port), `dtab` (as written), the
-  `identifier` kinds meshd has (`io.l5d.header.token`, `io.l5d.methodAndHost`, `io.l5d.path`,
-  `io.l5d.static`), `bindingTimeoutMs`, `bindingCache.idleTtlSecs`;
+* `routers` of protocol `http` and `h2` (`protocol: h2`, HTTP/2 and gRPC): `label`, `servers`
+  (ip, port), `dtab` (as written), the `identifier` kinds meshd has (`io.l5d.header.token`,
+  `io.l5d.methodAndHost`, `io.l5d.path`, `io.l5d.static`; `io.l5d.header.path`, linkerd's h2
+  identifier, becomes `grpc` on an h2 router with 1 or 2 segments, else `path`),
+  `bindingTimeoutMs`, `bindingCache.idleTtlSecs`;
 * `interpreter.transformers`: `io.l5d.k8s.daemonset` (namespace, port, service) becomes
   `daemonset` with `path: /#/<k8s namer>/<namespace>/<port>/<service>`, and
   `io.l5d.k8s.localnode` becomes `localnode`;
@@ -18,7 +20,7 @@ What carries over, and how:
   `io.l5d.static` with `configs`: a config without `prefix` (or `prefix: /`) becomes the
   router's `service` / `client`, the others `services` / `clients` overrides with their prefix
   (`{name}` placeholders become `*`): `totalTimeoutMs`, `responseClassifier` (the `io.l5d.http.`
-  kinds), `retries` (`budget`, `backoff`), `loadBalancer` (p2c, ewma, roundRobin),
+  and `io.l5d.h2.` kinds, and `io.l5d.h2.grpc.*` as meshd's `grpc.*`), `retries` (`budget`, `backoff`), `loadBalancer` (p2c, ewma, roundRobin),
   `failureAccrual` (consecutiveFailures, successRate, none, with their backoff),
   `requestAttemptTimeoutMs`.
 
@@ -48,6 +50,7 @@ _IDENTIFIERS = {
     "io.l5d.static": ("static", ("path",)),
 }
 _CLASSIFIERS = {"nonRetryable5XX", "retryableRead5XX", "retryableIdempotent5XX", "allSuccessful"}
+_GRPC_CLASSIFIERS = {"grpc.default", "grpc.retryableStatusCodes", "grpc.neverRetryable", "grpc.alwaysRetryable"}
 _BALANCERS = {"p2c": ("maxEffort",), "ewma": ("maxEffort", "decayTimeMs"), "roundRobin": ()}
 _ACCRUALS = {
     "io.l5d.consecutiveFailures": ("consecutiveFailures", ("failures",)),
@@ -214,11 +217,13 @@ class _Converter:
             return None
         label = str(raw.get("label") or raw.get("protocol") or "router")
         protocol = raw.get("protocol", "http")
-        if protocol != "http":
-            self.note(f"{where} ({label})", f"protocol {protocol} not carried over: meshd routes HTTP/1 only")
+        if protocol not in ("http", "h2"):
+            self.note(f"{where} ({label})", f"protocol {protocol} not carried over: meshd routes HTTP/1.1 and HTTP/2 only")
             return None
         here = f"{where} ({label})"
         router: dict[str, Any] = {"label": re.sub(r"[^A-Za-z0-9._-]", "-", label)}
+        if protocol == "h2":
+            router["protocol"] = "h2"
         servers = []
         for j, server in enumerate(raw.get("servers") or []):
             if isinstance(server, Mapping):
@@ -226,7 +231,7 @@ class _Converter:
                 self._rest(f"{here}.servers[{j}]", server, ("ip", "port"))
         router["servers"] = servers or [{"ip": "127.0.0.1", "port": 4140}]
         if "identifier" in raw:
-            identifier = self.identifier(f"{here}.identifier", raw["identifier"])
+            identifier = self.identifier(f"{here}.identifier", raw["identifier"], h2=protocol == "h2")
             if identifier is not None:
                 router["identifier"] = identifier
         if "dtab" in raw:
@@ -258,7 +263,7 @@ class _Converter:
                                "bindingCache", "interpreter", "service", "client", "experimental"))
         return router
 
-    def identifier(self, where: str, raw: Any) -> dict[str, Any] | None:
+    def identifier(self, where: str, raw: Any, *, h2: bool = False) -> dict[str, Any] | None:
         entries = raw if isinstance(raw, list) else [raw]
         if len(entries) != 1 or not isinstance(entries[0], Mapping):
             self.note(where, "a list of identifiers is not carried over: meshd has one identifier per router; "
@@ -266,8 +271,17 @@ class _Converter:
             return None
         raw = entries[0]
         kind = raw.get("kind")
+        if kind == "io.l5d.header.path":
+            return self._header_path(where, raw, h2)
+        if kind == "io.l5d.header.token" and str(raw.get("header", ":authority")).lower() == ":authority":
+            # linkerd's h2 default; meshd keeps :authority as the request's Host
+            out_h: dict[str, Any] = {"kind": "header"}
+            if "prefix" in raw:
+                out_h["prefix"] = raw["prefix"]
+            self._rest(where, raw, ("kind", "prefix", "header"))
+            return out_h
         if kind not in _IDENTIFIERS:
-            self.note(where, f"kind {kind} not carried over (meshd has header, methodAndHost, path, static); "
+            self.note(where, f"kind {kind} not carried over (meshd has header, methodAndHost, path, static, grpc); "
                              "the default (Host header) is used")
             return None
         meshd_kind, keys = _IDENTIFIERS[kind]
@@ -275,6 +289,23 @@ class _Converter:
         if "prefix" in raw:
             out["prefix"] = raw["prefix"]
         self._rest(where, raw, ("kind", "prefix", *keys))
+        return out
+
+    def _header_path(self, where: str, raw: Mapping[str, Any], h2: bool) -> dict[str, Any]:
+        """linkerd's `io.l5d.header.path` (the `:path`'s first `segments`, 1 by default): on an h2
+        router, where it names gRPC services, meshd's `grpc` identifier; else `path`."""
+        segments = raw.get("segments", 1)
+        out: dict[str, Any]
+        if h2 and segments in (1, 2):
+            out = {"kind": "grpc", **({"segments": segments} if segments != 1 else {})}
+            self.note(where, "io.l5d.header.path became identifier grpc (/pkg.Service/Method -> /svc/pkg.Service"
+                             + ("/Method" if segments == 2 else "") + "): a path that is not a gRPC method path is "
+                             "answered UNIMPLEMENTED; use {kind: path, segments: N} for other HTTP/2 traffic")
+        else:
+            out = {"kind": "path", "segments": segments}
+        if "prefix" in raw:
+            out["prefix"] = raw["prefix"]
+        self._rest(where, raw, ("kind", "prefix", "segments"))
         return out
 
     def transformer(self, where: str, raw: Any) -> dict[str, Any] | None:
@@ -337,11 +368,9 @@ class _Converter:
             out["totalTimeoutMs"] = raw["totalTimeoutMs"]
         classifier = raw.get("responseClassifier")
         if isinstance(classifier, Mapping):
-            kind = str(classifier.get("kind", "")).removeprefix("io.l5d.http.").removeprefix("io.l5d.")
-            if kind in _CLASSIFIERS:
-                out["responseClassifier"] = {"kind": kind}
-            else:
-                self.note(f"{where}.responseClassifier", f"kind {classifier.get('kind')} not carried over")
+            converted = self.classifier(f"{where}.responseClassifier", classifier)
+            if converted is not None:
+                out["responseClassifier"] = converted
         retries = raw.get("retries")
         if isinstance(retries, Mapping):
             converted = self.retries(f"{where}.retries", retries)
@@ -349,6 +378,30 @@ class _Converter:
                 out["retries"] = converted
         self._rest(where, raw, ("kind", "prefix", "totalTimeoutMs", "responseClassifier", "retries"))
         return out
+
+    def classifier(self, where: str, raw: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The `io.l5d.http.*` and `io.l5d.h2.*` kinds lose their prefix; `io.l5d.h2.grpc.*` become
+        meshd's `grpc.*` kinds (docs/grpc.md)."""
+        full = str(raw.get("kind", ""))
+        kind = full.removeprefix("io.l5d.http.").removeprefix("io.l5d.h2.").removeprefix("io.l5d.")
+        if kind in _CLASSIFIERS:
+            self._rest(where, raw, ("kind",))
+            return {"kind": kind}
+        if kind in _GRPC_CLASSIFIERS:
+            out: dict[str, Any] = {"kind": kind}
+            if kind == "grpc.retryableStatusCodes":
+                codes = raw.get("retryableStatusCodes")
+                if not isinstance(codes, list) or not codes:
+                    self.note(where, f"kind {full} without retryableStatusCodes; left out")
+                    return None
+                out["retryableStatusCodes"] = codes
+            self.note(where, f"kind {full} became {kind}: meshd counts only UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, "
+                             "UNAVAILABLE, DATA_LOSS and the retryable codes as failures for failure accrual "
+                             "(linkerd counted every code but OK); set failureStatusCodes to change it")
+            self._rest(where, raw, ("kind", "retryableStatusCodes"))
+            return out
+        self.note(where, f"kind {full} not carried over")
+        return None
 
     def retries(self, where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}

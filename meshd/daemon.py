@@ -338,7 +338,7 @@ class Daemon:
             router = next((r for r in self.routers if r.label == label), None)
             if router is None or router.config.protocol != "h2":
                 return listener.protocol_factory()
-            return h2_protocol(listener, h2_server_config(router.config.h2), router.h2_stats)
+            return h2_protocol(listener, h2_server_config(router.config.h2), router.h2_stats, router.grpc_stats)
 
         return make
 

@@ -40,6 +40,9 @@ from typing import Final, cast
 from meshd.clock import Timer
 from meshd.config.model import H2Config, RouterConfig
 from meshd.errors import BodyTimeout, MeshdError, RequestTimeout
+from meshd.grpc import errors as grpc_errors
+from meshd.grpc import status as grpc_status
+from meshd.grpc.stats import GrpcStats
 from meshd.http.body import Body, Trailers
 from meshd.http.messages import Request, Response
 from meshd.http2 import codec as h2
@@ -61,7 +64,7 @@ from meshd.listener import (
     error_response,
 )
 from meshd.pipeline.context import RouteContext
-from meshd.pipeline.tracing import end_request
+from meshd.pipeline.tracing import end_request, trace_id_header
 
 log = logging.getLogger("meshd.h2server")
 
@@ -188,10 +191,14 @@ class _ResponseWriter:
 class H2ServerProtocol(asyncio.Protocol):
     """One downstream HTTP/2 connection (h2c with prior knowledge, or TLS with ALPN `h2`)."""
 
-    def __init__(self, listener: Listener, config: H2ServerConfig, stats: H2Stats) -> None:
+    def __init__(
+        self, listener: Listener, config: H2ServerConfig, stats: H2Stats, grpc: GrpcStats | None = None
+    ) -> None:
         self._listener = listener
         self._config = config
         self._stats = stats
+        #: the router's gRPC counters (calls by grpc-status), None when not counted
+        self._grpc = grpc
         self._clock = listener.clock
         self._codec: H2Codec = new_codec(False, config.settings)
         self._guard = FrameGuard(
@@ -399,26 +406,36 @@ class H2ServerProtocol(asyncio.Protocol):
                 await admission.wait()
                 admitted = True
             response = await listener.service(ctx)
+            observed = response.status
         except MeshdError as exc:
-            response = error_response(exc, trace_id=ctx.trace_id)
+            response = meshd_error_response(request, exc, ctx.trace_id)
+            observed = exc.status
         except TimeoutError:
-            response = error_response(RequestTimeout("request timed out"), trace_id=ctx.trace_id)
+            response = meshd_error_response(request, RequestTimeout("request timed out"), ctx.trace_id)
+            observed = 504
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("unhandled error in the request pipeline")
-            response = error_response(MeshdError("internal error in meshd"), trace_id=ctx.trace_id)
+            internal = MeshdError("internal error in meshd")
+            response = meshd_error_response(request, internal, ctx.trace_id)
+            observed = internal.status
         finally:
             if admitted:
                 admission.leave()
+        # a gRPC error meshd answered is counted under the HTTP status it stands for (its grpc
+        # status is counted by `grpc_responses`), so the status-class stats still see the failure
         seconds = monotonic() - started
         name = ctx.logical_name or UNIDENTIFIED
-        listener.observe(name, response.status, seconds)
+        listener.observe(name, observed, seconds)
         recent = listener.recent
         if recent is not None:
-            recent.record(ctx, name, response.status, started, seconds)
+            recent.record(ctx, name, observed, started, seconds)
         if ctx.span is not None:  # tracing (meshd/pipeline/tracing.py): a sampled request's span ends
             end_request(ctx, ctx.span, response)
+        grpc = self._grpc
+        if grpc is not None and (ctx.grpc or grpc_status.is_grpc_request(request.headers)):
+            _count_grpc(grpc, name, response)
         stream.ctx = None
         if self._closing or self._streams.get(stream.sid) is not stream:
             response.body.cancel(ConnectionClosed("client reset the stream"))
@@ -680,6 +697,32 @@ class H2ServerProtocol(asyncio.Protocol):
                 self._transport.close()
 
 
+def _count_grpc(grpc: GrpcStats, name: str, response: Response) -> None:
+    """Count a gRPC call by its `grpc-status`: a trailers-only head's at once, else the trailers'
+    when the body ends (None, exported `NONE`, when it ends without one or is reset)."""
+    code = grpc_status.status_of(response.headers)
+    body = response.body
+    if code is not None or body.ended:
+        grpc.observe(name, code if code is not None else grpc_status.status_of(body.trailers))
+        return
+    body.add_done_callback(
+        lambda error: grpc.observe(name, grpc_status.status_of(body.trailers) if error is None else None)
+    )
+
+
+def meshd_error_response(request: Request, error: MeshdError, trace_id: str = "") -> Response:
+    """The answer to one of meshd's own errors: to a gRPC request (`content-type:
+    application/grpc...`) a trailers-only response with `grpc-status` and `grpc-message` (one
+    HEADERS frame with END_STREAM, `:status 200`, `l5d-err` kept), else `error_response`. With
+    tracing on, both carry `l5d-trace-id`."""
+    if grpc_status.is_grpc_request(request.headers):
+        headers = grpc_errors.grpc_error_headers(error)
+        if trace_id:
+            headers.append(trace_id_header(trace_id))
+        return Response(grpc_errors.HTTP_STATUS, b"OK", headers, Body.empty())
+    return error_response(error, trace_id=trace_id)
+
+
 class PrefaceSniffer(asyncio.Protocol):
     """Serves a connection as HTTP/2 or HTTP/1.1, decided by its first bytes (or TLS ALPN).
 
@@ -688,10 +731,13 @@ class PrefaceSniffer(asyncio.Protocol):
     HTTP/1.1 `ServerProtocol`; the transport is handed to it and the bytes read so far replayed.
     """
 
-    def __init__(self, listener: Listener, config: H2ServerConfig, stats: H2Stats) -> None:
+    def __init__(
+        self, listener: Listener, config: H2ServerConfig, stats: H2Stats, grpc: GrpcStats | None = None
+    ) -> None:
         self._listener = listener
         self._config = config
         self._stats = stats
+        self._grpc = grpc
         self._transport: asyncio.Transport | None = None
         self._seen = b""
         self._timer: Timer | None = None
@@ -709,7 +755,7 @@ class PrefaceSniffer(asyncio.Protocol):
         if ssl_object is not None:
             alpn = ssl_object.selected_alpn_protocol()
             if alpn == "h2":
-                self._switch(H2ServerProtocol(self._listener, self._config, self._stats), b"")
+                self._switch(H2ServerProtocol(self._listener, self._config, self._stats, self._grpc), b"")
             elif alpn == "http/1.1":
                 self._switch(ServerProtocol(self._listener), b"")
 
@@ -721,7 +767,7 @@ class PrefaceSniffer(asyncio.Protocol):
             return
         self._seen = b""
         if seen.startswith(preface):
-            self._switch(H2ServerProtocol(self._listener, self._config, self._stats), seen)
+            self._switch(H2ServerProtocol(self._listener, self._config, self._stats, self._grpc), seen)
         else:
             self._switch(ServerProtocol(self._listener), seen)
 
@@ -758,11 +804,14 @@ class PrefaceSniffer(asyncio.Protocol):
             protocol.data_received(replay)
 
 
-def h2_protocol(listener: Listener, config: H2ServerConfig, stats: H2Stats) -> asyncio.Protocol:
-    """The protocol of a new connection on an HTTP/2 router's socket."""
+def h2_protocol(
+    listener: Listener, config: H2ServerConfig, stats: H2Stats, grpc: GrpcStats | None = None
+) -> asyncio.Protocol:
+    """The protocol of a new connection on an HTTP/2 router's socket (`grpc`: the router's gRPC
+    counters)."""
     if config.accept_http1:
-        return PrefaceSniffer(listener, config, stats)
-    return H2ServerProtocol(listener, config, stats)
+        return PrefaceSniffer(listener, config, stats, grpc)
+    return H2ServerProtocol(listener, config, stats, grpc)
 
 
 def h2_server_config(h2config: H2Config) -> H2ServerConfig:

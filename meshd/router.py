@@ -43,6 +43,7 @@ from meshd.config.model import ClientConfig, ClientTlsConfig, RouterConfig, serv
 from meshd.discovery.addr import Addr, Address, Bound, Failed
 from meshd.discovery.base import Namer
 from meshd.errors import NoSuchService
+from meshd.grpc.stats import GrpcStats
 from meshd.http.messages import Response
 from meshd.http2.backends import fallback_reason as h2_fallback_reason
 from meshd.http2.codec import H2Settings
@@ -199,6 +200,9 @@ class Router:
                 self.tls_files[tls] = client_tls_files(tls, runtime, _client_alpn(config))
         #: HTTP/2 counters of this router's servers and upstream pools (docs/http2.md)
         self.h2_stats = H2Stats()
+        #: gRPC counters (`grpc-timeout`, calls by grpc-status) on a router that can carry gRPC
+        #: (`protocol: h2`; docs/grpc.md); None on HTTP/1-only routers, which never look for gRPC
+        self.grpc_stats: GrpcStats | None = GrpcStats(self.stats.label_for) if config.protocol == "h2" else None
         #: the upstream pools' HTTP/2 settings on a router with `protocol: h2` (None: HTTP/1.1)
         self._h2_settings: H2Settings | None = None
         if config.protocol == "h2":
@@ -318,6 +322,7 @@ class Router:
             rng=self._rng,
             access_log=AccessLog(self.label, self.runtime.clock) if self.config.access_log else None,
             clock=self.runtime.clock,
+            grpc=self.grpc_stats.timeouts if self.grpc_stats is not None else None,
         )
         state = ServiceState(name, label, stack.build(self._dispatch_choice), budget, counters, timeouts, folded)
         if folded:

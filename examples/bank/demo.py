@@ -40,6 +40,7 @@ from examples.bank.story.eventlog import (
     run_payroll,
     sample_lag,
 )
+from examples.bank.story.grpc_hop import probe_grpc_hop
 from examples.bank.story.integrity import check_integrity, read_bank_state
 from examples.bank.story.mtls import probe_mtls
 from examples.bank.story.phases import Story, StoryPlan
@@ -66,8 +67,9 @@ class DemoOptions:
     startup_timeout_secs: float = 30.0
     json_out: Path | None = None
     bus: str = "sqlite"
-    #: payments -> ledger as the gRPC call bank.Ledger/Post through meshd's HTTP/2 router (needs `protocol: h2`)
-    grpc: bool = False
+    #: payments -> ledger as the gRPC call bank.Ledger/Post through meshd's HTTP/2 router (`protocol: h2`);
+    #: the default: `--no-grpc` posts over HTTP/1.1 instead
+    grpc: bool = True
 
     def __post_init__(self) -> None:
         if self.duration_secs <= 0:
@@ -160,6 +162,7 @@ async def run_demo(options: DemoOptions, *, log: Log) -> DemoResult:
             cluster.session, layout.meshd_url, DECISIONS_TOPIC, replay_group
         )
         mtls = await probe_mtls(cluster.session, layout)
+        grpc_hop = await probe_grpc_hop(cluster.session, layout) if layout.grpc_port else None
     phases = tuple(
         summarise_phase(
             window.name,
@@ -191,6 +194,7 @@ async def run_demo(options: DemoOptions, *, log: Log) -> DemoResult:
         },
         replay=replay.to_json(),
         mtls=mtls,
+        grpc_hop=grpc_hop,
     )
 
 
@@ -253,8 +257,10 @@ def _parse(argv: Sequence[str] | None) -> DemoOptions:
     )
     parser.add_argument(
         "--grpc",
-        action="store_true",
-        help="post to the ledger with gRPC (bank.Ledger/Post) through meshd's HTTP/2 router (protocol: h2)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="post to the ledger with gRPC (bank.Ledger/Post) through meshd's HTTP/2 router (protocol: h2); "
+        "the default, --no-grpc posts over HTTP/1.1",
     )
     args = parser.parse_args(argv)
     try:

@@ -101,6 +101,8 @@ METRICS: Final[dict[str, str]] = {
     "meshd_trace_spans_dropped_total": "Spans dropped instead of exported, by reason (queue_full, unreachable, timeout, bad_response, rejected, shutdown).",
     "meshd_trace_spans_queued": "Finished spans waiting for the exporter now (at most 2048).",
     "meshd_trace_malformed_headers_total": "Trace context headers that could not be parsed (a new trace was started), by header.",
+    "meshd_grpc_timeouts_total": "grpc-timeout values read from gRPC requests, by router and result (applied, malformed).",
+    "meshd_grpc_responses_total": "gRPC calls answered, by router, service and grpc_status (OK, UNAVAILABLE, ...; NONE: no grpc-status).",
 }
 
 _STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -287,6 +289,7 @@ def _steps(daemon: MetricsView, text: _Text) -> Iterator[None]:
     _tls_steps(daemon, text)
     _h2_steps(daemon, text)
     _tracing(daemon, text)
+    _grpc_steps(daemon, text)
     yield
 
 
@@ -348,6 +351,23 @@ def _h2_steps(daemon: MetricsView, text: _Text) -> None:
             )
         f["meshd_h2_streams_refused_total"].append(f"meshd_h2_streams_refused_total{{{r}}} {_n(stats.streams_refused)}\n")
         f["meshd_h2_ping_timeouts_total"].append(f"meshd_h2_ping_timeouts_total{{{r}}} {_n(stats.ping_timeouts)}\n")
+
+
+def _grpc_steps(daemon: MetricsView, text: _Text) -> None:
+    """The gRPC families (meshd/grpc/stats.py `GrpcStats`), for routers that carry gRPC."""
+    f = text.lines
+    for router in list(daemon.routers):
+        stats = getattr(router, "grpc_stats", None)
+        if stats is None:
+            continue
+        r = f'router="{_esc(router.label)}"'
+        t = stats.timeouts
+        f["meshd_grpc_timeouts_total"].append(f'meshd_grpc_timeouts_total{{result="applied",{r}}} {_n(t.applied)}\n')
+        f["meshd_grpc_timeouts_total"].append(f'meshd_grpc_timeouts_total{{result="malformed",{r}}} {_n(t.malformed)}\n')
+        for (service, status), count in sorted(stats.responses.items()):
+            f["meshd_grpc_responses_total"].append(
+                f'meshd_grpc_responses_total{{grpc_status="{status}",{r},service="{_esc(service)}"}} {_n(count)}\n'
+            )
 
 
 def _tls_steps(daemon: MetricsView, text: _Text) -> None:

@@ -214,6 +214,12 @@ class Body:
     def error(self) -> BaseException | None:
         return self._error
 
+    @property
+    def trailers(self) -> Trailers | None:
+        """The trailers the body ended with (None while it is open, or when it had none): gRPC's
+        `grpc-status` is there (the retry stage and failure accrual read it, docs/grpc.md)."""
+        return self._trailers
+
     def _run_done(self, error: BaseException | None) -> None:
         callbacks, self._done_callbacks = self._done_callbacks or [], None
         for cb in callbacks:
@@ -253,6 +259,18 @@ class Body:
             sink.on_end(self._trailers)
         else:
             self._maybe_resume_producer()
+
+    def give_back(self, chunks: list[bytes]) -> None:
+        """Detach the current sink and put `chunks`, the data it was given, back in front of the
+        buffer as if never delivered (the retry stage holds a small gRPC answer this way until its
+        trailers say whether to retry it). The producer pauses if that leaves too much buffered."""
+        self._sink = None
+        if chunks:
+            self._buf = chunks + self._buf
+            self._buffered += sum(len(c) for c in chunks)
+            if self._buffered > HIGH_WATER and not self._producer_paused and self._producer is not None:
+                self._producer_paused = True
+                self._producer.pause_reading()
 
     def detach(self) -> None:
         """Stop delivering to the current sink; data arriving meanwhile is buffered."""

@@ -14,9 +14,13 @@ A line is logfmt (`key=value`, values with spaces quoted), for example:
 its status or meshd's error kind (`connect_failed`, `attempt_timeout`, ...), then `retry=<reason>`
 when meshd retried it (`response`, `error` or `requeue`, as in `meshd_retries_total`); a run of
 identical attempts is written once with a count (`... retry=requeue x99`). `status` is what the
-client got; a request the client abandoned is logged with `status=cancelled`. `trace_id` is the
-request's trace id with tracing on (docs/tracing.md; sampled or not), `-` with it off. A request
-that arrived over HTTP/2 (docs/http2.md) ends with `proto=h2`.
+client got; a request the client abandoned is logged with `status=cancelled`. `trace_id` is the request's trace
+id with tracing on (docs/tracing.md; sampled or not), `-` with it off. A request that
+arrived over HTTP/2 (docs/http2.md) ends with `proto=h2`. A gRPC call (docs/grpc.md) then ends
+with `grpc_status=<name>` (`OK`, `UNAVAILABLE`, ...; `NONE` when it ended without one): read
+from a trailers-only head, else from the trailers, so its line is written when the response body
+ends; for an error meshd answered itself, `status` is the HTTP status of that error (as on
+HTTP/1) and `grpc_status` the code the gRPC client was sent.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from typing import Final
 
 from meshd.clock import Clock
 from meshd.errors import MeshdError, NoEndpoints, NoSuchService
+from meshd.grpc.errors import grpc_status_for
+from meshd.grpc.status import status_label, status_of
 from meshd.http.messages import Response
 from meshd.pipeline.context import RouteContext
 from meshd.pipeline.stack import Service, Stage
@@ -71,10 +77,14 @@ class AccessLog:
                 self._tries[key] = []
                 start = now()
                 status = "error"
+                grpc_code = ""
+                response: Response | None = None
                 try:
                     response = await next_service(ctx)
                 except MeshdError as exc:
                     status = str(exc.status)
+                    if ctx.grpc:
+                        grpc_code = grpc_status_for(exc).name  # what the gRPC client is answered
                     raise
                 except asyncio.CancelledError:
                     status = "cancelled"
@@ -85,19 +95,42 @@ class AccessLog:
                 finally:
                     tries = self._tries.pop(key, [])
                     if self._logger.isEnabledFor(logging.INFO):
-                        self._logger.info("%s", self._line(ctx, status, tries, now() - start))
+                        seconds = now() - start
+                        if response is not None and ctx.grpc:
+                            self._log_grpc(ctx, status, tries, seconds, response)
+                        else:
+                            self._logger.info("%s", self._line(ctx, status, tries, seconds, grpc_code))
 
             return log_request
 
         return wrap
 
-    def _line(self, ctx: RouteContext, status: str, tries: list[str], seconds: float) -> str:
+    def _log_grpc(self, ctx: RouteContext, status: str, tries: list[str], seconds: float, response: Response) -> None:
+        """A gRPC call's line says its `grpc-status`: from a trailers-only head at once, else from
+        the trailers, so the line is written when the response body ends (`NONE`: it ended
+        without one, e.g. reset)."""
+        code = status_of(response.headers)
+        body = response.body
+        if code is not None or body.ended:
+            if code is None:
+                code = status_of(body.trailers)
+            self._logger.info("%s", self._line(ctx, status, tries, seconds, status_label(code)))
+            return
+
+        def ended(error: BaseException | None) -> None:
+            end_code = status_of(body.trailers) if error is None else None
+            self._logger.info("%s", self._line(ctx, status, tries, seconds, status_label(end_code)))
+
+        body.add_done_callback(ended)
+
+    def _line(self, ctx: RouteContext, status: str, tries: list[str], seconds: float, grpc_code: str = "") -> str:
         request = ctx.request
         return (
             f"router={self._router} reqid={ctx.reqid or '-'} client={request.client_ip or '-'} "
             f"method={request.method} target={_quote(request.target)} service={ctx.logical_name or '-'} "
             f"status={status} attempts={ctx.attempts} tries={_quote(_collapse(tries))} "
             f"duration_ms={seconds * 1000:.1f} trace_id={ctx.trace_id or '-'}" + (" proto=h2" if request.version == "2" else "")
+            + (f" grpc_status={grpc_code}" if grpc_code else "")
         )
 
     def __repr__(self) -> str:

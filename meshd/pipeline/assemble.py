@@ -60,6 +60,7 @@ from typing import Final
 
 from meshd.clock import MONOTONIC, Clock
 from meshd.config.model import ServiceConfig
+from meshd.grpc.timeout import GrpcTimeoutCounters
 from meshd.pipeline.access_log import AccessLog
 from meshd.pipeline.authorize import Authorization, authorize_filter, identity_filter
 from meshd.pipeline.context import RouteContext
@@ -118,13 +119,16 @@ def service_stack(
     rng: random.Random,
     access_log: AccessLog | None = None,
     clock: Clock = MONOTONIC,
+    grpc: GrpcTimeoutCounters | None = None,
 ) -> Stack:
+    """`grpc`: the router's `grpc-timeout` counters on a router that can carry gRPC (`protocol:
+    h2`); None on HTTP/1-only routers, whose timeouts stage then scans no header for gRPC."""
     stack = Stack()
     if access_log is not None:
         stack.push("access_log", access_log.stage())
     return (
         stack.push_filter("classify", classify_filter(classifier))
-        .push("timeouts", timeout_stage(config.total_timeout_ms, wall, timeouts, clock))
+        .push("timeouts", timeout_stage(config.total_timeout_ms, wall, timeouts, clock, grpc))
         .push(
             "retries",
             retries_stage(

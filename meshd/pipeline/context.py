@@ -35,6 +35,7 @@ class RouteContext:
         "peer_identity",
         "trace_id",
         "span",
+        "grpc",
     )
 
     def __init__(self, request: Request, peer_identity: str = "") -> None:
@@ -70,6 +71,9 @@ class RouteContext:
         #: the request's span when it is sampled, else None (the trace filter); the client adds
         #: a child span per attempt, the listener ends it
         self.span: Span | None = None
+        #: a gRPC request on a router that carries gRPC (timeouts): each attempt sends the time
+        #: left before `deadline` as `grpc-timeout`, and the access log shows its `grpc-status`
+        self.grpc = False
 
     def __repr__(self) -> str:
         return f"<RouteContext {self.request!r} name={self.logical_name!r} attempts={self.attempts}>"

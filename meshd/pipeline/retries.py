@@ -24,6 +24,14 @@ What is never retried, and why:
   sink, so replaying now could interleave two attempts on one body. Before-write failures never
   attached the body, so they are retried whatever the body's state.
 
+gRPC (the `grpc.*` classifiers, docs/grpc.md): the outcome is `grpc-status`, not the HTTP status.
+A trailers-only head decides at once. Otherwise the trailers decide: when a retry is still
+possible (the request body complete and kept, `maxRetries` not reached), the answer is held
+(`hold_until_trailers`: at most `HOLD_LIMIT_BYTES`, and `HOLD_AFTER_MESSAGE_S` after its first
+message) so that a unary call's trailers can be read before its bytes go to the caller; an answer
+that turns out to stream is passed on as it comes and never retried (its trailers then count for
+failure accrual only). HTTP/1-style classifiers never hold anything.
+
 A retried 5xx's response body is discarded: a small rest with a known length is read and thrown
 away so the keep-alive connection survives (bounded by `DRAIN_TIMEOUT_S`); anything else is
 cancelled, which aborts that upstream connection.
@@ -34,11 +42,12 @@ the backoff sleep; the attempt in flight aborts its upstream connection (see dis
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Final
 
 from balancers.backoff import Backoff
-from meshd.clock import MONOTONIC, Clock
+from meshd.clock import MONOTONIC, Clock, Timer
 from meshd.errors import (
     AttemptTimeout,
     CircuitOpen,
@@ -48,6 +57,7 @@ from meshd.errors import (
     RequestTimeout,
     UpstreamFailed,
 )
+from meshd.grpc.classifiers import GrpcClassifier
 from meshd.http.body import Body, NotReplayable, Trailers
 from meshd.http.headers import L5D_RETRYABLE, L5D_SUCCESS_CLASS
 from meshd.http.messages import Response
@@ -61,6 +71,10 @@ AttemptHook = Callable[[RouteContext, "int | MeshdError", "str | None"], None]
 """Told of every attempt's outcome (a status or the error) and the retry reason, or None when the
 attempt is final. Only the access log uses it; without it the loop pays one `is None` check."""
 
+#: a gRPC answer is held (to read its trailers before deciding on a retry) up to this many bytes
+HOLD_LIMIT_BYTES: Final = 64 * 1024
+#: ...and for at most this long after its first message, waiting for the trailers to follow
+HOLD_AFTER_MESSAGE_S: Final = 0.05
 #: a discarded response body with at most this much left is read to its end, to keep the connection
 DRAIN_LIMIT_BYTES: Final = 64 * 1024
 #: ...but for at most this long; then the connection is aborted after all
@@ -119,6 +133,8 @@ def retries_stage(
     `clock`: the backoff sleeps, the deadline check (`RouteContext.deadline` is on this clock) and the
     drain timer of a discarded body."""
     sleep = clock.sleep
+    # the gRPC kinds classify by grpc-status (meshd/grpc/classifiers.py); None: by HTTP status
+    grpc = classifier if isinstance(classifier, GrpcClassifier) else None
 
     def wrap(next_service: Service) -> Service:
         async def retry(ctx: RouteContext) -> Response:
@@ -183,14 +199,35 @@ def retries_stage(
                 else:
                     held = held_exc = None
                     status = response.status
-                    if status < 500:
-                        if add_success_class:
-                            response.headers.append((L5D_SUCCESS_CLASS, b"1.0"))
-                        if on_attempt is not None:
-                            on_attempt(ctx, status, None)
-                        return response
-                    hint = any(n.lower() == L5D_RETRYABLE and v.strip().lower() == b"true" for n, v in response.headers)
-                    cls = classifier.classify_response(method, status, hint)
+                    if grpc is not None:
+                        # grpc-status decides: a trailers-only head at once, else the trailers (a
+                        # small unary answer is held until they come; a streaming one goes on)
+                        decided = grpc.classify_head(status, response.headers)
+                        if decided is None:
+                            body = response.body
+                            if retried < max_retries and _replayable(ctx, replay_limit):
+                                unary = await hold_until_trailers(body, clock)
+                            else:
+                                unary = body.ended
+                            if unary and body.ended and body.error is None:
+                                decided = grpc.classify_trailers(body.trailers)
+                        if decided is None:
+                            # passed on as it streams (failure accrual still judges its trailers)
+                            if on_attempt is not None:
+                                on_attempt(ctx, status, None)
+                            return response
+                        cls = decided
+                    else:
+                        if status < 500:
+                            if add_success_class:
+                                response.headers.append((L5D_SUCCESS_CLASS, b"1.0"))
+                            if on_attempt is not None:
+                                on_attempt(ctx, status, None)
+                            return response
+                        hint = any(
+                            n.lower() == L5D_RETRYABLE and v.strip().lower() == b"true" for n, v in response.headers
+                        )
+                        cls = classifier.classify_response(method, status, hint)
                     if cls is not ResponseClass.RETRYABLE_FAILURE:
                         retrying = False
                     elif retried >= max_retries:
@@ -271,6 +308,98 @@ def _may_retry(
             counters.not_replayable += 1
             return False
     return True
+
+
+def _replayable(ctx: RouteContext, replay_limit: int | None) -> bool:
+    """Whether the request could be sent again now (its body complete and all kept)."""
+    body = ctx.request.body
+    return body.ended and body.replayable and (replay_limit is None or body.received <= replay_limit)
+
+
+class _Holder:
+    """Holds a gRPC answer's first bytes until it shows whether it is a unary answer (its trailers
+    came) or a stream: a second message began, `HOLD_LIMIT_BYTES` arrived, or no trailers followed
+    the first message within `HOLD_AFTER_MESSAGE_S`. Then `done` is set and the body gets its
+    bytes back (`Body.give_back`) for the caller."""
+
+    __slots__ = ("chunks", "size", "done", "released", "boundary", "clock", "timer", "unary")
+
+    def __init__(self, clock: Clock) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        #: made only when the answer must be waited for (not for one that arrived whole)
+        self.done: asyncio.Future[None] | None = None
+        self.released = False
+        #: where the first message ends (-1 until its 5-byte prefix has arrived)
+        self.boundary = -1
+        self.clock = clock
+        self.timer: Timer | None = None
+        #: still looks like a unary answer (at most one message, within the limits)
+        self.unary = True
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            done = self.done
+            if done is not None and not done.done():
+                done.set_result(None)
+
+    def stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def on_data(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size > HOLD_LIMIT_BYTES:
+            self.unary = False
+            self.release()
+            return
+        if self.boundary < 0 and self.size >= 5:
+            prefix = b"".join(self.chunks)[:5]
+            self.boundary = 5 + int.from_bytes(prefix[1:5], "big")
+        if self.boundary >= 0:
+            if self.size > self.boundary:
+                self.unary = False  # a second message: a stream
+                self.release()
+            elif self.size == self.boundary and self.timer is None and not self.released:
+                self.timer = self.clock.call_later(HOLD_AFTER_MESSAGE_S, self.timed_out)
+
+    def timed_out(self) -> None:
+        self.timer = None
+        if not self.released:
+            self.unary = False  # no trailers after its message: a stream that is slow to go on
+            self.release()
+
+    def on_end(self, trailers: Trailers | None) -> None:
+        self.release()
+
+    def on_error(self, exc: BaseException) -> None:
+        self.release()
+
+
+async def hold_until_trailers(body: Body, clock: Clock) -> bool:
+    """Hold a gRPC response body until its trailers arrive or it turns out to stream (`_Holder`);
+    either way its bytes are back in it afterwards, for the caller. True when it is a unary
+    answer: it ended with at most one message (a stream that arrived whole is still a stream:
+    as gRPC's own retry policy, meshd never retries a call whose answer carried several
+    messages). Cancelled (deadline, client gone), the body is cancelled too, which resets the
+    upstream stream."""
+    holder = _Holder(clock)
+    body.attach(holder)
+    if not holder.released:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        holder.done = done
+        try:
+            await done
+        except asyncio.CancelledError:
+            holder.stop_timer()
+            body.cancel(RetryDiscarded("response abandoned: the request was cancelled"))
+            raise
+    holder.stop_timer()
+    body.give_back(holder.chunks)
+    return holder.unary and body.ended
 
 
 def _breaker_admits_retry(ctx: RouteContext) -> bool:

@@ -197,8 +197,9 @@ def test_grpc(ctx):
     check_common(result, "grpc")
     assert result.skipped == () or all(s.target in ("meshd", "envoy") for s in result.skipped)
     envoy = {"envoy"} & PEERS_AVAILABLE
-    # meshd runs once it speaks HTTP/2 (`protocol: h2`); until then it is skipped, saying so
-    meshd_rows = {"meshd"} if WITH_MESHD and not any(s.target == "meshd" for s in result.skipped) else set()
+    # meshd speaks HTTP/2 (`protocol: h2`): with meshd targets on, its row must run, never be skipped
+    meshd_rows = {"meshd"} if WITH_MESHD else set()
+    assert not any(s.target == "meshd" for s in result.skipped) or not WITH_MESHD, result.skipped
     assert {r.target for r in result.rows} == {"direct"} | envoy | meshd_rows
     for row in result.rows:
         assert row.metrics["rps"] > 0 and row.metrics["errors"] == 0, row.label

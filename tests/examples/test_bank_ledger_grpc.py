@@ -144,8 +144,6 @@ def test_options_parse_the_grpc_switches(tmp_path: Path) -> None:
 
 
 def test_the_demo_layout_with_the_grpc_hop(tmp_path: Path) -> None:
-    import yaml
-
     from examples.bank.story.topology import GRPC_LEDGER_NAME, meshd_config, plan_layout, write_mesh_files
     from meshd.config import load_config
     from meshd.config.model import MeshdConfig
@@ -170,9 +168,21 @@ def test_the_demo_layout_with_the_grpc_hop(tmp_path: Path) -> None:
     config = meshd_config(layout)
     grpc_router = config["routers"][-1]  # type: ignore[index]
     assert grpc_router["protocol"] == "h2" and grpc_router["identifier"] == {"kind": "grpc"}
-    # Everything but `protocol: h2` loads with today's meshd (its HTTP/2 router comes on another branch).
-    today = yaml.safe_load(layout.config_path.read_text())
-    today["routers"][-1]["protocol"] = "http"
-    loaded = load_config(yaml.safe_dump(today), MeshdConfig)
+    # the config the demo writes loads as it is: the gRPC router is meshd's HTTP/2 router
+    loaded = load_config(layout.config_path.read_text(), MeshdConfig)
+    assert loaded.routers[-1].protocol == "h2"
     assert loaded.routers[-1].identifier.KIND == "grpc"
     assert loaded.routers[-1].service.response_classifier.KIND == "grpc.default"
+
+
+def test_the_demo_runs_its_grpc_hop_by_default_and_reports_it() -> None:
+    from examples.bank.demo import _parse
+    from examples.bank.story.grpc_hop import GrpcHopReport
+
+    assert _parse([]).grpc is True
+    assert _parse(["--no-grpc"]).grpc is False
+    report = GrpcHopReport(by_status={"OK": 229, "UNAVAILABLE": 1}, retries={"response": 7, "error": 0, "requeue": 3})
+    assert report.line() == (
+        "gRPC: 230 ledger postings as bank.Ledger/Post through meshd's HTTP/2 router (OK 229, UNAVAILABLE 1); "
+        "10 attempts retried by meshd (requeue 3, response 7)"
+    )

@@ -51,6 +51,8 @@ ONLY_WHEN_CONFIGURED = {
     "meshd_trace_spans_dropped_total": "tracing with a collector",
     "meshd_trace_spans_queued": "tracing with a collector",
     "meshd_trace_malformed_headers_total": "tracing with a collector",
+    "meshd_grpc_timeouts_total": "routers with protocol: h2",
+    "meshd_grpc_responses_total": "routers with protocol: h2 that answered gRPC calls",
 }
 
 

@@ -55,9 +55,13 @@ def test_daemonset_example_keeps_its_routers_dtabs_and_transformers() -> None:
 def test_servicemesh_example_says_what_it_left_out() -> None:
     result = convert((EXAMPLES / "servicemesh.yml").read_text())
     labels = [r["label"] for r in result.config["routers"]]
-    assert labels == ["http-outgoing", "http-incoming", "http-ingress"]  # h2 routers are left out
-    dropped = [n for n in result.notes if "protocol h2 not carried over" in n]
-    assert len(dropped) == 5
+    # the h2 and gRPC routers carry over too (meshd has protocol: h2); none is left out
+    assert labels == ["http-outgoing", "http-incoming", "h2-outgoing", "h2-incoming", "grpc-outgoing",
+                      "gprc-incoming", "http-ingress", "h2-ingress"]
+    assert not [n for n in result.notes if "not carried over: meshd routes" in n]
+    routers = {r["label"]: r for r in result.config["routers"]}
+    assert routers["grpc-outgoing"]["protocol"] == "h2"
+    assert routers["grpc-outgoing"]["identifier"] == {"kind": "grpc"}  # io.l5d.header.path, segments 1
     outgoing = result.config["routers"][0]
     # the namer-level daemonset transformer of /io.l5d.k8s.http moves to the router that uses it
     assert outgoing["transformers"] == [{"kind": "daemonset", "path": "/#/io.l5d.k8s/linkerd/http-incoming/l5d"}]
@@ -124,7 +128,7 @@ def test_service_and_client_sections_retries_budgets_and_accrual_carry_over(tmp_
     }
     assert web["clients"] == [{"prefix": "/#/io.l5d.fs/*", "requestAttemptTimeoutMs": 300}]
     assert result.config["namers"] == [{"kind": "fs", "rootDir": "disco", "prefix": "/#/io.l5d.fs"}]
-    assert "routers[1] (legacy): protocol thrift not carried over: meshd routes HTTP/1 only" in result.notes
+    assert "routers[1] (legacy): protocol thrift not carried over: meshd routes HTTP/1.1 and HTTP/2 only" in result.notes
     assert any("loadBalancer: kind aperture not carried over" in n for n in result.notes)
     (tmp_path / "disco").mkdir()
     (tmp_path / "meshd.yaml").write_text(result.to_yaml("full.yaml"))
@@ -136,7 +140,7 @@ def test_service_and_client_sections_retries_budgets_and_accrual_carry_over(tmp_
     [
         ("a: [1\n", "not valid YAML"),
         ("kind: ConfigMap\ndata: {x: 'y: 1'}\n", "no linkerd config found"),
-        ("routers:\n- protocol: h2\n  label: a\n", "no router could be carried over"),
+        ("routers:\n- protocol: thrift\n  label: a\n", "no router could be carried over"),
     ],
 )
 def test_inputs_that_cannot_be_converted(text: str, message: str) -> None:
@@ -145,7 +149,83 @@ def test_inputs_that_cannot_be_converted(text: str, message: str) -> None:
 
 
 def test_the_command_reports_an_unusable_input(tmp_path: pathlib.Path) -> None:
-    (tmp_path / "l5d.yaml").write_text("routers:\n- protocol: h2\n  label: a\n")
+    (tmp_path / "l5d.yaml").write_text("routers:\n- protocol: thrift\n  label: a\n")
     done = meshd("convert", "l5d.yaml", cwd=tmp_path)
     assert done.returncode == 1 and done.stdout == ""
-    assert "l5d.yaml: no router could be carried over: routers[0] (a): protocol h2" in done.stderr
+    assert "l5d.yaml: no router could be carried over: routers[0] (a): protocol thrift" in done.stderr
+
+
+H2 = textwrap.dedent("""\
+    namers:
+    - kind: io.l5d.fs
+      rootDir: disco
+    routers:
+    - protocol: h2
+      label: grpc
+      experimental: true
+      servers:
+      - port: 4142
+        ip: 0.0.0.0
+      identifier:
+        kind: io.l5d.header.path
+        segments: 1
+      dtab: /svc => /#/io.l5d.fs;
+      service:
+        totalTimeoutMs: 2000
+        responseClassifier:
+          kind: io.l5d.h2.grpc.retryableStatusCodes
+          retryableStatusCodes: [14, 4]
+      client:
+        kind: io.l5d.static
+        configs:
+        - prefix: /#/io.l5d.fs/bank.Audit
+          requestAttemptTimeoutMs: 500
+    - protocol: h2
+      label: h2
+      experimental: true
+      servers:
+      - port: 4143
+      identifier:
+        kind: io.l5d.header.token
+        header: ":authority"
+      dtab: /svc => /#/io.l5d.fs;
+      service:
+        kind: io.l5d.static
+        configs:
+        - prefix: /svc/bank.Ledger
+          responseClassifier: {kind: io.l5d.h2.grpc.default}
+        - prefix: /svc/web
+          responseClassifier: {kind: io.l5d.h2.retryableRead5XX}
+    - protocol: h2
+      label: paths
+      servers:
+      - port: 4144
+      identifier:
+        kind: io.l5d.header.path
+        segments: 3
+      dtab: /svc => /#/io.l5d.fs;
+    """)
+
+
+def test_a_linkerd_h2_config_with_grpc_classifiers_carries_over(tmp_path: pathlib.Path) -> None:
+    result = convert(H2)
+    grpc, h2, paths = result.config["routers"]
+    assert grpc["protocol"] == "h2" and grpc["servers"] == [{"ip": "0.0.0.0", "port": 4142}]
+    assert grpc["identifier"] == {"kind": "grpc"}
+    assert grpc["service"] == {
+        "totalTimeoutMs": 2000,
+        "responseClassifier": {"kind": "grpc.retryableStatusCodes", "retryableStatusCodes": [14, 4]},
+    }
+    assert grpc["clients"] == [{"prefix": "/#/io.l5d.fs/bank.Audit", "requestAttemptTimeoutMs": 500}]
+    assert h2["identifier"] == {"kind": "header"}  # :authority is the request's Host in meshd
+    assert h2["services"] == [
+        {"prefix": "/svc/bank.Ledger", "responseClassifier": {"kind": "grpc.default"}},
+        {"prefix": "/svc/web", "responseClassifier": {"kind": "retryableRead5XX"}},
+    ]
+    assert paths["identifier"] == {"kind": "path", "segments": 3}  # not a gRPC method path: the path identifier
+    assert any("io.l5d.header.path became identifier grpc" in n for n in result.notes)
+    assert any("became grpc.default" in n and "failureStatusCodes" in n for n in result.notes)
+    (tmp_path / "disco").mkdir()
+    (tmp_path / "meshd.yaml").write_text(result.to_yaml("h2.yaml"))
+    checked = meshd("check", "--strict", "-c", "meshd.yaml", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr

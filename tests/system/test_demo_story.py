@@ -149,3 +149,10 @@ def test_the_event_log_side_caught_up_and_customers_stay_solvent(story):
     assert any(p["max_lag"] is not None for p in story["phases"]), story["phases"]
     chaos = phase(story, "chaos")
     assert any("took over the outbox relay" in note for note in chaos["notes"]), chaos["notes"]
+
+
+def test_the_ledger_postings_are_grpc_calls_through_meshd(story):
+    # the demo's default: payments posts to the ledger as bank.Ledger/Post through meshd's h2 router
+    hop = story["grpc_hop"]
+    assert hop is not None and hop["by_status"].get("OK", 0) >= story["integrity"]["approved"], hop
+    assert "gRPC: " in story["_output"] and "through meshd's HTTP/2 router" in story["_output"]

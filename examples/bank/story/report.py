@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from examples.bank.simulator import AuthResult, percentile
+from examples.bank.story.grpc_hop import GrpcHopReport
 from examples.bank.story.metrics import MeshCounters
 from examples.bank.story.mtls import MtlsReport
 
@@ -149,6 +150,8 @@ class DemoResult:
     replay: dict[str, object] = field(default_factory=dict)
     #: the node-to-node hop over mutual TLS and the caller it refused (examples/bank/story/mtls.py)
     mtls: MtlsReport | None = None
+    #: the payments -> ledger gRPC hop as meshd counted it (examples/bank/story/grpc_hop.py); None without it
+    grpc_hop: GrpcHopReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -169,6 +172,7 @@ class DemoResult:
             "payroll": dict(self.payroll),
             "replay": dict(self.replay),
             "mtls": self.mtls.to_json() if self.mtls is not None else None,
+            "grpc_hop": self.grpc_hop.to_json() if self.grpc_hop is not None else None,
         }
 
 
@@ -248,6 +252,8 @@ def render(result: DemoResult) -> str:
             f"{mtls.caller} ({mtls.handshakes} handshakes: connections are pooled)",
             f"mTLS: a caller presenting {mtls.refused_caller} was refused: {mtls.refused_status} {mtls.refused_error}",
         ]
+    if result.grpc_hop is not None:
+        lines += ["", result.grpc_hop.line()]
     integrity = result.integrity
     lines.append("")
     if integrity.ok:
