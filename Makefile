@@ -21,6 +21,7 @@ PROGRAMS := nginx haproxy wrk dnsmasq chromium nats-server etcd openssl h2load n
 # a build older than its source). MESHD_PURE=1 builds none (and removes the ones there are).
 # Keep in step with meshd.COMPILED_MODULES (a test checks).
 HOT := meshd/listener.py \
+  meshd/fastpath.py \
   meshd/pool/connection.py \
   meshd/http/codec.py \
   meshd/http/body.py \
