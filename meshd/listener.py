@@ -262,6 +262,9 @@ class ServerProtocol(asyncio.Protocol):
         self._fast: Handoff | None = None
         #: ...and it has handed the request over to the connection's task (`hand_over`)
         self._handed = False
+        #: inside `data_received`, and the request to start at its end (see there)
+        self._feeding = False
+        self._deferred: Request | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -281,6 +284,19 @@ class ServerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        self._feeding = True
+        try:
+            self._read(data)
+        finally:
+            self._feeding = False
+        deferred = self._deferred
+        if deferred is not None and not self._closing:
+            # a request that began in this read, its body after its head: started now that the
+            # read is parsed, so that the fast path sees a small body whole
+            self._deferred = None
+            self._run(deferred)
+
+    def _read(self, data: bytes) -> None:
         for event in self._codec.feed(data):
             if isinstance(event, Request):
                 self._on_request(event)
@@ -414,6 +430,12 @@ class ServerProtocol(asyncio.Protocol):
             self._write_error_and_close(item)
             return
         self._active = item
+        if self._feeding and not item.body.ended and self._listener.fast is not None:
+            self._deferred = item  # its body may end in this same read (see data_received)
+            return
+        self._run(item)
+
+    def _run(self, item: Request) -> None:
         fast = self._listener.fast
         if fast is not None and item.body.ended and fast.plan(self, item):
             return  # the fast path took it (meshd/fastpath.py)
@@ -661,6 +683,7 @@ class ServerProtocol(asyncio.Protocol):
                 queue.pop()
         elif self._active is not None and self._active_response is None:
             task, self._task = self._task, None
+            self._deferred = None
             self._abandon_fast()
             self._active = None
             self._route = None
@@ -689,6 +712,7 @@ class ServerProtocol(asyncio.Protocol):
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
+        self._deferred = None
         self._abandon_fast()
         seconds = monotonic() - since if since >= 0.0 else 0.0
         # the name identify gave it (none if `_serve` had not run it yet)
