@@ -10,6 +10,7 @@ per path.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -229,3 +230,51 @@ async def test_a_client_that_leaves_mid_request_cancels_it(make_mesh, make_upstr
     # the upstream connection of the abandoned attempt was aborted, not reused
     await wait_until(lambda: up.open_connections == 0, timeout=5, message="the upstream connection closed")
     gate.set()
+
+
+async def test_a_request_a_filter_refuses_is_answered_as_on_the_slow_path(make_mesh, make_upstream, path_mode):
+    up = await make_upstream()
+    mesh = await make_mesh(identifier={"kind": "header", "header": "x-svc"})
+    mesh.register("svc", up)
+    conn = await RawConnection.open(mesh.port)
+    ok = await asyncio.wait_for(conn.request("GET", "/", headers=[("x-svc", "svc")], host="svc"), 5)
+    assert ok.status == 200
+    ok = await asyncio.wait_for(conn.request("GET", "/", headers=[("x-svc", "svc")], host="svc"), 5)
+    assert ok.status == 200
+    refused = await asyncio.wait_for(conn.request("GET", "/", host="svc"), 5)
+    assert refused.status == 400 and "x-svc header is absent" in (refused.header("l5d-err") or "")
+    assert await conn.is_closed_by_peer()  # after a 400, as always
+    await conn.close()
+    conn = await RawConnection.open(mesh.port)
+    ok = await asyncio.wait_for(conn.request("GET", "/", headers=[("x-svc", "svc")], host="svc"), 5)
+    assert ok.status == 200
+    assert up.requests == 3
+    assert mesh.daemon.routers[0].stats.services["_unidentified"].by_class[4] == 1
+    assert mesh.daemon.routers[0].admission.inflight == 0
+    await conn.close()
+
+
+async def test_a_caller_deadline_or_a_total_timeout_takes_the_slow_path(make_mesh, make_upstream, path_mode):
+    up = await make_upstream()
+    mesh = await make_mesh(services=[{"prefix": "/svc/timed", "totalTimeoutMs": 5000}])
+    mesh.register("svc", up)
+    mesh.register("timed", up)
+    await warm(mesh)
+    conn = await RawConnection.open(mesh.port)
+    fast = fast_of(mesh)
+    handed = fast.handed_over if fast is not None else 0
+    # a trusted caller's deadline (loopback is trusted by default) goes on to the upstream
+    now_ns = time.time_ns()
+    deadline = f"{now_ns} {now_ns + 30 * 10**9}"
+    resp = await asyncio.wait_for(conn.request("GET", "/d", headers=[("l5d-ctx-deadline", deadline)], host="svc"), 5)
+    assert resp.status == 200
+    assert up.received[-1].header("l5d-ctx-deadline") is not None
+    for _ in range(2):  # a name with a total timeout: its deadline is sent upstream too
+        resp = await asyncio.wait_for(conn.request("GET", "/t", host="timed"), 5)
+        assert resp.status == 200
+        assert up.received[-1].header("l5d-ctx-deadline") is not None
+    resp = await asyncio.wait_for(conn.request("HEAD", "/h", host="svc"), 5)
+    assert resp.status == 200 and resp.body == b""
+    if fast is not None:
+        assert fast.handed_over - handed == 3  # the HEAD went the fast path
+    await conn.close()
