@@ -21,6 +21,7 @@ PROGRAMS := nginx haproxy wrk dnsmasq chromium nats-server etcd openssl h2load n
 # a build older than its source). MESHD_PURE=1 builds none (and removes the ones there are).
 # Keep in step with meshd.COMPILED_MODULES (a test checks).
 HOT := meshd/listener.py \
+  meshd/fastpath.py \
   meshd/pool/connection.py \
   meshd/http/codec.py \
   meshd/http/body.py \
@@ -124,8 +125,15 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 # The bench smoke test also runs meshd itself (MESHD_BENCH_SMOKE_MESHD=1); never a timed test.
+# The suite runs with the fast path on (the default); the proxy-behaviour tests run again with it
+# off (MESHD_FAST_PATH=0: every request on the coroutine path; meshd/fastpath.py), about 30 s.
+SLOW_PATH_TESTS := tests/integration/test_proxy_basics.py tests/integration/test_bad_input.py \
+  tests/integration/test_failures.py tests/integration/test_retries.py tests/integration/test_retry_limits.py \
+  tests/integration/test_circuit_breakers.py tests/integration/test_streaming.py tests/integration/test_pool.py \
+  tests/integration/test_tracing.py
 test: install system-deps lint typecheck
 	MESHD_BENCH_SMOKE_MESHD=1 $(PY) -m pytest
+	MESHD_FAST_PATH=0 $(PY) -m pytest -q -p no:cacheprovider $(SLOW_PATH_TESTS)
 
 # Long fuzzing of the request path (docs/operations.md, "Fuzzing the request path"): FUZZ_EXAMPLES
 # new random inputs (20,000 take about 10 minutes); `make test` runs 40 of them.

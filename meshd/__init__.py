@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 #: "Building and packaging"). The Makefile's HOT list must name the same files (a test checks).
 COMPILED_MODULES: Final = (
     "meshd.listener",
+    "meshd.fastpath",
     "meshd.pool.connection",
     "meshd.http.codec",
     "meshd.http.body",

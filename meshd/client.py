@@ -15,7 +15,7 @@ connection, and report the outcome to the balancer when the response ends.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -202,27 +202,68 @@ class Client:
                 removed.stats = self.stats_removed  # attempts still out are counted there
 
     # -- one attempt ------------------------------------------------------------------------
-    async def __call__(self, ctx: RouteContext) -> Response:
+    def __call__(self, ctx: RouteContext) -> Awaitable[Response]:
+        """One attempt: the breakers and the pick here (raising at call time, inside the
+        caller's await), the rest in `attempt_on`'s coroutine."""
         retry = ctx.attempts > 1
         if self.inflight >= self._max_requests or (retry and self.retrying >= self._max_retries):
             raise self._overflow(retry)
+        return self.attempt_on(ctx, self.pick(ctx))
+
+    def pick(self, ctx: RouteContext) -> Node[Endpoint]:
+        """The balancer's pick for this attempt (avoiding `ctx.last_node`, then stored there)."""
         try:
             node = self.balancer.pick(ctx.last_node)
         except NoNodesAvailable:
             raise NoEndpoints(f"no endpoints available for {self.label}", written=False) from None
         ctx.last_node = node
+        return node
+
+    @property
+    def fast(self) -> bool:
+        """Whether an attempt may take the fast path (meshd/fastpath.py): an HTTP/1.1 client
+        without an attempt timeout (a timeout needs a task to cancel)."""
+        return self._attempt_timeout_s is None and self._settings.h2 is None
+
+    def full(self) -> bool:
+        """Whether a first attempt would be refused by `circuitBreakers.maxRequests` now."""
+        return self.inflight >= self._max_requests
+
+    def begin(self, ctx: RouteContext, node: Node[Endpoint]) -> tuple[float, Span | None]:
+        """An attempt starts on `node`: counted, and (sampled) given a span. Returns the node's
+        start instant and the span."""
         endpoint = node.member
         if endpoint.forwarded:
             self.forwarded += 1
-        request = ctx.request
         started = node.start()
         self.inflight += 1
-        if retry:
+        if ctx.attempts > 1:
             self.retrying += 1
             self.retries += 1
         # tracing (docs/tracing.md): a sampled request's attempt gets a span of its own, which the
         # upstream sees as its parent in `traceparent`; one attribute test otherwise
         attempt = ctx.span.child(self.label, endpoint.label, ctx.attempts) if ctx.span is not None else None
+        return started, attempt
+
+    def head_for(self, ctx: RouteContext, attempt: Span | None) -> bytes:
+        """The HTTP/1.1 request head of this attempt (to `ctx.last_node`), `l5d-dst-*` (and
+        `traceparent`) added."""
+        request = ctx.request
+        dst = self._dst_headers(ctx.logical_name)
+        if request.host is None and ctx.last_node is not None:
+            # an HTTP/1.0 request without Host: the upstream speaks HTTP/1.1, where Host is
+            # required, so it gets the endpoint's address (as nginx's default $proxy_host)
+            endpoint: Endpoint = ctx.last_node.member
+            dst += endpoint.host_line
+        if attempt is None:
+            return request_head(request, dst)
+        return request_head(request, dst + attempt.traceparent_line())
+
+    async def attempt_on(self, ctx: RouteContext, node: Node[Endpoint]) -> Response:
+        endpoint = node.member
+        request = ctx.request
+        retry = ctx.attempts > 1
+        started, attempt = self.begin(ctx, node)
         try:
             if ctx.grpc and ctx.deadline is not None:
                 # the time left, as the upstream sees it: a chain of gRPC services never works
@@ -232,15 +273,7 @@ class Client:
                 )
             h2pool = endpoint.h2
             if h2pool is None:
-                dst = self._dst_headers(ctx.logical_name)
-                if request.host is None:
-                    # an HTTP/1.0 request without Host: the upstream speaks HTTP/1.1, where Host is
-                    # required, so it gets the endpoint's address (as nginx's default $proxy_host)
-                    dst += endpoint.host_line
-                if attempt is None:
-                    head = request_head(request, dst)
-                else:
-                    head = request_head(request, dst + attempt.traceparent_line())
+                head = self.head_for(ctx, attempt)
                 conn = endpoint.pool.try_acquire_idle()
                 if self._attempt_timeout_s is None and conn is not None:
                     # The common case inline: a warm pooled connection and no attempt timeout (one
@@ -279,15 +312,47 @@ class Client:
                 # HTTP/2 upstream (meshd/pool/h2.py): one stream on a multiplexed connection
                 response = await self._send_h2(h2pool, ctx, attempt)
         except MeshdError as exc:
-            self._finish(node, started, True, retry)
-            if attempt is not None:
-                attempt.end(exc.status, exc.kind, exc.l5d_err)
+            self.failed(node, started, retry, attempt, exc)
             raise
         except BaseException:
-            self._finish(node, started, False, retry)
-            if attempt is not None:
-                attempt.end(0, "cancelled")
+            self.cancelled(node, started, retry, attempt)
             raise
+        return self.settle(ctx, node, started, retry, attempt, response)
+
+    async def resend_on(
+        self, ctx: RouteContext, node: Node[Endpoint], started: float, attempt: Span | None, head: bytes
+    ) -> Response:
+        """The rest of an attempt the fast path began whose pooled connection turned out stale:
+        sent again on a fresh connection, as `attempt_on` does."""
+        retry = ctx.attempts > 1
+        try:
+            response = await resend(node.member.pool, ctx.request, head)
+        except MeshdError as exc:
+            self.failed(node, started, retry, attempt, exc)
+            raise
+        except BaseException:
+            self.cancelled(node, started, retry, attempt)
+            raise
+        return self.settle(ctx, node, started, retry, attempt, response)
+
+    def failed(self, node: Node[Endpoint], started: float, retry: bool, attempt: Span | None, exc: MeshdError) -> None:
+        """The attempt failed with meshd's error (a failure for the node)."""
+        self._finish(node, started, True, retry)
+        if attempt is not None:
+            attempt.end(exc.status, exc.kind, exc.l5d_err)
+
+    def cancelled(self, node: Node[Endpoint], started: float, retry: bool, attempt: Span | None) -> None:
+        """The attempt was given up by the caller (not the upstream's failure)."""
+        self._finish(node, started, False, retry)
+        if attempt is not None:
+            attempt.end(0, "cancelled")
+
+    def settle(
+        self, ctx: RouteContext, node: Node[Endpoint], started: float, retry: bool, attempt: Span | None,
+        response: Response,
+    ) -> Response:
+        """The attempt's response head arrived: classified for the node, which learns the outcome
+        when the body ends (now, for a response that came whole)."""
         status = response.status
         if attempt is not None:
             attempt.end(status)
@@ -297,7 +362,7 @@ class Client:
         if status < 500:
             failure = False  # every classifier calls anything but a 5xx a success
         elif classifier is not None:
-            failure = classifier.classify_response(request.method, status, False).is_failure
+            failure = classifier.classify_response(ctx.request.method, status, False).is_failure
         else:
             failure = True
         body = response.body

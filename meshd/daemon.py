@@ -28,6 +28,8 @@ from meshd.config.loader import load_config, to_yaml_dict
 from meshd.config.model import MeshdConfig, RouterConfig, RoutesConfigMapConfig, ServerTlsConfig
 from meshd.discovery.base import Namer
 from meshd.discovery.start import close_namers, start_namers
+from meshd.fastpath import FastPath
+from meshd.fastpath import enabled as fast_path_enabled
 from meshd.h2server import alpn_protocols, h2_protocol, h2_server_config
 from meshd.handover import Inherited, Listening, serve_handover
 from meshd.listener import Listener
@@ -245,6 +247,7 @@ class Daemon:
             clock=self.runtime.clock, admission=router.admission, recent=router.stats.recent,
             peer_identity=peer_identity if tls is not None and tls.ca_path else None,
         )
+        listener.fast = FastPath(router) if fast_path_enabled() else None
         # TLS (docs/tls.md): the loop's own TLS under the same listener; the context it is given
         # makes each connection from the files' current context (rotation)
         alpn = alpn_protocols(router.config)
@@ -506,6 +509,7 @@ class Daemon:
                     listener.observe = router.stats.observe
                     listener.recent = router.stats.recent
                     listener.admission = router.admission
+                    listener.fast = FastPath(router) if fast_path_enabled() else None
                     b.index = index
                     bound.append(b)
         bound += opened

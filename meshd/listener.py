@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from time import monotonic
 from typing import Final, Protocol, cast
@@ -109,6 +109,30 @@ class ConnectionClosed(Exception):
     """The downstream client went away before its request or response finished."""
 
 
+class FastPlanner(Protocol):
+    """The fast path (meshd/fastpath.py), seen from the listener: `plan` is offered each request
+    whose body has arrived whole; True when it took the request (it then finishes it with
+    `ServerProtocol.fast_done`, or hands it over with `ServerProtocol.hand_over`)."""
+
+    def plan(self, conn: ServerProtocol, request: Request) -> bool: ...
+
+
+class Handoff(Protocol):
+    """A request the fast path took: in flight on an upstream connection, or handed over to the
+    connection's task, which then awaits `resume()` (the slow path from where the fast one
+    stopped). `abandon()` gives it up (the client left) before `resume()` was called."""
+
+    ctx: RouteContext
+    started: float
+    admitted_at: float
+    #: the admission it entered (the listener's may have changed since, with a reload)
+    admission: Admission
+
+    def resume(self) -> Awaitable[Response]: ...
+
+    def abandon(self) -> None: ...
+
+
 class Connection(Protocol):
     """What a listener keeps of each downstream connection: HTTP/1's `ServerProtocol` here, or
     HTTP/2's (meshd/h2server.py)."""
@@ -152,6 +176,8 @@ class Listener:
         self.admission = admission if admission is not None else Admission(label, clock=clock)
         self.observe: Observe = observe or _ignore
         self.connections: set[Connection] = set()
+        #: the fast path (meshd/fastpath.py), None when off (`MESHD_FAST_PATH=0`, or a test)
+        self.fast: FastPlanner | None = None
         self.draining = False
         self._all_closed: asyncio.Event | None = None
         self.accepted = 0
@@ -232,6 +258,13 @@ class ServerProtocol(asyncio.Protocol):
         self._body: Body | None = None
         #: a response was written on this connection (a drain closes it at once when idle)
         self._answered = False
+        #: the fast path's exchange while it owns the active request (meshd/fastpath.py)
+        self._fast: Handoff | None = None
+        #: ...and it has handed the request over to the connection's task (`hand_over`)
+        self._handed = False
+        #: inside `data_received`, and the request to start at its end (see there)
+        self._feeding = False
+        self._deferred: Request | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -251,6 +284,19 @@ class ServerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        self._feeding = True
+        try:
+            self._read(data)
+        finally:
+            self._feeding = False
+        deferred = self._deferred
+        if deferred is not None and not self._closing:
+            # a request that began in this read, its body after its head: started now that the
+            # read is parsed, so that the fast path sees a small body whole
+            self._deferred = None
+            self._run(deferred)
+
+    def _read(self, data: bytes) -> None:
         for event in self._codec.feed(data):
             if isinstance(event, Request):
                 self._on_request(event)
@@ -329,6 +375,7 @@ class ServerProtocol(asyncio.Protocol):
             self._active_response.body.cancel(lost)
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        self._abandon_fast()
         self._queue.clear()
 
     def pause_writing(self) -> None:
@@ -383,6 +430,19 @@ class ServerProtocol(asyncio.Protocol):
             self._write_error_and_close(item)
             return
         self._active = item
+        if self._feeding and not item.body.ended and self._listener.fast is not None:
+            self._deferred = item  # its body may end in this same read (see data_received)
+            return
+        self._run(item)
+
+    def _run(self, item: Request) -> None:
+        fast = self._listener.fast
+        if fast is not None and item.body.ended and fast.plan(self, item):
+            return  # the fast path took it (meshd/fastpath.py)
+        self._wake(item)
+
+    def _wake(self, item: Request) -> None:
+        """The connection's task runs `item` next."""
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -416,11 +476,29 @@ class ServerProtocol(asyncio.Protocol):
             # Read per request, not per connection: a config reload swaps the listener's router
             # (meshd/daemon.py) and a keep-alive connection's next request goes to the new one.
             service = listener.service
-            observe = listener.observe
             admission = listener.admission
-            # The pipeline's per-request state (meshd/pipeline/context.py): the one object made
-            # per request here; every stage reads and writes it, the wire request inside it.
-            self._route = ctx = RouteContext(request, peer_identity)
+            handoff: Handoff | None = None
+            if self._handed:
+                # the fast path began this request and handed it over (meshd/fastpath.py): its
+                # context, clock and admission carry on from where it stopped
+                handoff = self._fast
+                self._fast = None
+                self._handed = False
+            if handoff is not None:
+                self._route = ctx = handoff.ctx
+                admission = handoff.admission
+                started = handoff.started
+                admitted = True
+                admitted_at = handoff.admitted_at
+            else:
+                # The pipeline's per-request state (meshd/pipeline/context.py): the one object made
+                # per request here; every stage reads and writes it, the wire request inside it.
+                self._route = ctx = RouteContext(request, peer_identity)
+                self._served_since = started = monotonic()
+                # Admission first (meshd/admission.py): one comparison on the common path; past
+                # `maxConcurrentRequests` the request waits for a turn or is refused (503).
+                admitted = admission.enter()
+                admitted_at = started
             # Stats are taken here rather than in a pipeline stage: outermost by construction,
             # and one coroutine frame less per request.
             #
@@ -428,17 +506,15 @@ class ServerProtocol(asyncio.Protocol):
             # with `l5d-err` (as a stage it would cost a coroutine frame per request): every
             # failure, meshd's own included, is answered with a status and an explanation, and
             # counted.
-            self._served_since = started = monotonic()
-            # Admission first (meshd/admission.py): one comparison on the common path; past
-            # `maxConcurrentRequests` the request waits for a turn or is refused (503).
-            admitted = admission.enter()
-            admitted_at = started
             try:
-                if not admitted:
-                    await admission.wait()
-                    admitted = True
-                    admitted_at = monotonic()
-                response = await service(ctx)
+                if handoff is not None:
+                    response = await handoff.resume()
+                else:
+                    if not admitted:
+                        await admission.wait()
+                        admitted = True
+                        admitted_at = monotonic()
+                    response = await service(ctx)
             except MeshdError as exc:
                 if not request.body.ended:
                     # the body will never be read now: the connection is closed after this response
@@ -452,27 +528,60 @@ class ServerProtocol(asyncio.Protocol):
             finally:
                 if admitted:
                     admission.leave()
-            ended = monotonic()
-            if admitted and admission.sampler is not None:
-                # an adaptive limit (meshd/adaptive.py) learns from the time served, not waited
-                admission.sampler.sample(ended - admitted_at, ended)
-            seconds = ended - started
-            name = ctx.logical_name or UNIDENTIFIED
-            observe(name, response.status, seconds)
-            recent = listener.recent
-            if recent is not None:
-                recent.record(ctx, name, response.status, started, seconds)
-            if ctx.span is not None:  # tracing (meshd/pipeline/tracing.py): a sampled request's span ends
-                end_request(ctx, ctx.span, response)
-            self._route = None
-            if self._closing:
-                response.body.cancel(ConnectionClosed("client disconnected"))
-                return
-            self._write_response(request, response)
+            self._respond(request, ctx, response, started, admitted_at if admitted else -1.0, admission)
             if self._closing:
                 return
             # keep nothing of this exchange while the connection waits for its next request
-            request = ctx = response = None
+            request = ctx = response = handoff = None
+
+    def hand_over(self, handoff: Handoff) -> None:
+        """The fast path gives the active request to the connection's task (`_serve`), which
+        carries it on with `handoff.resume()`."""
+        self._fast = handoff
+        self._handed = True
+        request = self._active
+        assert request is not None
+        self._wake(request)
+
+    def fast_done(
+        self, ctx: RouteContext, response: Response, started: float, admitted_at: float, admission: Admission
+    ) -> None:
+        """The fast path's request ended with `response` (after `admission.leave()`)."""
+        self._fast = None
+        self._respond(ctx.request, ctx, response, started, admitted_at, admission)
+
+    def _abandon_fast(self) -> None:
+        fast = self._fast
+        if fast is not None:
+            self._fast = None
+            self._handed = False
+            fast.abandon()
+
+    def _respond(
+        self, request: Request, ctx: RouteContext, response: Response, started: float, admitted_at: float,
+        admission: Admission,
+    ) -> None:
+        """Record a request's response (stats, the recent ring, its span) and write it.
+        `admitted_at` < 0: it was never admitted."""
+        listener = self._listener
+        ended = monotonic()
+        sampler = admission.sampler
+        if admitted_at >= 0.0 and sampler is not None:
+            # an adaptive limit (meshd/adaptive.py) learns from the time served, not waited
+            sampler.sample(ended - admitted_at, ended)
+        seconds = ended - started
+        name = ctx.logical_name or UNIDENTIFIED
+        listener.observe(name, response.status, seconds)
+        recent = listener.recent
+        if recent is not None:
+            recent.record(ctx, name, response.status, started, seconds)
+        if ctx.span is not None:  # tracing (meshd/pipeline/tracing.py): a sampled request's span ends
+            end_request(ctx, ctx.span, response)
+        self._route = None
+        if self._closing:
+            response.body.cancel(ConnectionClosed("client disconnected"))
+            return
+        self._write_response(request, response)
 
     def _write_response(self, request: Request, response: Response) -> None:
         transport = self._transport
@@ -574,6 +683,8 @@ class ServerProtocol(asyncio.Protocol):
                 queue.pop()
         elif self._active is not None and self._active_response is None:
             task, self._task = self._task, None
+            self._deferred = None
+            self._abandon_fast()
             self._active = None
             self._route = None
             self._next = None
@@ -601,6 +712,8 @@ class ServerProtocol(asyncio.Protocol):
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
+        self._deferred = None
+        self._abandon_fast()
         seconds = monotonic() - since if since >= 0.0 else 0.0
         # the name identify gave it (none if `_serve` had not run it yet)
         name = ctx.logical_name if ctx is not None and ctx.request is request else ""

@@ -52,20 +52,21 @@ from meshd.http2.guard import H2Stats
 from meshd.listener import ListenerLimits
 from meshd.observable import Observable
 from meshd.pipeline.access_log import AccessLog
-from meshd.pipeline.assemble import router_stack, service_stack
+from meshd.pipeline.assemble import SERVICE_ROLES, retries_for, router_stack, service_stack
 from meshd.pipeline.authorize import Authorization
 from meshd.pipeline.bind import Binder, bind_service
 from meshd.pipeline.context import RouteContext
 from meshd.pipeline.hygiene import RequestIds, TrustPolicy
 from meshd.pipeline.mirror import Mirroring
-from meshd.pipeline.retries import RetryCounters
-from meshd.pipeline.stack import Service
+from meshd.pipeline.retries import Resumable, RetryCounters
+from meshd.pipeline.stack import Filter, Service
 from meshd.pipeline.stats import OVERFLOW_SERVICE, RouterStats
 from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.pool.dialer import Dialer, TcpDialer, TlsDialer
 from meshd.pool.h2 import H2PoolSettings
 from meshd.pool.pool import PoolLimits
 from meshd.retry.budget import RetryBudget
+from meshd.retry.classifiers import ResponseClassifier
 from meshd.retry.deadline import WALL_CLOCK_NS
 from meshd.runtime import Runtime
 from meshd.tls.contexts import TlsFiles, TlsSide, client_context
@@ -89,6 +90,19 @@ EVICT_BATCH: Final = 1_000
 IDLE_SCAN_INTERVAL_S: Final = 10.0
 
 
+@dataclass(frozen=True, slots=True)
+class FastService:
+    """What the fast path (meshd/fastpath.py) needs of a logical name whose service chain is
+    exactly classify, timeouts (no total timeout) and retries (no access log): the classifier,
+    the retry budget, whether to add `l5d-success-class`, and the service's own retry stage over
+    the choice of destination, to hand a request over to after its first attempt."""
+
+    classifier: ResponseClassifier
+    budget: RetryBudget
+    add_success_class: bool
+    retry: Resumable
+
+
 @dataclass(slots=True)
 class ServiceState:
     """One logical name's service-level state: its pipeline, retry budget and counters.
@@ -108,6 +122,8 @@ class ServiceState:
     used: int = 0
     #: requests inside this service's pipeline now (counted for folded services only)
     in_flight: int = 0
+    #: set when the fast path may serve this name's requests (see `FastService`)
+    fast: FastService | None = None
 
 
 class Router:
@@ -230,11 +246,14 @@ class Router:
         self.match_rules = MatchRules()
         #: the routing file's mirror rules' copies, and their counts (meshd/pipeline/mirror.py)
         self.mirroring = Mirroring(self.binder, self, rng=self._rng, clock=runtime.clock)
-        self.service: Service = self.stack.build(
-            bind_service(
-                self.binder, self, self.match_rules, rng=self._rng, clock=runtime.clock, mirroring=self.mirroring
-            )
+        #: the terminal router-level step (bind, then the name's service): where the fast path
+        #: hands a request over after running the filters itself
+        self.bind: Service = bind_service(
+            self.binder, self, self.match_rules, rng=self._rng, clock=runtime.clock, mirroring=self.mirroring
         )
+        self.service: Service = self.stack.build(self.bind)
+        #: the router-level filters, run as plain calls by the fast path (meshd/fastpath.py)
+        self.filters: tuple[Filter, ...] | None = self.stack.filters()
 
     # -- limits for this router's listeners ----------------------------------------------------
     def listener_limits(self, index: int) -> ListenerLimits:
@@ -312,19 +331,29 @@ class Router:
         else:
             budget = config.retries.budget.build(self.runtime.clock.now)
             counters, timeouts = RetryCounters(), TimeoutCounters()
+        classifier = config.response_classifier.build()
+        access_log = AccessLog(self.label, self.runtime.clock) if self.config.access_log else None
+        retries = retries_for(
+            config=config, classifier=classifier, budget=budget, retry_counters=counters, timeouts=timeouts,
+            rng=self._rng, access_log=access_log, clock=self.runtime.clock,
+        )
         stack = service_stack(
             config=config,
-            classifier=config.response_classifier.build(),
+            classifier=classifier,
             budget=budget,
             retry_counters=counters,
             wall=WALL_CLOCK_NS,
             timeouts=timeouts,
             rng=self._rng,
-            access_log=AccessLog(self.label, self.runtime.clock) if self.config.access_log else None,
+            access_log=access_log,
             clock=self.runtime.clock,
             grpc=self.grpc_stats.timeouts if self.grpc_stats is not None else None,
+            retries=retries,
         )
         state = ServiceState(name, label, stack.build(self._dispatch_choice), budget, counters, timeouts, folded)
+        if not folded and not config.total_timeout_ms and tuple(stack.roles()) == SERVICE_ROLES:
+            # the fast path's service (meshd/fastpath.py): the same retry stage, over the same step
+            state.fast = FastService(classifier, budget, config.add_success_class_header, retries(self._dispatch_choice))
         if folded:
             # only folded services lose their budget when dropped, so only they pay for knowing
             # what is in flight (a named one dropped while idle keeps its budget and counters,
@@ -363,13 +392,41 @@ class Router:
                 client = self.client_for(choice.id)
             client.used = self._tick  # one store per attempt: what idle eviction calls "used"
             return client(ctx)
+        raise self.unbound(choice, ctx)
+
+    def fast_client(self, ctx: RouteContext) -> Client | NoSuchService:
+        """The fast path's `_dispatch_choice` (meshd/fastpath.py): this attempt's client, marked
+        used, or the error the slow path would raise."""
+        chooser: Chooser | None = ctx.chooser
+        assert chooser is not None
+        choice = chooser.single
+        if choice is None:
+            choice = chooser.choose(self._rng)
+        if isinstance(choice, BoundName):
+            client = self.clients.get(choice.id)
+            if client is None:
+                client = self.client_for(choice.id)
+            client.used = self._tick
+            return client
+        return self.unbound(choice, ctx)
+
+    def fast_service(self, path: Path) -> ServiceState:
+        """`service_for`'s state (created on first use, marked used), for the fast path."""
+        state = self.services.get(path)
+        if state is None:
+            state = self._new_service(path)
+        state.used = self._tick
+        return state
+
+    def unbound(self, choice: object, ctx: RouteContext) -> NoSuchService:
+        """The error for a logical name the chooser bound to no client (rare path)."""
         if isinstance(choice, Fail):
             why = "the dtab says it fails (!)"
         elif isinstance(choice, Empty):
             why = "the dtab binds it to nothing ($)"
         else:
             why = self._negative_reasons(ctx) or "no dtab entry or namer knows it"
-        raise NoSuchService(
+        return NoSuchService(
             f"No hosts are available for {ctx.logical_name}: {why}; "
             f"Dtab.base=[{self.binder.base_dtab.show()}], Dtab.local=[{ctx.local_dtab}]",
             written=False,

@@ -19,7 +19,8 @@ and the closure it returns is named after the arrow.
    bytes arrive, and the request is queued.
 3. `meshd.listener:ServerProtocol._enqueue` - answered in order: the request runs now, or waits
    behind the ones before it on this connection.
-4. `meshd.listener:ServerProtocol._start` - hands the request to the connection's task.
+4. `meshd.listener:ServerProtocol._start` - hands the request to the connection's task
+   (`meshd.listener:ServerProtocol._wake`), unless the fast path takes it (below).
 5. `meshd.listener:ServerProtocol._serve` - the connection's task makes the `RouteContext` and
    awaits the router's service with it; stats and the error responder (a `MeshdError` becomes a
    response with `l5d-err`) are here, not stages.
@@ -56,6 +57,19 @@ and the closure it returns is named after the arrow.
     otherwise `meshd.pipeline.dispatch:dispatch` waits for one from `Pool.acquire`.
 19. `meshd.pool.connection:UpstreamConnection.send` - writes the head and attaches the body; the
     returned future resolves with the response head, its body streaming behind it.
+
+The fast path (meshd/fastpath.py, on unless `MESHD_FAST_PATH=0`) serves the common HTTP/1.1
+request with the same decisions as plain calls, with no task, future or coroutine: at step 4,
+`meshd.listener:ServerProtocol._run` offers a request whose body has arrived whole to
+`meshd.fastpath:FastPath.plan`, which runs steps 6-9 (the same filter closures and the binding
+cache), 12, 15 (`meshd.router:Router.fast_client`) and 16-19 itself (`meshd.client:Client.pick`,
+`meshd.client:Client.begin`, `meshd.pool.pool:Pool.try_acquire_idle`, and
+`meshd.pool.connection:UpstreamConnection.send_to`, which takes a receiver instead of returning a
+future). The upstream connection calls `meshd.fastpath:FastExchange.head_received` once the
+response's read is parsed: `meshd.client:Client.settle` counts the attempt, and
+`meshd.listener:ServerProtocol.fast_done` records and writes the response. Whatever it cannot
+finish goes to the connection's task through `meshd.listener:ServerProtocol.hand_over`, which
+awaits `meshd.fastpath:FastExchange.resume`: the slow path from the step where the fast one stopped.
 
 Over HTTP/2 (a router with `protocol: h2`, docs/http2.md) only the two ends differ: steps 1-5
 are `meshd.h2server:H2ServerProtocol.data_received` (the connection's codec, from

@@ -66,7 +66,7 @@ from meshd.pipeline.authorize import Authorization, authorize_filter, identity_f
 from meshd.pipeline.context import RouteContext
 from meshd.pipeline.hygiene import RequestIds, TrustPolicy, hygiene_filter
 from meshd.pipeline.identify import identify_filter
-from meshd.pipeline.retries import RetryCounters, retries_stage
+from meshd.pipeline.retries import RetriesStage, RetryCounters, retries_stage
 from meshd.pipeline.stack import Filter, Stack
 from meshd.pipeline.timeouts import TimeoutCounters, timeout_stage
 from meshd.pipeline.tracing import trace_filter
@@ -120,31 +120,51 @@ def service_stack(
     access_log: AccessLog | None = None,
     clock: Clock = MONOTONIC,
     grpc: GrpcTimeoutCounters | None = None,
+    retries: RetriesStage | None = None,
 ) -> Stack:
     """`grpc`: the router's `grpc-timeout` counters on a router that can carry gRPC (`protocol:
-    h2`); None on HTTP/1-only routers, whose timeouts stage then scans no header for gRPC."""
+    h2`); None on HTTP/1-only routers, whose timeouts stage then scans no header for gRPC.
+    `retries`: the retry stage, when the caller built it with `retries_for` (the router does,
+    to give the fast path the same stage); else built here from the same arguments."""
     stack = Stack()
     if access_log is not None:
         stack.push("access_log", access_log.stage())
+    if retries is None:
+        retries = retries_for(
+            config=config, classifier=classifier, budget=budget, retry_counters=retry_counters,
+            timeouts=timeouts, rng=rng, access_log=access_log, clock=clock,
+        )
     return (
         stack.push_filter("classify", classify_filter(classifier))
         .push("timeouts", timeout_stage(config.total_timeout_ms, wall, timeouts, clock, grpc))
-        .push(
-            "retries",
-            retries_stage(
-                classifier,
-                budget,
-                config.retries.backoff.build(rng),
-                retry_counters,
-                timeouts,
-                add_success_class=config.add_success_class_header,
-                replay_limit=config.replay_buffer_bytes,
-                max_retries=config.retries.max_retries,
-                max_requeues=config.retries.max_requeues,
-                on_attempt=access_log.on_attempt if access_log is not None else None,
-                clock=clock,
-            ),
-        )
+        .push("retries", retries)
+    )
+
+
+def retries_for(
+    *,
+    config: ServiceConfig,
+    classifier: ResponseClassifier,
+    budget: RetryBudget,
+    retry_counters: RetryCounters,
+    timeouts: TimeoutCounters,
+    rng: random.Random,
+    access_log: AccessLog | None = None,
+    clock: Clock = MONOTONIC,
+) -> RetriesStage:
+    """The service's retry stage, from its config (see `service_stack`)."""
+    return retries_stage(
+        classifier,
+        budget,
+        config.retries.backoff.build(rng),
+        retry_counters,
+        timeouts,
+        add_success_class=config.add_success_class_header,
+        replay_limit=config.replay_buffer_bytes,
+        max_retries=config.retries.max_retries,
+        max_requeues=config.retries.max_requeues,
+        on_attempt=access_log.on_attempt if access_log is not None else None,
+        clock=clock,
     )
 
 

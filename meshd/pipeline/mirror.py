@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
 from meshd.clock import MONOTONIC, Clock
@@ -47,7 +47,7 @@ MIRROR_HEADER: Final = b"l5d-mirror"
 
 
 class MirrorClient(Protocol):
-    async def __call__(self, ctx: RouteContext) -> Response: ...
+    def __call__(self, ctx: RouteContext) -> Awaitable[Response]: ...
 
 
 class MirrorClients(Protocol):

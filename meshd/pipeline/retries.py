@@ -43,8 +43,8 @@ the backoff sleep; the attempt in flight aborts its upstream connection (see dis
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import Final, Protocol
 
 from balancers.backoff import Backoff
 from meshd.clock import MONOTONIC, Clock, Timer
@@ -62,7 +62,7 @@ from meshd.http.body import Body, NotReplayable, Trailers
 from meshd.http.headers import L5D_RETRYABLE, L5D_SUCCESS_CLASS
 from meshd.http.messages import Response
 from meshd.pipeline.context import RouteContext
-from meshd.pipeline.stack import Service, Stage
+from meshd.pipeline.stack import Service
 from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.retry.budget import RetryBudget
 from meshd.retry.classifiers import ResponseClass, ResponseClassifier, success_class
@@ -81,6 +81,18 @@ DRAIN_LIMIT_BYTES: Final = 64 * 1024
 DRAIN_TIMEOUT_S: Final = 1.0
 
 _SUCCESS = {cls: success_class(cls).encode("ascii") for cls in ResponseClass}
+
+
+class Resumable(Protocol):
+    """The retry stage's service: called with a request's context it runs the whole loop; called
+    with `first` too, the request's first attempt is that awaitable, already begun and counted in
+    `ctx.attempts` by the fast path (meshd/fastpath.py), and the loop takes over from its outcome
+    exactly as if it had made that attempt itself."""
+
+    def __call__(self, ctx: RouteContext, first: Awaitable[Response] | None = None) -> Awaitable[Response]: ...
+
+
+RetriesStage = Callable[[Service], Resumable]
 
 
 class RetryCounters:
@@ -127,7 +139,7 @@ def retries_stage(
     max_requeues: int = 10,
     on_attempt: AttemptHook | None = None,
     clock: Clock = MONOTONIC,
-) -> Stage:
+) -> RetriesStage:
     """`replay_limit`: this service's `replayBufferBytes` (None: whatever the router's body kept);
     `max_retries`, `max_requeues`: the per-request bounds (`maxRetries`, `maxRequeues`);
     `clock`: the backoff sleeps, the deadline check (`RouteContext.deadline` is on this clock) and the
@@ -136,8 +148,8 @@ def retries_stage(
     # the gRPC kinds classify by grpc-status (meshd/grpc/classifiers.py); None: by HTTP status
     grpc = classifier if isinstance(classifier, GrpcClassifier) else None
 
-    def wrap(next_service: Service) -> Service:
-        async def retry(ctx: RouteContext) -> Response:
+    def wrap(next_service: Service) -> Resumable:
+        async def retry(ctx: RouteContext, first: Awaitable[Response] | None = None) -> Response:
             method = ctx.request.method
             budget.deposit()
             schedule = None
@@ -151,9 +163,15 @@ def retries_stage(
             held_class = ResponseClass.RETRYABLE_FAILURE
             held_exc: MeshdError | None = None
             while True:
-                ctx.attempts += 1
+                if first is None:
+                    ctx.attempts += 1
                 try:
-                    response = await next_service(ctx)
+                    if first is None:
+                        response = await next_service(ctx)
+                    else:
+                        # the fast path's first attempt, handed over (see `Resumable`)
+                        began, first = first, None
+                        response = await began
                 except MeshdError as exc:
                     if isinstance(exc, CircuitOpen) and (held is not None or held_exc is not None):
                         if on_attempt is not None:

@@ -85,6 +85,13 @@ class Stack:
             service = _filtered(tuple(filters), service)
         return service
 
+    def filters(self) -> tuple[Filter, ...] | None:
+        """The filters in order when every layer is a filter (a router's stack), else None: the
+        fast path (meshd/fastpath.py) runs them as plain calls."""
+        if any(layer.filter is None for layer in self._layers):
+            return None
+        return tuple(layer.filter for layer in self._layers if layer.filter is not None)
+
     def _index(self, role: str) -> int:
         for i, layer in enumerate(self._layers):
             if layer.role == role:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 from meshd.clock import MONOTONIC, Clock, Timer
 from meshd.errors import MeshdError, ResponseHeadTimeout, UpstreamFailed
@@ -48,6 +48,19 @@ class StaleConnection(UpstreamFailed):
 
 
 ReleaseCallback = Callable[["UpstreamConnection", bool], None]
+
+
+class HeadReceiver(Protocol):
+    """Told of an exchange's outcome instead of a future (`send_to`, used by meshd/fastpath.py).
+
+    `head_received` is called once the read that brought the response head has been parsed to
+    its end (so a small response's body has ended by then, as for the future's awaiter, which
+    runs after that read too); `head_failed` when the exchange failed before its head, after the
+    connection has been released. Exactly one of them is called, unless `abort()` came first."""
+
+    def head_received(self, response: Response) -> None: ...
+
+    def head_failed(self, error: MeshdError) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -92,6 +105,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self._busy = False
         self._future: asyncio.Future[Response] | None = None
+        #: instead of `_future` (`send_to`): told of the head, or of the failure before it
+        self._receiver: HeadReceiver | None = None
+        #: a head for the receiver, delivered once the read that brought it is parsed
+        self._ready: Response | None = None
         self._request: Request | None = None
         self._got_bytes = False
         self._request_done = True
@@ -111,7 +128,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = True
         if self._idle_timer is not None:
             self._last_rx = self._now()
-        if self._apply(self._codec.feed(data)):
+        failed = self._apply(self._codec.feed(data))
+        if self._ready is not None:
+            self._deliver()
+        if failed:
             return
         if (
             self._idle_timer is None
@@ -151,7 +171,8 @@ class UpstreamConnection(asyncio.Protocol):
             if not was_closed:
                 self._on_lost_idle(self)
             return
-        if self._future is not None and not self._future.done():
+        receiver = self._receiver
+        if receiver is not None or (self._future is not None and not self._future.done()):
             tls_error = _tls_alert(exc, self._transport) if not self._got_bytes else None
             if tls_error is not None:
                 # TLS 1.3 delivers the server's verdict on meshd's certificate after the
@@ -166,6 +187,12 @@ class UpstreamConnection(asyncio.Protocol):
                 )
             else:
                 error = UpstreamFailed(f"{self.label} closed the connection before responding")
+            if receiver is not None:
+                self._receiver = None
+                self._finish(reusable=False)
+                receiver.head_failed(error)
+                return
+            assert self._future is not None
             self._future.set_exception(error)
             self._finish(reusable=False)
             return
@@ -173,6 +200,8 @@ class UpstreamConnection(asyncio.Protocol):
         if response is not None and not self._response_done:
             if exc is None and self._codec.until_close:
                 self._apply(self._codec.eof())
+                if self._ready is not None:
+                    self._deliver()
                 return
             response.body.fail(UpstreamFailed(f"{self.label} reset the connection mid-response"))
             self._response_done = True
@@ -255,6 +284,18 @@ class UpstreamConnection(asyncio.Protocol):
     # -- sending ------------------------------------------------------------------------------
     def send(self, request: Request, head: bytes) -> asyncio.Future[Response]:
         """Write `request` (head already serialised); the future resolves with the response head."""
+        future: asyncio.Future[Response] = self._loop.create_future()
+        self._future = future
+        self._write(request, head)
+        return future
+
+    def send_to(self, request: Request, head: bytes, receiver: HeadReceiver) -> None:
+        """As `send`, with no future: `receiver` is told of the head or of the failure (the fast
+        path, meshd/fastpath.py)."""
+        self._receiver = receiver
+        self._write(request, head)
+
+    def _write(self, request: Request, head: bytes) -> None:
         transport = self._transport
         assert transport is not None and not self._busy
         self._busy = True
@@ -265,20 +306,18 @@ class UpstreamConnection(asyncio.Protocol):
         self._response_done = False
         self._keep_alive = True
         self._codec.expect(request.method)
-        future: asyncio.Future[Response] = self._loop.create_future()
-        self._future = future
         body = request.body
         if body is _EMPTY_BODY or body is _EMPTY_BODY_0:  # a GET: nothing to frame or attach
             self._request_done = True
             transport.write(head)
             self._arm_head_timer()
-            return future
+            return
         framing = request_framing(body)
         if body.is_empty or framing is Framing.NONE:
             self._request_done = True
             transport.write(head)
             self._arm_head_timer()
-            return future
+            return
         self._request_done = False
         chunked = framing is Framing.CHUNKED
         buffered = body.take_buffered()
@@ -286,7 +325,6 @@ class UpstreamConnection(asyncio.Protocol):
             head += encode_chunk(buffered) if chunked else buffered
         transport.write(head)
         body.attach(_RequestWriter(self, chunked))
-        return future
 
     def _request_body_done(self) -> None:
         self._request_done = True
@@ -304,6 +342,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Give up on the exchange in flight (caller cancelled); the connection is not reused."""
+        self._receiver = None
+        self._ready = None
         if self._transport is not None:
             self._transport.abort()
         self.closed = True
@@ -321,9 +361,20 @@ class UpstreamConnection(asyncio.Protocol):
         if not body.ended:
             body.set_canceller(self.abort)
         self._response = response
+        if self._receiver is not None:
+            self._ready = response  # told once this read is parsed (`_deliver`)
+            return
         future = self._future
         if future is not None and not future.done():
             future.set_result(response)
+
+    def _deliver(self) -> None:
+        response = self._ready
+        receiver = self._receiver
+        self._ready = None
+        self._receiver = None
+        if receiver is not None and response is not None:
+            receiver.head_received(response)
 
     def _message_complete(self, trailers: Trailers | None) -> None:
         response = self._response
@@ -343,8 +394,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- internals ----------------------------------------------------------------------------
     def _fail(self, error: MeshdError) -> None:
+        receiver = self._receiver if self._ready is None else None
+        if receiver is not None:
+            self._receiver = None  # told below, once the connection is released
         future = self._future
-        if future is not None and not future.done():
+        if receiver is not None:
+            pass
+        elif future is not None and not future.done():
             future.set_exception(error)
         elif self._response is not None and not self._response_done:
             self._response.body.fail(error)
@@ -354,6 +410,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         if self._busy:
             self._finish(reusable=False)
+        if receiver is not None:
+            receiver.head_failed(error)
 
     def _finish(self, *, reusable: bool) -> None:
         if not self._busy:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
+from meshd.fastpath import enabled as fast_path_enabled
 from meshd.http.messages import Request, Response
 from meshd.listener import CONNECTION_TASK
 from meshd.pipeline.context import RouteContext
@@ -104,7 +105,9 @@ async def test_idle_keep_alive_connections_hold_no_request_or_response(make_mesh
     for conn in conns:
         resp = await asyncio.wait_for(conn.request("GET", "/", host="svc"), 5)
         assert resp.status == 200
-    assert len(serve_tasks()) == 5
+    # on the slow path every connection has its task; on the fast path (meshd/fastpath.py) only
+    # the first one, whose request found the name not yet bound and was handed over to a task
+    assert len(serve_tasks()) == (1 if fast_path_enabled() else 5)
     gc.collect()
     assert [o for o in gc.get_objects() if isinstance(o, Request | Response | RouteContext)] == []
     for conn in conns:

@@ -1,0 +1,312 @@
+"""The fast path: the common HTTP/1.1 request driven by protocol callbacks, no future, task or coroutine.
+
+The request path as written (meshd/pipeline/__init__.py) runs each request in the downstream
+connection's task, awaiting the router's service: the retry stage's coroutine, the client's
+coroutine and the upstream connection's future. That costs two futures, two task wake-ups and
+a few coroutine frames per request. The fast path serves the common case with plain calls
+instead, and with the same code for every decision:
+
+1. `FastPath.plan` - called by the listener (`ServerProtocol._start`) for a request whose body
+   has arrived whole. Admission (`Admission.enter`), the `RouteContext`, the router's filters
+   (trace, hygiene, identity, identify, authorize: the same closures the slow path runs), the
+   binding cache, the name's service state (`Router.fast_service`), the classifier, the choice
+   of destination (`Router.fast_client`), the balancer's pick (`Client.pick`), an idle pooled
+   connection (`Pool.try_acquire_idle`), the attempt's start and head (`Client.begin`,
+   `Client.head_for`), and the write (`UpstreamConnection.send_to`, with this exchange as the
+   receiver of the response head instead of a future).
+2. `FastExchange.head_received` - called by the upstream connection once the read that brought
+   the response head is parsed (a small response's body has ended by then). The client settles
+   the attempt (classification, failure accrual, Peak EWMA, the endpoint's stats:
+   `Client.settle`); a status below 500 is the retry stage's success (budget deposit,
+   `l5d-success-class`), and the listener records and writes the response
+   (`ServerProtocol.fast_done`: stats, the recent-requests ring, the span, admission's sampler).
+
+Everything else falls back to the coroutine path, from the step where the fast path stopped,
+with the same `RouteContext` (`ServerProtocol.hand_over`; the connection's task then awaits
+`FastExchange.resume()`), so nothing is done twice and nothing is sent twice:
+
+- a filter raised (a 400, a 403): the error is raised in the task, answered as the slow path does;
+- the routing file has rules (match, fault, mirror), or the binding is not cached: from `bind`;
+- the name's service has an access log, a total timeout, is a folded one, or the request carries
+  a deadline (`l5d-ctx-deadline`): from the service's chain (classify, timeouts, retries);
+- from the retry stage (`Resumable`: its loop takes the first attempt's outcome as its own):
+  the client is HTTP/2, has an attempt timeout or a full circuit breaker (the client's whole
+  attempt is the first one); the picked node has no idle connection (the attempt goes on in
+  `Client.attempt_on` with that node, waiting for a connection); the pooled connection was
+  stale (`Client.resend_on`, before anything came back: sent again on a fresh connection, as the
+  client does); the attempt failed (`Client.failed` counted it; the loop decides on a retry);
+  the response is a 5xx (`Client.settle` counted it; the loop classifies it and may retry).
+
+A client that leaves while the fast path owns its request (`FastExchange.abandon`) is handled
+as a cancelled task would be: the upstream connection is aborted, the attempt counted as
+cancelled, admission left.
+
+The switch: `MESHD_FAST_PATH=0` in the environment turns the fast path off (every request takes
+the coroutine path); the test suite runs a representative set of proxy tests both ways.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable
+from time import monotonic
+from typing import Final
+
+from balancers.base import Node
+from meshd.admission import Admission
+from meshd.client import Client, Endpoint
+from meshd.errors import MeshdError, NoEndpoints, NoSuchService
+from meshd.http.headers import L5D_SUCCESS_CLASS
+from meshd.http.messages import Request, Response
+from meshd.listener import ConnectionClosed, ServerProtocol
+from meshd.pipeline.context import RouteContext
+from meshd.pipeline.dispatch import can_resend
+from meshd.pipeline.stack import Service
+from meshd.pool.connection import StaleConnection, UpstreamConnection
+from meshd.retry.deadline import HEADER as DEADLINE_HEADER
+from meshd.router import FastService, Router
+from meshd.tracing.spans import Span
+
+#: the environment variable that turns the fast path off when set to 0
+SWITCH: Final = "MESHD_FAST_PATH"
+
+# Where a handed-over request goes on (`FastExchange.resume`).
+_RAISE: Final = 1  # raise `error` (a filter refused the request)
+_BIND: Final = 2  # the router's bind step
+_SERVICE: Final = 3  # the logical name's service chain
+_RETRY_CLIENT: Final = 4  # the retry loop, its first attempt the client's whole attempt
+_RETRY_PICKED: Final = 5  # ... the client's attempt on the node already picked
+_RETRY_STALE: Final = 6  # ... sent again on a fresh connection
+_RETRY_RESPONSE: Final = 7  # ... the first attempt's response (settled)
+_RETRY_ERROR: Final = 8  # ... the first attempt's error (counted)
+
+
+def enabled() -> bool:
+    """Whether the fast path is on: unless `MESHD_FAST_PATH=0`."""
+    return os.environ.get(SWITCH, "1").strip() not in ("0", "false", "no", "off")
+
+
+class FastPath:
+    """One router's fast path, the `FastPlanner` its HTTP/1.1 listeners are given."""
+
+    __slots__ = ("router", "filters", "cache", "taken", "handed_over")
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.filters = router.filters
+        #: the binding cache (cleared in place when bindings may change, never replaced)
+        self.cache = router.binder.cache
+        #: requests the fast path took, and those of them it handed over to the slow path
+        #: (plain counters, read by tests)
+        self.taken = 0
+        self.handed_over = 0
+
+    def plan(self, conn: ServerProtocol, request: Request) -> bool:
+        filters = self.filters
+        if filters is None:
+            return False
+        admission = conn._listener.admission
+        started = monotonic()
+        if not admission.enter():
+            return False  # queued or refused: the slow path decides, from the start
+        self.taken += 1
+        ctx = RouteContext(request, conn._peer_identity)
+        conn._route = ctx
+        conn._served_since = started
+        ex = FastExchange(self, conn, ctx, started, admission)
+        conn._fast = ex
+        try:
+            for f in filters:
+                f(ctx)
+        except Exception as exc:
+            ex.error = exc
+            ex.hand_over(_RAISE)
+            return True
+        router = self.router
+        path = ctx.logical_path
+        if path is None or router.match_rules.active:
+            ex.hand_over(_BIND)
+            return True
+        chooser = self.cache.get((path, ctx.local_dtab))
+        if chooser is None:
+            ex.hand_over(_BIND)
+            return True
+        ctx.chooser = chooser
+        state = router.fast_service(path)
+        fast = state.fast
+        l5d = request.l5d
+        if fast is None or (l5d and DEADLINE_HEADER in l5d):
+            ex.service = state.service
+            ex.hand_over(_SERVICE)
+            return True
+        ctx.classifier = fast.classifier
+        ex.fast = fast
+        # the retry stage's first attempt, counted as its loop counts it
+        ctx.attempts = 1
+        target = router.fast_client(ctx)
+        if isinstance(target, NoSuchService):
+            ex.error = target
+            ex.hand_over(_RETRY_ERROR)
+            return True
+        client = target
+        ex.client = client
+        if not client.fast or client.full():
+            ex.hand_over(_RETRY_CLIENT)
+            return True
+        try:
+            node = client.pick(ctx)
+        except NoEndpoints as exc:
+            ex.error = exc
+            ex.hand_over(_RETRY_ERROR)
+            return True
+        ex.node = node
+        upstream = node.member.pool.try_acquire_idle()
+        if upstream is None:
+            ex.hand_over(_RETRY_PICKED)
+            return True
+        ex.node_started, ex.attempt = client.begin(ctx, node)
+        ex.head = head = client.head_for(ctx, ex.attempt)
+        ex.upstream = upstream
+        upstream.send_to(request, head, ex)
+        return True
+
+
+class FastExchange:
+    """One request the fast path took: the receiver of its response head, and what the slow path
+    needs to carry it on (`resume`)."""
+
+    __slots__ = (
+        "path", "conn", "ctx", "started", "admitted_at", "admission", "kind", "error", "service", "fast", "client", "node",
+        "node_started", "attempt", "head", "upstream", "response",
+    )
+
+    def __init__(
+        self, path: FastPath, conn: ServerProtocol, ctx: RouteContext, started: float, admission: Admission
+    ) -> None:
+        self.path = path
+        self.conn = conn
+        self.ctx = ctx
+        self.started = started
+        self.admitted_at = started
+        #: the admission it entered: left when it ends (the listener's may change with a reload)
+        self.admission = admission
+        #: where a handed-over request goes on (0: not handed over)
+        self.kind = 0
+        self.error: Exception | None = None
+        self.service: Service | None = None
+        self.fast: FastService | None = None
+        self.client: Client | None = None
+        self.node: Node[Endpoint] | None = None
+        self.node_started = 0.0
+        self.attempt: Span | None = None
+        self.head = b""
+        #: the pooled connection the request was written on, while its head is awaited
+        self.upstream: UpstreamConnection | None = None
+        self.response: Response | None = None
+
+    # -- the upstream connection's callbacks (HeadReceiver) -------------------------------------
+    def head_received(self, response: Response) -> None:
+        self.upstream = None
+        client = self.client
+        node = self.node
+        fast = self.fast
+        assert client is not None and node is not None and fast is not None
+        ctx = self.ctx
+        client.settle(ctx, node, self.node_started, False, self.attempt, response)
+        if response.status >= 500:
+            self.response = response
+            self.hand_over(_RETRY_RESPONSE)  # the retry loop classifies it, and may retry
+            return
+        # the retry stage's success: the budget's deposit (every request makes one) and the header
+        fast.budget.deposit()
+        if fast.add_success_class:
+            response.headers.append((L5D_SUCCESS_CLASS, b"1.0"))
+        self.admission.leave()
+        self.conn.fast_done(ctx, response, self.started, self.admitted_at, self.admission)
+
+    def head_failed(self, error: MeshdError) -> None:
+        self.upstream = None
+        if isinstance(error, StaleConnection) and can_resend(self.ctx.request):
+            self.hand_over(_RETRY_STALE)
+            return
+        client = self.client
+        node = self.node
+        assert client is not None and node is not None
+        client.failed(node, self.node_started, False, self.attempt, error)
+        self.error = error
+        self.hand_over(_RETRY_ERROR)
+
+    # -- the slow path (Handoff) ------------------------------------------------------------------
+    def hand_over(self, kind: int) -> None:
+        self.kind = kind
+        self.path.handed_over += 1
+        self.conn.hand_over(self)
+
+    def resume(self) -> Awaitable[Response]:
+        """The rest of the request as the slow path runs it, from where the fast path stopped
+        (called by the connection's task, inside its error responder)."""
+        kind = self.kind
+        ctx = self.ctx
+        path = self.path
+        if kind == _RAISE:
+            assert self.error is not None
+            return _raising(self.error)
+        if kind == _BIND:
+            return path.router.bind(ctx)
+        if kind == _SERVICE:
+            assert self.service is not None
+            return self.service(ctx)
+        fast = self.fast
+        assert fast is not None
+        first: Awaitable[Response]
+        client = self.client
+        node = self.node
+        if kind == _RETRY_ERROR:
+            assert self.error is not None
+            first = _raising(self.error)
+        elif kind == _RETRY_RESPONSE:
+            assert self.response is not None
+            first = _returning(self.response)
+        elif kind == _RETRY_CLIENT:
+            assert client is not None
+            first = _attempt(client, ctx)
+        elif kind == _RETRY_PICKED:
+            assert client is not None and node is not None
+            first = client.attempt_on(ctx, node)
+        else:
+            assert kind == _RETRY_STALE and client is not None and node is not None
+            first = client.resend_on(ctx, node, self.node_started, self.attempt, self.head)
+        self.response = None
+        return fast.retry(ctx, first)
+
+    def abandon(self) -> None:
+        """The client left (or its request was abandoned) while the fast path owned it: as a
+        cancelled task would, the attempt in flight is aborted and counted cancelled."""
+        kind = self.kind
+        client = self.client
+        node = self.node
+        upstream = self.upstream
+        self.upstream = None
+        if upstream is not None:
+            upstream.abort()
+        if (upstream is not None or kind == _RETRY_STALE) and client is not None and node is not None:
+            client.cancelled(node, self.node_started, False, self.attempt)
+        response = self.response
+        self.response = None
+        if response is not None and not response.body.ended:
+            response.body.cancel(ConnectionClosed("client disconnected"))
+        self.admission.leave()
+
+
+async def _raising(error: Exception) -> Response:
+    raise error
+
+
+async def _returning(response: Response) -> Response:
+    return response
+
+
+async def _attempt(client: Client, ctx: RouteContext) -> Response:
+    # the client's breakers and pick raise at call time: inside this coroutine, so inside the
+    # retry loop's try, as when the loop calls it
+    return await client(ctx)
