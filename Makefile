@@ -53,6 +53,7 @@ HOT := meshd/listener.py \
   meshd/http2/convert.py \
   meshd/http2/guard.py \
   meshd/http2/nghttp2.py \
+  meshd/grpc/status.py \
   balancers/base.py \
   balancers/node.py \
   balancers/p2c.py \

@@ -43,6 +43,7 @@ COMPILED_MODULES: Final = (
     "meshd.http2.convert",
     "meshd.http2.guard",
     "meshd.http2.nghttp2",
+    "meshd.grpc.status",
     "balancers.base",
     "balancers.node",
     "balancers.p2c",
