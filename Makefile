@@ -47,6 +47,13 @@ HOT := meshd/listener.py \
   meshd/retry/budget.py \
   meshd/expiry.py \
   meshd/admission.py \
+  meshd/h2server.py \
+  meshd/pool/h2.py \
+  meshd/http2/codec.py \
+  meshd/http2/convert.py \
+  meshd/http2/guard.py \
+  meshd/http2/nghttp2.py \
+  meshd/grpc/status.py \
   balancers/base.py \
   balancers/node.py \
   balancers/p2c.py \

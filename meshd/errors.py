@@ -132,6 +132,12 @@ class StreamRefused(UpstreamFailed):
         self.h2_error_code = 0x7
 
 
+class MalformedRequest(Exception):
+    """An HTTP/2 stream's header block is not a valid request (meshd/http2/convert.py): never an
+    answer, the stream is reset with PROTOCOL_ERROR. Here, not in convert.py, because convert.py
+    is compiled with mypyc and error classes stay interpreted (see MeshdError)."""
+
+
 class PoolExhausted(MeshdError):
     """Every connection is busy and `maxWaiters` requests already wait: 503, never written."""
 

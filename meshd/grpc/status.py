@@ -20,6 +20,8 @@ GRPC_MESSAGE: Final = b"grpc-message"
 CONTENT_TYPE: Final = b"content-type"
 #: what meshd answers with (the spec's default subtype, protobuf, is implied by no subtype)
 GRPC_CONTENT_TYPE: Final = b"application/grpc"
+_GRPC_STATUS_LEN: Final = len(GRPC_STATUS)
+_CONTENT_TYPE_LEN: Final = len(CONTENT_TYPE)
 
 
 class StatusCode(enum.IntEnum):
@@ -64,7 +66,8 @@ def is_grpc_content_type(value: bytes | None) -> bool:
 def is_grpc_request(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """Whether a request's header list says it is gRPC (its first `content-type` decides)."""
     for name, value in headers:
-        if name.lower() == CONTENT_TYPE:
+        # the length first: most names are not this one, and `lower()` makes a new bytes object
+        if len(name) == _CONTENT_TYPE_LEN and name.lower() == CONTENT_TYPE:
             return is_grpc_content_type(value)
     return False
 
@@ -86,7 +89,7 @@ def status_of(headers: Iterable[tuple[bytes, bytes]] | None) -> int | None:
     if headers is None:
         return None
     for name, value in headers:
-        if name.lower() == GRPC_STATUS:
+        if len(name) == _GRPC_STATUS_LEN and name.lower() == GRPC_STATUS:  # the length first, as above
             code = parse_status(value)
             return code if code is not None and code <= MAX_CODE else StatusCode.UNKNOWN
     return None

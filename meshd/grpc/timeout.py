@@ -33,6 +33,7 @@ from meshd.retry.deadline import Deadline, combine
 Headers = list[tuple[bytes, bytes]]
 
 HEADER: Final = b"grpc-timeout"
+_HEADER_LEN: Final = len(HEADER)
 MAX_DIGITS: Final = 8
 MAX_VALUE: Final = 99_999_999
 
@@ -110,7 +111,8 @@ def first_timeout(headers: Iterable[tuple[bytes, bytes]], counters: GrpcTimeoutC
     """The first well-formed `grpc-timeout` of a request's headers in ns (malformed ones counted and
     skipped), or None."""
     for name, value in headers:
-        if name.lower() == HEADER:
+        # the length first: most names are not this one, and `lower()` makes a new bytes object
+        if len(name) == _HEADER_LEN and name.lower() == HEADER:
             ns = parse_timeout(value)
             if ns is not None:
                 return ns

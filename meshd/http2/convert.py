@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from meshd.errors import MalformedRequest as MalformedRequest  # raised here; defined with the errors
 from meshd.http.body import Body, FlowControl
 from meshd.http.headers import HOP_BY_HOP
 from meshd.http.messages import Request, Response
@@ -27,10 +28,6 @@ CONNECTION_SPECIFIC: Final = frozenset(
 )
 #: the `version` of a `Request` that arrived over HTTP/2 (Via: `2 meshd`)
 H2_VERSION: Final = "2"
-
-
-class MalformedRequest(Exception):
-    """The stream's header block is not a valid HTTP/2 request (reset with PROTOCOL_ERROR)."""
 
 
 def request_from_h2(

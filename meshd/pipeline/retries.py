@@ -340,7 +340,7 @@ class _Holder:
     the first message within `HOLD_AFTER_MESSAGE_S`. Then `done` is set and the body gets its
     bytes back (`Body.give_back`) for the caller."""
 
-    __slots__ = ("chunks", "size", "done", "released", "boundary", "clock", "timer", "unary")
+    __slots__ = ("chunks", "size", "done", "released", "boundary", "clock", "timer", "unary", "arriving")
 
     def __init__(self, clock: Clock) -> None:
         self.chunks: list[bytes] = []
@@ -354,6 +354,9 @@ class _Holder:
         self.timer: Timer | None = None
         #: still looks like a unary answer (at most one message, within the limits)
         self.unary = True
+        #: the body was still arriving when held: an answer that had ended (the common unary
+        #: case) hands over its end right after its data, so it needs no timer
+        self.arriving = True
 
     def release(self) -> None:
         if not self.released:
@@ -381,7 +384,7 @@ class _Holder:
             if self.size > self.boundary:
                 self.unary = False  # a second message: a stream
                 self.release()
-            elif self.size == self.boundary and self.timer is None and not self.released:
+            elif self.size == self.boundary and self.timer is None and not self.released and self.arriving:
                 self.timer = self.clock.call_later(HOLD_AFTER_MESSAGE_S, self.timed_out)
 
     def timed_out(self) -> None:
@@ -405,6 +408,7 @@ async def hold_until_trailers(body: Body, clock: Clock) -> bool:
     messages). Cancelled (deadline, client gone), the body is cancelled too, which resets the
     upstream stream."""
     holder = _Holder(clock)
+    holder.arriving = not body.ended
     body.attach(holder)
     if not holder.released:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

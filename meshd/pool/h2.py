@@ -101,24 +101,34 @@ class _UpStream:
 
 
 class _ResponseReader:
-    """The response body's producer: pausing it withholds the upstream's window."""
+    """The response body's producer: pausing it withholds the upstream's window; its `cancel`
+    is the body's canceller. It finds its stream by id on the connection rather than holding
+    it: the body (kept by the response, which the stream's future keeps) would otherwise be part
+    of a reference cycle per request, left to the cyclic garbage collector."""
 
-    __slots__ = ("_conn", "_stream")
+    __slots__ = ("_conn", "_sid")
 
-    def __init__(self, conn: H2Upstream, stream: _UpStream) -> None:
+    def __init__(self, conn: H2Upstream, sid: int) -> None:
         self._conn = conn
-        self._stream = stream
+        self._sid = sid
 
     def pause_reading(self) -> None:
-        self._stream.reading_paused = True
+        stream = self._conn.streams.get(self._sid)
+        if stream is not None:
+            stream.reading_paused = True
 
     def resume_reading(self) -> None:
-        stream = self._stream
-        if stream.reading_paused:
+        stream = self._conn.streams.get(self._sid)
+        if stream is not None and stream.reading_paused:
             stream.reading_paused = False
             stream.rx_at = self._conn._pool.clock.now()  # the client's pause was not the upstream's silence
             unacked, stream.unacked = stream.unacked, 0
             self._conn._ack(stream.sid, unacked)
+
+    def cancel(self) -> None:
+        stream = self._conn.streams.get(self._sid)
+        if stream is not None:
+            self._conn._cancel_quietly(stream)
 
 
 class _RequestWriter:
@@ -319,8 +329,9 @@ class H2Upstream(asyncio.Protocol):
             body = Body.empty(0)
             stream.done_in = True
         else:
-            body = Body(chunked=True, producer=_ResponseReader(self, stream))
-            body.set_canceller(lambda: self._cancel_quietly(stream))
+            reader = _ResponseReader(self, stream.sid)
+            body = Body(chunked=True, producer=reader)
+            body.set_canceller(reader.cancel)
         stream.rx_at = self.last_rx
         response = response_from_h2(status, event.headers, body)
         if response.content_length is not None and not event.end_stream:

@@ -116,3 +116,17 @@ def test_no_trailers_soon_after_the_first_message_is_a_stream() -> None:
         return await held
 
     assert asyncio.run(run()) is False
+
+
+async def test_an_answer_that_arrived_whole_is_told_without_a_timer() -> None:
+    # the common unary call: head, message and trailers came in one read before the retry stage
+    # looked, so nothing is waited for and no timer is armed (one per call otherwise)
+    body = Body()
+    body.feed(_message(b"ok"))
+    body.end(TRAILERS)
+    clock = FakeClock()
+    assert await hold_until_trailers(body, clock) is True
+    assert clock.calls == 0 and clock.armed == 0
+    out = _Collect()
+    body.attach(out)
+    assert out.data == _message(b"ok") and out.trailers == TRAILERS
