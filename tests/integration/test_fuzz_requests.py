@@ -53,6 +53,7 @@ from meshd.runtime import Runtime
 from tests.conftest import base_config
 from tests.integration.test_bad_input import MALFORMED_HEAD, SMUGGLING_AND_FRAMING
 from tests.support.upstreams import Received, Reply, Upstream
+from tests.support.waiting import wait_until
 
 EXAMPLES = int(os.environ.get("MESHD_FUZZ_EXAMPLES", "40"))
 #: meshd's refusals of malformed input: the connection closes after them
@@ -119,11 +120,9 @@ class Harness:
             elif self._settled():
                 quiet_rounds += 1
         writer.close()
-        for _ in range(500):
-            if not self.connections:
-                break
-            await asyncio.sleep(0.01)  # meshd notices the close on its next read: a loop turn or two
-        assert not self.connections, "meshd kept a closed connection"
+        # meshd notices the close on its next read: a loop turn or two
+        await wait_until(lambda: not self.connections, timeout=5, interval=0.005,
+                         message="meshd to let go of the connection the client closed")
         forwarded = self.upstream.received[received_before:]
         assert len(forwarded) == self.upstream.requests - before
         control = await self._control()
