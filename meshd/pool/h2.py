@@ -38,7 +38,6 @@ from typing import Final, cast
 
 from meshd.clock import Clock
 from meshd.errors import (
-    CircuitOpen,
     ConnectFailed,
     MeshdError,
     QueueTimeout,
@@ -584,13 +583,7 @@ class H2Pool:
                 )
             pending = self._pending
             if pending is not None:
-                if pending.count >= pending.limit:
-                    pending.overflows += 1
-                    raise CircuitOpen(
-                        f"circuit breaker of {pending.label}: {pending.limit} requests already wait for a "
-                        "stream (circuitBreakers.maxPendingRequests)"
-                    )
-                pending.count += 1
+                pending.enter("a stream")
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:

@@ -88,6 +88,17 @@ class Pending:
         #: attempts refused because `limit` were waiting already (a counter)
         self.overflows = 0
 
+    def enter(self, waiting_for: str) -> None:
+        """One more attempt waits (for "a connection", HTTP/1.1, or "a stream", HTTP/2), or
+        CircuitOpen when `limit` wait already. The waiter calls `count -= 1` when it stops."""
+        if self.count >= self.limit:
+            self.overflows += 1
+            raise CircuitOpen(
+                f"circuit breaker of {self.label}: {self.limit} requests already wait for "
+                f"{waiting_for} (circuitBreakers.maxPendingRequests)"
+            )
+        self.count += 1
+
 
 class Pool:
     def __init__(
@@ -142,13 +153,7 @@ class Pool:
             )
         pending = self._pending
         if pending is not None:
-            if pending.count >= pending.limit:
-                pending.overflows += 1
-                raise CircuitOpen(
-                    f"circuit breaker of {pending.label}: {pending.limit} requests already wait for a "
-                    "connection (circuitBreakers.maxPendingRequests)"
-                )
-            pending.count += 1
+            pending.enter("a connection")
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[UpstreamConnection | None] = loop.create_future()
         entry = (self._clock.now(), waiter)
