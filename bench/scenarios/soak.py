@@ -62,7 +62,7 @@ class SoakOptions:
     #: of them oldest-idle first, so none went idle and meshd's descriptors kept each stall's
     #: high-water mark for the rest of the run: the full soak's step from 44 to 86 descriptors was
     #: 46 such downstream connections (62 opened, none closed). Each sample also reads meshd's own
-    #: downstream and upstream connection counts from /admin/metrics, so a step says which side it is on.
+    #: downstream and upstream connection counts from /metrics, so a step says which side it is on.
     client_idle_secs: float = 5.0
 
     def __post_init__(self) -> None:
@@ -166,7 +166,7 @@ class _Sample:
     rss_mb: float
     fds: float
     #: meshd's downstream connections (`meshd_connections_open`) and upstream ones
-    #: (`meshd_pool_connections`), or -1 when /admin/metrics did not answer
+    #: (`meshd_pool_connections`), or -1 when /metrics did not answer
     downstream: float = -1.0
     upstream: float = -1.0
 
@@ -178,7 +178,7 @@ _POOLED: Final = re.compile(r"^meshd_pool_connections\{[^}]*\} (\S+)$", re.M)
 def _connections(admin_port: int) -> tuple[float, float]:
     """meshd's downstream and upstream connections now, from its metrics (-1, -1 if unreadable)."""
     try:
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{admin_port}/admin/metrics", timeout=5) as response:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{admin_port}/metrics", timeout=5) as response:
             text = response.read().decode("utf-8", "replace")
     except (urllib.error.URLError, OSError):
         return -1.0, -1.0
@@ -216,7 +216,8 @@ def run(ctx: RunContext, options: SoakOptions) -> ScenarioResult:
         ctx.progress.note(
             f"  meshd: {row.metrics['failed']:.0f} failed of {row.metrics['scheduled']:.0f}, RSS growth "
             f"{100 * row.metrics['rss_growth']:.1f}%, fds {row.metrics['fds_steady']:.0f} -> "
-            f"{row.metrics['fds_end']:.0f}, {world.kills} kills, {world.routes_edits} routes edits, "
+            f"{row.metrics['fds_end']:.0f} (downstream connections {row.metrics['downstream_steady']:.0f} -> "
+            f"{row.metrics['downstream_end']:.0f}), {world.kills} kills, {world.routes_edits} routes edits, "
             f"{world.reloads} reloads ({world.reload_failures} failed)"
         )
     except ProcessFailed as exc:
