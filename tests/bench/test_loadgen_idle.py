@@ -19,7 +19,7 @@ from tests.support.upstreams import Received, Reply
 from tests.support.waiting import wait_until
 
 WARM = 2
-RATE = 200.0
+RATE = 100.0
 
 
 async def test_surplus_connections_after_a_stall_are_closed_once_idle_and_only_with_idle_close(
@@ -36,12 +36,12 @@ async def test_surplus_connections_after_a_stall_are_closed_once_idle_and_only_w
     start_at = time.monotonic() + 2.0  # both interpreters start meanwhile
     runs = [
         await start_open_loop(tmp_path, "shedding", port=shedding.port, host="x", rate_per_sec=RATE,
-                              duration_secs=8.0, start_at=start_at, connections=WARM, idle_close_secs=0.3),
+                              duration_secs=6.0, start_at=start_at, connections=WARM, idle_close_secs=0.3),
         await start_open_loop(tmp_path, "keeping", port=keeping.port, host="x", rate_per_sec=RATE,
-                              duration_secs=8.0, start_at=start_at, connections=WARM),
+                              duration_secs=6.0, start_at=start_at, connections=WARM),
     ]
     try:
-        await wait_until(lambda: shedding.requests > 50 and keeping.requests > 50, timeout=20,
+        await wait_until(lambda: shedding.requests > 30 and keeping.requests > 30, timeout=20,
                          message="both generators under way")
         answering.clear()  # the stall: every request due now waits on a connection of its own
         await wait_until(lambda: shedding.open_connections >= 20 and keeping.open_connections >= 20, timeout=5,
@@ -49,13 +49,14 @@ async def test_surplus_connections_after_a_stall_are_closed_once_idle_and_only_w
         answering.set()
         await wait_until(lambda: shedding.open_connections == WARM, timeout=4,
                          message="the surplus to be closed after 0.3 s idle")
+        dialled = shedding.connections  # all but WARM of these were closed, by the generator
         served = shedding.requests
-        await wait_until(lambda: shedding.requests > served + 100, timeout=4, message="the load to go on")
+        await wait_until(lambda: shedding.requests > served + 50, timeout=4, message="the load to go on")
         assert keeping.open_connections >= 20  # rotated oldest-idle first: none ever idles
     finally:
         answering.set()
     shed, kept = await gather_results(runs)
     assert shed.successes == shed.scheduled
     assert kept.successes == kept.scheduled
-    assert shed.connections_opened >= 20 and shed.connections_closed_idle >= shed.connections_opened - WARM - 2
+    assert dialled >= 20 and shed.connections_closed_idle >= dialled - WARM
     assert kept.connections_closed_idle == 0 and kept.max_connections_open == kept.connections_opened

@@ -116,8 +116,10 @@ async def test_descriptors_return_to_baseline_after_reloads_restarts_and_routes_
                 statuses[(await clients[i % len(clients)].request("GET", "/", host="bench")).status] += 1
 
         def settled() -> bool:
+            """No upstream connection, and only the clients' connections accepted (no admin one closing)."""
             kinds = descriptors(mesh)
-            return not any(k.startswith("dialled") for k in kinds) and kinds["accepted established"] == len(clients)
+            accepted = {k: n for k, n in kinds.items() if k.startswith("accepted")}
+            return not any(k.startswith("dialled") for k in kinds) and accepted == {"accepted established": len(clients)}
 
         await traffic()
         await wait_until(settled, timeout=10, message="the warm-up's upstream connections to idle out")
