@@ -14,9 +14,11 @@ How this works:
   while the target keeps up. Requests beyond that limit wait in order, and their wait counts as latency.
 - Idle connections are reused oldest-idle first by default, so every connection the pool ever
   opened keeps carrying requests. With `idleCloseSecs` (the soak scenario's choice) they are reused
-  most-recently-idle first, as Go's net/http, urllib3 and Finagle do, and a connection idle that long
-  is closed while more than `connections` are open: the surplus dialled during a stall of the target
-  is shed afterwards instead of being kept for the whole run (counted in `connections_closed_idle`).
+  most-recently-idle first and any connection idle that long is closed, as Go's net/http
+  (`IdleConnTimeout`), urllib3 and Finagle do: the surplus dialled during a stall of the target is
+  shed afterwards instead of being kept for the whole run, and so are warm connections the load
+  never needed, before the target's own idle timeout could race a request on them (counted in
+  `connections_closed_idle`).
 - A connection that closes with a request in flight records an error for it. After the last send, the
   generator waits up to `drainSecs` for answers; whatever is still open then is a "timeout".
 The result JSON carries every latency in microseconds (from the intended time), status counts, error
@@ -67,8 +69,9 @@ class LoadgenConfig:
     #: also report each response's intended send time and each failure's (seconds from the
     #: start), so a long run can be cut into intervals (the soak scenario's p99 every 10 s)
     timeline: bool = False
-    #: reuse idle connections most-recently-idle first and close one idle this long while more
-    #: than `connections` are open (None: oldest-idle first, never closed; see the module docstring)
+    #: reuse idle connections most-recently-idle first and close any idle this long (None:
+    #: oldest-idle first, never closed; see the module docstring); keep it below the target's
+    #: keep-alive idle timeout (meshd's `idleTimeoutMs`, 60 s)
     idle_close_secs: float | None = None
 
     def __post_init__(self) -> None:
@@ -207,7 +210,7 @@ class _Pool:
         self.max_open = 0
         #: requests sent again after their connection closed unanswered (`resend_unanswered`)
         self.resent = 0
-        #: surplus connections closed after `idle_close_secs` idle
+        #: connections closed after `idle_close_secs` idle
         self.closed_idle = 0
         self._lifo = config.idle_close_secs is not None
         self._reaper: asyncio.TimerHandle | None = None
@@ -262,17 +265,17 @@ class _Pool:
         return list(self._waiting) + [r for c in self._all if (r := c.inflight) is not None]
 
     def start_reaping(self) -> None:
-        """With `idle_close_secs`: check for surplus idle connections every quarter of it."""
+        """With `idle_close_secs`: look for connections idle that long every quarter of it."""
         if self._config.idle_close_secs is not None and self._reaper is None:
             self._reaper = self._loop.call_later(self._config.idle_close_secs / 4, self._reap)
 
     def _reap(self) -> None:
-        """Close connections idle `idle_close_secs` or more, oldest first, down to `connections` open."""
+        """Close the connections idle `idle_close_secs` or more (the oldest idle are on the left)."""
         limit = self._config.idle_close_secs
         assert limit is not None
         horizon = time.monotonic() - limit
         idle = self._idle  # most recently idle on the right: the oldest are on the left
-        while idle and len(self._all) > self._config.connections and idle[0].idle_since <= horizon:
+        while idle and idle[0].idle_since <= horizon:
             connection = idle.popleft()
             if connection.closed:
                 continue  # the server closed it: already gone from `_all`

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import statistics
 import sys
 import time
 import urllib.error
@@ -53,16 +54,19 @@ class SoakOptions:
     routes_every_secs: float = 60.0
     reload_every_secs: float = 300.0
     sample_every_secs: float = 10.0
-    #: RSS growth and descriptors are judged from the first sample at or after this
+    #: RSS growth is judged from the first sample at or after this, descriptors from the median
+    #: of the samples in one kill cycle from here against the median of the last kill cycle's (a
+    #: stall under way at one instant briefly adds connections, shed within seconds: not a step)
     steady_after_secs: float = 300.0
     #: the generator behaves like an ordinary HTTP client (Go's net/http, urllib3, Finagle): it
-    #: reuses its most recently idle connection and closes one idle this long while more than its
-    #: warm pool are open. Without this it kept every connection it ever dialled (one per request
-    #: waiting at a stall of meshd: a reload, a kill, a busy machine) and rotated requests over all
-    #: of them oldest-idle first, so none went idle and meshd's descriptors kept each stall's
-    #: high-water mark for the rest of the run: the full soak's step from 44 to 86 descriptors was
-    #: 46 such downstream connections (62 opened, none closed). Each sample also reads meshd's own
-    #: downstream and upstream connection counts from /metrics, so a step says which side it is on.
+    #: reuses its most recently idle connection and closes any idle this long (below meshd's 60 s
+    #: `idleTimeoutMs`, so meshd never closes one as a request is sent on it). Without this it
+    #: kept every connection it ever dialled (one per request waiting at a stall of meshd: a
+    #: reload, a kill, a busy machine) and rotated requests over all of them oldest-idle first, so
+    #: none went idle and meshd's descriptors kept each stall's high-water mark for the rest of the
+    #: run: the full soak's step from 44 to 86 descriptors was 46 such downstream connections (62
+    #: opened, none closed). Each sample also reads meshd's own downstream and upstream connection
+    #: counts from /metrics, so a step says which side it is on.
     client_idle_secs: float = 5.0
 
     def __post_init__(self) -> None:
@@ -236,7 +240,9 @@ def run(ctx: RunContext, options: SoakOptions) -> ScenarioResult:
         f"two names for the same replicas; every {o.reload_every_secs:g} s meshd.yaml changes (failure accrual "
         "5 or 6 failures, so the router is rebuilt) and POST /admin/reload applies it. RSS, open descriptors "
         f"and the p99 of the requests sent in each {o.sample_every_secs:g} s are sampled; growth is judged "
-        f"from {o.steady_after_secs:g} s on."
+        f"from {o.steady_after_secs:g} s on, descriptors as the median over one kill cycle from there against "
+        f"the median over the last one. The generator reuses its most recently idle connection and closes any "
+        f"idle for {o.client_idle_secs:g} s, as ordinary HTTP clients do."
     )
     return ScenarioResult(name=NAME, options=dict(asdict(options)), rows=tuple(rows),
                           skipped=tuple(collected.skipped), commands=tuple(collected.commands),
@@ -324,6 +330,9 @@ def _row(options: SoakOptions, world: _World, result: OpenLoopResult, samples: l
         })
     steady = next((s for s in samples if s.t_secs >= options.steady_after_secs), samples[-1] if samples else None)
     last = samples[-1] if samples else None
+    cycle = options.kill_every_secs
+    fds_steady = _median_fds(samples, options.steady_after_secs, options.steady_after_secs + cycle, steady)
+    fds_end = _median_fds(samples, options.duration_secs - cycle, options.duration_secs + 1.0, last)
     rss_steady = steady.rss_mb if steady else 0.0
     rss_end = last.rss_mb if last else 0.0
     metrics = {
@@ -334,8 +343,8 @@ def _row(options: SoakOptions, world: _World, result: OpenLoopResult, samples: l
         "rss_mb_end": rss_end,
         "rss_mb_max": max((s.rss_mb for s in samples), default=0.0),
         "rss_growth": (rss_end - rss_steady) / rss_steady if rss_steady else 0.0,
-        "fds_steady": steady.fds if steady else 0.0,
-        "fds_end": last.fds if last else 0.0,
+        "fds_steady": fds_steady,
+        "fds_end": fds_end,
         "fds_max": max((s.fds for s in samples), default=0.0),
         "downstream_steady": steady.downstream if steady else -1.0,
         "downstream_end": last.downstream if last else -1.0,
@@ -355,3 +364,11 @@ def _row(options: SoakOptions, world: _World, result: OpenLoopResult, samples: l
     return Row(target="meshd", metrics=metrics, latency=summarize(result.latencies), runs=tuple(series),
                note=note)
 
+
+
+def _median_fds(samples: list[_Sample], start: float, end: float, fallback: _Sample | None) -> float:
+    """The median descriptor count of the samples taken in [start, end), or `fallback`'s."""
+    window = [s.fds for s in samples if start <= s.t_secs < end]
+    if window:
+        return float(statistics.median(window))
+    return fallback.fds if fallback is not None else 0.0

@@ -3,8 +3,8 @@
 Two generators run at once, one against each of two real upstreams on 127.0.0.1, both with a warm
 pool of 2 connections. A stall (the upstreams hold their answers for a moment) makes each dial a
 connection per waiting request. Afterwards the generator with `idle_close_secs` reuses its most
-recently idle connection, so the surplus goes idle and is closed, back to the warm pool while the
-load goes on; the one without (the default, oldest-idle first) keeps every connection in rotation
+recently idle connection, so the surplus goes idle and is closed, down to what the load needs (at
+most the warm pool) while the load goes on; the one without (the default, oldest-idle first) keeps every connection in rotation
 and closes none. This is what made the soak's descriptor count step up (bench/scenarios/soak.py).
 """
 
@@ -47,9 +47,9 @@ async def test_surplus_connections_after_a_stall_are_closed_once_idle_and_only_w
         await wait_until(lambda: shedding.open_connections >= 20 and keeping.open_connections >= 20, timeout=5,
                          message="each generator to dial a connection per waiting request")
         answering.set()
-        await wait_until(lambda: shedding.open_connections == WARM, timeout=4,
+        await wait_until(lambda: shedding.open_connections <= WARM, timeout=4,
                          message="the surplus to be closed after 0.3 s idle")
-        dialled = shedding.connections  # all but WARM of these were closed, by the generator
+        dialled, still_open = shedding.connections, shedding.open_connections  # the rest the generator closed
         served = shedding.requests
         await wait_until(lambda: shedding.requests > served + 50, timeout=4, message="the load to go on")
         assert keeping.open_connections >= 20  # rotated oldest-idle first: none ever idles
@@ -58,5 +58,5 @@ async def test_surplus_connections_after_a_stall_are_closed_once_idle_and_only_w
     shed, kept = await gather_results(runs)
     assert shed.successes == shed.scheduled
     assert kept.successes == kept.scheduled
-    assert dialled >= 20 and shed.connections_closed_idle >= dialled - WARM
+    assert dialled >= 20 and shed.connections_closed_idle >= dialled - still_open
     assert kept.connections_closed_idle == 0 and kept.max_connections_open == kept.connections_opened

@@ -71,7 +71,7 @@ async def start_open_loop(
     CLOCK_MONOTONIC instant `start_at` for `duration_secs`. `resend_unanswered`: a request whose
     keep-alive connection closed before any byte of its answer is sent once more on a new
     connection, as HTTP clients do (counted in the result's `resent`). `idle_close_secs`: reuse
-    connections most-recently-idle first and close the surplus over `connections` idle that long."""
+    connections most-recently-idle first and close any idle that long."""
     config = LoadgenConfig(
         addresses=(("127.0.0.1", port),),
         hosts=(host,),
