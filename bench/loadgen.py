@@ -12,6 +12,13 @@ How this works:
 - Each connection carries one request at a time. A due request takes an idle connection; if none is
   idle, a new one is dialled (up to `maxConnections`), so the generator never queues behind itself
   while the target keeps up. Requests beyond that limit wait in order, and their wait counts as latency.
+- Idle connections are reused oldest-idle first by default, so every connection the pool ever
+  opened keeps carrying requests. With `idleCloseSecs` (the soak scenario's choice) they are reused
+  most-recently-idle first and any connection idle that long is closed, as Go's net/http
+  (`IdleConnTimeout`), urllib3 and Finagle do: the surplus dialled during a stall of the target is
+  shed afterwards instead of being kept for the whole run, and so are warm connections the load
+  never needed, before the target's own idle timeout could race a request on them (counted in
+  `connections_closed_idle`).
 - A connection that closes with a request in flight records an error for it. After the last send, the
   generator waits up to `drainSecs` for answers; whatever is still open then is a "timeout".
 The result JSON carries every latency in microseconds (from the intended time), status counts, error
@@ -62,6 +69,10 @@ class LoadgenConfig:
     #: also report each response's intended send time and each failure's (seconds from the
     #: start), so a long run can be cut into intervals (the soak scenario's p99 every 10 s)
     timeline: bool = False
+    #: reuse idle connections most-recently-idle first and close any idle this long (None:
+    #: oldest-idle first, never closed; see the module docstring); keep it below the target's
+    #: keep-alive idle timeout (meshd's `idleTimeoutMs`, 60 s)
+    idle_close_secs: float | None = None
 
     def __post_init__(self) -> None:
         if not self.addresses:
@@ -70,6 +81,8 @@ class LoadgenConfig:
             raise ValueError("at least one Host header is needed")
         if not 1 <= self.connections <= self.max_connections:
             raise ValueError("connections must be between 1 and maxConnections")
+        if self.idle_close_secs is not None and self.idle_close_secs <= 0:
+            raise ValueError("idleCloseSecs must be positive")
 
     def to_json(self) -> str:
         return json.dumps(
@@ -85,6 +98,7 @@ class LoadgenConfig:
                 "startAt": self.start_at,
                 "resendUnanswered": self.resend_unanswered,
                 "timeline": self.timeline,
+                "idleCloseSecs": self.idle_close_secs,
             }
         )
 
@@ -108,6 +122,7 @@ class LoadgenConfig:
             start_at=None if start_at is None else float(start_at),
             resend_unanswered=bool(data.get("resendUnanswered", False)),
             timeline=bool(data.get("timeline", False)),
+            idle_close_secs=None if data.get("idleCloseSecs") is None else float(data["idleCloseSecs"]),
         )
 
 
@@ -124,7 +139,7 @@ class _Request:
 class _Connection(asyncio.Protocol):
     """One keep-alive client connection, one request in flight at a time."""
 
-    __slots__ = ("_pool", "_transport", "_parser", "_inflight", "_answering", "closed")
+    __slots__ = ("_pool", "_transport", "_parser", "_inflight", "_answering", "closed", "idle_since")
 
     def __init__(self, pool: _Pool) -> None:
         self._pool = pool
@@ -134,6 +149,8 @@ class _Connection(asyncio.Protocol):
         #: a byte of the in-flight request's response has arrived
         self._answering = False
         self.closed = False
+        #: when it last went idle (time.monotonic()), for `idleCloseSecs`
+        self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -193,6 +210,10 @@ class _Pool:
         self.max_open = 0
         #: requests sent again after their connection closed unanswered (`resend_unanswered`)
         self.resent = 0
+        #: connections closed after `idle_close_secs` idle
+        self.closed_idle = 0
+        self._lifo = config.idle_close_secs is not None
+        self._reaper: asyncio.TimerHandle | None = None
         self.on_outcome: asyncio.Event = asyncio.Event()
 
     async def prewarm(self) -> None:
@@ -205,7 +226,7 @@ class _Pool:
 
     def submit(self, request: _Request) -> None:
         while self._idle:
-            connection = self._idle.popleft()
+            connection = self._idle.pop() if self._lifo else self._idle.popleft()
             if not connection.closed:
                 connection.send(request)
                 return
@@ -243,7 +264,30 @@ class _Pool:
         """Requests sent or waiting that have no outcome yet (used to count timeouts at the end)."""
         return list(self._waiting) + [r for c in self._all if (r := c.inflight) is not None]
 
+    def start_reaping(self) -> None:
+        """With `idle_close_secs`: look for connections idle that long every quarter of it."""
+        if self._config.idle_close_secs is not None and self._reaper is None:
+            self._reaper = self._loop.call_later(self._config.idle_close_secs / 4, self._reap)
+
+    def _reap(self) -> None:
+        """Close the connections idle `idle_close_secs` or more (the oldest idle are on the left)."""
+        limit = self._config.idle_close_secs
+        assert limit is not None
+        horizon = time.monotonic() - limit
+        idle = self._idle  # most recently idle on the right: the oldest are on the left
+        while idle and idle[0].idle_since <= horizon:
+            connection = idle.popleft()
+            if connection.closed:
+                continue  # the server closed it: already gone from `_all`
+            self._all.discard(connection)
+            self.closed_idle += 1
+            connection.close()
+        self._reaper = self._loop.call_later(limit / 4, self._reap)
+
     def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         for connection in list(self._all):
             connection.close()
         for task in self._tasks:
@@ -253,6 +297,7 @@ class _Pool:
         if self._waiting:
             connection.send(self._waiting.popleft())
         else:
+            connection.idle_since = time.monotonic()
             self._idle.append(connection)
 
     def _dial(self) -> None:
@@ -310,6 +355,7 @@ async def run(config: LoadgenConfig) -> dict[str, object]:
     recorder = LatencyRecorder()
     pool = _Pool(loop, config, recorder)
     await pool.prewarm()
+    pool.start_reaping()
     schedule = OpenLoopSchedule(config.rate_per_sec, config.duration_secs)
     payloads = [
         f"GET {config.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: meshd-bench\r\n\r\n".encode()
@@ -374,6 +420,7 @@ async def run(config: LoadgenConfig) -> dict[str, object]:
         "connections_opened": pool.opened,
         "resent": pool.resent,
         "max_connections_open": pool.max_open,
+        "connections_closed_idle": pool.closed_idle,
         "cpu_secs": cpu,
         "wall_secs": wall,
         "late_start_secs": max(0.0, wall_before - start),

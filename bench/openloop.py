@@ -43,6 +43,8 @@ class OpenLoopResult:
     #: requests sent again after their connection closed before any byte of an answer (only with
     #: `LoadgenConfig.resend_unanswered`)
     resent: int = 0
+    #: surplus connections the generator closed after `LoadgenConfig.idle_close_secs` idle
+    connections_closed_idle: int = 0
     #: with `LoadgenConfig.timeline`: each latency's intended send time (seconds from the start),
     #: and (intended send time, status or error) of each request that got no 2xx
     intended: tuple[float, ...] = ()
@@ -74,6 +76,7 @@ def parse_result(text: str) -> OpenLoopResult:
         wall_secs=float(data.get("wall_secs", 0.0)),
         late_start_secs=float(data.get("late_start_secs", 0.0)),
         resent=int(data.get("resent", 0)),
+        connections_closed_idle=int(data.get("connections_closed_idle", 0)),
         intended=tuple(ms / 1e3 for ms in data.get("intended_ms", [])),
         failures=tuple((float(ms) / 1e3, str(what)) for ms, what in data.get("failures", [])),
     )
@@ -100,6 +103,7 @@ def run_open_loop(
     poll_secs: float = 0.5,
     commands: list[str] | None = None,
     timeline: bool = False,
+    idle_close_secs: float | None = None,
 ) -> OpenLoopResult:
     """Run one open-loop measurement; `on_start(start_at)` runs once the start instant is fixed."""
     start_at = time.monotonic() + start_in_secs
@@ -112,6 +116,7 @@ def run_open_loop(
         drain_secs=drain_secs,
         start_at=start_at,
         timeline=timeline,
+        idle_close_secs=idle_close_secs,
     )
     out = workdir / f"{name}.json"
     argv = loadgen_command(config, out)

@@ -37,8 +37,11 @@ METHOD: Final = """\
 - **Open loop (all other scenarios).** `bench/loadgen.py` sends request *i* at `start + i / rate`
   whatever happened to earlier requests, over a pool of keep-alive connections that grows whenever no
   connection is idle, and measures each latency from the request's *intended* send time, so a stall
-  shows up as latency instead of as fewer requests (no coordinated omission). Its own overhead (the
-  send lag, and its CPU use) is measured against `direct` and stated in the latency section.
+  shows up as latency instead of as fewer requests (no coordinated omission). In the soak it also
+  reuses its most recently idle connection and closes any idle for 5 s, as ordinary HTTP clients
+  do, so a stall's extra connections do not stay open for the rest of the run.
+  Its own overhead (the send lag, and its CPU use) is measured against `direct` and stated in the
+  latency section.
 - **Percentiles** are nearest-rank: the p-th percentile of n latencies is the ceil(p/100 x n)-th
   smallest, always a latency some request really had. With fewer than 1/(1 - p) requests, a high
   percentile is simply the maximum.

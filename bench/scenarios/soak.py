@@ -8,7 +8,9 @@ Not part of `meshd-bench all`; shorten with --time-scale."""
 from __future__ import annotations
 
 import os
+import re
 import signal
+import statistics
 import sys
 import time
 import urllib.error
@@ -52,14 +54,26 @@ class SoakOptions:
     routes_every_secs: float = 60.0
     reload_every_secs: float = 300.0
     sample_every_secs: float = 10.0
-    #: RSS growth and descriptors are judged from the first sample at or after this
+    #: RSS growth is judged from the first sample at or after this, descriptors from the median
+    #: of the samples in one kill cycle from here against the median of the last kill cycle's (a
+    #: stall under way at one instant briefly adds connections, shed within seconds: not a step)
     steady_after_secs: float = 300.0
+    #: the generator behaves like an ordinary HTTP client (Go's net/http, urllib3, Finagle): it
+    #: reuses its most recently idle connection and closes any idle this long (below meshd's 60 s
+    #: `idleTimeoutMs`, so meshd never closes one as a request is sent on it). Without this it
+    #: kept every connection it ever dialled (one per request waiting at a stall of meshd: a
+    #: reload, a kill, a busy machine) and rotated requests over all of them oldest-idle first, so
+    #: none went idle and meshd's descriptors kept each stall's high-water mark for the rest of the
+    #: run: the full soak's step from 44 to 86 descriptors was 46 such downstream connections (62
+    #: opened, none closed). Each sample also reads meshd's own downstream and upstream connection
+    #: counts from /metrics, so a step says which side it is on.
+    client_idle_secs: float = 5.0
 
     def __post_init__(self) -> None:
         if self.rate <= 0 or self.duration_secs <= 0 or self.replicas < 2:
             raise ValueError("rate and duration must be positive and replicas at least 2")
         if min(self.kill_every_secs, self.down_secs, self.routes_every_secs, self.reload_every_secs,
-               self.sample_every_secs) <= 0:
+               self.sample_every_secs, self.client_idle_secs) <= 0:
             raise ValueError("every interval must be positive")
         if self.down_secs >= self.kill_every_secs:
             raise ValueError("a killed replica must be back before the next kill (down_secs < kill_every_secs)")
@@ -155,6 +169,24 @@ class _Sample:
     t_secs: float
     rss_mb: float
     fds: float
+    #: meshd's downstream connections (`meshd_connections_open`) and upstream ones
+    #: (`meshd_pool_connections`), or -1 when /metrics did not answer
+    downstream: float = -1.0
+    upstream: float = -1.0
+
+
+_OPEN: Final = re.compile(r"^meshd_connections_open\{[^}]*\} (\S+)$", re.M)
+_POOLED: Final = re.compile(r"^meshd_pool_connections\{[^}]*\} (\S+)$", re.M)
+
+
+def _connections(admin_port: int) -> tuple[float, float]:
+    """meshd's downstream and upstream connections now, from its metrics (-1, -1 if unreadable)."""
+    try:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{admin_port}/metrics", timeout=5) as response:
+            text = response.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError):
+        return -1.0, -1.0
+    return (sum(float(v) for v in _OPEN.findall(text)), sum(float(v) for v in _POOLED.findall(text)))
 
 
 def run(ctx: RunContext, options: SoakOptions) -> ScenarioResult:
@@ -188,7 +220,8 @@ def run(ctx: RunContext, options: SoakOptions) -> ScenarioResult:
         ctx.progress.note(
             f"  meshd: {row.metrics['failed']:.0f} failed of {row.metrics['scheduled']:.0f}, RSS growth "
             f"{100 * row.metrics['rss_growth']:.1f}%, fds {row.metrics['fds_steady']:.0f} -> "
-            f"{row.metrics['fds_end']:.0f}, {world.kills} kills, {world.routes_edits} routes edits, "
+            f"{row.metrics['fds_end']:.0f} (downstream connections {row.metrics['downstream_steady']:.0f} -> "
+            f"{row.metrics['downstream_end']:.0f}), {world.kills} kills, {world.routes_edits} routes edits, "
             f"{world.reloads} reloads ({world.reload_failures} failed)"
         )
     except ProcessFailed as exc:
@@ -207,7 +240,9 @@ def run(ctx: RunContext, options: SoakOptions) -> ScenarioResult:
         f"two names for the same replicas; every {o.reload_every_secs:g} s meshd.yaml changes (failure accrual "
         "5 or 6 failures, so the router is rebuilt) and POST /admin/reload applies it. RSS, open descriptors "
         f"and the p99 of the requests sent in each {o.sample_every_secs:g} s are sampled; growth is judged "
-        f"from {o.steady_after_secs:g} s on."
+        f"from {o.steady_after_secs:g} s on, descriptors as the median over one kill cycle from there against "
+        f"the median over the last one. The generator reuses its most recently idle connection and closes any "
+        f"idle for {o.client_idle_secs:g} s, as ordinary HTTP clients do."
     )
     return ScenarioResult(name=NAME, options=dict(asdict(options)), rows=tuple(rows),
                           skipped=tuple(collected.skipped), commands=tuple(collected.commands),
@@ -237,7 +272,9 @@ def _soak(ctx: RunContext, world: _World, collected: Collected) -> tuple[OpenLoo
             return
         if now >= due["sample"] and now <= options.duration_secs:  # not in the drain after the last request
             rss = sum(p.rss_kb for p in tree_memory(pid)) / 1024.0
-            samples.append(_Sample(now, rss, float(len(os.listdir(f"/proc/{pid}/fd")))))
+            fds = float(len(os.listdir(f"/proc/{pid}/fd")))  # before the metrics request opens one
+            downstream, upstream = _connections(world.admin_port)
+            samples.append(_Sample(now, rss, fds, downstream, upstream))
             due["sample"] += options.sample_every_secs
         for name, when in list(back_at.items()):
             if now >= when:
@@ -264,6 +301,7 @@ def _soak(ctx: RunContext, world: _World, collected: Collected) -> tuple[OpenLoo
         duration_secs=options.duration_secs, workdir=world.workdir, name="load", connections=ctx.connections,
         start_in_secs=ctx.start_margin_secs, on_start=on_start, on_wait=tick,
         poll_secs=min(0.5, options.sample_every_secs / 4), commands=collected.commands, timeline=True,
+        idle_close_secs=options.client_idle_secs,
     )
     return result, samples
 
@@ -284,12 +322,17 @@ def _row(options: SoakOptions, world: _World, result: OpenLoopResult, samples: l
             "t_secs": sample.t_secs,
             "rss_mb": sample.rss_mb,
             "fds": sample.fds,
+            "downstream": sample.downstream,
+            "upstream": sample.upstream,
             "p99_ms": 1e3 * percentile(latencies, 99.0) if latencies else 0.0,
             "requests": float(len(latencies)),
             "failed": float(failures.get(index, 0)),
         })
     steady = next((s for s in samples if s.t_secs >= options.steady_after_secs), samples[-1] if samples else None)
     last = samples[-1] if samples else None
+    cycle = options.kill_every_secs
+    fds_steady = _median_fds(samples, options.steady_after_secs, options.steady_after_secs + cycle, steady)
+    fds_end = _median_fds(samples, options.duration_secs - cycle, options.duration_secs + 1.0, last)
     rss_steady = steady.rss_mb if steady else 0.0
     rss_end = last.rss_mb if last else 0.0
     metrics = {
@@ -300,9 +343,14 @@ def _row(options: SoakOptions, world: _World, result: OpenLoopResult, samples: l
         "rss_mb_end": rss_end,
         "rss_mb_max": max((s.rss_mb for s in samples), default=0.0),
         "rss_growth": (rss_end - rss_steady) / rss_steady if rss_steady else 0.0,
-        "fds_steady": steady.fds if steady else 0.0,
-        "fds_end": last.fds if last else 0.0,
+        "fds_steady": fds_steady,
+        "fds_end": fds_end,
         "fds_max": max((s.fds for s in samples), default=0.0),
+        "downstream_steady": steady.downstream if steady else -1.0,
+        "downstream_end": last.downstream if last else -1.0,
+        "upstream_end": last.upstream if last else -1.0,
+        "client_connections_opened": float(result.connections_opened),
+        "client_connections_closed_idle": float(result.connections_closed_idle),
         "kills": float(world.kills),
         "restarts": float(world.restarts),
         "routes_edits": float(world.routes_edits),
@@ -316,3 +364,11 @@ def _row(options: SoakOptions, world: _World, result: OpenLoopResult, samples: l
     return Row(target="meshd", metrics=metrics, latency=summarize(result.latencies), runs=tuple(series),
                note=note)
 
+
+
+def _median_fds(samples: list[_Sample], start: float, end: float, fallback: _Sample | None) -> float:
+    """The median descriptor count of the samples taken in [start, end), or `fallback`'s."""
+    window = [s.fds for s in samples if start <= s.t_secs < end]
+    if window:
+        return float(statistics.median(window))
+    return fallback.fds if fallback is not None else 0.0

@@ -233,6 +233,9 @@ def test_soak(ctx):
     assert m["reload_failures"] == 0
     assert m["rss_mb_end"] > 0 and m["fds_end"] > 0
     assert len(row.runs) >= 12 and all(sample["t_secs"] <= options.duration_secs for sample in row.runs)
+    # meshd's own connection counts, read from /metrics with each sample
+    assert all(sample["downstream"] >= 1 and sample["upstream"] >= 0 for sample in row.runs[1:]), row.runs
+    assert m["client_connections_opened"] >= 1 and m["client_connections_closed_idle"] >= 0
 
 
 def test_cli_writes_results_report_and_charts(tmp_path: Path):

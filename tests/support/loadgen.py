@@ -65,11 +65,13 @@ async def start_open_loop(
     connections: int = 8,
     drain_secs: float = 5.0,
     resend_unanswered: bool = False,
+    idle_close_secs: float | None = None,
 ) -> LoadRun:
     """Start a generator sending `rate_per_sec` GETs with `Host: host` to 127.0.0.1:`port` from the
     CLOCK_MONOTONIC instant `start_at` for `duration_secs`. `resend_unanswered`: a request whose
     keep-alive connection closed before any byte of its answer is sent once more on a new
-    connection, as HTTP clients do (counted in the result's `resent`)."""
+    connection, as HTTP clients do (counted in the result's `resent`). `idle_close_secs`: reuse
+    connections most-recently-idle first and close any idle that long."""
     config = LoadgenConfig(
         addresses=(("127.0.0.1", port),),
         hosts=(host,),
@@ -79,6 +81,7 @@ async def start_open_loop(
         drain_secs=drain_secs,
         start_at=start_at,
         resend_unanswered=resend_unanswered,
+        idle_close_secs=idle_close_secs,
     )
     out = workdir / f"{name}.json"
     log = workdir / f"{name}.log"

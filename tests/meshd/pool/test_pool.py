@@ -309,6 +309,31 @@ async def test_sweep_closes_connections_idle_for_the_idle_time():
     assert pool.statistics().closed == 2
 
 
+async def test_surplus_connections_after_a_burst_are_closed_after_the_idle_time_while_steady_use_keeps_one():
+    """A burst of 8 concurrent requests opens 8 connections; then one request a second. Reused
+    most-recent-first, the same connection carries them all and the other 7 stay idle until the
+    sweep closes them 10 s (idleTimeMs) after the burst. Reused oldest-first, each would carry a
+    request every 8 s and none would ever be idle for 10 s (issue #17's soak: descriptors flat)."""
+    clock = FakeClock()
+    dialer = ScriptedDialer()
+    pool = make_pool(dialer, clock, idle_time_s=10.0)
+    burst = [await pool.acquire() for _ in range(8)]
+    for conn in burst:
+        pool.release(conn, True)
+    carriers: set[UpstreamConnection] = set()
+    for second in range(1, 16):
+        clock.advance(1.0)
+        conn = await pool.acquire()
+        carriers.add(conn)
+        pool.release(conn, True)
+        pool.sweep(clock.now())
+        expected_idle = 8 if second < 10 else 1
+        assert stats(pool) == (expected_idle, 0, 0, 0), second
+    assert len(carriers) == 1 and dialer.dials == 8
+    assert [t.closing for t in dialer.transports].count(True) == 7
+    assert pool.statistics().closed == 7
+
+
 async def test_fresh_acquire_at_the_limit_replaces_the_oldest_idle_connection():
     dialer = ScriptedDialer()
     pool = make_pool(dialer, max_connections=2)
