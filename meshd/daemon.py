@@ -243,8 +243,8 @@ class Daemon:
         server_config = router.config.servers[index]
         tls = server_config.tls
         listener = Listener(
-            router.service, router.listener_limits(index), label=router.label, observe=router.stats.observe,
-            clock=self.runtime.clock, admission=router.admission, recent=router.stats.recent,
+            router.service, router.listener_limits(index), label=router.label, stats=router.stats,
+            clock=self.runtime.clock, admission=router.admission,
             peer_identity=peer_identity if tls is not None and tls.ca_path else None,
         )
         listener.fast = FastPath(router) if fast_path_enabled() else None
