@@ -144,6 +144,11 @@ class Membership(Generic[M]):
         self._rebuilt()
         return [node.member for node in removed]
 
+    def pick(self, avoid: Node[M] | None = None) -> Node[M]:
+        """Each balancer's own (`Balancer.pick`). Declared here so that a caller holding a
+        `Membership` calls it through mypyc's vtable (a C call) instead of a Python method call."""
+        raise NotImplementedError
+
     def nodes(self) -> Sequence[Node[M]]:
         return tuple(self._nodes)
 

@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
-from balancers.base import Balancer, Node, NoNodesAvailable
+from balancers.base import Node, NoNodesAvailable
 from balancers.configs import AccrualConfig
+from balancers.membership import Membership
 from balancers.registry import BalancerConfig
 from meshd.discovery.addr import Addr, Address, Bound, Neg
 from meshd.errors import AttemptTimeout, CircuitOpen, MeshdError, NoEndpoints
@@ -107,7 +108,9 @@ class Client:
         self._settings = settings
         self._runtime = runtime
         self._dialer = dialer
-        self.balancer: Balancer[Endpoint] = settings.balancer.build(
+        #: typed as the balancers' native base class (not the `Balancer` protocol): the pick on
+        #: every request is a C call in the compiled build
+        self.balancer: Membership[Endpoint] = settings.balancer.build(
             runtime.clock.now,
             runtime.rng,
             settings.accrual,

@@ -58,11 +58,11 @@ from meshd.client import Client, Endpoint
 from meshd.errors import MeshdError, NoEndpoints, NoSuchService
 from meshd.http.headers import L5D_SUCCESS_CLASS
 from meshd.http.messages import Request, Response
-from meshd.listener import ConnectionClosed, ServerProtocol
+from meshd.listener import ConnectionClosed, FastPlanner, ServerProtocol
 from meshd.pipeline.context import RouteContext
 from meshd.pipeline.dispatch import can_resend
 from meshd.pipeline.stack import Service
-from meshd.pool.connection import StaleConnection, UpstreamConnection
+from meshd.pool.connection import HeadReceiver, StaleConnection, UpstreamConnection
 from meshd.retry.deadline import HEADER as DEADLINE_HEADER
 from meshd.router import FastService, Router
 from meshd.tracing.spans import Span
@@ -86,7 +86,7 @@ def enabled() -> bool:
     return os.environ.get(SWITCH, "1").strip() not in ("0", "false", "no", "off")
 
 
-class FastPath:
+class FastPath(FastPlanner):
     """One router's fast path, the `FastPlanner` its HTTP/1.1 listeners are given."""
 
     __slots__ = ("router", "filters", "cache", "taken", "handed_over")
@@ -171,7 +171,7 @@ class FastPath:
         return True
 
 
-class FastExchange:
+class FastExchange(HeadReceiver):
     """One request the fast path took: the receiver of its response head, and what the slow path
     needs to carry it on (`resume`)."""
 

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Final, Protocol, cast
 
+from mypy_extensions import mypyc_attr
+
 from meshd.admission import Admission
 from meshd.clock import MONOTONIC, Clock, Timer
 from meshd.errors import (
@@ -65,7 +67,7 @@ from meshd.http.headers import (
 from meshd.http.messages import Headers, Request, Response
 from meshd.pipeline.context import RouteContext
 from meshd.pipeline.stack import Service
-from meshd.pipeline.stats import RecentRequests
+from meshd.pipeline.stats import RecentRequests, RouterStats
 from meshd.pipeline.tracing import end_request, trace_id_header
 
 log = logging.getLogger("meshd.listener")
@@ -109,12 +111,19 @@ class ConnectionClosed(Exception):
     """The downstream client went away before its request or response finished."""
 
 
-class FastPlanner(Protocol):
+@mypyc_attr(allow_interpreted_subclasses=True)
+class FastPlanner:
     """The fast path (meshd/fastpath.py), seen from the listener: `plan` is offered each request
     whose body has arrived whole; True when it took the request (it then finishes it with
-    `ServerProtocol.fast_done`, or hands it over with `ServerProtocol.hand_over`)."""
+    `ServerProtocol.fast_done`, or hands it over with `ServerProtocol.hand_over`).
 
-    def plan(self, conn: ServerProtocol, request: Request) -> bool: ...
+    A base class rather than a `Protocol`, so that the compiled listener calls `plan` through
+    mypyc's vtable (a C call) instead of a Python method lookup and call per request."""
+
+    __slots__ = ()
+
+    def plan(self, conn: ServerProtocol, request: Request) -> bool:
+        raise NotImplementedError
 
 
 class Handoff(Protocol):
@@ -156,8 +165,15 @@ class Listener:
         admission: Admission | None = None,
         peer_identity: Callable[[asyncio.BaseTransport], str] | None = None,
         recent: RecentRequests | None = None,
+        stats: RouterStats | None = None,
     ) -> None:
         self.service = service
+        #: the router's stats: when given, they are `observe` and `recent` (called directly, a C
+        #: call in the compiled build, where a `Callable` attribute is a Python call)
+        self.stats = stats
+        if stats is not None:
+            observe = stats.observe
+            recent = stats.recent
         #: the router's ring of recent requests (the dashboard's list), recorded beside `observe`
         self.recent = recent
         #: on a TLS listener that verifies client certificates: reads the client's identity from
@@ -217,6 +233,11 @@ class ServerProtocol(asyncio.Protocol):
         self._timers: Clock = listener.clock
         #: `now` read once: for the production clock it is `time.monotonic` itself (no wrapper)
         self._clock: Callable[[], float] = listener.clock.now
+        #: the timers' clock is `time.monotonic`, the one `_respond` reads: the idle timer's start
+        #: can take the time `_respond` read a moment earlier instead of reading it again
+        self._monotonic = self._clock is monotonic
+        #: when `_respond` last read the clock (-1: not since the idle timer last took it)
+        self._responded_at = -1.0
         self._transport: asyncio.Transport | None = None
         limits = listener.limits
         self._codec = RequestCodec(
@@ -565,13 +586,18 @@ class ServerProtocol(asyncio.Protocol):
         `admitted_at` < 0: it was never admitted."""
         listener = self._listener
         ended = monotonic()
+        self._responded_at = ended
         sampler = admission.sampler
         if admitted_at >= 0.0 and sampler is not None:
             # an adaptive limit (meshd/adaptive.py) learns from the time served, not waited
             sampler.sample(ended - admitted_at, ended)
         seconds = ended - started
         name = ctx.logical_name or UNIDENTIFIED
-        listener.observe(name, response.status, seconds)
+        stats = listener.stats
+        if stats is not None:
+            stats.observe(name, response.status, seconds)
+        else:
+            listener.observe(name, response.status, seconds)
         recent = listener.recent
         if recent is not None:
             recent.record(ctx, name, response.status, started, seconds)
@@ -771,7 +797,11 @@ class ServerProtocol(asyncio.Protocol):
     def _start_idle_timer(self) -> None:
         if self._closing:
             return
-        self._idle_since = self._clock()
+        now = self._responded_at
+        self._responded_at = -1.0
+        if now < 0.0 or not self._monotonic:
+            now = self._clock()
+        self._idle_since = now
         if self._idle_timer is None:
             self._idle_timer = self._timers.call_later(self._limits.idle_timeout_s, self._on_idle_timeout)
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import Final, Protocol, cast
+from typing import Final, cast
+
+from mypy_extensions import mypyc_attr
 
 from meshd.clock import MONOTONIC, Clock, Timer
 from meshd.errors import MeshdError, ResponseHeadTimeout, UpstreamFailed
@@ -50,17 +52,25 @@ class StaleConnection(UpstreamFailed):
 ReleaseCallback = Callable[["UpstreamConnection", bool], None]
 
 
-class HeadReceiver(Protocol):
+@mypyc_attr(allow_interpreted_subclasses=True)
+class HeadReceiver:
     """Told of an exchange's outcome instead of a future (`send_to`, used by meshd/fastpath.py).
 
     `head_received` is called once the read that brought the response head has been parsed to
     its end (so a small response's body has ended by then, as for the future's awaiter, which
     runs after that read too); `head_failed` when the exchange failed before its head, after the
-    connection has been released. Exactly one of them is called, unless `abort()` came first."""
+    connection has been released. Exactly one of them is called, unless `abort()` came first.
 
-    def head_received(self, response: Response) -> None: ...
+    A base class rather than a `Protocol`: the compiled connection calls it through mypyc's vtable
+    (a C call), not a Python method lookup, once per request."""
 
-    def head_failed(self, error: MeshdError) -> None: ...
+    __slots__ = ()
+
+    def head_received(self, response: Response) -> None:
+        raise NotImplementedError
+
+    def head_failed(self, error: MeshdError) -> None:
+        raise NotImplementedError
 
 
 class UpstreamConnection(asyncio.Protocol):

@@ -30,7 +30,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final
+
+from mypy_extensions import mypyc_attr
 
 SCALE_FACTOR: Final = 1000
 """Finagle's `TokenRetryBudget.ScaleFactor`: a deposit is worth this many tokens."""
@@ -54,25 +56,35 @@ class RetryBudgetStatistics:
     balance: float
 
 
-class RetryBudget(Protocol):
+@mypyc_attr(allow_interpreted_subclasses=True)
+class RetryBudget:
     """What the retry stage needs from a budget: three verbs and a snapshot.
 
     `deposit()` once per original request (never for a retry); `try_withdraw()` once before each
     retry, which must not be sent when it returns False; `balance` is the number of retries the
     budget would grant right now, for the `meshd_retry_budget_balance` gauge.
+
+    A base class rather than a `Protocol`: the compiled fast path deposits through mypyc's vtable
+    (a C call), not a Python method lookup, on every request.
     """
 
-    def deposit(self) -> None: ...
+    __slots__ = ()
 
-    def try_withdraw(self) -> bool: ...
+    def deposit(self) -> None:
+        raise NotImplementedError
+
+    def try_withdraw(self) -> bool:
+        raise NotImplementedError
 
     @property
-    def balance(self) -> float: ...
+    def balance(self) -> float:
+        raise NotImplementedError
 
-    def statistics(self) -> RetryBudgetStatistics: ...
+    def statistics(self) -> RetryBudgetStatistics:
+        raise NotImplementedError
 
 
-class TokenRetryBudget:
+class TokenRetryBudget(RetryBudget):
     """The working budget; build it with `RetryBudgetConfig.build(clock)`.
 
     Accepts Finagle's full ranges (ttl 1..60 s, percent 0..1000); the config class is stricter.
@@ -174,7 +186,7 @@ class TokenRetryBudget:
         )
 
 
-class _NoRetries:
+class _NoRetries(RetryBudget):
     """Finagle's `RetryBudget.Empty`: never grants a retry."""
 
     __slots__ = ("_deposits", "_refused")
@@ -203,7 +215,7 @@ class _NoRetries:
         return "NO_RETRIES"
 
 
-class _Unlimited:
+class _Unlimited(RetryBudget):
     """Finagle's `RetryBudget.Infinite`: always grants. For tests; config never builds it."""
 
     __slots__ = ("_deposits", "_granted")

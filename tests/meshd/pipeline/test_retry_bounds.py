@@ -23,7 +23,7 @@ from meshd.pipeline.context import RouteContext
 from meshd.pipeline.retries import RetryCounters, retries_stage
 from meshd.pipeline.timeouts import TimeoutCounters
 from meshd.retry.backoff import RetryJitteredBackoffConfig
-from meshd.retry.budget import RetryBudgetStatistics
+from meshd.retry.budget import RetryBudget, RetryBudgetStatistics
 from meshd.retry.classifiers import RetryableIdempotent5XXConfig
 from tests.support.clock import FakeClock
 
@@ -38,7 +38,7 @@ ERRORS = {
 WRITTEN = {"reset", "attempt_timeout"}
 
 
-class GenerousBudget:
+class GenerousBudget(RetryBudget):
     """Grants every retry."""
 
     def __init__(self) -> None:

@@ -7,12 +7,12 @@ from __future__ import annotations
 from meshd.errors import MeshdError, ResponseHeadTimeout, UpstreamFailed
 from meshd.http.body import Body
 from meshd.http.messages import Request, Response
-from meshd.pool.connection import StaleConnection, UpstreamConnection
+from meshd.pool.connection import HeadReceiver, StaleConnection, UpstreamConnection
 from tests.support.clock import FakeClock
 from tests.support.transport import FakeTransport, connect
 
 
-class Receiver:
+class Receiver(HeadReceiver):
     def __init__(self, conn: UpstreamConnection, releases: list[bool]) -> None:
         self.conn = conn
         self.releases = releases
