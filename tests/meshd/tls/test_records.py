@@ -61,7 +61,7 @@ class Wire:
     @staticmethod
     def drain(obj: ssl.SSLObject) -> list[bytes]:
         """Read as uvloop does: ask for 256 KiB until OpenSSL wants more bytes."""
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             try:
                 chunk = obj.read(UVLOOP_ASKS)
