@@ -54,6 +54,8 @@ log = logging.getLogger("meshd.tls")
 #: TLS 1.2 suites: forward secrecy (ECDHE) with an AEAD cipher only. TLS 1.3 needs no list.
 TLS12_CIPHERS: Final = "ECDHE+AESGCM:ECDHE+CHACHA20"
 ALPN: Final = ("http/1.1",)
+#: TLS 1.3 session tickets a server sends after each full handshake (OpenSSL's default is 2)
+SESSION_TICKETS: Final = 1
 #: the most plaintext one TLS record carries (RFC 8446 5.1; RFC 5246 6.2.1): the most one
 #: `SSLObject.read` asks for (see the module's docstring)
 RECORD_MAX: Final = 16384
@@ -83,6 +85,9 @@ def server_context(
     if ca is not None:
         ctx.load_verify_locations(cafile=str(ca))
         ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    # TLS 1.3: one session ticket per handshake, not OpenSSL's two (each is a serialised, encrypted
+    # session and a record more): a client resumes with its latest ticket, as meshd's own do
+    ctx.num_tickets = SESSION_TICKETS
     return ctx
 
 

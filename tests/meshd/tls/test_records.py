@@ -1,4 +1,5 @@
-"""The SSLObjects meshd hands the event loop read at most one record's plaintext per call.
+"""The SSLObjects meshd hands the event loop read at most one record's plaintext per call, and a
+server sends one TLS 1.3 session ticket, with which meshd's client side resumes.
 
 uvloop asks `SSLObject.read` for 256 KiB; CPython allocates that much before reading, which glibc
 serves with mmap and munmap for every record. meshd's objects ask OpenSSL for at most 16 KiB
@@ -12,7 +13,15 @@ import ssl
 
 import pytest
 
-from meshd.tls.contexts import RECORD_MAX, TlsFiles, TlsSide, _record_reader, client_context, server_context
+from meshd.tls.contexts import (
+    RECORD_MAX,
+    SESSION_TICKETS,
+    TlsFiles,
+    TlsSide,
+    _record_reader,
+    client_context,
+    server_context,
+)
 from meshd.tls.stats import TlsStats
 from tests.support.tls import Pki
 
@@ -44,12 +53,14 @@ class Wire:
         self.c_in, self.c_out, self.s_in, self.s_out = (ssl.MemoryBIO() for _ in range(4))
         self.client = client.context.wrap_bio(self.c_in, self.c_out, server_hostname="back.local")
         self.server = server.context.wrap_bio(self.s_in, self.s_out, server_side=True)
+        pending = [self.client, self.server]
         for _ in range(10):
-            for obj in (self.client, self.server):
+            for obj in list(pending):  # as uvloop does: until its handshake completes, once
                 try:
                     obj.do_handshake()
                 except ssl.SSLWantReadError:
-                    pass
+                    continue
+                pending.remove(obj)
             self.pump()
         assert self.client.version() == "TLSv1.3" and self.server.version() == "TLSv1.3"
         self.drain(self.client)  # the session tickets
@@ -96,3 +107,15 @@ def test_the_reader_asks_openssl_for_at_most_one_record() -> None:
     buffer = bytearray(UVLOOP_ASKS)
     read(UVLOOP_ASKS, buffer)  # into the caller's buffer: nothing allocated, passed on as asked
     assert asked == [(RECORD_MAX,), (100,), (UVLOOP_ASKS, buffer)]
+
+
+def test_a_server_sends_one_ticket_and_the_next_connection_resumes_with_it(tmp_path: pathlib.Path) -> None:
+    server, client = sides(tmp_path)
+    assert server.files.current.num_tickets == SESSION_TICKETS == 1
+    first = Wire(server, client)
+    assert not first.client.session_reused
+    session = first.client.session
+    assert session is not None and session.has_ticket
+    second = Wire(server, client)  # the client side offers the first connection's session
+    assert second.client.session_reused and second.server.session_reused
+    assert client._stats.handshakes[("r", "c", "true")] == 1
