@@ -24,7 +24,13 @@ How this works:
   server accepts it). TLS 1.3 sends its tickets after the handshake, hence the session is read
   at the next dial rather than at the handshake.
 - uvloop calls `read`, `write` and `pending` of the connection's `SSLObject` for every record;
-  those are bound to the C object's own methods, skipping `ssl.SSLObject`'s Python wrappers.
+  `write` and `pending` are bound to the C object's own methods, skipping `ssl.SSLObject`'s
+  Python wrappers. `read` asks for at most one record's plaintext (16 KiB) whatever uvloop asks
+  for (256 KiB): CPython allocates the whole size asked for before it reads, and glibc serves an
+  allocation above its mmap threshold (128 KiB) with mmap, a page fault and munmap, for every
+  record (10 µs and more per record, measured: docs/benchmarks-analysis.md, "tls"). A record
+  never holds more than 16 KiB of plaintext (RFC 8446 section 5.1), and uvloop reads again while
+  decrypted or undecrypted bytes are pending, so nothing is delivered differently.
 """
 
 from __future__ import annotations
@@ -48,6 +54,11 @@ log = logging.getLogger("meshd.tls")
 #: TLS 1.2 suites: forward secrecy (ECDHE) with an AEAD cipher only. TLS 1.3 needs no list.
 TLS12_CIPHERS: Final = "ECDHE+AESGCM:ECDHE+CHACHA20"
 ALPN: Final = ("http/1.1",)
+#: TLS 1.3 session tickets a server sends after each full handshake (OpenSSL's default is 2)
+SESSION_TICKETS: Final = 1
+#: the most plaintext one TLS record carries (RFC 8446 5.1; RFC 5246 6.2.1): the most one
+#: `SSLObject.read` asks for (see the module's docstring)
+RECORD_MAX: Final = 16384
 #: post-handshake failures worth counting on a client (the server's verdict on our certificate)
 _ALERTS: Final = frozenset({"no_client_cert", "unknown_ca", "expired", "bad_certificate"})
 
@@ -74,6 +85,9 @@ def server_context(
     if ca is not None:
         ctx.load_verify_locations(cafile=str(ca))
         ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    # TLS 1.3: one session ticket per handshake, not OpenSSL's two (each is a serialised, encrypted
+    # session and a record more): a client resumes with its latest ticket, as meshd's own do
+    ctx.num_tickets = SESSION_TICKETS
     return ctx
 
 
@@ -204,12 +218,13 @@ class TlsSide:
         obj._meshd_side = self  # type: ignore[attr-defined]
         # uvloop calls read, write and pending for every record; `ssl.SSLObject`'s own are Python
         # wrappers around the C object's: bind the C methods themselves (one frame less per call).
-        # A client's `read` stays ours (it watches for the server's alerts; as cheap as the wrapper).
+        # `read` is clamped to one record (RECORD_MAX, see the module's docstring); a client's
+        # stays ours (it also watches for the server's alerts).
         inner = obj._sslobj  # type: ignore[attr-defined]
         obj.write = inner.write  # type: ignore[method-assign]
         obj.pending = inner.pending  # type: ignore[method-assign]
         if server_side:
-            obj.read = inner.read  # type: ignore[method-assign]
+            obj.read = _record_reader(inner.read)  # type: ignore[method-assign]
         if server_side:
             key = id(obj)
             self._pending[key] = (self._now(), weakref.ref(obj, lambda _ref: self._gone(key)))
@@ -261,6 +276,17 @@ class TlsSide:
         return self._sessions.get(name)
 
 
+def _record_reader(read: Callable[..., bytes]) -> Callable[..., bytes]:
+    """`read` (the C object's) asking for at most RECORD_MAX bytes when it allocates the result."""
+
+    def read_record(len: int = 1024, buffer: WriteableBuffer | None = None) -> bytes:  # noqa: A002
+        if buffer is None:
+            return read(len if len < RECORD_MAX else RECORD_MAX)
+        return read(len, buffer)
+
+    return read_record
+
+
 class LiveContext(ssl.SSLContext):
     """The context the event loop is given: each new connection is wrapped by its side's current
     context (so rotated files take effect at the next handshake). Its own settings are unused."""
@@ -304,10 +330,11 @@ class _ClientSSLObject(_MeteredSSLObject):
     meshd_error: ssl.SSLError | None = None
 
     def read(self, len: int = 1024, buffer: WriteableBuffer | None = None) -> bytes:  # noqa: A002
-        # the C object's read, as `ssl.SSLObject.read` calls it (no extra frame over the stock one)
+        # the C object's read, as `ssl.SSLObject.read` calls it (no extra frame over the stock one),
+        # asking for at most one record when it allocates (RECORD_MAX, see the module's docstring)
         try:
             if buffer is None:
-                return self._sslobj.read(len)  # type: ignore[attr-defined, no-any-return]
+                return self._sslobj.read(len if len < RECORD_MAX else RECORD_MAX)  # type: ignore[attr-defined, no-any-return]
             return self._sslobj.read(len, buffer)  # type: ignore[attr-defined, no-any-return]
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLZeroReturnError):
             raise
