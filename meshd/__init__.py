@@ -38,6 +38,7 @@ COMPILED_MODULES: Final = (
     "meshd.expiry",
     "meshd.admission",
     "meshd.h2server",
+    "meshd.h2fast",
     "meshd.pool.h2",
     "meshd.http2.codec",
     "meshd.http2.convert",
