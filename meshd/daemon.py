@@ -350,13 +350,15 @@ class Daemon:
         return make
 
     def _h2_fast_path(self, router: Router) -> H2FastPath | None:
-        """The HTTP/2 fast path of `router` (meshd/h2fast.py), one per router object (a reload's
-        new router gets a new one), None when off (`MESHD_FAST_PATH=0`)."""
+        """The HTTP/2 fast path of `router` (meshd/h2fast.py), one per router label, retargeted
+        to the new router by a reload (connections keep it), None when off (`MESHD_FAST_PATH=0`)."""
         if not fast_path_enabled():
             return None
         fast = self._h2_fast.get(router.label)
-        if fast is None or fast.router is not router:
+        if fast is None:
             fast = self._h2_fast[router.label] = H2FastPath(router)
+        elif fast.router is not router:
+            fast.retarget(router)  # the connections holding it follow the reload
         return fast
 
     def _server_tls(self, label: str, tls: ServerTlsConfig, alpn: tuple[str, ...] = ()) -> TlsSide:
@@ -524,6 +526,8 @@ class Daemon:
                     listener.recent = router.stats.recent
                     listener.admission = router.admission
                     listener.fast = FastPath(router) if fast_path_enabled() else None
+                    if router.label in self._h2_fast:
+                        self._h2_fast[router.label].retarget(router)
                     b.index = index
                     bound.append(b)
         bound += opened

@@ -109,6 +109,15 @@ class H2FastPath:
         self.taken = 0
         self.handed_over = 0
 
+    def retarget(self, router: Router) -> None:
+        """Serve `router` from now on (a reload built a new one for the same label): connections
+        keep this object, so their next streams take the new router, as the slow path's
+        `listener.service` does; streams already planned keep theirs."""
+        self.router = router
+        self.filters = router.filters
+        self.cache = router.binder.cache
+        self.carries_grpc = router.grpc_stats is not None
+
     def plan(self, conn: H2ServerProtocol, stream: H2Stream) -> bool:
         filters = self.filters
         request = stream.request
@@ -132,6 +141,7 @@ class H2FastPath:
             ex.hand_over(_RAISE)
             return True
         router = self.router
+        ex.router = router
         path = ctx.logical_path
         if path is None or router.match_rules.active:
             ex.hand_over(_BIND)
@@ -197,7 +207,7 @@ class H2Exchange:
     slow path needs to carry it on (`resume`)."""
 
     __slots__ = (
-        "path", "conn", "stream", "ctx", "admission", "kind", "error", "service", "fast", "client", "node",
+        "path", "router", "conn", "stream", "ctx", "admission", "kind", "error", "service", "fast", "client", "node",
         "node_started", "attempt", "upstream", "up", "response",
     )
 
@@ -205,6 +215,8 @@ class H2Exchange:
         self, path: H2FastPath, conn: H2ServerProtocol, stream: H2Stream, ctx: RouteContext, admission: Admission
     ) -> None:
         self.path = path
+        #: the router it was planned on (a reload may retarget the fast path meanwhile)
+        self.router = path.router
         self.conn = conn
         self.stream = stream
         self.ctx = ctx
@@ -287,7 +299,7 @@ class H2Exchange:
             assert self.error is not None
             return _raising(self.error)
         if kind == _BIND:
-            return self.path.router.bind(ctx)
+            return self.router.bind(ctx)
         if kind == _SERVICE:
             assert self.service is not None
             return self.service(ctx)

@@ -258,3 +258,29 @@ async def test_a_unary_call_leaves_no_meshd_object_in_a_reference_cycle(make_mes
         gc.garbage.clear()
     assert left == collections.Counter()
     client.close()
+
+
+async def test_after_a_reload_an_open_connection_routes_by_the_new_router(make_mesh, make_h2_upstream, path_mode):
+    import yaml
+
+    from meshd.config.loader import load_config
+    from meshd.config.model import MeshdConfig
+    from tests.conftest import base_config
+
+    old = await make_h2_upstream(ok)
+    new = await make_h2_upstream(ok)
+    router = {"protocol": "h2", "identifier": {"kind": "grpc"}, "service": {"responseClassifier": {"kind": "grpc.default"}}}
+    mesh = await make_mesh(**router)
+    mesh.register("pkg.Svc", old.address_line)
+    mesh.register("moved", new.address_line)
+    client = await H2Client.open(mesh.port)
+    for _ in range(2):
+        assert (await client.response(call(client))).status == 200
+    assert (len(old.received), len(new.received)) == (2, 0)
+    config = base_config(**router, dtab="/svc => /#/fs; /svc/pkg.Svc => /#/fs/moved;")
+    outcome = await mesh.daemon.reload(load_config(yaml.safe_dump(config), MeshdConfig))
+    assert outcome.result == "applied", outcome
+    for _ in range(2):  # the same connection: its streams take the new router (and its dtab)
+        assert (await client.response(call(client))).status == 200
+    assert (len(old.received), len(new.received)) == (2, 2)
+    client.close()
