@@ -55,6 +55,7 @@ HOT := meshd/listener.py \
   meshd/http2/guard.py \
   meshd/http2/nghttp2.py \
   meshd/grpc/status.py \
+  meshd/grpc/stats.py \
   balancers/base.py \
   balancers/node.py \
   balancers/p2c.py \

@@ -45,6 +45,7 @@ COMPILED_MODULES: Final = (
     "meshd.http2.guard",
     "meshd.http2.nghttp2",
     "meshd.grpc.status",
+    "meshd.grpc.stats",
     "balancers.base",
     "balancers.node",
     "balancers.p2c",

@@ -58,7 +58,7 @@ from meshd.admission import Admission
 from meshd.client import Client, Endpoint
 from meshd.errors import MeshdError, NoEndpoints, NoSuchService
 from meshd.grpc.classifiers import GrpcClassifier
-from meshd.grpc.status import is_grpc_request
+from meshd.grpc.status import is_grpc_request, status_of
 from meshd.grpc.timeout import HEADER as GRPC_TIMEOUT
 from meshd.h2server import H2ServerProtocol, H2Stream
 from meshd.http.headers import L5D_SUCCESS_CLASS
@@ -247,11 +247,21 @@ class H2Exchange:
         ctx = self.ctx
         classifier = fast.classifier
         if isinstance(classifier, GrpcClassifier):
-            # as the retry loop decides: a trailers-only head at once, else trailers already here
-            decided = classifier.classify_head(response.status, response.headers)
             body = response.body
-            if decided is None and body.ended and body.error is None:
-                decided = classifier.classify_trailers(body.trailers)
+            decided: ResponseClass | None
+            if (
+                type(classifier) is GrpcClassifier and response.status == 200 and body.ended and body.error is None
+                and status_of(body.trailers) == 0 and status_of(response.headers) is None
+            ):
+                # the common call, decided here as `classify_head` (a 200 head without grpc-status:
+                # None) then `classify_trailers` (OK is never a failure) decide it, without their
+                # interpreted calls
+                decided = ResponseClass.SUCCESS
+            else:
+                # as the retry loop decides: a trailers-only head at once, else trailers already here
+                decided = classifier.classify_head(response.status, response.headers)
+                if decided is None and body.ended and body.error is None:
+                    decided = classifier.classify_trailers(body.trailers)
             if decided is not None and body.ended:
                 # what `settle` would record (its `_judge_grpc`), without reading grpc-status again
                 client.settle_class(node, self.node_started, False, self.attempt, response.status, decided.is_failure)

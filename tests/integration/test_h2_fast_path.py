@@ -284,3 +284,26 @@ async def test_after_a_reload_an_open_connection_routes_by_the_new_router(make_m
         assert (await client.response(call(client))).status == 200
     assert (len(old.received), len(new.received)) == (2, 2)
     client.close()
+
+
+async def test_a_trailers_only_answer_is_passed_on_and_counted_by_its_grpc_status(make_mesh, make_h2_upstream, path_mode):
+    async def not_found(reply: H2Reply) -> None:
+        # a trailers-only response: one HEADERS frame with grpc-status, END_STREAM
+        reply.head(200, [(b"content-type", b"application/grpc"), (b"grpc-status", b"5"), (b"grpc-message", b"no")],
+                   end_stream=True)
+
+    up = await make_h2_upstream(not_found)
+    mesh = await grpc_mesh(make_mesh, addSuccessClassHeader=True)
+    mesh.register("pkg.Svc", up.address_line)
+    client = await H2Client.open(mesh.port)
+    for _ in range(3):
+        result = await client.response(call(client))
+        assert result.status == 200 and result.header(b"grpc-status") == b"5"
+        assert result.header(b"l5d-success-class") == b"1.0"  # NOT_FOUND is the service answering
+    assert len(up.received) == 3  # never retried
+    router = mesh.daemon.routers[0]
+    assert router.grpc_stats is not None
+    assert router.grpc_stats.responses[("/svc/pkg.Svc", "NOT_FOUND")] == 3
+    cl = router.clients[Path.read("/#/fs/pkg.Svc")]
+    assert [n.pending for n in cl.balancer.nodes()] == [0]
+    client.close()
