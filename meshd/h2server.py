@@ -130,6 +130,7 @@ class _Stream:
         "sent",
         "body_read_at",
         "upload_cut",
+        "submitted",
     )
 
     def __init__(self, sid: int) -> None:
@@ -157,6 +158,9 @@ class _Stream:
         self.body_read_at = 0.0
         #: meshd gave up on the request body (timeout): the upload is stopped after the response
         self.upload_cut = False
+        #: bytes of response body handed to the codec: until they pass `SEND_MARK`, no more than
+        #: that can wait for the window, so back-pressure need not ask the codec
+        self.submitted = 0
 
 
 #: a stream as the fast path sees it (`H2Planner.plan`)
@@ -198,9 +202,12 @@ class _ResponseWriter:
     def on_data(self, data: bytes) -> None:
         conn = self._conn
         if data and not conn._closing:
-            conn._codec.send_data(self._stream.sid, data, False)
+            stream = self._stream
+            conn._codec.send_data(stream.sid, data, False)
             conn._flush_soon()
-            conn._check_send_window(self._stream)
+            stream.submitted += len(data)
+            if stream.submitted > SEND_MARK:  # never more waiting than was handed over
+                conn._check_send_window(stream)
 
     def on_end(self, trailers: Trailers | None) -> None:
         conn = self._conn

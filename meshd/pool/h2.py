@@ -81,7 +81,7 @@ class H2PoolSettings:
 
 class _UpStream:
     __slots__ = ("sid", "future", "receiver", "request", "response", "reading_paused", "unacked", "writer_paused",
-                 "done_in", "done_out", "sent_at", "rx_at")
+                 "done_in", "done_out", "sent_at", "rx_at", "submitted")
 
     def __init__(
         self, sid: int, request: Request, future: asyncio.Future[Response] | None, receiver: HeadReceiver | None = None
@@ -104,6 +104,8 @@ class _UpStream:
         self.sent_at = -1.0
         #: when the response last made progress (its head, DATA, or the client reading again)
         self.rx_at = 0.0
+        #: bytes of request body handed to the codec (back-pressure asks the codec past `SEND_MARK`)
+        self.submitted = 0
 
 
 #: an upstream stream as the fast path holds it (meshd/h2fast.py)
@@ -150,10 +152,13 @@ class _RequestWriter:
 
     def on_data(self, data: bytes) -> None:
         conn = self._conn
-        if data and not conn.closed and not self._stream.done_out:
-            conn._codec.send_data(self._stream.sid, data, False)
+        stream = self._stream
+        if data and not conn.closed and not stream.done_out:
+            conn._codec.send_data(stream.sid, data, False)
             conn._flush_soon()
-            conn._check_send_window(self._stream)
+            stream.submitted += len(data)
+            if stream.submitted > SEND_MARK:  # never more waiting than was handed over
+                conn._check_send_window(stream)
 
     def on_end(self, trailers: Trailers | None) -> None:
         conn = self._conn
