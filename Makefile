@@ -48,12 +48,14 @@ HOT := meshd/listener.py \
   meshd/expiry.py \
   meshd/admission.py \
   meshd/h2server.py \
+  meshd/h2fast.py \
   meshd/pool/h2.py \
   meshd/http2/codec.py \
   meshd/http2/convert.py \
   meshd/http2/guard.py \
   meshd/http2/nghttp2.py \
   meshd/grpc/status.py \
+  meshd/grpc/stats.py \
   balancers/base.py \
   balancers/node.py \
   balancers/p2c.py \
@@ -133,11 +135,12 @@ typecheck: install
 
 # The bench smoke test also runs meshd itself (MESHD_BENCH_SMOKE_MESHD=1); never a timed test.
 # The suite runs with the fast path on (the default); the proxy-behaviour tests run again with it
-# off (MESHD_FAST_PATH=0: every request on the coroutine path; meshd/fastpath.py), about 30 s.
+# off (MESHD_FAST_PATH=0: every request on the coroutine path; meshd/fastpath.py, meshd/h2fast.py), about 35 s.
 SLOW_PATH_TESTS := tests/integration/test_proxy_basics.py tests/integration/test_bad_input.py \
   tests/integration/test_failures.py tests/integration/test_retries.py tests/integration/test_retry_limits.py \
   tests/integration/test_circuit_breakers.py tests/integration/test_streaming.py tests/integration/test_pool.py \
-  tests/integration/test_tracing.py
+  tests/integration/test_tracing.py \
+  tests/integration/test_h2_proxy.py tests/integration/test_h2_grpc.py tests/integration/test_grpc_wired.py
 test: install system-deps lint typecheck
 	MESHD_BENCH_SMOKE_MESHD=1 $(PY) -m pytest
 	MESHD_FAST_PATH=0 $(PY) -m pytest -q -p no:cacheprovider $(SLOW_PATH_TESTS)

@@ -30,6 +30,7 @@ from meshd.grpc import timeout as grpc_timeout
 from meshd.grpc.classifiers import GrpcClassifier
 from meshd.http.headers import L5D_DST_CLIENT, L5D_DST_SERVICE
 from meshd.http.messages import Response
+from meshd.http2.codec import Headers
 from meshd.http2.convert import h2_request_headers
 from meshd.http2.guard import H2Stats
 from meshd.observable import Observable
@@ -228,6 +229,12 @@ class Client:
         without an attempt timeout (a timeout needs a task to cancel)."""
         return self._attempt_timeout_s is None and self._settings.h2 is None
 
+    @property
+    def h2_fast(self) -> bool:
+        """Whether an attempt may take the HTTP/2 fast path (meshd/h2fast.py): an HTTP/2 client
+        without an attempt timeout."""
+        return self._attempt_timeout_s is None and self._settings.h2 is not None
+
     def full(self) -> bool:
         """Whether a first attempt would be refused by `circuitBreakers.maxRequests` now."""
         return self.inflight >= self._max_requests
@@ -379,6 +386,15 @@ class Client:
             )
         return response
 
+    def settle_class(
+        self, node: Node[Endpoint], started: float, retry: bool, attempt: Span | None, status: int, failure: bool
+    ) -> None:
+        """`settle` for a response that came whole and that the caller has classified already (the
+        HTTP/2 fast path reads grpc-status once for both the retry decision and failure accrual)."""
+        if attempt is not None:
+            attempt.end(status)
+        self._finish(node, started, failure, retry)
+
     def _judge_grpc(
         self, response: Response, classifier: GrpcClassifier, node: Node[Endpoint], started: float, retry: bool
     ) -> Response:
@@ -408,12 +424,7 @@ class Client:
     async def _send_h2(self, pool: H2Pool, ctx: RouteContext, attempt: Span | None) -> Response:
         """One attempt as a stream on the endpoint's HTTP/2 pool, within the attempt timeout."""
         request = ctx.request
-        h2 = self._settings.h2
-        assert h2 is not None
-        extra = [(L5D_DST_SERVICE, ctx.logical_name.encode("latin-1")), (L5D_DST_CLIENT, self.label_bytes)]
-        if attempt is not None:
-            extra.append((b"traceparent", attempt.traceparent_value()))
-        headers = h2_request_headers(request, h2.scheme, extra)
+        headers = self.h2_headers(ctx, attempt)
         if self._attempt_timeout_s is None:
             return await pool.send(request, headers)
         task = asyncio.current_task()
@@ -433,6 +444,15 @@ class Client:
         raise AttemptTimeout(
             f"attempt to {pool.label} exceeded requestAttemptTimeoutMs ({self._settings.attempt_timeout_ms} ms)"
         )
+
+    def h2_headers(self, ctx: RouteContext, attempt: Span | None) -> Headers:
+        """The HTTP/2 header block of this attempt, `l5d-dst-*` (and `traceparent`) added."""
+        h2 = self._settings.h2
+        assert h2 is not None
+        extra = [(L5D_DST_SERVICE, ctx.logical_name.encode("latin-1")), (L5D_DST_CLIENT, self.label_bytes)]
+        if attempt is not None:
+            extra.append((b"traceparent", attempt.traceparent_value()))
+        return h2_request_headers(ctx.request, h2.scheme, extra)
 
     def _finish(self, node: Node[Endpoint], started: float, failure: bool, retry: bool) -> None:
         """One attempt ended (its response body too): the node learns it, the breakers free a place,

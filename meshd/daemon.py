@@ -30,6 +30,7 @@ from meshd.discovery.base import Namer
 from meshd.discovery.start import close_namers, start_namers
 from meshd.fastpath import FastPath
 from meshd.fastpath import enabled as fast_path_enabled
+from meshd.h2fast import H2FastPath
 from meshd.h2server import alpn_protocols, h2_protocol, h2_server_config
 from meshd.handover import Inherited, Listening, serve_handover
 from meshd.listener import Listener
@@ -195,6 +196,8 @@ class Daemon:
         self.namers: dict[Path, Namer] = {}
         self.routers: list[Router] = []
         self.routes_watchers: dict[str, RoutesWatcher | ConfigMapRoutesWatcher] = {}
+        #: each HTTP/2 router's fast path (meshd/h2fast.py), by label: made for the router object it serves
+        self._h2_fast: dict[str, H2FastPath] = {}
         self.bound: list[Bound] = []
         self.ready = False
         self.admin_port: int | None = None
@@ -368,9 +371,22 @@ class Daemon:
             router = next((r for r in self.routers if r.label == label), None)
             if router is None or router.config.protocol != "h2":
                 return listener.protocol_factory()
-            return h2_protocol(listener, h2_server_config(router.config.h2), router.h2_stats, router.grpc_stats)
+            return h2_protocol(listener, h2_server_config(router.config.h2), router.h2_stats, router.grpc_stats,
+                               self._h2_fast_path(router))
 
         return make
+
+    def _h2_fast_path(self, router: Router) -> H2FastPath | None:
+        """The HTTP/2 fast path of `router` (meshd/h2fast.py), one per router label, retargeted
+        to the new router by a reload (connections keep it), None when off (`MESHD_FAST_PATH=0`)."""
+        if not fast_path_enabled():
+            return None
+        fast = self._h2_fast.get(router.label)
+        if fast is None:
+            fast = self._h2_fast[router.label] = H2FastPath(router)
+        elif fast.router is not router:
+            fast.retarget(router)  # the connections holding it follow the reload
+        return fast
 
     def _server_tls(self, label: str, tls: ServerTlsConfig, alpn: tuple[str, ...] = ()) -> TlsSide:
         resolve = self.runtime.resolve_path
@@ -537,6 +553,8 @@ class Daemon:
                     listener.recent = router.stats.recent
                     listener.admission = router.admission
                     listener.fast = FastPath(router) if fast_path_enabled() else None
+                    if router.label in self._h2_fast:
+                        self._h2_fast[router.label].retarget(router)
                     b.index = index
                     bound.append(b)
         bound += opened

@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from time import monotonic
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
+from meshd.admission import Admission
 from meshd.clock import Timer
 from meshd.config.model import H2Config, RouterConfig
 from meshd.errors import BodyTimeout, MeshdError, RequestTimeout
@@ -87,9 +89,33 @@ class H2ServerConfig:
     zero_window_timeout_s: float = 30.0
 
 
+class H2Handoff(Protocol):
+    """A stream the HTTP/2 fast path (meshd/h2fast.py) took: in flight on an upstream stream, or
+    handed over to a task of its own (`H2ServerProtocol.hand_over`), which then awaits `resume()`
+    (the slow path from where the fast one stopped). `abandon()` gives it up (the client reset the
+    stream or left) before it was handed over."""
+
+    ctx: RouteContext
+    #: the admission it entered (left by the task after a hand-over, by the fast path otherwise)
+    admission: Admission
+
+    def resume(self) -> Awaitable[Response]: ...
+
+    def abandon(self) -> None: ...
+
+
+class H2Planner(Protocol):
+    """The HTTP/2 fast path seen from the connection: offered each stream whose request arrived
+    whole in one read; True when it took the stream (it then answers it with
+    `H2ServerProtocol.fast_done`, or hands it over with `H2ServerProtocol.hand_over`)."""
+
+    def plan(self, conn: H2ServerProtocol, stream: H2Stream) -> bool: ...
+
+
 class _Stream:
     __slots__ = (
         "sid",
+        "fast",
         "request",
         "body",
         "task",
@@ -104,11 +130,14 @@ class _Stream:
         "sent",
         "body_read_at",
         "upload_cut",
+        "submitted",
     )
 
     def __init__(self, sid: int) -> None:
         self.sid = sid
         self.request: Request | None = None
+        #: the fast path's exchange while it owns the stream (meshd/h2fast.py)
+        self.fast: H2Handoff | None = None
         #: the request body while it is still arriving
         self.body: Body | None = None
         self.task: asyncio.Task[None] | None = None
@@ -129,6 +158,13 @@ class _Stream:
         self.body_read_at = 0.0
         #: meshd gave up on the request body (timeout): the upload is stopped after the response
         self.upload_cut = False
+        #: bytes of response body handed to the codec: until they pass `SEND_MARK`, no more than
+        #: that can wait for the window, so back-pressure need not ask the codec
+        self.submitted = 0
+
+
+#: a stream as the fast path sees it (`H2Planner.plan`)
+H2Stream = _Stream
 
 
 class _StreamReader:
@@ -166,9 +202,12 @@ class _ResponseWriter:
     def on_data(self, data: bytes) -> None:
         conn = self._conn
         if data and not conn._closing:
-            conn._codec.send_data(self._stream.sid, data, False)
+            stream = self._stream
+            conn._codec.send_data(stream.sid, data, False)
             conn._flush_soon()
-            conn._check_send_window(self._stream)
+            stream.submitted += len(data)
+            if stream.submitted > SEND_MARK:  # never more waiting than was handed over
+                conn._check_send_window(stream)
 
     def on_end(self, trailers: Trailers | None) -> None:
         conn = self._conn
@@ -192,13 +231,19 @@ class H2ServerProtocol(asyncio.Protocol):
     """One downstream HTTP/2 connection (h2c with prior knowledge, or TLS with ALPN `h2`)."""
 
     def __init__(
-        self, listener: Listener, config: H2ServerConfig, stats: H2Stats, grpc: GrpcStats | None = None
+        self, listener: Listener, config: H2ServerConfig, stats: H2Stats, grpc: GrpcStats | None = None,
+        fast: H2Planner | None = None,
     ) -> None:
         self._listener = listener
         self._config = config
         self._stats = stats
         #: the router's gRPC counters (calls by grpc-status), None when not counted
         self._grpc = grpc
+        #: the HTTP/2 fast path (meshd/h2fast.py), None when off
+        self._fast = fast
+        #: streams whose head came in the read being handled: started once it has been handled
+        #: whole (`_start_streams`), so that the fast path sees a unary request's body complete
+        self._starting: list[_Stream] = []
         self._clock = listener.clock
         self._codec: H2Codec = new_codec(False, config.settings)
         self._guard = FrameGuard(
@@ -220,8 +265,12 @@ class H2ServerProtocol(asyncio.Protocol):
         #: when the client last opened a window (a zero-window hold is judged against it)
         self._window_updated_at = -1.0
         self._replay_limit = listener.limits.replay_limit
-        #: frames taken from the codec by `_flush_soon`, written together at the end of the loop iteration
+        #: frames taken from the codec before the end of the loop iteration (`_pull`), written first
         self._pending_out: list[bytes] = []
+        #: a `_flush` is due at the end of this loop iteration (`_flush_soon`)
+        self._flush_due = False
+        #: streams whose response was handed to the codec whole: done once it has gone out (`_flush`)
+        self._finishing: list[_Stream] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -265,9 +314,12 @@ class H2ServerProtocol(asyncio.Protocol):
                 self._draining = True
             elif isinstance(event, h2.ConnectionError):
                 self._stats.count(reason_label(event.error_code, event.reason))
+                self._starting.clear()  # abandoned (and counted) when the connection is lost
                 self._flush()
                 self._close()
                 return
+        if self._starting:
+            self._start_streams()
         self._flush()
         if self._draining and not self._streams:
             self._close()
@@ -300,6 +352,7 @@ class H2ServerProtocol(asyncio.Protocol):
         if self._draining or self._closing:
             return
         self._draining = True
+        self._pull()  # the frames already made go out first
         self._codec.goaway(h2.NO_ERROR)
         self._flush()
         if not self._streams:
@@ -344,7 +397,26 @@ class H2ServerProtocol(asyncio.Protocol):
             self._arm_body_timer()
         self._streams[sid] = stream
         self._idle_since = -1.0
-        stream.task = asyncio.get_running_loop().create_task(self._serve(stream), name=STREAM_TASK)
+        if self._fast is None:
+            stream.task = asyncio.get_running_loop().create_task(self._serve(stream), name=STREAM_TASK)
+        else:
+            self._starting.append(stream)
+
+    def _start_streams(self) -> None:
+        """Start the streams whose head came in this read: a request complete by now (a unary
+        call's HEADERS and DATA usually come in one read) is offered to the fast path, any other
+        gets its task, as without the fast path."""
+        starting = self._starting
+        self._starting = []
+        fast = self._fast
+        loop = asyncio.get_running_loop()
+        for stream in starting:
+            if self._closing or self._streams.get(stream.sid) is not stream:
+                continue  # reset meanwhile: `_abandon` counted it
+            request = stream.request
+            if fast is not None and request is not None and request.body.ended and fast.plan(self, stream):
+                continue
+            stream.task = loop.create_task(self._serve(stream), name=STREAM_TASK)
 
     def _on_data(self, event: h2.DataReceived) -> None:
         stream = self._streams.get(event.stream_id)
@@ -392,20 +464,30 @@ class H2ServerProtocol(asyncio.Protocol):
             self._flush_soon()
 
     # -- serving one stream -------------------------------------------------------------------------
-    async def _serve(self, stream: _Stream) -> None:
-        """Run one stream's request through the router's service, as `ServerProtocol._serve` does."""
+    async def _serve(self, stream: _Stream, handoff: H2Handoff | None = None) -> None:
+        """Run one stream's request through the router's service, as `ServerProtocol._serve` does
+        (or, `handoff`, the rest of a request the fast path began)."""
         listener = self._listener
         request = stream.request
         assert request is not None
-        ctx = stream.ctx = RouteContext(request, self._peer_identity)
-        stream.served_since = started = monotonic()
-        admission = listener.admission
-        admitted = admission.enter()
+        if handoff is None:
+            ctx = stream.ctx = RouteContext(request, self._peer_identity)
+            stream.served_since = started = monotonic()
+            admission = listener.admission
+            admitted = admission.enter()
+        else:
+            ctx = handoff.ctx
+            started = stream.served_since
+            admission = handoff.admission
+            admitted = True
         try:
             if not admitted:
                 await admission.wait()
                 admitted = True
-            response = await listener.service(ctx)
+            if handoff is None:
+                response = await listener.service(ctx)
+            else:
+                response = await handoff.resume()
             observed = response.status
         except MeshdError as exc:
             response = meshd_error_response(request, exc, ctx.trace_id)
@@ -423,8 +505,35 @@ class H2ServerProtocol(asyncio.Protocol):
         finally:
             if admitted:
                 admission.leave()
+        self._answer(stream, ctx, request, response, observed, started)
+
+    def hand_over(self, stream: H2Stream, handoff: H2Handoff) -> None:
+        """The fast path stops here: the stream's task carries the request on (`handoff.resume`)."""
+        stream.fast = None
+        stream.task = asyncio.get_running_loop().create_task(self._serve(stream, handoff), name=STREAM_TASK)
+
+    def fast_done(self, stream: H2Stream, ctx: RouteContext, response: Response) -> None:
+        """The fast path's request ended with `response` (after `admission.leave()`)."""
+        stream.fast = None
+        request = stream.request
+        assert request is not None
+        self._answer(stream, ctx, request, response, response.status, stream.served_since)
+
+    @property
+    def listener(self) -> Listener:
+        return self._listener
+
+    @property
+    def peer_identity(self) -> str:
+        return self._peer_identity
+
+    def _answer(
+        self, stream: _Stream, ctx: RouteContext, request: Request, response: Response, observed: int, started: float
+    ) -> None:
+        """Record a stream's response (stats, the recent ring, its span, gRPC counts) and write it."""
         # a gRPC error meshd answered is counted under the HTTP status it stands for (its grpc
         # status is counted by `grpc_responses`), so the status-class stats still see the failure
+        listener = self._listener
         seconds = monotonic() - started
         name = ctx.logical_name or UNIDENTIFIED
         listener.observe(name, observed, seconds)
@@ -476,16 +585,28 @@ class H2ServerProtocol(asyncio.Protocol):
             self._pause_producer(stream)
 
     def _response_done(self, stream: _Stream) -> None:
+        """The whole response is in the codec: the stream is done once the codec has let it all
+        out, which `_flush` checks after taking the codec's output (one take per connection per
+        loop iteration, not one per response)."""
         stream.writing = False
         stream.sent = True
-        if self._codec.buffered(stream.sid):
-            # the end is queued behind data the client's window does not allow yet: the stream
-            # stays (a drain waits for it, the zero-window hold bounds it) until it has gone out
-            if stream.blocked_since < 0.0:
-                stream.blocked_since = self._clock.now()
-                self._arm_zero_window()
-            return
-        self._stream_done(stream)
+        self._finishing.append(stream)
+        self._flush_soon()
+
+    def _finish_streams(self) -> None:
+        finishing = self._finishing
+        self._finishing = []
+        for stream in finishing:
+            if self._streams.get(stream.sid) is not stream:
+                continue  # reset or finished meanwhile
+            if self._codec.buffered(stream.sid):
+                # the end is queued behind data the client's window does not allow yet: the stream
+                # stays (a drain waits for it, the zero-window hold bounds it) until it has gone out
+                if stream.blocked_since < 0.0:
+                    stream.blocked_since = self._clock.now()
+                    self._arm_zero_window()
+                continue
+            self._stream_done(stream)
 
     def _stream_done(self, stream: _Stream) -> None:
         stream.blocked_since = -1.0
@@ -495,6 +616,7 @@ class H2ServerProtocol(asyncio.Protocol):
             body, stream.body = stream.body, None
             if body is not None:
                 body.fail(ConnectionClosed("response complete before the request body"))
+            self._pull()  # the frames already made go out first
             self._codec.reset_stream(stream.sid, h2.NO_ERROR)
             self._flush()
         if self._streams.get(stream.sid) is stream:
@@ -519,8 +641,17 @@ class H2ServerProtocol(asyncio.Protocol):
         if response is not None and not response.body.ended:
             response.body.cancel(exc)
         task = stream.task
-        if task is not None and not task.done() and response is None:
-            task.cancel()
+        fast = stream.fast
+        if fast is not None:
+            stream.fast = None
+            fast.abandon()  # as a cancelled task would: the upstream stream reset, the attempt cancelled
+        if response is None and (
+            fast is not None
+            or (task is not None and not task.done())
+            or (task is None and stream.served_since < 0.0)  # never started (its read was not handled)
+        ):
+            if task is not None:
+                task.cancel()
             ctx = stream.ctx
             name = ctx.logical_name if ctx is not None else ""
             since = stream.served_since
@@ -535,6 +666,7 @@ class H2ServerProtocol(asyncio.Protocol):
         if self._streams.get(stream.sid) is stream:
             del self._streams[stream.sid]
         if not self._closing:
+            self._pull()  # the frames already made go out first
             self._codec.reset_stream(stream.sid, code)
             self._flush()
         self._abandon(stream, ConnectionClosed("stream reset by meshd"))
@@ -543,6 +675,9 @@ class H2ServerProtocol(asyncio.Protocol):
     # -- response back-pressure ---------------------------------------------------------------------
     def _check_send_window(self, stream: _Stream) -> None:
         if self._codec.buffered(stream.sid) > SEND_MARK:
+            self._pull()  # what the window lets out now is not waiting
+            if self._codec.buffered(stream.sid) <= SEND_MARK:
+                return
             if stream.blocked_since < 0.0:
                 stream.blocked_since = self._clock.now()
                 self._arm_zero_window()
@@ -558,7 +693,12 @@ class H2ServerProtocol(asyncio.Protocol):
         if stream.sent:
             if not self._codec.buffered(stream.sid):
                 self._stream_done(stream)
+            else:
+                self._finishing.append(stream)  # looked at again once the codec's output is taken
+                self._flush_soon()
             return
+        if self._codec.buffered(stream.sid) > SEND_MARK:
+            self._pull()
         if self._codec.buffered(stream.sid) <= SEND_MARK:
             stream.blocked_since = -1.0
             if stream.producer_paused and not self._write_paused:
@@ -625,7 +765,8 @@ class H2ServerProtocol(asyncio.Protocol):
 
     # -- connection ---------------------------------------------------------------------------------
     def _flush(self) -> None:
-        """Write what the codec holds now, after what `_flush_soon` kept back."""
+        """Write what the codec holds now (after what `_pull` took earlier), then finish the
+        streams whose response has now gone out whole."""
         data = self._codec.data_to_send()
         pending = self._pending_out
         if pending:
@@ -641,23 +782,34 @@ class H2ServerProtocol(asyncio.Protocol):
                 # included): nothing bounds what would pile up
                 self._stats.count("outbound_flood")
                 self.abort()
+        if self._finishing and not self._closing:
+            self._finish_streams()
 
     def _flush_soon(self) -> None:
-        """Take what the codec holds now (so `buffered()` stays exact) and write it at the end of
-        this event-loop iteration, together with what the connection's other streams add
-        meanwhile: one write (one system call) for all the streams answered in an iteration,
-        instead of one or two per stream. Connection-level frames (GOAWAY, ACKs after a read)
-        go out at once through `_flush`, which writes these first."""
+        """Write what the codec holds at the end of this event-loop iteration, together with what
+        the connection's other streams add meanwhile: one take from the codec and one write (one
+        system call) for all the streams answered in an iteration, instead of a few per stream.
+        Connection-level frames (GOAWAY, ACKs after a read) go out at once through `_flush`."""
+        if not self._flush_due and not self._closing and self._loop is not None:
+            self._flush_due = True
+            self._loop.call_soon(self._flush_at_end)
+
+    def _flush_at_end(self) -> None:
+        self._flush_due = False
+        self._flush()
+
+    def _pull(self) -> None:
+        """Take what the codec holds now, to write with the next `_flush` (where `buffered()` must
+        say what the client's window holds back, not what was not taken yet)."""
         data = self._codec.data_to_send()
         if data and not self._closing:
-            pending = self._pending_out
-            pending.append(data)
-            if len(pending) == 1 and self._loop is not None:
-                self._loop.call_soon(self._flush)
+            self._pending_out.append(data)
+            self._flush_soon()
 
     def _connection_error(self, code: int, reason: str | None) -> None:
         if reason is not None:
             self._stats.count(reason)
+        self._pull()  # the frames already made go out first
         self._codec.goaway(code)
         self._flush()
         self._close()
@@ -680,6 +832,7 @@ class H2ServerProtocol(asyncio.Protocol):
         if now + 0.005 < deadline:
             self._idle_timer = self._clock.call_later(deadline - now, self._on_idle)
             return
+        self._pull()  # the frames already made go out first
         self._codec.goaway(h2.NO_ERROR)
         self._flush()
         self._close()
@@ -739,12 +892,14 @@ class PrefaceSniffer(asyncio.Protocol):
     """
 
     def __init__(
-        self, listener: Listener, config: H2ServerConfig, stats: H2Stats, grpc: GrpcStats | None = None
+        self, listener: Listener, config: H2ServerConfig, stats: H2Stats, grpc: GrpcStats | None = None,
+        fast: H2Planner | None = None,
     ) -> None:
         self._listener = listener
         self._config = config
         self._stats = stats
         self._grpc = grpc
+        self._fast = fast
         self._transport: asyncio.Transport | None = None
         self._seen = b""
         self._timer: Timer | None = None
@@ -762,7 +917,7 @@ class PrefaceSniffer(asyncio.Protocol):
         if ssl_object is not None:
             alpn = ssl_object.selected_alpn_protocol()
             if alpn == "h2":
-                self._switch(H2ServerProtocol(self._listener, self._config, self._stats, self._grpc), b"")
+                self._switch(H2ServerProtocol(self._listener, self._config, self._stats, self._grpc, self._fast), b"")
             elif alpn == "http/1.1":
                 self._switch(ServerProtocol(self._listener), b"")
 
@@ -774,7 +929,7 @@ class PrefaceSniffer(asyncio.Protocol):
             return
         self._seen = b""
         if seen.startswith(preface):
-            self._switch(H2ServerProtocol(self._listener, self._config, self._stats, self._grpc), seen)
+            self._switch(H2ServerProtocol(self._listener, self._config, self._stats, self._grpc, self._fast), seen)
         else:
             self._switch(ServerProtocol(self._listener), seen)
 
@@ -812,13 +967,14 @@ class PrefaceSniffer(asyncio.Protocol):
 
 
 def h2_protocol(
-    listener: Listener, config: H2ServerConfig, stats: H2Stats, grpc: GrpcStats | None = None
+    listener: Listener, config: H2ServerConfig, stats: H2Stats, grpc: GrpcStats | None = None,
+    fast: H2Planner | None = None,
 ) -> asyncio.Protocol:
     """The protocol of a new connection on an HTTP/2 router's socket (`grpc`: the router's gRPC
-    counters)."""
+    counters; `fast`: its HTTP/2 fast path, meshd/h2fast.py)."""
     if config.accept_http1:
-        return PrefaceSniffer(listener, config, stats, grpc)
-    return H2ServerProtocol(listener, config, stats, grpc)
+        return PrefaceSniffer(listener, config, stats, grpc, fast)
+    return H2ServerProtocol(listener, config, stats, grpc, fast)
 
 
 def h2_server_config(h2config: H2Config) -> H2ServerConfig:

@@ -53,6 +53,7 @@ from meshd.http2.codec import H2Codec, H2Settings, Headers
 from meshd.http2.convert import h2_trailers, response_from_h2
 from meshd.http2.factory import new_codec
 from meshd.http2.guard import FrameGuard, H2Stats, reason_label
+from meshd.pool.connection import HeadReceiver
 from meshd.pool.dialer import Dialer
 from meshd.pool.pool import Pending, PoolStatistics
 
@@ -79,12 +80,18 @@ class H2PoolSettings:
 
 
 class _UpStream:
-    __slots__ = ("sid", "future", "request", "response", "reading_paused", "unacked", "writer_paused", "done_in",
-                 "done_out", "sent_at", "rx_at")
+    __slots__ = ("sid", "future", "receiver", "request", "response", "reading_paused", "unacked", "writer_paused",
+                 "done_in", "done_out", "sent_at", "rx_at", "submitted")
 
-    def __init__(self, sid: int, request: Request, future: asyncio.Future[Response]) -> None:
+    def __init__(
+        self, sid: int, request: Request, future: asyncio.Future[Response] | None, receiver: HeadReceiver | None = None
+    ) -> None:
         self.sid = sid
+        #: resolved with the response head (`H2Pool.send`), or None when `receiver` is told instead
         self.future = future
+        #: the HTTP/2 fast path's exchange (meshd/h2fast.py): told of the head once the read that
+        #: brought it has been handled whole (a small response's body has ended by then)
+        self.receiver = receiver
         self.request: Request | None = request
         self.response: Response | None = None
         self.reading_paused = False
@@ -97,6 +104,12 @@ class _UpStream:
         self.sent_at = -1.0
         #: when the response last made progress (its head, DATA, or the client reading again)
         self.rx_at = 0.0
+        #: bytes of request body handed to the codec (back-pressure asks the codec past `SEND_MARK`)
+        self.submitted = 0
+
+
+#: an upstream stream as the fast path holds it (meshd/h2fast.py)
+UpStream = _UpStream
 
 
 class _ResponseReader:
@@ -139,10 +152,13 @@ class _RequestWriter:
 
     def on_data(self, data: bytes) -> None:
         conn = self._conn
-        if data and not conn.closed and not self._stream.done_out:
-            conn._codec.send_data(self._stream.sid, data, False)
+        stream = self._stream
+        if data and not conn.closed and not stream.done_out:
+            conn._codec.send_data(stream.sid, data, False)
             conn._flush_soon()
-            conn._check_send_window(self._stream)
+            stream.submitted += len(data)
+            if stream.submitted > SEND_MARK:  # never more waiting than was handed over
+                conn._check_send_window(stream)
 
     def on_end(self, trailers: Trailers | None) -> None:
         conn = self._conn
@@ -183,9 +199,13 @@ class H2Upstream(asyncio.Protocol):
         self.idle_since = self.last_rx
         #: when the outstanding PING was sent (-1: none outstanding)
         self.ping_sent = -1.0
-        #: frames taken from the codec by `_flush_soon`, written together at the end of the loop iteration
+        #: frames taken from the codec before the end of the loop iteration (`_pull`), written first
         self._pending_out: list[bytes] = []
+        #: a `_flush` is due at the end of this loop iteration (`_flush_soon`)
+        self._flush_due = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: streams of fast-path exchanges whose head came in the read being handled
+        self._heads: list[_UpStream] = []
 
     # -- state --------------------------------------------------------------------------------
     def available(self) -> bool:
@@ -216,6 +236,7 @@ class H2Upstream(asyncio.Protocol):
         reason = self._guard.feed(data, now)
         if reason is not None:
             self._pool.stats.count(reason)
+            self._pull()  # the frames already made go out first
             self._codec.goaway(h2.ENHANCE_YOUR_CALM)
             self._flush()
             self._fail_all(UpstreamFailed(f"{self.label} flooded meshd's connection ({reason})"))
@@ -241,8 +262,24 @@ class H2Upstream(asyncio.Protocol):
                 self._pool.stats.count(reason_label(event.error_code, event.reason))
                 self._flush()
                 self._fail_all(UpstreamFailed(f"{self.label} broke the HTTP/2 protocol: {event.reason}"))
+                if self._heads:
+                    self._tell_heads()
                 return
+        if self._heads:
+            self._tell_heads()
         self._flush()
+
+    def _tell_heads(self) -> None:
+        """The fast path's exchanges whose head came in this read, told now that the read has been
+        handled whole: a small response's DATA and trailers have reached its body."""
+        heads = self._heads
+        self._heads = []
+        for stream in heads:
+            receiver = stream.receiver
+            response = stream.response
+            if receiver is not None and response is not None:
+                stream.receiver = None
+                receiver.head_received(response)
 
     def eof_received(self) -> bool | None:
         return False
@@ -262,10 +299,14 @@ class H2Upstream(asyncio.Protocol):
             self._maybe_resume_writer(stream)
 
     # -- sending ------------------------------------------------------------------------------
-    def open_stream(self, request: Request, headers: Headers) -> _UpStream:
+    def open_stream(self, request: Request, headers: Headers, receiver: HeadReceiver | None = None) -> _UpStream:
+        """A new stream for `request`: its head resolves the stream's future, or is given to
+        `receiver` (the fast path: no future) once the read that brought it is handled."""
         sid = self._codec.next_stream_id()
-        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        stream = _UpStream(sid, request, future)
+        future: asyncio.Future[Response] | None = None
+        if receiver is None:
+            future = asyncio.get_running_loop().create_future()
+        stream = _UpStream(sid, request, future, receiver)
         body = request.body
         bodiless = body.ended and body.received == 0 and body.error is None and not body.chunked
         try:
@@ -283,11 +324,18 @@ class H2Upstream(asyncio.Protocol):
             body.attach(_RequestWriter(self, stream))
         return stream
 
+    def abandon(self, stream: _UpStream) -> None:
+        """The fast path's exchange gives the stream up (its client left): RST_STREAM, and its
+        receiver is told nothing more."""
+        stream.receiver = None
+        self.cancel(stream, UpstreamFailed("cancelled"))
+
     def cancel(self, stream: _UpStream, error: MeshdError) -> None:
         """Give the stream up (the caller was cancelled, or the request body broke): RST_STREAM."""
         if self.streams.get(stream.sid) is not stream:
             return
         if not self.closed:
+            self._pull()  # the frames already made go out first
             self._codec.reset_stream(stream.sid, h2.CANCEL)
             self._flush()
         self._fail_stream(stream, error)
@@ -301,6 +349,7 @@ class H2Upstream(asyncio.Protocol):
         if self.closed:
             return
         if self._transport is not None:
+            self._pull()  # the frames already made go out first
             self._codec.goaway(h2.NO_ERROR)
             self._flush()
             self._transport.close()
@@ -337,8 +386,11 @@ class H2Upstream(asyncio.Protocol):
             body.length = response.content_length
             body.chunked = False
         stream.response = response
-        if not stream.future.done():
-            stream.future.set_result(response)
+        future = stream.future
+        if future is None:
+            self._heads.append(stream)  # told at the end of this read (`_tell_heads`)
+        elif not future.done():
+            future.set_result(response)
         if stream.done_in:
             self._maybe_done(stream)
 
@@ -421,18 +473,24 @@ class H2Upstream(asyncio.Protocol):
     def _check_send_window(self, stream: _UpStream) -> None:
         request = stream.request
         if request is not None and not stream.writer_paused and self._codec.buffered(stream.sid) > SEND_MARK:
-            stream.writer_paused = True
-            request.body.pause_producing()
+            self._pull()  # what the window lets out now is not waiting
+            if self._codec.buffered(stream.sid) > SEND_MARK:
+                stream.writer_paused = True
+                request.body.pause_producing()
 
     def _maybe_resume_writer(self, stream: _UpStream) -> None:
         request = stream.request
-        if stream.writer_paused and request is not None and self._codec.buffered(stream.sid) <= SEND_MARK:
-            stream.writer_paused = False
-            request.body.resume_producing()
+        if stream.writer_paused and request is not None:
+            if self._codec.buffered(stream.sid) > SEND_MARK:
+                self._pull()
+            if self._codec.buffered(stream.sid) <= SEND_MARK:
+                stream.writer_paused = False
+                request.body.resume_producing()
 
     def _cancel_quietly(self, stream: _UpStream) -> None:
         # the response body's consumer went away (client gone, retry discarded it)
         if self.streams.get(stream.sid) is stream and not self.closed:
+            self._pull()  # the frames already made go out first
             self._codec.reset_stream(stream.sid, h2.CANCEL)
             self._flush()
         stream.done_in = stream.done_out = True
@@ -458,8 +516,18 @@ class H2Upstream(asyncio.Protocol):
             self._close_if_drained()
 
     def _fail_stream(self, stream: _UpStream, error: MeshdError) -> None:
-        if not stream.future.done():
-            stream.future.set_exception(error)
+        future = stream.future
+        receiver = stream.receiver
+        if stream.response is None and (receiver is not None or (future is not None and not future.done())):
+            if receiver is not None:
+                stream.receiver = None
+                stream.done_in = stream.done_out = True
+                self._detach_request(stream)
+                self._forget(stream)
+                receiver.head_failed(error)  # after the stream is gone: it may hand over, and retry
+                return
+            assert future is not None
+            future.set_exception(error)
         elif stream.response is not None and not stream.done_in:
             stream.response.body.fail(error)
         stream.done_in = stream.done_out = True
@@ -493,15 +561,24 @@ class H2Upstream(asyncio.Protocol):
             self._transport.write(data)
 
     def _flush_soon(self) -> None:
-        """Take what the codec holds now (so `buffered()` stays exact) and write it at the end of
-        this event-loop iteration, with what the connection's other streams add meanwhile: one
-        write (one system call) for all the requests sent in an iteration, not one each."""
+        """Write what the codec holds at the end of this event-loop iteration, with what the
+        connection's other streams add meanwhile: one take from the codec and one write (one
+        system call) for all the requests sent in an iteration, not a few each."""
+        if not self._flush_due and not self.closed and self._loop is not None:
+            self._flush_due = True
+            self._loop.call_soon(self._flush_at_end)
+
+    def _flush_at_end(self) -> None:
+        self._flush_due = False
+        self._flush()
+
+    def _pull(self) -> None:
+        """Take what the codec holds now, to write with the next `_flush` (where `buffered()` must
+        say what the upstream's window holds back, not what was not taken yet)."""
         data = self._codec.data_to_send()
         if data and not self.closed:
-            pending = self._pending_out
-            pending.append(data)
-            if len(pending) == 1 and self._loop is not None:
-                self._loop.call_soon(self._flush)
+            self._pending_out.append(data)
+            self._flush_soon()
 
 
 class H2Pool:
@@ -544,11 +621,23 @@ class H2Pool:
         if conn is None:
             conn = await self._acquire()
         stream = conn.open_stream(request, headers)
+        future = stream.future
+        assert future is not None
         try:
-            return await stream.future
+            return await future
         except asyncio.CancelledError:
             conn.cancel(stream, UpstreamFailed("cancelled"))
             raise
+
+    def try_stream(self) -> H2Upstream | None:
+        """A connection that can take a stream now, without waiting or dialling (the fast path),
+        or None (also when the pool is closed: the slow path then raises its error)."""
+        if self._closed:
+            return None
+        for conn in self.conns:
+            if conn.available():
+                return conn
+        return None
 
     def _available(self) -> H2Upstream | None:
         if self._closed:
