@@ -66,6 +66,7 @@ from meshd.http.messages import Response
 from meshd.listener import ConnectionClosed
 from meshd.pipeline.context import RouteContext
 from meshd.pipeline.stack import Service
+from meshd.pool.connection import HeadReceiver
 from meshd.pool.h2 import H2Upstream, UpStream
 from meshd.retry.classifiers import ResponseClass
 from meshd.retry.deadline import HEADER as DEADLINE_HEADER
@@ -202,7 +203,7 @@ class H2FastPath:
         return True
 
 
-class H2Exchange:
+class H2Exchange(HeadReceiver):
     """One stream the fast path took: the receiver of its upstream stream's head, and what the
     slow path needs to carry it on (`resume`)."""
 
