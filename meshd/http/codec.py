@@ -67,6 +67,27 @@ log = logging.getLogger("meshd.http.codec")
 MAX_CONTENT_LENGTH: Final = 2**63 - 1
 
 _SLASH: Final = ord("/")
+_LOWER_L: Final = ord("l")
+_UPPER_L: Final = ord("L")
+
+
+def _lengths(names: frozenset[bytes]) -> bytes:
+    """A table indexed by a field name's length: 1 where some name in `names` has that length."""
+    table = bytearray(32)
+    for name in names:
+        table[len(name)] = 1
+    return bytes(table)
+
+
+#: The lengths of the request fields the codec acts on (framing, hop-by-hop, Host, Expect and
+#: the forwarding fields; `l5d-*` names are told by their first letter). Lower-casing keeps a
+#: name's length (llhttp admits only ASCII token characters in one), so a field of any other
+#: length is end-to-end and is appended without hashing or lower-casing its name: most fields.
+_REQUEST_ACTED_ON: Final = _lengths(
+    HOP_BY_HOP | frozenset({b"content-length", b"host", b"expect", b"via", b"x-forwarded-for"})
+)
+#: The same for response fields (framing, hop-by-hop, Via).
+_RESPONSE_ACTED_ON: Final = _lengths(HOP_BY_HOP | frozenset({b"content-length", b"via"}))
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 #: method names as str without a decode per request
 _METHODS: Final = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
@@ -184,7 +205,7 @@ class _Http1Codec:
     def _framing_or_hop(self, lname: bytes, value: bytes) -> bool:
         """Take a framing, Connection or hop-by-hop field out of the head; True if it was one."""
         if lname == b"content-length":
-            self._content_length = int(value)  # llhttp has validated the digits and duplicates
+            self._content_length = content_length(value)  # llhttp has validated it and duplicates
         elif lname == b"transfer-encoding":
             self._chunked = True  # llhttp has checked that the final coding is chunked
         elif lname == b"connection":
@@ -336,10 +357,21 @@ class RequestCodec(_Http1Codec):
                 self._trailers = []
             self._trailers.append((name, value))
             return
-        if name in PLAIN_REQUEST_FIELDS:
-            self._headers.append((name, value))
-            return
-        lname = name.lower()
+        size = len(name)
+        if size == 0:
+            lname = name
+        else:
+            first = name[0]
+            if (size >= 32 or not _REQUEST_ACTED_ON[size]) and first != _LOWER_L and first != _UPPER_L:
+                self._headers.append((name, value))
+                return
+            if name == b"Host":  # the one field every request has, in the case nearly all send
+                lname = b"host"
+            elif name in PLAIN_REQUEST_FIELDS:
+                self._headers.append((name, value))
+                return
+            else:
+                lname = name.lower()
         if lname == b"host":
             if self._host is not None:
                 raise BadRequest("more than one Host header")
@@ -501,14 +533,27 @@ class ResponseCodec(_Http1Codec):
                 self._trailers = []
             self._trailers.append((name, value))
             return
-        if name in PLAIN_RESPONSE_FIELDS:
+        size = len(name)
+        if size >= 32 or not _RESPONSE_ACTED_ON[size]:
             self._headers.append((name, value))
             return
-        lname = name.lower()
+        if name == b"Content-Length":  # the two acted-on fields nearly every response has
+            lname = b"content-length"
+        elif name == b"Connection":
+            lname = b"connection"
+        elif name in PLAIN_RESPONSE_FIELDS:
+            self._headers.append((name, value))
+            return
+        else:
+            lname = name.lower()
         if self._framing_or_hop(lname, value):
-            length = self._content_length
-            if length is not None and length > MAX_CONTENT_LENGTH:
-                raise UpstreamFailed(f"malformed response from {self.label}: Content-Length {length} exceeds 2**63-1")
+            # a value of at most 18 characters is below 10**18, so below the bound
+            if len(value) > 18 and lname == b"content-length":
+                length = self._content_length
+                if length is not None and length > MAX_CONTENT_LENGTH:
+                    raise UpstreamFailed(
+                        f"malformed response from {self.label}: Content-Length {length} exceeds 2**63-1"
+                    )
             return
         if lname == b"via":
             self._has_via = True
@@ -548,6 +593,21 @@ class ResponseCodec(_Http1Codec):
         if not self._in_body:
             return  # end of an interim response
         self._end_events()
+
+
+def content_length(value: bytes) -> int:
+    """A Content-Length value llhttp has accepted, as an int: `int(value)` without its generic call
+    for the usual short value of digits alone (the rest, spaces or 19 digits and more, by `int`)."""
+    size = len(value)
+    if size == 0 or size > 18:
+        return int(value)
+    n = 0
+    for i in range(size):
+        c = value[i]
+        if c < 48 or c > 57:
+            return int(value)
+        n = n * 10 + (c - 48)
+    return n
 
 
 def request_version(parser: httptools.HttpRequestParser, keep_alive: bool, has_connection_header: bool) -> str:

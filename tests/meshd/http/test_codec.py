@@ -333,3 +333,80 @@ def test_malformed_responses_fail_as_502_with_the_upstream_named(data, phrase):
 def test_the_largest_allowed_length_is_accepted():
     [head] = feed_responses(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % MAX_CONTENT_LENGTH, ["GET"])
     assert head[4] == MAX_CONTENT_LENGTH
+
+
+# -- field names: each is acted on by its lower-case name, whatever its case and length -----------
+
+#: names the codec acts on whose value needs no particular shape (framing fields, Connection and
+#: Upgrade change the parse itself and have tests of their own above)
+_ACTED_ON_REQUEST = (b"keep-alive", b"proxy-connection", b"te", b"trailer", b"proxy-authenticate",
+                     b"proxy-authorization", b"via", b"x-forwarded-for", b"expect", b"l5d-dtab", b"l5d-reqid",
+                     b"l5d-x-some-long-name-of-thirty-two", b"l5d-")
+_ACTED_ON_RESPONSE = (b"keep-alive", b"proxy-connection", b"te", b"trailer", b"proxy-authenticate",
+                      b"proxy-authorization", b"upgrade", b"via")
+_TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_!#$%&'*+.^`|~",
+                 min_size=1, max_size=40).map(lambda s: s.encode("ascii"))
+
+
+@st.composite
+def _any_case(draw: st.DrawFn, names: Sequence[bytes]) -> bytes:
+    name = draw(st.sampled_from(names))
+    flips = draw(st.lists(st.booleans(), min_size=len(name), max_size=len(name)))
+    return bytes(c - 32 if flip and 97 <= c <= 122 else c for c, flip in zip(name, flips, strict=True))
+
+
+@settings(max_examples=300)
+@given(name=st.one_of(_any_case(_ACTED_ON_REQUEST), _TOKEN))
+def test_a_request_field_is_acted_on_by_its_lower_case_name(name: bytes) -> None:
+    lname = name.lower()
+    if lname in (b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade"):
+        return  # framing and the parse itself: tested above
+    [request, _] = RequestCodec().feed(b"GET / HTTP/1.1\r\nHost: svc\r\n" + name + b": v1\r\n\r\n")
+    assert isinstance(request, Request)
+    kept = (name, b"v1") in request.headers
+    if lname.startswith(b"l5d-"):
+        assert request.l5d == {lname.decode(): b"v1"} and not kept
+    elif lname in (b"keep-alive", b"proxy-connection", b"te", b"trailer", b"proxy-authenticate",
+                   b"proxy-authorization"):
+        assert not kept and request.l5d == {}
+    elif lname in (b"via", b"x-forwarded-for"):
+        assert kept and request.forwarded
+    else:  # an end-to-end field, Expect with a value other than 100-continue among them
+        assert kept and not request.forwarded and request.l5d == {}
+    assert request.host == "svc" and request.headers[0] == (b"Host", b"svc")
+
+
+@settings(max_examples=300)
+@given(name=st.one_of(_any_case(_ACTED_ON_RESPONSE + (b"content-length", b"connection")), _TOKEN))
+def test_a_response_field_is_acted_on_by_its_lower_case_name(name: bytes) -> None:
+    lname = name.lower()
+    if lname == b"transfer-encoding":
+        return  # framing: tested above
+    value = b"3" if lname == b"content-length" else b"close" if lname == b"connection" else b"v1"
+    codec = ResponseCodec("up")
+    codec.expect("GET")
+    events = codec.feed(b"HTTP/1.1 200 OK\r\nContent-Type: a/b\r\n" + name + b": " + value + b"\r\n\r\nabc")
+    response = events[0]
+    assert isinstance(response, Response)
+    kept = (name, value) in response.headers
+    if lname == b"content-length":
+        assert not kept and response.content_length == 3 and events[1] == b"abc"
+    elif lname == b"connection":
+        assert not kept and not codec.keep_alive
+    elif lname in _ACTED_ON_RESPONSE and lname != b"via":
+        assert not kept
+    else:
+        assert kept and response.has_via == (lname == b"via")
+    assert response.headers[0] == (b"Content-Type", b"a/b")
+
+
+@pytest.mark.parametrize(
+    ("value", "length"),
+    [(b"0", 0), (b"7", 7), (b"000123", 123), (b"999999999999999999", 999_999_999_999_999_999),
+     (b"1000000000000000000", 10**18), (b"9223372036854775807", MAX_CONTENT_LENGTH)],
+)
+def test_content_length_values_read_as_int_reads_them(value: bytes, length: int) -> None:
+    codec = ResponseCodec("up")
+    codec.expect("HEAD")
+    [response, _] = codec.feed(b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\n")
+    assert isinstance(response, Response) and response.content_length == length
