@@ -394,10 +394,15 @@ class ServerProtocol(asyncio.Protocol):
             self._active.body.fail(lost)
         if self._active_response is not None and not self._active_response.body.ended:
             self._active_response.body.cancel(lost)
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        # let go of the task: a cancelled task keeps its CancelledError, whose traceback holds
+        # `_serve`'s frame and so this connection (a cycle if the connection held the task too)
+        task, self._task = self._task, None
+        self._waiter = None
+        if task is not None and not task.done():
+            task.cancel()
         self._abandon_fast()
         self._queue.clear()
+        self._codec.detach()  # no cycle left for the garbage collector (RequestCodec.detach)
 
     def pause_writing(self) -> None:
         self._write_paused = True

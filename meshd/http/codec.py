@@ -132,6 +132,9 @@ Event = Request | Response | bytes | EndOfMessage | ParseError
 #: what `_events` points at between two `feed` calls (callbacks only run inside one), so that a
 #: codec keeps nothing of the last message while its connection waits for the next
 _DETACHED: Final[list[Event]] = []
+#: what a detached codec holds instead of its parser (`detach`): parsers that refer to nothing
+_NO_REQUEST_PARSER: Final = httptools.HttpRequestParser(None)
+_NO_RESPONSE_PARSER: Final = httptools.HttpResponseParser(None)
 
 
 class _StopAfterHead(Exception):
@@ -252,8 +255,23 @@ class _Http1Codec:
         self.in_head = False
         self._events.append(ParseError(error, abandons))
 
+    def detach(self) -> None:
+        """The connection is gone: take no more input and let go of the connection and the parser.
+
+        The codec and its parser refer to each other (llhttp calls the codec's methods), and the
+        codec refers to its connection (`producer`), which refers to the codec: a cycle that only
+        the cyclic garbage collector would free, and meshd runs it rarely (meshd/daemon.py
+        `_tune_gc`). Breaking it here lets reference counting free a closed connection at once."""
+        self._failed = True
+        self.producer = None
+        self._drop_parser()
+
     # -- what each direction has of its own: its parser and its errors -----------------------
     def _feed_parser(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _drop_parser(self) -> None:
+        """Replace the parser by one that refers to nothing (see `detach`)."""
         raise NotImplementedError
 
     def _callback_failed(self, cause: BaseException | None) -> None:
@@ -307,6 +325,9 @@ class RequestCodec(_Http1Codec):
 
     def _feed_parser(self, data: bytes) -> None:
         self._parser.feed_data(data)
+
+    def _drop_parser(self) -> None:
+        self._parser = _NO_REQUEST_PARSER
 
     def _callback_failed(self, cause: BaseException | None) -> None:
         if isinstance(cause, MeshdError):
@@ -479,6 +500,9 @@ class ResponseCodec(_Http1Codec):
 
     def _feed_parser(self, data: bytes) -> None:
         self._parser.feed_data(data)
+
+    def _drop_parser(self) -> None:
+        self._parser = _NO_RESPONSE_PARSER
 
     def _callback_failed(self, cause: BaseException | None) -> None:
         if isinstance(cause, _StopAfterHead):

@@ -172,6 +172,12 @@ class UpstreamConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost(exc)
+        # then no cycle is left for the garbage collector (ResponseCodec.detach): the codec has
+        # read its last (an until-close body ends here)
+        self._codec.detach()
+
+    def _lost(self, exc: Exception | None) -> None:
         was_closed = self.closed
         self.closed = True
         if self._head_timer is not None:
