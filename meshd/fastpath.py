@@ -70,15 +70,15 @@ from meshd.tracing.spans import Span
 #: the environment variable that turns the fast path off when set to 0
 SWITCH: Final = "MESHD_FAST_PATH"
 
-# Where a handed-over request goes on (`FastExchange.resume`).
-_RAISE: Final = 1  # raise `error` (a filter refused the request)
-_BIND: Final = 2  # the router's bind step
-_SERVICE: Final = 3  # the logical name's service chain
-_RETRY_CLIENT: Final = 4  # the retry loop, its first attempt the client's whole attempt
-_RETRY_PICKED: Final = 5  # ... the client's attempt on the node already picked
-_RETRY_STALE: Final = 6  # ... sent again on a fresh connection
-_RETRY_RESPONSE: Final = 7  # ... the first attempt's response (settled)
-_RETRY_ERROR: Final = 8  # ... the first attempt's error (counted)
+# Where a handed-over request goes on (`FastExchange.resume`, `resume_from`; meshd/h2fast.py too).
+RESUME_RAISE: Final = 1  # raise `error` (a filter refused the request)
+RESUME_BIND: Final = 2  # the router's bind step
+RESUME_SERVICE: Final = 3  # the logical name's service chain
+RESUME_RETRY_CLIENT: Final = 4  # the retry loop, its first attempt the client's whole attempt
+RESUME_RETRY_PICKED: Final = 5  # ... the client's attempt on the node already picked
+RESUME_RETRY_STALE: Final = 6  # ... sent again on a fresh connection
+RESUME_RETRY_RESPONSE: Final = 7  # ... the first attempt's response (settled)
+RESUME_RETRY_ERROR: Final = 8  # ... the first attempt's error (counted)
 
 
 def enabled() -> bool:
@@ -120,16 +120,16 @@ class FastPath(FastPlanner):
                 f(ctx)
         except Exception as exc:
             ex.error = exc
-            ex.hand_over(_RAISE)
+            ex.hand_over(RESUME_RAISE)
             return True
         router = self.router
         path = ctx.logical_path
         if path is None or router.match_rules.active:
-            ex.hand_over(_BIND)
+            ex.hand_over(RESUME_BIND)
             return True
         chooser = self.cache.get((path, ctx.local_dtab))
         if chooser is None:
-            ex.hand_over(_BIND)
+            ex.hand_over(RESUME_BIND)
             return True
         ctx.chooser = chooser
         state = router.fast_service(path)
@@ -137,7 +137,7 @@ class FastPath(FastPlanner):
         l5d = request.l5d
         if fast is None or (l5d and DEADLINE_HEADER in l5d):
             ex.service = state.service
-            ex.hand_over(_SERVICE)
+            ex.hand_over(RESUME_SERVICE)
             return True
         ctx.classifier = fast.classifier
         ex.fast = fast
@@ -146,23 +146,23 @@ class FastPath(FastPlanner):
         target = router.fast_client(ctx)
         if isinstance(target, NoSuchService):
             ex.error = target
-            ex.hand_over(_RETRY_ERROR)
+            ex.hand_over(RESUME_RETRY_ERROR)
             return True
         client = target
         ex.client = client
         if not client.fast or client.full():
-            ex.hand_over(_RETRY_CLIENT)
+            ex.hand_over(RESUME_RETRY_CLIENT)
             return True
         try:
             node = client.pick(ctx)
         except NoEndpoints as exc:
             ex.error = exc
-            ex.hand_over(_RETRY_ERROR)
+            ex.hand_over(RESUME_RETRY_ERROR)
             return True
         ex.node = node
         upstream = node.member.pool.try_acquire_idle()
         if upstream is None:
-            ex.hand_over(_RETRY_PICKED)
+            ex.hand_over(RESUME_RETRY_PICKED)
             return True
         ex.node_started, ex.attempt = client.begin(ctx, node)
         ex.head = head = client.head_for(ctx, ex.attempt)
@@ -215,7 +215,7 @@ class FastExchange(HeadReceiver):
         client.settle(ctx, node, self.node_started, False, self.attempt, response)
         if response.status >= 500:
             self.response = response
-            self.hand_over(_RETRY_RESPONSE)  # the retry loop classifies it, and may retry
+            self.hand_over(RESUME_RETRY_RESPONSE)  # the retry loop classifies it, and may retry
             return
         # the retry stage's success: the budget's deposit (every request makes one) and the header
         fast.budget.deposit()
@@ -227,14 +227,14 @@ class FastExchange(HeadReceiver):
     def head_failed(self, error: MeshdError) -> None:
         self.upstream = None
         if isinstance(error, StaleConnection) and can_resend(self.ctx.request):
-            self.hand_over(_RETRY_STALE)
+            self.hand_over(RESUME_RETRY_STALE)
             return
         client = self.client
         node = self.node
         assert client is not None and node is not None
         client.failed(node, self.node_started, False, self.attempt, error)
         self.error = error
-        self.hand_over(_RETRY_ERROR)
+        self.hand_over(RESUME_RETRY_ERROR)
 
     # -- the slow path (Handoff) ------------------------------------------------------------------
     def hand_over(self, kind: int) -> None:
@@ -245,39 +245,18 @@ class FastExchange(HeadReceiver):
     def resume(self) -> Awaitable[Response]:
         """The rest of the request as the slow path runs it, from where the fast path stopped
         (called by the connection's task, inside its error responder)."""
-        kind = self.kind
-        ctx = self.ctx
-        path = self.path
-        if kind == _RAISE:
-            assert self.error is not None
-            return _raising(self.error)
-        if kind == _BIND:
-            return path.router.bind(ctx)
-        if kind == _SERVICE:
-            assert self.service is not None
-            return self.service(ctx)
-        fast = self.fast
-        assert fast is not None
-        first: Awaitable[Response]
-        client = self.client
-        node = self.node
-        if kind == _RETRY_ERROR:
-            assert self.error is not None
-            first = _raising(self.error)
-        elif kind == _RETRY_RESPONSE:
-            assert self.response is not None
-            first = _returning(self.response)
-        elif kind == _RETRY_CLIENT:
-            assert client is not None
-            first = _attempt(client, ctx)
-        elif kind == _RETRY_PICKED:
-            assert client is not None and node is not None
-            first = client.attempt_on(ctx, node)
-        else:
-            assert kind == _RETRY_STALE and client is not None and node is not None
-            first = client.resend_on(ctx, node, self.node_started, self.attempt, self.head)
+        response = self.response
         self.response = None
-        return fast.retry(ctx, first)
+        if self.kind == RESUME_RETRY_STALE:
+            client = self.client
+            node = self.node
+            fast = self.fast
+            assert client is not None and node is not None and fast is not None
+            ctx = self.ctx
+            return fast.retry(ctx, client.resend_on(ctx, node, self.node_started, self.attempt, self.head))
+        return resume_from(
+            self.kind, self.ctx, self.path.router, self.error, self.service, self.fast, self.client, self.node, response
+        )
 
     def abandon(self) -> None:
         """The client left (or its request was abandoned) while the fast path owned it: as a
@@ -289,13 +268,52 @@ class FastExchange(HeadReceiver):
         self.upstream = None
         if upstream is not None:
             upstream.abort()
-        if (upstream is not None or kind == _RETRY_STALE) and client is not None and node is not None:
+        if (upstream is not None or kind == RESUME_RETRY_STALE) and client is not None and node is not None:
             client.cancelled(node, self.node_started, False, self.attempt)
         response = self.response
         self.response = None
         if response is not None and not response.body.ended:
             response.body.cancel(ConnectionClosed("client disconnected"))
         self.admission.leave()
+
+
+def resume_from(
+    kind: int,
+    ctx: RouteContext,
+    router: Router,
+    error: Exception | None,
+    service: Service | None,
+    fast: FastService | None,
+    client: Client | None,
+    node: Node[Endpoint] | None,
+    response: Response | None,
+) -> Awaitable[Response]:
+    """Where a request the fast path handed over goes on, as the slow path runs it: the step
+    `kind` names, with what the fast path had done before it. Shared by the HTTP/1.1 fast path
+    and the HTTP/2 one (meshd/h2fast.py); `RESUME_RETRY_STALE` is HTTP/1.1's own."""
+    if kind == RESUME_RAISE:
+        assert error is not None
+        return _raising(error)
+    if kind == RESUME_BIND:
+        return router.bind(ctx)
+    if kind == RESUME_SERVICE:
+        assert service is not None
+        return service(ctx)
+    assert fast is not None
+    first: Awaitable[Response]
+    if kind == RESUME_RETRY_ERROR:
+        assert error is not None
+        first = _raising(error)
+    elif kind == RESUME_RETRY_RESPONSE:
+        assert response is not None
+        first = _returning(response)
+    elif kind == RESUME_RETRY_CLIENT:
+        assert client is not None
+        first = _attempt(client, ctx)
+    else:
+        assert kind == RESUME_RETRY_PICKED and client is not None and node is not None
+        first = client.attempt_on(ctx, node)
+    return fast.retry(ctx, first)
 
 
 async def _raising(error: Exception) -> Response:

@@ -57,6 +57,16 @@ from balancers.base import Node
 from meshd.admission import Admission
 from meshd.client import Client, Endpoint
 from meshd.errors import MeshdError, NoEndpoints, NoSuchService
+from meshd.fastpath import (
+    RESUME_BIND,
+    RESUME_RAISE,
+    RESUME_RETRY_CLIENT,
+    RESUME_RETRY_ERROR,
+    RESUME_RETRY_PICKED,
+    RESUME_RETRY_RESPONSE,
+    RESUME_SERVICE,
+    resume_from,
+)
 from meshd.grpc.classifiers import GrpcClassifier
 from meshd.grpc.status import is_grpc_request, status_of
 from meshd.grpc.timeout import HEADER as GRPC_TIMEOUT
@@ -72,15 +82,6 @@ from meshd.retry.classifiers import ResponseClass
 from meshd.retry.deadline import HEADER as DEADLINE_HEADER
 from meshd.router import FastService, Router
 from meshd.tracing.spans import Span
-
-# Where a handed-over stream goes on (`H2Exchange.resume`), as in meshd/fastpath.py.
-_RAISE: Final = 1  # raise `error` (a filter refused the request)
-_BIND: Final = 2  # the router's bind step
-_SERVICE: Final = 3  # the logical name's service chain
-_RETRY_CLIENT: Final = 4  # the retry loop, its first attempt the client's whole attempt
-_RETRY_PICKED: Final = 5  # ... the client's attempt on the node already picked
-_RETRY_RESPONSE: Final = 7  # ... the first attempt's response (settled)
-_RETRY_ERROR: Final = 8  # ... the first attempt's error (counted)
 
 _GRPC_TIMEOUT_LEN: Final = len(GRPC_TIMEOUT)
 
@@ -139,17 +140,17 @@ class H2FastPath:
                 f(ctx)
         except Exception as exc:
             ex.error = exc
-            ex.hand_over(_RAISE)
+            ex.hand_over(RESUME_RAISE)
             return True
         router = self.router
         ex.router = router
         path = ctx.logical_path
         if path is None or router.match_rules.active:
-            ex.hand_over(_BIND)
+            ex.hand_over(RESUME_BIND)
             return True
         chooser = self.cache.get((path, ctx.local_dtab))
         if chooser is None:
-            ex.hand_over(_BIND)
+            ex.hand_over(RESUME_BIND)
             return True
         ctx.chooser = chooser
         state = router.fast_service(path)
@@ -157,12 +158,12 @@ class H2FastPath:
         l5d = request.l5d
         if fast is None or (l5d and DEADLINE_HEADER in l5d):
             ex.service = state.service
-            ex.hand_over(_SERVICE)
+            ex.hand_over(RESUME_SERVICE)
             return True
         if self.carries_grpc and is_grpc_request(request.headers):
             if has_grpc_timeout(request.headers):
                 ex.service = state.service
-                ex.hand_over(_SERVICE)
+                ex.hand_over(RESUME_SERVICE)
                 return True
             ctx.grpc = True  # what the timeouts stage marks (no deadline: nothing else to do)
         ctx.classifier = fast.classifier
@@ -172,24 +173,24 @@ class H2FastPath:
         target = router.fast_client(ctx)
         if isinstance(target, NoSuchService):
             ex.error = target
-            ex.hand_over(_RETRY_ERROR)
+            ex.hand_over(RESUME_RETRY_ERROR)
             return True
         client = target
         ex.client = client
         if not client.h2_fast or client.full():
-            ex.hand_over(_RETRY_CLIENT)
+            ex.hand_over(RESUME_RETRY_CLIENT)
             return True
         try:
             node = client.pick(ctx)
         except NoEndpoints as exc:
             ex.error = exc
-            ex.hand_over(_RETRY_ERROR)
+            ex.hand_over(RESUME_RETRY_ERROR)
             return True
         ex.node = node
         pool = node.member.h2
         upstream = pool.try_stream() if pool is not None else None
         if upstream is None:
-            ex.hand_over(_RETRY_PICKED)
+            ex.hand_over(RESUME_RETRY_PICKED)
             return True
         ex.node_started, ex.attempt = attempt = client.begin(ctx, node)
         try:
@@ -197,7 +198,7 @@ class H2FastPath:
         except MeshdError as exc:
             client.failed(node, ex.node_started, False, ex.attempt, exc)
             ex.error = exc
-            ex.hand_over(_RETRY_ERROR)
+            ex.hand_over(RESUME_RETRY_ERROR)
             return True
         ex.upstream = upstream
         return True
@@ -270,13 +271,13 @@ class H2Exchange(HeadReceiver):
                 client.settle(ctx, node, self.node_started, False, self.attempt, response)
             if decided is not ResponseClass.SUCCESS:
                 self.response = response
-                self.hand_over(_RETRY_RESPONSE)  # the retry loop holds, classifies, may retry
+                self.hand_over(RESUME_RETRY_RESPONSE)  # the retry loop holds, classifies, may retry
                 return
         else:
             client.settle(ctx, node, self.node_started, False, self.attempt, response)
             if response.status >= 500:
                 self.response = response
-                self.hand_over(_RETRY_RESPONSE)
+                self.hand_over(RESUME_RETRY_RESPONSE)
                 return
         # the retry stage's success: the budget's deposit (every request makes one) and the header
         fast.budget.deposit()
@@ -293,7 +294,7 @@ class H2Exchange(HeadReceiver):
         assert client is not None and node is not None
         client.failed(node, self.node_started, False, self.attempt, error)
         self.error = error
-        self.hand_over(_RETRY_ERROR)
+        self.hand_over(RESUME_RETRY_ERROR)
 
     # -- the slow path (H2Handoff) ----------------------------------------------------------------
     def hand_over(self, kind: int) -> None:
@@ -303,35 +304,12 @@ class H2Exchange(HeadReceiver):
 
     def resume(self) -> Awaitable[Response]:
         """The rest of the request as the slow path runs it, from where the fast path stopped
-        (called by the stream's task, inside its error responder)."""
-        kind = self.kind
-        ctx = self.ctx
-        if kind == _RAISE:
-            assert self.error is not None
-            return _raising(self.error)
-        if kind == _BIND:
-            return self.router.bind(ctx)
-        if kind == _SERVICE:
-            assert self.service is not None
-            return self.service(ctx)
-        fast = self.fast
-        assert fast is not None
-        first: Awaitable[Response]
-        client = self.client
-        if kind == _RETRY_ERROR:
-            assert self.error is not None
-            first = _raising(self.error)
-        elif kind == _RETRY_RESPONSE:
-            assert self.response is not None
-            first = _returning(self.response)
-        elif kind == _RETRY_CLIENT:
-            assert client is not None
-            first = _attempt(client, ctx)
-        else:
-            assert kind == _RETRY_PICKED and client is not None and self.node is not None
-            first = client.attempt_on(ctx, self.node)
+        (called by the stream's task, inside its error responder): meshd/fastpath.py `resume_from`."""
+        response = self.response
         self.response = None
-        return fast.retry(ctx, first)
+        return resume_from(
+            self.kind, self.ctx, self.router, self.error, self.service, self.fast, self.client, self.node, response
+        )
 
     def abandon(self) -> None:
         """The client reset the stream (or left) while the fast path owned it: as a cancelled
@@ -352,16 +330,3 @@ class H2Exchange(HeadReceiver):
             response.body.cancel(ConnectionClosed("client reset the stream"))
         self.admission.leave()
 
-
-async def _raising(error: Exception) -> Response:
-    raise error
-
-
-async def _returning(response: Response) -> Response:
-    return response
-
-
-async def _attempt(client: Client, ctx: RouteContext) -> Response:
-    # the client's breakers and pick raise at call time: inside this coroutine, so inside the
-    # retry loop's try, as when the loop calls it
-    return await client(ctx)
