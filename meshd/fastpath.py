@@ -55,7 +55,7 @@ from typing import Final
 from balancers.base import Node
 from meshd.admission import Admission
 from meshd.client import Client, Endpoint
-from meshd.errors import MeshdError, NoEndpoints, NoSuchService
+from meshd.errors import MeshdError, NoEndpoints
 from meshd.http.headers import L5D_SUCCESS_CLASS
 from meshd.http.messages import Request, Response
 from meshd.listener import ConnectionClosed, FastPlanner, ServerProtocol
@@ -124,7 +124,7 @@ class FastPath(FastPlanner):
             return True
         router = self.router
         path = ctx.logical_path
-        if path is None or router.match_rules.active:
+        if path is None or router.rules_active:
             ex.hand_over(RESUME_BIND)
             return True
         chooser = self.cache.get((path, ctx.local_dtab))
@@ -144,7 +144,7 @@ class FastPath(FastPlanner):
         # the retry stage's first attempt, counted as its loop counts it
         ctx.attempts = 1
         target = router.fast_client(ctx)
-        if isinstance(target, NoSuchService):
+        if not isinstance(target, Client):  # a native type test (NoSuchService is interpreted)
             ex.error = target
             ex.hand_over(RESUME_RETRY_ERROR)
             return True
@@ -212,8 +212,14 @@ class FastExchange(HeadReceiver):
         fast = self.fast
         assert client is not None and node is not None and fast is not None
         ctx = self.ctx
-        client.settle(ctx, node, self.node_started, False, self.attempt, response)
-        if response.status >= 500:
+        status = response.status
+        if status < 500 and response.body.ended and not fast.reads_trailers:
+            # `Client.settle`'s common case without its classifier lookups: a success for the
+            # node (every classifier calls anything but a 5xx one), its body already whole
+            client.settle_class(node, self.node_started, False, self.attempt, status, False)
+        else:
+            client.settle(ctx, node, self.node_started, False, self.attempt, response)
+        if status >= 500:
             self.response = response
             self.hand_over(RESUME_RETRY_RESPONSE)  # the retry loop classifies it, and may retry
             return

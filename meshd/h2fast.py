@@ -145,7 +145,7 @@ class H2FastPath:
         router = self.router
         ex.router = router
         path = ctx.logical_path
-        if path is None or router.match_rules.active:
+        if path is None or router.rules_active:
             ex.hand_over(RESUME_BIND)
             return True
         chooser = self.cache.get((path, ctx.local_dtab))

@@ -81,7 +81,7 @@ DRAIN_GRACE_S: Final = 1.0
 #: the status a request is counted under when its client left before the response began (nginx's 499)
 CLIENT_CLOSED_REQUEST: Final = 499
 
-_VIA = (b"Via", b"1.1 meshd")
+_VIA: Final = (b"Via", b"1.1 meshd")
 #: uvloop timers have millisecond resolution and may fire a hair before their deadline; a lazily
 #: re-armed timer treats anything this close to its deadline as due, rather than re-arming.
 _TIMER_SLACK_S: Final = 0.005
@@ -452,7 +452,7 @@ class ServerProtocol(asyncio.Protocol):
             self._queue.append(item)
 
     def _start(self, item: _Item) -> None:
-        if isinstance(item, MeshdError):
+        if not isinstance(item, Request):  # a native type test first (MeshdError is interpreted)
             self._write_error_and_close(item)
             return
         self._active = item

@@ -101,6 +101,8 @@ class FastService:
     budget: RetryBudget
     add_success_class: bool
     retry: Resumable
+    #: the classifier's `reads_trailers` (gRPC), read once here rather than per response
+    reads_trailers: bool = False
 
 
 @dataclass(slots=True)
@@ -244,6 +246,8 @@ class Router:
         )
         #: the routing file's rules with `match:` (empty: the request path tests this and goes on)
         self.match_rules = MatchRules()
+        #: `match_rules.active`, kept in this native object: the fast paths test it per request
+        self.rules_active = False
         #: the routing file's mirror rules' copies, and their counts (meshd/pipeline/mirror.py)
         self.mirroring = Mirroring(self.binder, self, rng=self._rng, clock=runtime.clock)
         #: the terminal router-level step (bind, then the name's service): where the fast path
@@ -284,6 +288,7 @@ class Router:
         (applied per request; see routing.match). Fault injection is announced loudly: one
         warning per rule on; mirroring with one info line per rule."""
         self.match_rules.set(rules, faults, mirrors)
+        self.rules_active = self.match_rules.active
         for rule in mirrors:
             assert rule.mirror is not None
             when = f" when {rule.match.show()}" if rule.match.show() else ""
@@ -353,7 +358,10 @@ class Router:
         state = ServiceState(name, label, stack.build(self._dispatch_choice), budget, counters, timeouts, folded)
         if not folded and not config.total_timeout_ms and tuple(stack.roles()) == SERVICE_ROLES:
             # the fast path's service (meshd/fastpath.py): the same retry stage, over the same step
-            state.fast = FastService(classifier, budget, config.add_success_class_header, retries(self._dispatch_choice))
+            state.fast = FastService(
+                classifier, budget, config.add_success_class_header, retries(self._dispatch_choice),
+                classifier.reads_trailers,
+            )
         if folded:
             # only folded services lose their budget when dropped, so only they pay for knowing
             # what is in flight (a named one dropped while idle keeps its budget and counters,

@@ -526,12 +526,24 @@ class ResponseCodec(_Http1Codec):
         self._events = events
         if not self._failed and self.until_close and self._in_body:
             self._end_events()
+            self._next_message()
         self._events = _DETACHED
         return events
 
     def _end_head_only(self) -> None:
         self._in_body = False
         self._events.append(END)
+        self._next_message()
+
+    def _next_message(self) -> None:
+        """A message (an interim head included) has ended: the next one starts from fresh fields.
+
+        Done here rather than in an `on_message_begin` callback, which this codec does not
+        define, so that llhttp makes one Python call less per response; the first message
+        starts from the fields `__init__` set."""
+        self._reset_fields()
+        self._reason = b""
+        self._has_via = False
 
     def _too_large(self) -> MeshdError:
         return UpstreamFailed(
@@ -541,12 +553,7 @@ class ResponseCodec(_Http1Codec):
     def _too_many(self) -> MeshdError:
         return UpstreamFailed(f"response from {self.label} has more than {self.max_headers} headers (maxResponseHeaders)")
 
-    # -- httptools callbacks ------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._reset_fields()  # the head counters run from `expect()`, across interim heads
-        self._reason = b""
-        self._has_via = False
-
+    # -- httptools callbacks (no `on_message_begin`: see `_next_message`) ---------------------
     def on_status(self, status: bytes) -> None:
         self._reason += status
 
@@ -614,9 +621,11 @@ class ResponseCodec(_Http1Codec):
             raise _StopAfterHead()
 
     def on_message_complete(self) -> None:
-        if not self._in_body:
-            return  # end of an interim response
-        self._end_events()
+        if self._in_body:
+            self._end_events()
+        # else the end of an interim response; either way the next message starts afresh (the
+        # head counters run from `expect()`, across interim heads)
+        self._next_message()
 
 
 def content_length(value: bytes) -> int:

@@ -32,10 +32,10 @@ _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: More meshd hops than this in `Via` means the request is going round in circles (a DaemonSet
 #: hop makes two; a service's own downstream calls start new requests with no Via).
 MAX_MESHD_HOPS: Final = 8
-_VIA_11 = (b"Via", b"1.1 meshd")
-_VIA_10 = (b"Via", b"1.0 meshd")
+_VIA_11: Final = (b"Via", b"1.1 meshd")
+_VIA_10: Final = (b"Via", b"1.0 meshd")
 #: a request that arrived over HTTP/2 (meshd/http2/convert.py: version "2")
-_VIA_2 = (b"Via", b"2 meshd")
+_VIA_2: Final = (b"Via", b"2 meshd")
 
 
 class TrustPolicy:

@@ -31,6 +31,7 @@ from meshd.pool.connection import (
     DEFAULT_MAX_HEADERS,
     DEFAULT_RESPONSE_HEAD_TIMEOUT_S,
     DEFAULT_RESPONSE_IDLE_TIMEOUT_S,
+    ConnectionOwner,
     UpstreamConnection,
 )
 from meshd.pool.dialer import Dialer
@@ -100,7 +101,7 @@ class Pending:
         self.count += 1
 
 
-class Pool:
+class Pool(ConnectionOwner):
     def __init__(
         self,
         host: str,
@@ -117,6 +118,9 @@ class Pool:
         self._dialer = dialer
         self._limits = limits
         self._clock = clock
+        #: `clock.now` read once (for the production clock, `time.monotonic` itself): a release
+        #: on every request's end calls it without a method lookup
+        self._now = clock.now
         self._idle: list[UpstreamConnection] = []
         self._busy = 0
         self._dialing = 0
@@ -197,7 +201,7 @@ class Pool:
                     self._busy += 1
                     waiter.set_result(conn)
                     return
-            conn.idle_since = self._clock.now()
+            conn.idle_since = self._now()
             self._idle.append(conn)
             return
         self._close_conn(conn)
@@ -303,7 +307,7 @@ class Pool:
                     self.label, self.release, self._lost_idle, max_head_bytes=self._limits.max_response_head_bytes,
                     response_idle_timeout_s=self._limits.response_idle_timeout_s,
                     response_head_timeout_s=self._limits.response_head_timeout_s,
-                    max_headers=self._limits.max_response_headers, clock=self._clock,
+                    max_headers=self._limits.max_response_headers, clock=self._clock, owner=self,
                 )
             )
         except BaseException:
