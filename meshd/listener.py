@@ -570,11 +570,13 @@ class ServerProtocol(asyncio.Protocol):
         self._wake(request)
 
     def fast_done(
-        self, ctx: RouteContext, response: Response, started: float, admitted_at: float, admission: Admission
+        self, ctx: RouteContext, response: Response, started: float, admitted_at: float, admission: Admission,
+        now: float = -1.0,
     ) -> None:
-        """The fast path's request ended with `response` (after `admission.leave()`)."""
+        """The fast path's request ended with `response` (after `admission.leave()`); `now`: its
+        `time.monotonic()` reading at the response head, if it has one."""
         self._fast = None
-        self._respond(ctx.request, ctx, response, started, admitted_at, admission)
+        self._respond(ctx.request, ctx, response, started, admitted_at, admission, now)
 
     def _abandon_fast(self) -> None:
         fast = self._fast
@@ -585,12 +587,14 @@ class ServerProtocol(asyncio.Protocol):
 
     def _respond(
         self, request: Request, ctx: RouteContext, response: Response, started: float, admitted_at: float,
-        admission: Admission,
+        admission: Admission, ended: float = -1.0,
     ) -> None:
         """Record a request's response (stats, the recent ring, its span) and write it.
-        `admitted_at` < 0: it was never admitted."""
+        `admitted_at` < 0: it was never admitted. `ended`: `time.monotonic()` read by the caller
+        at the response head (the fast path's one reading), else read here."""
         listener = self._listener
-        ended = monotonic()
+        if ended < 0.0:
+            ended = monotonic()
         self._responded_at = ended
         sampler = admission.sampler
         if admitted_at >= 0.0 and sampler is not None:

@@ -44,7 +44,7 @@ class GenerousBudget(RetryBudget):
     def __init__(self) -> None:
         self.withdrawals = 0
 
-    def deposit(self) -> None:
+    def deposit(self, now: float = -1.0) -> None:
         pass
 
     def try_withdraw(self) -> bool:
