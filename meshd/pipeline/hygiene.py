@@ -64,25 +64,38 @@ class TrustPolicy:
         return trusted
 
 
+#: the two hex digits of each byte value, for `RequestIds`
+_HEX2: Final = tuple(f"{i:02x}" for i in range(256))
+
+
 class RequestIds:
     """Cheap unique request ids: a random per-process prefix and a counter, 16 hex digits in all.
 
-    The first id is `1 << 64 | prefix << 32 | 1` in hex without its "0x1": exactly 16 digits (8 of
-    prefix, 8 of counter). Slicing costs about half of formatting `f"{prefix}{n:08x}"` (which was
-    the dearest call of the whole filter compiled). After 2**32 ids (a day at 50,000 req/s) the
-    counter carries into the prefix digits: ids stay unique within the process and 16 digits long.
+    The first id is the prefix's 8 hex digits then `00000001`. The prefix's digits are formatted
+    once; each id adds the counter's four bytes from a table of two-digit strings in one string
+    build: about half the CPU of `hex()` of one 65-bit int and a slice (itself half of formatting
+    `f"{prefix}{n:08x}"`), with no int allocated per id. After 2**32 ids (a day at 50,000 req/s)
+    the counter carries into the prefix: ids stay unique within the process and 16 digits long.
     """
 
-    __slots__ = ("_last",)
+    __slots__ = ("_high", "_prefix", "_count")
 
     def __init__(self, prefix: int | None = None) -> None:
         if prefix is None:
             prefix = int.from_bytes(os.urandom(4), "big")
-        self._last = (1 << 64) | (prefix << 32)
+        self._high = prefix & 0xFFFFFFFF
+        self._prefix = f"{self._high:08x}"
+        self._count = 0
 
     def next(self) -> str:
-        self._last += 1
-        return hex(self._last)[3:]
+        n = self._count + 1
+        if n > 0xFFFFFFFF:
+            n = 0
+            self._high = (self._high + 1) & 0xFFFFFFFF
+            self._prefix = f"{self._high:08x}"
+        self._count = n
+        digits = _HEX2
+        return f"{self._prefix}{digits[n >> 24]}{digits[(n >> 16) & 255]}{digits[(n >> 8) & 255]}{digits[n & 255]}"
 
 
 def hygiene_filter(trust: TrustPolicy, ids: RequestIds) -> Filter:

@@ -27,3 +27,12 @@ def test_ids_are_unique_and_processes_differ() -> None:
     assert len(seen) == 10_000
     prefixes = {RequestIds().next()[:8] for _ in range(20)}
     assert len(prefixes) > 1  # random per process (20 equal 32-bit draws: never in practice)
+
+
+def test_the_counter_carries_into_the_prefix_after_2_to_the_32_ids() -> None:
+    ids = RequestIds(0x0000ABCD)
+    ids._count = 2**32 - 2  # as after 2**32 - 2 ids
+    assert [ids.next(), ids.next(), ids.next()] == ["0000abcdffffffff", "0000abce00000000", "0000abce00000001"]
+    last = RequestIds(0xFFFFFFFF)
+    last._count = 2**32 - 1
+    assert last.next() == "0000000000000000"  # 16 digits still: the id space wraps after 2**64
