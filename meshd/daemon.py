@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import logging
 import pathlib
 import resource
@@ -25,6 +24,7 @@ from meshd.admin.app import start_admin, start_admin_unix, stop_admin
 from meshd.config.errors import ConfigError, ConfigProblem
 from meshd.config.loader import load_config, to_yaml_dict
 from meshd.config.model import MeshdConfig, RouterConfig, RoutesConfigMapConfig, ServerTlsConfig
+from meshd.digest import sha256_hex
 from meshd.discovery.base import Namer
 from meshd.discovery.start import close_namers, start_namers
 from meshd.fastpath import FastPath
@@ -78,7 +78,7 @@ class ReloadOutcome:
 def config_version(config: MeshdConfig) -> str:
     """A short hash of the effective config (what `/admin/config` shows), the same for the same
     settings whatever the file's layout or comments."""
-    return hashlib.sha256(repr(to_yaml_dict(config)).encode()).hexdigest()[:16]
+    return sha256_hex(repr(to_yaml_dict(config)).encode())[:16]
 
 
 def _tune_gc() -> None:
