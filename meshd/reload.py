@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import logging
 import pathlib
 import threading
@@ -44,6 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 from meshd.clock import MONOTONIC, Clock
+from meshd.digest import sha256_hex
 from routing.dtab import Dtab
 from routing.rules import (
     ROUTES_MAX_BYTES,
@@ -82,7 +82,7 @@ _Contents = bytes | _TooLarge | None
 
 def digest(data: bytes) -> str:
     """A routing file's content version: the first 12 hex digits of the SHA-256 of its bytes."""
-    return hashlib.sha256(data).hexdigest()[:12]
+    return sha256_hex(data)[:12]
 
 
 def parse_routes(data: bytes, source: str) -> Routes:

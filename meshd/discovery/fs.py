@@ -21,6 +21,16 @@ an error; the next scan tries again.
 
 Polling rather than inotify: it needs no extra dependency, sees symlink swaps and network
 filesystems alike, and costs one `stat` per file per interval (about 1 ms for 1,000 files).
+
+A scan whose directory has not changed does not list it: when the directory's (mtime, inode)
+are those of the last listing, every entry then was a file, and every file's stamp is the same,
+there is nothing a listing would find (adding, removing or renaming an entry, the kubelet's
+symlink swap included, changes the directory's mtime). Filesystem timestamps are coarse (a
+kernel tick, or the server's clock on a network filesystem), so a listing is trusted this way
+only when the directory's mtime was more than `_SETTLED_NS` (2 s) older than the listing itself;
+until then every scan lists again. The poll runs as a timer callback, not a task that sleeps,
+so a scan wakes the event loop once and runs no coroutine: 4 scans a second, each a stall of
+the proxy's loop (docs/benchmarks-analysis.md, "Tail at 1,000 req/s, session 9").
 """
 
 from __future__ import annotations
@@ -31,11 +41,13 @@ import logging
 import os
 import pathlib
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Final, Literal
 
+from meshd.clock import Timer
 from meshd.discovery.addr import PENDING, Addr, Address, Bound, Failed, Neg
 from meshd.discovery.base import Freshness
 from meshd.exposition import Counter, Registry
@@ -53,6 +65,9 @@ _METADATA_KEYS: Final = ("node", "zone")
 INLINE_BYTES: Final = 16 * 1024
 #: errno values that mean "no file descriptor left", not "the file is bad"
 _FD_EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE})
+#: a directory listing is reused by later scans only if the directory's mtime was at least this
+#: much older than the listing (timestamps are coarse; see the module docstring)
+_SETTLED_NS: Final = 2_000_000_000
 
 # --- metrics: every metric this module exports, registered on `runtime.registry` ---------------
 RELOADS_TOTAL: Final = "meshd_fs_reloads_total"
@@ -181,7 +196,11 @@ class FsNamer:
         self._stamps: dict[str, tuple[int, int, int]] = {}
         self._contents: dict[str, frozenset[Address] | None] = {}
         self._addrs: dict[str, Observable[Addr]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._timer: Timer | None = None
+        self._polling = False
+        #: the directory's (mtime, inode) at the last listing, when later scans may skip listing
+        #: it (every entry a file, no retry due, the mtime settled); else None
+        self._listing: tuple[int, int] | None = None
         self._max_bytes = config.max_file_bytes
         #: per file, the sequence number of its latest load; only that load's result is applied
         self._latest: dict[str, int] = {}
@@ -246,7 +265,8 @@ class FsNamer:
             log.warning("fs namer: %s is not a directory (yet); every name is negative until it is", self._root)
         self.scan()
         await self.settled()  # the first scan is complete only once its big files are loaded
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"fs-namer {self._root}")
+        self._polling = True
+        self._timer = self._clock.call_later(self._interval, self._poll)
 
     async def settled(self) -> None:
         """Wait until every load running in a worker thread has been applied."""
@@ -254,13 +274,10 @@ class FsNamer:
             await asyncio.gather(*self._loading, return_exceptions=True)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        self._polling = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for task in list(self._loading):
             task.cancel()
         self._loading.clear()
@@ -281,27 +298,37 @@ class FsNamer:
         return out
 
     # -- scanning -----------------------------------------------------------------------------
-    async def _run(self) -> None:
-        while True:
-            await self._clock.sleep(self._interval)
-            try:
-                self.scan()
-            except Exception:  # a scan must never kill the watcher
-                log.exception("fs namer: scanning %s failed", self._root)
+    def _poll(self) -> None:
+        """The poll timer: scan, then arm the next one (unless closed meanwhile)."""
+        self._timer = None
+        try:
+            self.scan()
+        except Exception:  # a scan must never stop the watcher
+            log.exception("fs namer: scanning %s failed", self._root)
+        if self._polling:
+            self._timer = self._clock.call_later(self._interval, self._poll)
 
     def scan(self) -> None:
         """Look at the directory once; apply every change found."""
         self.scans += 1
+        if self._listing is not None and self._unchanged(self._listing):
+            self._scanned_at = self._clock.now()
+            return
+        self._listing = None
         seen: dict[str, tuple[int, int, int]] = {}
+        listed_at = time.time_ns()
         try:
+            dir_stat = os.stat(self._root)
             entries = list(os.scandir(self._root))
         except OSError as exc:
             if exc.errno in _FD_EXHAUSTED:  # cannot open the directory: change nothing, retry next scan
                 self._out_of_fds(self._root, exc)
                 return
             entries = []
+            dir_stat = None
         else:
             self._scanned_at = self._clock.now()
+        all_files = True
         for entry in entries:
             name = entry.name
             if name.startswith("."):
@@ -309,8 +336,10 @@ class FsNamer:
             try:
                 st = entry.stat(follow_symlinks=True)
             except OSError:
+                all_files = False
                 continue
             if not entry.is_file(follow_symlinks=True):
+                all_files = False
                 continue
             seen[name] = (st.st_mtime_ns, st.st_size, st.st_ino)
         names_changed = seen.keys() != self._stamps.keys()
@@ -327,6 +356,29 @@ class FsNamer:
         self._stamps = seen
         if names_changed:
             self._version.set(self._version.get() + 1)
+        if (
+            dir_stat is not None
+            and all_files
+            and listed_at - dir_stat.st_mtime_ns > _SETTLED_NS
+            and (-1, -1, -1) not in seen.values()
+        ):
+            self._listing = (dir_stat.st_mtime_ns, dir_stat.st_ino)
+
+    def _unchanged(self, listing: tuple[int, int]) -> bool:
+        """Whether a listing now would find what the last one did: the directory's (mtime, inode)
+        and every file's stamp unchanged (one `stat` each, no `open` or `getdents`)."""
+        root = str(self._root)
+        try:
+            st = os.stat(root)
+            if (st.st_mtime_ns, st.st_ino) != listing:
+                return False
+            for name, stamp in self._stamps.items():
+                st = os.stat(os.path.join(root, name))
+                if (st.st_mtime_ns, st.st_size, st.st_ino) != stamp:
+                    return False
+        except OSError:
+            return False
+        return True
 
     def _reload(self, name: str, size: int) -> bool:
         """Load one changed file: at once when small, else in a worker thread.
@@ -360,6 +412,7 @@ class FsNamer:
             outcome = exc
         if not self._loaded(name, seq, path, outcome) and self._latest.get(name) == seq:
             self._stamps[name] = (-1, -1, -1)  # out of file descriptors: retry on the next scan
+            self._listing = None
 
     def _load_in_thread(self, path: pathlib.Path) -> frozenset[Address]:
         self.last_load_thread = threading.get_ident()

@@ -3,7 +3,8 @@ use, in one process and under `--workers`: aiohttp (11 MB), cryptography (8 MB),
 kubernetes_asyncio (38 MB), prometheus_client (4.3 MB; meshd/exposition.py writes and reads the
 metrics text instead, the tests keep it to check that text), the OTLP exporter's protobuf classes
 (opentelemetry-proto and google.protobuf, with aiohttp: 11 MB; only when tracing is configured),
-RE2 (3 MB; only once a routing file has a regex condition), and meshd's own k8s and dns namers. Each is imported only by the feature that needs it (the admin server
+RE2 (3 MB; only once a routing file has a regex condition), meshd's own k8s and dns namers, and
+standard modules nothing needs after start-up (shutil, encodings.idna, hashlib: 1.5 MB together). Each is imported only by the feature that needs it (the admin server
 is meshd/admin/web.py; see docs/benchmarks-analysis.md, "Where the memory goes"), so a later change
 cannot add one back to every process without this test saying so.
 
@@ -34,7 +35,13 @@ HEAVY = ("aiohttp", "cryptography", "dns", "kubernetes_asyncio", "prometheus_cli
 UNUSED = ("meshd.discovery.k8s", "meshd.discovery.k8s_watch", "meshd.discovery.k8s_informer",
           "meshd.discovery.k8s_model", "meshd.discovery.k8s_client", "meshd.discovery.dns", "meshd.tls.certs",
           "meshd.tracing.exporter", "meshd.tracing.otlp",
-          "difflib")
+          "difflib",
+          # the standard library's: shutil (with zlib, bz2, lzma: 0.5 MB) came with argparse's help
+          # formatter, encodings.idna (with stringprep, unicodedata: 0.35 MB) with uvloop binding a
+          # listener from an address string (meshd/cli.py _HelpFormatter, meshd/sockets.py)
+          "shutil", "lzma", "bz2", "encodings.idna", "stringprep", "unicodedata",
+          # hashlib's OpenSSL binding (0.55 MB) for two digests (meshd/digest.py)
+          "hashlib", "_hashlib")
 _IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|(\s*)(\S+)$", re.MULTILINE)
 ADMIN_PAGES = ("/admin/ready", "/metrics", "/admin/config", "/admin/endpoints", "/admin/routes", "/",
                "/dashboard/dashboard.js")

@@ -460,3 +460,124 @@ def test_freshness_is_the_last_scan_and_a_broken_file_is_stale_from_its_failure(
     write(namer.root, "fresh-but-broken", "garbage\n")
     namer.scan()  # never loaded: failing, but nothing old is served, so not stale
     assert ("fresh-but-broken", 110.0, False) in [(f.name, f.confirmed_at, f.stale) for f in namer.freshness()]
+
+
+# -- scans that skip listing an unchanged directory; the poll as a timer ------------------------------
+
+
+def _settle(path: pathlib.Path, seconds_ago: float = 60.0) -> None:
+    """Date the directory's mtime back, as if nothing had changed in it for a while."""
+    stamp = path.stat()
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns - int(seconds_ago * 1e9)))
+
+
+class _CountingScandir:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = os.scandir
+
+        def counting(path: object) -> object:
+            self.calls += 1
+            return real(path)  # type: ignore[call-overload]
+
+        monkeypatch.setattr("meshd.discovery.fs.os.scandir", counting)
+
+
+def _addresses(namer: FsNamer, name: str) -> Addr:
+    return namer.addr(namer.prefix.concat(Path((name,)))).get()
+
+
+def test_an_unchanged_settled_directory_is_not_listed_again_and_edits_are_still_seen(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "disco").mkdir()
+    namer = FsNamer(FsNamerConfig(root_dir="disco"), Runtime(base_dir=tmp_path))
+    (namer.root / "accounts").write_text("10.0.0.1 80\n")
+    _settle(namer.root)
+    listings = _CountingScandir(monkeypatch)
+    namer.scan()
+    namer.scan()
+    namer.scan()
+    assert listings.calls == 1  # the first scan lists; the others stat the directory and the file
+    assert _addresses(namer, "accounts") == Bound(frozenset({Address("10.0.0.1", 80)}))
+    # an edit in place (same inode, the directory untouched) is seen by the file's stat, and that
+    # scan lists the directory again and reloads the file
+    (namer.root / "accounts").write_text("10.0.0.1 80\n10.0.0.2 80\n")
+    namer.scan()
+    assert listings.calls == 2
+    assert _addresses(namer, "accounts") == Bound(frozenset({Address("10.0.0.1", 80), Address("10.0.0.2", 80)}))
+    namer.scan()
+    assert listings.calls == 2  # the directory is still settled: back to stat only
+    # a new file changes the directory's mtime: listed again
+    (namer.root / "ledger").write_text("10.0.0.3 80\n")
+    namer.scan()
+    assert listings.calls == 3
+    assert namer.lookup(Path(("ledger",))) != NEG
+    # a removed file fails its stat: listed again, and the name goes negative
+    _settle(namer.root)
+    namer.scan()
+    calls = listings.calls
+    namer.scan()
+    assert listings.calls == calls
+    (namer.root / "ledger").unlink()
+    _settle(namer.root)  # even with the directory's mtime put back, the missing file is noticed
+    namer.scan()
+    assert listings.calls == calls + 1
+    assert namer.lookup(Path(("ledger",))) == NEG
+
+
+def test_a_directory_changed_within_the_last_seconds_is_listed_every_scan(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timestamps are coarse: a file added in the same tick as the last listing leaves the
+    directory's mtime as it was. Such a recent listing is never trusted."""
+    (tmp_path / "disco").mkdir()
+    namer = FsNamer(FsNamerConfig(root_dir="disco"), Runtime(base_dir=tmp_path))
+    (namer.root / "accounts").write_text("10.0.0.1 80\n")
+    recent = namer.root.stat()
+    listings = _CountingScandir(monkeypatch)
+    namer.scan()
+    (namer.root / "ledger").write_text("10.0.0.3 80\n")
+    os.utime(namer.root, ns=(recent.st_atime_ns, recent.st_mtime_ns))  # the same mtime as listed
+    namer.scan()
+    assert listings.calls == 2
+    assert namer.lookup(Path(("ledger",))) != NEG
+
+
+def test_an_entry_that_is_not_a_file_keeps_every_scan_listing(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dangling symlink becomes a file when its target appears, without its directory changing."""
+    (tmp_path / "disco").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    namer = FsNamer(FsNamerConfig(root_dir="disco"), Runtime(base_dir=tmp_path))
+    (namer.root / "accounts").symlink_to(tmp_path / "elsewhere" / "accounts")
+    _settle(namer.root)
+    listings = _CountingScandir(monkeypatch)
+    namer.scan()
+    assert namer.lookup(Path(("accounts",))) == NEG
+    (tmp_path / "elsewhere" / "accounts").write_text("10.0.0.1 80\n")
+    namer.scan()
+    assert listings.calls == 2
+    assert _addresses(namer, "accounts") == Bound(frozenset({Address("10.0.0.1", 80)}))
+
+
+async def test_the_poll_is_a_timer_on_the_clock_and_stops_when_closed(tmp_path: pathlib.Path) -> None:
+    from tests.support.clock import FakeClock
+
+    clock = FakeClock(start=100.0)
+    (tmp_path / "disco").mkdir()
+    namer = FsNamer(FsNamerConfig(root_dir="disco", poll_interval_ms=250), Runtime(base_dir=tmp_path, clock=clock))
+    await namer.start()
+    assert namer.scans == 1
+    write(namer.root, "accounts", "10.0.0.1 80\n")
+    clock.advance(0.249)
+    assert namer.scans == 1
+    clock.advance(0.001)
+    assert namer.scans == 2 and namer.lookup(Path(("accounts",))) != NEG
+    clock.advance(1.0)
+    assert namer.scans == 6
+    assert clock.slept == []  # no coroutine sleeps between scans
+    await namer.close()
+    clock.advance(10.0)
+    assert namer.scans == 6
