@@ -34,19 +34,20 @@ _UNKNOWN: Final = "\0"
 
 
 def identity_filter() -> Filter:
-    values: dict[str, bytes] = {}
+    #: identity -> its header, made once (the header tuple is shared by every request of that caller)
+    headers: dict[str, tuple[bytes, bytes]] = {}
 
     def add_identity(ctx: RouteContext) -> None:
         identity = ctx.peer_identity
         request = ctx.request
         if identity:
-            value = values.get(identity)
-            if value is None:
-                if len(values) >= MAX_REMEMBERED:
-                    values.clear()
-                value = values[identity] = identity.encode("ascii", "replace")
-            request.headers.append((L5D_CLIENT_ID, value))
-            request.l5d[L5D_CLIENT_ID_NAME] = value
+            header = headers.get(identity)
+            if header is None:
+                if len(headers) >= MAX_REMEMBERED:
+                    headers.clear()
+                header = headers[identity] = (L5D_CLIENT_ID, identity.encode("ascii", "replace"))
+            request.headers.append(header)
+            request.l5d[L5D_CLIENT_ID_NAME] = header[1]
         elif request.l5d:
             request.l5d.pop(L5D_CLIENT_ID_NAME, None)
 
