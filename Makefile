@@ -39,6 +39,7 @@ HOT := meshd/listener.py \
   meshd/pipeline/stats.py \
   meshd/pipeline/dispatch.py \
   meshd/pipeline/tracing.py \
+  meshd/pipeline/authorize.py \
   meshd/tracing/propagation.py \
   meshd/tracing/spans.py \
   meshd/router.py \

@@ -29,6 +29,7 @@ COMPILED_MODULES: Final = (
     "meshd.pipeline.stats",
     "meshd.pipeline.dispatch",
     "meshd.pipeline.tracing",
+    "meshd.pipeline.authorize",
     "meshd.tracing.propagation",
     "meshd.tracing.spans",
     "meshd.router",

@@ -1,8 +1,9 @@
 """Workload identity on the request, and the authorization policy (docs/tls.md).
 
 Two router-level filters, each in the chain only when the router needs it, so a router without
-TLS client certificates or a policy pays nothing for them (like the access log, they are
-interpreted, not compiled: they run only where TLS already costs far more per request):
+TLS client certificates or a policy pays nothing for them. They run for every request of a TLS
+router (`authorize` even while no policy is loaded: a routes file may bring one), so this module
+is compiled with the hot path (meshd.COMPILED_MODULES):
 
 - `identity` (after hygiene, on routers with a server that verifies client certificates): the
   identity the listener read from the client's certificate (`ctx.peer_identity`) goes to the
@@ -30,23 +31,23 @@ L5D_CLIENT_ID: Final = b"l5d-client-id"
 L5D_CLIENT_ID_NAME: Final = "l5d-client-id"
 #: bound on the remembered decisions and header values (callers and names are few; a bound all the same)
 MAX_REMEMBERED: Final = 10_000
-_UNKNOWN: Final = "\0"
 
 
 def identity_filter() -> Filter:
-    values: dict[str, bytes] = {}
+    #: identity -> its header, made once (the header tuple is shared by every request of that caller)
+    headers: dict[str, tuple[bytes, bytes]] = {}
 
     def add_identity(ctx: RouteContext) -> None:
         identity = ctx.peer_identity
         request = ctx.request
         if identity:
-            value = values.get(identity)
-            if value is None:
-                if len(values) >= MAX_REMEMBERED:
-                    values.clear()
-                value = values[identity] = identity.encode("ascii", "replace")
-            request.headers.append((L5D_CLIENT_ID, value))
-            request.l5d[L5D_CLIENT_ID_NAME] = value
+            header = headers.get(identity)
+            if header is None:
+                if len(headers) >= MAX_REMEMBERED:
+                    headers.clear()
+                header = headers[identity] = (L5D_CLIENT_ID, identity.encode("ascii", "replace"))
+            request.headers.append(header)
+            request.l5d[L5D_CLIENT_ID_NAME] = header[1]
         elif request.l5d:
             request.l5d.pop(L5D_CLIENT_ID_NAME, None)
 
@@ -75,8 +76,8 @@ class Authorization:
             return ""
         key = (name, identity)
         decisions = self._decisions
-        rule = decisions.get(key, _UNKNOWN)
-        if rule is _UNKNOWN:
+        rule = decisions.get(key)
+        if rule is None:
             if len(decisions) >= MAX_REMEMBERED:
                 decisions.clear()
             rule = decisions[key] = policy.denied_by(name, identity) or ""

@@ -24,17 +24,24 @@ How this works:
   server accepts it). TLS 1.3 sends its tickets after the handshake, hence the session is read
   at the next dial rather than at the handshake.
 - uvloop calls `read`, `write` and `pending` of the connection's `SSLObject` for every record;
-  `write` and `pending` are bound to the C object's own methods, skipping `ssl.SSLObject`'s
-  Python wrappers. `read` asks for at most one record's plaintext (16 KiB) whatever uvloop asks
-  for (256 KiB): CPython allocates the whole size asked for before it reads, and glibc serves an
-  allocation above its mmap threshold (128 KiB) with mmap, a page fault and munmap, for every
-  record (10 µs and more per record, measured: docs/benchmarks-analysis.md, "tls"). A record
-  never holds more than 16 KiB of plaintext (RFC 8446 section 5.1), and uvloop reads again while
-  decrypted or undecrypted bytes are pending, so nothing is delivered differently.
+  they are bound to the C object's own methods, skipping `ssl.SSLObject`'s Python wrappers (a
+  client's `read` stays a Python method: it also watches for the server's alerts). uvloop asks
+  `read` for 256 KiB, and CPython allocates the whole size asked for before it reads (then
+  shrinks it to the record): glibc serves an allocation above its mmap threshold (128 KiB by
+  default) with mmap, a page fault, mremap and munmap, for every record (10 µs and more per
+  record, measured: docs/benchmarks-analysis.md, "tls"). So when TLS is first configured meshd
+  raises glibc's mmap threshold to 512 KiB once (`tune_allocator`: glibc does the same by
+  itself after it frees its first large block, the trim threshold with it); such a read is then
+  a split of the heap's free top and a shrink in place, costing what a 16 KiB one does. Where
+  that cannot be done (a C library without `mallopt`), `read` asks for at most one record's
+  plaintext (16 KiB, `_record_reader`) whatever uvloop asks for: a record never holds more (RFC
+  8446 section 5.1), and uvloop reads again while bytes are pending, so nothing is delivered
+  differently either way.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import pathlib
 import ssl
@@ -61,6 +68,30 @@ SESSION_TICKETS: Final = 1
 RECORD_MAX: Final = 16384
 #: post-handshake failures worth counting on a client (the server's verdict on our certificate)
 _ALERTS: Final = frozenset({"no_client_cert", "unknown_ca", "expired", "bad_certificate"})
+#: glibc's mallopt parameters (malloc.h) and the values `tune_allocator` sets: allocations up to
+#: 512 KiB (uvloop's 256 KiB reads) come from the heap, whose free top is kept up to 1 MiB
+_M_TRIM_THRESHOLD: Final = -1
+_M_MMAP_THRESHOLD: Final = -3
+MMAP_THRESHOLD: Final = 512 * 1024
+TRIM_THRESHOLD: Final = 2 * MMAP_THRESHOLD
+_tuned: bool | None = None
+
+
+def tune_allocator() -> bool:
+    """Raise glibc's mmap threshold above uvloop's 256 KiB reads, once per process (see the
+    module's docstring). True if it is raised (then a server's `read` is the C object's own)."""
+    global _tuned
+    if _tuned is None:
+        _tuned = False
+        try:
+            mallopt = ctypes.CDLL(None).mallopt
+        except (OSError, AttributeError):  # not glibc (musl, another OS): keep the record reader
+            return False
+        mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        mallopt.restype = ctypes.c_int
+        # mallopt returns 1 on success; setting either turns glibc's own adjustment off
+        _tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _tuned
 
 
 def _harden(ctx: ssl.SSLContext) -> None:
@@ -197,6 +228,8 @@ class TlsSide:
         self._now = now
         self.context = LiveContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
         self.context.side = self
+        #: a server connection's `read` is the C object's own (else `_record_reader`'s)
+        self._direct_read = server and tune_allocator()
         #: server side: handshakes under way, by id of their SSLObject -> (start, weak reference)
         self._pending: dict[int, tuple[float, weakref.ref[ssl.SSLObject]]] = {}
         #: client side: the context the sessions belong to, the latest session per server name,
@@ -218,13 +251,14 @@ class TlsSide:
         obj._meshd_side = self  # type: ignore[attr-defined]
         # uvloop calls read, write and pending for every record; `ssl.SSLObject`'s own are Python
         # wrappers around the C object's: bind the C methods themselves (one frame less per call).
-        # `read` is clamped to one record (RECORD_MAX, see the module's docstring); a client's
-        # stays ours (it also watches for the server's alerts).
+        # A server's `read` is the C one once glibc's mmap threshold is raised, else clamped to
+        # one record (RECORD_MAX, see the module's docstring); a client's stays ours (it also
+        # watches for the server's alerts).
         inner = obj._sslobj  # type: ignore[attr-defined]
         obj.write = inner.write  # type: ignore[method-assign]
         obj.pending = inner.pending  # type: ignore[method-assign]
         if server_side:
-            obj.read = _record_reader(inner.read)  # type: ignore[method-assign]
+            obj.read = inner.read if self._direct_read else _record_reader(inner.read)  # type: ignore[method-assign]
         if server_side:
             key = id(obj)
             self._pending[key] = (self._now(), weakref.ref(obj, lambda _ref: self._gone(key)))

@@ -2,12 +2,15 @@
 server sends one TLS 1.3 session ticket, with which meshd's client side resumes.
 
 uvloop asks `SSLObject.read` for 256 KiB; CPython allocates that much before reading, which glibc
-serves with mmap and munmap for every record. meshd's objects ask OpenSSL for at most 16 KiB
-(`RECORD_MAX`, the most a record carries) and deliver the same bytes (docs/benchmarks-analysis.md).
+serves with mmap and munmap for every record unless its mmap threshold is above it. meshd raises
+the threshold when TLS is configured (`tune_allocator`; a server then reads with the C object's
+own `read`), and otherwise asks OpenSSL for at most 16 KiB (`RECORD_MAX`, the most a record
+carries); the same bytes are delivered either way (docs/benchmarks-analysis.md).
 """
 
 from __future__ import annotations
 
+import ctypes
 import pathlib
 import ssl
 
@@ -21,6 +24,7 @@ from meshd.tls.contexts import (
     _record_reader,
     client_context,
     server_context,
+    tune_allocator,
 )
 from meshd.tls.stats import TlsStats
 from tests.support.tls import Pki
@@ -119,3 +123,33 @@ def test_a_server_sends_one_ticket_and_the_next_connection_resumes_with_it(tmp_p
     second = Wire(server, client)  # the client side offers the first connection's session
     assert second.client.session_reused and second.server.session_reused
     assert client._stats.handshakes[("r", "c", "true")] == 1
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mmapped_blocks() -> int:
+    """glibc's count of blocks it serves with their own mmap (mallinfo2's `hblks`)."""
+    mallinfo2 = ctypes.CDLL(None).mallinfo2
+    mallinfo2.restype = _MallInfo2
+    return int(mallinfo2().hblks)
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="glibc 2.33 or later only")
+def test_with_tls_a_read_of_256_kib_is_served_from_the_heap_and_the_server_reads_directly(
+    tmp_path: pathlib.Path,
+) -> None:
+    server, client = sides(tmp_path)  # a server side raises glibc's mmap threshold
+    assert tune_allocator() and server._direct_read and not client._direct_read
+    before = _mmapped_blocks()
+    held = [bytearray(UVLOOP_ASKS) for _ in range(4)]  # what CPython allocates for uvloop's read
+    assert _mmapped_blocks() == before
+    del held
+    wire = Wire(server, client)
+    # the server's read is the C object's own: no Python frame per record, and one record per read
+    assert wire.server.read.__self__ is wire.server._sslobj  # type: ignore[attr-defined]
+    wire.client.write(b"x" * (RECORD_MAX + 5))
+    wire.pump()
+    assert [len(chunk) for chunk in wire.drain(wire.server)] == [RECORD_MAX, 5]
