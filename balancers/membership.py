@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import heapq
 import random
-import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Generic
 
@@ -45,9 +44,6 @@ class Membership(Generic[M]):
     ) -> None:
         self._kind = kind
         self._clock = clock
-        #: the clock is `time.monotonic` itself: a caller's reading of it (`pick(now=...)`) can
-        #: stand for this balancer's own (one clock reading per request instead of several)
-        self._monotonic = clock is time.monotonic
         self._rng = rng
         self._random = rng.random
         self._accrual = accrual
@@ -148,15 +144,10 @@ class Membership(Generic[M]):
         self._rebuilt()
         return [node.member for node in removed]
 
-    def pick(self, avoid: Node[M] | None = None, now: float = -1.0) -> Node[M]:
+    def pick(self, avoid: Node[M] | None = None) -> Node[M]:
         """Each balancer's own (`Balancer.pick`). Declared here so that a caller holding a
-        `Membership` calls it through mypyc's vtable (a C call) instead of a Python method call.
-        `now`: the caller's `time.monotonic()` reading, used instead of reading the clock again
-        when the balancer's clock is that one (otherwise, or when negative, the clock is read)."""
+        `Membership` calls it through mypyc's vtable (a C call) instead of a Python method call."""
         raise NotImplementedError
-
-    def _now(self, now: float) -> float:
-        return now if now >= 0.0 and self._monotonic else self._clock()
 
     def nodes(self) -> Sequence[Node[M]]:
         return tuple(self._nodes)

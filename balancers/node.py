@@ -19,7 +19,6 @@ still counts its in-flight attempts but tells nobody.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Hashable
 from typing import Any, Final, Generic, Literal, Protocol
 
@@ -72,7 +71,6 @@ class Node(Generic[M]):
         "_probe_started",
         "_ejections",
         "_slot",
-        "_monotonic",
     )
 
     def __init__(self, member: M, clock: Clock, policy: AccrualPolicy, owner: NodeOwner | None) -> None:
@@ -88,9 +86,6 @@ class Node(Generic[M]):
         self._probe_started = 0.0
         self._ejections = 0
         self._slot = -1  # index in the owner's list of available nodes, -1 when not in it
-        #: the clock is `time.monotonic` itself: a caller's reading of it (`start(now)`,
-        #: `finish(now=...)`) stands for this node's own
-        self._monotonic = clock is time.monotonic
 
     # -- public read-only view ------------------------------------------------------------
 
@@ -144,15 +139,13 @@ class Node(Generic[M]):
 
     # -- attempt lifecycle ----------------------------------------------------------------
 
-    def start(self, now: float = -1.0) -> float:
+    def start(self) -> float:
         """Count an attempt before it is sent, so concurrent picks see this node as busier.
 
         On a node whose probe is open this attempt becomes the probe, and the node admits no
-        other until it ends. Returns the start time to hand back to `finish`. `now`: the
-        caller's `time.monotonic()` reading, used when the node's clock is that one.
+        other until it ends. Returns the start time to hand back to `finish`.
         """
-        if now < 0.0 or not self._monotonic:
-            now = self._clock()
+        now = self._clock()
         self._pending += 1
         if self._state != LIVE:
             self._refresh(now)
@@ -163,7 +156,7 @@ class Node(Generic[M]):
                     self._owner._node_unavailable(self)
         return now
 
-    def finish(self, started: float, *, failure: bool, now: float = -1.0) -> float:
+    def finish(self, started: float, *, failure: bool) -> float:
         """Record the end of an attempt begun at `started` (the value `start()` returned).
 
         Returns the attempt's round-trip time, the one the load metric has just observed, so
@@ -171,8 +164,7 @@ class Node(Generic[M]):
         keeps per-endpoint latency histograms with it)."""
         if self._pending <= 0:
             raise RuntimeError(f"finish() without a matching start() on {self!r}")
-        if now < 0.0 or not self._monotonic:
-            now = self._clock()
+        now = self._clock()
         self._pending -= 1
         rtt = now - started
         if rtt < 0.0:

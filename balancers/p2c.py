@@ -67,14 +67,14 @@ class P2CBalancer(Membership[M]):
         self._max_effort = max_effort
         self._draw: Callable[[], tuple[int, int]] = partial(draw_pair, self._random, 2)
 
-    def pick(self, avoid: Node[M] | None = None, now: float = -1.0) -> Node[M]:
+    def pick(self, avoid: Node[M] | None = None) -> Node[M]:
         nodes = self._nodes
         n = len(nodes)
         if n == 0:
             raise NoNodesAvailable(f"the {self._kind} balancer has no endpoints")
         if avoid is not None and avoid._owner is not self:
             avoid = None  # the previous attempt went to another replica set (a union branch)
-        now = self._now(now)
+        now = self._clock()
         deadlines = self._deadlines
         if deadlines and deadlines[0][0] <= now:
             self._wake(now)

@@ -51,12 +51,12 @@ class RoundRobinBalancer(Membership[M]):
         self._class_members: list[list[Node[M]]] = []
         self._class_next: list[int] = []
 
-    def pick(self, avoid: Node[M] | None = None, now: float = -1.0) -> Node[M]:
+    def pick(self, avoid: Node[M] | None = None) -> Node[M]:
         if not self._nodes:
             raise NoNodesAvailable(f"the {self._kind} balancer has no endpoints")
         if avoid is not None and avoid._owner is not self:
             avoid = None  # the previous attempt went to another replica set (a union branch)
-        now = self._now(now)
+        now = self._clock()
         deadlines = self._deadlines
         if deadlines and deadlines[0][0] <= now:
             self._wake(now)

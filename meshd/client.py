@@ -214,11 +214,10 @@ class Client:
             raise self._overflow(retry)
         return self.attempt_on(ctx, self.pick(ctx))
 
-    def pick(self, ctx: RouteContext, now: float = -1.0) -> Node[Endpoint]:
-        """The balancer's pick for this attempt (avoiding `ctx.last_node`, then stored there).
-        `now`: the caller's `time.monotonic()` reading, if it has one (see `Membership.pick`)."""
+    def pick(self, ctx: RouteContext) -> Node[Endpoint]:
+        """The balancer's pick for this attempt (avoiding `ctx.last_node`, then stored there)."""
         try:
-            node = self.balancer.pick(ctx.last_node, now)
+            node = self.balancer.pick(ctx.last_node)
         except NoNodesAvailable:
             raise NoEndpoints(f"no endpoints available for {self.label}", written=False) from None
         ctx.last_node = node
@@ -240,13 +239,13 @@ class Client:
         """Whether a first attempt would be refused by `circuitBreakers.maxRequests` now."""
         return self.inflight >= self._max_requests
 
-    def begin(self, ctx: RouteContext, node: Node[Endpoint], now: float = -1.0) -> tuple[float, Span | None]:
+    def begin(self, ctx: RouteContext, node: Node[Endpoint]) -> tuple[float, Span | None]:
         """An attempt starts on `node`: counted, and (sampled) given a span. Returns the node's
-        start instant and the span. `now`: as for `pick`."""
+        start instant and the span."""
         endpoint = node.member
         if endpoint.forwarded:
             self.forwarded += 1
-        started = node.start(now)
+        started = node.start()
         self.inflight += 1
         if ctx.attempts > 1:
             self.retrying += 1
@@ -388,15 +387,13 @@ class Client:
         return response
 
     def settle_class(
-        self, node: Node[Endpoint], started: float, retry: bool, attempt: Span | None, status: int, failure: bool,
-        now: float = -1.0,
+        self, node: Node[Endpoint], started: float, retry: bool, attempt: Span | None, status: int, failure: bool
     ) -> None:
         """`settle` for a response that came whole and that the caller has classified already (the
-        HTTP/2 fast path reads grpc-status once for both the retry decision and failure accrual).
-        `now`: as for `pick`."""
+        HTTP/2 fast path reads grpc-status once for both the retry decision and failure accrual)."""
         if attempt is not None:
             attempt.end(status)
-        self._finish(node, started, failure, retry, now)
+        self._finish(node, started, failure, retry)
 
     def _judge_grpc(
         self, response: Response, classifier: GrpcClassifier, node: Node[Endpoint], started: float, retry: bool
@@ -457,10 +454,10 @@ class Client:
             extra.append((b"traceparent", attempt.traceparent_value()))
         return h2_request_headers(ctx.request, h2.scheme, extra)
 
-    def _finish(self, node: Node[Endpoint], started: float, failure: bool, retry: bool, now: float = -1.0) -> None:
+    def _finish(self, node: Node[Endpoint], started: float, failure: bool, retry: bool) -> None:
         """One attempt ended (its response body too): the node learns it, the breakers free a place,
         and its endpoint's counters take the round-trip time the node measured."""
-        node.member.stats.observe(node.finish(started, failure=failure, now=now), failure)
+        node.member.stats.observe(node.finish(started, failure=failure), failure)
         self.inflight -= 1
         if retry:
             self.retrying -= 1

@@ -153,11 +153,8 @@ class FastPath(FastPlanner):
         if not client.fast or client.full():
             ex.hand_over(RESUME_RETRY_CLIENT)
             return True
-        # one clock reading for the request's start: the listener's, the balancer's pick and
-        # start, and the upstream connection's head timeout (each uses it only when its clock
-        # is `time.monotonic`, which `started` is; a test's fake clock is read instead)
         try:
-            node = client.pick(ctx, started)
+            node = client.pick(ctx)
         except NoEndpoints as exc:
             ex.error = exc
             ex.hand_over(RESUME_RETRY_ERROR)
@@ -167,10 +164,10 @@ class FastPath(FastPlanner):
         if upstream is None:
             ex.hand_over(RESUME_RETRY_PICKED)
             return True
-        ex.node_started, ex.attempt = client.begin(ctx, node, started)
+        ex.node_started, ex.attempt = client.begin(ctx, node)
         ex.head = head = client.head_for(ctx, ex.attempt)
         ex.upstream = upstream
-        upstream.send_to(request, head, ex, started)
+        upstream.send_to(request, head, ex)
         return True
 
 
@@ -216,13 +213,10 @@ class FastExchange(HeadReceiver):
         assert client is not None and node is not None and fast is not None
         ctx = self.ctx
         status = response.status
-        # one clock reading for the response: the node's round trip, the budget's window and the
-        # listener's stats (each uses it only when its clock is `time.monotonic`, as in `plan`)
-        now = monotonic()
         if status < 500 and response.body.ended and not fast.reads_trailers:
             # `Client.settle`'s common case without its classifier lookups: a success for the
             # node (every classifier calls anything but a 5xx one), its body already whole
-            client.settle_class(node, self.node_started, False, self.attempt, status, False, now)
+            client.settle_class(node, self.node_started, False, self.attempt, status, False)
         else:
             client.settle(ctx, node, self.node_started, False, self.attempt, response)
         if status >= 500:
@@ -230,11 +224,11 @@ class FastExchange(HeadReceiver):
             self.hand_over(RESUME_RETRY_RESPONSE)  # the retry loop classifies it, and may retry
             return
         # the retry stage's success: the budget's deposit (every request makes one) and the header
-        fast.budget.deposit(now)
+        fast.budget.deposit()
         if fast.add_success_class:
             response.headers.append((L5D_SUCCESS_CLASS, b"1.0"))
         self.admission.leave()
-        self.conn.fast_done(ctx, response, self.started, self.admitted_at, self.admission, now)
+        self.conn.fast_done(ctx, response, self.started, self.admitted_at, self.admission)
 
     def head_failed(self, error: MeshdError) -> None:
         self.upstream = None

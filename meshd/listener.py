@@ -570,13 +570,11 @@ class ServerProtocol(asyncio.Protocol):
         self._wake(request)
 
     def fast_done(
-        self, ctx: RouteContext, response: Response, started: float, admitted_at: float, admission: Admission,
-        now: float = -1.0,
+        self, ctx: RouteContext, response: Response, started: float, admitted_at: float, admission: Admission
     ) -> None:
-        """The fast path's request ended with `response` (after `admission.leave()`); `now`: its
-        `time.monotonic()` reading at the response head, if it has one."""
+        """The fast path's request ended with `response` (after `admission.leave()`)."""
         self._fast = None
-        self._respond(ctx.request, ctx, response, started, admitted_at, admission, now)
+        self._respond(ctx.request, ctx, response, started, admitted_at, admission)
 
     def _abandon_fast(self) -> None:
         fast = self._fast
@@ -587,14 +585,12 @@ class ServerProtocol(asyncio.Protocol):
 
     def _respond(
         self, request: Request, ctx: RouteContext, response: Response, started: float, admitted_at: float,
-        admission: Admission, ended: float = -1.0,
+        admission: Admission,
     ) -> None:
         """Record a request's response (stats, the recent ring, its span) and write it.
-        `admitted_at` < 0: it was never admitted. `ended`: `time.monotonic()` read by the caller
-        at the response head (the fast path's one reading), else read here."""
+        `admitted_at` < 0: it was never admitted."""
         listener = self._listener
-        if ended < 0.0:
-            ended = monotonic()
+        ended = monotonic()
         self._responded_at = ended
         sampler = admission.sampler
         if admitted_at >= 0.0 and sampler is not None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections.abc import Callable
 from typing import Final, cast
 
@@ -107,8 +106,6 @@ class UpstreamConnection(asyncio.Protocol):
         # `time.monotonic` itself), the timers called only on the lazy timer paths
         self._timers: Clock = clock
         self._now: Callable[[], float] = clock.now
-        #: that is `time.monotonic` itself: a caller's reading (`send_to(now=...)`) stands for ours
-        self._monotonic = self._now is time.monotonic
         self._idle_timeout_s = response_idle_timeout_s
         # The idle timer runs only while the exchange waits on the upstream in the middle of a
         # message: a response body still arriving after the read that brought its head (a small
@@ -297,12 +294,9 @@ class UpstreamConnection(asyncio.Protocol):
             message = f"{self.label} read nothing of the request body for {timeout * 1000:.0f} ms"
         self._fail(UpstreamFailed(message + " (responseIdleTimeoutMs)"))
 
-    def _arm_head_timer(self, now: float = -1.0) -> None:
-        """The request is fully written: the response head is due within the head timeout.
-        `now`: the caller's `time.monotonic()` reading, if it has one (see `send_to`)."""
-        if now < 0.0 or not self._monotonic:
-            now = self._now()
-        self._sent_at = now
+    def _arm_head_timer(self) -> None:
+        """The request is fully written: the response head is due within the head timeout."""
+        self._sent_at = now = self._now()
         if self._head_timer is None and self._head_timeout_s is not None:
             self._head_timer = self._timers.call_at(now + self._head_timeout_s, self._on_head_timeout)
 
@@ -328,14 +322,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._write(request, head)
         return future
 
-    def send_to(self, request: Request, head: bytes, receiver: HeadReceiver, now: float = -1.0) -> None:
+    def send_to(self, request: Request, head: bytes, receiver: HeadReceiver) -> None:
         """As `send`, with no future: `receiver` is told of the head or of the failure (the fast
-        path, meshd/fastpath.py). `now`: the caller's `time.monotonic()` reading taken moments
-        before (the start of the response-head timeout, when this connection's clock is that one)."""
+        path, meshd/fastpath.py)."""
         self._receiver = receiver
-        self._write(request, head, now)
+        self._write(request, head)
 
-    def _write(self, request: Request, head: bytes, now: float = -1.0) -> None:
+    def _write(self, request: Request, head: bytes) -> None:
         transport = self._transport
         assert transport is not None and not self._busy
         self._busy = True
@@ -350,13 +343,13 @@ class UpstreamConnection(asyncio.Protocol):
         if body is _EMPTY_BODY or body is _EMPTY_BODY_0:  # a GET: nothing to frame or attach
             self._request_done = True
             transport.write(head)
-            self._arm_head_timer(now)
+            self._arm_head_timer()
             return
         framing = request_framing(body)
         if body.is_empty or framing is Framing.NONE:
             self._request_done = True
             transport.write(head)
-            self._arm_head_timer(now)
+            self._arm_head_timer()
             return
         self._request_done = False
         chunked = framing is Framing.CHUNKED

@@ -28,7 +28,6 @@ Not thread-safe and needs no lock: meshd runs one event loop per worker process.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -71,9 +70,7 @@ class RetryBudget:
 
     __slots__ = ()
 
-    def deposit(self, now: float = -1.0) -> None:
-        """`now`: the caller's `time.monotonic()` reading, used instead of reading the clock
-        again when the budget's clock is that one."""
+    def deposit(self) -> None:
         raise NotImplementedError
 
     def try_withdraw(self) -> bool:
@@ -151,9 +148,9 @@ class TokenRetryBudget(RetryBudget):
         """Tokens always available on top of the window: `min_retries_per_sec * ttl * withdrawal`."""
         return self._reserve
 
-    def deposit(self, now: float = -1.0) -> None:
+    def deposit(self) -> None:
         self._deposits += 1
-        self._window.add(self._deposit_amount, now)
+        self._window.add(self._deposit_amount)
 
     def try_withdraw(self) -> bool:
         # Read and debit with no await in between: the check cannot go stale.
@@ -198,7 +195,7 @@ class _NoRetries(RetryBudget):
         self._deposits = 0
         self._refused = 0
 
-    def deposit(self, now: float = -1.0) -> None:
+    def deposit(self) -> None:
         self._deposits += 1
 
     def try_withdraw(self) -> bool:
@@ -227,7 +224,7 @@ class _Unlimited(RetryBudget):
         self._deposits = 0
         self._granted = 0
 
-    def deposit(self, now: float = -1.0) -> None:
+    def deposit(self) -> None:
         self._deposits += 1
 
     def try_withdraw(self) -> bool:
@@ -278,20 +275,17 @@ class _WindowedSum:
     fell out of the window. O(1) per call (at most SLICES slots cleared per jump).
     """
 
-    __slots__ = ("_slice_ms", "_clock", "_monotonic", "_slots", "_head", "_total")
+    __slots__ = ("_slice_ms", "_clock", "_slots", "_head", "_total")
 
     def __init__(self, *, slice_ms: int, clock: Callable[[], float]) -> None:
         self._slice_ms = slice_ms
         self._clock = clock
-        #: the clock is `time.monotonic` itself: a caller's reading of it (`add(value, now)`)
-        #: stands for a reading of its own
-        self._monotonic = clock is time.monotonic
         self._slots = [0] * SLICES
         self._head = self._current_slice()
         self._total = 0
 
-    def add(self, value: int, now: float = -1.0) -> None:
-        self._advance(now)
+    def add(self, value: int) -> None:
+        self._advance()
         self._slots[self._head % SLICES] += value
         self._total += value
 
@@ -299,13 +293,11 @@ class _WindowedSum:
         self._advance()
         return self._total
 
-    def _current_slice(self, now: float = -1.0) -> int:
-        if now < 0.0 or not self._monotonic:
-            now = self._clock()
-        return round_half_even(now * 1000.0) // self._slice_ms
+    def _current_slice(self) -> int:
+        return round_half_even(self._clock() * 1000.0) // self._slice_ms
 
-    def _advance(self, at: float = -1.0) -> None:
-        now = self._current_slice(at)
+    def _advance(self) -> None:
+        now = self._current_slice()
         steps = now - self._head
         if steps <= 0:  # same slice, or a clock that stepped back: never rewind the window
             return

@@ -44,7 +44,7 @@ class GenerousBudget(RetryBudget):
     def __init__(self) -> None:
         self.withdrawals = 0
 
-    def deposit(self, now: float = -1.0) -> None:
+    def deposit(self) -> None:
         pass
 
     def try_withdraw(self) -> bool:
