@@ -196,18 +196,27 @@ async def test_a_retry_is_not_sent_back_to_the_replica_that_just_failed_it(make_
             "panicThresholdPercent": 0,
         },
     )
-    mesh.register("accounts", a, b, c)
-    client = None
+    # b and c alone first, until both are ejected (each request tries b, c, b or c, b, c): with
+    # a among them, P2C + Peak EWMA would rarely pick a failed replica again, so how soon both
+    # were ejected would be up to chance
+    mesh.register("accounts", b, c)
     conn = await RawConnection.open(mesh.port)
-    for _ in range(2000):  # until b and c are ejected (a request that tries b, c, b gets a 503)
-        assert (await conn.request("GET", "/", host="accounts")).status in (200, 503)
+    live, dead_b, dead_c = (f"127.0.0.1:{u.port}" for u in (a, b, c))
+
+    def states() -> dict[str, str]:
         client = mesh.daemon.routers[0].clients[Path.read("/#/fs/accounts")]
-        if {n.member.label: n.state for n in client.balancer.nodes()} == {
-            f"127.0.0.1:{a.port}": "live", f"127.0.0.1:{b.port}": "ejected", f"127.0.0.1:{c.port}": "ejected"
-        }:
+        return {n.member.label: n.state for n in client.balancer.nodes()}
+
+    for _ in range(20):
+        assert (await conn.request("GET", "/", host="accounts")).status == 503
+        if states() == {dead_b: "ejected", dead_c: "ejected"}:
             break
     else:
-        pytest.fail("b and c were never both ejected")
+        pytest.fail(f"b and c were never both ejected: {states()}")
+    mesh.register("accounts", a, b, c)  # a joins; b and c stay ejected (600 s backoff)
+    await wait_until(lambda: states() == {live: "live", dead_b: "ejected", dead_c: "ejected"},
+                     timeout=5, message="a live beside the ejected b and c")
+    client = mesh.daemon.routers[0].clients[Path.read("/#/fs/accounts")]
     assert client is not None
     a.handler = always(503)
     b.handler = c.handler = always(200)

@@ -160,7 +160,30 @@ class MeshdProcess:
         return await asyncio.wait_for(self._process.wait(), timeout)
 
     async def kill(self) -> None:
+        """SIGKILL meshd and, first, every process it forked (`--workers`): a supervisor killed
+        outright cannot pass the signal on, and its workers would outlive the test."""
         process = self._process
         if process is not None and process.returncode is None:
+            for child in _descendants(process.pid):
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             process.kill()
             await process.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children first listed, then theirs), from /proc."""
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        parent = queue.pop()
+        try:
+            children = pathlib.Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found.append(child)
+            queue.append(child)
+    return found

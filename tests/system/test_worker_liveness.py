@@ -153,6 +153,17 @@ async def test_supervisor_reports_each_workers_liveness_and_restarts(make_upstre
         await wait_until(restarted, timeout=30, interval=0.2, message="the killed worker restarted and up")
         assert second not in mesh.workers() and first in mesh.workers()
         assert (await scrape(mesh))[("meshd_worker_restarts_total", other)] == 0
+        workers = mesh.workers()
+    # the test's teardown kills the supervisor outright: its workers must not outlive it
+    await wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=10, message="the workers gone")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 async def _ok(request: Callable[[], Awaitable[int]]) -> bool:
