@@ -36,7 +36,7 @@ from meshd.listener import Listener
 from meshd.reload import ConfigMapRoutesWatcher, RoutesWatcher
 from meshd.router import Router
 from meshd.runtime import Runtime
-from meshd.sockets import listening_socket
+from meshd.sockets import serve
 from meshd.tls.contexts import TlsFiles, TlsSide, server_context
 from meshd.tls.identity import peer_identity
 from meshd.tracing.spans import Tracer
@@ -303,14 +303,10 @@ class Daemon:
             )
         else:
             # bound here, not by the loop from an address string (meshd/sockets.py: 0.35 MB)
-            sock = listening_socket(server_config.ip, server_config.port, reuse_port=self._reuse_port)
-            try:
-                server = await loop.create_server(
-                    factory, sock=sock, backlog=2048, ssl=context, ssl_handshake_timeout=handshake_timeout_s,
-                )
-            except BaseException:
-                sock.close()
-                raise
+            server = await serve(
+                factory, server_config.ip, server_config.port, reuse_port=self._reuse_port,
+                backlog=2048, ssl=context, ssl_handshake_timeout=handshake_timeout_s,
+            )
         port = server.sockets[0].getsockname()[1]
         log.info(
             "router %s listening on %s:%d%s", router.label, server_config.ip, port, " (TLS)" if tls is not None else ""

@@ -12,7 +12,10 @@ calls `listen(backlog)` itself.
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from collections.abc import Callable
+from typing import Any
 
 
 def listening_socket(ip: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -36,3 +39,16 @@ def listening_socket(ip: str, port: int, *, reuse_port: bool = False) -> socket.
         raise
     sock.setblocking(False)
     return sock
+
+
+async def serve(
+    factory: Callable[[], asyncio.BaseProtocol], ip: str, port: int, *, reuse_port: bool = False, **options: Any
+) -> asyncio.Server:
+    """`loop.create_server` on a socket bound here (`listening_socket`), closed again if the loop
+    refuses it; `options` are `create_server`'s (backlog, ssl, ...)."""
+    sock = listening_socket(ip, port, reuse_port=reuse_port)
+    try:
+        return await asyncio.get_running_loop().create_server(factory, sock=sock, **options)
+    except BaseException:
+        sock.close()
+        raise

@@ -48,7 +48,10 @@ def run_workers(
         pids[_spawn(config, base_dir, sockets[index], index, config_path)] = index
     import uvloop
 
-    return uvloop.run(_supervise(config, base_dir, sockets, pids, config_path))
+    try:
+        return uvloop.run(_supervise(config, base_dir, sockets, pids, config_path))
+    finally:
+        _remove_private_dir(rundir)
 
 
 def _private_dir(prefix: str) -> pathlib.Path:
@@ -64,6 +67,17 @@ def _private_dir(prefix: str) -> pathlib.Path:
             continue
         return path.absolute()
     raise FileExistsError(f"no unused name for a directory {prefix}* in {base}")
+
+
+def _remove_private_dir(path: pathlib.Path) -> None:
+    """Remove the supervisor's run directory and the workers' sockets left in it (best effort:
+    what cannot be removed is left, and the exit goes on)."""
+    try:
+        for entry in path.iterdir():
+            entry.unlink(missing_ok=True)
+        path.rmdir()
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)
 
 
 def _spawn(

@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl
 
 import httptools
 
-from meshd.sockets import listening_socket
+from meshd.sockets import serve
 
 log = logging.getLogger("meshd.admin")
 
@@ -411,14 +411,8 @@ async def _enter(app: Application) -> list[AsyncIterator[None]]:
 
 async def serve_tcp(app: Application, ip: str, port: int) -> AdminServer:
     connections: set[_Connection] = set()
-    loop = asyncio.get_running_loop()
     # bound here, not by the loop from an address string (meshd/sockets.py: 0.35 MB)
-    sock = listening_socket(ip, port)
-    try:
-        server = await loop.create_server(lambda: _Connection(app, connections), sock=sock)
-    except BaseException:
-        sock.close()
-        raise
+    server = await serve(lambda: _Connection(app, connections), ip, port)
     return AdminServer(server, connections, await _enter(app))
 
 

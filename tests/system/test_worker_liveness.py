@@ -171,3 +171,18 @@ async def _ok(request: Callable[[], Awaitable[int]]) -> bool:
         return await request() == 200
     except OSError:
         return False
+
+
+async def test_the_supervisor_removes_its_run_directory_when_it_stops(tmp_path, monkeypatch):
+    """The workers' sockets live in a private directory under $TMPDIR; a stopped meshd leaves none."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    mesh = WorkersProcess(tmp_path, 2)
+    async with mesh:
+        (rundir,) = list(tmp.iterdir())
+        assert rundir.name.startswith("meshd-workers-") and (rundir.stat().st_mode & 0o777) == 0o700
+        assert sorted(p.name for p in rundir.iterdir()) == ["worker-0.sock", "worker-1.sock"]
+        mesh.send_signal(signal.SIGTERM)
+        assert await mesh.wait(timeout=30) == 0
+    assert list(tmp.iterdir()) == []
