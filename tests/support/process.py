@@ -69,7 +69,11 @@ class MeshdProcess:
         self.admin_port = 0
 
     async def __aenter__(self) -> MeshdProcess:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.kill()  # a meshd that never got ready must not outlive the test either
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

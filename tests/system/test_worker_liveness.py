@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import signal
+import tempfile
 from collections.abc import Awaitable, Callable
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -175,8 +176,8 @@ async def _ok(request: Callable[[], Awaitable[int]]) -> bool:
 
 async def test_the_supervisor_removes_its_run_directory_when_it_stops(tmp_path, monkeypatch):
     """The workers' sockets live in a private directory under $TMPDIR; a stopped meshd leaves none."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    # a short $TMPDIR: a Unix socket's path must fit in 108 bytes, and tmp_path's may not leave room
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="mw", dir="/tmp"))
     monkeypatch.setenv("TMPDIR", str(tmp))
     mesh = WorkersProcess(tmp_path, 2)
     async with mesh:
@@ -186,3 +187,4 @@ async def test_the_supervisor_removes_its_run_directory_when_it_stops(tmp_path, 
         mesh.send_signal(signal.SIGTERM)
         assert await mesh.wait(timeout=30) == 0
     assert list(tmp.iterdir()) == []
+    tmp.rmdir()
