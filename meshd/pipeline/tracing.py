@@ -18,7 +18,9 @@ Context out (W3C only: B3 headers are removed): a sampled request's `traceparent
 per attempt by the client, naming the attempt's span as the parent. An unsampled request keeps
 a valid incoming `traceparent` as it is when its flag already says unsampled (no allocation);
 otherwise one `traceparent` with flag 00 replaces it. `tracestate` travels with a valid
-`traceparent` and is dropped with an invalid one.
+`traceparent` and is dropped with an invalid one. One exception: at `sampleRate: 0` a request
+that brought no context at all (no `traceparent`, no B3) goes on without one, as through a
+meshd without tracing; it still has a trace id for meshd's access log and `l5d-trace-id`.
 """
 
 from __future__ import annotations
@@ -123,6 +125,9 @@ def trace_filter(tracer: Tracer, trust: TrustPolicy, router: str) -> Filter:
             request.headers = headers = _without_context(headers, keep_tracestate=from_traceparent)
         if not sampled:
             if not parent_id:
+                if tracer.sample_rate == 0.0 and traceparent is None and b3 is None and not b3_multi:
+                    # rate 0 and no context came in: nothing to pass on (docs/tracing.md, "Rate 0")
+                    return
                 # a new trace, not recorded: the parent id the upstream sees only has to be random
                 # and not zero, and the trace id's low half is both (almost always: else a new one)
                 parent_id = trace_id[16:]

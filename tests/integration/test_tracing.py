@@ -113,7 +113,8 @@ async def test_hygiene_errors_carry_the_trace_id_too(make_mesh):
 async def test_unsampled_requests_export_nothing_and_pass_context_on(make_mesh, make_upstream):
     up = await make_upstream()
     async with OtlpReceiver() as receiver:
-        mesh = await make_mesh(traced_config(receiver.url, rate=0.0))
+        # a rate above 0 that samples nothing in 20 draws (one chance in 50 million)
+        mesh = await make_mesh(traced_config(receiver.url, rate=1e-9))
         mesh.register("accounts", up)
         for _ in range(20):
             assert (await get(mesh.port)).status == 200
@@ -127,6 +128,23 @@ async def test_unsampled_requests_export_nothing_and_pass_context_on(make_mesh, 
     assert all(len(p) == 1 and p[0].startswith("00-") and p[0].endswith("-00") for p in parents)
     assert len({p[0][3:35] for p in parents[:20]}) == 20
     assert parents[20] == [f"00-{TRACE}-{SPAN}-00"]
+
+
+async def test_at_rate_zero_only_context_that_came_in_goes_on(make_mesh, make_upstream):
+    up = await make_upstream()
+    async with OtlpReceiver() as receiver:
+        mesh = await make_mesh(traced_config(receiver.url, rate=0.0))
+        mesh.register("accounts", up)
+        plain = await get(mesh.port)
+        assert (await get(mesh.port, [("traceparent", f"00-{TRACE}-{SPAN}-00")])).status == 200
+        error = await get(mesh.port, host="nowhere")
+        await mesh.daemon.exporter.export_batch()
+    assert plain.status == 200 and receiver.spans == []
+    assert up.received[0].headers_named("traceparent") == []  # as through a meshd without tracing
+    assert up.received[1].headers_named("traceparent") == [f"00-{TRACE}-{SPAN}-00"]
+    # meshd's own error still names a trace id a person can look up in its access log
+    trace_id = error.header("l5d-trace-id")
+    assert error.status == 502 and trace_id is not None and len(trace_id) == 32
 
 
 async def test_tracing_off_adds_nothing(make_mesh, make_upstream):

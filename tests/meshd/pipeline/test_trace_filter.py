@@ -41,11 +41,29 @@ def sent(ctx: RouteContext, name: bytes) -> list[bytes]:
 
 
 def test_a_new_unsampled_trace_sends_w3c_context_with_the_flag_off() -> None:
-    ctx, _ = run([(b"Accept", b"*/*")])
-    assert len(ctx.trace_id) == 32 and ctx.span is None
+    ctx, tracer = run([(b"Accept", b"*/*")], rate=0.001)  # Random(3)'s first draw is not below 0.001
+    assert len(ctx.trace_id) == 32 and ctx.span is None and tracer.sample_rate > 0
     (value,) = sent(ctx, b"traceparent")
     parsed = parse_traceparent(value)
     assert parsed is not None and parsed.trace_id == ctx.trace_id and parsed.sampled == 0
+
+
+def test_at_rate_zero_a_request_without_context_goes_on_without_one() -> None:
+    headers: Headers = [(b"Accept", b"*/*")]
+    ctx, _ = run(headers, rate=0.0)
+    assert len(ctx.trace_id) == 32 and ctx.span is None  # still an id for the access log and l5d-trace-id
+    assert ctx.request.headers is headers and headers == [(b"Accept", b"*/*")]
+    # a trusted caller can still force sampling at rate 0 ...
+    forced, _ = run([(b"Accept", b"*/*")], rate=0.0, l5d={"l5d-sample": b"1"})
+    assert forced.span is not None
+    # ... and context that came in, even malformed, is passed on (a valid one in its place)
+    for value in [f"00-{TRACE}-{SPAN}-00".encode(), b"00-nonsense"]:
+        ctx, _ = run([(b"traceparent", value)], rate=0.0)
+        (out,) = sent(ctx, b"traceparent")
+        parsed = parse_traceparent(out)
+        assert parsed is not None and parsed.trace_id == ctx.trace_id and parsed.sampled == 0
+    b3, _ = run([(b"b3", f"{TRACE}-{SPAN}-0".encode())], rate=0.0)
+    assert sent(b3, b"traceparent") == [f"00-{TRACE}-{SPAN}-00".encode()]
 
 
 def test_a_sampled_request_has_a_server_span_and_leaves_traceparent_to_each_attempt() -> None:
@@ -156,6 +174,7 @@ _VALUES = st.one_of(
 def test_whatever_the_headers_the_filter_leaves_one_valid_w3c_context(
     headers: Headers, client_ip: str, rate: float, sample: bytes | None
 ) -> None:
+    headers_in = [(n.lower(), v) for n, v in headers]
     ctx, _ = run(list(headers), rate=rate, client_ip=client_ip, l5d=None if sample is None else {"l5d-sample": sample})
     assert len(ctx.trace_id) == 32 and not ctx.trace_id.strip("0123456789abcdef") and ctx.trace_id.strip("0")
     names = [n.lower() for n, _ in ctx.request.headers]
@@ -163,6 +182,8 @@ def test_whatever_the_headers_the_filter_leaves_one_valid_w3c_context(
     parents = sent(ctx, b"traceparent")
     if ctx.span is not None:
         assert parents == [] and ctx.span.trace_id == ctx.trace_id  # each attempt writes its own
+    elif rate == 0.0 and not any(n in (b"traceparent", b"b3") or n.startswith(b"x-b3-") for n, _ in headers_in):
+        assert parents == []  # rate 0 starts no context downstream for a request that brought none
     else:
         assert len(parents) == 1
         parsed = parse_traceparent(parents[0])
