@@ -27,6 +27,7 @@ import random
 import signal
 import time
 from collections.abc import Callable, Iterator
+from typing import Final
 
 import httptools
 
@@ -41,7 +42,7 @@ log = logging.getLogger("meshd.workers")
 def run_workers(
     config: MeshdConfig, base_dir: pathlib.Path, count: int, *, config_path: pathlib.Path | None = None
 ) -> int:
-    rundir = _private_dir("meshd-workers-")
+    rundir = _private_dir("meshd-workers-", room=len(f"/worker-{count - 1}.sock"))
     sockets = [rundir / f"worker-{i}.sock" for i in range(count)]
     pids: dict[int, int] = {}
     for index in range(count):
@@ -54,11 +55,24 @@ def run_workers(
         _remove_private_dir(rundir)
 
 
-def _private_dir(prefix: str) -> pathlib.Path:
+#: the longest path a Unix socket may have (sun_path is 108 bytes with the terminating NUL)
+UNIX_PATH_MAX: Final = 107
+
+
+def _private_dir(prefix: str, *, room: int = 0) -> pathlib.Path:
     """A new directory only this user can enter, in $TMPDIR (else $TEMP, $TMP, /tmp), as
     `tempfile.mkdtemp` makes one: tempfile imports shutil, and shutil zlib, bz2 and lzma (0.5 MB
-    of RSS in the supervisor and every worker; docs/benchmarks-memory.md)."""
+    of RSS in the supervisor and every worker; docs/benchmarks-memory.md).
+
+    `room`: the bytes a Unix socket's name needs after the directory's path. When $TMPDIR is too
+    long for that (a socket path must fit in 107 bytes), the directory goes in /tmp instead, with
+    a warning: before, the workers could not bind their sockets and were restarted forever."""
     base = next((value for key in ("TMPDIR", "TEMP", "TMP") if (value := os.environ.get(key))), "/tmp")
+    longest = len(os.fsencode(pathlib.Path(base).absolute() / f"{prefix}{'0' * 12}")) + room
+    if room and longest > UNIX_PATH_MAX and base != "/tmp":
+        log.warning("$TMPDIR (%s) is too long for the workers' Unix sockets (%d bytes, at most %d): using /tmp",
+                    base, longest, UNIX_PATH_MAX)
+        base = "/tmp"
     for _ in range(100):
         path = pathlib.Path(base) / f"{prefix}{os.urandom(6).hex()}"
         try:

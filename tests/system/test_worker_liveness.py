@@ -10,6 +10,7 @@ other worker meanwhile; the merged request counters add up over the workers.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -18,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshd.workers import DOWN_AFTER_S
+from meshd.workers import DOWN_AFTER_S, UNIX_PATH_MAX, _private_dir
 from tests.support.client import RawConnection
 from tests.support.nats_server import free_ports
 from tests.support.process import MeshdProcess, process_config
@@ -188,3 +189,25 @@ async def test_the_supervisor_removes_its_run_directory_when_it_stops(tmp_path, 
         assert await mesh.wait(timeout=30) == 0
     assert list(tmp.iterdir()) == []
     tmp.rmdir()
+
+
+async def test_a_tmpdir_too_long_for_unix_sockets_falls_back_to_tmp(tmp_path, monkeypatch, caplog):
+    """Before, the workers could not bind sockets under a long $TMPDIR and were restarted forever."""
+    long = tmp_path / ("d" * 100)
+    long.mkdir()
+    monkeypatch.setenv("TMPDIR", str(long))
+    mesh = WorkersProcess(tmp_path, 2)
+    async with mesh:  # ready: both workers bound their sockets
+        assert list(long.iterdir()) == []
+        mesh.send_signal(signal.SIGTERM)
+        assert await mesh.wait(timeout=30) == 0
+    with caplog.at_level(logging.WARNING, logger="meshd.workers"):
+        rundir = _private_dir("meshd-workers-", room=len("/worker-1.sock"))
+    try:
+        assert rundir.parent == pathlib.Path("/tmp") and "too long" in caplog.text
+        assert len(os.fsencode(rundir / "worker-1.sock")) <= UNIX_PATH_MAX
+    finally:
+        rundir.rmdir()
+    short = _private_dir("meshd-workers-")  # no socket to fit: $TMPDIR is used as it is
+    assert short.parent == long
+    short.rmdir()
