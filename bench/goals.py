@@ -161,8 +161,8 @@ def _tracing(rate: float, loss: float) -> Callable[[ScenarioResult | None], Goal
         target = f"meshd-w1-tracing-{rate:g}"
         change = _metric(s, target, "tracing_req_per_cpu_change")
         if change is None:
-            return Goal("throughput", goal, f"{target} and meshd-w1 were not measured interleaved "
-                        f"(meshd-bench throughput --tracing-sample-rate 0,0.01)", None)
+            return Goal("throughput", goal, f"{target}: no interleaved rounds (meshd-bench throughput "
+                        "--tracing-sample-rate 0,0.01)", None)
         rounds = _rounds(s, target, "tracing_req_per_cpu_change")
         return Goal("throughput", goal, f"{change:+.1%} ({rounds})", change >= -loss)
 
