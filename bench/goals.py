@@ -18,6 +18,9 @@ FAILING_AMPLIFICATION: Final = 1.6
 STALL_P999_FACTOR: Final = 1.5
 MEMORY_MB_PER_WORKER: Final = 60.0
 TLS_CPU_COST: Final = 0.25
+#: tracing's issue: requests per proxy CPU-second with tracing on at a sample rate, against meshd-w1
+#: measured interleaved with it, may be lower by at most this much
+TRACING_LOSS: Final[tuple[tuple[float, float], ...]] = ((0.0, 0.03), (0.01, 0.10))
 SOAK_RSS_GROWTH: Final = 0.05
 #: open descriptors may differ by this many between the steady mark and the end: pools open and
 #: close upstream connections as replicas come and go
@@ -139,12 +142,31 @@ def _tls_throughput(s: ScenarioResult | None) -> Goal:
 
 def _tls_cost(s: ScenarioResult | None) -> Goal:
     goal = f"tls: mTLS between the meshds costs <= {TLS_CPU_COST:.0%} more CPU per request than plaintext"
+    # the median of per-round ratios when measured interleaved (results since session 10), else the
+    # ratio of the two rows' medians
     cost = _metric(s, "meshd", "mtls_cpu_cost", "mtls")
     if cost is None:
         return Goal("tls", goal, "meshd mtls or plaintext did not run", None)
     mine, plain = _metric(s, "meshd", "cpu_us_per_req", "mtls"), _metric(s, "meshd", "cpu_us_per_req", "plaintext")
-    detail = f" ({mine:.1f} vs {plain:.1f} µs per request)" if mine is not None and plain is not None else ""
-    return Goal("tls", goal, f"{cost:+.1%}{detail}", cost <= TLS_CPU_COST)
+    detail = f"{mine:.1f} vs {plain:.1f} µs per request" if mine is not None and plain is not None else ""
+    rounds = _rounds(s, "meshd", "mtls_cpu_cost", "mtls")
+    details = "; ".join(d for d in (detail, rounds) if d)
+    return Goal("tls", goal, f"{cost:+.1%}" + (f" ({details})" if details else ""), cost <= TLS_CPU_COST)
+
+
+def _tracing(rate: float, loss: float) -> Callable[[ScenarioResult | None], Goal]:
+    def check(s: ScenarioResult | None) -> Goal:
+        goal = (f"meshd (1 worker) with tracing at sample rate {rate:g} keeps >= {1 - loss:.0%} of meshd-w1's "
+                f"requests per proxy CPU-second (interleaved)")
+        target = f"meshd-w1-tracing-{rate:g}"
+        change = _metric(s, target, "tracing_req_per_cpu_change")
+        if change is None:
+            return Goal("throughput", goal, f"{target}: no interleaved rounds (meshd-bench throughput "
+                        "--tracing-sample-rate 0,0.01)", None)
+        rounds = _rounds(s, target, "tracing_req_per_cpu_change")
+        return Goal("throughput", goal, f"{change:+.1%} ({rounds})", change >= -loss)
+
+    return check
 
 
 def _grpc(s: ScenarioResult | None) -> Goal:
@@ -172,6 +194,15 @@ def _missing(*values: tuple[str, float | None]) -> str:
     return "did not run: " + ", ".join(name for name, value in values if value is None)
 
 
+def _rounds(s: ScenarioResult | None, target: str, name: str, variant: str = "") -> str:
+    """`median of 5 rounds, +3.1% to +20.4%` for an interleaved comparison; "" without its rounds."""
+    low, high = _metric(s, target, f"{name}_min", variant), _metric(s, target, f"{name}_max", variant)
+    count = _metric(s, target, f"{name}_rounds", variant)
+    if low is None or high is None or count is None:
+        return ""
+    return f"median of {count:.0f} rounds, {low:+.1%} to {high:+.1%}"
+
+
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b > 0 else "n/a"
 
@@ -180,6 +211,7 @@ _CHECKS: Final[tuple[tuple[str, Callable[[ScenarioResult | None], Goal]], ...]] 
     ("throughput", _throughput),
     ("throughput", _direct_share),
     ("throughput", _saturated_p50),
+    *(("throughput", _tracing(rate, loss)) for rate, loss in TRACING_LOSS),
     ("latency", _latency_p50),
     ("latency", _latency_p99),
     ("slow-replica", _slow_replica),

@@ -34,6 +34,15 @@ METHOD: Final = """\
   median of each metric. *Requests per proxy CPU-second* divides the requests served by the CPU time
   (user + system) that the proxy process and all its workers used during the run, read from
   `/proc/<pid>/stat` before and after.
+- **Interleaved comparisons (tls; throughput's tracing rows).** Where a goal compares two variants
+  of meshd by a few percent, runs minutes apart are not good enough: on a shared machine they drift
+  by more than that. So the variants are started together and measured in rounds, one run of each
+  per round, the order reversed every round (A B, B A, A B...). Each round gives one ratio of the
+  two, measured under the same conditions; the figure of record is the **median of the per-round
+  ratios**, with the lowest and highest round in brackets (`+12.1% (+5.0 to +20.3)`). It is not the
+  ratio of the rows' medians, which the tables also show. Every run is listed in the results
+  folder (`work/tls/<family>-rounds.tsv`, `work/throughput/tracing-rounds.tsv`) and each round's
+  ratio is kept with its run in `results.json`.
 - **Open loop (all other scenarios).** `bench/loadgen.py` sends request *i* at `start + i / rate`
   whatever happened to earlier requests, over a pool of keep-alive connections that grows whenever no
   connection is idle, and measures each latency from the request's *intended* send time, so a stall

@@ -15,6 +15,8 @@ class Column:
     header: str
     cell: Callable[[Row], str]
     align_right: bool = True
+    #: left out of a table where no row has a figure for it
+    optional: bool = False
 
 
 def ms(name: str) -> Callable[[Row], str]:
@@ -51,6 +53,21 @@ def percent(name: str, digits: int = 2) -> Callable[[Row], str]:
     return cell
 
 
+def change_with_range(name: str) -> Callable[[Row], str]:
+    """An interleaved comparison: the median of per-round changes, then the lowest and highest round
+    when the row has them (`<name>_min`, `<name>_max`): `+12.1% (+5.0 to +20.3)`."""
+
+    def cell(row: Row) -> str:
+        value = row.metric(name)
+        if value is None:
+            return "–"
+        low, high = row.metric(f"{name}_min"), row.metric(f"{name}_max")
+        text = f"{100 * value:+.1f}%"
+        return text if low is None or high is None else f"{text} ({100 * low:+.1f} to {100 * high:+.1f})"
+
+    return cell
+
+
 def shares(row: Row) -> str:
     return " ".join(f"{name} {100 * share:.0f}%" for name, share in sorted(row.shares.items())) or "–"
 
@@ -75,6 +92,7 @@ COLUMNS: Final[dict[str, tuple[Column, ...]]] = {
         Column("req per CPU-s", number("req_per_cpu_sec")),
         Column("upstream CPU", percent("upstream_cpu_util", 0)),
         Column("errors", number("errors")),
+        Column("req per CPU-s vs meshd-w1", change_with_range("tracing_req_per_cpu_change"), optional=True),
     ),
     "latency": (
         _TARGET,
@@ -125,8 +143,7 @@ COLUMNS: Final[dict[str, tuple[Column, ...]]] = {
         Column("p99 ms", ms("p99_ms")),
         Column("req per CPU-s", number("req_per_cpu_sec")),
         Column("CPU µs per req", number("cpu_us_per_req", "{:.1f}")),
-        Column("mTLS CPU cost", lambda row: "–" if row.metric("mtls_cpu_cost") is None
-               else f"{100 * (row.metric('mtls_cpu_cost') or 0.0):+.1f}%"),
+        Column("mTLS CPU cost", change_with_range("mtls_cpu_cost")),
         Column("new handshakes per CPU-s", number("handshakes_per_cpu_sec")),
         Column("errors", number("errors")),
     ),
@@ -172,7 +189,8 @@ COLUMNS: Final[dict[str, tuple[Column, ...]]] = {
 
 
 def cells(scenario: ScenarioResult) -> tuple[list[str], list[list[str]], list[bool]]:
-    columns = COLUMNS.get(scenario.name, (_TARGET,))
+    columns = [c for c in COLUMNS.get(scenario.name, (_TARGET,))
+               if not c.optional or any(c.cell(row) != "–" for row in scenario.rows)]
     headers = [c.header for c in columns]
     body = [[c.cell(row) for c in columns] for row in scenario.rows]
     return headers, body, [c.align_right for c in columns]

@@ -71,7 +71,7 @@ def started(ctx: RunContext, target: Target, deployment: Deployment, scenario: s
     try:
         running_target = target.start(deployment, ctx.supervisor, workdir)
     except ProcessFailed as exc:
-        _failed(ctx, collected, target.name, "failed to start", exc)
+        record_failure(ctx, collected, target.name, "failed to start", exc)
         yield None
         return
     for command in running_target.commands:
@@ -80,13 +80,14 @@ def started(ctx: RunContext, target: Target, deployment: Deployment, scenario: s
     try:
         yield running_target
     except ProcessFailed as exc:
-        _failed(ctx, collected, target.name, "failed while measured", exc)
+        record_failure(ctx, collected, target.name, "failed while measured", exc)
     finally:
         if running_target.process is not None:
             ctx.supervisor.stop(running_target.process)
 
 
-def _failed(ctx: RunContext, collected: Collected, name: str, what: str, exc: ProcessFailed) -> None:
+def record_failure(ctx: RunContext, collected: Collected, name: str, what: str, exc: ProcessFailed) -> None:
+    """A target that failed (to start, or while measured) becomes a Skip saying why; the scenario goes on."""
     collected.skipped.append(Skip(target=name, reason=f"{what}: {str(exc).splitlines()[0]}"))
     ctx.progress.note(f"  {name} {what}: {exc}")
 

@@ -1,7 +1,11 @@
 """throughput: closed loop with wrk, 64 connections for 10 s, three times; median requests/s, latency and
 requests per proxy CPU-second (the proxy's and its workers' utime+stime from /proc over the run).
 `--tracing-sample-rate 0,0.01` adds a one-worker meshd row per rate with tracing on, exporting to a
-sink collector the bench starts (bench/trace_sink.py), to compare with `meshd-w1`."""
+sink collector the bench starts (bench/trace_sink.py), to compare with `meshd-w1`: then `meshd-w1` and
+the tracing rows run side by side and are measured interleaved, 3 s against each in turn, the order
+reversed every round, ten rounds; their rows show medians over the rounds, and each tracing row's
+change in requests per CPU-second is the median of its per-round ratios to `meshd-w1` in the same
+round, with the lowest and highest round."""
 
 from __future__ import annotations
 
@@ -10,22 +14,29 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Final
 
-from bench import wrk
+from bench import interleave, tables, wrk
 from bench.processes import LOOPBACK, ManagedProcess, ProcessFailed, free_port, wait_listening
 from bench.procstat import tree_cpu_seconds
 from bench.results import Row, ScenarioResult, Skip
-from bench.scenarios.context import Collected, RunContext, choose, median_metrics, started
-from bench.targets.base import Deployment, RunningTarget
+from bench.scenarios.context import Collected, RunContext, choose, median_metrics, record_failure, started
+from bench.targets.base import Deployment, RunningTarget, Target
 from bench.targets.catalog import TinyUpstream, meshd, standard, tiny_upstream
 from bench.upstream_control import bench_env
 
 NAME: Final = "throughput"
 SERVICE: Final = "bench"
+#: what the tracing rows are compared with, and how their names start
+BASELINE: Final = "meshd-w1"
+TRACING_PREFIX: Final = "meshd-w1-tracing-"
+#: a tracing row's metric: median over the rounds of (its req per CPU-s / meshd-w1's, same round) - 1
+TRACING_CHANGE: Final = "tracing_req_per_cpu_change"
+#: the figures of every interleaved run written to work/throughput/tracing-rounds.tsv
+ROUND_COLUMNS: Final = ("requests", "rps", "proxy_cpu_secs", "req_per_cpu_sec", "p50_ms", "p99_ms")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,12 +47,16 @@ class ThroughputOptions:
     threads: int = 1
     #: comma-separated sample rates (0 to 1): a `meshd-w1-tracing-<rate>` row for each; "" for none
     tracing_sample_rate: str = ""
+    #: with tracing rows: rounds of interleaved runs of `meshd-w1` and the tracing rows
+    tracing_rounds: int = 10
+    #: with tracing rows: each interleaved run's length
+    tracing_run_secs: float = 3.0
 
     def __post_init__(self) -> None:
-        if self.connections < 1 or self.repeats < 1 or self.threads < 1:
-            raise ValueError("connections, repeats and threads must be at least 1")
-        if self.duration_secs < 1:
-            raise ValueError("wrk runs for whole seconds: duration must be at least 1 s")
+        if self.connections < 1 or self.repeats < 1 or self.threads < 1 or self.tracing_rounds < 1:
+            raise ValueError("connections, repeats, threads and tracing rounds must be at least 1")
+        if self.duration_secs < 1 or self.tracing_run_secs < 1:
+            raise ValueError("wrk runs for whole seconds: durations must be at least 1 s")
         self.tracing_rates()  # refuses a bad list before anything starts
 
     def tracing_rates(self) -> list[float]:
@@ -59,7 +74,8 @@ class ThroughputOptions:
         return rates
 
     def scaled(self, factor: float) -> ThroughputOptions:
-        return replace(self, duration_secs=max(1.0, round(self.duration_secs * factor)))
+        return replace(self, duration_secs=max(1.0, round(self.duration_secs * factor)),
+                       tracing_run_secs=max(1.0, round(self.tracing_run_secs * factor)))
 
 
 def run(ctx: RunContext, options: ThroughputOptions) -> ScenarioResult:
@@ -77,13 +93,18 @@ def run(ctx: RunContext, options: ThroughputOptions) -> ScenarioResult:
     rates = options.tracing_rates()
     sink_port = free_port() if rates else 0
     for rate in rates:
-        candidates.append(meshd(f"meshd-w1-tracing-{rate:g}", workers=1, tracing_sample_rate=rate,
+        candidates.append(meshd(f"{TRACING_PREFIX}{rate:g}", workers=1, tracing_sample_rate=rate,
                                 trace_collector=f"http://{LOOPBACK}:{sink_port}"))
     targets = choose(ctx, standard(candidates), collected)
+    # with tracing rows, meshd-w1 and they are measured interleaved; every other target as before
+    together = [t for t in targets if rates and (t.name == BASELINE or t.name.startswith(TRACING_PREFIX))]
+    alone = [t for t in targets if t not in together]
     warmup_secs = max(1.0, round(ctx.warmup_secs)) if ctx.warmup_secs > 0 else 0.0
-    ctx.progress.begin_scenario(NAME, len(targets) * (options.repeats + (1 if warmup_secs else 0)))
+    warm = 1 if warmup_secs else 0
+    ctx.progress.begin_scenario(NAME, len(alone) * (options.repeats + warm) + len(together) * (options.tracing_rounds + warm))
     workdir = ctx.scenario_dir(NAME)
     script = wrk.write_script(workdir)
+    rows: dict[str, Row] = {}
     with tiny_upstream(ctx.supervisor, workdir / "upstream", 3600.0) as upstream, \
             _trace_sink(ctx, workdir, sink_port) as sink:
         collected.notes.append(f"Upstream: {upstream.kind} answering a 3-byte body.")
@@ -93,7 +114,7 @@ def run(ctx: RunContext, options: ThroughputOptions) -> ScenarioResult:
                 "that answers 200 and decodes nothing (bench/trace_sink.py)."
             )
         deployment = Deployment.single(SERVICE, (upstream.backend,))
-        for target in targets:
+        for target in alone:
             with started(ctx, target, deployment, NAME, collected) as running_target:
                 if running_target is None:
                     continue
@@ -104,17 +125,93 @@ def run(ctx: RunContext, options: ThroughputOptions) -> ScenarioResult:
                 for repeat in range(options.repeats):
                     ctx.progress.step(f"{target.name}: run {repeat + 1}/{options.repeats}", options.duration_secs)
                     runs.append(_wrk_run(running_target, upstream, options, script, options.duration_secs, collected))
-                row = Row(target=target.name, metrics=median_metrics(runs), runs=tuple(runs))
-                collected.rows.append(row)
-                ctx.progress.note(f"  {target.name}: {row.metrics['rps']:.0f} req/s")
+                rows[target.name] = Row(target=target.name, metrics=median_metrics(runs), runs=tuple(runs))
+                ctx.progress.note(f"  {target.name}: {rows[target.name].metrics['rps']:.0f} req/s")
+        if together:
+            collected.notes.append(
+                f"Interleaved: {', '.join(t.name for t in together)} ran side by side, measured "
+                f"{options.tracing_rounds} rounds of {options.tracing_run_secs:g} s against each in turn, the order "
+                "reversed every round; their rows show medians over the rounds. The change in requests per "
+                "CPU-second against meshd-w1 is the median over the rounds of that round's ratio to meshd-w1's "
+                "(not the ratio of the medians), lowest and highest round in brackets. Every run is in "
+                "work/throughput/tracing-rounds.tsv."
+            )
+            for row in _interleaved(ctx, together, deployment, upstream, options, script, collected,
+                                    warmup_secs, workdir / "tracing-rounds.tsv"):
+                rows[row.target] = row
+                change = row.metric(TRACING_CHANGE)
+                extra = "" if change is None else f", {tables.change_with_range(TRACING_CHANGE)(row)} per CPU-s"
+                ctx.progress.note(f"  {row.target}: {row.metrics['rps']:.0f} req/s{extra}")
     return ScenarioResult(
         name=NAME,
         options=dict(asdict(options)),
-        rows=tuple(collected.rows),
+        rows=tuple(rows[t.name] for t in targets if t.name in rows),
         skipped=tuple(collected.skipped),
         commands=tuple(collected.commands),
         notes=tuple(collected.notes),
     )
+
+
+def _interleaved(ctx: RunContext, targets: list[Target], deployment: Deployment, upstream: TinyUpstream,
+                 options: ThroughputOptions, script: Path, collected: Collected, warmup_secs: float,
+                 record: Path) -> list[Row]:
+    """meshd-w1 and the tracing rows, all started, warmed up, then measured in rounds (bench/interleave.py).
+    A target that fails is skipped and ends the rounds; the others keep the runs they had."""
+    with ExitStack() as stack:
+        running: dict[str, RunningTarget] = {}
+        for target in targets:
+            running_target = stack.enter_context(started(ctx, target, deployment, NAME, collected))
+            if running_target is not None:
+                running[target.name] = running_target
+        if warmup_secs:
+            for name in list(running):
+                ctx.progress.step(f"{name}: warm-up", warmup_secs)
+                if _measured(ctx, running[name], upstream, options, script, warmup_secs, collected) is None:
+                    del running[name]
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in running}
+        in_order: list[tuple[int, str, dict[str, float]]] = []
+        for round_index, name in interleave.schedule(list(running), options.tracing_rounds):
+            ctx.progress.step(f"{name}: round {round_index + 1}/{options.tracing_rounds}", options.tracing_run_secs)
+            result = _measured(ctx, running[name], upstream, options, script, options.tracing_run_secs, collected)
+            if result is None:
+                del runs[name]
+                break
+            runs[name].append(result)
+            in_order.append((round_index, name, result))
+    if in_order:
+        record.write_text(interleave.rounds_text(in_order, ROUND_COLUMNS))
+    return tracing_rows(runs)
+
+
+def tracing_rows(runs: dict[str, list[dict[str, float]]]) -> list[Row]:
+    """A row per interleaved target, figures the median over its rounds; each tracing row also gets
+    `tracing_req_per_cpu_change`: the median over the rounds of its requests per CPU-second over
+    meshd-w1's in the same round, minus one, with the lowest and highest round."""
+    base = runs.get(BASELINE)
+    rows = []
+    for name, target_runs in runs.items():
+        if not target_runs:
+            continue
+        metrics = median_metrics(target_runs)
+        kept: tuple[dict[str, float], ...] = tuple(target_runs)
+        if name != BASELINE and base:
+            per_round = interleave.changes(target_runs, base, "req_per_cpu_sec")
+            spread = interleave.spread(per_round)
+            if spread is not None:
+                metrics.update(spread.metrics(TRACING_CHANGE))
+                kept = interleave.with_round_figure(target_runs, TRACING_CHANGE, per_round)
+        rows.append(Row(target=name, metrics=metrics, runs=kept))
+    return rows
+
+
+def _measured(ctx: RunContext, running_target: RunningTarget, upstream: TinyUpstream, options: ThroughputOptions,
+              script: Path, secs: float, collected: Collected) -> dict[str, float] | None:
+    """One run; a process failure becomes a Skip and None."""
+    try:
+        return _wrk_run(running_target, upstream, options, script, secs, collected)
+    except ProcessFailed as exc:
+        record_failure(ctx, collected, running_target.name, "failed while measured", exc)
+        return None
 
 
 @contextmanager

@@ -1,8 +1,12 @@
 """tls: the two-hop path client -> proxy -> proxy -> upstream with mutual TLS between the two proxies,
-meshd against Envoy, each also in plaintext for the cost of mTLS. wrk keeps 64 connections busy for 10 s,
-three times; requests per proxy CPU-second count both proxies' CPU. Then `openssl s_time -new` opens
-connections to the second proxy that each do a fresh full mutual-TLS handshake (and one request): new
-handshakes per CPU-second of that proxy."""
+meshd against Envoy, each also in plaintext for the cost of mTLS. A family's plaintext and mTLS pairs
+run side by side and are measured interleaved: wrk keeps 64 connections busy for 10 s against one pair,
+then the other, the order reversed every round (plaintext, mTLS, mTLS, plaintext...), three rounds.
+Each row shows medians over its rounds; requests per proxy CPU-second count both proxies' CPU; the mTLS
+CPU cost is the median of the per-round ratios (mTLS CPU per request over plaintext's in the same
+round), with the lowest and highest round. Then `openssl s_time -new` opens connections to the second
+proxy that each do a fresh full mutual-TLS handshake (and one request): new handshakes per CPU-second
+of that proxy."""
 
 from __future__ import annotations
 
@@ -12,14 +16,14 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
 
-from bench import wrk
+from bench import interleave, wrk
 from bench.processes import (
     LOOPBACK,
     ManagedProcess,
@@ -45,6 +49,10 @@ SERVICE: Final = "bench"
 BACK_NAME: Final = "back.bench.local"
 MTLS: Final = "mtls"
 PLAINTEXT: Final = "plaintext"
+#: the mTLS row's metric: median over the rounds of (mTLS CPU per request / plaintext's, same round) - 1
+MTLS_CPU_COST: Final = "mtls_cpu_cost"
+#: the figures of every run written to work/tls/<family>-rounds.tsv
+ROUND_COLUMNS: Final = ("requests", "rps", "proxy_cpu_secs", "cpu_us_per_req", "req_per_cpu_sec", "p50_ms", "p99_ms")
 OPENSSL_INSTALL: Final = "apt-get install openssl"
 _S_TIME_LINE: Final = re.compile(r"^(\d+) connections in (\d+(?:\.\d+)?) real seconds", re.MULTILINE)
 
@@ -143,7 +151,7 @@ def run(ctx: RunContext, options: TlsOptions) -> ScenarioResult:
     openssl = shutil.which("openssl")
     if openssl is None and options.handshake_clients:
         collected.notes.append(f"Handshakes not measured: openssl is not installed ({OPENSSL_INSTALL}).")
-    pairs: list[TwoHop] = []
+    families: dict[str, list[TwoHop]] = {}
     for family in ("meshd", "envoy"):
         if family not in ctx.selection.families:
             continue
@@ -151,13 +159,14 @@ def run(ctx: RunContext, options: TlsOptions) -> ScenarioResult:
             pair = TwoHop(family, tls)
             why = pair.unavailable()
             if why is None:
-                pairs.append(pair)
+                families.setdefault(family, []).append(pair)
             else:
                 collected.skipped.append(Skip(target=pair.name, reason=why))
                 ctx.progress.note(f"  skipped {pair.name}: {why}")
     warmup_secs = max(1.0, round(ctx.warmup_secs)) if ctx.warmup_secs > 0 else 0.0
     handshakes = bool(openssl and options.handshake_clients)
-    steps = sum(options.repeats + (1 if warmup_secs else 0) + (1 if p.tls and handshakes else 0) for p in pairs)
+    steps = sum(options.repeats + (1 if warmup_secs else 0) + (1 if p.tls and handshakes else 0)
+                for pairs in families.values() for p in pairs)
     ctx.progress.begin_scenario(NAME, steps)
     workdir = ctx.scenario_dir(NAME)
     certs = make_certs(workdir / "certs")
@@ -166,51 +175,119 @@ def run(ctx: RunContext, options: TlsOptions) -> ScenarioResult:
         "Two hops: wrk -> first proxy (plaintext) -> second proxy -> upstream (plaintext); between the two "
         "proxies HTTP/1.1 keep-alive, with mutual TLS (TLS 1.3, EC P-256 certificates from the scenario's own "
         "CA, both sides verified) or in plaintext. Each proxy runs one worker. Requests per proxy CPU-second "
-        "divide the requests by both proxies' CPU seconds together; mTLS CPU cost is CPU per request with "
-        "mTLS over CPU per request in plaintext, minus one."
+        "divide the requests by both proxies' CPU seconds together."
     )
+    collected.notes.append(
+        "Interleaved: a family's plaintext and mTLS pairs run side by side and are measured in rounds, "
+        "one run of each per round, the order reversed every round (plaintext, mTLS, mTLS, plaintext...). "
+        "Each row's figures are medians over the rounds; mTLS CPU cost is the median over the rounds of "
+        "that round's CPU per request with mTLS over its CPU per request in plaintext, minus one (not the "
+        "ratio of the two medians), with the lowest and highest round in brackets. Every run is in "
+        "work/tls/<family>-rounds.tsv."
+    )
+    measure = _Measure(ctx, options, script, collected)
     with tiny_upstream(ctx.supervisor, workdir / "upstream", 3600.0) as upstream:
         collected.notes.append(f"Upstream: {upstream.kind} answering a 3-byte body.")
-        for pair in pairs:
-            with _started(ctx, pair, upstream, certs, workdir / pair.name, collected) as running:
-                if running is None:
-                    continue
+        for family, pairs in families.items():
+            with ExitStack() as stack:
+                running = {}
+                for pair in pairs:
+                    started = stack.enter_context(
+                        _started(ctx, pair, upstream, certs, workdir / pair.name, collected))
+                    if started is not None:
+                        running[pair] = started
                 if warmup_secs:
-                    ctx.progress.step(f"{pair.name}: warm-up", warmup_secs)
-                    _wrk_run(running, upstream, options, script, warmup_secs, collected)
-                runs = []
-                for repeat in range(options.repeats):
-                    ctx.progress.step(f"{pair.name}: run {repeat + 1}/{options.repeats}", options.duration_secs)
-                    runs.append(_wrk_run(running, upstream, options, script, options.duration_secs, collected))
-                metrics = median_metrics(runs)
-                if pair.tls and handshakes and openssl is not None:
-                    ctx.progress.step(f"{pair.name}: new handshakes", options.handshake_secs)
-                    metrics.update(_handshakes(openssl, running, certs, options, workdir / pair.name, collected))
-                collected.rows.append(Row(target=pair.family, variant=pair.variant, metrics=metrics, runs=tuple(runs)))
-                ctx.progress.note(f"  {pair.name}: {metrics['rps']:.0f} req/s, "
-                                  f"{metrics.get('req_per_cpu_sec', 0.0):,.0f} req per proxy CPU-s")
-    rows = _with_mtls_cost(collected.rows)
+                    for pair in list(running):
+                        ctx.progress.step(f"{pair.name}: warm-up", warmup_secs)
+                        if measure.run(pair, running[pair], upstream, warmup_secs) is None:
+                            del running[pair]
+                runs = _rounds(measure, running, upstream, workdir / f"{family}-rounds.tsv")
+                rows = interleaved_rows(runs)
+                for row in rows:
+                    pair = TwoHop(row.target, row.variant == MTLS)
+                    if pair.tls and handshakes and openssl is not None:
+                        ctx.progress.step(f"{pair.name}: new handshakes", options.handshake_secs)
+                        try:
+                            row.metrics.update(_handshakes(openssl, running[pair], certs, options,
+                                                           workdir / pair.name, collected))
+                        except ProcessFailed as exc:
+                            _failed(ctx, collected, pair.name, "failed while its handshakes were measured", exc)
+                            continue
+                    collected.rows.append(row)
+                    ctx.progress.note(f"  {pair.name}: {row.metrics['rps']:.0f} req/s, "
+                                      f"{row.metrics.get('req_per_cpu_sec', 0.0):,.0f} req per proxy CPU-s")
+                    cost = row.metric(MTLS_CPU_COST)
+                    if cost is not None:
+                        ctx.progress.note(f"  {pair.family}: mTLS CPU cost {_cost_text(row)}")
     return ScenarioResult(
         name=NAME,
         options=dict(asdict(options)),
-        rows=tuple(rows),
+        rows=tuple(collected.rows),
         skipped=tuple(collected.skipped),
         commands=tuple(collected.commands),
         notes=tuple(collected.notes),
     )
 
 
-def _with_mtls_cost(rows: list[Row]) -> list[Row]:
-    """Each mTLS row gets `mtls_cpu_cost`: its CPU per request over its family's plaintext row's, minus 1."""
-    plain = {r.target: r.metric("cpu_us_per_req") for r in rows if r.variant == PLAINTEXT}
-    out = []
-    for row in rows:
-        base = plain.get(row.target)
-        mine = row.metric("cpu_us_per_req")
-        if row.variant == MTLS and base and mine is not None:
-            row = replace(row, metrics={**row.metrics, "mtls_cpu_cost": mine / base - 1.0})
-        out.append(row)
-    return out
+class _Measure:
+    """One wrk run against a running pair; a process failure becomes a Skip and None."""
+
+    def __init__(self, ctx: RunContext, options: TlsOptions, script: Path, collected: Collected) -> None:
+        self.ctx, self.options, self.script, self.collected = ctx, options, script, collected
+
+    def run(self, pair: TwoHop, running: RunningPair, upstream: TinyUpstream, secs: float) -> dict[str, float] | None:
+        try:
+            return _wrk_run(running, upstream, self.options, self.script, secs, self.collected)
+        except ProcessFailed as exc:
+            _failed(self.ctx, self.collected, pair.name, "failed while measured", exc)
+            return None
+
+
+def _rounds(measure: _Measure, running: dict[TwoHop, RunningPair], upstream: TinyUpstream,
+            record: Path) -> dict[TwoHop, list[dict[str, float]]]:
+    """The interleaved runs of one family's pairs, each pair's in round order, written to `record`. A pair
+    that fails ends the rounds (the other's runs so far are kept: a comparison needs both)."""
+    options = measure.options
+    runs: dict[TwoHop, list[dict[str, float]]] = {pair: [] for pair in running}
+    in_order: list[tuple[int, str, dict[str, float]]] = []
+    for round_index, pair in interleave.schedule(list(running), options.repeats):
+        measure.ctx.progress.step(f"{pair.name}: round {round_index + 1}/{options.repeats}", options.duration_secs)
+        result = measure.run(pair, running[pair], upstream, options.duration_secs)
+        if result is None:
+            del runs[pair]
+            break
+        runs[pair].append(result)
+        in_order.append((round_index, pair.name, result))
+    if in_order:
+        record.write_text(interleave.rounds_text(in_order, ROUND_COLUMNS))
+    return runs
+
+
+def interleaved_rows(runs: dict[TwoHop, list[dict[str, float]]]) -> list[Row]:
+    """A row per pair (plaintext first), figures the median over its runs; the mTLS row also gets
+    `mtls_cpu_cost`, the median of per-round ratios, with its lowest and highest round."""
+    plain = next((r for p, r in runs.items() if not p.tls), None)
+    rows = []
+    for pair, pair_runs in sorted(runs.items(), key=lambda item: item[0].tls):
+        if not pair_runs:
+            continue
+        metrics = median_metrics(pair_runs)
+        kept: tuple[dict[str, float], ...] = tuple(pair_runs)
+        if pair.tls and plain:
+            per_round = interleave.changes(pair_runs, plain, "cpu_us_per_req")
+            spread = interleave.spread(per_round)
+            if spread is not None:
+                metrics.update(spread.metrics(MTLS_CPU_COST))
+                kept = interleave.with_round_figure(pair_runs, MTLS_CPU_COST, per_round)
+        rows.append(Row(target=pair.family, variant=pair.variant, metrics=metrics, runs=kept))
+    return rows
+
+
+def _cost_text(row: Row) -> str:
+    cost, low, high = (row.metric(MTLS_CPU_COST), row.metric(f"{MTLS_CPU_COST}_min"),
+                       row.metric(f"{MTLS_CPU_COST}_max"))
+    rounds = row.metric(f"{MTLS_CPU_COST}_rounds")
+    return f"{cost or 0.0:+.1%} (rounds: {low or 0.0:+.1%} to {high or 0.0:+.1%}, {rounds or 0.0:.0f} rounds)"
 
 
 @contextmanager

@@ -29,7 +29,7 @@ def test_time_scale_shortens_every_duration_and_flags_override():
     assert stall.duration_secs == pytest.approx(6.0)
     assert stall.stall_start_secs == pytest.approx(1.5) and stall.stall_secs == pytest.approx(3.0)
     assert stall.rate == 500.0 and stall.stall_ms == 2000.0
-    assert SCENARIOS["throughput"].options(time_scale=0.01) == ThroughputOptions(duration_secs=1.0)
+    assert SCENARIOS["throughput"].options(time_scale=0.01) == ThroughputOptions(duration_secs=1.0, tracing_run_secs=1.0)
 
 
 def test_soak_lasts_30_minutes_scales_every_interval_and_is_not_part_of_all():

@@ -50,7 +50,8 @@ def test_goals_are_met_missed_or_not_measured(run):
     assert by_scenario == {
         # 20,000 >= Envoy's 18,000 requests per CPU-second; 14,000 is 17.5% of direct's 80,000
         # (>= 15%); p50 4.4 ms against direct's 0.3 ms adds 4.1 ms (not < 1 ms)
-        "throughput": [True, True, False],
+        # the tracing goals: the canned run has no tracing rows
+        "throughput": [True, True, False, None, None],
         "latency": [True, False],  # +0.2 ms at p50 (<= 0.3), +0.9 ms at p99 (> 0.6)
         "slow-replica": [True],  # p99 about 2x direct's
         "failing-replica": [True],  # 99.995% success, amplification 1.2
@@ -81,7 +82,7 @@ def test_the_soak_goal_wants_no_failure_flat_memory_and_flat_descriptors(run):
 def test_goals_without_the_rows_they_need_are_not_measured(run):
     empty = replace(run, scenarios=(replace(run.scenario("throughput"), rows=()),))
     outcomes = goals.evaluate(empty)
-    assert len(outcomes) == 13  # nine, two of the tls scenario's, the grpc and the soak scenarios'
+    assert len(outcomes) == 15  # eleven, two of the tls scenario's, the grpc and the soak scenarios'
     assert all(g.met is None and g.verdict == "not measured" for g in outcomes)
 
 

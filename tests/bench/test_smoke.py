@@ -108,6 +108,26 @@ def test_throughput(ctx):
     assert any(c.startswith("wrk -t1 -c4 -d1s --latency") for c in result.commands)
 
 
+@pytest.mark.skipif(not WITH_MESHD, reason="meshd targets only: set MESHD_BENCH_SMOKE_MESHD=1")
+@pytest.mark.skipif(shutil.which("wrk") is None and not IN_CI, reason=f"wrk is not installed: {INSTALL}")
+def test_throughput_measures_the_tracing_rows_interleaved_with_meshd_w1(ctx):
+    ctx.selection = Selection(frozenset({"meshd"}))
+    options = throughput.ThroughputOptions(connections=4, duration_secs=1, repeats=1, tracing_sample_rate="0",
+                                           tracing_rounds=2, tracing_run_secs=1)
+    result = throughput.run(ctx, options)
+    check_common(result, "throughput")
+    rows = {r.target: r for r in result.rows}
+    assert set(rows) == {"meshd-w1", "meshd-w1-roundRobin", "meshd-w2", "meshd-w1-tracing-0"}
+    assert len(rows["meshd-w1"].runs) == 2 and len(rows["meshd-w1-roundRobin"].runs) == 1
+    traced = rows["meshd-w1-tracing-0"]
+    assert len(traced.runs) == 2 and all(throughput.TRACING_CHANGE in run for run in traced.runs)
+    assert traced.metrics[f"{throughput.TRACING_CHANGE}_rounds"] == 2
+    # every interleaved run, in the order they ran: w1, tracing, then tracing, w1
+    lines = (ctx.workdir / "throughput" / "tracing-rounds.tsv").read_text().splitlines()
+    assert [line.split("\t")[:2] for line in lines[1:]] == [
+        ["1", "meshd-w1"], ["1", "meshd-w1-tracing-0"], ["2", "meshd-w1-tracing-0"], ["2", "meshd-w1"]]
+
+
 def test_latency(ctx):
     ctx.warmup_secs = 0.2  # this scenario also exercises the warm-up runs
     result = latency.run(ctx, latency.LatencyOptions(rate=100, duration_secs=0.5))
@@ -173,19 +193,24 @@ def test_memory(ctx):
 
 @pytest.mark.skipif(shutil.which("wrk") is None and not IN_CI, reason=f"wrk is not installed: {INSTALL}")
 def test_tls(ctx):
-    options = tls.TlsOptions(connections=4, duration_secs=1, repeats=1, handshake_secs=1, handshake_clients=1)
+    options = tls.TlsOptions(connections=4, duration_secs=1, repeats=2, handshake_secs=1, handshake_clients=1)
     result = tls.run(ctx, options)
     check_common(result, "tls")
     families = ({"meshd"} if WITH_MESHD else set()) | ({"envoy"} & PEERS_AVAILABLE)
     assert {(r.target, r.variant) for r in result.rows} == {(f, v) for f in families for v in ("plaintext", "mtls")}
+    for family in families:  # both pairs measured in rounds, plaintext first, then mTLS first
+        lines = (ctx.workdir / "tls" / f"{family}-rounds.tsv").read_text().splitlines()
+        assert [line.split("\t")[:2] for line in lines[1:]] == [
+            ["1", f"{family}-plaintext"], ["1", f"{family}-mtls"], ["2", f"{family}-mtls"], ["2", f"{family}-plaintext"]]
     for row in result.rows:
-        assert row.metrics["rps"] > 0 and row.metrics["errors"] == 0
+        assert row.metrics["rps"] > 0 and row.metrics["errors"] == 0 and len(row.runs) == 2
         assert row.metrics["front_cpu_secs"] > 0 and row.metrics["back_cpu_secs"] > 0
         assert row.metrics["req_per_cpu_sec"] > 0
         if row.variant == "mtls":
             # each s_time connection is a full mutual-TLS handshake answered 200 by the second proxy
             assert row.metrics["handshakes"] > 0 and row.metrics["handshakes_per_cpu_sec"] > 0
-            assert "mtls_cpu_cost" in row.metrics
+            assert row.metrics["mtls_cpu_cost_rounds"] == 2 and all("mtls_cpu_cost" in run for run in row.runs)
+            assert row.metrics["mtls_cpu_cost_min"] <= row.metrics["mtls_cpu_cost"] <= row.metrics["mtls_cpu_cost_max"]
 
 
 @pytest.mark.skipif(
