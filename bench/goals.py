@@ -16,7 +16,11 @@ SLOW_REPLICA_P99_FACTOR: Final = 3.0
 FAILING_SUCCESS_RATE: Final = 0.9999
 FAILING_AMPLIFICATION: Final = 1.6
 STALL_P999_FACTOR: Final = 1.5
-MEMORY_MB_PER_WORKER: Final = 60.0
+#: issue 20's bars against the fastest peer: requests per CPU-second, and added p99 at 1,000 req/s
+HAPROXY_SHARE: Final = 0.80
+HAPROXY_ADDED_P99_GAP_MS: Final = 0.1
+#: issue 20's bar (the first data-plane issue's was 60 MB)
+MEMORY_MB_PER_WORKER: Final = 35.0
 TLS_CPU_COST: Final = 0.25
 #: tracing's issue: requests per proxy CPU-second with tracing on at a sample rate, against meshd-w1
 #: measured interleaved with it, may be lower by at most this much
@@ -62,6 +66,14 @@ def _throughput(s: ScenarioResult | None) -> Goal:
     return Goal("throughput", goal, f"{mine:,.0f} vs Envoy {envoy:,.0f}", mine >= envoy)
 
 
+def _haproxy_share(s: ScenarioResult | None) -> Goal:
+    goal = f"meshd (1 worker) requests per proxy CPU-second >= {HAPROXY_SHARE:.0%} of HAProxy's"
+    mine, peer = _metric(s, "meshd-w1", "req_per_cpu_sec"), _metric(s, "haproxy", "req_per_cpu_sec")
+    if mine is None or peer is None or peer <= 0:
+        return Goal("throughput", goal, _missing(("meshd-w1", mine), ("haproxy", peer)), None)
+    return Goal("throughput", goal, f"{mine / peer:.1%} ({mine:,.0f} vs HAProxy {peer:,.0f})", mine >= HAPROXY_SHARE * peer)
+
+
 def _direct_share(s: ScenarioResult | None) -> Goal:
     # The data-plane issue's bar: one process against going straight to the upstream.
     goal = f"meshd (1 worker) reaches >= {DIRECT_SHARE:.0%} of direct throughput"
@@ -94,6 +106,15 @@ def _latency_p99(s: ScenarioResult | None) -> Goal:
     if added is None:
         return Goal("latency", goal, "meshd or direct did not run", None)
     return Goal("latency", goal, f"+{added:.3f} ms", added <= LATENCY_ADDED_P99_MS)
+
+
+def _latency_p99_vs_haproxy(s: ScenarioResult | None) -> Goal:
+    goal = f"latency: meshd's added p99 within {HAPROXY_ADDED_P99_GAP_MS:g} ms of HAProxy's"
+    mine, peer = _metric(s, "meshd", "added_p99_ms"), _metric(s, "haproxy", "added_p99_ms")
+    if mine is None or peer is None:
+        return Goal("latency", goal, _missing(("meshd", mine), ("haproxy", peer)), None)
+    gap = mine - peer
+    return Goal("latency", goal, f"{gap:+.3f} ms (+{mine:.3f} vs HAProxy +{peer:.3f} ms)", gap <= HAPROXY_ADDED_P99_GAP_MS)
 
 
 def _slow_replica(s: ScenarioResult | None) -> Goal:
@@ -209,11 +230,13 @@ def _ratio(a: float, b: float) -> str:
 
 _CHECKS: Final[tuple[tuple[str, Callable[[ScenarioResult | None], Goal]], ...]] = (
     ("throughput", _throughput),
+    ("throughput", _haproxy_share),
     ("throughput", _direct_share),
     ("throughput", _saturated_p50),
     *(("throughput", _tracing(rate, loss)) for rate, loss in TRACING_LOSS),
     ("latency", _latency_p50),
     ("latency", _latency_p99),
+    ("latency", _latency_p99_vs_haproxy),
     ("slow-replica", _slow_replica),
     ("failing-replica", _failing_replica),
     ("stall", _stall),
