@@ -35,7 +35,7 @@ _ORDINARY: list[tuple[bytes, bytes]] = [
     (b"Cookie", b"session=1"),
 ]
 CASES: dict[str, tuple[list[tuple[bytes, bytes]], str, float]] = {
-    "no context, new trace (rate 0)": ([], "127.0.0.1", 0.0),
+    "no context, rate 0 (not traced)": ([], "127.0.0.1", 0.0),
     "traceparent unsampled, passed on as is": ([(b"traceparent", f"00-{TRACE}-{SPAN}-00".encode())], "127.0.0.1", 0.0),
     "traceparent sampled by an untrusted caller (rewritten)": (
         [(b"traceparent", f"00-{TRACE}-{SPAN}-01".encode())], "10.1.2.3", 0.0),

@@ -3,7 +3,8 @@
 In the router's chain only when `tracing` is configured (docs/tracing.md), first, before
 hygiene: so every error meshd answers from the pipeline, hygiene's included, carries the
 request's trace id (`l5d-trace-id`, added by the listener next to `l5d-err`). It sets
-`ctx.trace_id` always and `ctx.span` (the request's SERVER span) when the request is sampled.
+`ctx.trace_id` (except at rate 0 for a request with no context) and `ctx.span` (the request's
+SERVER span) when the request is sampled.
 
 Context in: a valid W3C `traceparent` wins; else a B3 single `b3` header; else the B3 multi
 headers (`X-B3-TraceId`, ...). A malformed one (or two `traceparent` headers) starts a new trace
@@ -19,8 +20,8 @@ per attempt by the client, naming the attempt's span as the parent. An unsampled
 a valid incoming `traceparent` as it is when its flag already says unsampled (no allocation);
 otherwise one `traceparent` with flag 00 replaces it. `tracestate` travels with a valid
 `traceparent` and is dropped with an invalid one. One exception: at `sampleRate: 0` a request
-that brought no context at all (no `traceparent`, no B3) goes on without one, as through a
-meshd without tracing; it still has a trace id for meshd's access log and `l5d-trace-id`.
+that brought no context at all (no `traceparent`, no B3) is not traced: no trace id (so no
+`l5d-trace-id`, and `-` in the access log) and no header, as through a meshd without tracing.
 """
 
 from __future__ import annotations
@@ -109,6 +110,10 @@ def trace_filter(tracer: Tracer, trust: TrustPolicy, router: str) -> Filter:
         if parent is not None and parent.trace_id:
             trace_id = parent.trace_id
             parent_id = parent.parent_id
+        elif not sampled and tracer.sample_rate == 0.0 and traceparent is None and b3 is None and not b3_multi:
+            # rate 0 and no context came in: not traced at all, as through a meshd without tracing
+            # (no trace id, no header; docs/tracing.md, "Propagation")
+            return
         else:
             trace_id = tracer.new_trace_id()
             parent_id = ""
@@ -125,9 +130,6 @@ def trace_filter(tracer: Tracer, trust: TrustPolicy, router: str) -> Filter:
             request.headers = headers = _without_context(headers, keep_tracestate=from_traceparent)
         if not sampled:
             if not parent_id:
-                if tracer.sample_rate == 0.0 and traceparent is None and b3 is None and not b3_multi:
-                    # rate 0 and no context came in: nothing to pass on (docs/tracing.md, "Rate 0")
-                    return
                 # a new trace, not recorded: the parent id the upstream sees only has to be random
                 # and not zero, and the trace id's low half is both (almost always: else a new one)
                 parent_id = trace_id[16:]
