@@ -68,19 +68,24 @@ def _throughput(s: ScenarioResult | None) -> Goal:
 
 def _haproxy_share(s: ScenarioResult | None) -> Goal:
     goal = f"meshd (1 worker) requests per proxy CPU-second >= {HAPROXY_SHARE:.0%} of HAProxy's"
-    mine, peer = _metric(s, "meshd-w1", "req_per_cpu_sec"), _metric(s, "haproxy", "req_per_cpu_sec")
-    if mine is None or peer is None or peer <= 0:
-        return Goal("throughput", goal, _missing(("meshd-w1", mine), ("haproxy", peer)), None)
-    return Goal("throughput", goal, f"{mine / peer:.1%} ({mine:,.0f} vs HAProxy {peer:,.0f})", mine >= HAPROXY_SHARE * peer)
+    return _share(s, goal, "req_per_cpu_sec", "haproxy", HAPROXY_SHARE,
+                  lambda mine, peer: f"{mine / peer:.1%} ({mine:,.0f} vs HAProxy {peer:,.0f})")
 
 
 def _direct_share(s: ScenarioResult | None) -> Goal:
     # The data-plane issue's bar: one process against going straight to the upstream.
     goal = f"meshd (1 worker) reaches >= {DIRECT_SHARE:.0%} of direct throughput"
-    mine, direct = _metric(s, "meshd-w1", "rps"), _metric(s, "direct", "rps")
-    if mine is None or direct is None or direct <= 0:
-        return Goal("throughput", goal, _missing(("meshd-w1", mine), ("direct", direct)), None)
-    return Goal("throughput", goal, f"{mine / direct:.1%} ({mine:,.0f} of {direct:,.0f} req/s)", mine >= DIRECT_SHARE * direct)
+    return _share(s, goal, "rps", "direct", DIRECT_SHARE,
+                  lambda mine, peer: f"{mine / peer:.1%} ({mine:,.0f} of {peer:,.0f} req/s)")
+
+
+def _share(s: ScenarioResult | None, goal: str, name: str, peer_target: str, bar: float,
+           describe: Callable[[float, float], str]) -> Goal:
+    """A throughput goal: meshd-w1's `name` at least `bar` times `peer_target`'s."""
+    mine, peer = _metric(s, "meshd-w1", name), _metric(s, peer_target, name)
+    if mine is None or peer is None or peer <= 0:
+        return Goal("throughput", goal, _missing(("meshd-w1", mine), (peer_target, peer)), None)
+    return Goal("throughput", goal, describe(mine, peer), mine >= bar * peer)
 
 
 def _saturated_p50(s: ScenarioResult | None) -> Goal:
