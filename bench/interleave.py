@@ -17,11 +17,12 @@ part-way has fewer runs, and only rounds where both sides were measured give a r
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +88,35 @@ def rounds_text(runs_in_order: Sequence[tuple[int, str, Mapping[str, float]]], c
         cells = [f"{run[c]:.6g}" if c in run else "" for c in columns]
         lines.append("\t".join([str(index + 1), variant, *cells]))
     return "\n".join(lines) + "\n"
+
+
+def run_rounds(
+    variants: Sequence[K], rounds: int, measure: Callable[[int, K], dict[str, float] | None],
+    label: Callable[[K], str], columns: Sequence[str],
+) -> tuple[dict[K, list[dict[str, float]]], str]:
+    """Measure `variants` in `rounds` interleaved rounds (`schedule`): `measure(round, variant)` makes
+    one run, None if the variant failed, which ends the rounds (that variant is dropped; the others keep
+    their runs so far). Returns each variant's runs in round order and `rounds_text` of every run (its
+    `columns`), in the order they ran ("" if none did)."""
+    runs: dict[K, list[dict[str, float]]] = {variant: [] for variant in variants}
+    in_order: list[tuple[int, str, Mapping[str, float]]] = []
+    for round_index, variant in schedule(variants, rounds):
+        result = measure(round_index, variant)
+        if result is None:
+            del runs[variant]
+            break
+        runs[variant].append(result)
+        in_order.append((round_index, label(variant), result))
+    return runs, rounds_text(in_order, columns) if in_order else ""
+
+
+def compared(runs: Sequence[Mapping[str, float]], base_runs: Sequence[Mapping[str, float]], metric: str,
+             key: str) -> tuple[dict[str, float], tuple[dict[str, float], ...]]:
+    """One variant against the baseline, round by round: the metrics to add to its row (`key`, its range
+    and round count: `Spread.metrics`; none if no round gave a ratio) and its runs with each round's
+    figure (`with_round_figure`)."""
+    per_round = changes(runs, base_runs, metric)
+    found = spread(per_round)
+    if found is None:
+        return {}, tuple(dict(run) for run in runs)
+    return found.metrics(key), with_round_figure(runs, key, per_round)

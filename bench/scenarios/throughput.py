@@ -168,18 +168,14 @@ def _interleaved(ctx: RunContext, targets: list[Target], deployment: Deployment,
                 ctx.progress.step(f"{name}: warm-up", warmup_secs)
                 if _measured(ctx, running[name], upstream, options, script, warmup_secs, collected) is None:
                     del running[name]
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name in running}
-        in_order: list[tuple[int, str, dict[str, float]]] = []
-        for round_index, name in interleave.schedule(list(running), options.tracing_rounds):
+
+        def one(round_index: int, name: str) -> dict[str, float] | None:
             ctx.progress.step(f"{name}: round {round_index + 1}/{options.tracing_rounds}", options.tracing_run_secs)
-            result = _measured(ctx, running[name], upstream, options, script, options.tracing_run_secs, collected)
-            if result is None:
-                del runs[name]
-                break
-            runs[name].append(result)
-            in_order.append((round_index, name, result))
-    if in_order:
-        record.write_text(interleave.rounds_text(in_order, ROUND_COLUMNS))
+            return _measured(ctx, running[name], upstream, options, script, options.tracing_run_secs, collected)
+
+        runs, text = interleave.run_rounds(list(running), options.tracing_rounds, one, str, ROUND_COLUMNS)
+    if text:
+        record.write_text(text)
     return tracing_rows(runs)
 
 
@@ -195,11 +191,8 @@ def tracing_rows(runs: dict[str, list[dict[str, float]]]) -> list[Row]:
         metrics = median_metrics(target_runs)
         kept: tuple[dict[str, float], ...] = tuple(target_runs)
         if name != BASELINE and base:
-            per_round = interleave.changes(target_runs, base, "req_per_cpu_sec")
-            spread = interleave.spread(per_round)
-            if spread is not None:
-                metrics.update(spread.metrics(TRACING_CHANGE))
-                kept = interleave.with_round_figure(target_runs, TRACING_CHANGE, per_round)
+            extra, kept = interleave.compared(target_runs, base, "req_per_cpu_sec", TRACING_CHANGE)
+            metrics.update(extra)
         rows.append(Row(target=name, metrics=metrics, runs=kept))
     return rows
 

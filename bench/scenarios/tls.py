@@ -35,7 +35,7 @@ from bench.processes import (
 )
 from bench.procstat import tree_cpu_seconds
 from bench.results import Row, ScenarioResult, Skip
-from bench.scenarios.context import Collected, RunContext, median_metrics
+from bench.scenarios.context import Collected, RunContext, median_metrics, record_failure
 from bench.targets.base import Backend, Deployment, render_peer_file
 from bench.targets.catalog import TinyUpstream, tiny_upstream
 from bench.targets.meshd import READY_TIMEOUT_SECS, MeshdTarget, write_disco
@@ -211,7 +211,7 @@ def run(ctx: RunContext, options: TlsOptions) -> ScenarioResult:
                             row.metrics.update(_handshakes(openssl, running[pair], certs, options,
                                                            workdir / pair.name, collected))
                         except ProcessFailed as exc:
-                            _failed(ctx, collected, pair.name, "failed while its handshakes were measured", exc)
+                            record_failure(ctx, collected, pair.name, "failed while its handshakes were measured", exc)
                             continue
                     collected.rows.append(row)
                     ctx.progress.note(f"  {pair.name}: {row.metrics['rps']:.0f} req/s, "
@@ -239,7 +239,7 @@ class _Measure:
         try:
             return _wrk_run(running, upstream, self.options, self.script, secs, self.collected)
         except ProcessFailed as exc:
-            _failed(self.ctx, self.collected, pair.name, "failed while measured", exc)
+            record_failure(self.ctx, self.collected, pair.name, "failed while measured", exc)
             return None
 
 
@@ -248,18 +248,14 @@ def _rounds(measure: _Measure, running: dict[TwoHop, RunningPair], upstream: Tin
     """The interleaved runs of one family's pairs, each pair's in round order, written to `record`. A pair
     that fails ends the rounds (the other's runs so far are kept: a comparison needs both)."""
     options = measure.options
-    runs: dict[TwoHop, list[dict[str, float]]] = {pair: [] for pair in running}
-    in_order: list[tuple[int, str, dict[str, float]]] = []
-    for round_index, pair in interleave.schedule(list(running), options.repeats):
+
+    def one(round_index: int, pair: TwoHop) -> dict[str, float] | None:
         measure.ctx.progress.step(f"{pair.name}: round {round_index + 1}/{options.repeats}", options.duration_secs)
-        result = measure.run(pair, running[pair], upstream, options.duration_secs)
-        if result is None:
-            del runs[pair]
-            break
-        runs[pair].append(result)
-        in_order.append((round_index, pair.name, result))
-    if in_order:
-        record.write_text(interleave.rounds_text(in_order, ROUND_COLUMNS))
+        return measure.run(pair, running[pair], upstream, options.duration_secs)
+
+    runs, text = interleave.run_rounds(list(running), options.repeats, one, lambda pair: pair.name, ROUND_COLUMNS)
+    if text:
+        record.write_text(text)
     return runs
 
 
@@ -274,11 +270,8 @@ def interleaved_rows(runs: dict[TwoHop, list[dict[str, float]]]) -> list[Row]:
         metrics = median_metrics(pair_runs)
         kept: tuple[dict[str, float], ...] = tuple(pair_runs)
         if pair.tls and plain:
-            per_round = interleave.changes(pair_runs, plain, "cpu_us_per_req")
-            spread = interleave.spread(per_round)
-            if spread is not None:
-                metrics.update(spread.metrics(MTLS_CPU_COST))
-                kept = interleave.with_round_figure(pair_runs, MTLS_CPU_COST, per_round)
+            extra, kept = interleave.compared(pair_runs, plain, "cpu_us_per_req", MTLS_CPU_COST)
+            metrics.update(extra)
         rows.append(Row(target=pair.family, variant=pair.variant, metrics=metrics, runs=kept))
     return rows
 
@@ -305,21 +298,16 @@ def _started(ctx: RunContext, pair: TwoHop, upstream: TinyUpstream, certs: Certs
             else:
                 running = _start_envoy_pair(pair, upstream, certs, workdir, supervisor, started, collected)
         except ProcessFailed as exc:
-            _failed(ctx, collected, pair.name, "failed to start", exc)
+            record_failure(ctx, collected, pair.name, "failed to start", exc)
             yield None
             return
         try:
             yield running
         except ProcessFailed as exc:
-            _failed(ctx, collected, pair.name, "failed while measured", exc)
+            record_failure(ctx, collected, pair.name, "failed while measured", exc)
     finally:
         for process in reversed(started):
             supervisor.stop(process)
-
-
-def _failed(ctx: RunContext, collected: Collected, name: str, what: str, exc: ProcessFailed) -> None:
-    collected.skipped.append(Skip(target=name, reason=f"{what}: {str(exc).splitlines()[0]}"))
-    ctx.progress.note(f"  {name} {what}: {exc}")
 
 
 def meshd_configs(pair: TwoHop, certs: Certs, *, front_port: int, front_admin: int, back_port: int,

@@ -136,3 +136,28 @@ def test_the_tracing_goals_read_the_median_of_per_round_ratios():
     plain = ScenarioResult(name="throughput", rows=(Row(target="meshd-w1", metrics={"rps": 1.0}),))
     assert "vs meshd-w1" not in scenario_text(plain, [])
     assert all(g.met is None for g in goals.for_scenario(evaluated(plain), "throughput") if "tracing" in g.goal)
+
+
+def test_run_rounds_measures_in_schedule_order_and_stops_at_a_failure() -> None:
+    seen: list[tuple[int, str]] = []
+
+    def measure(round_index: int, variant: str) -> dict[str, float] | None:
+        seen.append((round_index, variant))
+        if (round_index, variant) == (2, "b"):
+            return None  # b fails in its third round
+        return {"x": float(10 * round_index + (1 if variant == "b" else 0))}
+
+    runs, text = interleave.run_rounds(["a", "b"], 5, measure, str.upper, ("x",))
+    assert seen == [(0, "a"), (0, "b"), (1, "b"), (1, "a"), (2, "a"), (2, "b")]
+    assert runs == {"a": [{"x": 0.0}, {"x": 10.0}, {"x": 20.0}]}  # b dropped, a keeps its runs
+    assert text.splitlines() == ["round\tvariant\tx", "1\tA\t0", "1\tB\t1", "2\tB\t11", "2\tA\t10", "3\tA\t20"]
+    assert interleave.run_rounds(["a"], 3, lambda i, v: None, str, ("x",)) == ({}, "")
+
+
+def test_compared_adds_the_spread_and_each_rounds_figure() -> None:
+    base = [{"m": 100.0}, {"m": 200.0}, {"m": 100.0}]
+    mine = [{"m": 110.0}, {"m": 200.0}, {"m": 150.0}]
+    extra, kept = interleave.compared(mine, base, "m", "k")
+    assert extra == pytest.approx({"k": 0.1, "k_min": 0.0, "k_max": 0.5, "k_rounds": 3.0})
+    assert [run["k"] for run in kept] == pytest.approx([0.1, 0.0, 0.5]) and [run["m"] for run in kept] == [110.0, 200.0, 150.0]
+    assert interleave.compared(mine, [], "m", "k") == ({}, tuple(mine))
