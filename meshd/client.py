@@ -31,7 +31,7 @@ from meshd.grpc.classifiers import GrpcClassifier
 from meshd.http.headers import L5D_DST_CLIENT, L5D_DST_SERVICE
 from meshd.http.messages import Response
 from meshd.http2.codec import Headers
-from meshd.http2.convert import h2_request_headers
+from meshd.http2.convert import H2_VERSION, h2_request_headers
 from meshd.http2.guard import H2Stats
 from meshd.observable import Observable
 from meshd.pipeline.context import RouteContext
@@ -225,15 +225,9 @@ class Client:
 
     @property
     def fast(self) -> bool:
-        """Whether an attempt may take the fast path (meshd/fastpath.py): an HTTP/1.1 client
-        without an attempt timeout (a timeout needs a task to cancel)."""
-        return self._attempt_timeout_s is None and self._settings.h2 is None
-
-    @property
-    def h2_fast(self) -> bool:
-        """Whether an attempt may take the HTTP/2 fast path (meshd/h2fast.py): an HTTP/2 client
-        without an attempt timeout."""
-        return self._attempt_timeout_s is None and self._settings.h2 is not None
+        """Whether an attempt may take a fast path (meshd/fastpath.py, meshd/h2fast.py): a client
+        without an attempt timeout (a timeout needs a task to cancel), over either protocol."""
+        return self._attempt_timeout_s is None
 
     def full(self) -> bool:
         """Whether a first attempt would be refused by `circuitBreakers.maxRequests` now."""
@@ -260,11 +254,15 @@ class Client:
         `traceparent`) added."""
         request = ctx.request
         dst = self._dst_headers(ctx.logical_name)
-        if request.host is None and ctx.last_node is not None:
-            # an HTTP/1.0 request without Host: the upstream speaks HTTP/1.1, where Host is
-            # required, so it gets the endpoint's address (as nginx's default $proxy_host)
-            endpoint: Endpoint = ctx.last_node.member
-            dst += endpoint.host_line
+        if request.host is None:
+            if ctx.last_node is not None:
+                # an HTTP/1.0 request without Host: the upstream speaks HTTP/1.1, where Host is
+                # required, so it gets the endpoint's address (as nginx's default $proxy_host)
+                endpoint: Endpoint = ctx.last_node.member
+                dst += endpoint.host_line
+        elif request.version == H2_VERSION:
+            # an HTTP/2 request has `:authority` (kept as `host`), never a Host field: HTTP/1.1 needs one
+            dst += b"Host: %s\r\n" % request.host.encode("latin-1")
         if attempt is None:
             return request_head(request, dst)
         return request_head(request, dst + attempt.traceparent_line())
@@ -452,7 +450,12 @@ class Client:
         extra = [(L5D_DST_SERVICE, ctx.logical_name.encode("latin-1")), (L5D_DST_CLIENT, self.label_bytes)]
         if attempt is not None:
             extra.append((b"traceparent", attempt.traceparent_value()))
-        return h2_request_headers(ctx.request, h2.scheme, extra)
+        request = ctx.request
+        if request.host is None and ctx.last_node is not None:
+            # an HTTP/1.0 request without Host: `:authority` is the endpoint's address, as `head_for` does
+            endpoint: Endpoint = ctx.last_node.member
+            return h2_request_headers(request, h2.scheme, extra, endpoint.label)
+        return h2_request_headers(request, h2.scheme, extra)
 
     def _finish(self, node: Node[Endpoint], started: float, failure: bool, retry: bool) -> None:
         """One attempt ended (its response body too): the node learns it, the breakers free a place,

@@ -63,6 +63,7 @@ from meshd.pipeline.context import RouteContext
 from meshd.pipeline.dispatch import can_resend
 from meshd.pipeline.stack import Service
 from meshd.pool.connection import HeadReceiver, StaleConnection, UpstreamConnection
+from meshd.pool.h2 import H2Upstream, UpStream
 from meshd.retry.deadline import HEADER as DEADLINE_HEADER
 from meshd.router import FastService, Router
 from meshd.tracing.spans import Span
@@ -160,7 +161,26 @@ class FastPath(FastPlanner):
             ex.hand_over(RESUME_RETRY_ERROR)
             return True
         ex.node = node
-        upstream = node.member.pool.try_acquire_idle()
+        endpoint = node.member
+        h2pool = endpoint.h2
+        if h2pool is not None:
+            # an HTTP/2 client (`protocol: h2`, e.g. to another node's meshd): a stream on a
+            # connection that can take one now, as meshd/h2fast.py opens them
+            stream_on = h2pool.try_stream()
+            if stream_on is None:
+                ex.hand_over(RESUME_RETRY_PICKED)
+                return True
+            ex.node_started, ex.attempt = client.begin(ctx, node)
+            try:
+                ex.up = stream_on.open_stream(request, client.h2_headers(ctx, ex.attempt), ex)
+            except MeshdError as exc:
+                client.failed(node, ex.node_started, False, ex.attempt, exc)
+                ex.error = exc
+                ex.hand_over(RESUME_RETRY_ERROR)
+                return True
+            ex.h2upstream = stream_on
+            return True
+        upstream = endpoint.pool.try_acquire_idle()
         if upstream is None:
             ex.hand_over(RESUME_RETRY_PICKED)
             return True
@@ -177,7 +197,7 @@ class FastExchange(HeadReceiver):
 
     __slots__ = (
         "path", "conn", "ctx", "started", "admitted_at", "admission", "kind", "error", "service", "fast", "client", "node",
-        "node_started", "attempt", "head", "upstream", "response",
+        "node_started", "attempt", "head", "upstream", "h2upstream", "up", "response",
     )
 
     def __init__(
@@ -202,11 +222,16 @@ class FastExchange(HeadReceiver):
         self.head = b""
         #: the pooled connection the request was written on, while its head is awaited
         self.upstream: UpstreamConnection | None = None
+        #: or, to an HTTP/2 upstream, the connection and the stream it went on
+        self.h2upstream: H2Upstream | None = None
+        self.up: UpStream | None = None
         self.response: Response | None = None
 
     # -- the upstream connection's callbacks (HeadReceiver) -------------------------------------
     def head_received(self, response: Response) -> None:
         self.upstream = None
+        self.h2upstream = None
+        self.up = None
         client = self.client
         node = self.node
         fast = self.fast
@@ -232,6 +257,8 @@ class FastExchange(HeadReceiver):
 
     def head_failed(self, error: MeshdError) -> None:
         self.upstream = None
+        self.h2upstream = None
+        self.up = None
         if isinstance(error, StaleConnection) and can_resend(self.ctx.request):
             self.hand_over(RESUME_RETRY_STALE)
             return
@@ -274,7 +301,14 @@ class FastExchange(HeadReceiver):
         self.upstream = None
         if upstream is not None:
             upstream.abort()
-        if (upstream is not None or kind == RESUME_RETRY_STALE) and client is not None and node is not None:
+        h2upstream = self.h2upstream
+        up = self.up
+        self.h2upstream = None
+        self.up = None
+        if h2upstream is not None and up is not None:
+            h2upstream.abandon(up)  # the stream is reset (CANCEL); the connection serves others
+        in_flight = upstream is not None or (h2upstream is not None and up is not None)
+        if (in_flight or kind == RESUME_RETRY_STALE) and client is not None and node is not None:
             client.cancelled(node, self.node_started, False, self.attempt)
         response = self.response
         self.response = None

@@ -64,6 +64,7 @@ from meshd.fastpath import (
     RESUME_RETRY_ERROR,
     RESUME_RETRY_PICKED,
     RESUME_RETRY_RESPONSE,
+    RESUME_RETRY_STALE,
     RESUME_SERVICE,
     resume_from,
 )
@@ -75,8 +76,9 @@ from meshd.http.headers import L5D_SUCCESS_CLASS
 from meshd.http.messages import Response
 from meshd.listener import ConnectionClosed
 from meshd.pipeline.context import RouteContext
+from meshd.pipeline.dispatch import can_resend
 from meshd.pipeline.stack import Service
-from meshd.pool.connection import HeadReceiver
+from meshd.pool.connection import HeadReceiver, StaleConnection, UpstreamConnection
 from meshd.pool.h2 import H2Upstream, UpStream
 from meshd.retry.classifiers import ResponseClass
 from meshd.retry.deadline import HEADER as DEADLINE_HEADER
@@ -177,7 +179,7 @@ class H2FastPath:
             return True
         client = target
         ex.client = client
-        if not client.h2_fast or client.full():
+        if not client.fast or client.full():
             ex.hand_over(RESUME_RETRY_CLIENT)
             return True
         try:
@@ -187,8 +189,21 @@ class H2FastPath:
             ex.hand_over(RESUME_RETRY_ERROR)
             return True
         ex.node = node
-        pool = node.member.h2
-        upstream = pool.try_stream() if pool is not None else None
+        endpoint = node.member
+        pool = endpoint.h2
+        if pool is None:
+            # an HTTP/1.1 client (`client.protocol: http`, e.g. the incoming router's local
+            # service): an idle pooled connection, as meshd/fastpath.py writes to
+            written_on = endpoint.pool.try_acquire_idle()
+            if written_on is None:
+                ex.hand_over(RESUME_RETRY_PICKED)
+                return True
+            ex.node_started, ex.attempt = client.begin(ctx, node)
+            ex.head = head = client.head_for(ctx, ex.attempt)
+            ex.conn1 = written_on
+            written_on.send_to(request, head, ex)
+            return True
+        upstream = pool.try_stream()
         if upstream is None:
             ex.hand_over(RESUME_RETRY_PICKED)
             return True
@@ -210,7 +225,7 @@ class H2Exchange(HeadReceiver):
 
     __slots__ = (
         "path", "router", "conn", "stream", "ctx", "admission", "kind", "error", "service", "fast", "client", "node",
-        "node_started", "attempt", "upstream", "up", "response",
+        "node_started", "attempt", "upstream", "up", "conn1", "head", "response",
     )
 
     def __init__(
@@ -236,12 +251,17 @@ class H2Exchange(HeadReceiver):
         #: the upstream connection and stream the request went on, while its head is awaited
         self.upstream: H2Upstream | None = None
         self.up: UpStream | None = None
+        #: or the HTTP/1.1 connection it was written on, and the head written (sent again on a
+        #: fresh connection if that one turns out stale)
+        self.conn1: UpstreamConnection | None = None
+        self.head = b""
         self.response: Response | None = None
 
     # -- the upstream connection's callbacks (HeadReceiver) -------------------------------------
     def head_received(self, response: Response) -> None:
         self.upstream = None
         self.up = None
+        self.conn1 = None
         client = self.client
         node = self.node
         fast = self.fast
@@ -289,6 +309,10 @@ class H2Exchange(HeadReceiver):
     def head_failed(self, error: MeshdError) -> None:
         self.upstream = None
         self.up = None
+        self.conn1 = None
+        if isinstance(error, StaleConnection) and can_resend(self.ctx.request):
+            self.hand_over(RESUME_RETRY_STALE)
+            return
         client = self.client
         node = self.node
         assert client is not None and node is not None
@@ -307,6 +331,13 @@ class H2Exchange(HeadReceiver):
         (called by the stream's task, inside its error responder): meshd/fastpath.py `resume_from`."""
         response = self.response
         self.response = None
+        if self.kind == RESUME_RETRY_STALE:
+            client = self.client
+            node = self.node
+            fast = self.fast
+            assert client is not None and node is not None and fast is not None
+            ctx = self.ctx
+            return fast.retry(ctx, client.resend_on(ctx, node, self.node_started, self.attempt, self.head))
         return resume_from(
             self.kind, self.ctx, self.router, self.error, self.service, self.fast, self.client, self.node, response
         )
@@ -316,14 +347,21 @@ class H2Exchange(HeadReceiver):
         task would, the upstream stream is reset and the attempt counted cancelled."""
         upstream = self.upstream
         up = self.up
+        conn1 = self.conn1
         self.upstream = None
         self.up = None
+        self.conn1 = None
         client = self.client
         node = self.node
+        in_flight = False
         if upstream is not None and up is not None:
             upstream.abandon(up)
-            if client is not None and node is not None:
-                client.cancelled(node, self.node_started, False, self.attempt)
+            in_flight = True
+        elif conn1 is not None:
+            conn1.abort()  # an HTTP/1.1 connection cannot drop one request: it is not reused
+            in_flight = True
+        if (in_flight or self.kind == RESUME_RETRY_STALE) and client is not None and node is not None:
+            client.cancelled(node, self.node_started, False, self.attempt)
         response = self.response
         self.response = None
         if response is not None and not response.body.ended:

@@ -39,7 +39,7 @@ from typing import Final
 from meshd.adaptive import GradientLimit
 from meshd.admission import Admission
 from meshd.client import Client, ClientSettings
-from meshd.config.model import ClientConfig, ClientTlsConfig, RouterConfig, server_name_for
+from meshd.config.model import ClientConfig, ClientOverride, ClientTlsConfig, RouterConfig, server_name_for
 from meshd.discovery.addr import Addr, Address, Bound, Failed
 from meshd.discovery.base import Namer
 from meshd.errors import NoSuchService
@@ -211,26 +211,29 @@ class Router:
         if config.authorization is not None or any(s.tls is not None for s in config.servers):
             self.authorization = Authorization(self.config_policy)
         #: the client-side TLS files, one per distinct `tls` section of the clients (rotation polls them)
-        self.tls_files: dict[ClientTlsConfig, TlsFiles] = {}
-        for tls in [config.client.tls] + [o.tls for o in config.clients]:
-            if tls is not None and tls not in self.tls_files:
+        #: (keyed by the section and the ALPN protocols offered, which follow the client's protocol)
+        self.tls_files: dict[tuple[ClientTlsConfig, tuple[str, ...]], TlsFiles] = {}
+        sections: list[ClientConfig | ClientOverride] = [config.client, *config.clients]
+        for section in sections:
+            tls = section.tls
+            if tls is not None:
                 # loaded at start: unusable files are a start-up error, not a request's
-                self.tls_files[tls] = client_tls_files(tls, runtime, _client_alpn(config))
+                self._tls_files(tls, _client_alpn(section.protocol or config.client.protocol or config.protocol))
         #: HTTP/2 counters of this router's servers and upstream pools (docs/http2.md)
         self.h2_stats = H2Stats()
         #: gRPC counters (`grpc-timeout`, calls by grpc-status) on a router that can carry gRPC
         #: (`protocol: h2`; docs/grpc.md); None on HTTP/1-only routers, which never look for gRPC
         self.grpc_stats: GrpcStats | None = GrpcStats(self.stats.label_for) if config.protocol == "h2" else None
-        #: the upstream pools' HTTP/2 settings on a router with `protocol: h2` (None: HTTP/1.1)
-        self._h2_settings: H2Settings | None = None
-        if config.protocol == "h2":
-            h2 = config.h2
-            self._h2_settings = H2Settings(
-                max_concurrent_streams=h2.max_concurrent_streams,
-                initial_window_size=h2.initial_window_size,
-                max_frame_size=h2.max_frame_size,
-                max_header_list_size=h2.max_header_list_size,
-            )
+        #: the SETTINGS of the upstream pools that speak HTTP/2 (a router with `protocol: h2`, or
+        #: clients with `protocol: h2`): the router's `h2` section
+        h2 = config.h2
+        self._h2_settings = H2Settings(
+            max_concurrent_streams=h2.max_concurrent_streams,
+            initial_window_size=h2.initial_window_size,
+            max_frame_size=h2.max_frame_size,
+            max_header_list_size=h2.max_header_list_size,
+        )
+        if config.protocol == "h2" or any(section.protocol == "h2" for section in sections):
             # chosen now, so a MESHD_H2_CODEC naming a codec that is not there stops the start
             codec = h2_backend_name()
             why = h2_fallback_reason() if codec == "h2ref" else None  # None: nghttp2 is there, h2ref forced
@@ -483,7 +486,9 @@ class Router:
                 h2=self._h2_pool_settings(config),
                 h2_stats=self.h2_stats,
             )
-            dialer = self._dialer or self._dialer_for(id, config.tls, pool.connect_timeout_ms / 1000.0)
+            dialer = self._dialer or self._dialer_for(
+                id, config.tls, pool.connect_timeout_ms / 1000.0, _client_alpn(self.config.upstream_protocol(config))
+            )
             addr, release = self.acquire_addr(id)
             client = Client(id, addr, settings, self.runtime, dialer, release=release)
             client.used = self._tick
@@ -491,13 +496,13 @@ class Router:
         return client
 
     def _h2_pool_settings(self, config: ClientConfig) -> H2PoolSettings | None:
-        """HTTP/2 to the upstreams of a router with `protocol: h2` (meshd/pool/h2.py)."""
-        settings = self._h2_settings
-        if settings is None:
+        """HTTP/2 to the upstreams of a client whose protocol is `h2` (its own `protocol`, else the
+        router's: meshd/pool/h2.py); None: HTTP/1.1."""
+        if self.config.upstream_protocol(config) != "h2":
             return None
         pool = config.pool
         return H2PoolSettings(
-            settings=settings,
+            settings=self._h2_settings,
             max_connections=pool.max_connections,
             idle_time_s=pool.idle_time_ms / 1000.0,
             queue_timeout_s=pool.queue_timeout_ms / 1000.0,
@@ -508,12 +513,18 @@ class Router:
             scheme=b"https" if config.tls is not None else b"http",
         )
 
-    def _dialer_for(self, id: Path, tls: ClientTlsConfig | None, connect_timeout_s: float) -> Dialer:
+    def _tls_files(self, tls: ClientTlsConfig, alpn: tuple[str, ...]) -> TlsFiles:
+        files = self.tls_files.get((tls, alpn))
+        if files is None:
+            files = self.tls_files[(tls, alpn)] = client_tls_files(tls, self.runtime, alpn)
+        return files
+
+    def _dialer_for(
+        self, id: Path, tls: ClientTlsConfig | None, connect_timeout_s: float, alpn: tuple[str, ...]
+    ) -> Dialer:
         if tls is None:
             return TcpDialer(connect_timeout_s, self.runtime.clock)
-        files = self.tls_files.get(tls)
-        if files is None:
-            files = self.tls_files[tls] = client_tls_files(tls, self.runtime, _client_alpn(self.config))
+        files = self._tls_files(tls, alpn)
         side = TlsSide(
             files, self.runtime.tls, server=False, router=self.label, client=id.show(),
             handshake_timeout_s=tls.handshake_timeout_ms / 1000.0,
@@ -634,10 +645,10 @@ def _nothing() -> None:
     pass
 
 
-def _client_alpn(config: RouterConfig) -> tuple[str, ...]:
-    """What meshd offers its upstreams by ALPN: `h2` on an HTTP/2 router (gRPC servers require
-    it over TLS), else the default (`http/1.1`)."""
-    return ("h2",) if config.protocol == "h2" else ()
+def _client_alpn(protocol: str) -> tuple[str, ...]:
+    """What meshd offers upstreams it speaks `protocol` to by ALPN: `h2` for HTTP/2 (gRPC servers
+    require it over TLS), else the default (`http/1.1`)."""
+    return ("h2",) if protocol == "h2" else ()
 
 
 def client_tls_files(tls: ClientTlsConfig, runtime: Runtime, alpn: tuple[str, ...] = ()) -> TlsFiles:

@@ -248,6 +248,9 @@ class ClientConfig:
     panic_threshold_percent: int = field(default=50, metadata={"min": 0, "max": 100})
     circuit_breakers: CircuitBreakersConfig = field(default_factory=CircuitBreakersConfig)
     tls: ClientTlsConfig | None = None
+    #: what meshd speaks to these upstreams: `http` (HTTP/1.1) or `h2`; None: the router's
+    #: `protocol` (docs/http2.md, "Protocols and defaults")
+    protocol: str | None = field(default=None, metadata={"check": _protocol_ok})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -312,6 +315,7 @@ class ClientOverride:
     response_head_timeout_ms: int | None = field(default=None, metadata={"min": 1})
     max_response_headers: int | None = field(default=None, metadata={"min": 1, "max": 10_000})
     tls: ClientTlsConfig | None = None
+    protocol: str | None = field(default=None, metadata={"check": _protocol_ok})
 
     def __post_init__(self) -> None:
         _check_prefix(self.prefix)
@@ -480,6 +484,11 @@ class RouterConfig:
 
     def client_for(self, path: Path) -> ClientConfig:
         return resolve_section(self.client, self.clients, path)
+
+    def upstream_protocol(self, client: ClientConfig) -> str:
+        """What meshd speaks to the upstreams of `client` (one of this router's client sections):
+        its own `protocol`, else the router's."""
+        return client.protocol or self.protocol
 
     def __post_init__(self) -> None:
         _keyed("label", lambda: _label_ok(self.label))

@@ -109,12 +109,13 @@ def request_from_h2(
     return request
 
 
-def h2_request_headers(request: Request, scheme: bytes, dst: Headers) -> Headers:
-    """The header block of `request` for an HTTP/2 upstream, with the attempt's `dst` fields."""
+def h2_request_headers(request: Request, scheme: bytes, dst: Headers, authority: str | None = None) -> Headers:
+    """The header block of `request` for an HTTP/2 upstream, with the attempt's `dst` fields;
+    `authority` stands in for a request without a host (an HTTP/1.0 one without Host)."""
     out: Headers = [
         (b":method", request.method.encode("ascii")),
         (b":scheme", scheme),
-        (b":authority", (request.host or "").encode("latin-1")),
+        (b":authority", (request.host or authority or "").encode("latin-1")),
         (b":path", request.target.encode("latin-1") or b"/"),
     ]
     for name, value in request.headers:
