@@ -144,6 +144,7 @@ COLUMNS: Final[dict[str, tuple[Column, ...]]] = {
         Column("req per CPU-s", number("req_per_cpu_sec")),
         Column("CPU µs per req", number("cpu_us_per_req", "{:.1f}")),
         Column("mTLS CPU cost", change_with_range("mtls_cpu_cost")),
+        Column("vs plaintext over HTTP/1.1", change_with_range("mtls_cpu_cost_vs_http1")),
         Column("new handshakes per CPU-s", number("handshakes_per_cpu_sec")),
         Column("errors", number("errors")),
     ),

@@ -49,8 +49,16 @@ SERVICE: Final = "bench"
 BACK_NAME: Final = "back.bench.local"
 MTLS: Final = "mtls"
 PLAINTEXT: Final = "plaintext"
-#: the mTLS row's metric: median over the rounds of (mTLS CPU per request / plaintext's, same round) - 1
+#: what the two proxies speak to each other: HTTP/1.1 keep-alive, or HTTP/2 (one multiplexed
+#: connection; meshd's `client.protocol: h2` to an `h2` router, docs/http2.md)
+HOP_HTTP1: Final = "http"
+HOP_H2: Final = "h2"
+HOPS: Final = (HOP_HTTP1, HOP_H2)
+#: an mTLS row's metric: median over the rounds of (mTLS CPU per request / the plaintext pair's over
+#: the same hop protocol, same round) - 1
 MTLS_CPU_COST: Final = "mtls_cpu_cost"
+#: the HTTP/2 hop's mTLS row also against the plaintext HTTP/1.1 hop (the default two-hop path)
+MTLS_CPU_COST_VS_HTTP1: Final = "mtls_cpu_cost_vs_http1"
 #: the figures of every run written to work/tls/<family>-rounds.tsv
 ROUND_COLUMNS: Final = ("requests", "rps", "proxy_cpu_secs", "cpu_us_per_req", "req_per_cpu_sec", "p50_ms", "p99_ms")
 OPENSSL_INSTALL: Final = "apt-get install openssl"
@@ -67,12 +75,20 @@ class TlsOptions:
     #: `openssl s_time` processes opening connections at once
     handshake_clients: int = 2
     include_plaintext: bool = True
+    #: the protocols between the two proxies, each measured with and without mTLS: `http`, `h2`
+    hops: str = ",".join(HOPS)
 
     def __post_init__(self) -> None:
+        if not self.hop_list or any(hop not in HOPS for hop in self.hop_list):
+            raise ValueError(f"hops: a comma-separated list of {', '.join(HOPS)}, got {self.hops!r}")
         if self.connections < 1 or self.repeats < 1 or self.threads < 1 or self.handshake_clients < 0:
             raise ValueError("connections, repeats and threads must be at least 1, handshake clients at least 0")
         if self.duration_secs < 1 or self.handshake_secs < 1:
             raise ValueError("wrk and s_time run for whole seconds: durations must be at least 1 s")
+
+    @property
+    def hop_list(self) -> tuple[str, ...]:
+        return tuple(h.strip() for h in self.hops.split(",") if h.strip())
 
     def scaled(self, factor: float) -> TlsOptions:
         return replace(self, duration_secs=max(1.0, round(self.duration_secs * factor)),
@@ -111,14 +127,22 @@ def make_certs(directory: Path) -> Certs:
 
 @dataclass(frozen=True, slots=True)
 class TwoHop:
-    """One proxy family's two-hop path, with or without mutual TLS between the two."""
+    """One proxy family's two-hop path, with or without mutual TLS between the two, over HTTP/1.1 or
+    HTTP/2 between the two."""
 
     family: str  # "meshd" or "envoy"
     tls: bool
+    hop: str = HOP_HTTP1
 
     @property
     def variant(self) -> str:
-        return MTLS if self.tls else PLAINTEXT
+        base = MTLS if self.tls else PLAINTEXT
+        return base if self.hop == HOP_HTTP1 else f"{base}-{self.hop}"
+
+    @staticmethod
+    def of_variant(family: str, variant: str) -> TwoHop:
+        base, _, hop = variant.partition("-")
+        return TwoHop(family, base == MTLS, hop or HOP_HTTP1)
 
     @property
     def name(self) -> str:
@@ -155,8 +179,9 @@ def run(ctx: RunContext, options: TlsOptions) -> ScenarioResult:
     for family in ("meshd", "envoy"):
         if family not in ctx.selection.families:
             continue
-        for tls in ((False, True) if options.include_plaintext else (True,)):
-            pair = TwoHop(family, tls)
+        for hop, tls in [(h, t) for h in options.hop_list
+                         for t in ((False, True) if options.include_plaintext else (True,))]:
+            pair = TwoHop(family, tls, hop)
             why = pair.unavailable()
             if why is None:
                 families.setdefault(family, []).append(pair)
@@ -165,24 +190,28 @@ def run(ctx: RunContext, options: TlsOptions) -> ScenarioResult:
                 ctx.progress.note(f"  skipped {pair.name}: {why}")
     warmup_secs = max(1.0, round(ctx.warmup_secs)) if ctx.warmup_secs > 0 else 0.0
     handshakes = bool(openssl and options.handshake_clients)
-    steps = sum(options.repeats + (1 if warmup_secs else 0) + (1 if p.tls and handshakes else 0)
+    steps = sum(options.repeats + (1 if warmup_secs else 0) + (1 if _measures_handshakes(p, handshakes) else 0)
                 for pairs in families.values() for p in pairs)
     ctx.progress.begin_scenario(NAME, steps)
     workdir = ctx.scenario_dir(NAME)
     certs = make_certs(workdir / "certs")
     script = wrk.write_script(workdir)
     collected.notes.append(
-        "Two hops: wrk -> first proxy (plaintext) -> second proxy -> upstream (plaintext); between the two "
-        "proxies HTTP/1.1 keep-alive, with mutual TLS (TLS 1.3, EC P-256 certificates from the scenario's own "
-        "CA, both sides verified) or in plaintext. Each proxy runs one worker. Requests per proxy CPU-second "
-        "divide the requests by both proxies' CPU seconds together."
+        "Two hops: wrk -> first proxy (HTTP/1.1, plaintext) -> second proxy -> upstream (HTTP/1.1, plaintext); "
+        "between the two proxies HTTP/1.1 keep-alive (variants plaintext, mtls) or HTTP/2, many requests on "
+        "one connection (variants plaintext-h2, mtls-h2: meshd's client.protocol h2 to an h2 router whose "
+        "client.protocol is http; Envoy's http2_protocol_options on the first hop's cluster, codec AUTO on the "
+        "second), with mutual TLS (TLS 1.3, EC P-256 certificates from the scenario's own CA, both sides "
+        "verified) or in plaintext. Each proxy runs one worker. Requests per proxy CPU-second divide the "
+        "requests by both proxies' CPU seconds together."
     )
     collected.notes.append(
-        "Interleaved: a family's plaintext and mTLS pairs run side by side and are measured in rounds, "
-        "one run of each per round, the order reversed every round (plaintext, mTLS, mTLS, plaintext...). "
-        "Each row's figures are medians over the rounds; mTLS CPU cost is the median over the rounds of "
-        "that round's CPU per request with mTLS over its CPU per request in plaintext, minus one (not the "
-        "ratio of the two medians), with the lowest and highest round in brackets. Every run is in "
+        "Interleaved: a family's pairs run side by side and are measured in rounds, one run of each per "
+        "round, the order reversed every round (plaintext, mTLS, mTLS, plaintext...). Each row's figures "
+        "are medians over the rounds; mTLS CPU cost is the median over the rounds of that round's CPU per "
+        "request with mTLS over its CPU per request in plaintext over the same hop protocol, minus one (not "
+        "the ratio of the two medians), with the lowest and highest round in brackets; the HTTP/2 hop's "
+        "mTLS row also has it against the plaintext HTTP/1.1 hop (mtls_cpu_cost_vs_http1). Every run is in "
         "work/tls/<family>-rounds.tsv."
     )
     measure = _Measure(ctx, options, script, collected)
@@ -204,8 +233,8 @@ def run(ctx: RunContext, options: TlsOptions) -> ScenarioResult:
                 runs = _rounds(measure, running, upstream, workdir / f"{family}-rounds.tsv")
                 rows = interleaved_rows(runs)
                 for row in rows:
-                    pair = TwoHop(row.target, row.variant == MTLS)
-                    if pair.tls and handshakes and openssl is not None:
+                    pair = TwoHop.of_variant(row.target, row.variant)
+                    if _measures_handshakes(pair, handshakes) and openssl is not None:
                         ctx.progress.step(f"{pair.name}: new handshakes", options.handshake_secs)
                         try:
                             row.metrics.update(_handshakes(openssl, running[pair], certs, options,
@@ -218,7 +247,10 @@ def run(ctx: RunContext, options: TlsOptions) -> ScenarioResult:
                                       f"{row.metrics.get('req_per_cpu_sec', 0.0):,.0f} req per proxy CPU-s")
                     cost = row.metric(MTLS_CPU_COST)
                     if cost is not None:
-                        ctx.progress.note(f"  {pair.family}: mTLS CPU cost {_cost_text(row)}")
+                        ctx.progress.note(f"  {pair.name}: mTLS CPU cost {_cost_text(row)}")
+                    if row.metric(MTLS_CPU_COST_VS_HTTP1) is not None:
+                        ctx.progress.note(f"  {pair.name}: against plaintext over HTTP/1.1 "
+                                          f"{_cost_text(row, MTLS_CPU_COST_VS_HTTP1)}")
     return ScenarioResult(
         name=NAME,
         options=dict(asdict(options)),
@@ -260,26 +292,38 @@ def _rounds(measure: _Measure, running: dict[TwoHop, RunningPair], upstream: Tin
 
 
 def interleaved_rows(runs: dict[TwoHop, list[dict[str, float]]]) -> list[Row]:
-    """A row per pair (plaintext first), figures the median over its runs; the mTLS row also gets
-    `mtls_cpu_cost`, the median of per-round ratios, with its lowest and highest round."""
-    plain = next((r for p, r in runs.items() if not p.tls), None)
+    """A row per pair (HTTP/1.1 hop first, plaintext before mTLS), figures the median over its runs; an
+    mTLS row also gets `mtls_cpu_cost`, the median of per-round ratios to the plaintext pair over the
+    same hop protocol, with its lowest and highest round, and the HTTP/2 hop's mTLS row
+    `mtls_cpu_cost_vs_http1`, the same against the plaintext HTTP/1.1 hop."""
+    plain = {p.hop: r for p, r in runs.items() if not p.tls}
     rows = []
-    for pair, pair_runs in sorted(runs.items(), key=lambda item: item[0].tls):
+    for pair, pair_runs in sorted(runs.items(), key=lambda item: (HOPS.index(item[0].hop), item[0].tls)):
         if not pair_runs:
             continue
         metrics = median_metrics(pair_runs)
         kept: tuple[dict[str, float], ...] = tuple(pair_runs)
-        if pair.tls and plain:
-            extra, kept = interleave.compared(pair_runs, plain, "cpu_us_per_req", MTLS_CPU_COST)
+        same_hop = plain.get(pair.hop)
+        if pair.tls and same_hop:
+            extra, kept = interleave.compared(kept, same_hop, "cpu_us_per_req", MTLS_CPU_COST)
+            metrics.update(extra)
+        http1 = plain.get(HOP_HTTP1)
+        if pair.tls and pair.hop != HOP_HTTP1 and http1:
+            extra, kept = interleave.compared(kept, http1, "cpu_us_per_req", MTLS_CPU_COST_VS_HTTP1)
             metrics.update(extra)
         rows.append(Row(target=pair.family, variant=pair.variant, metrics=metrics, runs=kept))
     return rows
 
 
-def _cost_text(row: Row) -> str:
-    cost, low, high = (row.metric(MTLS_CPU_COST), row.metric(f"{MTLS_CPU_COST}_min"),
-                       row.metric(f"{MTLS_CPU_COST}_max"))
-    rounds = row.metric(f"{MTLS_CPU_COST}_rounds")
+def _measures_handshakes(pair: TwoHop, handshakes: bool) -> bool:
+    """New handshakes are measured once per family, on the HTTP/1.1 hop's mTLS pair (the second
+    proxy's TLS is the same over either hop protocol) or, without it, the first mTLS pair."""
+    return handshakes and pair.tls and pair.hop == HOP_HTTP1
+
+
+def _cost_text(row: Row, key: str = MTLS_CPU_COST) -> str:
+    cost, low, high = (row.metric(key), row.metric(f"{key}_min"), row.metric(f"{key}_max"))
+    rounds = row.metric(f"{key}_rounds")
     return f"{cost or 0.0:+.1%} (rounds: {low or 0.0:+.1%} to {high or 0.0:+.1%}, {rounds or 0.0:.0f} rounds)"
 
 
@@ -325,6 +369,13 @@ def meshd_configs(pair: TwoHop, certs: Certs, *, front_port: int, front_admin: i
     back_router["label"] = "incoming"
     # every request reaching the second hop is for the bench service (s_time sends no Host header)
     back_router["identifier"] = {"kind": "static", "path": "/" + SERVICE}
+    if pair.hop == HOP_H2:
+        # HTTP/2 between the meshds, HTTP/1.1 on both outer sides (docs/http2.md, "Protocols and
+        # defaults"): s_time's HTTP/1.0 over TLS still reaches the second hop (acceptHttp1)
+        front_router["client"]["protocol"] = "h2"
+        back_router["protocol"] = "h2"
+        back_router["h2"] = {"acceptHttp1": True}
+        back_router["client"]["protocol"] = "http"
     if pair.tls:
         front_router["client"]["tls"] = {
             "serverName": BACK_NAME,
@@ -362,10 +413,25 @@ def _start_meshd_pair(pair: TwoHop, upstream: TinyUpstream, certs: Certs, workdi
     return RunningPair(front=processes[1], back=processes[0], front_port=front_port, back_port=back_port)
 
 
-def envoy_tls_blocks(certs: Certs) -> tuple[str, str]:
+def envoy_hop_values(pair: TwoHop, certs: Certs) -> tuple[dict[str, str], dict[str, str]]:
+    """What the two Envoy templates (first hop, second hop) leave to the pair: the TLS blocks (empty in
+    plaintext), the first hop's cluster protocol options (HTTP/2 for the `h2` hop) and the second's codec."""
+    h2 = pair.hop == HOP_H2
+    upstream_tls, downstream_tls = envoy_tls_blocks(certs, h2=h2) if pair.tls else ("", "")
+    protocol = ("      typed_extension_protocol_options:\n"
+                "        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n"
+                '          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n'
+                "          explicit_http_config: {http2_protocol_options: {}}") if h2 else ""
+    return ({"upstream_tls": upstream_tls, "upstream_protocol": protocol},
+            {"downstream_tls": downstream_tls, "codec_type": "AUTO" if h2 else "HTTP1"})
+
+
+def envoy_tls_blocks(certs: Certs, *, h2: bool = False) -> tuple[str, str]:
     """The Envoy YAML for mutual TLS: the first hop's cluster `transport_socket` (verifies the second's
     certificate names BACK_NAME) and the second's listener `transport_socket` (requires a client
-    certificate from the CA). TLS 1.2-1.3 and ALPN http/1.1, as meshd's servers and clients use."""
+    certificate from the CA). TLS 1.2-1.3 and ALPN http/1.1, as meshd's servers and clients use (`h2`:
+    the first hop offers h2, the second h2 then http/1.1)."""
+    client_alpn, server_alpn = ('["h2"]', '["h2", "http/1.1"]') if h2 else ('["http/1.1"]', '["http/1.1"]')
     upstream = f"""\
       transport_socket:
         name: envoy.transport_sockets.tls
@@ -374,7 +440,7 @@ def envoy_tls_blocks(certs: Certs) -> tuple[str, str]:
           sni: {BACK_NAME}
           common_tls_context:
             tls_params: {{tls_minimum_protocol_version: TLSv1_2, tls_maximum_protocol_version: TLSv1_3}}
-            alpn_protocols: ["http/1.1"]
+            alpn_protocols: {client_alpn}
             tls_certificates:
               - certificate_chain: {{filename: {certs.front_cert}}}
                 private_key: {{filename: {certs.front_key}}}
@@ -391,7 +457,7 @@ def envoy_tls_blocks(certs: Certs) -> tuple[str, str]:
               require_client_certificate: true
               common_tls_context:
                 tls_params: {{tls_minimum_protocol_version: TLSv1_2, tls_maximum_protocol_version: TLSv1_3}}
-                alpn_protocols: ["http/1.1"]
+                alpn_protocols: {server_alpn}
                 tls_certificates:
                   - certificate_chain: {{filename: {certs.back_cert}}}
                     private_key: {{filename: {certs.back_key}}}
@@ -404,15 +470,14 @@ def _start_envoy_pair(pair: TwoHop, upstream: TinyUpstream, certs: Certs, workdi
                       started: list[ManagedProcess], collected: Collected) -> RunningPair:
     binary = envoy_binary()
     assert binary is not None, "check unavailable() first"
-    upstream_tls, downstream_tls = envoy_tls_blocks(certs) if pair.tls else ("", "")
     front_port, front_admin, back_port, back_admin = free_port(), free_port(), free_port(), free_port()
+    front_values, back_values = envoy_hop_values(pair, certs)
     back_config = render_peer_file("envoy-tls-back.yaml.tmpl", {
-        "listen_port": str(back_port), "admin_port": str(back_admin), "downstream_tls": downstream_tls,
-        "endpoints": _envoy_endpoint(upstream.backend),
+        "listen_port": str(back_port), "admin_port": str(back_admin), "endpoints": _envoy_endpoint(upstream.backend),
+        **back_values,
     }, workdir / "envoy-back.yaml")
     front_config = render_peer_file("envoy-tls-front.yaml.tmpl", {
-        "listen_port": str(front_port), "admin_port": str(front_admin), "upstream_tls": upstream_tls,
-        "back_port": str(back_port),
+        "listen_port": str(front_port), "admin_port": str(front_admin), "back_port": str(back_port), **front_values,
     }, workdir / "envoy-front.yaml")
     processes = []
     for hop, config, admin, port in (("back", back_config, back_admin, back_port),

@@ -59,7 +59,7 @@ def test_goals_are_met_missed_or_not_measured(run):
         "failing-replica": [True],  # 99.995% success, amplification 1.2
         "stall": [False],  # p99.9 2000 ms against 25 ms without the stall
         "memory": [False],  # 45 MB per worker (> 35)
-        "tls": [None, None],  # the canned run has no tls scenario
+        "tls": [None, None, None],  # the canned run has no tls scenario
         "grpc": [None],  # the canned run predates the grpc scenario
         "soak": [None],  # not in the canned run
     }
@@ -84,7 +84,7 @@ def test_the_soak_goal_wants_no_failure_flat_memory_and_flat_descriptors(run):
 def test_goals_without_the_rows_they_need_are_not_measured(run):
     empty = replace(run, scenarios=(replace(run.scenario("throughput"), rows=()),))
     outcomes = goals.evaluate(empty)
-    assert len(outcomes) == 17  # thirteen, two of the tls scenario's, the grpc and the soak scenarios'
+    assert len(outcomes) == 18  # thirteen, three of the tls scenario's, the grpc and the soak scenarios'
     assert all(g.met is None and g.verdict == "not measured" for g in outcomes)
 
 
@@ -203,9 +203,10 @@ def test_tls_goals_read_the_mtls_and_plaintext_rows():
 
     met = [g for g in goals.evaluate(tls(18000.0, 15000.0, 0.2)) if g.scenario == "tls"]
     assert [(g.met, g.measured) for g in met] == [
-        (True, "18,000 vs Envoy 15,000"), (True, "+20.0% (60.0 vs 50.0 µs per request)")]
+        (True, "18,000 vs Envoy 15,000"), (None, "did not run: meshd mtls-h2, envoy mtls-h2"),
+        (True, "+20.0% (HTTP/1.1 hop; 60.0 vs 50.0 µs per request)")]
     missed = [g.met for g in goals.evaluate(tls(14000.0, 15000.0, 0.3)) if g.scenario == "tls"]
-    assert missed == [False, False]
+    assert missed == [False, None, False]
     table = scenario_text(tls(18000.0, 15000.0, 0.2).scenarios[0], [])
     assert "+20.0%" in table and "mtls" in table and "plaintext" in table
 

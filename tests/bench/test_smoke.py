@@ -197,15 +197,21 @@ def test_tls(ctx):
     result = tls.run(ctx, options)
     check_common(result, "tls")
     families = ({"meshd"} if WITH_MESHD else set()) | ({"envoy"} & PEERS_AVAILABLE)
-    assert {(r.target, r.variant) for r in result.rows} == {(f, v) for f in families for v in ("plaintext", "mtls")}
-    for family in families:  # both pairs measured in rounds, plaintext first, then mTLS first
+    variants = ("plaintext", "mtls", "plaintext-h2", "mtls-h2")
+    assert {(r.target, r.variant) for r in result.rows} == {(f, v) for f in families for v in variants}
+    for family in families:  # every pair measured in rounds, the order reversed every round
         lines = (ctx.workdir / "tls" / f"{family}-rounds.tsv").read_text().splitlines()
-        assert [line.split("\t")[:2] for line in lines[1:]] == [
-            ["1", f"{family}-plaintext"], ["1", f"{family}-mtls"], ["2", f"{family}-mtls"], ["2", f"{family}-plaintext"]]
+        order = [f"{family}-{v}" for v in variants]
+        assert [line.split("\t")[:2] for line in lines[1:]] == (
+            [["1", name] for name in order] + [["2", name] for name in reversed(order)])
     for row in result.rows:
         assert row.metrics["rps"] > 0 and row.metrics["errors"] == 0 and len(row.runs) == 2
         assert row.metrics["front_cpu_secs"] > 0 and row.metrics["back_cpu_secs"] > 0
         assert row.metrics["req_per_cpu_sec"] > 0
+        if row.variant == "mtls-h2":
+            # compared with both plaintext paths, round by round
+            assert row.metrics["mtls_cpu_cost_rounds"] == 2 and row.metrics["mtls_cpu_cost_vs_http1_rounds"] == 2
+            assert "handshakes" not in row.metrics  # measured once, on the HTTP/1.1 hop's pair
         if row.variant == "mtls":
             # each s_time connection is a full mutual-TLS handshake answered 200 by the second proxy
             assert row.metrics["handshakes"] > 0 and row.metrics["handshakes_per_cpu_sec"] > 0

@@ -11,10 +11,13 @@ import yaml
 
 from bench.scenarios.tls import (
     BACK_NAME,
+    HOP_H2,
+    HOPS,
     S_TIME_TARGET,
     Certs,
+    TlsOptions,
     TwoHop,
-    envoy_tls_blocks,
+    envoy_hop_values,
     make_certs,
     meshd_configs,
     parse_s_time,
@@ -51,10 +54,11 @@ def test_the_certificates_make_a_mutual_tls_pair(tmp_path: Path) -> None:
     assert s.getpeercert() is not None and c.version() == "TLSv1.3"
 
 
+@pytest.mark.parametrize("hop", HOPS)
 @pytest.mark.parametrize("tls", [True, False])
-def test_meshd_configs_load_and_carry_tls_only_on_the_hop_between(tmp_path: Path, tls: bool) -> None:
+def test_meshd_configs_load_and_carry_tls_only_on_the_hop_between(tmp_path: Path, tls: bool, hop: str) -> None:
     certs = make_certs(tmp_path / "certs")
-    front, back = meshd_configs(TwoHop("meshd", tls), certs, front_port=4140, front_admin=9990, back_port=4141,
+    front, back = meshd_configs(TwoHop("meshd", tls, hop), certs, front_port=4140, front_admin=9990, back_port=4141,
                                 back_admin=9991, disco=tmp_path / "disco")
     front_config = load_config(yaml.safe_dump(front), MeshdConfig)
     back_config = load_config(yaml.safe_dump(back), MeshdConfig)
@@ -66,27 +70,47 @@ def test_meshd_configs_load_and_carry_tls_only_on_the_hop_between(tmp_path: Path
         assert incoming.servers[0].tls is not None and incoming.servers[0].tls.require_client_cert
     else:
         assert outgoing.client.tls is None and incoming.servers[0].tls is None
+    # HTTP/1.1 on both outer sides; between the two, what the hop says
+    assert outgoing.protocol == "http" and incoming.upstream_protocol(incoming.client) == "http"
+    assert outgoing.upstream_protocol(outgoing.client) == hop
+    assert incoming.protocol == hop and incoming.h2.accept_http1 is (hop == HOP_H2)
 
 
+@pytest.mark.parametrize("hop", HOPS)
 @pytest.mark.parametrize("tls", [True, False])
-def test_envoy_configs_render_to_yaml_with_tls_in_its_places(tmp_path: Path, tls: bool) -> None:
+def test_envoy_configs_render_to_yaml_with_tls_in_its_places(tmp_path: Path, tls: bool, hop: str) -> None:
     certs = make_certs(tmp_path)
-    upstream_tls, downstream_tls = envoy_tls_blocks(certs) if tls else ("", "")
+    front_values, back_values = envoy_hop_values(TwoHop("envoy", tls, hop), certs)
     front = yaml.safe_load(render((PEERS_DIR / "envoy-tls-front.yaml.tmpl").read_text(), {
-        "listen_port": "1", "admin_port": "2", "back_port": "3", "upstream_tls": upstream_tls}))
+        "listen_port": "1", "admin_port": "2", "back_port": "3", **front_values}))
     back = yaml.safe_load(render((PEERS_DIR / "envoy-tls-back.yaml.tmpl").read_text(), {
-        "listen_port": "3", "admin_port": "4", "downstream_tls": downstream_tls,
+        "listen_port": "3", "admin_port": "4", **back_values,
         "endpoints": "              - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 5}}}"}))
     (cluster,) = front["static_resources"]["clusters"]
     (chain,) = back["static_resources"]["listeners"][0]["filter_chains"]
     assert ("transport_socket" in cluster) is tls and ("transport_socket" in chain) is tls
+    h2 = hop == HOP_H2
     if tls:
         upstream = cluster["transport_socket"]["typed_config"]
         assert upstream["sni"] == BACK_NAME
         assert upstream["common_tls_context"]["tls_certificates"][0]["certificate_chain"]["filename"] == str(certs.front_cert)
-        assert chain["transport_socket"]["typed_config"]["require_client_certificate"] is True
+        assert upstream["common_tls_context"]["alpn_protocols"] == (["h2"] if h2 else ["http/1.1"])
+        downstream = chain["transport_socket"]["typed_config"]
+        assert downstream["require_client_certificate"] is True
+        assert downstream["common_tls_context"]["alpn_protocols"] == (["h2", "http/1.1"] if h2 else ["http/1.1"])
     endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     assert endpoint["address"]["socket_address"]["port_value"] == 3
+    options = cluster.get("typed_extension_protocol_options", {})
+    assert ("http2_protocol_options" in str(options)) is h2
+    manager = chain["filters"][0]["typed_config"]
+    assert manager["codec_type"] == ("AUTO" if h2 else "HTTP1")
+
+
+def test_hops_option_is_checked() -> None:
+    assert TlsOptions().hop_list == ("http", "h2")
+    assert TlsOptions(hops="h2").hop_list == ("h2",)
+    with pytest.raises(ValueError, match="hops"):
+        TlsOptions(hops="h3")
 
 
 def test_s_time_output_and_command() -> None:
