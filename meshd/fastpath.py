@@ -13,7 +13,10 @@ instead, and with the same code for every decision:
    of destination (`Router.fast_client`), the balancer's pick (`Client.pick`), an idle pooled
    connection (`Pool.try_acquire_idle`), the attempt's start and head (`Client.begin`,
    `Client.head_for`), and the write (`UpstreamConnection.send_to`, with this exchange as the
-   receiver of the response head instead of a future).
+   receiver of the response head instead of a future). To an HTTP/2 upstream (a client with
+   `protocol: h2`, e.g. the other node's meshd): a stream on a connection that can take one now
+   (`H2Pool.try_stream`, `H2Upstream.open_stream` with `Client.h2_headers`), as meshd/h2fast.py
+   opens them.
 2. `FastExchange.head_received` - called by the upstream connection once the read that brought
    the response head is parsed (a small response's body has ended by then). The client settles
    the attempt (classification, failure accrual, Peak EWMA, the endpoint's stats:
@@ -30,9 +33,10 @@ with the same `RouteContext` (`ServerProtocol.hand_over`; the connection's task 
 - the name's service has an access log, a total timeout, is a folded one, or the request carries
   a deadline (`l5d-ctx-deadline`): from the service's chain (classify, timeouts, retries);
 - from the retry stage (`Resumable`: its loop takes the first attempt's outcome as its own):
-  the client is HTTP/2, has an attempt timeout or a full circuit breaker (the client's whole
-  attempt is the first one); the picked node has no idle connection (the attempt goes on in
-  `Client.attempt_on` with that node, waiting for a connection); the pooled connection was
+  the client has an attempt timeout or a full circuit breaker (the client's whole attempt is
+  the first one); the picked node has no idle connection, or no HTTP/2 connection that can take
+  a stream now (the attempt goes on in `Client.attempt_on` with that node, waiting for a
+  connection or dialling); the pooled connection was
   stale (`Client.resend_on`, before anything came back: sent again on a fresh connection, as the
   client does); the attempt failed (`Client.failed` counted it; the loop decides on a retry);
   the response is a 5xx (`Client.settle` counted it; the loop classifies it and may retry).

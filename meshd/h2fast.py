@@ -13,7 +13,11 @@ meshd/fastpath.py does for HTTP/1.1:
    choice of destination, the balancer's pick, a connection of the endpoint's HTTP/2 pool that
    can take a stream now (`H2Pool.try_stream`), the attempt's start and header block
    (`Client.begin`, `Client.h2_headers`), and the stream (`H2Upstream.open_stream`, with this
-   exchange as the receiver of the response head instead of a future).
+   exchange as the receiver of the response head instead of a future). To an HTTP/1.1 upstream
+   (a client with `protocol: http`, e.g. an incoming router's local service): an idle pooled
+   connection and the write, as meshd/fastpath.py does (`Pool.try_acquire_idle`,
+   `Client.head_for`, `UpstreamConnection.send_to`); a pooled connection found stale before
+   anything came back is handed over to be sent again on a fresh one (`Client.resend_on`).
 2. `H2Exchange.head_received` - called by the upstream connection once the read that brought the
    response head has been handled whole (a small answer's DATA and trailers have reached its
    body by then). The client settles the attempt (`Client.settle`: classification by
@@ -35,8 +39,8 @@ awaits `H2Exchange.resume()`), so nothing is done twice and no request is sent t
   gRPC): from the service's chain (classify, timeouts, retries);
 - from the retry stage (`Resumable`: its loop takes the first attempt's outcome as its own):
   the client has an attempt timeout or a full circuit breaker; no connection of the picked
-  endpoint can take a stream now (the attempt goes on in `Client.attempt_on`, which waits or
-  dials); the attempt failed (`Client.failed` counted it; the loop decides on a retry); the
+  endpoint can take a stream now, or it has no idle HTTP/1.1 connection (the attempt goes on in
+  `Client.attempt_on`, which waits or dials); the attempt failed (`Client.failed` counted it; the loop decides on a retry); the
   answer is anything but a success the loop would pass on at once (a 5xx, a non-OK grpc-status,
   an answer whose trailers have not come yet: the loop holds it or retries it).
 

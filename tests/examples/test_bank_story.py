@@ -46,6 +46,9 @@ def test_meshd_config_has_the_documented_shape(tmp_path):
     assert router["dtab"] == f"/svc => /#/fs; /svc/ledger => /$/inet/127.0.0.1/{layout.incoming_port};"
     incoming = config["routers"][1]  # type: ignore[index]
     assert incoming["servers"][0]["tls"]["requireClientCert"] is True
+    # ... and over HTTP/2 between the two meshds, HTTP/1.1 on both outer sides (docs/tls.md)
+    assert [(c["prefix"], c["protocol"]) for c in router["clients"]] == [("/$/inet", "h2")]
+    assert (incoming["protocol"], incoming["h2"], incoming["client"]["protocol"]) == ("h2", {"acceptHttp1": True}, "http")
     assert incoming["authorization"]["rules"][0]["prefix"] == "/svc/ledger"
     assert router["client"]["failureAccrual"] == {"kind": "consecutiveFailures", "failures": 5}
 

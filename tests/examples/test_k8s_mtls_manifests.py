@@ -43,7 +43,12 @@ def test_the_node_to_node_hop_is_mutual_tls_with_the_mounted_secret(monkeypatch:
     assert incoming is not None and incoming.require_client_cert and incoming.ca_path
     client = routers["outgoing"].client.tls
     assert client is not None and client.cert_path and client.key_path and client.ca_path
-    # every forwarded request goes to a meshd (a pod without one would not speak TLS)
+    # HTTP/2 between the meshds, HTTP/1.1 with the applications and the services on each node
+    outgoing, incoming_router = routers["outgoing"], routers["incoming"]
+    assert (outgoing.protocol, outgoing.upstream_protocol(outgoing.client)) == ("http", "h2")
+    assert (incoming_router.protocol, incoming_router.upstream_protocol(incoming_router.client)) == ("h2", "http")
+    assert incoming_router.h2.accept_http1
+    # every forwarded request goes to a meshd (a pod without one would not speak TLS, nor HTTP/2)
     [transformer] = routers["outgoing"].transformers
     assert isinstance(transformer, DaemonSetConfig) and transformer.fallback == "drop"
     # only the meshds' identity may deliver to the incoming router

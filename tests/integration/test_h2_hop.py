@@ -107,7 +107,7 @@ async def test_http1_apps_talk_over_one_multiplexed_mtls_h2_connection_between_m
     # many apps' connections at once: one TLS connection between the meshds carries them all
     conns = [await RawConnection.open(outgoing.port) for _ in range(20)]
     try:
-        for burst in range(2):  # the first burst also fills the incoming meshd's pool to the service
+        for _burst in range(2):  # the first burst also fills the incoming meshd's pool to the service
             before = fast_counts(outgoing, incoming)
             replies = await asyncio.wait_for(asyncio.gather(*(
                 c.request("POST", f"/pay/{i}", body=b"amount=%d" % i, host="svc") for i, c in enumerate(conns)

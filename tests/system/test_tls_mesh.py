@@ -81,7 +81,10 @@ async def send(port: int, host: str, headers: list[tuple[str, str]] | None = Non
         await conn.close()
 
 
-async def test_two_meshds_over_mutual_tls_with_identity_policy_and_rotation(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("hop", ["http", "h2"])
+async def test_two_meshds_over_mutual_tls_with_identity_policy_and_rotation(tmp_path: pathlib.Path, hop: str) -> None:
+    """`hop`: what the meshds speak to each other; over `h2` (docs/tls.md, "The hop between nodes")
+    the applications and the ledger still speak HTTP/1.1."""
     pki = Pki(tmp_path / "pki")
     incoming_dir, outgoing_dir = tmp_path / "incoming", tmp_path / "outgoing"
     secret = incoming_dir / "secret"
@@ -100,6 +103,7 @@ async def test_two_meshds_over_mutual_tls_with_identity_policy_and_rotation(tmp_
             }}],
             "routes": "routes.yaml",
             "dtab": "",
+            **({"protocol": "h2", "h2": {"acceptHttp1": True}, "client": {"protocol": "http"}} if hop == "h2" else {}),
         }
     )
 
@@ -108,8 +112,8 @@ async def test_two_meshds_over_mutual_tls_with_identity_policy_and_rotation(tmp_
 
     outgoing_config = process_config(
         {"clients": [
-            {"prefix": "/#/fs/ledger", "tls": client_tls(payments)},
-            {"prefix": "/#/fs/ledger-as-web", "tls": client_tls(web)},
+            {"prefix": "/#/fs/ledger", "tls": client_tls(payments), "protocol": hop},
+            {"prefix": "/#/fs/ledger-as-web", "tls": client_tls(web), "protocol": hop},
         ]}
     )
     async with Upstream() as ledger, MeshdProcess(incoming_dir, incoming_config) as incoming, \

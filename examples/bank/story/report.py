@@ -248,8 +248,8 @@ def render(result: DemoResult) -> str:
     if mtls is not None:
         lines += [
             "",
-            f"mTLS: {mtls.hop_requests} ledger requests crossed the node-to-node hop over mutual TLS as "
-            f"{mtls.caller} ({mtls.handshakes} handshakes: connections are pooled)",
+            f"mTLS: {mtls.hop_requests} ledger requests crossed the node-to-node hop over mutual TLS and HTTP/2 as "
+            f"{mtls.caller} ({mtls.handshakes} handshakes: the requests share multiplexed connections)",
             f"mTLS: a caller presenting {mtls.refused_caller} was refused: {mtls.refused_status} {mtls.refused_error}",
         ]
     if result.grpc_hop is not None:

@@ -330,9 +330,12 @@ def _meshd_config(layout: Layout) -> dict[str, object]:
                     "loadBalancer": {"kind": "ewma"},
                     "failureAccrual": {"kind": "consecutiveFailures", "failures": 5},
                 },
+                # over HTTP/2: the payments' calls to the ledger share one mTLS connection
+                # (docs/tls.md, "The hop between nodes")
                 "clients": [
                     {
                         "prefix": "/$/inet",
+                        "protocol": "h2",
                         "tls": {
                             "serverName": INCOMING_NAME,
                             "caPath": str(tls / "ca.crt"),
@@ -344,6 +347,9 @@ def _meshd_config(layout: Layout) -> dict[str, object]:
             },
             {
                 "label": "incoming",
+                # HTTP/2 from the other node's meshd (HTTP/1.1 from anything else), HTTP/1.1 to the ledger
+                "protocol": "h2",
+                "h2": {"acceptHttp1": True},
                 "servers": [
                     {
                         "ip": "127.0.0.1",
@@ -364,6 +370,7 @@ def _meshd_config(layout: Layout) -> dict[str, object]:
                     "retries": {"budget": {"ttlSecs": 10, "minRetriesPerSec": 10, "percentCanRetry": 0.2}}
                 },
                 "client": {
+                    "protocol": "http",
                     "loadBalancer": {"kind": "ewma"},
                     "failureAccrual": {"kind": "consecutiveFailures", "failures": 5},
                 },
