@@ -148,6 +148,26 @@ async def test_bodies_of_every_framing_pass_both_ways(
     await conn.close()
 
 
+async def test_request_trailers_and_head_responses_cross_both_conversions(
+    tmp_path: pathlib.Path, make_mesh: MakeMesh, make_upstream: MakeUpstream, path_mode: str
+) -> None:
+    outgoing, _, service = await two_nodes(tmp_path, make_mesh, make_upstream)
+    conn = await RawConnection.open(outgoing.port)
+    # HTTP/1.1 chunked trailers -> HTTP/2 trailers -> HTTP/1.1 chunked trailers
+    response = await asyncio.wait_for(conn.request(
+        "POST", "/batch", [("transfer-encoding", "chunked"), ("te", "trailers")],
+        body=b"3\r\nabc\r\n0\r\nx-sum: 3\r\n\r\n", host="svc"), 10)
+    assert (response.status, response.body) == (200, b"abc"), response.header("l5d-err")
+    assert service.received[-1].trailers == [("x-sum", "3")]
+    # a HEAD's response keeps its length and has no body on either side
+    head = await asyncio.wait_for(conn.request("HEAD", "/statement", host="svc"), 10)
+    assert (head.status, head.body) == (200, b"")
+    assert service.received[-1].method == "HEAD"
+    follow = await asyncio.wait_for(conn.request("GET", "/after", host="svc"), 10)
+    assert (follow.status, follow.header("x-target")) == (200, "/after")  # the connection is still in step
+    await conn.close()
+
+
 async def test_plaintext_hop_works_the_same(
     tmp_path: pathlib.Path, make_mesh: MakeMesh, make_upstream: MakeUpstream, path_mode: str
 ) -> None:
