@@ -1,12 +1,14 @@
 """tls: the two-hop path client -> proxy -> proxy -> upstream with mutual TLS between the two proxies,
-meshd against Envoy, each also in plaintext for the cost of mTLS. A family's plaintext and mTLS pairs
-run side by side and are measured interleaved: wrk keeps 64 connections busy for 10 s against one pair,
-then the other, the order reversed every round (plaintext, mTLS, mTLS, plaintext...), three rounds.
-Each row shows medians over its rounds; requests per proxy CPU-second count both proxies' CPU; the mTLS
-CPU cost is the median of the per-round ratios (mTLS CPU per request over plaintext's in the same
-round), with the lowest and highest round. Then `openssl s_time -new` opens connections to the second
-proxy that each do a fresh full mutual-TLS handshake (and one request): new handshakes per CPU-second
-of that proxy."""
+meshd against Envoy, each also in plaintext for the cost of mTLS, and each over HTTP/1.1 and over HTTP/2
+between the two proxies (the client and the upstream speak HTTP/1.1 either way; meshd's DaemonSet over
+mTLS speaks HTTP/2 between the meshds, docs/tls.md). A family's pairs run side by side and are measured
+interleaved: wrk keeps 64 connections busy for 10 s against one pair, then the next, the order reversed
+every round, three rounds. Each row shows medians over its rounds; requests per proxy CPU-second count
+both proxies' CPU; the mTLS CPU cost is the median of the per-round ratios (mTLS CPU per request over
+the plaintext pair's over the same hop protocol, in the same round), with the lowest and highest round,
+and the HTTP/2 hop's also against the plaintext HTTP/1.1 hop. Then `openssl s_time -new` opens
+connections to the second proxy that each do a fresh full mutual-TLS handshake (and one request): new
+handshakes per CPU-second of that proxy."""
 
 from __future__ import annotations
 
