@@ -233,7 +233,7 @@ class Router:
             max_frame_size=h2.max_frame_size,
             max_header_list_size=h2.max_header_list_size,
         )
-        if config.protocol == "h2" or any(section.protocol == "h2" for section in sections):
+        if config.speaks_h2:
             # chosen now, so a MESHD_H2_CODEC naming a codec that is not there stops the start
             codec = h2_backend_name()
             why = h2_fallback_reason() if codec == "h2ref" else None  # None: nghttp2 is there, h2ref forced

@@ -334,11 +334,12 @@ def _discovery(daemon: MetricsView, text: _Text) -> None:
 
 
 def _h2_steps(daemon: MetricsView, text: _Text) -> None:
-    """The HTTP/2 families (meshd/http2/guard.py `H2Stats`), for routers that have served HTTP/2."""
+    """The HTTP/2 families (meshd/http2/guard.py `H2Stats`), for routers that speak HTTP/2 on either
+    side (`protocol: h2`, or clients with `protocol: h2`)."""
     f = text.lines
     for router in list(daemon.routers):
         stats = getattr(router, "h2_stats", None)
-        if stats is None or getattr(getattr(router, "config", None), "protocol", "http") != "h2":
+        if stats is None or not getattr(getattr(router, "config", None), "speaks_h2", False):
             continue
         r = f'router="{_esc(router.label)}"'
         for reason, count in sorted(stats.connection_errors.items()):

@@ -485,6 +485,12 @@ class RouterConfig:
     def client_for(self, path: Path) -> ClientConfig:
         return resolve_section(self.client, self.clients, path)
 
+    @property
+    def speaks_h2(self) -> bool:
+        """Whether any side of this router speaks HTTP/2: its clients (`protocol: h2`) or some of
+        its upstreams (a client section with `protocol: h2`)."""
+        return self.protocol == "h2" or self.client.protocol == "h2" or any(c.protocol == "h2" for c in self.clients)
+
     def upstream_protocol(self, client: ClientConfig) -> str:
         """What meshd speaks to the upstreams of `client` (one of this router's client sections):
         its own `protocol`, else the router's."""

@@ -168,6 +168,17 @@ async def test_request_trailers_and_head_responses_cross_both_conversions(
     await conn.close()
 
 
+async def test_an_http1_router_with_http2_clients_exports_the_http2_series(
+    tmp_path: pathlib.Path, make_mesh: MakeMesh, make_upstream: MakeUpstream
+) -> None:
+    outgoing, _, _ = await two_nodes(tmp_path, make_mesh, make_upstream, tls=False)
+    admin = await RawConnection.open(outgoing.admin_port)
+    text = (await asyncio.wait_for(admin.request("GET", "/metrics", host="admin"), 10)).body.decode()
+    await admin.close()
+    assert 'meshd_h2_ping_timeouts_total{router="outgoing"} 0' in text
+    assert 'meshd_h2_streams_refused_total{router="outgoing"} 0' in text
+
+
 async def test_plaintext_hop_works_the_same(
     tmp_path: pathlib.Path, make_mesh: MakeMesh, make_upstream: MakeUpstream, path_mode: str
 ) -> None:
