@@ -476,6 +476,7 @@ class H2ServerProtocol(asyncio.Protocol):
             admission = listener.admission
             admitted = admission.enter()
         else:
+            stream.fast = None  # the task owns it now (`hand_over`)
             ctx = handoff.ctx
             started = stream.served_since
             admission = handoff.admission
@@ -508,8 +509,13 @@ class H2ServerProtocol(asyncio.Protocol):
         self._answer(stream, ctx, request, response, observed, started)
 
     def hand_over(self, stream: H2Stream, handoff: H2Handoff) -> None:
-        """The fast path stops here: the stream's task carries the request on (`handoff.resume`)."""
-        stream.fast = None
+        """The fast path stops here: the stream's task carries the request on (`handoff.resume`).
+
+        The stream keeps `handoff` as its `fast` until the task starts (`_serve`): a stream reset
+        meanwhile is abandoned through it (`_abandon`), as one the fast path still held, since a
+        task cancelled before its first step runs none of its code (it would not leave admission,
+        nor end an attempt the fast path began)."""
+        stream.fast = handoff
         stream.task = asyncio.get_running_loop().create_task(self._serve(stream, handoff), name=STREAM_TASK)
 
     def fast_done(self, stream: H2Stream, ctx: RouteContext, response: Response) -> None:

@@ -20,7 +20,10 @@ import pytest
 
 from meshd.grpc.timeout import parse_timeout
 from meshd.h2fast import H2FastPath
-from meshd.h2server import STREAM_TASK
+from meshd.h2server import STREAM_TASK, H2ServerProtocol, H2Stream
+from meshd.http2.convert import request_from_h2
+from meshd.listener import ConnectionClosed
+from meshd.pipeline.context import RouteContext
 from routing.path import Path
 from tests.support.h2peer import H2Client, H2Reply, H2Server, StreamResult
 from tests.support.waiting import wait_until
@@ -306,4 +309,59 @@ async def test_a_trailers_only_answer_is_passed_on_and_counted_by_its_grpc_statu
     assert router.grpc_stats.responses[("/svc/pkg.Svc", "NOT_FOUND")] == 3
     cl = router.clients[Path.read("/#/fs/pkg.Svc")]
     assert [n.pending for n in cl.balancer.nodes()] == [0]
+    client.close()
+
+
+class _Handoff:
+    """A stand-in for the fast path's exchange after a hand-over (meshd/h2server.py `H2Handoff`)."""
+
+    def __init__(self, ctx: object, admission: object) -> None:
+        self.ctx = ctx
+        self.admission = admission
+        self.abandoned = 0
+        self.resumed = asyncio.Event()
+        self.never: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+    def resume(self) -> asyncio.Future[object]:
+        self.resumed.set()
+        return self.never
+
+    def abandon(self) -> None:
+        self.abandoned += 1
+
+
+async def test_a_stream_reset_after_its_hand_over_but_before_its_task_runs_is_abandoned(make_mesh, path_mode):
+    """A task cancelled before its first step runs none of its code: the hand-over's own work
+    (admission, an attempt the fast path began) is given up through the handoff instead."""
+    mesh = await make_mesh(protocol="h2")
+    client = await H2Client.open(mesh.port)
+    listener = mesh.daemon.bound[0].listener
+    await wait_until(lambda: len(listener.connections) == 1, timeout=5, message="the connection accepted")
+    [proto] = listener.connections
+    assert isinstance(proto, H2ServerProtocol)
+
+    def handed_over(sid: int) -> tuple[H2Stream, _Handoff]:
+        stream = H2Stream(sid)
+        stream.request = request_from_h2([(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"),
+                                          (b":authority", b"svc")], True, client_ip="127.0.0.1",
+                                         replay_limit=0, producer=None)
+        stream.served_since = 0.0
+        handoff = _Handoff(RouteContext(stream.request, ""), listener.admission)
+        proto.hand_over(stream, handoff)  # type: ignore[arg-type]
+        return stream, handoff
+
+    # reset at once, in the same loop turn as the hand-over: abandoned through the handoff
+    stream, handoff = handed_over(101)
+    task = stream.task
+    assert task is not None and stream.fast is handoff
+    proto._abandon(stream, ConnectionClosed("client reset the stream"))
+    assert handoff.abandoned == 1 and stream.fast is None
+    await asyncio.wait([task], timeout=5)
+    assert task.cancelled() and not handoff.resumed.is_set()
+    # once its task has started, the task owns it: a later reset cancels the task, not the handoff
+    stream, handoff = handed_over(103)
+    await asyncio.wait_for(handoff.resumed.wait(), 5)
+    assert stream.fast is None
+    proto._abandon(stream, ConnectionClosed("client reset the stream"))
+    assert handoff.abandoned == 0
     client.close()

@@ -24,7 +24,9 @@ from meshd.h2fast import H2FastPath
 from meshd.pool.h2 import H2Pool
 from routing.path import Path
 from tests.conftest import Mesh, base_config
+from tests.integration.test_fast_path import _DropsSecondRequest as DropsSecondRequest
 from tests.support.client import RawConnection
+from tests.support.h2peer import H2Client
 from tests.support.tls import Pki, server_tls, spiffe
 from tests.support.upstreams import Received, Reply, Upstream
 
@@ -177,6 +179,53 @@ async def test_an_http1_router_with_http2_clients_exports_the_http2_series(
     await admin.close()
     assert 'meshd_h2_ping_timeouts_total{router="outgoing"} 0' in text
     assert 'meshd_h2_streams_refused_total{router="outgoing"} 0' in text
+
+
+async def test_http2_to_an_incoming_router_that_speaks_only_http1_fails_with_l5d_err(
+    make_mesh: MakeMesh, make_upstream: MakeUpstream
+) -> None:
+    # the wrong rollout order (docs/tls.md, "The hop between nodes"): outgoing first
+    service = await make_upstream(echo)
+    incoming = await make_mesh(base_config(label="incoming", identifier={"kind": "static", "path": "/svc"}))
+    incoming.register("svc", service)
+    outgoing = await make_mesh(base_config(client={"protocol": "h2"}, bindingTimeoutMs=2000))
+    outgoing.register("svc", f"127.0.0.1 {incoming.port}")
+    conn = await RawConnection.open(outgoing.port)
+    response = await asyncio.wait_for(conn.request("GET", "/", host="svc"), 10)
+    assert response.status == 502, (response.status, response.body)
+    assert response.header("l5d-err")
+    assert service.requests == 0
+    await conn.close()
+
+
+async def test_an_http2_stream_on_a_stale_http1_connection_is_sent_again_on_a_fresh_one(
+    make_mesh: MakeMesh, path_mode: str
+) -> None:
+    seen: list[bytes] = []
+    server = await asyncio.get_running_loop().create_server(lambda: DropsSecondRequest(seen), "127.0.0.1", 0)
+    try:
+        incoming = await make_mesh(base_config(label="incoming", protocol="h2", client={"protocol": "http"}))
+        incoming.register("svc", f"127.0.0.1 {server.sockets[0].getsockname()[1]}")
+        client = await H2Client.open(incoming.port)
+        assert (await client.request("GET", "/1", "svc")).status == 200
+        # the pooled connection is closed unseen by the upstream when the second request arrives: an
+        # idempotent request goes again on a fresh connection, once (the fast path hands it over for that)
+        assert (await client.request("GET", "/2", "svc")).status == 200
+        assert seen == [b"GET /1 HTTP/1.1", b"GET /2 HTTP/1.1", b"GET /2 HTTP/1.1"]
+        # a POST is not sent again: the upstream may have acted on it
+        posted = await client.request("POST", "/3", "svc", body=b"x")
+        assert posted.status == 502 and b"closed an idle keep-alive connection" in (posted.header(b"l5d-err") or b"")
+        assert seen[3:] == [b"POST /3 HTTP/1.1"]
+        meshd_client = incoming.daemon.routers[0].clients[Path.read("/#/fs/svc")]
+        assert meshd_client.inflight == 0
+        assert meshd_client.attempt_totals().failures == 1
+        fast = incoming.daemon._h2_fast.get("incoming")
+        assert (fast is not None) is (path_mode == "fast")
+        if fast is not None:
+            assert (fast.taken, fast.handed_over) == (3, 3)  # not yet bound; the resend; the POST's failure
+        client.close()
+    finally:
+        server.close()
 
 
 async def test_plaintext_hop_works_the_same(
