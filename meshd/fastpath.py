@@ -164,49 +164,108 @@ class FastPath(FastPlanner):
             ex.error = exc
             ex.hand_over(RESUME_RETRY_ERROR)
             return True
-        ex.node = node
-        endpoint = node.member
-        h2pool = endpoint.h2
-        if h2pool is not None:
-            # an HTTP/2 client (`protocol: h2`, e.g. to another node's meshd): a stream on a
-            # connection that can take one now, as meshd/h2fast.py opens them
-            stream_on = h2pool.try_stream()
-            if stream_on is None:
-                ex.hand_over(RESUME_RETRY_PICKED)
-                return True
-            ex.node_started, ex.attempt = client.begin(ctx, node)
-            try:
-                ex.up = stream_on.open_stream(request, client.h2_headers(ctx, ex.attempt), ex)
-            except MeshdError as exc:
-                client.failed(node, ex.node_started, False, ex.attempt, exc)
-                ex.error = exc
-                ex.hand_over(RESUME_RETRY_ERROR)
-                return True
-            ex.h2upstream = stream_on
-            return True
-        upstream = endpoint.pool.try_acquire_idle()
-        if upstream is None:
-            ex.hand_over(RESUME_RETRY_PICKED)
-            return True
-        ex.node_started, ex.attempt = client.begin(ctx, node)
-        ex.head = head = client.head_for(ctx, ex.attempt)
-        ex.upstream = upstream
-        upstream.send_to(request, head, ex)
+        kind = ex.start(ctx, client, node)
+        if kind:
+            ex.hand_over(kind)
         return True
 
 
-class FastExchange(HeadReceiver):
+class FirstAttempt(HeadReceiver):
+    """The retry stage's first attempt as both fast paths make it (`FastExchange` here,
+    `H2Exchange` in meshd/h2fast.py), over whichever protocol the client speaks to its upstreams:
+    written to an idle pooled HTTP/1.1 connection, or opened as a stream on an HTTP/2 connection
+    that can take one now. The exchange is the receiver of the response head either way."""
+
+    __slots__ = ("error", "fast", "client", "node", "node_started", "attempt", "head", "upstream", "h2upstream", "up")
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+        self.fast: FastService | None = None
+        self.client: Client | None = None
+        self.node: Node[Endpoint] | None = None
+        self.node_started = 0.0
+        self.attempt: Span | None = None
+        #: the HTTP/1.1 head written (sent again on a fresh connection if that one was stale)
+        self.head = b""
+        #: the pooled HTTP/1.1 connection the request was written on, while its head is awaited
+        self.upstream: UpstreamConnection | None = None
+        #: or the HTTP/2 connection and the stream it went on
+        self.h2upstream: H2Upstream | None = None
+        self.up: UpStream | None = None
+
+    def start(self, ctx: RouteContext, client: Client, node: Node[Endpoint]) -> int:
+        """Begin the attempt on `node` and send it: 0 when sent, else where the slow path goes on
+        (no connection can take it now: `RESUME_RETRY_PICKED`; the stream failed to open:
+        `RESUME_RETRY_ERROR`, counted)."""
+        self.node = node
+        endpoint = node.member
+        request = ctx.request
+        h2pool = endpoint.h2
+        if h2pool is not None:
+            # an HTTP/2 client (`protocol: h2`: a gRPC service, another node's meshd)
+            on = h2pool.try_stream()
+            if on is None:
+                return RESUME_RETRY_PICKED
+            self.node_started, self.attempt = client.begin(ctx, node)
+            try:
+                self.up = on.open_stream(request, client.h2_headers(ctx, self.attempt), self)
+            except MeshdError as exc:
+                client.failed(node, self.node_started, False, self.attempt, exc)
+                self.error = exc
+                return RESUME_RETRY_ERROR
+            self.h2upstream = on
+            return 0
+        conn = endpoint.pool.try_acquire_idle()
+        if conn is None:
+            return RESUME_RETRY_PICKED
+        self.node_started, self.attempt = client.begin(ctx, node)
+        self.head = head = client.head_for(ctx, self.attempt)
+        self.upstream = conn
+        conn.send_to(request, head, self)
+        return 0
+
+    def settled(self) -> None:
+        """The connection told of the head (or of the failure): it holds the attempt no more."""
+        self.upstream = None
+        self.h2upstream = None
+        self.up = None
+
+    def drop(self) -> bool:
+        """The client left while the attempt was in flight: the HTTP/1.1 connection is aborted (it
+        cannot drop one request, so it is not reused), the HTTP/2 stream reset (CANCEL; the
+        connection serves others). Whether an attempt was in flight."""
+        upstream = self.upstream
+        h2upstream = self.h2upstream
+        up = self.up
+        self.settled()
+        if upstream is not None:
+            upstream.abort()
+            return True
+        if h2upstream is not None and up is not None:
+            h2upstream.abandon(up)
+            return True
+        return False
+
+    def resend(self, ctx: RouteContext) -> Awaitable[Response]:
+        """After a stale pooled HTTP/1.1 connection: the same attempt sent again on a fresh one, as
+        the client does (`Client.resend_on`), in the retry loop."""
+        client = self.client
+        node = self.node
+        fast = self.fast
+        assert client is not None and node is not None and fast is not None
+        return fast.retry(ctx, client.resend_on(ctx, node, self.node_started, self.attempt, self.head))
+
+
+class FastExchange(FirstAttempt):
     """One request the fast path took: the receiver of its response head, and what the slow path
     needs to carry it on (`resume`)."""
 
-    __slots__ = (
-        "path", "conn", "ctx", "started", "admitted_at", "admission", "kind", "error", "service", "fast", "client", "node",
-        "node_started", "attempt", "head", "upstream", "h2upstream", "up", "response",
-    )
+    __slots__ = ("path", "conn", "ctx", "started", "admitted_at", "admission", "kind", "service", "response")
 
     def __init__(
         self, path: FastPath, conn: ServerProtocol, ctx: RouteContext, started: float, admission: Admission
     ) -> None:
+        super().__init__()
         self.path = path
         self.conn = conn
         self.ctx = ctx
@@ -216,26 +275,12 @@ class FastExchange(HeadReceiver):
         self.admission = admission
         #: where a handed-over request goes on (0: not handed over)
         self.kind = 0
-        self.error: Exception | None = None
         self.service: Service | None = None
-        self.fast: FastService | None = None
-        self.client: Client | None = None
-        self.node: Node[Endpoint] | None = None
-        self.node_started = 0.0
-        self.attempt: Span | None = None
-        self.head = b""
-        #: the pooled connection the request was written on, while its head is awaited
-        self.upstream: UpstreamConnection | None = None
-        #: or, to an HTTP/2 upstream, the connection and the stream it went on
-        self.h2upstream: H2Upstream | None = None
-        self.up: UpStream | None = None
         self.response: Response | None = None
 
     # -- the upstream connection's callbacks (HeadReceiver) -------------------------------------
     def head_received(self, response: Response) -> None:
-        self.upstream = None
-        self.h2upstream = None
-        self.up = None
+        self.settled()
         client = self.client
         node = self.node
         fast = self.fast
@@ -260,9 +305,7 @@ class FastExchange(HeadReceiver):
         self.conn.fast_done(ctx, response, self.started, self.admitted_at, self.admission)
 
     def head_failed(self, error: MeshdError) -> None:
-        self.upstream = None
-        self.h2upstream = None
-        self.up = None
+        self.settled()
         if isinstance(error, StaleConnection) and can_resend(self.ctx.request):
             self.hand_over(RESUME_RETRY_STALE)
             return
@@ -285,12 +328,7 @@ class FastExchange(HeadReceiver):
         response = self.response
         self.response = None
         if self.kind == RESUME_RETRY_STALE:
-            client = self.client
-            node = self.node
-            fast = self.fast
-            assert client is not None and node is not None and fast is not None
-            ctx = self.ctx
-            return fast.retry(ctx, client.resend_on(ctx, node, self.node_started, self.attempt, self.head))
+            return self.resend(self.ctx)
         return resume_from(
             self.kind, self.ctx, self.path.router, self.error, self.service, self.fast, self.client, self.node, response
         )
@@ -301,18 +339,7 @@ class FastExchange(HeadReceiver):
         kind = self.kind
         client = self.client
         node = self.node
-        upstream = self.upstream
-        self.upstream = None
-        if upstream is not None:
-            upstream.abort()
-        h2upstream = self.h2upstream
-        up = self.up
-        self.h2upstream = None
-        self.up = None
-        if h2upstream is not None and up is not None:
-            h2upstream.abandon(up)  # the stream is reset (CANCEL); the connection serves others
-        in_flight = upstream is not None or (h2upstream is not None and up is not None)
-        if (in_flight or kind == RESUME_RETRY_STALE) and client is not None and node is not None:
+        if (self.drop() or kind == RESUME_RETRY_STALE) and client is not None and node is not None:
             client.cancelled(node, self.node_started, False, self.attempt)
         response = self.response
         self.response = None

@@ -57,19 +57,17 @@ from collections.abc import Awaitable
 from time import monotonic
 from typing import Final
 
-from balancers.base import Node
 from meshd.admission import Admission
-from meshd.client import Client, Endpoint
 from meshd.errors import MeshdError, NoEndpoints, NoSuchService
 from meshd.fastpath import (
     RESUME_BIND,
     RESUME_RAISE,
     RESUME_RETRY_CLIENT,
     RESUME_RETRY_ERROR,
-    RESUME_RETRY_PICKED,
     RESUME_RETRY_RESPONSE,
     RESUME_RETRY_STALE,
     RESUME_SERVICE,
+    FirstAttempt,
     resume_from,
 )
 from meshd.grpc.classifiers import GrpcClassifier
@@ -82,12 +80,10 @@ from meshd.listener import ConnectionClosed
 from meshd.pipeline.context import RouteContext
 from meshd.pipeline.dispatch import can_resend
 from meshd.pipeline.stack import Service
-from meshd.pool.connection import HeadReceiver, StaleConnection, UpstreamConnection
-from meshd.pool.h2 import H2Upstream, UpStream
+from meshd.pool.connection import StaleConnection
 from meshd.retry.classifiers import ResponseClass
 from meshd.retry.deadline import HEADER as DEADLINE_HEADER
-from meshd.router import FastService, Router
-from meshd.tracing.spans import Span
+from meshd.router import Router
 
 _GRPC_TIMEOUT_LEN: Final = len(GRPC_TIMEOUT)
 
@@ -192,49 +188,24 @@ class H2FastPath:
             ex.error = exc
             ex.hand_over(RESUME_RETRY_ERROR)
             return True
-        ex.node = node
-        endpoint = node.member
-        pool = endpoint.h2
-        if pool is None:
-            # an HTTP/1.1 client (`client.protocol: http`, e.g. the incoming router's local
-            # service): an idle pooled connection, as meshd/fastpath.py writes to
-            written_on = endpoint.pool.try_acquire_idle()
-            if written_on is None:
-                ex.hand_over(RESUME_RETRY_PICKED)
-                return True
-            ex.node_started, ex.attempt = client.begin(ctx, node)
-            ex.head = head = client.head_for(ctx, ex.attempt)
-            ex.conn1 = written_on
-            written_on.send_to(request, head, ex)
-            return True
-        upstream = pool.try_stream()
-        if upstream is None:
-            ex.hand_over(RESUME_RETRY_PICKED)
-            return True
-        ex.node_started, ex.attempt = attempt = client.begin(ctx, node)
-        try:
-            ex.up = upstream.open_stream(request, client.h2_headers(ctx, attempt[1]), ex)
-        except MeshdError as exc:
-            client.failed(node, ex.node_started, False, ex.attempt, exc)
-            ex.error = exc
-            ex.hand_over(RESUME_RETRY_ERROR)
-            return True
-        ex.upstream = upstream
+        # a stream to an HTTP/2 upstream, or an idle connection to an HTTP/1.1 one (`client.protocol:
+        # http`, e.g. an incoming router's local service): meshd/fastpath.py `FirstAttempt.start`
+        kind = ex.start(ctx, client, node)
+        if kind:
+            ex.hand_over(kind)
         return True
 
 
-class H2Exchange(HeadReceiver):
+class H2Exchange(FirstAttempt):
     """One stream the fast path took: the receiver of its upstream stream's head, and what the
     slow path needs to carry it on (`resume`)."""
 
-    __slots__ = (
-        "path", "router", "conn", "stream", "ctx", "admission", "kind", "error", "service", "fast", "client", "node",
-        "node_started", "attempt", "upstream", "up", "conn1", "head", "response",
-    )
+    __slots__ = ("path", "router", "conn", "stream", "ctx", "admission", "kind", "service", "response")
 
     def __init__(
         self, path: H2FastPath, conn: H2ServerProtocol, stream: H2Stream, ctx: RouteContext, admission: Admission
     ) -> None:
+        super().__init__()
         self.path = path
         #: the router it was planned on (a reload may retarget the fast path meanwhile)
         self.router = path.router
@@ -245,27 +216,12 @@ class H2Exchange(HeadReceiver):
         self.admission = admission
         #: where a handed-over stream goes on (0: not handed over)
         self.kind = 0
-        self.error: Exception | None = None
         self.service: Service | None = None
-        self.fast: FastService | None = None
-        self.client: Client | None = None
-        self.node: Node[Endpoint] | None = None
-        self.node_started = 0.0
-        self.attempt: Span | None = None
-        #: the upstream connection and stream the request went on, while its head is awaited
-        self.upstream: H2Upstream | None = None
-        self.up: UpStream | None = None
-        #: or the HTTP/1.1 connection it was written on, and the head written (sent again on a
-        #: fresh connection if that one turns out stale)
-        self.conn1: UpstreamConnection | None = None
-        self.head = b""
         self.response: Response | None = None
 
     # -- the upstream connection's callbacks (HeadReceiver) -------------------------------------
     def head_received(self, response: Response) -> None:
-        self.upstream = None
-        self.up = None
-        self.conn1 = None
+        self.settled()
         client = self.client
         node = self.node
         fast = self.fast
@@ -311,9 +267,7 @@ class H2Exchange(HeadReceiver):
         self.conn.fast_done(self.stream, ctx, response)
 
     def head_failed(self, error: MeshdError) -> None:
-        self.upstream = None
-        self.up = None
-        self.conn1 = None
+        self.settled()
         if isinstance(error, StaleConnection) and can_resend(self.ctx.request):
             self.hand_over(RESUME_RETRY_STALE)
             return
@@ -336,35 +290,18 @@ class H2Exchange(HeadReceiver):
         response = self.response
         self.response = None
         if self.kind == RESUME_RETRY_STALE:
-            client = self.client
-            node = self.node
-            fast = self.fast
-            assert client is not None and node is not None and fast is not None
-            ctx = self.ctx
-            return fast.retry(ctx, client.resend_on(ctx, node, self.node_started, self.attempt, self.head))
+            return self.resend(self.ctx)  # the HTTP/1.1 connection was stale
         return resume_from(
             self.kind, self.ctx, self.router, self.error, self.service, self.fast, self.client, self.node, response
         )
 
     def abandon(self) -> None:
         """The client reset the stream (or left) while the fast path owned it: as a cancelled
-        task would, the upstream stream is reset and the attempt counted cancelled."""
-        upstream = self.upstream
-        up = self.up
-        conn1 = self.conn1
-        self.upstream = None
-        self.up = None
-        self.conn1 = None
+        task would, the upstream stream is reset (or the HTTP/1.1 connection aborted) and the attempt
+        counted cancelled."""
         client = self.client
         node = self.node
-        in_flight = False
-        if upstream is not None and up is not None:
-            upstream.abandon(up)
-            in_flight = True
-        elif conn1 is not None:
-            conn1.abort()  # an HTTP/1.1 connection cannot drop one request: it is not reused
-            in_flight = True
-        if (in_flight or self.kind == RESUME_RETRY_STALE) and client is not None and node is not None:
+        if (self.drop() or self.kind == RESUME_RETRY_STALE) and client is not None and node is not None:
             client.cancelled(node, self.node_started, False, self.attempt)
         response = self.response
         self.response = None

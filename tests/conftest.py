@@ -58,6 +58,15 @@ def h2_codec(request: pytest.FixtureRequest) -> Iterator[str]:
         factory.reset()
 
 
+@pytest.fixture(params=["fast", "slow"])
+def path_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with the fast paths on and off (`MESHD_FAST_PATH`, meshd/fastpath.py): what a
+    client and an upstream see must not depend on which path served."""
+    monkeypatch.setenv("MESHD_FAST_PATH", "1" if request.param == "fast" else "0")
+    mode: str = request.param
+    return mode
+
+
 @pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()

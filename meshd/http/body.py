@@ -169,6 +169,14 @@ class Body:
             return
         self.ended = True
         self._trailers = trailers
+        if self._producer_paused:
+            # the producer has given all of this body: a pause for its sake (a consumer waiting for
+            # an upstream's window, a full buffer) must not hold what the producer reads next (an
+            # HTTP/1.1 client's next request on the same connection)
+            self._producer_paused = False
+            producer = self._producer
+            if producer is not None:
+                producer.resume_reading()
         if self._sink is not None:
             self._sink.on_end(trailers)
         if self._done_callbacks is not None:

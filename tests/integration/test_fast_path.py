@@ -24,13 +24,6 @@ from tests.support.upstreams import Received, Reply
 from tests.support.waiting import wait_until
 
 
-@pytest.fixture(params=["fast", "slow"])
-def path_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("MESHD_FAST_PATH", "1" if request.param == "fast" else "0")
-    mode: str = request.param
-    return mode
-
-
 def fast_of(mesh) -> FastPath | None:
     listener = mesh.daemon.bound[0].listener
     fast = listener.fast

@@ -36,13 +36,6 @@ MESSAGE = b"\x00\x00\x00\x00\x05hello"
 MakeServer = Callable[..., Awaitable[H2Server]]
 
 
-@pytest.fixture(params=["fast", "slow"])
-def path_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("MESHD_FAST_PATH", "1" if request.param == "fast" else "0")
-    mode: str = request.param
-    return mode
-
-
 @pytest.fixture
 async def make_h2_upstream() -> AsyncIterator[MakeServer]:
     servers: list[H2Server] = []

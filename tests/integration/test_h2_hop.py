@@ -36,13 +36,6 @@ MakeMesh = Callable[..., Awaitable[Mesh]]
 MakeUpstream = Callable[..., Awaitable[Upstream]]
 
 
-@pytest.fixture(params=["fast", "slow"])
-def path_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("MESHD_FAST_PATH", "1" if request.param == "fast" else "0")
-    mode: str = request.param
-    return mode
-
-
 async def echo(request: Received) -> Reply:
     """The service: says what it got (Host, method, target, body, the caller's identity)."""
     return Reply(200, [
@@ -131,10 +124,10 @@ async def test_http1_apps_talk_over_one_multiplexed_mtls_h2_connection_between_m
             await c.close()
 
 
-async def test_bodies_of_every_framing_pass_both_ways(
+async def test_bodies_of_every_framing_trailers_and_head_cross_both_conversions(
     tmp_path: pathlib.Path, make_mesh: MakeMesh, make_upstream: MakeUpstream, path_mode: str
 ) -> None:
-    outgoing, _, _ = await two_nodes(tmp_path, make_mesh, make_upstream)
+    outgoing, _, service = await two_nodes(tmp_path, make_mesh, make_upstream)
     conn = await RawConnection.open(outgoing.port)
     # a chunked request body (no length: HTTP/2 DATA frames, then chunked again on the last hop)
     chunked = await asyncio.wait_for(conn.request(
@@ -147,14 +140,6 @@ async def test_bodies_of_every_framing_pass_both_ways(
     big = bytes(range(256)) * 1024
     large = await asyncio.wait_for(conn.request("PUT", "/big", body=big, host="svc"), 10)
     assert (large.status, large.body) == (200, big)
-    await conn.close()
-
-
-async def test_request_trailers_and_head_responses_cross_both_conversions(
-    tmp_path: pathlib.Path, make_mesh: MakeMesh, make_upstream: MakeUpstream, path_mode: str
-) -> None:
-    outgoing, _, service = await two_nodes(tmp_path, make_mesh, make_upstream)
-    conn = await RawConnection.open(outgoing.port)
     # HTTP/1.1 chunked trailers -> HTTP/2 trailers -> HTTP/1.1 chunked trailers
     response = await asyncio.wait_for(conn.request(
         "POST", "/batch", [("transfer-encoding", "chunked"), ("te", "trailers")],

@@ -23,13 +23,6 @@ MakeMesh = Callable[..., Awaitable[Mesh]]
 MakeUpstream = Callable[..., Awaitable[Upstream]]
 
 
-@pytest.fixture(params=["fast", "slow"])
-def path_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("MESHD_FAST_PATH", "1" if request.param == "fast" else "0")
-    mode: str = request.param
-    return mode
-
-
 async def echo(request: Received) -> Reply:
     return Reply(200, [("content-type", "application/octet-stream")], request.body[::-1])
 

@@ -112,6 +112,28 @@ def test_consumer_back_pressure_pauses_and_resumes_the_producer():
     assert not producer.paused
 
 
+@pytest.mark.parametrize("why", ["consumer", "buffer"])
+def test_a_body_that_ends_while_its_producer_is_paused_lets_the_producer_read_on(why: str):
+    # the producer (an HTTP/1.1 client connection) has given all of this body: what it reads next is
+    # its next request, which a consumer still waiting for an upstream's window must not hold back
+    producer = Producer()
+    body = Body(length=HIGH_WATER + 10, producer=producer)
+    sink = Sink()
+    if why == "consumer":
+        body.attach(sink)
+        body.pause_producing()  # the consumer's upstream window is full
+    body.feed(b"x" * 10)  # without a consumer: over the buffer's mark
+    body.feed(b"y" * HIGH_WATER)
+    assert producer.paused and producer.pauses == 1
+    body.end()
+    assert not producer.paused and producer.pauses == 1
+    # the consumer's later resume, or its draining the buffer, does not resume it a second time
+    body.resume_producing()
+    if why == "buffer":
+        body.attach(sink)
+    assert not producer.paused and sink.ended is not False and b"".join(sink.data).endswith(b"y" * HIGH_WATER)
+
+
 def test_consumer_resume_waits_for_the_buffer_to_drain_below_the_mark():
     producer = Producer()
     body = Body(chunked=True, producer=producer)
