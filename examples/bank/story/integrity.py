@@ -72,6 +72,8 @@ class BankState:
     duplicates_delivered: int = 0
     dead_letters: int = 0
     catch_up_secs: float = 0.0
+    #: approvals posted to the ledger by its catch-up consumer, not by payments' own call
+    ledger_caught_up: int = 0
 
 
 def check_integrity(
@@ -170,6 +172,7 @@ def check_integrity(
         events=len(state.decision_event_ids),
         duplicates_delivered=state.duplicates_delivered,
         catch_up_secs=state.catch_up_secs,
+        ledger_caught_up=state.ledger_caught_up,
     )
 
 
@@ -246,12 +249,14 @@ async def read_log_state(session: aiohttp.ClientSession, layout: Layout) -> dict
         for replica in (replica for service in services for replica in layout.of(service)):
             for consumer in _items(await _get(session, f"{replica.url}/_consumers"), "consumers"):
                 duplicates += _int(consumer["duplicates"])
+    decisions = await read_events(session, events, DECISIONS_TOPIC)
     dead = 0
     for topic, group, _ in CONSUMER_GROUPS:
         dead += len(await read_topic(session, events, f"dlq.{topic}.{group}"))
     return {
         "on_the_log": True,
-        "decision_event_ids": frozenset(await read_topic(session, events, DECISIONS_TOPIC)),
+        "decision_event_ids": frozenset(str(event["id"]) for event in decisions),
+        "ledger_caught_up": caught_up_postings(decisions),
         "enriched_event_ids": frozenset(await read_topic(session, events, ENRICHED_TOPIC)),
         "events_unpublished": unpublished,
         "consumer_lag": lags,
@@ -263,16 +268,32 @@ async def read_log_state(session: aiohttp.ClientSession, layout: Layout) -> dict
 
 async def read_topic(session: aiohttp.ClientSession, events_url: str, topic: str) -> list[str]:
     """Every event id on the topic, page by page."""
-    ids: list[str] = []
+    return [str(event["id"]) for event in await read_events(session, events_url, topic)]
+
+
+async def read_events(session: aiohttp.ClientSession, events_url: str, topic: str) -> list[dict[str, Any]]:
+    """Every event on the topic (id, offset, payload), page by page."""
+    events: list[dict[str, Any]] = []
     start = 1
     while True:
         page = _items(
             await _get(session, f"{events_url}/topics/{topic}/events?from={start}&limit=1000"), "events"
         )
         if not page:
-            return ids
-        ids += [str(event["id"]) for event in page]
+            return events
+        events += page
         start = _int(page[-1]["offset"]) + 1
+
+
+def caught_up_postings(decisions: list[dict[str, Any]]) -> int:
+    """Approvals whose ledger posting payments could not make while the card network waited (the call
+    failed: a ledger replica killed under it), posted afterwards by the ledger's catch-up consumer."""
+    count = 0
+    for event in decisions:
+        payload = event.get("payload")
+        if isinstance(payload, dict) and payload.get("decision") == "approved" and payload.get("ledger_posted") is False:
+            count += 1
+    return count
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> dict[str, object]:

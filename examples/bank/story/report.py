@@ -115,6 +115,8 @@ class IntegrityReport:
     events: int = 0
     duplicates_delivered: int = 0
     catch_up_secs: float = 0.0
+    #: approvals the ledger's catch-up consumer posted (payments' own call had failed)
+    ledger_caught_up: int = 0
 
     @property
     def ok(self) -> bool:
@@ -133,6 +135,7 @@ class IntegrityReport:
             "events": self.events,
             "duplicates_delivered": self.duplicates_delivered,
             "catch_up_secs": round(self.catch_up_secs, 3),
+            "ledger_caught_up": self.ledger_caught_up,
         }
 
 
@@ -265,7 +268,8 @@ def render(result: DemoResult) -> str:
             lines.append(
                 f"event log: OK - {integrity.events} decision events, none lost; every consumer caught up "
                 f"{integrity.catch_up_secs:.1f}s after the traffic stopped; {integrity.duplicates_delivered} "
-                "duplicate deliveries ignored by id; no dead letters"
+                f"duplicate deliveries ignored by id; no dead letters; {integrity.ledger_caught_up} approvals "
+                "posted to the ledger by its catch-up"
             )
         if result.replay:
             lines.append(
