@@ -192,7 +192,7 @@ def run(ctx: RunContext, options: TlsOptions) -> ScenarioResult:
                 ctx.progress.note(f"  skipped {pair.name}: {why}")
     warmup_secs = max(1.0, round(ctx.warmup_secs)) if ctx.warmup_secs > 0 else 0.0
     handshakes = bool(openssl and options.handshake_clients)
-    steps = sum(options.repeats + (1 if warmup_secs else 0) + (1 if _measures_handshakes(p, handshakes) else 0)
+    steps = sum(options.repeats + (1 if warmup_secs else 0) + (1 if _measures_handshakes(p, handshakes, options.hop_list) else 0)
                 for pairs in families.values() for p in pairs)
     ctx.progress.begin_scenario(NAME, steps)
     workdir = ctx.scenario_dir(NAME)
@@ -236,7 +236,7 @@ def run(ctx: RunContext, options: TlsOptions) -> ScenarioResult:
                 rows = interleaved_rows(runs)
                 for row in rows:
                     pair = TwoHop.of_variant(row.target, row.variant)
-                    if _measures_handshakes(pair, handshakes) and openssl is not None:
+                    if _measures_handshakes(pair, handshakes, options.hop_list) and openssl is not None:
                         ctx.progress.step(f"{pair.name}: new handshakes", options.handshake_secs)
                         try:
                             row.metrics.update(_handshakes(openssl, running[pair], certs, options,
@@ -317,10 +317,10 @@ def interleaved_rows(runs: dict[TwoHop, list[dict[str, float]]]) -> list[Row]:
     return rows
 
 
-def _measures_handshakes(pair: TwoHop, handshakes: bool) -> bool:
-    """New handshakes are measured once per family, on the HTTP/1.1 hop's mTLS pair (the second
-    proxy's TLS is the same over either hop protocol) or, without it, the first mTLS pair."""
-    return handshakes and pair.tls and pair.hop == HOP_HTTP1
+def _measures_handshakes(pair: TwoHop, handshakes: bool, hops: tuple[str, ...]) -> bool:
+    """New handshakes are measured once per family, on the mTLS pair of the first hop protocol
+    measured (HTTP/1.1's by default): the second proxy's TLS is the same over either."""
+    return handshakes and pair.tls and pair.hop == hops[0]
 
 
 def _cost_text(row: Row, key: str = MTLS_CPU_COST) -> str:

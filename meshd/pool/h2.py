@@ -206,6 +206,8 @@ class H2Upstream(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         #: streams of fast-path exchanges whose head came in the read being handled
         self._heads: list[_UpStream] = []
+        #: a read has been handled whole (the peer speaks HTTP/2, whatever else it does)
+        self._heard = False
 
     # -- state --------------------------------------------------------------------------------
     def available(self) -> bool:
@@ -230,6 +232,14 @@ class H2Upstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
+            return
+        if not self._heard and data[:7] == b"HTTP/1.":
+            # its first answer is HTTP/1's (e.g. a meshd router without `protocol: h2` refusing the
+            # preface with 505): say what to change, not only that the protocol broke
+            self._pool.stats.count("protocol")
+            self._fail_all(UpstreamFailed(
+                f"{self.label} answered in HTTP/1.x, not HTTP/2: it does not speak HTTP/2 (another meshd's "
+                "router needs `protocol: h2`; or give this client `protocol: http`)"))
             return
         now = self._pool.clock.now()
         self.last_rx = now
@@ -267,6 +277,7 @@ class H2Upstream(asyncio.Protocol):
                 return
         if self._heads:
             self._tell_heads()
+        self._heard = True
         self._flush()
 
     def _tell_heads(self) -> None:

@@ -179,6 +179,9 @@ async def test_http2_to_an_incoming_router_that_speaks_only_http1_fails_with_l5d
     response = await asyncio.wait_for(conn.request("GET", "/", host="svc"), 10)
     assert response.status == 502, (response.status, response.body)
     assert response.header("l5d-err")
+    # ... saying what to change
+    assert "answered in HTTP/1.x, not HTTP/2" in (response.header("l5d-err") or ""), response.header("l5d-err")
+    assert "protocol: h2" in (response.header("l5d-err") or "")
     assert service.requests == 0
     await conn.close()
 
